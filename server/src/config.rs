@@ -1,0 +1,129 @@
+//! Server settings: command-line flags win over EDDY_* environment variables, which win over
+//! the TOML config file, which wins over the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "./eddy-data";
+pub const DEFAULT_PG_LISTEN: &str = "127.0.0.1:5432";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+
+/// The settings as the config file spells them; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub pg_listen: Option<String>,
+    pub http_listen: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub pg_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+}
+
+/// What flags and environment said (clap merges those two).
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub pg_listen: Option<String>,
+    pub http_listen: Option<String>,
+}
+
+impl Config {
+    pub fn resolve(overrides: Overrides) -> Result<Self> {
+        let file = match &overrides.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let pick = |flag: Option<String>,
+                    file: Option<String>,
+                    default: &str,
+                    what: &str|
+         -> Result<SocketAddr> {
+            let text = flag.or(file).unwrap_or_else(|| default.to_string());
+            text.parse()
+                .with_context(|| format!("{what} must be HOST:PORT, got {text:?}"))
+        };
+        Ok(Config {
+            data_dir: overrides
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            pg_listen: pick(
+                overrides.pg_listen,
+                file.pg_listen,
+                DEFAULT_PG_LISTEN,
+                "pg_listen",
+            )?,
+            http_listen: pick(
+                overrides.http_listen,
+                file.http_listen,
+                DEFAULT_HTTP_LISTEN,
+                "http_listen",
+            )?,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback() {
+        let c = Config::resolve(Overrides::default()).unwrap();
+        assert_eq!(c.pg_listen.to_string(), DEFAULT_PG_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eddy.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\npg_listen = \"127.0.0.1:7000\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Overrides {
+            config: Some(path.clone()),
+            pg_listen: Some("127.0.0.1:7001".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.pg_listen.port(), 7001);
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_addresses_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eddy.toml");
+        std::fs::write(&path, "data_dri = \"x\"\n").unwrap();
+        let err = Config::resolve(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("data_dri"));
+        let err = Config::resolve(Overrides {
+            pg_listen: Some("nope".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("HOST:PORT"));
+    }
+}

@@ -1,0 +1,69 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use eddy::config::{Config, Overrides};
+
+/// Eddy: a SQL-first streaming database for edge AI.
+#[derive(Parser)]
+#[command(name = "eddy", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with data_dir, pg_listen, http_listen.
+    #[arg(long, env = "EDDY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where Eddy keeps its data [default: ./eddy-data].
+    #[arg(long, env = "EDDY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Postgres protocol address [default: 127.0.0.1:5432].
+    #[arg(long, env = "EDDY_PG_LISTEN")]
+    pg_listen: Option<String>,
+    /// HTTP address [default: 127.0.0.1:8080].
+    #[arg(long, env = "EDDY_HTTP_LISTEN")]
+    http_listen: Option<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EDDY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let config = Config::resolve(Overrides {
+        config: args.config,
+        data_dir: args.data_dir,
+        pg_listen: args.pg_listen,
+        http_listen: args.http_listen,
+    })?;
+    // Large stacks: planning deeply nested SQL recurses; an error beats a stack overflow.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 << 20)
+        .build()?;
+    runtime.block_on(eddy::run(config, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

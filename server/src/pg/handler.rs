@@ -1,0 +1,425 @@
+//! The pgwire handlers: startup (ParameterStatus, backend key for cancellation), the simple
+//! query protocol, and the extended protocol (Parse/Bind/Describe/Execute).
+//!
+//! Each connection owns one [`Session`], kept in the connection's session extensions. Engine
+//! errors become ErrorResponses with their SQLSTATE; a panic inside a statement is caught and
+//! reported as XX000, and the connection and server go on.
+
+use std::fmt::Debug;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::scalar::ScalarValue;
+use eddy_sql::error::sqlstate;
+use eddy_sql::{CommandTag, Engine, Error, Prepared, QueryOutput, Session};
+use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
+use pgwire::api::auth::{
+    ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, METADATA_DATABASE,
+    METADATA_USER, PgWireServerHandlers, Type,
+};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::startup::SecretKey;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use super::encode;
+use super::errors::{error_info, to_pgwire, user_error};
+
+pub struct EddyHandler {
+    engine: Arc<Engine>,
+    manager: Arc<ConnectionManager>,
+    parser: Arc<EddyParser>,
+}
+
+impl EddyHandler {
+    pub fn new(engine: Arc<Engine>, manager: Arc<ConnectionManager>) -> Self {
+        Self {
+            engine,
+            manager,
+            parser: Arc::new(EddyParser),
+        }
+    }
+}
+
+/// A statement parsed and planned by Parse, with the parameter types we describe.
+#[derive(Clone)]
+pub struct EddyStatement {
+    prepared: Arc<Prepared>,
+    param_types: Vec<Type>,
+}
+
+fn session<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<Arc<Session>> {
+    client.session_extensions().get::<Session>().ok_or_else(|| {
+        user_error(
+            sqlstate::PROTOCOL_VIOLATION,
+            "no session: startup not finished",
+        )
+    })
+}
+
+/// Runs a statement future, turning a panic into an internal error.
+async fn guarded<T>(
+    fut: impl std::future::Future<Output = eddy_sql::Result<T>>,
+) -> eddy_sql::Result<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            tracing::error!("statement panicked: {what}");
+            Err(Error::internal(format!(
+                "statement failed unexpectedly: {what}"
+            )))
+        }
+    }
+}
+
+fn command_response(tag: CommandTag) -> Response {
+    let pg_tag = match tag.rows {
+        Some(n) => Tag::new(&tag.command).with_rows(n),
+        None => Tag::new(&tag.command),
+    };
+    match tag.command.as_str() {
+        "BEGIN" => Response::TransactionStart(pg_tag),
+        "COMMIT" | "ROLLBACK" => Response::TransactionEnd(pg_tag),
+        _ => Response::Execution(pg_tag),
+    }
+}
+
+/// Streams the rows of a result; the first batch is computed before returning, so that the
+/// query's heavy work happens while cancellation can still interrupt it.
+async fn rows_response(
+    fields: Arc<Vec<FieldInfo>>,
+    mut batches: SendableRecordBatchStream,
+    materialize: bool,
+) -> eddy_sql::Result<Response> {
+    let first = batches.next().await.transpose()?;
+    let mut ready = Vec::new();
+    if let Some(b) = &first {
+        ready.extend(encode::encode_batch(&fields, b));
+    }
+    if materialize {
+        while let Some(b) = batches.next().await {
+            ready.extend(encode::encode_batch(&fields, &b?));
+        }
+        return Ok(Response::Query(QueryResponse::new(
+            fields,
+            stream::iter(ready),
+        )));
+    }
+    let rest_fields = fields.clone();
+    let rest = batches.flat_map(move |b| {
+        let rows = match b {
+            Ok(b) => encode::encode_batch(&rest_fields, &b),
+            Err(e) => vec![Err(to_pgwire(Error::from(e)))],
+        };
+        stream::iter(rows)
+    });
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        stream::iter(ready).chain(rest),
+    )))
+}
+
+async fn output_response(
+    output: QueryOutput,
+    format: &Format,
+    materialize: bool,
+) -> eddy_sql::Result<Response> {
+    match output {
+        QueryOutput::Command(tag) => Ok(command_response(tag)),
+        QueryOutput::Rows { schema, stream } => {
+            let fields = encode::fields(&schema, format)
+                .map_err(|e| Error::internal(format!("cannot describe result: {e}")))?;
+            rows_response(Arc::new(fields), stream, materialize).await
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for EddyHandler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(client)?;
+        let statements = match Session::parse(query) {
+            Ok(s) => s,
+            Err(e) => {
+                session.note_error();
+                return Ok(vec![Response::Error(Box::new(error_info(&e)))]);
+            }
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let count = statements.len();
+        let mut responses = Vec::with_capacity(count);
+        for (i, statement) in statements.into_iter().enumerate() {
+            // Later statements must not run before earlier results are read.
+            let materialize = i + 1 < count;
+            let result = guarded(async {
+                let output = session.run(statement).await?;
+                output_response(output, &Format::UnifiedText, materialize).await
+            })
+            .await;
+            match result {
+                Ok(r) => responses.push(r),
+                Err(e) => {
+                    session.note_error();
+                    responses.push(Response::Error(Box::new(error_info(&e))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+pub struct EddyParser;
+
+#[async_trait]
+impl QueryParser for EddyParser {
+    type Statement = EddyStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<EddyStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = session(client)?;
+        let mut statements = Session::parse(sql).map_err(|e| {
+            session.note_error();
+            to_pgwire(e)
+        })?;
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        if statements.len() > 1 {
+            return Err(user_error(
+                sqlstate::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement",
+            ));
+        }
+        let prepared = guarded(session.prepare(statements.remove(0)))
+            .await
+            .map_err(|e| {
+                session.note_error();
+                to_pgwire(e)
+            })?;
+        let n = prepared.param_types.len().max(types.len());
+        let param_types = (0..n)
+            .map(|i| match types.get(i).cloned().flatten() {
+                Some(t) if t != Type::UNKNOWN => t,
+                _ => prepared
+                    .param_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|dt| arrow_pg::datatypes::into_pg_type(&dt).ok())
+                    .unwrap_or(Type::TEXT),
+            })
+            .collect();
+        Ok(Some(EddyStatement {
+            prepared: Arc::new(prepared),
+            param_types,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &EddyStatement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &EddyStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.prepared.schema {
+            Some(schema) => encode::fields(schema, format.unwrap_or(&Format::UnifiedText)),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Decodes the bound parameters with the types Parse described.
+fn parameters(portal: &Portal<EddyStatement>) -> PgWireResult<Vec<ScalarValue>> {
+    let stmt = &portal.statement.statement;
+    let inferred: Vec<Option<DataType>> = stmt.prepared.param_types.clone();
+    let server_types: Vec<Option<&Type>> = stmt.param_types.iter().map(Some).collect();
+    let refs: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
+    let values = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
+        portal,
+        &refs,
+        &server_types,
+    )?;
+    Ok(match values {
+        datafusion::common::ParamValues::List(list) => list.into_iter().map(|v| v.value).collect(),
+        datafusion::common::ParamValues::Map(_) => Vec::new(),
+    })
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for EddyHandler {
+    type Statement = EddyStatement;
+    type QueryParser = EddyParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<EddyStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(client)?;
+        let params = parameters(portal).inspect_err(|_| session.note_error())?;
+        let prepared = portal.statement.statement.prepared.clone();
+        let format = portal.result_column_format.clone();
+        let result = guarded(async {
+            let output = session.execute(&prepared, params).await?;
+            output_response(output, &format, false).await
+        })
+        .await;
+        result.map_err(|e| {
+            session.note_error();
+            to_pgwire(e)
+        })
+    }
+}
+
+/// The ParameterStatus values sent at startup (shared/CLIENTS.md, item 1).
+struct StartupParameters {
+    application_name: String,
+    user: String,
+}
+
+impl ServerParameterProvider for StartupParameters {
+    fn server_parameters<C: ClientInfo>(
+        &self,
+        _client: &C,
+    ) -> Option<std::collections::HashMap<String, String>> {
+        let pairs = [
+            ("server_version", eddy_sql::engine::SERVER_VERSION),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("IntervalStyle", "postgres"),
+            ("TimeZone", "UTC"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+            ("is_superuser", "on"),
+            ("default_transaction_read_only", "off"),
+            ("in_hot_standby", "off"),
+            ("application_name", self.application_name.as_str()),
+            ("session_authorization", self.user.as_str()),
+        ];
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+#[async_trait]
+impl StartupHandler for EddyHandler {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let PgWireFrontendMessage::Startup(startup) = message else {
+            return Ok(());
+        };
+        protocol_negotiation(client, &startup).await?;
+        save_startup_parameters_to_metadata(client, &startup);
+        let meta = client.metadata();
+        let user = meta
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_else(|| "eddy".into());
+        let database = meta
+            .get(METADATA_DATABASE)
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        let application_name = meta.get("application_name").cloned().unwrap_or_default();
+        let session = self.engine.new_session(&user, &database);
+        session.set_setting("application_name", application_name.clone());
+        let pid = session.backend_pid();
+        let secret = SecretKey::I32(rand::random::<i32>());
+        client.set_pid_and_secret_key(pid, secret.clone());
+        let (handle, guard) = self.manager.register(pid, secret);
+        client
+            .session_extensions()
+            .insert::<Arc<ConnectionHandle>>(handle);
+        client.session_extensions().insert(guard);
+        client.session_extensions().insert(session);
+        let params = StartupParameters {
+            application_name,
+            user,
+        };
+        finish_authentication(client, &params).await?;
+        client.flush().await?;
+        Ok(())
+    }
+}
+
+/// Hands pgwire the handlers of one server.
+pub struct Handlers {
+    pub handler: Arc<EddyHandler>,
+    pub cancel: Arc<pgwire::api::cancel::DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handler.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.handler.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}

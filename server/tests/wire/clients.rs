@@ -1,0 +1,95 @@
+//! Real client programs against a real server: psql and psycopg 3.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::Server;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn psql(server: &Server, args: &[&str], stdin_sql: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .arg(server.conn_string())
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (scripts/setup.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin_sql.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "psql failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn psql_runs_a_session_with_variables() {
+    let server = Server::start();
+    let out = psql(
+        &server,
+        &["-v", "wanted=2", "-v", "label='pear'"],
+        "CREATE TABLE fruit (id int PRIMARY KEY, name text);\n\
+         INSERT INTO fruit VALUES (1, 'apple'), (2, :label);\n\
+         SELECT name FROM fruit WHERE id = :wanted;\n\
+         BEGIN;\n\
+         UPDATE fruit SET name = upper(name) WHERE id = :wanted;\n\
+         COMMIT;\n\
+         SELECT id || ':' || name FROM fruit ORDER BY id;\n",
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "CREATE TABLE",
+            "INSERT 0 2",
+            "pear",
+            "BEGIN",
+            "UPDATE 1",
+            "COMMIT",
+            "1:apple",
+            "2:PEAR"
+        ]
+    );
+    // An error is reported with its SQLSTATE-backed message and psql's exit code says so.
+    let failed = Command::new("psql")
+        .arg(server.conn_string())
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", "SELECT * FROM missing"])
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("relation \"missing\" does not exist")
+    );
+}
+
+#[test]
+fn psycopg_3_runs_parameterised_queries() {
+    let server = Server::start();
+    let script = repo_root().join("scripts/clients/psycopg_check.py");
+    let out = Command::new("python3")
+        .env("PYTHONPATH", repo_root().join(".tools/python"))
+        .arg(script)
+        .arg(server.conn_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "psycopg check failed (is psycopg installed? scripts/setup.sh does it):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,132 @@
+//! A real `eddy serve` process for tests: started on free ports with its own data dir, killed
+//! with SIGKILL and restarted on the same ports and data.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a server may take to print its ready line.
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Server {
+    child: Option<Child>,
+    pub pg: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A fresh server with an empty data dir.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut s = Self::start_in(tmp.path(), "127.0.0.1:0", "127.0.0.1:0");
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in(data_dir: &Path, pg: &str, http: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--pg-listen", pg, "--http-listen", http])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn eddy");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = loop {
+            match rx.recv_timeout(READY_DEADLINE) {
+                Ok(line) if line.starts_with("eddy ready:") => break line,
+                Ok(_) => continue,
+                Err(e) => panic!("eddy did not become ready within {READY_DEADLINE:?}: {e}"),
+            }
+        };
+        let addr_after = |label: &str| -> SocketAddr {
+            let rest = &line[line.find(label).expect("label in ready line") + label.len()..];
+            rest.split([',', ' '])
+                .next()
+                .unwrap()
+                .parse()
+                .expect("address")
+        };
+        Server {
+            pg: addr_after("postgres on "),
+            http: addr_after("http on "),
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL, then start again on the same ports and data dir.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let fresh = Server::start_in(&self.data_dir, &self.pg.to_string(), &self.http.to_string());
+        self.child = fresh.child_take();
+    }
+
+    fn child_take(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn conn_string(&self) -> String {
+        format!(
+            "host={} port={} user=eddy dbname=eddy",
+            self.pg.ip(),
+            self.pg.port()
+        )
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.conn_string(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to eddy");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The text of a database error as the tests match it: `SQLSTATE: message`.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+pub mod slt;

@@ -1,0 +1,8 @@
+//! Tests that drive a real `eddy serve` process over the Postgres wire protocol.
+
+mod common;
+
+mod clients;
+mod durability;
+mod protocol;
+mod slt_suite;

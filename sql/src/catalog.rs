@@ -1,0 +1,435 @@
+//! The catalog: schemas, tables and views, persisted in the KV store.
+//!
+//! A [`Catalog`] is an immutable snapshot; changes build a new snapshot (copy on write) and
+//! the engine swaps it in when the transaction that made them commits, together with the
+//! catalog's own KV records in the same atomic batch. Each snapshot has a `version`; a
+//! transaction that changed the catalog commits only if the version it started from is still
+//! current. Table ids are never reused, so a dropped table's rows can be deleted lazily by a
+//! range delete without touching a newer table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::key::table_prefix;
+use crate::error::{Error, Result, sqlstate};
+use crate::storage::{KvStore, WriteOp, prefix_end};
+use crate::types::SqlType;
+
+pub const DEFAULT_SCHEMA: &str = "public";
+/// Schemas that exist in every database and hold no user objects.
+pub const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
+
+const CATALOG_PREFIX: u8 = b'c';
+const META_NEXT_TABLE_ID: &[u8] = b"m/next_table_id";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: SqlType,
+    pub nullable: bool,
+    /// The DEFAULT expression as SQL text, evaluated at insert time.
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TableDef {
+    pub id: u32,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    /// Indexes into `columns`; empty when the table has no primary key (rows are then keyed
+    /// by a hidden row id).
+    pub primary_key: Vec<usize>,
+    #[serde(skip)]
+    arrow: Option<SchemaRef>,
+}
+
+impl TableDef {
+    pub fn new(
+        id: u32,
+        schema: String,
+        name: String,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+    ) -> Self {
+        let mut def = TableDef {
+            id,
+            schema,
+            name,
+            columns,
+            primary_key,
+            arrow: None,
+        };
+        def.arrow = Some(def.build_arrow_schema());
+        def
+    }
+
+    fn build_arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| c.ty.arrow_field(&c.name, c.nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    pub fn arrow_schema(&self) -> SchemaRef {
+        self.arrow
+            .clone()
+            .unwrap_or_else(|| self.build_arrow_schema())
+    }
+
+    pub fn types(&self) -> Vec<SqlType> {
+        self.columns.iter().map(|c| c.ty.clone()).collect()
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn key_prefix(&self) -> Vec<u8> {
+        table_prefix(self.id)
+    }
+
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewDef {
+    pub schema: String,
+    pub name: String,
+    /// The view's query as SQL text, re-planned when the view is used.
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Record {
+    Schema { name: String },
+    Table(TableDef),
+    View(ViewDef),
+}
+
+/// What a name refers to.
+#[derive(Debug, Clone)]
+pub enum Relation {
+    Table(Arc<TableDef>),
+    View(Arc<ViewDef>),
+}
+
+type Name = (String, String);
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub version: u64,
+    schemas: BTreeSet<String>,
+    tables: BTreeMap<Name, Arc<TableDef>>,
+    views: BTreeMap<Name, Arc<ViewDef>>,
+    next_table_id: u32,
+}
+
+fn record_key(schema: &str, name: &str) -> Vec<u8> {
+    let mut k = vec![CATALOG_PREFIX];
+    k.extend_from_slice(schema.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn encode(record: &Record) -> Result<Vec<u8>> {
+    serde_json::to_vec(record).map_err(|e| Error::internal(format!("catalog encode: {e}")))
+}
+
+impl Catalog {
+    /// Reads the whole catalog from the store; creates `public` on a fresh store.
+    pub fn load(kv: &dyn KvStore) -> Result<Self> {
+        let mut cat = Catalog {
+            next_table_id: 1,
+            ..Default::default()
+        };
+        let start = [CATALOG_PREFIX];
+        let end = prefix_end(&start);
+        let mut from = start.to_vec();
+        loop {
+            let chunk = kv.scan(&from, &end, 1024)?;
+            let Some((last, _)) = chunk.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (_, value) in &chunk {
+                let record: Record = serde_json::from_slice(value)
+                    .map_err(|e| Error::Storage(format!("corrupt catalog record: {e}")))?;
+                cat.apply(record);
+            }
+        }
+        if let Some(v) = kv.get(META_NEXT_TABLE_ID)? {
+            let bytes: [u8; 4] = v
+                .try_into()
+                .map_err(|_| Error::Storage("corrupt table id counter".into()))?;
+            cat.next_table_id = cat.next_table_id.max(u32::from_be_bytes(bytes));
+        }
+        if !cat.schemas.contains(DEFAULT_SCHEMA) {
+            let ops = cat.create_schema(DEFAULT_SCHEMA)?;
+            kv.write(ops, true)?;
+        }
+        Ok(cat)
+    }
+
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Schema { name } => {
+                self.schemas.insert(name);
+            }
+            Record::Table(t) => {
+                self.next_table_id = self.next_table_id.max(t.id + 1);
+                let t = TableDef::new(t.id, t.schema, t.name, t.columns, t.primary_key);
+                self.tables
+                    .insert((t.schema.clone(), t.name.clone()), Arc::new(t));
+            }
+            Record::View(v) => {
+                self.views
+                    .insert((v.schema.clone(), v.name.clone()), Arc::new(v));
+            }
+        }
+    }
+
+    pub fn schema_exists(&self, schema: &str) -> bool {
+        self.schemas.contains(schema) || SYSTEM_SCHEMAS.contains(&schema)
+    }
+
+    pub fn schemas(&self) -> impl Iterator<Item = &String> {
+        self.schemas.iter()
+    }
+
+    pub fn relation(&self, schema: &str, name: &str) -> Option<Relation> {
+        let key = (schema.to_string(), name.to_string());
+        if let Some(t) = self.tables.get(&key) {
+            return Some(Relation::Table(t.clone()));
+        }
+        self.views.get(&key).map(|v| Relation::View(v.clone()))
+    }
+
+    pub fn table(&self, schema: &str, name: &str) -> Option<Arc<TableDef>> {
+        self.tables
+            .get(&(schema.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn relation_names(&self, schema: &str) -> Vec<String> {
+        let tables = self.tables.keys().filter(|(s, _)| s == schema);
+        let views = self.views.keys().filter(|(s, _)| s == schema);
+        tables.chain(views).map(|(_, n)| n.clone()).collect()
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<TableDef>> {
+        self.tables.values()
+    }
+
+    pub fn views(&self) -> impl Iterator<Item = &Arc<ViewDef>> {
+        self.views.values()
+    }
+
+    fn check_new_name(&self, schema: &str, name: &str) -> Result<()> {
+        if !self.schema_exists(schema) || SYSTEM_SCHEMAS.contains(&schema) {
+            return Err(Error::user(
+                sqlstate::INVALID_SCHEMA_NAME,
+                format!("schema \"{schema}\" does not exist"),
+            ));
+        }
+        if self.relation(schema, name).is_some() {
+            return Err(Error::user(
+                sqlstate::DUPLICATE_TABLE,
+                format!("relation \"{name}\" already exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds a schema; returns the KV writes that persist it.
+    pub fn create_schema(&mut self, name: &str) -> Result<Vec<WriteOp>> {
+        if self.schema_exists(name) {
+            return Err(Error::user(
+                sqlstate::DUPLICATE_SCHEMA,
+                format!("schema \"{name}\" already exists"),
+            ));
+        }
+        self.schemas.insert(name.to_string());
+        let record = Record::Schema {
+            name: name.to_string(),
+        };
+        Ok(vec![WriteOp::Put(record_key(name, ""), encode(&record)?)])
+    }
+
+    pub fn drop_schema(&mut self, name: &str, cascade: bool) -> Result<Vec<WriteOp>> {
+        if SYSTEM_SCHEMAS.contains(&name) || !self.schemas.contains(name) {
+            return Err(Error::user(
+                sqlstate::INVALID_SCHEMA_NAME,
+                format!("schema \"{name}\" does not exist"),
+            ));
+        }
+        let members = self.relation_names(name);
+        if !members.is_empty() && !cascade {
+            return Err(Error::user(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("cannot drop schema {name} because other objects depend on it"),
+            )
+            .with_detail(format!("{} objects, e.g. {}", members.len(), members[0])));
+        }
+        let mut ops = Vec::new();
+        for member in members {
+            ops.extend(self.drop_relation(name, &member)?);
+        }
+        self.schemas.remove(name);
+        ops.push(WriteOp::Delete(record_key(name, "")));
+        Ok(ops)
+    }
+
+    /// Adds a table with a fresh id; returns it and the KV writes that persist it.
+    pub fn create_table(
+        &mut self,
+        schema: &str,
+        name: &str,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+    ) -> Result<(Arc<TableDef>, Vec<WriteOp>)> {
+        self.check_new_name(schema, name)?;
+        let id = self.next_table_id;
+        self.next_table_id += 1;
+        let def = Arc::new(TableDef::new(
+            id,
+            schema.to_string(),
+            name.to_string(),
+            columns,
+            primary_key,
+        ));
+        self.tables
+            .insert((schema.to_string(), name.to_string()), def.clone());
+        let ops = vec![
+            WriteOp::Put(
+                record_key(schema, name),
+                encode(&Record::Table((*def).clone()))?,
+            ),
+            WriteOp::Put(
+                META_NEXT_TABLE_ID.to_vec(),
+                self.next_table_id.to_be_bytes().to_vec(),
+            ),
+        ];
+        Ok((def, ops))
+    }
+
+    pub fn create_view(&mut self, schema: &str, name: &str, sql: String) -> Result<Vec<WriteOp>> {
+        self.check_new_name(schema, name)?;
+        let def = ViewDef {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            sql,
+        };
+        let record = encode(&Record::View(def.clone()))?;
+        self.views
+            .insert((schema.to_string(), name.to_string()), Arc::new(def));
+        Ok(vec![WriteOp::Put(record_key(schema, name), record)])
+    }
+
+    /// Removes a table or view; a table's rows go with it (one range delete).
+    pub fn drop_relation(&mut self, schema: &str, name: &str) -> Result<Vec<WriteOp>> {
+        let key = (schema.to_string(), name.to_string());
+        let mut ops = vec![WriteOp::Delete(record_key(schema, name))];
+        if let Some(t) = self.tables.remove(&key) {
+            let prefix = t.key_prefix();
+            ops.push(WriteOp::DeleteRange(prefix.clone(), prefix_end(&prefix)));
+        } else if self.views.remove(&key).is_none() {
+            return Err(Error::undefined_table(name));
+        }
+        Ok(ops)
+    }
+
+    /// Views whose SQL mentions `name` (a conservative dependency check for DROP).
+    pub fn views_mentioning(&self, name: &str) -> Vec<String> {
+        let needle = name.to_lowercase();
+        self.views
+            .values()
+            .filter(|v| v.name != name && mentions(&v.sql.to_lowercase(), &needle))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+}
+
+/// Whether `sql` contains `word` as a whole identifier.
+fn mentions(sql: &str, word: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    sql.match_indices(word).any(|(at, _)| {
+        let before = sql[..at].chars().next_back();
+        let after = sql[at + word.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+
+    fn col(name: &str, ty: SqlType) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            ty,
+            nullable: false,
+            default: None,
+        }
+    }
+
+    #[test]
+    fn persists_and_reloads() {
+        let kv = MemoryStore::new();
+        let mut cat = Catalog::load(&kv).unwrap();
+        let (t, ops) = cat
+            .create_table("public", "t", vec![col("id", SqlType::Int8)], vec![0])
+            .unwrap();
+        kv.write(ops, true).unwrap();
+        kv.write(
+            cat.create_view("public", "v", "SELECT * FROM t".into())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+        let again = Catalog::load(&kv).unwrap();
+        assert_eq!(again.table("public", "t").unwrap().id, t.id);
+        assert!(matches!(
+            again.relation("public", "v"),
+            Some(Relation::View(_))
+        ));
+        assert_eq!(again.views_mentioning("t"), vec!["v".to_string()]);
+    }
+
+    #[test]
+    fn table_ids_are_never_reused() {
+        let kv = MemoryStore::new();
+        let mut cat = Catalog::load(&kv).unwrap();
+        let (t1, ops) = cat
+            .create_table("public", "a", vec![col("x", SqlType::Int4)], vec![])
+            .unwrap();
+        kv.write(ops, true).unwrap();
+        kv.write(cat.drop_relation("public", "a").unwrap(), true)
+            .unwrap();
+        let mut again = Catalog::load(&kv).unwrap();
+        let (t2, _) = again
+            .create_table("public", "a", vec![col("x", SqlType::Int4)], vec![])
+            .unwrap();
+        assert!(t2.id > t1.id);
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let kv = MemoryStore::new();
+        let mut cat = Catalog::load(&kv).unwrap();
+        cat.create_table("public", "a", vec![col("x", SqlType::Int4)], vec![])
+            .unwrap();
+        let err = cat
+            .create_view("public", "a", "SELECT 1".into())
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), sqlstate::DUPLICATE_TABLE);
+    }
+}

@@ -1,0 +1,122 @@
+//! The engine: the store, the shared catalog, and the commit path every session uses.
+//!
+//! Invariants: the catalog snapshot in [`Engine::catalog`] always equals what the store holds
+//! (it is swapped only after the batch that persists it is durable); catalog-changing commits
+//! are serialized by `catalog_commit`; row commits go through [`txn::commit`] and may run
+//! concurrently (RocksDB groups their WAL syncs).
+
+mod catalog_provider;
+mod ddl;
+mod dml;
+mod functions;
+mod naming;
+mod session;
+mod settings;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus};
+pub use settings::SERVER_VERSION;
+
+use crate::catalog::{Catalog, TableDef};
+use crate::error::{Error, Result};
+use crate::storage::memory::MemoryStore;
+use crate::storage::rocks::RocksStore;
+use crate::storage::{KvStore, prefix_end};
+use crate::txn::{self, CatalogCommit, Txn, locks::KeyLocks};
+
+pub struct Engine {
+    kv: Arc<dyn KvStore>,
+    catalog: RwLock<Arc<Catalog>>,
+    catalog_commit: Mutex<()>,
+    locks: KeyLocks,
+    /// Next hidden row id per table without a primary key.
+    row_ids: Mutex<HashMap<u32, u64>>,
+    next_backend_pid: AtomicI32,
+}
+
+impl Engine {
+    /// Opens (or creates) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", data_dir.display())))?;
+        let kv: Arc<dyn KvStore> = Arc::new(RocksStore::open(&data_dir.join("db"))?);
+        Self::with_store(kv)
+    }
+
+    /// A non-durable engine for tests.
+    pub fn in_memory() -> Arc<Self> {
+        Self::with_store(Arc::new(MemoryStore::new())).expect("in-memory catalog loads")
+    }
+
+    fn with_store(kv: Arc<dyn KvStore>) -> Result<Arc<Self>> {
+        let catalog = Catalog::load(kv.as_ref())?;
+        Ok(Arc::new(Self {
+            kv,
+            catalog: RwLock::new(Arc::new(catalog)),
+            catalog_commit: Mutex::new(()),
+            locks: KeyLocks::new(),
+            row_ids: Mutex::new(HashMap::new()),
+            next_backend_pid: AtomicI32::new(1000),
+        }))
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().clone()
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    pub fn storage_stats(&self) -> Vec<(String, u64)> {
+        self.kv.stats()
+    }
+
+    /// Commits `txn`: validates, writes one synced batch, installs catalog changes.
+    /// Blocking (it waits for the WAL sync): call from a blocking thread.
+    pub fn commit(&self, txn: Txn) -> Result<()> {
+        if txn.catalog_draft().is_none() {
+            let version = self.catalog.read().version;
+            txn::commit(self.kv.as_ref(), &self.locks, txn, version)?;
+            return Ok(());
+        }
+        let _serial = self.catalog_commit.lock();
+        let version = self.catalog.read().version;
+        if let CatalogCommit::Install(cat) =
+            txn::commit(self.kv.as_ref(), &self.locks, txn, version)?
+        {
+            *self.catalog.write() = Arc::new(cat);
+        }
+        Ok(())
+    }
+
+    /// Allocates `n` consecutive hidden row ids for a table without a primary key.
+    pub fn allocate_row_ids(&self, table: &TableDef, n: u64) -> Result<u64> {
+        let mut ids = self.row_ids.lock();
+        let next = match ids.get(&table.id) {
+            Some(next) => *next,
+            None => {
+                let prefix = table.key_prefix();
+                match self.kv.last_key(&prefix, &prefix_end(&prefix))? {
+                    Some(k) if k.len() == prefix.len() + 8 => {
+                        let id: [u8; 8] = k[prefix.len()..].try_into().expect("length checked");
+                        u64::from_be_bytes(id) + 1
+                    }
+                    _ => 1,
+                }
+            }
+        };
+        ids.insert(table.id, next + n);
+        Ok(next)
+    }
+
+    fn next_backend_pid(&self) -> i32 {
+        self.next_backend_pid.fetch_add(1, Ordering::Relaxed)
+    }
+}

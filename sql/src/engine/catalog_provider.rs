@@ -1,0 +1,143 @@
+//! Eddy's catalog as seen by DataFusion: one catalog provider per session, resolving names
+//! through the session's transaction (its private catalog copy and uncommitted rows).
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::DFSchema;
+use datafusion::datasource::ViewTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use parking_lot::{Mutex, RwLock};
+
+use super::Engine;
+use crate::catalog::{Catalog, Relation, TableDef};
+use crate::table::{KvTable, SharedTxn};
+
+/// What a session's catalog provider needs to resolve names.
+pub struct SessionView {
+    pub engine: Arc<Engine>,
+    pub txn: SharedTxn,
+    /// While planning UPDATE/DELETE: the target table, which then exposes its storage columns.
+    pub dml_target: Mutex<Option<(String, String)>>,
+    /// The session's DataFusion state, to plan views and column defaults.
+    pub state: Mutex<Weak<RwLock<SessionState>>>,
+}
+
+impl SessionView {
+    /// The catalog this session sees: its transaction's copy, or the committed one.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        if let Some(draft) = self.txn.lock().catalog_draft() {
+            return Arc::new(draft.clone());
+        }
+        self.engine.catalog()
+    }
+
+    fn state(&self) -> Option<SessionState> {
+        let weak = self.state.lock().clone();
+        weak.upgrade().map(|s| s.read().clone())
+    }
+
+    fn defaults(&self, def: &TableDef) -> DfResult<Vec<Option<Expr>>> {
+        if def.columns.iter().all(|c| c.default.is_none()) {
+            return Ok(vec![None; def.columns.len()]);
+        }
+        let state = self
+            .state()
+            .ok_or_else(|| DataFusionError::Internal("session closed".into()))?;
+        def.columns
+            .iter()
+            .map(|c| {
+                c.default
+                    .as_ref()
+                    .map(|sql| {
+                        let e = state.create_logical_expr(sql, &DFSchema::empty())?;
+                        Ok(e.cast_to(&c.ty.arrow_type(), &DFSchema::empty())?)
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct EddyCatalog {
+    pub view: Arc<SessionView>,
+}
+
+impl std::fmt::Debug for EddyCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EddyCatalog")
+    }
+}
+
+impl CatalogProvider for EddyCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.view.catalog().schemas().cloned().collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        let cat = self.view.catalog();
+        cat.schemas().any(|s| s == name).then(|| {
+            Arc::new(EddySchema {
+                name: name.to_string(),
+                view: self.view.clone(),
+            }) as Arc<dyn SchemaProvider>
+        })
+    }
+}
+
+pub struct EddySchema {
+    name: String,
+    view: Arc<SessionView>,
+}
+
+impl std::fmt::Debug for EddySchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EddySchema({})", self.name)
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for EddySchema {
+    fn table_names(&self) -> Vec<String> {
+        self.view.catalog().relation_names(&self.name)
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let cat = self.view.catalog();
+        match cat.relation(&self.name, name) {
+            None => Ok(None),
+            Some(Relation::Table(def)) => {
+                let storage_columns = self
+                    .view
+                    .dml_target
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|(s, n)| *s == def.schema && *n == def.name);
+                let defaults = self.view.defaults(&def)?;
+                Ok(Some(Arc::new(KvTable::new(
+                    def,
+                    self.view.engine.kv().clone(),
+                    self.view.txn.clone(),
+                    storage_columns,
+                    defaults,
+                ))))
+            }
+            Some(Relation::View(v)) => {
+                let state = self
+                    .view
+                    .state()
+                    .ok_or_else(|| DataFusionError::Internal("session closed".into()))?;
+                let plan = state.create_logical_plan(&v.sql).await?;
+                Ok(Some(Arc::new(ViewTable::new(plan, Some(v.sql.clone())))))
+            }
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.view.catalog().relation(&self.name, name).is_some()
+    }
+}

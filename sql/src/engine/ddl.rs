@@ -1,0 +1,477 @@
+//! Statements Eddy runs itself rather than through DataFusion's planner: CREATE/DROP of
+//! tables, views and schemas, TRUNCATE, and the session statements SET, SHOW, RESET, DISCARD.
+//!
+//! Catalog changes go into the session's transaction (its private catalog copy plus the KV
+//! records that persist it) and become visible to others when it commits.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::sql::sqlparser::ast::{
+    self, ColumnOption, Expr as SqlExpr, Ident, ObjectName, ObjectType, Statement, TableConstraint,
+};
+
+use super::session::{CommandTag, QueryOutput, Session, text_rows};
+use super::settings::Settings;
+use crate::catalog::{ColumnDef, Relation};
+use crate::error::{Error, Result, sqlstate};
+use crate::storage::prefix_end;
+use crate::types::SqlType;
+
+/// The normalised name of an identifier: unquoted names fold to lower case.
+pub fn ident(i: &Ident) -> String {
+    match i.quote_style {
+        Some(_) => i.value.clone(),
+        None => i.value.to_lowercase(),
+    }
+}
+
+fn name_parts(name: &ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(ident)
+        .collect()
+}
+
+impl Session {
+    /// Schema and name for an object to create: unqualified names go to `current_schema()`.
+    fn name_for_create(&self, name: &ObjectName) -> Result<(String, String)> {
+        let mut parts = name_parts(name);
+        let object = parts.pop().ok_or_else(|| Error::internal("empty name"))?;
+        let schema = match parts.pop() {
+            Some(s) => s,
+            None => self.info().current_schema().ok_or_else(|| {
+                Error::user(
+                    sqlstate::INVALID_SCHEMA_NAME,
+                    "no schema has been selected to create in",
+                )
+            })?,
+        };
+        Ok((schema, object))
+    }
+
+    /// Schema and name of an existing relation, searching `search_path` when unqualified.
+    fn resolve(&self, name: &ObjectName) -> Result<Option<(String, String, Relation)>> {
+        let mut parts = name_parts(name);
+        let object = parts.pop().ok_or_else(|| Error::internal("empty name"))?;
+        let cat = self.view().catalog();
+        let schemas = match parts.pop() {
+            Some(s) => vec![s],
+            None => self.settings().search_path(&self.info().user),
+        };
+        Ok(schemas.into_iter().find_map(|s| {
+            cat.relation(&s, &object)
+                .map(|r| (s.clone(), object.clone(), r))
+        }))
+    }
+}
+
+/// What a statement executed here returns, for Describe.
+pub fn result_schema(statement: &Statement, settings: &Settings) -> Option<SchemaRef> {
+    match statement {
+        Statement::ShowVariable { variable } => {
+            let name = show_name(variable);
+            let columns = if name == "all" {
+                vec!["name", "setting", "description"]
+            } else {
+                vec![]
+            };
+            let fields: Vec<Field> = if columns.is_empty() {
+                vec![Field::new(
+                    settings.display_name(&name),
+                    DataType::Utf8,
+                    true,
+                )]
+            } else {
+                columns
+                    .into_iter()
+                    .map(|c| Field::new(c, DataType::Utf8, true))
+                    .collect()
+            };
+            Some(Arc::new(Schema::new(fields)))
+        }
+        _ => None,
+    }
+}
+
+pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOutput> {
+    let tag = match statement {
+        Statement::CreateTable(ct) => create_table(session, ct).await?,
+        Statement::CreateView(cv) => create_view(session, cv).await?,
+        Statement::CreateSchema {
+            schema_name,
+            if_not_exists,
+            ..
+        } => create_schema(session, schema_name, *if_not_exists)?,
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } => drop(session, *object_type, *if_exists, names, *cascade)?,
+        Statement::Truncate(t) => truncate(session, t)?,
+        Statement::Set(set) => return set_statement(session, set).map(QueryOutput::Command),
+        Statement::ShowVariable { variable } => return show(session, variable),
+        Statement::Reset(reset) => {
+            match &reset.reset {
+                ast::Reset::ALL => session
+                    .info()
+                    .settings
+                    .write()
+                    .reset_all(&["application_name"]),
+                ast::Reset::ConfigurationParameter(name) => {
+                    session.info().settings.write().reset(&name.to_string())
+                }
+            }
+            session.sync_default_schema();
+            CommandTag::new("RESET")
+        }
+        Statement::Discard { .. } => {
+            session
+                .info()
+                .settings
+                .write()
+                .reset_all(&["application_name"]);
+            session.sync_default_schema();
+            CommandTag::new("DISCARD ALL")
+        }
+        Statement::Deallocate { .. } => CommandTag::new("DEALLOCATE"),
+        Statement::Close { .. } => CommandTag::new("CLOSE CURSOR ALL"),
+        Statement::UNLISTEN { .. } => CommandTag::new("UNLISTEN"),
+        other => {
+            let sql = other.to_string();
+            let words: Vec<&str> = sql.split_whitespace().take(2).collect();
+            return Err(Error::not_supported(words.join(" ")));
+        }
+    };
+    Ok(QueryOutput::Command(tag))
+}
+
+async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<CommandTag> {
+    if ct.query.is_some() {
+        return Err(Error::not_supported("CREATE TABLE ... AS"));
+    }
+    let (schema, name) = session.name_for_create(&ct.name)?;
+    if ct.if_not_exists && session.view().catalog().relation(&schema, &name).is_some() {
+        return Ok(CommandTag::new("CREATE TABLE"));
+    }
+    let mut columns = Vec::with_capacity(ct.columns.len());
+    let mut primary_key: Vec<usize> = Vec::new();
+    for (i, c) in ct.columns.iter().enumerate() {
+        let col_name = ident(&c.name);
+        if columns.iter().any(|d: &ColumnDef| d.name == col_name) {
+            return Err(Error::user(
+                "42701",
+                format!("column \"{col_name}\" specified more than once"),
+            ));
+        }
+        let ty = SqlType::from_ast(&c.data_type)?;
+        let mut def = ColumnDef {
+            name: col_name,
+            ty,
+            nullable: true,
+            default: None,
+        };
+        for opt in &c.options {
+            match &opt.option {
+                ColumnOption::Null => def.nullable = true,
+                ColumnOption::NotNull => def.nullable = false,
+                ColumnOption::Default(e) => def.default = Some(e.to_string()),
+                ColumnOption::PrimaryKey(_) => {
+                    if !primary_key.is_empty() {
+                        return Err(multiple_primary_keys(&name));
+                    }
+                    primary_key.push(i);
+                }
+                other => {
+                    return Err(Error::not_supported(format!("column constraint {other}")));
+                }
+            }
+        }
+        columns.push(def);
+    }
+    for constraint in &ct.constraints {
+        match constraint {
+            TableConstraint::PrimaryKey(pk) => {
+                if !primary_key.is_empty() {
+                    return Err(multiple_primary_keys(&name));
+                }
+                for ic in &pk.columns {
+                    let col = ic.column.expr.to_string();
+                    let col = col.trim_matches('"').to_string();
+                    let idx = columns
+                        .iter()
+                        .position(|c| c.name == col || c.name == col.to_lowercase())
+                        .ok_or_else(|| {
+                            Error::user(
+                                sqlstate::UNDEFINED_COLUMN,
+                                format!("column \"{col}\" named in key does not exist"),
+                            )
+                        })?;
+                    primary_key.push(idx);
+                }
+            }
+            other => return Err(Error::not_supported(format!("table constraint {other}"))),
+        }
+    }
+    for &k in &primary_key {
+        columns[k].nullable = false;
+    }
+    check_defaults(session, &columns)?;
+    let current = session.engine().catalog();
+    let mut txn = session.txn().lock();
+    let (_, ops) = txn
+        .catalog_mut(&current)
+        .create_table(&schema, &name, columns, primary_key)?;
+    txn.push_ops(ops);
+    Ok(CommandTag::new("CREATE TABLE"))
+}
+
+fn multiple_primary_keys(table: &str) -> Error {
+    Error::user(
+        sqlstate::INVALID_TABLE_DEFINITION,
+        format!("multiple primary keys for table \"{table}\" are not allowed"),
+    )
+}
+
+/// Plans each DEFAULT expression now, so a bad one fails CREATE TABLE rather than INSERT.
+fn check_defaults(session: &Session, columns: &[ColumnDef]) -> Result<()> {
+    let state = session.ctx().state();
+    for c in columns {
+        if let Some(sql) = &c.default {
+            let expr = state.create_logical_expr(sql, &DFSchema::empty())?;
+            expr.cast_to(&c.ty.arrow_type(), &DFSchema::empty())?;
+        }
+    }
+    Ok(())
+}
+
+async fn create_view(session: &Session, cv: &ast::CreateView) -> Result<CommandTag> {
+    if cv.materialized {
+        return Err(Error::not_supported("CREATE MATERIALIZED VIEW"));
+    }
+    let (schema, name) = session.name_for_create(&cv.name)?;
+    let sql = cv.query.to_string();
+    // Plan it once to report errors (unknown tables, columns) at CREATE time.
+    session.ctx().state().create_logical_plan(&sql).await?;
+    let current = session.engine().catalog();
+    let mut txn = session.txn().lock();
+    let catalog = txn.catalog_mut(&current);
+    let exists = catalog.relation(&schema, &name);
+    match exists {
+        Some(Relation::View(_)) if cv.or_replace => {
+            let ops = catalog.drop_relation(&schema, &name)?;
+            txn.push_ops(ops);
+        }
+        Some(_) if cv.if_not_exists => return Ok(CommandTag::new("CREATE VIEW")),
+        _ => {}
+    }
+    let ops = txn.catalog_mut(&current).create_view(&schema, &name, sql)?;
+    txn.push_ops(ops);
+    Ok(CommandTag::new("CREATE VIEW"))
+}
+
+fn create_schema(
+    session: &Session,
+    name: &ast::SchemaName,
+    if_not_exists: bool,
+) -> Result<CommandTag> {
+    let name = match name {
+        ast::SchemaName::Simple(n) | ast::SchemaName::NamedAuthorization(n, _) => name_parts(n)
+            .pop()
+            .ok_or_else(|| Error::internal("empty schema name"))?,
+        ast::SchemaName::UnnamedAuthorization(user) => ident(user),
+    };
+    if if_not_exists && session.view().catalog().schema_exists(&name) {
+        return Ok(CommandTag::new("CREATE SCHEMA"));
+    }
+    let current = session.engine().catalog();
+    let mut txn = session.txn().lock();
+    let ops = txn.catalog_mut(&current).create_schema(&name)?;
+    txn.push_ops(ops);
+    std::mem::drop(txn);
+    session.sync_default_schema();
+    Ok(CommandTag::new("CREATE SCHEMA"))
+}
+
+fn drop(
+    session: &Session,
+    object_type: ObjectType,
+    if_exists: bool,
+    names: &[ObjectName],
+    cascade: bool,
+) -> Result<CommandTag> {
+    let tag = match object_type {
+        ObjectType::Table => "DROP TABLE",
+        ObjectType::View => "DROP VIEW",
+        ObjectType::Schema => "DROP SCHEMA",
+        other => return Err(Error::not_supported(format!("DROP {other}"))),
+    };
+    for name in names {
+        if object_type == ObjectType::Schema {
+            let schema = name_parts(name).pop().unwrap_or_default();
+            if !session.view().catalog().schema_exists(&schema) && if_exists {
+                continue;
+            }
+            let current = session.engine().catalog();
+            let mut txn = session.txn().lock();
+            let ops = txn.catalog_mut(&current).drop_schema(&schema, cascade)?;
+            txn.push_ops(ops);
+            continue;
+        }
+        let Some((schema, object, relation)) = session.resolve(name)? else {
+            if if_exists {
+                continue;
+            }
+            return Err(Error::undefined_table(
+                name_parts(name).pop().unwrap_or_default(),
+            ));
+        };
+        let is_table = matches!(relation, Relation::Table(_));
+        if is_table != (object_type == ObjectType::Table) {
+            let kind = if is_table { "a table" } else { "a view" };
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!(
+                    "\"{object}\" is not {}",
+                    if is_table { "a view" } else { "a table" }
+                ),
+            )
+            .with_detail(format!("\"{object}\" is {kind}")));
+        }
+        let current = session.engine().catalog();
+        let mut txn = session.txn().lock();
+        let catalog = txn.catalog_mut(&current);
+        let dependents = catalog.views_mentioning(&object);
+        if !dependents.is_empty() && !cascade {
+            return Err(Error::user(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("cannot drop {object} because other objects depend on it"),
+            )
+            .with_detail(format!("view {} depends on {object}", dependents[0])));
+        }
+        let mut ops = Vec::new();
+        for view in dependents {
+            ops.extend(catalog.drop_relation(&schema, &view)?);
+        }
+        ops.extend(catalog.drop_relation(&schema, &object)?);
+        txn.push_ops(ops);
+    }
+    Ok(CommandTag::new(tag))
+}
+
+fn truncate(session: &Session, t: &ast::Truncate) -> Result<CommandTag> {
+    for target in &t.table_names {
+        let Some((_, object, relation)) = session.resolve(&target.name)? else {
+            if t.if_exists {
+                continue;
+            }
+            return Err(Error::undefined_table(target.name.to_string()));
+        };
+        let Relation::Table(def) = relation else {
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!("\"{object}\" is not a table"),
+            ));
+        };
+        let prefix = def.key_prefix();
+        let end = prefix_end(&prefix);
+        session.txn().lock().truncate(def.id, prefix, end);
+    }
+    Ok(CommandTag::new("TRUNCATE TABLE"))
+}
+
+fn value_text(e: &SqlExpr) -> String {
+    match e {
+        SqlExpr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+            ast::Value::EscapedStringLiteral(s) => s.clone(),
+            other => other.to_string(),
+        },
+        SqlExpr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn set_statement(session: &Session, set: &ast::Set) -> Result<CommandTag> {
+    match set {
+        ast::Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let name = variable.to_string();
+            let is_default = values.len() == 1
+                && matches!(&values[0], SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case("default"));
+            if is_default {
+                session.info().settings.write().reset(&name);
+                session.sync_default_schema();
+            } else {
+                let value = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
+                session.set_setting(&name, value);
+            }
+        }
+        ast::Set::SetTimeZone { value, .. } => session.set_setting("TimeZone", value_text(value)),
+        ast::Set::SetNames { charset_name, .. } => {
+            session.set_setting("client_encoding", charset_name.value.clone())
+        }
+        ast::Set::SetTransaction { .. }
+        | ast::Set::SetSessionParam(_)
+        | ast::Set::SetRole { .. } => {}
+        ast::Set::SetSessionAuthorization(_) => {}
+        ast::Set::MultipleAssignments { assignments } => {
+            for a in assignments {
+                session.set_setting(&a.name.to_string(), value_text(&a.value));
+            }
+        }
+        other => return Err(Error::not_supported(other.to_string())),
+    }
+    Ok(CommandTag::new("SET"))
+}
+
+fn show_name(variable: &[Ident]) -> String {
+    let words: Vec<String> = variable.iter().map(|i| i.value.to_lowercase()).collect();
+    match words.join(" ").as_str() {
+        "transaction isolation level" => "transaction_isolation".into(),
+        "time zone" => "timezone".into(),
+        other => other.to_string(),
+    }
+}
+
+fn show(session: &Session, variable: &[Ident]) -> Result<QueryOutput> {
+    let name = show_name(variable);
+    let settings = session.settings();
+    if name == "all" {
+        let schema = result_schema(
+            &Statement::ShowVariable {
+                variable: variable.to_vec(),
+            },
+            &settings,
+        )
+        .ok_or_else(|| Error::internal("SHOW ALL schema"))?;
+        let (names, values): (Vec<String>, Vec<String>) = settings
+            .all()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .unzip();
+        let descriptions = vec![String::new(); names.len()];
+        use datafusion::arrow::array::StringArray;
+        let batch = datafusion::arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(names)),
+                Arc::new(StringArray::from(values)),
+                Arc::new(StringArray::from(descriptions)),
+            ],
+        )?;
+        return super::session::rows(schema, vec![batch]);
+    }
+    let value = settings.get(&name).map(str::to_string).ok_or_else(|| {
+        Error::user(
+            sqlstate::UNDEFINED_OBJECT,
+            format!("unrecognized configuration parameter \"{name}\""),
+        )
+    })?;
+    text_rows(&settings.display_name(&name), vec![value])
+}

@@ -1,0 +1,479 @@
+//! INSERT, UPDATE and DELETE: DataFusion plans them (typing parameters, casting values to the
+//! column types, filling defaults, pushing key predicates into the scan); Eddy executes the
+//! write itself, into the session's transaction, batch by batch.
+//!
+//! UPDATE and DELETE are planned against the target table with its hidden storage columns, so
+//! each affected row arrives with its key and the bytes that were read: the transaction
+//! records those bytes and commit verifies nobody changed the row meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::datatypes::{Field, Schema, UInt32Type};
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::common::{DFSchema, TableReference};
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::{DmlStatement, ExprSchemable, WriteOp};
+use datafusion::sql::sqlparser::ast::{
+    self, AssignmentTarget, OnConflictAction, OnInsert, Statement,
+};
+use futures::StreamExt;
+
+use super::ddl::ident;
+use super::functions::SessionInfo;
+use super::session::{CommandTag, Session};
+use crate::catalog::TableDef;
+use crate::codec::{ColumnRef, key, row};
+use crate::error::{Error, Result, sqlstate};
+use crate::table::KvTable;
+use crate::types::SqlType;
+
+/// The statement DataFusion plans, and the table whose storage columns it needs.
+pub fn prepare_statement(
+    statement: &Statement,
+    info: &SessionInfo,
+) -> (Statement, Option<(String, String)>) {
+    match statement {
+        Statement::Insert(insert) if insert.on.is_some() => {
+            let mut insert = insert.clone();
+            insert.on = None;
+            (Statement::Insert(insert), None)
+        }
+        Statement::Update(update) => {
+            let target = match &update.table.relation {
+                ast::TableFactor::Table { name, .. } => target_name(name, info),
+                _ => None,
+            };
+            (statement.clone(), target)
+        }
+        Statement::Delete(delete) => {
+            let tables = match &delete.from {
+                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+            };
+            let target = tables.first().and_then(|t| match &t.relation {
+                ast::TableFactor::Table { name, .. } => target_name(name, info),
+                _ => None,
+            });
+            (statement.clone(), target)
+        }
+        other => (other.clone(), None),
+    }
+}
+
+fn target_name(name: &ast::ObjectName, info: &SessionInfo) -> Option<(String, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(ident)
+        .collect();
+    match parts.as_slice() {
+        [schema, table] => Some((schema.clone(), table.clone())),
+        [table] => Some((info.current_schema()?, table.clone())),
+        _ => None,
+    }
+}
+
+fn conflict_clause(statement: &Statement) -> Option<&ast::OnConflict> {
+    match statement {
+        Statement::Insert(ast::Insert {
+            on: Some(OnInsert::OnConflict(c)),
+            ..
+        }) => Some(c),
+        _ => None,
+    }
+}
+
+pub async fn execute(
+    session: &Session,
+    dml: &DmlStatement,
+    statement: &Statement,
+) -> Result<CommandTag> {
+    let provider = source_as_provider(&dml.target)?;
+    let table = provider
+        .downcast_ref::<KvTable>()
+        .ok_or_else(|| Error::not_supported(format!("writing to {}", dml.table_name)))?;
+    let def = table.def().clone();
+    let df = DataFrame::new(session.ctx().state(), (*dml.input).clone());
+    let mut stream = df.execute_stream().await?;
+    let mut affected = 0;
+    let writer = Writer { session, def: &def };
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        affected += match &dml.op {
+            WriteOp::Insert(_) => {
+                writer.insert(&batch, conflict_clause(statement), &dml.table_name)?
+            }
+            WriteOp::Update => writer.update(&batch)?,
+            WriteOp::Delete => writer.delete(&batch)?,
+            other => return Err(Error::not_supported(other.name())),
+        };
+    }
+    Ok(match &dml.op {
+        WriteOp::Insert(_) => CommandTag::new("INSERT 0").with_rows(affected),
+        WriteOp::Update => CommandTag::new("UPDATE").with_rows(affected),
+        _ => CommandTag::new("DELETE").with_rows(affected),
+    })
+}
+
+struct Writer<'a> {
+    session: &'a Session,
+    def: &'a Arc<TableDef>,
+}
+
+impl Writer<'_> {
+    /// The table's columns from the first `n` columns of `batch`, cast to the column types and
+    /// checked against NOT NULL and length limits.
+    fn table_columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        let def = self.def;
+        if batch.num_columns() < def.columns.len() {
+            return Err(Error::internal("DML input lacks table columns"));
+        }
+        def.columns
+            .iter()
+            .zip(batch.columns())
+            .map(|(c, array)| {
+                let array = if array.data_type() != &c.ty.arrow_type() {
+                    cast(array, &c.ty.arrow_type())?
+                } else {
+                    array.clone()
+                };
+                if !c.nullable && array.null_count() > 0 {
+                    return Err(Error::user(
+                        sqlstate::NOT_NULL_VIOLATION,
+                        format!(
+                            "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
+                            c.name, def.name
+                        ),
+                    ));
+                }
+                check_length(&c.ty, &array)?;
+                Ok(array)
+            })
+            .collect()
+    }
+
+    fn encode(&self, arrays: &[ArrayRef]) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+        let types = self.def.types();
+        let cols: Vec<ColumnRef<'_>> = arrays
+            .iter()
+            .zip(&types)
+            .map(|(a, t)| ColumnRef::new(a, t))
+            .collect::<Result<_>>()?;
+        let n = arrays.first().map_or(0, |a| a.len());
+        let prefix = self.def.key_prefix();
+        let first_row_id = if self.def.primary_key.is_empty() {
+            Some(self.session.engine().allocate_row_ids(self.def, n as u64)?)
+        } else {
+            None
+        };
+        let mut keys = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut k = prefix.clone();
+            match first_row_id {
+                Some(first) => k.extend_from_slice(&(first + i as u64).to_be_bytes()),
+                None => {
+                    for &pk in &self.def.primary_key {
+                        key::encode_value(&cols[pk], i, &mut k);
+                    }
+                }
+            }
+            keys.push(k);
+            let mut v = Vec::with_capacity(64);
+            row::encode_row(&cols, i, &mut v);
+            values.push(v);
+        }
+        Ok((keys, values))
+    }
+
+    /// Committed values of `keys` (ignoring this transaction's writes).
+    fn committed(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        if self.session.txn().lock().is_truncated(self.def.id) {
+            return Ok(vec![None; keys.len()]);
+        }
+        self.session.engine().kv().multi_get(keys)
+    }
+
+    fn duplicate_key(&self, arrays: &[ArrayRef], row: usize) -> Error {
+        let names: Vec<&str> = self
+            .def
+            .primary_key
+            .iter()
+            .map(|&k| self.def.columns[k].name.as_str())
+            .collect();
+        let values: Vec<String> = self
+            .def
+            .primary_key
+            .iter()
+            .map(|&k| array_value_to_string(&arrays[k], row).unwrap_or_default())
+            .collect();
+        Error::user(
+            sqlstate::UNIQUE_VIOLATION,
+            format!(
+                "duplicate key value violates unique constraint \"{}_pkey\"",
+                self.def.name
+            ),
+        )
+        .with_detail(format!(
+            "Key ({})=({}) already exists.",
+            names.join(", "),
+            values.join(", ")
+        ))
+    }
+
+    fn insert(
+        &self,
+        batch: &RecordBatch,
+        conflict: Option<&ast::OnConflict>,
+        table: &TableReference,
+    ) -> Result<usize> {
+        let arrays = self.table_columns(batch)?;
+        let (keys, values) = self.encode(&arrays)?;
+        let committed = self.committed(&keys)?;
+        let mut conflicts: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut inserted = 0;
+        {
+            let mut txn = self.session.txn().lock();
+            for (i, (k, v)) in keys.into_iter().zip(values).enumerate() {
+                let existing = match txn.overlay_get(&k) {
+                    Some(v) => v.map(|v| v.to_vec()),
+                    None => committed[i].clone(),
+                };
+                if let Some(existing) = existing {
+                    match conflict.map(|c| &c.action) {
+                        None => return Err(self.duplicate_key(&arrays, i)),
+                        Some(OnConflictAction::DoNothing) => continue,
+                        Some(OnConflictAction::DoUpdate(_)) => {
+                            conflicts.push((i as u32, existing));
+                            continue;
+                        }
+                    }
+                }
+                txn.write(self.def.id, k, committed[i].clone(), Some(v));
+                inserted += 1;
+            }
+        }
+        if let Some(OnConflictAction::DoUpdate(update)) = conflict.map(|c| &c.action)
+            && !conflicts.is_empty()
+        {
+            inserted += self.upsert(&arrays, conflicts, update, table)?;
+        }
+        Ok(inserted)
+    }
+
+    /// ON CONFLICT DO UPDATE for the rows that hit an existing key, evaluated as one batch over
+    /// the existing rows (qualified by the table name) and the proposed ones (`excluded`).
+    fn upsert(
+        &self,
+        proposed: &[ArrayRef],
+        conflicts: Vec<(u32, Vec<u8>)>,
+        update: &ast::DoUpdate,
+        table: &TableReference,
+    ) -> Result<usize> {
+        let def = self.def;
+        let rows: ArrayRef = Arc::new(datafusion::arrow::array::UInt32Array::from(
+            conflicts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        ));
+        let mut decoder = row::RowDecoder::new(&def.types(), None, conflicts.len());
+        for (_, bytes) in &conflicts {
+            decoder.append(bytes)?;
+        }
+        let existing = decoder.finish()?;
+        let excluded: Vec<ArrayRef> = proposed
+            .iter()
+            .map(|a| take(a, rows.as_primitive::<UInt32Type>(), None))
+            .collect::<std::result::Result<_, _>>()?;
+        let table_schema = def.arrow_schema();
+        let qualified: Vec<(Option<TableReference>, Arc<Field>)> = table_schema
+            .fields()
+            .iter()
+            .map(|f| (Some(TableReference::bare(table.table())), f.clone()))
+            .chain(
+                table_schema
+                    .fields()
+                    .iter()
+                    .map(|f| (Some(TableReference::bare("excluded")), f.clone())),
+            )
+            .collect();
+        let df_schema = DFSchema::new_with_metadata(qualified, HashMap::new())?;
+        let arrow_schema = Arc::new(Schema::new(
+            df_schema.fields().iter().cloned().collect::<Vec<_>>(),
+        ));
+        let combined = RecordBatch::try_new(
+            arrow_schema,
+            existing.iter().chain(excluded.iter()).cloned().collect(),
+        )?;
+        let state = self.session.ctx().state();
+        let n = conflicts.len();
+        let mut new_columns = existing.clone();
+        for a in &update.assignments {
+            let AssignmentTarget::ColumnName(name) = &a.target else {
+                return Err(Error::not_supported("tuple assignment in ON CONFLICT"));
+            };
+            let col = name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(ident)
+                .unwrap_or_default();
+            let idx = def.column_index(&col).ok_or_else(|| {
+                Error::user(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!(
+                        "column \"{col}\" of relation \"{}\" does not exist",
+                        def.name
+                    ),
+                )
+            })?;
+            let expr = state.create_logical_expr(&a.value.to_string(), &df_schema)?;
+            let expr = expr.cast_to(&def.columns[idx].ty.arrow_type(), &df_schema)?;
+            let physical = state.create_physical_expr(expr, &df_schema)?;
+            new_columns[idx] = physical.evaluate(&combined)?.into_array(n)?;
+        }
+        let mut keep: Option<datafusion::arrow::array::BooleanArray> = None;
+        if let Some(selection) = &update.selection {
+            let expr = state.create_logical_expr(&selection.to_string(), &df_schema)?;
+            let physical = state.create_physical_expr(expr, &df_schema)?;
+            let mask = physical.evaluate(&combined)?.into_array(n)?;
+            keep = Some(mask.as_boolean().clone());
+        }
+        let updated = RecordBatch::try_new(table_schema, new_columns)?;
+        let (updated, old) = match &keep {
+            Some(mask) => {
+                let old: Vec<Vec<u8>> = conflicts
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
+                    .map(|(_, (_, b))| b.clone())
+                    .collect();
+                (filter_record_batch(&updated, mask)?, old)
+            }
+            None => (updated, conflicts.into_iter().map(|(_, b)| b).collect()),
+        };
+        let arrays = self.table_columns(&updated)?;
+        let (keys, values) = self.encode(&arrays)?;
+        let mut txn = self.session.txn().lock();
+        for ((k, v), observed) in keys.into_iter().zip(values).zip(old) {
+            txn.write(def.id, k, Some(observed), Some(v));
+        }
+        Ok(updated.num_rows())
+    }
+
+    fn storage_columns<'b>(&self, batch: &'b RecordBatch) -> Result<(&'b ArrayRef, &'b ArrayRef)> {
+        let n = self.def.columns.len();
+        if batch.num_columns() != n + 2 {
+            return Err(Error::internal("DML input lacks storage columns"));
+        }
+        Ok((batch.column(n), batch.column(n + 1)))
+    }
+
+    fn update(&self, batch: &RecordBatch) -> Result<usize> {
+        let (old_keys, old_rows) = self.storage_columns(batch)?;
+        let (old_keys, old_rows) = (old_keys.as_binary::<i32>(), old_rows.as_binary::<i32>());
+        let arrays = self.table_columns(batch)?;
+        let (mut keys, values) = if self.def.primary_key.is_empty() {
+            // Rows without a primary key keep their hidden row id.
+            let (_, values) = self.encode_values_only(&arrays)?;
+            let keys = (0..batch.num_rows())
+                .map(|i| old_keys.value(i).to_vec())
+                .collect();
+            (keys, values)
+        } else {
+            self.encode(&arrays)?
+        };
+        let moved: Vec<Vec<u8>> = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, k)| k.as_slice() != old_keys.value(*i))
+            .map(|(_, k)| k.clone())
+            .collect();
+        let committed_moved = self.committed(&moved)?;
+        let mut committed_moved = moved
+            .into_iter()
+            .zip(committed_moved)
+            .collect::<HashMap<_, _>>();
+        let mut txn = self.session.txn().lock();
+        for (i, v) in values.into_iter().enumerate() {
+            let old_key = old_keys.value(i);
+            let new_key = std::mem::take(&mut keys[i]);
+            if new_key.as_slice() != old_key {
+                txn.write(
+                    self.def.id,
+                    old_key.to_vec(),
+                    Some(old_rows.value(i).to_vec()),
+                    None,
+                );
+                let committed = committed_moved.remove(&new_key).flatten();
+                let exists = match txn.overlay_get(&new_key) {
+                    Some(v) => v.is_some(),
+                    None => committed.is_some(),
+                };
+                if exists {
+                    return Err(self.duplicate_key(&arrays, i));
+                }
+                txn.write(self.def.id, new_key, committed, Some(v));
+            } else {
+                txn.write(
+                    self.def.id,
+                    new_key,
+                    Some(old_rows.value(i).to_vec()),
+                    Some(v),
+                );
+            }
+        }
+        Ok(batch.num_rows())
+    }
+
+    fn encode_values_only(&self, arrays: &[ArrayRef]) -> Result<((), Vec<Vec<u8>>)> {
+        let types = self.def.types();
+        let cols: Vec<ColumnRef<'_>> = arrays
+            .iter()
+            .zip(&types)
+            .map(|(a, t)| ColumnRef::new(a, t))
+            .collect::<Result<_>>()?;
+        let n = arrays.first().map_or(0, |a| a.len());
+        let values = (0..n)
+            .map(|i| {
+                let mut v = Vec::with_capacity(64);
+                row::encode_row(&cols, i, &mut v);
+                v
+            })
+            .collect();
+        Ok(((), values))
+    }
+
+    fn delete(&self, batch: &RecordBatch) -> Result<usize> {
+        let (keys, rows) = self.storage_columns(batch)?;
+        let (keys, rows) = (keys.as_binary::<i32>(), rows.as_binary::<i32>());
+        let mut txn = self.session.txn().lock();
+        for i in 0..batch.num_rows() {
+            txn.write(
+                self.def.id,
+                keys.value(i).to_vec(),
+                Some(rows.value(i).to_vec()),
+                None,
+            );
+        }
+        Ok(batch.num_rows())
+    }
+}
+
+fn check_length(ty: &SqlType, array: &ArrayRef) -> Result<()> {
+    let SqlType::Varchar(Some(limit)) = ty else {
+        return Ok(());
+    };
+    let strings = array.as_string::<i32>();
+    for s in strings.iter().flatten() {
+        if s.chars().count() > *limit as usize {
+            return Err(Error::user(
+                sqlstate::STRING_DATA_RIGHT_TRUNCATION,
+                format!("value too long for type character varying({limit})"),
+            ));
+        }
+    }
+    Ok(())
+}

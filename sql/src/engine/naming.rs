@@ -1,0 +1,91 @@
+//! Output column names as PostgreSQL chooses them: an alias if given, a column's own name, a
+//! function's name (`count`, `upper`), otherwise `?column?`. DataFusion instead names
+//! expressions by their full text (`count(*)`, `t.a + Int64(1)`).
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+
+const UNNAMED: &str = "?column?";
+
+/// Names for the columns `plan` returns, or `None` to keep DataFusion's.
+pub fn output_names(plan: &LogicalPlan) -> Option<Vec<String>> {
+    match plan {
+        LogicalPlan::Projection(p) => Some(p.expr.iter().map(expr_name).collect()),
+        LogicalPlan::Sort(s) => output_names(&s.input),
+        LogicalPlan::Limit(l) => output_names(&l.input),
+        LogicalPlan::Distinct(d) => output_names(d.input()),
+        _ => None,
+    }
+}
+
+fn expr_name(e: &Expr) -> String {
+    match e {
+        Expr::Alias(a) => a.name.clone(),
+        Expr::Column(c) => display_name(&c.name),
+        Expr::Cast(c) => expr_name(&c.expr),
+        Expr::TryCast(c) => expr_name(&c.expr),
+        Expr::ScalarFunction(f) => f.func.name().to_string(),
+        Expr::AggregateFunction(f) => f.func.name().to_string(),
+        Expr::Literal(..) => UNNAMED.to_string(),
+        other => display_name(&other.schema_name().to_string()),
+    }
+}
+
+/// The Postgres name for a column DataFusion named after an expression's text.
+fn display_name(name: &str) -> String {
+    let is_ident = |s: &str| {
+        !s.is_empty()
+            && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+    };
+    if is_ident(name) {
+        return name.to_string();
+    }
+    if let Some(open) = name.find('(') {
+        let func = &name[..open];
+        if is_ident(func)
+            && !func.eq_ignore_ascii_case("cast")
+            && !func.eq_ignore_ascii_case("try_cast")
+        {
+            return func.to_lowercase();
+        }
+        return UNNAMED.to_string();
+    }
+    if !name.contains(' ')
+        && let Some(last) = name.rsplit('.').next()
+        && is_ident(last)
+    {
+        return last.to_string();
+    }
+    UNNAMED.to_string()
+}
+
+/// `schema` with its fields renamed (types and metadata kept).
+pub fn rename(schema: &SchemaRef, names: &[String]) -> SchemaRef {
+    if names.len() != schema.fields().len() {
+        return schema.clone();
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(names)
+        .map(|(f, n)| f.as_ref().clone().with_name(n))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::display_name;
+
+    #[test]
+    fn names_follow_postgres() {
+        assert_eq!(display_name("count(*)"), "count");
+        assert_eq!(display_name("sum(e.salary)"), "sum");
+        assert_eq!(display_name("t.ts IS NOT NULL"), "?column?");
+        assert_eq!(display_name("name"), "name");
+        assert_eq!(display_name("CAST(x AS Int32)"), "?column?");
+    }
+}

@@ -1,0 +1,545 @@
+//! A client session: its settings, its DataFusion context, its open transaction.
+//!
+//! Statement flow: [`Session::parse`] → [`Session::prepare`] (plans queries and DML through
+//! DataFusion, so parameter types and the result schema are known before execution) →
+//! [`Session::execute`] (binds parameters, runs, and commits unless inside BEGIN ... COMMIT).
+//!
+//! Transaction states follow PostgreSQL: idle, in a transaction block, or failed (every
+//! statement but COMMIT/ROLLBACK is refused with 25P02 until the block ends).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ParamValues;
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserOptions};
+use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
+
+use super::Engine;
+use super::catalog_provider::{EddyCatalog, SessionView};
+use super::functions::{self, SessionInfo};
+use super::naming;
+use super::settings::Settings;
+use crate::catalog::DEFAULT_SCHEMA;
+use crate::error::{Error, Result, sqlstate};
+use crate::table::SharedTxn;
+use crate::txn::Txn;
+
+/// Deepest expression nesting the parser accepts (deeper input is an error, not a crash).
+const PARSER_RECURSION_LIMIT: usize = 200;
+pub const CATALOG_NAME: &str = "eddy";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnStatus {
+    Idle,
+    InTransaction,
+    Failed,
+}
+
+/// The completion tag of a statement that returns no rows ("INSERT 0 3", "CREATE TABLE").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandTag {
+    pub command: String,
+    pub rows: Option<usize>,
+}
+
+impl CommandTag {
+    pub fn new(command: impl Into<String>) -> Self {
+        Self {
+            command: command.into(),
+            rows: None,
+        }
+    }
+
+    pub fn with_rows(mut self, rows: usize) -> Self {
+        self.rows = Some(rows);
+        self
+    }
+}
+
+pub enum QueryOutput {
+    Rows {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+    },
+    Command(CommandTag),
+}
+
+/// A statement ready to execute, with what the extended protocol describes.
+#[derive(Clone)]
+pub struct Prepared {
+    pub statement: Arc<Statement>,
+    plan: Option<LogicalPlan>,
+    catalog_version: u64,
+    /// Types of `$1..$n`, as far as they could be inferred.
+    pub param_types: Vec<Option<DataType>>,
+    /// Columns of the rows it returns; `None` for statements that return no rows.
+    pub schema: Option<SchemaRef>,
+}
+
+impl Prepared {
+    pub fn sql(&self) -> String {
+        self.statement.to_string()
+    }
+}
+
+pub struct Session {
+    engine: Arc<Engine>,
+    ctx: SessionContext,
+    view: Arc<SessionView>,
+    info: Arc<SessionInfo>,
+    txn: SharedTxn,
+    status: Mutex<TxnStatus>,
+    /// Set when a row stream of this session failed after its statement returned.
+    stream_failed: Arc<AtomicBool>,
+}
+
+impl Engine {
+    pub fn new_session(self: &Arc<Self>, user: &str, database: &str) -> Session {
+        Session::new(self.clone(), user, database)
+    }
+}
+
+impl Session {
+    fn new(engine: Arc<Engine>, user: &str, database: &str) -> Self {
+        let config = SessionConfig::new()
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
+            .with_information_schema(true)
+            .with_target_partitions(2)
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            .set_bool("datafusion.execution.parquet.pushdown_filters", true);
+        let ctx = SessionContext::new_with_config(config);
+        let txn: SharedTxn = Arc::new(Mutex::new(Txn::default()));
+        let view = Arc::new(SessionView {
+            engine: engine.clone(),
+            txn: txn.clone(),
+            dml_target: Mutex::new(None),
+            state: Mutex::new(ctx.state_weak_ref()),
+        });
+        ctx.register_catalog(CATALOG_NAME, Arc::new(EddyCatalog { view: view.clone() }));
+        let exists_view = view.clone();
+        let info = Arc::new(SessionInfo {
+            user: user.to_string(),
+            database: database.to_string(),
+            backend_pid: engine.next_backend_pid(),
+            settings: RwLock::new(Settings::default()),
+            schema_exists: Box::new(move |s| exists_view.catalog().schema_exists(s)),
+        });
+        functions::register(&ctx, info.clone());
+        Self {
+            engine,
+            ctx,
+            view,
+            info,
+            txn,
+            status: Mutex::new(TxnStatus::Idle),
+            stream_failed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn backend_pid(&self) -> i32 {
+        self.info.backend_pid
+    }
+
+    pub fn settings(&self) -> parking_lot::RwLockReadGuard<'_, Settings> {
+        self.info.settings.read()
+    }
+
+    pub fn set_setting(&self, name: &str, value: String) {
+        self.info.settings.write().set(name, value);
+        if name.eq_ignore_ascii_case("search_path") {
+            self.sync_default_schema();
+        }
+    }
+
+    pub fn status(&self) -> TxnStatus {
+        let mut status = self.status.lock();
+        if self.stream_failed.swap(false, Ordering::SeqCst) && *status == TxnStatus::InTransaction {
+            *status = TxnStatus::Failed;
+        }
+        *status
+    }
+
+    /// Records that a statement failed outside [`Session::execute`] (for example while
+    /// parsing): inside a transaction block, the block is now failed.
+    pub fn note_error(&self) {
+        let mut status = self.status.lock();
+        if *status == TxnStatus::InTransaction {
+            *status = TxnStatus::Failed;
+        }
+    }
+
+    pub(super) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub(super) fn view(&self) -> &Arc<SessionView> {
+        &self.view
+    }
+
+    pub(super) fn txn(&self) -> &SharedTxn {
+        &self.txn
+    }
+
+    pub(super) fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Splits and parses a query string. An empty or comment-only string gives no statements.
+    pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+        let dialect = PostgreSqlDialect {};
+        Parser::new(&dialect)
+            .with_recursion_limit(PARSER_RECURSION_LIMIT)
+            .with_options(ParserOptions::new().with_trailing_commas(false))
+            .try_with_sql(sql)
+            .and_then(|mut p| p.parse_statements())
+            .map_err(|e| Error::user(sqlstate::SYNTAX_ERROR, syntax_message(&e.to_string())))
+    }
+
+    /// Plans a statement without running it.
+    pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
+        let catalog_version = self.view.catalog().version;
+        let statement = Arc::new(statement);
+        if !is_planned(&statement) {
+            let schema = super::ddl::result_schema(&statement, &self.info.settings.read());
+            return Ok(Prepared {
+                statement,
+                plan: None,
+                catalog_version,
+                param_types: Vec::new(),
+                schema,
+            });
+        }
+        if let Some(reason) = refuse_in_failed_txn(self.status(), &statement) {
+            return Err(reason);
+        }
+        let plan = self.plan(&statement).await?;
+        let param_types = parameter_types(&plan)?;
+        let schema = match &plan {
+            LogicalPlan::Dml(_) => None,
+            plan => {
+                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+                Some(match naming::output_names(&plan) {
+                    Some(names) => naming::rename(&schema, &names),
+                    None => schema,
+                })
+            }
+        };
+        Ok(Prepared {
+            statement,
+            plan: Some(plan),
+            catalog_version,
+            param_types,
+            schema,
+        })
+    }
+
+    async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
+        let (statement, target) = super::dml::prepare_statement(statement, &self.info);
+        *self.view.dml_target.lock() = target;
+        let state = self.ctx.state();
+        let planned = state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await;
+        *self.view.dml_target.lock() = None;
+        Ok(planned?)
+    }
+
+    /// Parses, plans and runs one statement with no parameters.
+    pub async fn run(&self, statement: Statement) -> Result<QueryOutput> {
+        let prepared = self.prepare(statement).await?;
+        self.execute(&prepared, Vec::new()).await
+    }
+
+    /// Runs a prepared statement with its parameter values, inside the session's transaction
+    /// rules: autocommit outside a block, 25P02 in a failed block.
+    pub async fn execute(
+        &self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
+        let statement = prepared.statement.as_ref();
+        if let Some(tag) = self.transaction_control(statement).await? {
+            return Ok(QueryOutput::Command(tag));
+        }
+        let status = self.status();
+        if let Some(reason) = refuse_in_failed_txn(status, statement) {
+            return Err(reason);
+        }
+        let result = self.execute_statement(prepared, params).await;
+        match (status, &result) {
+            (TxnStatus::InTransaction, Err(_)) => *self.status.lock() = TxnStatus::Failed,
+            (TxnStatus::InTransaction, Ok(_)) => {}
+            (_, Err(_)) => self.discard_txn(),
+            (_, Ok(_)) => self.commit_txn().await?,
+        }
+        result
+    }
+
+    /// BEGIN, COMMIT, ROLLBACK; `None` for every other statement.
+    async fn transaction_control(&self, statement: &Statement) -> Result<Option<CommandTag>> {
+        let status = self.status();
+        Ok(Some(match statement {
+            Statement::StartTransaction { .. } => {
+                if status == TxnStatus::Idle {
+                    *self.status.lock() = TxnStatus::InTransaction;
+                }
+                CommandTag::new("BEGIN")
+            }
+            Statement::Commit { .. } => {
+                *self.status.lock() = TxnStatus::Idle;
+                match status {
+                    TxnStatus::Failed => {
+                        self.discard_txn();
+                        CommandTag::new("ROLLBACK")
+                    }
+                    _ => {
+                        self.commit_txn().await?;
+                        CommandTag::new("COMMIT")
+                    }
+                }
+            }
+            Statement::Rollback {
+                savepoint: None, ..
+            } => {
+                *self.status.lock() = TxnStatus::Idle;
+                self.discard_txn();
+                CommandTag::new("ROLLBACK")
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    fn discard_txn(&self) {
+        *self.txn.lock() = Txn::default();
+    }
+
+    async fn commit_txn(&self) -> Result<()> {
+        let txn = std::mem::take(&mut *self.txn.lock());
+        if txn.is_empty() {
+            return Ok(());
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.commit(txn))
+            .await
+            .map_err(|e| Error::internal(format!("commit task failed: {e}")))?
+    }
+
+    async fn execute_statement(
+        &self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryOutput> {
+        let Some(plan) = &prepared.plan else {
+            return super::ddl::execute(self, &prepared.statement).await;
+        };
+        // A plan made before a catalog change may name dropped objects: plan again.
+        let plan = if prepared.catalog_version != self.view.catalog().version {
+            self.plan(&prepared.statement).await?
+        } else {
+            plan.clone()
+        };
+        let plan = if prepared.param_types.is_empty() && params.is_empty() {
+            plan
+        } else {
+            bind(plan, &prepared.param_types, params)?
+        };
+        match plan {
+            LogicalPlan::Dml(dml) => {
+                let tag = self.execute_dml(&dml, &prepared.statement).await?;
+                Ok(QueryOutput::Command(tag))
+            }
+            plan => {
+                let names = naming::output_names(&plan);
+                let df = DataFrame::new(self.ctx.state(), plan);
+                let mut schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                if let Some(names) = names {
+                    schema = naming::rename(&schema, &names);
+                }
+                let stream = df.execute_stream().await?;
+                Ok(QueryOutput::Rows {
+                    schema: schema.clone(),
+                    stream: self.watch(schema, stream),
+                })
+            }
+        }
+    }
+
+    async fn execute_dml(&self, dml: &DmlStatement, statement: &Statement) -> Result<CommandTag> {
+        super::dml::execute(self, dml, statement).await
+    }
+
+    /// Gives the batches the output names, and marks the transaction failed if the stream
+    /// fails after the statement returned.
+    fn watch(
+        &self,
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+    ) -> SendableRecordBatchStream {
+        let flag = self.stream_failed.clone();
+        let named = schema.clone();
+        let stream = stream.map(move |item| {
+            if item.is_err() {
+                flag.store(true, Ordering::SeqCst);
+            }
+            let batch = item?;
+            let options = datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(batch.num_rows()));
+            Ok(RecordBatch::try_new_with_options(
+                named.clone(),
+                batch.columns().to_vec(),
+                &options,
+            )?)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    }
+
+    pub(super) fn sync_default_schema(&self) {
+        let schema = self
+            .info
+            .current_schema()
+            .unwrap_or_else(|| DEFAULT_SCHEMA.to_string());
+        let state = self.ctx.state_ref();
+        state
+            .write()
+            .config_mut()
+            .options_mut()
+            .catalog
+            .default_schema = schema;
+    }
+
+    pub(super) fn info(&self) -> &Arc<SessionInfo> {
+        &self.info
+    }
+}
+
+/// Rows from a list of batches, as a statement result.
+pub(super) fn rows(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<QueryOutput> {
+    let stream = MemoryStream::try_new(batches, schema.clone(), None)?;
+    Ok(QueryOutput::Rows {
+        schema,
+        stream: Box::pin(stream),
+    })
+}
+
+/// A single-column text result (SHOW).
+pub(super) fn text_rows(column: &str, values: Vec<String>) -> Result<QueryOutput> {
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, true)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])?;
+    rows(schema, vec![batch])
+}
+
+fn is_planned(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Query(_)
+            | Statement::Insert(_)
+            | Statement::Update { .. }
+            | Statement::Delete(_)
+            | Statement::Explain { .. }
+    )
+}
+
+fn refuse_in_failed_txn(status: TxnStatus, statement: &Statement) -> Option<Error> {
+    let ends_block = matches!(
+        statement,
+        Statement::Commit { .. } | Statement::Rollback { .. }
+    );
+    (status == TxnStatus::Failed && !ends_block).then(|| {
+        Error::user(
+            sqlstate::IN_FAILED_SQL_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )
+    })
+}
+
+/// `$1..$n` in order, with the types DataFusion inferred for them.
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types()?;
+    let mut indexed: Vec<(usize, Option<DataType>)> = Vec::with_capacity(types.len());
+    for (name, ty) in types {
+        let idx = name
+            .trim_start_matches('$')
+            .parse::<usize>()
+            .map_err(|_| Error::not_supported(format!("parameter name {name}")))?;
+        indexed.push((idx, ty));
+    }
+    let n = indexed.iter().map(|(i, _)| *i).max().unwrap_or(0);
+    let mut out = vec![None; n];
+    for (i, ty) in indexed {
+        if i >= 1 {
+            out[i - 1] = ty;
+        }
+    }
+    Ok(out)
+}
+
+/// Substitutes parameter values, cast to the types the plan expects.
+fn bind(
+    plan: LogicalPlan,
+    types: &[Option<DataType>],
+    params: Vec<ScalarValue>,
+) -> Result<LogicalPlan> {
+    if params.len() != types.len() {
+        return Err(Error::user(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "bind message supplies {} parameters, but prepared statement requires {}",
+                params.len(),
+                types.len()
+            ),
+        ));
+    }
+    let values = params
+        .into_iter()
+        .zip(types)
+        .map(|(v, ty)| match ty {
+            Some(ty) if v.data_type() != *ty => v.cast_to(ty).map_err(|e| {
+                Error::user(
+                    sqlstate::INVALID_TEXT_REPRESENTATION,
+                    format!("invalid input for parameter of type {ty}: {e}"),
+                )
+            }),
+            _ => Ok(v),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(plan.with_param_values(ParamValues::from(values))?)
+}
+
+fn syntax_message(msg: &str) -> String {
+    let msg = msg.strip_prefix("sql parser error: ").unwrap_or(msg);
+    format!("syntax error: {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_comment_only_strings_have_no_statements() {
+        assert!(Session::parse(";").unwrap().is_empty());
+        assert!(Session::parse("-- ping").unwrap().is_empty());
+        assert!(Session::parse("/* x */ ;").unwrap().is_empty());
+        assert_eq!(Session::parse("select 1; select 2").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+        let err = Session::parse(&sql).unwrap_err();
+        assert_eq!(err.sqlstate(), sqlstate::SYNTAX_ERROR);
+    }
+}

@@ -1,0 +1,18 @@
+//! Eddy's engine: SQL dialect and DDL, catalog, planning through DataFusion, storage,
+//! transactions.
+//!
+//! Layers, bottom up: [`storage`] (the KV seam; RocksDB lives only in `storage::rocks`),
+//! [`codec`] (key and row encodings), [`catalog`], [`txn`] (overlay + validated commit),
+//! [`table`] (stored tables as DataFusion tables), [`engine`] (sessions and statements).
+
+pub mod catalog;
+pub mod codec;
+pub mod engine;
+pub mod error;
+pub mod storage;
+pub mod table;
+pub mod txn;
+pub mod types;
+
+pub use engine::{CommandTag, Engine, Prepared, QueryOutput, Session, TxnStatus};
+pub use error::{Error, Result};

@@ -1,0 +1,57 @@
+//! The storage seam: an ordered key-value store with atomic, optionally synced, batches.
+//!
+//! Everything Eddy persists (catalog entries, table rows) goes through [`KvStore`]. This module
+//! does not know RocksDB: [`rocks`] is the one place that opens it, [`memory`] is the
+//! in-memory implementation unit tests use. Invariant: a `write` with `sync = true` returns only
+//! after its batch is durable, and a batch is applied all-or-nothing.
+
+pub mod memory;
+pub mod rocks;
+
+use crate::error::Result;
+
+/// One change inside an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    /// Deletes every key in `[start, end)`.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
+pub trait KvStore: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Up to `limit` entries with `start <= key < end`, in ascending key order.
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>>;
+
+    /// The greatest key in `[start, end)`, if any.
+    fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Applies `ops` atomically. With `sync`, returns once the batch is durable on disk;
+    /// concurrent synced writers may share one sync (group commit).
+    fn write(&self, ops: Vec<WriteOp>, sync: bool) -> Result<()>;
+
+    /// Counters for observability: (name, value).
+    fn stats(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}

@@ -1,0 +1,204 @@
+//! Eddy's SQL types and how each maps to an Arrow type.
+//!
+//! Arrow has no uuid or jsonb: those columns are Utf8 whose field metadata
+//! (`eddy.pg_type`) names the Postgres type, so the wire layer reports the right OID.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
+use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, sqlstate};
+
+/// Field metadata key naming the Postgres type of a column when Arrow cannot tell it.
+pub const PG_TYPE_KEY: &str = "eddy.pg_type";
+
+/// Scale used for `numeric` declared without precision.
+pub const DEFAULT_NUMERIC_SCALE: i8 = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SqlType {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    /// `numeric(precision, scale)`; `None` when declared without precision.
+    Numeric(Option<(u8, i8)>),
+    Text,
+    Varchar(Option<u32>),
+    Bytea,
+    Date,
+    Timestamp,
+    Timestamptz,
+    Interval,
+    Uuid,
+    Jsonb,
+}
+
+impl SqlType {
+    pub fn from_ast(t: &ast::DataType) -> Result<Self> {
+        use ast::DataType as D;
+        Ok(match t {
+            D::Bool | D::Boolean => SqlType::Bool,
+            D::SmallInt(_) | D::Int2(_) => SqlType::Int2,
+            D::Int(_) | D::Integer(_) | D::Int4(_) => SqlType::Int4,
+            D::BigInt(_) | D::Int8(_) => SqlType::Int8,
+            D::Real | D::Float4 => SqlType::Float4,
+            D::Double(_) | D::DoublePrecision | D::Float8 => SqlType::Float8,
+            D::Float(info) => match info {
+                ExactNumberInfo::Precision(p) | ExactNumberInfo::PrecisionAndScale(p, _)
+                    if *p <= 24 =>
+                {
+                    SqlType::Float4
+                }
+                _ => SqlType::Float8,
+            },
+            D::Numeric(info) | D::Decimal(info) | D::Dec(info) => SqlType::Numeric(match info {
+                ExactNumberInfo::None => None,
+                ExactNumberInfo::Precision(p) => Some((precision(*p)?, 0)),
+                ExactNumberInfo::PrecisionAndScale(p, s) => Some((precision(*p)?, *s as i8)),
+            }),
+            D::Text | D::String(_) => SqlType::Text,
+            D::Varchar(len) | D::CharacterVarying(len) | D::CharVarying(len) => {
+                SqlType::Varchar(char_len(len))
+            }
+            D::Char(_) | D::Character(_) => SqlType::Text,
+            D::Bytea => SqlType::Bytea,
+            D::Date => SqlType::Date,
+            D::Timestamp(_, tz) => match tz {
+                ast::TimezoneInfo::WithTimeZone | ast::TimezoneInfo::Tz => SqlType::Timestamptz,
+                _ => SqlType::Timestamp,
+            },
+            D::Interval { .. } => SqlType::Interval,
+            D::Uuid => SqlType::Uuid,
+            D::JSONB | D::JSON => SqlType::Jsonb,
+            D::Custom(name, _) => match name.to_string().to_lowercase().as_str() {
+                "timestamptz" => SqlType::Timestamptz,
+                "serial" | "serial4" => SqlType::Int4,
+                "bigserial" | "serial8" => SqlType::Int8,
+                "int2" => SqlType::Int2,
+                "int4" => SqlType::Int4,
+                "int8" => SqlType::Int8,
+                "float4" => SqlType::Float4,
+                "float8" => SqlType::Float8,
+                "bool" => SqlType::Bool,
+                "jsonb" | "json" => SqlType::Jsonb,
+                "uuid" => SqlType::Uuid,
+                other => return Err(unknown_type(other)),
+            },
+            other => return Err(unknown_type(&other.to_string())),
+        })
+    }
+
+    pub fn arrow_type(&self) -> DataType {
+        match self {
+            SqlType::Bool => DataType::Boolean,
+            SqlType::Int2 => DataType::Int16,
+            SqlType::Int4 => DataType::Int32,
+            SqlType::Int8 => DataType::Int64,
+            SqlType::Float4 => DataType::Float32,
+            SqlType::Float8 => DataType::Float64,
+            SqlType::Numeric(Some((p, s))) => DataType::Decimal128(*p, *s),
+            SqlType::Numeric(None) => DataType::Decimal128(38, DEFAULT_NUMERIC_SCALE),
+            SqlType::Text | SqlType::Varchar(_) | SqlType::Uuid | SqlType::Jsonb => DataType::Utf8,
+            SqlType::Bytea => DataType::Binary,
+            SqlType::Date => DataType::Date32,
+            SqlType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            SqlType::Timestamptz => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+            }
+            SqlType::Interval => DataType::Interval(IntervalUnit::MonthDayNano),
+        }
+    }
+
+    pub fn arrow_field(&self, name: &str, nullable: bool) -> Field {
+        let field = Field::new(name, self.arrow_type(), nullable);
+        match self {
+            SqlType::Uuid | SqlType::Jsonb => {
+                field.with_metadata(HashMap::from([(PG_TYPE_KEY.to_string(), self.pg_name())]))
+            }
+            _ => field,
+        }
+    }
+
+    /// The name PostgreSQL's `format_type` prints.
+    pub fn pg_name(&self) -> String {
+        match self {
+            SqlType::Bool => "boolean".into(),
+            SqlType::Int2 => "smallint".into(),
+            SqlType::Int4 => "integer".into(),
+            SqlType::Int8 => "bigint".into(),
+            SqlType::Float4 => "real".into(),
+            SqlType::Float8 => "double precision".into(),
+            SqlType::Numeric(Some((p, s))) => format!("numeric({p},{s})"),
+            SqlType::Numeric(None) => "numeric".into(),
+            SqlType::Text => "text".into(),
+            SqlType::Varchar(Some(n)) => format!("character varying({n})"),
+            SqlType::Varchar(None) => "character varying".into(),
+            SqlType::Bytea => "bytea".into(),
+            SqlType::Date => "date".into(),
+            SqlType::Timestamp => "timestamp without time zone".into(),
+            SqlType::Timestamptz => "timestamp with time zone".into(),
+            SqlType::Interval => "interval".into(),
+            SqlType::Uuid => "uuid".into(),
+            SqlType::Jsonb => "jsonb".into(),
+        }
+    }
+}
+
+fn precision(p: u64) -> Result<u8> {
+    if (1..=38).contains(&p) {
+        Ok(p as u8)
+    } else {
+        Err(Error::user(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("NUMERIC precision {p} must be between 1 and 38"),
+        ))
+    }
+}
+
+fn char_len(len: &Option<ast::CharacterLength>) -> Option<u32> {
+    match len {
+        Some(ast::CharacterLength::IntegerLength { length, .. }) => Some(*length as u32),
+        _ => None,
+    }
+}
+
+fn unknown_type(name: &str) -> Error {
+    Error::user(
+        sqlstate::UNDEFINED_OBJECT,
+        format!("type \"{}\" does not exist", name.to_lowercase()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::{dialect::PostgreSqlDialect, parser::Parser};
+
+    fn parse_type(sql: &str) -> SqlType {
+        let stmt = Parser::parse_sql(&PostgreSqlDialect {}, &format!("CREATE TABLE t (c {sql})"))
+            .unwrap()
+            .remove(0);
+        let ast::Statement::CreateTable(ct) = stmt else {
+            panic!("not a create table")
+        };
+        SqlType::from_ast(&ct.columns[0].data_type).unwrap()
+    }
+
+    #[test]
+    fn postgres_type_names_map() {
+        assert_eq!(parse_type("int"), SqlType::Int4);
+        assert_eq!(parse_type("bigint"), SqlType::Int8);
+        assert_eq!(parse_type("timestamptz"), SqlType::Timestamptz);
+        assert_eq!(parse_type("timestamp with time zone"), SqlType::Timestamptz);
+        assert_eq!(parse_type("numeric(10,2)"), SqlType::Numeric(Some((10, 2))));
+        assert_eq!(parse_type("varchar(20)"), SqlType::Varchar(Some(20)));
+        assert_eq!(parse_type("jsonb"), SqlType::Jsonb);
+        assert_eq!(parse_type("uuid"), SqlType::Uuid);
+        assert_eq!(parse_type("double precision"), SqlType::Float8);
+    }
+}

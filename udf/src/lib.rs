@@ -1,0 +1,1 @@
+//! Eddy functions: PREDICT and the model registry arrive with model support. Session functions live in eddy-sql for now.
