@@ -3,6 +3,7 @@
 pub mod encode;
 pub mod errors;
 pub mod handler;
+pub mod params;
 
 use std::sync::Arc;
 

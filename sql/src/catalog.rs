@@ -67,11 +67,14 @@ impl TableDef {
         def
     }
 
+    /// The table's Arrow schema. Every field is nullable: NOT NULL is enforced by Eddy when
+    /// rows are written (with a 23502 naming the column), not by Arrow while DataFusion
+    /// builds the batches to write.
     fn build_arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
             self.columns
                 .iter()
-                .map(|c| c.ty.arrow_field(&c.name, c.nullable))
+                .map(|c| c.ty.arrow_field(&c.name, true))
                 .collect::<Vec<_>>(),
         ))
     }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+pub use dml::parse_bytea;
 pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus};
 pub use settings::SERVER_VERSION;
 

@@ -149,6 +149,51 @@ impl SqlType {
     }
 }
 
+/// The canonical text of a jsonb value, as PostgreSQL prints it: object keys sorted (shorter
+/// first, then bytewise), duplicates keeping the last, `", "` and `": "` separators.
+pub fn jsonb_canonical(text: &str) -> Result<String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        Error::user(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            format!("invalid input syntax for type json: {e}"),
+        )
+    })?;
+    let mut out = String::with_capacity(text.len());
+    write_jsonb(&value, &mut out);
+    Ok(out)
+}
+
+fn write_jsonb(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_jsonb(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                write_jsonb(&map[k], out);
+            }
+            out.push('}');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 fn precision(p: u64) -> Result<u8> {
     if (1..=38).contains(&p) {
         Ok(p as u8)
@@ -187,6 +232,18 @@ mod tests {
             panic!("not a create table")
         };
         SqlType::from_ast(&ct.columns[0].data_type).unwrap()
+    }
+
+    #[test]
+    fn jsonb_is_canonical() {
+        assert_eq!(
+            jsonb_canonical(r#"{"bb":1,"a":[1,{"y":2,"x":null}],"c":"s"}"#).unwrap(),
+            r#"{"a": [1, {"x": null, "y": 2}], "c": "s", "bb": 1}"#
+        );
+        assert_eq!(
+            jsonb_canonical("{not json").unwrap_err().sqlstate(),
+            "22P02"
+        );
     }
 
     #[test]

@@ -93,7 +93,100 @@ fn encode_cell(
             &FormatOptions::default(),
         );
     }
+    if info.format() == FieldFormat::Binary
+        && let DataType::Decimal128(_, scale) = array.data_type()
+    {
+        let a = array.as_primitive::<arrow::datatypes::Decimal128Type>();
+        let value = (!a.is_null(row)).then(|| Numeric(a.value(row), *scale));
+        return encoder.encode_field_with_type_and_format(
+            &value,
+            ty,
+            FieldFormat::Binary,
+            &FormatOptions::default(),
+        );
+    }
+    if info.format() == FieldFormat::Text
+        && let Some(text) = postgres_text(array, row)
+    {
+        return encoder.encode_field_with_type_and_format(
+            &text.map(TextAs),
+            ty,
+            FieldFormat::Text,
+            &FormatOptions::default(),
+        );
+    }
     arrow_pg::encoder::encode_value(encoder, array, row, field, info)
+}
+
+/// The text PostgreSQL prints for the types whose text form arrow-pg writes differently
+/// (floats, timestamps); `None` for the others. `Some(None)` is NULL.
+fn postgres_text(array: &ArrayRef, row: usize) -> Option<Option<String>> {
+    use arrow::datatypes::{Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
+    let text = match array.data_type() {
+        DataType::Float64 => {
+            let a = array.as_primitive::<Float64Type>();
+            (!a.is_null(row)).then(|| float_text(a.value(row), 15))
+        }
+        DataType::Float32 => {
+            let a = array.as_primitive::<Float32Type>();
+            (!a.is_null(row)).then(|| float_text(a.value(row) as f64, 6))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+            let a = array.as_primitive::<TimestampMicrosecondType>();
+            (!a.is_null(row)).then(|| timestamp_text(a.value(row), tz.is_some()))
+        }
+        _ => return None,
+    };
+    Some(text)
+}
+
+/// PostgreSQL's float output: the shortest exact digits, in exponent form when the decimal
+/// exponent is below -4 or at least `precision` (15 for float8, 6 for float4).
+pub fn float_text(v: f64, precision: i32) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let shortest = if precision <= 6 {
+        format!("{:e}", v as f32)
+    } else {
+        format!("{v:e}")
+    };
+    let (mantissa, exp) = shortest.split_once('e').expect("exponent form");
+    let exp: i32 = exp.parse().expect("exponent");
+    if exp < -4 || exp >= precision {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else if precision <= 6 {
+        format!("{}", v as f32)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` with trailing zeros of the fraction dropped, and `+00` for
+/// timestamptz (sessions run in UTC).
+pub fn timestamp_text(micros: i64, with_zone: bool) -> String {
+    let Some(t) = chrono::DateTime::from_timestamp_micros(micros) else {
+        return micros.to_string();
+    };
+    let mut s = t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string();
+    let frac = micros.rem_euclid(1_000_000);
+    if frac != 0 {
+        let digits = format!("{frac:06}");
+        s.push('.');
+        s.push_str(digits.trim_end_matches('0'));
+    }
+    if with_zone {
+        s.push_str("+00");
+    }
+    s
 }
 
 /// A value held as text whose binary form is the Postgres type's own (uuid, jsonb).
@@ -144,10 +237,123 @@ impl ToSqlText for TextAs {
     }
 }
 
+/// A decimal in Postgres' binary numeric form (base-10000 digits), keeping its scale even
+/// for zero (0.00 stays 0.00).
+#[derive(Debug)]
+struct Numeric(i128, i8);
+
+impl ToSql for Numeric {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let scale = self.1.max(0) as usize;
+        let abs = self.0.unsigned_abs();
+        let pow = 10u128.pow(scale as u32);
+        let int_digits = (abs / pow).to_string();
+        let mut frac_digits = format!("{:0width$}", abs % pow, width = scale);
+        if scale == 0 {
+            frac_digits.clear();
+        }
+        let int_pad = (4 - int_digits.len() % 4) % 4;
+        let int_str = format!("{}{int_digits}", "0".repeat(int_pad));
+        let frac_pad = (4 - frac_digits.len() % 4) % 4;
+        let frac_str = format!("{frac_digits}{}", "0".repeat(frac_pad));
+        let group = |s: &str| -> Vec<i16> {
+            s.as_bytes()
+                .chunks(4)
+                .map(|c| {
+                    std::str::from_utf8(c)
+                        .expect("ascii")
+                        .parse()
+                        .expect("digits")
+                })
+                .collect()
+        };
+        let int_groups = group(&int_str);
+        let mut weight = int_groups.len() as i16 - 1;
+        let mut digits: Vec<i16> = int_groups.into_iter().chain(group(&frac_str)).collect();
+        while digits.first() == Some(&0) {
+            digits.remove(0);
+            weight -= 1;
+        }
+        while digits.last() == Some(&0) {
+            digits.pop();
+        }
+        if digits.is_empty() {
+            weight = 0;
+        }
+        out.put_i16(digits.len() as i16);
+        out.put_i16(weight);
+        out.put_u16(if self.0 < 0 { 0x4000 } else { 0 });
+        out.put_u16(scale as u16);
+        for d in digits {
+            out.put_i16(d);
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+
+    to_sql_checked!();
+}
+
+impl ToSqlText for Numeric {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+        _format_options: &FormatOptions,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        out.put_slice(
+            rust_decimal::Decimal::from_i128_with_scale(self.0, self.1.max(0) as u32)
+                .to_string()
+                .as_bytes(),
+        );
+        Ok(IsNull::No)
+    }
+}
+
 /// The field format for every column when the client asked for one format for all.
 pub fn uniform(format: FieldFormat) -> Format {
     match format {
         FieldFormat::Text => Format::UnifiedText,
         FieldFormat::Binary => Format::UnifiedBinary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_binary_keeps_scale() {
+        let mut out = BytesMut::new();
+        Numeric(0, 2).to_sql(&Type::NUMERIC, &mut out).unwrap();
+        assert_eq!(&out[..], &[0, 0, 0, 0, 0, 0, 0, 2]);
+        let mut out = BytesMut::new();
+        Numeric(-12345, 2).to_sql(&Type::NUMERIC, &mut out).unwrap();
+        // -123.45 = -(123 + 4500/10000): 2 digits, weight 0, negative, scale 2.
+        assert_eq!(&out[..], &[0, 2, 0, 0, 0x40, 0, 0, 2, 0, 123, 0x11, 0x94]);
+    }
+
+    #[test]
+    fn floats_print_like_postgres() {
+        assert_eq!(float_text(90.0, 15), "90");
+        assert_eq!(float_text(1.5, 15), "1.5");
+        assert_eq!(float_text(1e20, 15), "1e+20");
+        assert_eq!(float_text(1.5e-7, 15), "1.5e-07");
+        assert_eq!(float_text(0.1, 15), "0.1");
+        assert_eq!(float_text(0.1f32 as f64, 6), "0.1");
+        assert_eq!(float_text(f64::NAN, 15), "NaN");
+    }
+
+    #[test]
+    fn timestamps_print_like_postgres() {
+        assert_eq!(timestamp_text(0, false), "1970-01-01 00:00:00");
+        assert_eq!(timestamp_text(1_500_000, true), "1970-01-01 00:00:01.5+00");
     }
 }

@@ -9,7 +9,6 @@ use std::fmt::Debug;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::scalar::ScalarValue;
@@ -237,7 +236,7 @@ impl QueryParser for EddyParser {
                     .get(i)
                     .cloned()
                     .flatten()
-                    .and_then(|dt| arrow_pg::datatypes::into_pg_type(&dt).ok())
+                    .and_then(|f| encode::pg_type(&f).ok())
                     .unwrap_or(Type::TEXT),
             })
             .collect();
@@ -263,21 +262,24 @@ impl QueryParser for EddyParser {
     }
 }
 
-/// Decodes the bound parameters with the types Parse described.
+/// Decodes the bound parameters. Text-format values stay text and are cast to the inferred
+/// type when bound; binary values are read by the type Parse described.
 fn parameters(portal: &Portal<EddyStatement>) -> PgWireResult<Vec<ScalarValue>> {
-    let stmt = &portal.statement.statement;
-    let inferred: Vec<Option<DataType>> = stmt.prepared.param_types.clone();
-    let server_types: Vec<Option<&Type>> = stmt.param_types.iter().map(Some).collect();
-    let refs: Vec<Option<&DataType>> = inferred.iter().map(Option::as_ref).collect();
-    let values = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
-        portal,
-        &refs,
-        &server_types,
-    )?;
-    Ok(match values {
-        datafusion::common::ParamValues::List(list) => list.into_iter().map(|v| v.value).collect(),
-        datafusion::common::ParamValues::Map(_) => Vec::new(),
-    })
+    let types = &portal.statement.statement.param_types;
+    (0..portal.parameter_len())
+        .map(|i| {
+            let ty = types.get(i).unwrap_or(&Type::UNKNOWN);
+            let Some(raw) = &portal.parameters[i] else {
+                return Ok(ScalarValue::Null);
+            };
+            if portal.parameter_format.is_binary(i) {
+                super::params::from_binary(raw, ty)
+            } else {
+                super::params::from_text(raw, ty)
+            }
+            .map_err(|e| to_pgwire(e))
+        })
+        .collect()
 }
 
 #[async_trait]

@@ -54,7 +54,7 @@ impl Session {
     }
 
     /// Schema and name of an existing relation, searching `search_path` when unqualified.
-    fn resolve(&self, name: &ObjectName) -> Result<Option<(String, String, Relation)>> {
+    pub(super) fn resolve(&self, name: &ObjectName) -> Result<Option<(String, String, Relation)>> {
         let mut parts = name_parts(name);
         let object = parts.pop().ok_or_else(|| Error::internal("empty name"))?;
         let cat = self.view().catalog();

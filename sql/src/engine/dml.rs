@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
-use datafusion::arrow::datatypes::{Field, Schema, UInt32Type};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::{DFSchema, TableReference};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::source_as_provider;
-use datafusion::logical_expr::{DmlStatement, ExprSchemable, WriteOp};
+use datafusion::logical_expr::{
+    DmlStatement, Expr, ExprSchemable, LogicalPlan, Projection, WriteOp,
+};
 use datafusion::sql::sqlparser::ast::{
     self, AssignmentTarget, OnConflictAction, OnInsert, Statement,
 };
@@ -32,14 +34,19 @@ use crate::table::KvTable;
 use crate::types::SqlType;
 
 /// The statement DataFusion plans, and the table whose storage columns it needs.
+///
+/// ON CONFLICT is taken off (Eddy applies it); an INSERT whose VALUES rows are shorter than
+/// the table gets the leading columns named, so the rest take their defaults as in Postgres.
 pub fn prepare_statement(
     statement: &Statement,
-    info: &SessionInfo,
-) -> (Statement, Option<(String, String)>) {
-    match statement {
-        Statement::Insert(insert) if insert.on.is_some() => {
+    session: &Session,
+) -> Result<(Statement, Option<(String, String)>)> {
+    let info = session.info();
+    Ok(match statement {
+        Statement::Insert(insert) => {
             let mut insert = insert.clone();
             insert.on = None;
+            name_short_values(&mut insert, session)?;
             (Statement::Insert(insert), None)
         }
         Statement::Update(update) => {
@@ -60,7 +67,58 @@ pub fn prepare_statement(
             (statement.clone(), target)
         }
         other => (other.clone(), None),
+    })
+}
+
+fn name_short_values(insert: &mut ast::Insert, session: &Session) -> Result<()> {
+    let (ast::TableObject::TableName(name), true) = (&insert.table, insert.columns.is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(source) = &insert.source else {
+        return Ok(());
+    };
+    let ast::SetExpr::Values(values) = source.body.as_ref() else {
+        return Ok(());
+    };
+    let Some(width) = values.rows.iter().map(|r| r.len()).max() else {
+        return Ok(());
+    };
+    let Some((_, _, crate::catalog::Relation::Table(def))) = session.resolve(name)? else {
+        return Ok(());
+    };
+    if width < def.columns.len() {
+        insert.columns = def.columns[..width]
+            .iter()
+            .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
+            .collect();
     }
+    Ok(())
+}
+
+/// Reads `CAST('<text>' AS bytea)` literals the way PostgreSQL does (`'\x00ff'` is two
+/// bytes), where DataFusion would take the text's own bytes.
+pub fn bytea_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::scalar::ScalarValue;
+    let rewrite = |e: Expr| -> datafusion::error::Result<Transformed<Expr>> {
+        e.transform_up(|e| {
+            if let Expr::Cast(c) = &e
+                && c.field.data_type() == &DataType::Binary
+                && let Expr::Literal(ScalarValue::Utf8(Some(text)), _) = c.expr.as_ref()
+            {
+                let bytes = parse_bytea(text).map_err(crate::error::to_df)?;
+                return Ok(Transformed::yes(Expr::Literal(
+                    ScalarValue::Binary(Some(bytes)),
+                    None,
+                )));
+            }
+            Ok(Transformed::no(e))
+        })
+    };
+    Ok(plan
+        .transform_up_with_subqueries(|p| p.map_expressions(rewrite))?
+        .data)
 }
 
 fn target_name(name: &ast::ObjectName, info: &SessionInfo) -> Option<(String, String)> {
@@ -97,7 +155,11 @@ pub async fn execute(
         .downcast_ref::<KvTable>()
         .ok_or_else(|| Error::not_supported(format!("writing to {}", dml.table_name)))?;
     let def = table.def().clone();
-    let df = DataFrame::new(session.ctx().state(), (*dml.input).clone());
+    let input = match &dml.op {
+        WriteOp::Insert(_) => keep_text_for_bytea(&dml.input, &def)?,
+        _ => (*dml.input).clone(),
+    };
+    let df = DataFrame::new(session.ctx().state(), input);
     let mut stream = df.execute_stream().await?;
     let mut affected = 0;
     let writer = Writer { session, def: &def };
@@ -136,7 +198,13 @@ impl Writer<'_> {
             .iter()
             .zip(batch.columns())
             .map(|(c, array)| {
-                let array = if array.data_type() != &c.ty.arrow_type() {
+                let array = if c.ty == SqlType::Bytea
+                    && matches!(array.data_type(), DataType::Utf8 | DataType::Utf8View)
+                {
+                    bytea_from_text(&cast(array, &DataType::Utf8)?)?
+                } else if c.ty == SqlType::Bytea && array.data_type() == &DataType::Utf8 {
+                    bytea_from_text(array)?
+                } else if array.data_type() != &c.ty.arrow_type() {
                     cast(array, &c.ty.arrow_type())?
                 } else {
                     array.clone()
@@ -151,6 +219,9 @@ impl Writer<'_> {
                     ));
                 }
                 check_length(&c.ty, &array)?;
+                if c.ty == SqlType::Jsonb {
+                    return canonical_jsonb(&array);
+                }
                 Ok(array)
             })
             .collect()
@@ -476,4 +547,122 @@ fn check_length(ty: &SqlType, array: &ArrayRef) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn canonical_jsonb(array: &ArrayRef) -> Result<ArrayRef> {
+    let strings = array.as_string::<i32>();
+    let canonical: Vec<Option<String>> = strings
+        .iter()
+        .map(|s| s.map(crate::types::jsonb_canonical).transpose())
+        .collect::<Result<_>>()?;
+    Ok(Arc::new(datafusion::arrow::array::StringArray::from(
+        canonical,
+    )))
+}
+
+/// The INSERT input with text kept as text for bytea columns: DataFusion would cast it to
+/// bytes as they are, where PostgreSQL reads the bytea text format (`\x00ff`).
+fn keep_text_for_bytea(input: &LogicalPlan, def: &TableDef) -> Result<LogicalPlan> {
+    let LogicalPlan::Projection(p) = input else {
+        return Ok(input.clone());
+    };
+    let mut changed = false;
+    let exprs: Vec<Expr> = p
+        .expr
+        .iter()
+        .zip(&def.columns)
+        .map(|(e, c)| {
+            if c.ty != SqlType::Bytea {
+                return e.clone();
+            }
+            let Expr::Alias(alias) = e else {
+                return e.clone();
+            };
+            let Expr::Cast(cast) = alias.expr.as_ref() else {
+                return e.clone();
+            };
+            let is_text = cast.expr.get_type(p.input.schema()).is_ok_and(|t| {
+                matches!(t, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)
+            });
+            if !is_text {
+                return e.clone();
+            }
+            changed = true;
+            cast.expr.as_ref().clone().alias(alias.name.clone())
+        })
+        .collect();
+    if !changed {
+        return Ok(input.clone());
+    }
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        p.input.clone(),
+    )?))
+}
+
+/// Text to bytea the way PostgreSQL reads it: `\x` followed by hex digits, or the escape
+/// format where `\\` is a backslash and `\nnn` an octal byte.
+fn bytea_from_text(array: &ArrayRef) -> Result<ArrayRef> {
+    let strings = array.as_string::<i32>();
+    let mut out = datafusion::arrow::array::BinaryBuilder::with_capacity(strings.len(), 0);
+    for s in strings.iter() {
+        match s {
+            None => out.append_null(),
+            Some(s) => out.append_value(parse_bytea(s)?),
+        }
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
+    let bad = || {
+        Error::user(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            format!("invalid input syntax for type bytea: \"{s}\""),
+        )
+    };
+    if let Some(hex) = s.strip_prefix("\\x") {
+        let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if digits.len() % 2 != 0 {
+            return Err(bad());
+        }
+        return digits
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .ok_or_else(bad)
+            })
+            .collect();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+        } else if bytes.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = s.get(i + 1..i + 4).ok_or_else(bad)?;
+            out.push(u8::from_str_radix(oct, 8).map_err(|_| bad())?);
+            i += 4;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytea;
+
+    #[test]
+    fn bytea_text_formats() {
+        assert_eq!(parse_bytea("\\x00ff").unwrap(), vec![0, 255]);
+        assert_eq!(parse_bytea("a\\\\b\\001").unwrap(), b"a\\b\x01".to_vec());
+        assert!(parse_bytea("\\x0").is_err());
+    }
 }

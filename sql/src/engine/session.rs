@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
@@ -83,8 +83,8 @@ pub struct Prepared {
     pub statement: Arc<Statement>,
     plan: Option<LogicalPlan>,
     catalog_version: u64,
-    /// Types of `$1..$n`, as far as they could be inferred.
-    pub param_types: Vec<Option<DataType>>,
+    /// Types of `$1..$n` as far as they could be inferred (fields, to keep uuid/jsonb).
+    pub param_types: Vec<Option<FieldRef>>,
     /// Columns of the rows it returns; `None` for statements that return no rows.
     pub schema: Option<SchemaRef>,
 }
@@ -207,6 +207,12 @@ impl Session {
             .try_with_sql(sql)
             .and_then(|mut p| p.parse_statements())
             .map_err(|e| Error::user(sqlstate::SYNTAX_ERROR, syntax_message(&e.to_string())))
+            .and_then(|statements| {
+                for s in &statements {
+                    check_depth(s)?;
+                }
+                Ok(statements)
+            })
     }
 
     /// Plans a statement without running it.
@@ -248,14 +254,14 @@ impl Session {
     }
 
     async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
-        let (statement, target) = super::dml::prepare_statement(statement, &self.info);
+        let (statement, target) = super::dml::prepare_statement(statement, self)?;
         *self.view.dml_target.lock() = target;
         let state = self.ctx.state();
         let planned = state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await;
         *self.view.dml_target.lock() = None;
-        Ok(planned?)
+        super::dml::bytea_literals(planned?)
     }
 
     /// Parses, plans and runs one statement with no parameters.
@@ -467,9 +473,9 @@ fn refuse_in_failed_txn(status: TxnStatus, statement: &Statement) -> Option<Erro
 }
 
 /// `$1..$n` in order, with the types DataFusion inferred for them.
-fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
-    let types = plan.get_parameter_types()?;
-    let mut indexed: Vec<(usize, Option<DataType>)> = Vec::with_capacity(types.len());
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
+    let types = plan.get_parameter_fields()?;
+    let mut indexed: Vec<(usize, Option<FieldRef>)> = Vec::with_capacity(types.len());
     for (name, ty) in types {
         let idx = name
             .trim_start_matches('$')
@@ -490,7 +496,7 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
 /// Substitutes parameter values, cast to the types the plan expects.
 fn bind(
     plan: LogicalPlan,
-    types: &[Option<DataType>],
+    types: &[Option<FieldRef>],
     params: Vec<ScalarValue>,
 ) -> Result<LogicalPlan> {
     if params.len() != types.len() {
@@ -506,7 +512,7 @@ fn bind(
     let values = params
         .into_iter()
         .zip(types)
-        .map(|(v, ty)| match ty {
+        .map(|(v, field)| match field.as_ref().map(|f| f.data_type()) {
             Some(ty) if v.data_type() != *ty => v.cast_to(ty).map_err(|e| {
                 Error::user(
                     sqlstate::INVALID_TEXT_REPRESENTATION,
@@ -517,6 +523,41 @@ fn bind(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(plan.with_param_values(ParamValues::from(values))?)
+}
+
+/// Deepest expression tree a statement may have. Operator chains (`1 + 1 + ...`) parse
+/// without recursion but plan recursively: past this depth a statement is refused rather
+/// than risking the planner's stack.
+const MAX_EXPR_DEPTH: usize = 256;
+
+fn check_depth(statement: &Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Depth(usize);
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.0 += 1;
+            if self.0 > MAX_EXPR_DEPTH {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<()> {
+            self.0 -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    match statement.visit(&mut Depth(0)) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(Error::user(
+            "54001",
+            format!(
+                "statement is too complex: expressions nested deeper than {MAX_EXPR_DEPTH} levels"
+            ),
+        )),
+    }
 }
 
 fn syntax_message(msg: &str) -> String {

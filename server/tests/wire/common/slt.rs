@@ -161,7 +161,10 @@ fn format_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> String {
                 .map(|t| t.naive_utc().to_string() + "+00"),
         ),
         Type::UUID => show(row.get::<_, Option<uuid::Uuid>>(i)),
-        Type::JSONB | Type::JSON => show(row.get::<_, Option<serde_json::Value>>(i)),
+        Type::JSONB | Type::JSON => show(
+            row.get::<_, Option<serde_json::Value>>(i)
+                .map(|j| eddy_sql::types::jsonb_canonical(&j.to_string()).expect("valid json")),
+        ),
         _ => format!("<binary {ty}>"),
     }
 }

@@ -1,0 +1,189 @@
+//! Bound parameter values to DataFusion scalars.
+//!
+//! Text-format values become Utf8 and are cast to the type the plan inferred when bound (the
+//! way PostgreSQL reads an untyped literal). Binary values follow the wire type: big-endian
+//! integers and floats, days and microseconds since 2000-01-01 for dates and timestamps, raw
+//! bytes for uuid, a version byte before jsonb's text.
+
+use datafusion::arrow::datatypes::IntervalMonthDayNano;
+use datafusion::scalar::ScalarValue;
+use eddy_sql::Error;
+use eddy_sql::error::sqlstate;
+use pgwire::api::Type;
+
+/// Days from 1970-01-01 to 2000-01-01, Postgres' epoch.
+const PG_EPOCH_DAYS: i32 = 10_957;
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+fn invalid(ty: &Type, why: &str) -> Error {
+    Error::user(
+        sqlstate::INVALID_TEXT_REPRESENTATION,
+        format!(
+            "invalid binary value for parameter of type {}: {why}",
+            ty.name()
+        ),
+    )
+}
+
+fn fixed<const N: usize>(raw: &[u8], ty: &Type) -> Result<[u8; N], Error> {
+    raw.try_into()
+        .map_err(|_| invalid(ty, &format!("expected {N} bytes, got {}", raw.len())))
+}
+
+pub fn from_text(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| Error::user("22021", "invalid byte sequence for encoding \"UTF8\""))?;
+    if *ty == Type::BYTEA {
+        return Ok(ScalarValue::Binary(Some(eddy_sql::engine::parse_bytea(
+            text,
+        )?)));
+    }
+    Ok(ScalarValue::Utf8(Some(text.to_string())))
+}
+
+pub fn from_binary(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
+    Ok(match *ty {
+        Type::BOOL => ScalarValue::Boolean(Some(fixed::<1>(raw, ty)?[0] != 0)),
+        Type::INT2 => ScalarValue::Int16(Some(i16::from_be_bytes(fixed(raw, ty)?))),
+        Type::INT4 => ScalarValue::Int32(Some(i32::from_be_bytes(fixed(raw, ty)?))),
+        Type::INT8 => ScalarValue::Int64(Some(i64::from_be_bytes(fixed(raw, ty)?))),
+        Type::OID => ScalarValue::Int64(Some(u32::from_be_bytes(fixed(raw, ty)?) as i64)),
+        Type::FLOAT4 => ScalarValue::Float32(Some(f32::from_be_bytes(fixed(raw, ty)?))),
+        Type::FLOAT8 => ScalarValue::Float64(Some(f64::from_be_bytes(fixed(raw, ty)?))),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
+            from_text(raw, &Type::TEXT)?
+        }
+        Type::JSONB => match raw.split_first() {
+            Some((1, json)) => from_text(json, &Type::TEXT)?,
+            _ => return Err(invalid(ty, "unsupported jsonb version")),
+        },
+        Type::BYTEA => ScalarValue::Binary(Some(raw.to_vec())),
+        Type::UUID => {
+            let b = fixed::<16>(raw, ty)?;
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            ScalarValue::Utf8(Some(format!(
+                "{}-{}-{}-{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            )))
+        }
+        Type::DATE => {
+            ScalarValue::Date32(Some(i32::from_be_bytes(fixed(raw, ty)?) + PG_EPOCH_DAYS))
+        }
+        Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
+            Some(i64::from_be_bytes(fixed(raw, ty)?) + PG_EPOCH_MICROS),
+            None,
+        ),
+        Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
+            Some(i64::from_be_bytes(fixed(raw, ty)?) + PG_EPOCH_MICROS),
+            Some("+00:00".into()),
+        ),
+        Type::INTERVAL => {
+            let b = fixed::<16>(raw, ty)?;
+            let micros = i64::from_be_bytes(b[0..8].try_into().expect("8 bytes"));
+            let days = i32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
+            let months = i32::from_be_bytes(b[12..16].try_into().expect("4 bytes"));
+            ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
+                months,
+                days,
+                micros * 1000,
+            )))
+        }
+        Type::NUMERIC => ScalarValue::Utf8(Some(numeric_text(raw, ty)?)),
+        _ => {
+            return Err(Error::not_supported(format!(
+                "binary parameters of type {}",
+                ty.name()
+            )));
+        }
+    })
+}
+
+/// Decodes Postgres' binary numeric (base-10000 digits) to its decimal text.
+fn numeric_text(raw: &[u8], ty: &Type) -> Result<String, Error> {
+    if raw.len() < 8 {
+        return Err(invalid(ty, "short numeric"));
+    }
+    let word = |i: usize| i16::from_be_bytes([raw[2 * i], raw[2 * i + 1]]);
+    let (ndigits, weight, sign, dscale) = (
+        word(0) as usize,
+        word(1) as i32,
+        word(2) as u16,
+        word(3) as usize,
+    );
+    if raw.len() != 8 + 2 * ndigits {
+        return Err(invalid(ty, "numeric length mismatch"));
+    }
+    if sign == 0xC000 {
+        return Ok("NaN".into());
+    }
+    let digits: Vec<i32> = (0..ndigits).map(|i| word(4 + i) as i32).collect();
+    let mut int_part = String::new();
+    for w in 0..=weight.max(-1) {
+        let d = digits.get(w as usize).copied().unwrap_or(0);
+        if int_part.is_empty() {
+            if d != 0 {
+                int_part = d.to_string();
+            }
+        } else {
+            int_part.push_str(&format!("{d:04}"));
+        }
+    }
+    if int_part.is_empty() {
+        int_part.push('0');
+    }
+    let mut frac = String::new();
+    let mut pos = weight + 1;
+    while frac.len() < dscale {
+        let d = if pos < 0 {
+            0
+        } else {
+            digits.get(pos as usize).copied().unwrap_or(0)
+        };
+        frac.push_str(&format!("{d:04}"));
+        pos += 1;
+    }
+    frac.truncate(dscale);
+    let mut s = String::new();
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    s.push_str(&int_part);
+    if dscale > 0 {
+        s.push('.');
+        s.push_str(&frac);
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_numeric_decodes() {
+        // 123.45: ndigits 2, weight 0, positive, dscale 2, digits [123, 4500]
+        let raw = [0, 2, 0, 0, 0, 0, 0, 2, 0, 123, 0x11, 0x94];
+        assert_eq!(numeric_text(&raw, &Type::NUMERIC).unwrap(), "123.45");
+        // -0.5: weight -1, digits [5000]
+        let raw = [0, 1, 0xff, 0xff, 0x40, 0, 0, 1, 0x13, 0x88];
+        assert_eq!(numeric_text(&raw, &Type::NUMERIC).unwrap(), "-0.5");
+    }
+
+    #[test]
+    fn binary_uuid_and_dates() {
+        let raw: Vec<u8> = (0..16).collect();
+        assert_eq!(
+            from_binary(&raw, &Type::UUID).unwrap(),
+            ScalarValue::Utf8(Some("00010203-0405-0607-0809-0a0b0c0d0e0f".into()))
+        );
+        assert_eq!(
+            from_binary(&0i32.to_be_bytes(), &Type::DATE).unwrap(),
+            ScalarValue::Date32(Some(10_957))
+        );
+        assert!(from_binary(&[1, 2], &Type::INT4).is_err());
+    }
+}
