@@ -28,9 +28,8 @@ pub fn pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
         Some("uuid") => Ok(Type::UUID),
         Some("jsonb") => Ok(Type::JSONB),
         _ => match field.data_type() {
-            // Arrow's unsigned and small types have no Postgres twin: widen.
             DataType::Null => Ok(Type::TEXT),
-            other if matches!(other, DataType::Dictionary(..)) => field_into_pg_type(field),
+            DataType::Dictionary(..) => field_into_pg_type(field),
             other => into_pg_type(other),
         },
     }

@@ -277,7 +277,7 @@ fn parameters(portal: &Portal<EddyStatement>) -> PgWireResult<Vec<ScalarValue>> 
             } else {
                 super::params::from_text(raw, ty)
             }
-            .map_err(|e| to_pgwire(e))
+            .map_err(to_pgwire)
         })
         .collect()
 }

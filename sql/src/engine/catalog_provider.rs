@@ -54,7 +54,7 @@ impl SessionView {
                     .as_ref()
                     .map(|sql| {
                         let e = state.create_logical_expr(sql, &DFSchema::empty())?;
-                        Ok(e.cast_to(&c.ty.arrow_type(), &DFSchema::empty())?)
+                        e.cast_to(&c.ty.arrow_type(), &DFSchema::empty())
                     })
                     .transpose()
             })

@@ -227,38 +227,51 @@ impl Writer<'_> {
             .collect()
     }
 
-    fn encode(&self, arrays: &[ArrayRef]) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
-        let types = self.def.types();
-        let cols: Vec<ColumnRef<'_>> = arrays
+    fn column_refs<'b>(&self, arrays: &'b [ArrayRef]) -> Result<Vec<ColumnRef<'b>>> {
+        arrays
             .iter()
-            .zip(&types)
-            .map(|(a, t)| ColumnRef::new(a, t))
-            .collect::<Result<_>>()?;
+            .zip(&self.def.columns)
+            .map(|(a, c)| ColumnRef::new(a, &c.ty))
+            .collect()
+    }
+
+    /// The stored bytes of each row.
+    fn encode_values(&self, arrays: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+        let cols = self.column_refs(arrays)?;
+        let n = arrays.first().map_or(0, |a| a.len());
+        Ok((0..n)
+            .map(|i| {
+                let mut v = Vec::with_capacity(64);
+                row::encode_row(&cols, i, &mut v);
+                v
+            })
+            .collect())
+    }
+
+    /// The storage key of each row: its primary key, or a fresh hidden row id.
+    fn encode_keys(&self, arrays: &[ArrayRef]) -> Result<Vec<Vec<u8>>> {
+        let cols = self.column_refs(arrays)?;
         let n = arrays.first().map_or(0, |a| a.len());
         let prefix = self.def.key_prefix();
-        let first_row_id = if self.def.primary_key.is_empty() {
-            Some(self.session.engine().allocate_row_ids(self.def, n as u64)?)
-        } else {
-            None
-        };
-        let mut keys = Vec::with_capacity(n);
-        let mut values = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut k = prefix.clone();
-            match first_row_id {
-                Some(first) => k.extend_from_slice(&(first + i as u64).to_be_bytes()),
-                None => {
-                    for &pk in &self.def.primary_key {
-                        key::encode_value(&cols[pk], i, &mut k);
-                    }
-                }
-            }
-            keys.push(k);
-            let mut v = Vec::with_capacity(64);
-            row::encode_row(&cols, i, &mut v);
-            values.push(v);
+        if self.def.primary_key.is_empty() {
+            let first = self.session.engine().allocate_row_ids(self.def, n as u64)?;
+            return Ok((0..n as u64)
+                .map(|i| {
+                    let mut k = prefix.clone();
+                    k.extend_from_slice(&(first + i).to_be_bytes());
+                    k
+                })
+                .collect());
         }
-        Ok((keys, values))
+        Ok((0..n)
+            .map(|i| {
+                let mut k = prefix.clone();
+                for &pk in &self.def.primary_key {
+                    key::encode_value(&cols[pk], i, &mut k);
+                }
+                k
+            })
+            .collect())
     }
 
     /// Committed values of `keys` (ignoring this transaction's writes).
@@ -303,7 +316,8 @@ impl Writer<'_> {
         table: &TableReference,
     ) -> Result<usize> {
         let arrays = self.table_columns(batch)?;
-        let (keys, values) = self.encode(&arrays)?;
+        let keys = self.encode_keys(&arrays)?;
+        let values = self.encode_values(&arrays)?;
         let committed = self.committed(&keys)?;
         let mut conflicts: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut inserted = 0;
@@ -426,7 +440,8 @@ impl Writer<'_> {
             None => (updated, conflicts.into_iter().map(|(_, b)| b).collect()),
         };
         let arrays = self.table_columns(&updated)?;
-        let (keys, values) = self.encode(&arrays)?;
+        let keys = self.encode_keys(&arrays)?;
+        let values = self.encode_values(&arrays)?;
         let mut txn = self.session.txn().lock();
         for ((k, v), observed) in keys.into_iter().zip(values).zip(old) {
             txn.write(def.id, k, Some(observed), Some(v));
@@ -446,15 +461,14 @@ impl Writer<'_> {
         let (old_keys, old_rows) = self.storage_columns(batch)?;
         let (old_keys, old_rows) = (old_keys.as_binary::<i32>(), old_rows.as_binary::<i32>());
         let arrays = self.table_columns(batch)?;
-        let (mut keys, values) = if self.def.primary_key.is_empty() {
+        let values = self.encode_values(&arrays)?;
+        let mut keys = if self.def.primary_key.is_empty() {
             // Rows without a primary key keep their hidden row id.
-            let (_, values) = self.encode_values_only(&arrays)?;
-            let keys = (0..batch.num_rows())
+            (0..batch.num_rows())
                 .map(|i| old_keys.value(i).to_vec())
-                .collect();
-            (keys, values)
+                .collect()
         } else {
-            self.encode(&arrays)?
+            self.encode_keys(&arrays)?
         };
         let moved: Vec<Vec<u8>> = keys
             .iter()
@@ -497,24 +511,6 @@ impl Writer<'_> {
             }
         }
         Ok(batch.num_rows())
-    }
-
-    fn encode_values_only(&self, arrays: &[ArrayRef]) -> Result<((), Vec<Vec<u8>>)> {
-        let types = self.def.types();
-        let cols: Vec<ColumnRef<'_>> = arrays
-            .iter()
-            .zip(&types)
-            .map(|(a, t)| ColumnRef::new(a, t))
-            .collect::<Result<_>>()?;
-        let n = arrays.first().map_or(0, |a| a.len());
-        let values = (0..n)
-            .map(|i| {
-                let mut v = Vec::with_capacity(64);
-                row::encode_row(&cols, i, &mut v);
-                v
-            })
-            .collect();
-        Ok(((), values))
     }
 
     fn delete(&self, batch: &RecordBatch) -> Result<usize> {
@@ -623,7 +619,7 @@ pub fn parse_bytea(s: &str) -> Result<Vec<u8>> {
     };
     if let Some(hex) = s.strip_prefix("\\x") {
         let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             return Err(bad());
         }
         return digits

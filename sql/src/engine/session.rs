@@ -238,7 +238,7 @@ impl Session {
             LogicalPlan::Dml(_) => None,
             plan => {
                 let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-                Some(match naming::output_names(&plan) {
+                Some(match naming::output_names(plan) {
                     Some(names) => naming::rename(&schema, &names),
                     None => schema,
                 })

@@ -69,10 +69,10 @@ impl KvStore for RocksStore {
     fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound(start.to_vec());
-        let mut iter = self
+        let iter = self
             .db
             .iterator_opt(IteratorMode::From(end, rocksdb::Direction::Reverse), read);
-        while let Some(item) = iter.next() {
+        for item in iter {
             let (k, _) = item.map_err(storage_err)?;
             if &*k < end {
                 return Ok(Some(k.into_vec()));
