@@ -10,6 +10,7 @@ mod ddl;
 mod dml;
 mod functions;
 mod naming;
+mod point_get;
 mod session;
 mod settings;
 

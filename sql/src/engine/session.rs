@@ -31,6 +31,7 @@ use super::Engine;
 use super::catalog_provider::{EddyCatalog, SessionView};
 use super::functions::{self, SessionInfo};
 use super::naming;
+use super::point_get::PointGet;
 use super::settings::Settings;
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::error::{Error, Result, sqlstate};
@@ -87,6 +88,8 @@ pub struct Prepared {
     pub param_types: Vec<Option<FieldRef>>,
     /// Columns of the rows it returns; `None` for statements that return no rows.
     pub schema: Option<SchemaRef>,
+    /// Set when the statement is a primary-key point read (executed without DataFusion).
+    point_get: Option<PointGet>,
 }
 
 impl Prepared {
@@ -227,6 +230,7 @@ impl Session {
                 catalog_version,
                 param_types: Vec::new(),
                 schema,
+                point_get: None,
             });
         }
         if let Some(reason) = refuse_in_failed_txn(self.status(), &statement) {
@@ -244,12 +248,17 @@ impl Session {
                 })
             }
         };
+        let point_get = match &schema {
+            Some(_) => PointGet::detect(&statement, self)?,
+            None => None,
+        };
         Ok(Prepared {
             statement,
             plan: Some(plan),
             catalog_version,
             param_types,
             schema,
+            point_get,
         })
     }
 
@@ -352,8 +361,16 @@ impl Session {
         let Some(plan) = &prepared.plan else {
             return super::ddl::execute(self, &prepared.statement).await;
         };
+        let current = prepared.catalog_version == self.view.catalog().version;
+        if let (Some(point_get), Some(schema), true) =
+            (&prepared.point_get, &prepared.schema, current)
+        {
+            let params = bind_values(&prepared.param_types, params)?;
+            let batch = point_get.execute(self, &params, schema)?;
+            return rows(schema.clone(), vec![batch]);
+        }
         // A plan made before a catalog change may name dropped objects: plan again.
-        let plan = if prepared.catalog_version != self.view.catalog().version {
+        let plan = if !current {
             self.plan(&prepared.statement).await?
         } else {
             plan.clone()
@@ -499,6 +516,12 @@ fn bind(
     types: &[Option<FieldRef>],
     params: Vec<ScalarValue>,
 ) -> Result<LogicalPlan> {
+    let values = bind_values(types, params)?;
+    Ok(plan.with_param_values(ParamValues::from(values))?)
+}
+
+/// Parameter values cast to the types the plan expects.
+fn bind_values(types: &[Option<FieldRef>], params: Vec<ScalarValue>) -> Result<Vec<ScalarValue>> {
     if params.len() != types.len() {
         return Err(Error::user(
             sqlstate::PROTOCOL_VIOLATION,
@@ -509,7 +532,7 @@ fn bind(
             ),
         ));
     }
-    let values = params
+    params
         .into_iter()
         .zip(types)
         .map(|(v, field)| match field.as_ref().map(|f| f.data_type()) {
@@ -521,8 +544,7 @@ fn bind(
             }),
             _ => Ok(v),
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(plan.with_param_values(ParamValues::from(values))?)
+        .collect::<Result<Vec<_>>>()
 }
 
 /// Deepest expression tree a statement may have. Operator chains (`1 + 1 + ...`) parse
