@@ -214,3 +214,94 @@ async fn empty_queries_and_http_health() {
     );
     assert!(body.contains("\"status\":\"ok\""), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_are_never_lost() {
+    let server = Server::start();
+    let setup = server.connect().await;
+    setup
+        .batch_execute("CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counter VALUES (1, 0)")
+        .await
+        .unwrap();
+    const CLIENTS: usize = 4;
+    const EACH: usize = 50;
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = server.connect().await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..EACH {
+                c.execute("UPDATE counter SET n = n + 1 WHERE id = $1", &[&1i32])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n: i64 = setup
+        .query_one("SELECT n FROM counter WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, (CLIENTS * EACH) as i64);
+    // Inside explicit transactions the loser of a race gets a serialization failure instead.
+    let a = server.connect().await;
+    let b = server.connect().await;
+    a.batch_execute("BEGIN; UPDATE counter SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE counter SET n = n + 10 WHERE id = 1")
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    let e = b.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "40001", "{e}");
+    let n: i64 = setup
+        .query_one("SELECT n FROM counter WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, (CLIENTS * EACH) as i64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_queries_and_portal_row_limits() {
+    let server = Server::start();
+    let mut c = server.connect().await;
+    c.batch_execute("CREATE TABLE nums (n int PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO nums SELECT value FROM generate_series(1, 100)",
+        &[],
+    )
+    .await
+    .unwrap();
+    // tokio-postgres pipelines concurrent queries on one connection.
+    let stmt = c.prepare("SELECT n FROM nums WHERE n = $1").await.unwrap();
+    let keys: Vec<i32> = (1..=20).collect();
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+        keys.iter().map(|i| [i as _]).collect();
+    let futures: Vec<_> = params.iter().map(|p| c.query_one(&stmt, p)).collect();
+    let rows = futures::future::try_join_all(futures).await.unwrap();
+    let got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+    // Execute with a row limit suspends the portal; later Executes continue it.
+    let txn = c.transaction().await.unwrap();
+    let stmt = txn
+        .prepare("SELECT n FROM nums WHERE n <= $1 ORDER BY n")
+        .await
+        .unwrap();
+    let portal = txn.bind(&stmt, &[&25i32]).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let chunk = txn.query_portal(&portal, 10).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        seen.extend(chunk.iter().map(|r| r.get::<_, i32>(0)));
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<_>>());
+    txn.commit().await.unwrap();
+}

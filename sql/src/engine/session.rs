@@ -41,6 +41,8 @@ use crate::txn::Txn;
 /// Deepest expression nesting the parser accepts (deeper input is an error, not a crash).
 const PARSER_RECURSION_LIMIT: usize = 200;
 pub const CATALOG_NAME: &str = "eddy";
+/// How often an autocommit statement is re-run after losing a commit race.
+const AUTOCOMMIT_RETRIES: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnStatus {
@@ -294,14 +296,34 @@ impl Session {
         if let Some(reason) = refuse_in_failed_txn(status, statement) {
             return Err(reason);
         }
-        let result = self.execute_statement(prepared, params).await;
-        match (status, &result) {
-            (TxnStatus::InTransaction, Err(_)) => *self.status.lock() = TxnStatus::Failed,
-            (TxnStatus::InTransaction, Ok(_)) => {}
-            (_, Err(_)) => self.discard_txn(),
-            (_, Ok(_)) => self.commit_txn().await?,
+        if status == TxnStatus::InTransaction {
+            let result = self.execute_statement(prepared, params).await;
+            if result.is_err() {
+                *self.status.lock() = TxnStatus::Failed;
+            }
+            return result;
         }
-        result
+        // Autocommit: a statement that lost a race at commit (another commit changed a row it
+        // read) is run again from the start, as PostgreSQL re-evaluates a row it waited for.
+        let mut attempt = 0;
+        loop {
+            let result = self.execute_statement(prepared, params.clone()).await;
+            if result.is_err() {
+                self.discard_txn();
+                return result;
+            }
+            match self.commit_txn().await {
+                Ok(()) => return result,
+                Err(e)
+                    if e.sqlstate() == sqlstate::SERIALIZATION_FAILURE
+                        && attempt < AUTOCOMMIT_RETRIES =>
+                {
+                    attempt += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// BEGIN, COMMIT, ROLLBACK; `None` for every other statement.
