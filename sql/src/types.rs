@@ -163,6 +163,18 @@ pub fn jsonb_canonical(text: &str) -> Result<String> {
     Ok(out)
 }
 
+/// The canonical text of a uuid: validated, lower case, hyphenated.
+pub fn uuid_canonical(text: &str) -> Result<String> {
+    uuid::Uuid::parse_str(text.trim())
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            Error::user(
+                sqlstate::INVALID_TEXT_REPRESENTATION,
+                format!("invalid input syntax for type uuid: \"{text}\""),
+            )
+        })
+}
+
 fn write_jsonb(v: &serde_json::Value, out: &mut String) {
     use serde_json::Value;
     match v {
@@ -191,6 +203,32 @@ fn write_jsonb(v: &serde_json::Value, out: &mut String) {
             out.push('}');
         }
         scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Lets DataFusion's planner understand the Postgres types it does not know itself
+/// (`'...'::jsonb`, `CAST(x AS uuid)`): they plan as Utf8 fields that carry the Postgres type
+/// in their metadata, as table columns of those types do.
+#[derive(Debug)]
+pub struct PgTypePlanner;
+
+impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
+    fn plan_type_field(
+        &self,
+        sql_type: &ast::DataType,
+    ) -> datafusion::error::Result<Option<datafusion::arrow::datatypes::FieldRef>> {
+        use ast::DataType as D;
+        let custom = |name: &ast::ObjectName| name.to_string().to_lowercase();
+        let ty = match sql_type {
+            D::JSONB | D::JSON => SqlType::Jsonb,
+            D::Uuid => SqlType::Uuid,
+            D::Custom(name, _) if matches!(custom(name).as_str(), "jsonb" | "json") => {
+                SqlType::Jsonb
+            }
+            D::Custom(name, _) if custom(name) == "uuid" => SqlType::Uuid,
+            _ => return Ok(None),
+        };
+        Ok(Some(std::sync::Arc::new(ty.arrow_field("", true))))
     }
 }
 

@@ -29,7 +29,7 @@ use super::functions::SessionInfo;
 use super::session::{CommandTag, Session};
 use crate::catalog::TableDef;
 use crate::codec::{ColumnRef, key, row};
-use crate::error::{Error, Result, sqlstate};
+use crate::error::{Error, Result, sqlstate, to_df};
 use crate::table::KvTable;
 use crate::types::SqlType;
 
@@ -96,24 +96,41 @@ fn name_short_values(insert: &mut ast::Insert, session: &Session) -> Result<()> 
     Ok(())
 }
 
-/// Reads `CAST('<text>' AS bytea)` literals the way PostgreSQL does (`'\x00ff'` is two
-/// bytes), where DataFusion would take the text's own bytes.
-pub fn bytea_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
+/// Casts of text literals to bytea, jsonb and uuid, read the way PostgreSQL reads them:
+/// `'\\x00ff'::bytea` is two bytes (DataFusion would take the text's own bytes), jsonb is
+/// validated and stored canonically, uuid validated and lower-cased.
+pub fn pg_literal_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::metadata::FieldMetadata;
     use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::scalar::ScalarValue;
     let rewrite = |e: Expr| -> datafusion::error::Result<Transformed<Expr>> {
         e.transform_up(|e| {
-            if let Expr::Cast(c) = &e
-                && c.field.data_type() == &DataType::Binary
-                && let Expr::Literal(ScalarValue::Utf8(Some(text)), _) = c.expr.as_ref()
-            {
-                let bytes = parse_bytea(text).map_err(crate::error::to_df)?;
-                return Ok(Transformed::yes(Expr::Literal(
-                    ScalarValue::Binary(Some(bytes)),
-                    None,
-                )));
-            }
-            Ok(Transformed::no(e))
+            let Expr::Cast(c) = &e else {
+                return Ok(Transformed::no(e));
+            };
+            let Expr::Literal(ScalarValue::Utf8(Some(text)), _) = c.expr.as_ref() else {
+                return Ok(Transformed::no(e));
+            };
+            let pg_type = c
+                .field
+                .metadata()
+                .get(crate::types::PG_TYPE_KEY)
+                .map(String::as_str);
+            let value = match (c.field.data_type(), pg_type) {
+                (DataType::Binary, _) => {
+                    ScalarValue::Binary(Some(parse_bytea(text).map_err(to_df)?))
+                }
+                (DataType::Utf8, Some("jsonb")) => {
+                    ScalarValue::Utf8(Some(crate::types::jsonb_canonical(text).map_err(to_df)?))
+                }
+                (DataType::Utf8, Some("uuid")) => {
+                    ScalarValue::Utf8(Some(crate::types::uuid_canonical(text).map_err(to_df)?))
+                }
+                _ => return Ok(Transformed::no(e)),
+            };
+            let metadata =
+                (!c.field.metadata().is_empty()).then(|| FieldMetadata::from(c.field.metadata()));
+            Ok(Transformed::yes(Expr::Literal(value, metadata)))
         })
     };
     Ok(plan
@@ -219,8 +236,10 @@ impl Writer<'_> {
                     ));
                 }
                 check_length(&c.ty, &array)?;
-                if c.ty == SqlType::Jsonb {
-                    return canonical_jsonb(&array);
+                match c.ty {
+                    SqlType::Jsonb => return canonical_text(&array, crate::types::jsonb_canonical),
+                    SqlType::Uuid => return canonical_text(&array, crate::types::uuid_canonical),
+                    _ => {}
                 }
                 Ok(array)
             })
@@ -545,11 +564,12 @@ fn check_length(ty: &SqlType, array: &ArrayRef) -> Result<()> {
     Ok(())
 }
 
-fn canonical_jsonb(array: &ArrayRef) -> Result<ArrayRef> {
+/// Validates text values of a jsonb or uuid column and puts them in canonical form.
+fn canonical_text(array: &ArrayRef, canonical: fn(&str) -> Result<String>) -> Result<ArrayRef> {
     let strings = array.as_string::<i32>();
     let canonical: Vec<Option<String>> = strings
         .iter()
-        .map(|s| s.map(crate::types::jsonb_canonical).transpose())
+        .map(|s| s.map(canonical).transpose())
         .collect::<Result<_>>()?;
     Ok(Arc::new(datafusion::arrow::array::StringArray::from(
         canonical,

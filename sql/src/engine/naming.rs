@@ -45,13 +45,15 @@ fn display_name(name: &str) -> String {
     }
     if let Some(open) = name.find('(') {
         let func = &name[..open];
-        if is_ident(func)
+        let is_call = is_ident(func)
             && !func.eq_ignore_ascii_case("cast")
             && !func.eq_ignore_ascii_case("try_cast")
-        {
-            return func.to_lowercase();
-        }
-        return UNNAMED.to_string();
+            && call_ends_name(&name[open..]);
+        return if is_call {
+            func.to_lowercase()
+        } else {
+            UNNAMED.to_string()
+        };
     }
     if !name.contains(' ')
         && let Some(last) = name.rsplit('.').next()
@@ -60,6 +62,29 @@ fn display_name(name: &str) -> String {
         return last.to_string();
     }
     UNNAMED.to_string()
+}
+
+/// Whether the parenthesised argument list at the start of `rest` is the end of the
+/// expression (a function call), allowing a window or filter clause after it.
+fn call_ends_name(rest: &str) -> bool {
+    let mut depth = 0;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    let after = rest[i + 1..].trim_start();
+                    return after.is_empty()
+                        || ["ORDER BY", "PARTITION BY", "ROWS", "RANGE", "FILTER"]
+                            .iter()
+                            .any(|k| after.starts_with(k));
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `schema` with its fields renamed (types and metadata kept).
@@ -87,5 +112,11 @@ mod tests {
         assert_eq!(display_name("t.ts IS NOT NULL"), "?column?");
         assert_eq!(display_name("name"), "name");
         assert_eq!(display_name("CAST(x AS Int32)"), "?column?");
+        assert_eq!(display_name("Int64(10) / Int64(4)"), "?column?");
+        assert_eq!(display_name("upper(t.name) || Utf8(\"x\")"), "?column?");
+        assert_eq!(
+            display_name("rank() ORDER BY [t.a DESC NULLS FIRST]"),
+            "rank"
+        );
     }
 }

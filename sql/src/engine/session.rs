@@ -126,7 +126,12 @@ impl Session {
             .with_target_partitions(2)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
             .set_bool("datafusion.execution.parquet.pushdown_filters", true);
-        let ctx = SessionContext::new_with_config(config);
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_type_planner(Arc::new(crate::types::PgTypePlanner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let txn: SharedTxn = Arc::new(Mutex::new(Txn::default()));
         let view = Arc::new(SessionView {
             engine: engine.clone(),
@@ -272,7 +277,7 @@ impl Session {
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await;
         *self.view.dml_target.lock() = None;
-        super::dml::bytea_literals(planned?)
+        super::dml::pg_literal_casts(planned?)
     }
 
     /// Parses, plans and runs one statement with no parameters.

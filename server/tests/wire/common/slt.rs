@@ -165,6 +165,51 @@ fn format_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> String {
             row.get::<_, Option<serde_json::Value>>(i)
                 .map(|j| eddy_sql::types::jsonb_canonical(&j.to_string()).expect("valid json")),
         ),
+        Type::INTERVAL => show(row.get::<_, Option<Interval>>(i).map(|v| v.0)),
         _ => format!("<binary {ty}>"),
+    }
+}
+
+/// An interval received in binary, printed as Postgres prints it (IntervalStyle postgres).
+struct Interval(String);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Interval {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let micros = i64::from_be_bytes(raw[0..8].try_into()?);
+        let days = i32::from_be_bytes(raw[8..12].try_into()?);
+        let months = i32::from_be_bytes(raw[12..16].try_into()?);
+        let mut parts = Vec::new();
+        let plural = |n: i64, one: &str, many: &str| {
+            format!("{n} {}", if n.abs() == 1 { one } else { many })
+        };
+        if months / 12 != 0 {
+            parts.push(plural((months / 12) as i64, "year", "years"));
+        }
+        if months % 12 != 0 {
+            parts.push(plural((months % 12) as i64, "mon", "mons"));
+        }
+        if days != 0 {
+            parts.push(plural(days as i64, "day", "days"));
+        }
+        if micros != 0 || parts.is_empty() {
+            let secs = micros.abs() / 1_000_000;
+            let mut t = format!(
+                "{}{:02}:{:02}:{:02}",
+                if micros < 0 { "-" } else { "" },
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            );
+            let frac = micros.abs() % 1_000_000;
+            if frac != 0 {
+                t.push_str(format!(".{frac:06}").trim_end_matches('0'));
+            }
+            parts.push(t);
+        }
+        Ok(Interval(parts.join(" ")))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INTERVAL
     }
 }
