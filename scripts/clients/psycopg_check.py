@@ -49,9 +49,13 @@ with psycopg.connect(conninfo, autocommit=True) as conn:
     except errors.UndefinedTable:
         pass
 
-# psycopg's default: every statement inside a transaction until commit/rollback.
+# psycopg's default: every statement inside a transaction until commit/rollback. The
+# transaction status comes from ReadyForQuery: idle, in transaction, failed.
+TS = psycopg.pq.TransactionStatus
 with psycopg.connect(conninfo) as conn:
+    assert conn.info.transaction_status == TS.IDLE
     conn.execute("INSERT INTO py_items (id, name) VALUES (%s, %s)", (3, "gamma"))
+    assert conn.info.transaction_status == TS.INTRANS
     conn.rollback()
     assert conn.execute("SELECT count(*) FROM py_items WHERE id = 3").fetchone() == (0,)
     conn.execute("INSERT INTO py_items (id, name) VALUES (%s, %s)", (3, "gamma"))
@@ -61,12 +65,14 @@ with psycopg.connect(conninfo) as conn:
         conn.execute("INSERT INTO py_items (id, name) VALUES (3, 'dup')")
     except errors.UniqueViolation:
         pass
+    assert conn.info.transaction_status == TS.INERROR
     try:
         conn.execute("SELECT 1")
         raise AssertionError("statement accepted in failed transaction")
     except errors.InFailedSqlTransaction:
         pass
     conn.rollback()
+    assert conn.info.transaction_status == TS.IDLE
     conn.execute("DROP TABLE py_items")
     conn.commit()
 

@@ -4,5 +4,6 @@ mod common;
 
 mod clients;
 mod durability;
+mod lifecycle;
 mod protocol;
 mod slt_suite;

@@ -1,0 +1,173 @@
+//! The server process: settings from file, environment and flags; clean SIGTERM shutdown.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts `eddy serve` with `args` and `env`, returns the child and its ready line.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("ready line");
+    (child, line)
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn settings_come_from_flags_then_environment_then_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_dir = dir.path().join("from-file");
+    let env_dir = dir.path().join("from-env");
+    let config = dir.path().join("eddy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\npg_listen = \"127.0.0.1:1\"\nhttp_listen = \"127.0.0.1:0\"\n",
+            file_dir.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // The file's data dir and http address are used; the flag overrides its pg address.
+    let (mut child, line) = spawn(&["--config", config, "--pg-listen", "127.0.0.1:0"], &[]);
+    assert!(
+        line.contains(&format!("data in {}", file_dir.display())),
+        "{line}"
+    );
+    assert!(!line.contains("postgres on 127.0.0.1:1,"), "{line}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The environment beats the file; a flag beats the environment.
+    let env_dir_s = env_dir.to_str().unwrap().to_string();
+    let (mut child, line) = spawn(
+        &["--config", config, "--pg-listen", "127.0.0.1:0"],
+        &[
+            ("EDDY_DATA_DIR", env_dir_s.as_str()),
+            ("EDDY_HTTP_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert!(
+        line.contains(&format!("data in {}", env_dir.display())),
+        "{line}"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    // A bad config file is refused with a message naming the problem.
+    std::fs::write(dir.path().join("bad.toml"), "pg_listen = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("bad.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config file"));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_data_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = [
+        "--data-dir",
+        data,
+        "--pg-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let (mut child, line) = spawn(&args, &[]);
+    let port = line
+        .split("postgres on 127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "eddy",
+                "-d",
+                "eddy",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        psql("CREATE TABLE kept (x int PRIMARY KEY); INSERT INTO kept VALUES (7)")
+            .status
+            .success()
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let (mut child, line) = spawn(&args, &[]);
+    let port2 = line
+        .split("postgres on 127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port2,
+            "-U",
+            "eddy",
+            "-d",
+            "eddy",
+            "-c",
+            "SELECT x FROM kept",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
