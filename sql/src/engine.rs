@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 pub use dml::parse_bytea;
-pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus};
+pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus, is_transaction_control};
 pub use settings::SERVER_VERSION;
 
 use crate::catalog::{Catalog, TableDef};

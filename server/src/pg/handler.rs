@@ -12,8 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::scalar::ScalarValue;
+use eddy_sql::engine::is_transaction_control;
 use eddy_sql::error::sqlstate;
-use eddy_sql::{CommandTag, Engine, Error, Prepared, QueryOutput, Session};
+use eddy_sql::{CommandTag, Engine, Error, Prepared, QueryOutput, Session, TxnStatus};
 use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -171,6 +172,15 @@ impl SimpleQueryHandler for EddyHandler {
         }
         let count = statements.len();
         let mut responses = Vec::with_capacity(count);
+        // Several statements outside a transaction block run as one implicit transaction,
+        // unless the string manages transactions itself.
+        let implicit = count > 1
+            && session.status() == TxnStatus::Idle
+            && !statements.iter().any(is_transaction_control);
+        if implicit {
+            session.begin_implicit();
+        }
+        let mut failed = false;
         for (i, statement) in statements.into_iter().enumerate() {
             // Later statements must not run before earlier results are read.
             let materialize = i + 1 < count;
@@ -184,9 +194,13 @@ impl SimpleQueryHandler for EddyHandler {
                 Err(e) => {
                     session.note_error();
                     responses.push(Response::Error(Box::new(error_info(&e))));
+                    failed = true;
                     break;
                 }
             }
+        }
+        if implicit && let Err(e) = session.end_implicit(!failed).await {
+            responses.push(Response::Error(Box::new(error_info(&e))));
         }
         Ok(responses)
     }

@@ -331,6 +331,26 @@ impl Session {
         }
     }
 
+    /// Starts the implicit transaction PostgreSQL wraps around a multi-statement simple query:
+    /// the statements commit together at the end, or none of them does.
+    pub fn begin_implicit(&self) {
+        let mut status = self.status.lock();
+        if *status == TxnStatus::Idle {
+            *status = TxnStatus::InTransaction;
+        }
+    }
+
+    /// Ends the implicit transaction: commits if every statement succeeded.
+    pub async fn end_implicit(&self, success: bool) -> Result<()> {
+        *self.status.lock() = TxnStatus::Idle;
+        if success {
+            self.commit_txn().await
+        } else {
+            self.discard_txn();
+            Ok(())
+        }
+    }
+
     /// BEGIN, COMMIT, ROLLBACK; `None` for every other statement.
     async fn transaction_control(&self, statement: &Statement) -> Result<Option<CommandTag>> {
         let status = self.status();
@@ -490,6 +510,14 @@ pub(super) fn text_rows(column: &str, values: Vec<String>) -> Result<QueryOutput
     let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, true)]));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])?;
     rows(schema, vec![batch])
+}
+
+/// Whether a statement begins or ends a transaction block.
+pub fn is_transaction_control(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. }
+    )
 }
 
 fn is_planned(statement: &Statement) -> bool {
