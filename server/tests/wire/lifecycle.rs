@@ -26,6 +26,35 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
     (child, line)
 }
 
+/// The Postgres port from a ready line.
+fn pg_port(ready: &str) -> String {
+    let after = ready
+        .split("postgres on 127.0.0.1:")
+        .nth(1)
+        .expect("pg address");
+    after.split(',').next().unwrap().to_string()
+}
+
+fn psql(port: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            "eddy",
+            "-d",
+            "eddy",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap()
+}
+
 fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
@@ -103,68 +132,18 @@ fn sigterm_shuts_down_cleanly_and_data_stays() {
         "127.0.0.1:0",
     ];
     let (mut child, line) = spawn(&args, &[]);
-    let port = line
-        .split("postgres on 127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string();
-    let psql = |sql: &str| {
-        Command::new("psql")
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "eddy",
-                "-d",
-                "eddy",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap()
-    };
-    assert!(
-        psql("CREATE TABLE kept (x int PRIMARY KEY); INSERT INTO kept VALUES (7)")
-            .status
-            .success()
+    let port = pg_port(&line);
+    let created = psql(
+        &port,
+        "CREATE TABLE kept (x int PRIMARY KEY); INSERT INTO kept VALUES (7)",
     );
+    assert!(created.status.success());
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     let (mut child, line) = spawn(&args, &[]);
-    let port2 = line
-        .split("postgres on 127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string();
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port2,
-            "-U",
-            "eddy",
-            "-d",
-            "eddy",
-            "-c",
-            "SELECT x FROM kept",
-        ])
-        .output()
-        .unwrap();
+    let out = psql(&pg_port(&line), "SELECT x FROM kept");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
