@@ -165,6 +165,13 @@ fn format_binary(row: &tokio_postgres::Row, i: usize, ty: &Type) -> String {
             row.get::<_, Option<serde_json::Value>>(i)
                 .map(|j| eddy_sql::types::jsonb_canonical(&j.to_string()).expect("valid json")),
         ),
+        Type::TEXT_ARRAY => show(row.get::<_, Option<Vec<Option<String>>>>(i).map(|items| {
+            let items: Vec<String> = items
+                .into_iter()
+                .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        })),
         Type::INTERVAL => show(row.get::<_, Option<Interval>>(i).map(|v| v.0)),
         _ => format!("<binary {ty}>"),
     }
