@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and the wire tests that start real `eddy serve` processes and
 # drive them with tokio-postgres, psql and psycopg (sqllogictest suites in both protocols,
-# the SIGKILL crash test, cancellation, hostile input).
+# the SIGKILL crash test, cancellation, hostile input). Ends with one line totalling all
+# test binaries: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy-target}"
 scripts/setup.sh
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit $status
