@@ -35,6 +35,8 @@ impl Rng {
 struct Ledger {
     /// (writer, seq) of every row whose commit was acknowledged.
     acked: BTreeSet<(i32, i32)>,
+    /// Every row a writer sent, acknowledged or not.
+    attempted: BTreeSet<(i32, i32)>,
     commits: usize,
 }
 
@@ -65,6 +67,11 @@ async fn writer(
                 )
             })
             .collect();
+        ledger
+            .lock()
+            .await
+            .attempted
+            .extend(rows.iter().map(|s| (id, *s)));
         let ok = if in_txn {
             let block = format!("BEGIN; {}; COMMIT", inserts.join("; "));
             client.batch_execute(&block).await.is_ok()
@@ -158,6 +165,13 @@ async fn verify(server: &Server, ledger: &Arc<Mutex<Ledger>>, seed: u64, round: 
         missing.is_empty(),
         "seed {seed}, round {round}: {} acknowledged rows lost after SIGKILL, e.g. {missing:?}",
         ledger.acked.difference(&present).count()
+    );
+    // Nothing appears that was never sent: the state is that of an uninterrupted run that
+    // stopped after the acknowledged commits, plus at most the commits in flight at the kill.
+    let phantoms: Vec<_> = present.difference(&ledger.attempted).take(5).collect();
+    assert!(
+        phantoms.is_empty(),
+        "seed {seed}, round {round}: rows never written: {phantoms:?}"
     );
     // Transactions are atomic: a transaction's rows are all there or none.
     for r in &rows {
