@@ -4,7 +4,7 @@
 //! in declaration order: fixed-width little-endian for numbers and times, `u32` length +
 //! bytes for text and bytea. Decoding appends straight into Arrow builders.
 
-use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::IntervalMonthDayNano;
 
 use super::column::{ColumnBuilder, ColumnRef, interval_parts};
@@ -169,11 +169,6 @@ fn decode_cell(b: &mut ColumnBuilder, rest: &mut &[u8], keep: bool) -> Option<()
         }
     }
     Some(())
-}
-
-/// Number of rows that are null in `array` (a helper for NOT NULL checks).
-pub fn null_count(array: &ArrayRef) -> usize {
-    array.null_count()
 }
 
 #[cfg(test)]
