@@ -2,6 +2,7 @@
 
 pub mod encode;
 pub mod errors;
+pub mod execute;
 pub mod handler;
 pub mod params;
 

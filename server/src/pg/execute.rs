@@ -1,0 +1,173 @@
+//! Bind and Execute without a flush per message.
+//!
+//! pgwire's default handlers flush the socket after BindComplete and after CommandComplete,
+//! so one prepared-statement round trip (Bind, Execute, Sync) costs three TCP writes and wakes
+//! the client three times. The protocol lets the server hold its replies until Sync or Flush
+//! (PostgreSQL does): these versions only queue messages, and the ReadyForQuery of Sync (or
+//! a Flush message) sends them in one write.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::future::{Either, select};
+use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::portal::{Portal, PortalExecutionState};
+use pgwire::api::query::ExtendedQueryHandler;
+use pgwire::api::results::{Response, Tag};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, PgWireConnectionState,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::{Bind, BindComplete, Execute, PortalSuspended};
+use pgwire::messages::response::EmptyQueryResponse;
+
+use super::errors::user_error;
+
+pub async fn bind<H, C>(client: &mut C, message: Bind) -> PgWireResult<()>
+where
+    H: ExtendedQueryHandler,
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::PortalStore: PortalStore<Statement = H::Statement>,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+    let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+    match client.portal_store().get_statement(statement_name) {
+        Some(Entry::Value(statement)) => {
+            let portal = Portal::try_new(&message, statement)?;
+            client.portal_store().put_portal(Arc::new(portal));
+        }
+        Some(Entry::Empty) if message.parameters.is_empty() => {
+            client.portal_store().put_empty_portal(portal_name);
+        }
+        Some(Entry::Empty) => {
+            return Err(user_error(
+                "08P01",
+                format!(
+                    "bind message supplies {} parameters, but prepared statement \"{statement_name}\" requires 0",
+                    message.parameters.len()
+                ),
+            ));
+        }
+        None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+    }
+    client
+        .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+        .await?;
+    Ok(())
+}
+
+pub async fn execute<H, C>(handler: &H, client: &mut C, message: Execute) -> PgWireResult<()>
+where
+    H: ExtendedQueryHandler,
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::PortalStore: PortalStore<Statement = H::Statement>,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+        return Err(PgWireError::NotReadyForQuery);
+    }
+    let mut status = client.transaction_status();
+    client.set_state(PgWireConnectionState::QueryInProgress);
+    let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+    let max_rows = message.max_rows.max(0) as usize;
+    let portal = match client.portal_store().get_portal(name) {
+        Some(Entry::Value(portal)) => portal,
+        Some(Entry::Empty) => {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            return Ok(());
+        }
+        None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+    };
+    let fresh = matches!(*portal.state.lock().await, PortalExecutionState::Initial);
+    if fresh {
+        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+            Some(handle) => Some(handle.start_query().await),
+            None => None,
+        };
+        let response = match cancel {
+            Some(cancel) => match select(handler.do_query(client, &portal, max_rows), cancel).await
+            {
+                Either::Left((result, _)) => result?,
+                Either::Right(_) => return Err(PgWireError::QueryCanceled),
+            },
+            None => handler.do_query(client, &portal, max_rows).await?,
+        };
+        match response {
+            Response::Query(results) => portal.start(results).await,
+            other => {
+                status = queue_outcome(client, other, status).await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                client.set_transaction_status(status);
+                return Ok(());
+            }
+        }
+    }
+    let fetched = portal.fetch(max_rows).await?;
+    let mut response = fetched.response;
+    let command = response.command_tag().to_owned();
+    let mut rows = 0;
+    while let Some(row) = response.data_rows().next().await {
+        client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+        rows += 1;
+    }
+    let done = if fetched.suspended {
+        PgWireBackendMessage::PortalSuspended(PortalSuspended::new())
+    } else {
+        PgWireBackendMessage::CommandComplete(Tag::new(&command).with_rows(rows).into())
+    };
+    client.feed(done).await?;
+    client.set_state(PgWireConnectionState::ReadyForQuery);
+    client.set_transaction_status(status);
+    Ok(())
+}
+
+/// Queues the messages for a statement that returned no rows; returns the new status.
+async fn queue_outcome<C>(
+    client: &mut C,
+    response: Response,
+    status: pgwire::messages::response::TransactionStatus,
+) -> PgWireResult<pgwire::messages::response::TransactionStatus>
+where
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let (message, status) = match response {
+        Response::EmptyQuery => (
+            PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()),
+            status,
+        ),
+        Response::Execution(tag) => (PgWireBackendMessage::CommandComplete(tag.into()), status),
+        Response::TransactionStart(tag) => (
+            PgWireBackendMessage::CommandComplete(tag.into()),
+            status.to_in_transaction_state(),
+        ),
+        Response::TransactionEnd(tag) => (
+            PgWireBackendMessage::CommandComplete(tag.into()),
+            status.to_idle_state(),
+        ),
+        Response::Error(e) => (
+            PgWireBackendMessage::ErrorResponse((*e).into()),
+            status.to_error_state(),
+        ),
+        Response::Query(_) | Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                "0A000".into(),
+                "COPY is not supported".into(),
+            ))));
+        }
+    };
+    client.feed(message).await?;
+    Ok(status)
+}
