@@ -4,6 +4,10 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use eddy::config::{Config, Overrides};
 
+/// mimalloc: many small, short-lived allocations per query across threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Eddy: a SQL-first streaming database for edge AI.
 #[derive(Parser)]
 #[command(name = "eddy", version)]

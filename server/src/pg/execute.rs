@@ -1,4 +1,4 @@
-//! Bind and Execute without a flush per message.
+//! Bind, Describe and Execute without a flush per message.
 //!
 //! pgwire's default handlers flush the socket after BindComplete and after CommandComplete,
 //! so one prepared-statement round trip (Bind, Execute, Sync) costs three TCP writes and wakes
@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use futures::future::{Either, select};
 use futures::{Sink, SinkExt, StreamExt};
+use pgwire::api::Type;
 use pgwire::api::portal::{Portal, PortalExecutionState};
 use pgwire::api::query::ExtendedQueryHandler;
+use pgwire::api::results::FieldInfo;
 use pgwire::api::results::{Response, Tag};
 use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
@@ -20,7 +22,11 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::extendedquery::{Bind, BindComplete, Execute, PortalSuspended};
+use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Describe, Execute, PortalSuspended, TARGET_TYPE_BYTE_PORTAL,
+    TARGET_TYPE_BYTE_STATEMENT,
+};
 use pgwire::messages::response::EmptyQueryResponse;
 
 use super::errors::user_error;
@@ -128,6 +134,66 @@ where
     client.feed(done).await?;
     client.set_state(PgWireConnectionState::ReadyForQuery);
     client.set_transaction_status(status);
+    Ok(())
+}
+
+pub async fn describe<H, C>(handler: &H, client: &mut C, message: Describe) -> PgWireResult<()>
+where
+    H: ExtendedQueryHandler,
+    C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    C::PortalStore: PortalStore<Statement = H::Statement>,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+    match message.target_type {
+        TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
+            Some(Entry::Value(statement)) => {
+                let described = handler.do_describe_statement(client, &statement).await?;
+                queue_description(client, Some(&described.parameters), &described.fields).await
+            }
+            Some(Entry::Empty) => queue_description(client, Some(&[]), &[]).await,
+            None => Err(PgWireError::StatementNotFound(name.to_owned())),
+        },
+        TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) => {
+                let described = handler.do_describe_portal(client, &portal).await?;
+                queue_description(client, None, &described.fields).await
+            }
+            Some(Entry::Empty) => queue_description(client, None, &[]).await,
+            None => Err(PgWireError::PortalNotFound(name.to_owned())),
+        },
+        other => Err(PgWireError::InvalidTargetType(other)),
+    }
+}
+
+/// ParameterDescription (statements only), then RowDescription or NoData.
+async fn queue_description<C>(
+    client: &mut C,
+    parameters: Option<&[Type]>,
+    fields: &[FieldInfo],
+) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    if let Some(parameters) = parameters {
+        let types = parameters.iter().map(|t| t.oid()).collect();
+        client
+            .feed(PgWireBackendMessage::ParameterDescription(
+                ParameterDescription::new(types),
+            ))
+            .await?;
+    }
+    let message = if fields.is_empty() {
+        PgWireBackendMessage::NoData(NoData::new())
+    } else {
+        PgWireBackendMessage::RowDescription(RowDescription::new(
+            fields.iter().map(Into::into).collect(),
+        ))
+    };
+    client.feed(message).await?;
     Ok(())
 }
 

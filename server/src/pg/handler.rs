@@ -30,7 +30,7 @@ use pgwire::api::{
     METADATA_USER, PgWireServerHandlers, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
-use pgwire::messages::extendedquery::{Bind, Execute};
+use pgwire::messages::extendedquery::{Bind, Describe, Execute};
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
@@ -314,6 +314,16 @@ impl ExtendedQueryHandler for EddyHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         super::execute::bind::<Self, C>(client, message).await
+    }
+
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        super::execute::describe(self, client, message).await
     }
 
     async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
