@@ -73,8 +73,14 @@ pub fn encode_scalar(value: &ScalarValue, ty: &SqlType, out: &mut Vec<u8>) -> Re
     if value.is_null() {
         return Ok(false);
     }
-    let Ok(cast) = value.cast_to(&ty.arrow_type()) else {
-        return Ok(false);
+    let target = ty.arrow_type();
+    let cast = if value.data_type() == target {
+        value.clone()
+    } else {
+        match value.cast_to(&target) {
+            Ok(cast) => cast,
+            Err(_) => return Ok(false),
+        }
     };
     let array = cast.to_array().map_err(Error::from)?;
     if array.is_null(0) {

@@ -8,12 +8,15 @@
 use std::path::Path;
 
 use rocksdb::{
-    DB, DBCompressionType, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
-    statistics::Ticker,
+    BlockBasedOptions, Cache, DB, DBCompressionType, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, statistics::Ticker,
 };
 
 use super::{KvPair, KvStore, WriteOp};
 use crate::error::{Error, Result};
+
+/// Block cache for table data, index and filter blocks.
+const BLOCK_CACHE_BYTES: usize = 128 << 20;
 
 pub struct RocksStore {
     db: DB,
@@ -34,6 +37,17 @@ impl RocksStore {
         options.set_bytes_per_sync(1 << 20);
         options.enable_statistics();
         options.set_enable_pipelined_write(true);
+        // Point reads dominate (key lookups, uniqueness checks on insert): bloom filters in
+        // SST files and in the memtable, index and filter blocks cached and pinned for L0.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        options.set_block_based_table_factory(&table);
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.1);
+        options.set_write_buffer_size(32 << 20);
         let db = DB::open(&options, path).map_err(storage_err)?;
         Ok(Self { db, options })
     }
