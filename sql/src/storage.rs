@@ -44,6 +44,12 @@ pub trait KvStore: Send + Sync + 'static {
     }
 }
 
+impl std::fmt::Debug for dyn KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvStore")
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -37,8 +37,9 @@ fn name_parts(name: &ObjectName) -> Vec<String> {
 }
 
 impl Session {
-    /// Schema and name for an object to create: unqualified names go to `current_schema()`.
-    fn name_for_create(&self, name: &ObjectName) -> Result<(String, String)> {
+    /// Schema and name for an object to create or write: unqualified names go to
+    /// `current_schema()` (where DataFusion also resolves them).
+    pub(super) fn qualify(&self, name: &ObjectName) -> Result<(String, String)> {
         let mut parts = name_parts(name);
         let object = parts.pop().ok_or_else(|| Error::internal("empty name"))?;
         let schema = match parts.pop() {
@@ -155,7 +156,7 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     if ct.query.is_some() {
         return Err(Error::not_supported("CREATE TABLE ... AS"));
     }
-    let (schema, name) = session.name_for_create(&ct.name)?;
+    let (schema, name) = session.qualify(&ct.name)?;
     if ct.if_not_exists && session.view().catalog().relation(&schema, &name).is_some() {
         return Ok(CommandTag::new("CREATE TABLE"));
     }
@@ -254,7 +255,7 @@ async fn create_view(session: &Session, cv: &ast::CreateView) -> Result<CommandT
     if cv.materialized {
         return Err(Error::not_supported("CREATE MATERIALIZED VIEW"));
     }
-    let (schema, name) = session.name_for_create(&cv.name)?;
+    let (schema, name) = session.qualify(&cv.name)?;
     let sql = cv.query.to_string();
     // Plan it once to report errors (unknown tables, columns) at CREATE time.
     session.ctx().state().create_logical_plan(&sql).await?;

@@ -25,7 +25,6 @@ use datafusion::sql::sqlparser::ast::{
 use futures::StreamExt;
 
 use super::ddl::ident;
-use super::functions::SessionInfo;
 use super::session::{CommandTag, Session};
 use crate::catalog::TableDef;
 use crate::codec::{ColumnRef, key, row};
@@ -41,7 +40,7 @@ pub fn prepare_statement(
     statement: &Statement,
     session: &Session,
 ) -> Result<(Statement, Option<(String, String)>)> {
-    let info = session.info();
+    let target = |name: &ast::ObjectName| session.qualify(name).ok();
     Ok(match statement {
         Statement::Insert(insert) => {
             let mut insert = insert.clone();
@@ -51,7 +50,7 @@ pub fn prepare_statement(
         }
         Statement::Update(update) => {
             let target = match &update.table.relation {
-                ast::TableFactor::Table { name, .. } => target_name(name, info),
+                ast::TableFactor::Table { name, .. } => target(name),
                 _ => None,
             };
             (statement.clone(), target)
@@ -61,7 +60,7 @@ pub fn prepare_statement(
                 ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
             };
             let target = tables.first().and_then(|t| match &t.relation {
-                ast::TableFactor::Table { name, .. } => target_name(name, info),
+                ast::TableFactor::Table { name, .. } => target(name),
                 _ => None,
             });
             (statement.clone(), target)
@@ -136,20 +135,6 @@ pub fn pg_literal_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
     Ok(plan
         .transform_up_with_subqueries(|p| p.map_expressions(rewrite))?
         .data)
-}
-
-fn target_name(name: &ast::ObjectName, info: &SessionInfo) -> Option<(String, String)> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .filter_map(|p| p.as_ident())
-        .map(ident)
-        .collect();
-    match parts.as_slice() {
-        [schema, table] => Some((schema.clone(), table.clone())),
-        [table] => Some((info.current_schema()?, table.clone())),
-        _ => None,
-    }
 }
 
 fn conflict_clause(statement: &Statement) -> Option<&ast::OnConflict> {

@@ -39,6 +39,9 @@ pub struct PointGet {
     key: Vec<KeyValue>,
     /// Table column of each output column.
     columns: Vec<usize>,
+    /// The table's column types, and the distinct columns to decode (sorted).
+    types: Vec<crate::types::SqlType>,
+    decoded: Vec<usize>,
 }
 
 impl PointGet {
@@ -91,7 +94,17 @@ impl PointGet {
         let Some(key) = key.into_iter().collect::<Option<Vec<_>>>() else {
             return Ok(None);
         };
-        Ok(Some(PointGet { def, key, columns }))
+        let mut decoded = columns.clone();
+        decoded.sort_unstable();
+        decoded.dedup();
+        let types = def.types();
+        Ok(Some(PointGet {
+            def,
+            key,
+            columns,
+            types,
+            decoded,
+        }))
     }
 
     /// Reads the row for `params` and returns it (or nothing) as a batch of `schema`.
@@ -123,15 +136,15 @@ impl PointGet {
         } else {
             None
         };
-        let mut decoder = RowDecoder::new(&self.def.types(), None, 1);
+        let mut decoder = RowDecoder::new(&self.types, Some(&self.decoded), 1);
         if let Some(v) = &value {
             decoder.append(v)?;
         }
-        let table_columns = decoder.finish()?;
+        let decoded = decoder.finish()?;
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter()
-            .map(|&c| table_columns[c].clone())
+            .map(|c| decoded[self.decoded.binary_search(c).expect("decoded column")].clone())
             .collect();
         let options = RecordBatchOptions::new().with_row_count(Some(usize::from(value.is_some())));
         Ok(RecordBatch::try_new_with_options(

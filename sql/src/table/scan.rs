@@ -40,12 +40,6 @@ pub struct ScanPartition {
     limit: Option<usize>,
 }
 
-impl std::fmt::Debug for dyn KvStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KvStore")
-    }
-}
-
 impl ScanPartition {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
