@@ -1,30 +1,9 @@
 //! The server process: settings from file, environment and flags; clean SIGTERM shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Starts `eddy serve` with `args` and `env`, returns the child and its ready line.
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("serve")
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("ready line");
-    (child, line)
-}
+use crate::common::spawn;
 
 /// The Postgres port from a ready line.
 fn pg_port(ready: &str) -> String {

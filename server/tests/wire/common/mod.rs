@@ -31,28 +31,11 @@ impl Server {
     }
 
     pub fn start_in(data_dir: &Path, pg: &str, http: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--pg-listen", pg, "--http-listen", http])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn eddy");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = loop {
-            match rx.recv_timeout(READY_DEADLINE) {
-                Ok(line) if line.starts_with("eddy ready:") => break line,
-                Ok(_) => continue,
-                Err(e) => panic!("eddy did not become ready within {READY_DEADLINE:?}: {e}"),
-            }
-        };
+        let data = data_dir.to_str().expect("utf-8 path");
+        let (child, line) = spawn(
+            &["--data-dir", data, "--pg-listen", pg, "--http-listen", http],
+            &[],
+        );
         let addr_after = |label: &str| -> SocketAddr {
             let rest = &line[line.find(label).expect("label in ready line") + label.len()..];
             rest.split([',', ' '])
@@ -110,6 +93,33 @@ impl Server {
             let _ = conn.await;
         });
         client
+    }
+}
+
+/// Starts `eddy serve ARGS` with extra environment, and waits (with a deadline) for the line
+/// it prints when ready. Returns the process and that line.
+pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn eddy");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(READY_DEADLINE) {
+            Ok(line) if line.starts_with("eddy ready:") => return (child, line),
+            Ok(_) => continue,
+            Err(e) => panic!("eddy did not become ready within {READY_DEADLINE:?}: {e}"),
+        }
     }
 }
 
