@@ -1,0 +1,236 @@
+//! `connector = 'kafka'`: reads a topic through librdkafka.
+//!
+//! Options: `bootstrap.servers` (or `properties.bootstrap.server`), `topic`, `group.id`
+//! (default `eddy-<source>`), `startup` = `earliest` (default) | `latest` | `timestamp` with
+//! `startup.timestamp` (epoch milliseconds), `format` (json, csv) and its options,
+//! `max_event_bytes`, and any librdkafka setting as `properties.<name>` (security.protocol,
+//! sasl.mechanism, sasl.username, sasl.password, ssl.ca.location, ...), passed through as is.
+//!
+//! The consumer is assigned every partition of the topic explicitly, at the offsets the
+//! engine's last checkpoint recorded (or the startup position for partitions it has none
+//! for). Offsets are never committed to Kafka: auto commit and the offset store are off,
+//! because the checkpoint owns them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+use crate::format::{DEFAULT_MAX_EVENT_BYTES, EventDecoder, Format, RawEvent};
+use crate::source::{Poll, Positions, Source, SourceSpec};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub topic: String,
+    pub startup: Startup,
+    pub format: Format,
+    pub max_event_bytes: usize,
+    /// librdkafka settings (bootstrap.servers, group.id, security, ...).
+    pub client: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn from_spec(spec: &SourceSpec) -> Result<Self> {
+        let mut o = spec.options.clone();
+        let mut client = o.take_prefixed("properties.");
+        if let Some(servers) = client.remove("bootstrap.server") {
+            client.insert("bootstrap.servers".into(), servers);
+        }
+        if let Some(servers) = o.take("bootstrap.servers") {
+            client.insert("bootstrap.servers".into(), servers);
+        }
+        if !client.contains_key("bootstrap.servers") {
+            return Err(Error::Options(
+                "option \"bootstrap.servers\" is required".into(),
+            ));
+        }
+        let group = o
+            .take("group.id")
+            .unwrap_or_else(|| format!("eddy-{}", spec.name));
+        client.insert("group.id".into(), group);
+        let topic = o.required("topic")?;
+        let startup = match o.take("startup").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("earliest") => Startup::Earliest,
+            Some("latest") => Startup::Latest,
+            Some("timestamp") => {
+                Startup::Timestamp(o.parse("startup.timestamp")?.ok_or_else(|| {
+                    Error::Options("startup = 'timestamp' needs \"startup.timestamp\"".into())
+                })?)
+            }
+            Some(other) => {
+                return Err(Error::Options(format!(
+                    "invalid value for option \"startup\": \"{other}\" (expected earliest, latest or timestamp)"
+                )));
+            }
+        };
+        let format = Format::from_options(&mut o)?;
+        let max_event_bytes = o
+            .parse("max_event_bytes")?
+            .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+        o.finish()?;
+        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+            if client.contains_key(key) {
+                return Err(Error::Options(format!(
+                    "option \"properties.{key}\" cannot be set: offsets belong to Eddy's checkpoints"
+                )));
+            }
+        }
+        Ok(Self {
+            topic,
+            startup,
+            format,
+            max_event_bytes,
+            client,
+        })
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c.set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        c
+    }
+}
+
+/// Kafka errors carry broker addresses but never configuration values, so they are safe to
+/// show; still, strip anything that looks like a credential setting.
+fn external(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::External(format!("kafka: {context}: {e}"))
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    decoder: EventDecoder,
+    positions: Positions,
+}
+
+impl KafkaSource {
+    pub fn open(spec: &SourceSpec, start: &Positions) -> Result<Self> {
+        let config = KafkaConfig::from_spec(spec)?;
+        let consumer: BaseConsumer = config
+            .client_config()
+            .create()
+            .map_err(|e| external("cannot create consumer", e))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&config.topic), METADATA_TIMEOUT)
+            .map_err(|e| {
+                external(
+                    &format!("cannot read metadata of topic {}", config.topic),
+                    e,
+                )
+            })?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == config.topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .ok_or_else(|| {
+                Error::External(format!("kafka: topic \"{}\" does not exist", config.topic))
+            })?;
+        let mut assignment = TopicPartitionList::new();
+        let mut positions = Positions::new();
+        for p in topic.partitions() {
+            let id = p.id();
+            let offset = match (start.get(&id), &config.startup) {
+                (Some(o), _) => Offset::Offset(*o),
+                (None, Startup::Earliest) => Offset::Beginning,
+                (None, Startup::Latest) => Offset::End,
+                (None, Startup::Timestamp(ts)) => {
+                    let mut q = TopicPartitionList::new();
+                    q.add_partition_offset(&config.topic, id, Offset::Offset(*ts))
+                        .map_err(|e| external("offset lookup", e))?;
+                    let found = consumer
+                        .offsets_for_times(q, METADATA_TIMEOUT)
+                        .map_err(|e| external("offset lookup by timestamp", e))?;
+                    found
+                        .find_partition(&config.topic, id)
+                        .map(|e| e.offset())
+                        .unwrap_or(Offset::End)
+                }
+            };
+            if let Offset::Offset(o) = offset {
+                positions.insert(id, o);
+            }
+            assignment
+                .add_partition_offset(&config.topic, id, offset)
+                .map_err(|e| external("assign", e))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| external("assign", e))?;
+        let decoder =
+            EventDecoder::new(spec.schema.clone(), config.format, config.max_event_bytes)?;
+        Ok(Self {
+            consumer,
+            decoder,
+            positions,
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, max_rows: usize, timeout: Duration) -> Result<Poll> {
+        let deadline = Instant::now() + timeout;
+        let mut messages = Vec::with_capacity(max_rows.min(4096));
+        while messages.len() < max_rows {
+            let wait = if messages.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) => {
+                    tracing::warn!("kafka: {e}");
+                    if messages.is_empty() && Instant::now() >= deadline {
+                        break;
+                    }
+                }
+            }
+        }
+        if messages.is_empty() {
+            return Ok(Poll::Idle);
+        }
+        let events: Vec<RawEvent<'_>> = messages
+            .iter()
+            .map(|m| RawEvent {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key(),
+                timestamp_ms: m.timestamp().to_millis(),
+                payload: m.payload().unwrap_or_default(),
+            })
+            .collect();
+        let batch = self.decoder.decode(&events)?;
+        for m in &messages {
+            self.positions.insert(m.partition(), m.offset() + 1);
+        }
+        Ok(Poll::Batch(batch))
+    }
+
+    fn positions(&self) -> Positions {
+        self.positions.clone()
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.decoder.schema().clone()
+    }
+}
