@@ -1,10 +1,13 @@
-//! The HTTP listener: health for now; the REST APIs of later features mount here.
+//! The HTTP listener: health, storage counters, and event ingestion into push sources
+//! (`POST /v1/sources/{name}` with JSON lines), for devices that cannot speak Kafka.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use eddy_connectors::format::{DEFAULT_MAX_EVENT_BYTES, EventDecoder, Format, RawEvent};
 use eddy_sql::Engine;
 use tokio::net::TcpListener;
 
@@ -12,6 +15,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/storage", get(storage))
+        .route("/v1/sources/{name}", post(ingest))
         .with_state(engine)
 }
 
@@ -29,6 +33,91 @@ async fn storage(State(engine): State<Arc<Engine>>) -> axum::Json<serde_json::Va
         .map(|(k, v)| (k, serde_json::Value::from(v)))
         .collect();
     axum::Json(serde_json::Value::Object(stats))
+}
+
+type Reply = (StatusCode, axum::Json<serde_json::Value>);
+
+fn reply_error(status: StatusCode, message: String) -> Reply {
+    (status, axum::Json(serde_json::json!({ "error": message })))
+}
+
+/// Appends the JSON lines of the body to a push source. Good lines become events; each bad
+/// line goes to `<source>_errors` and is reported (the first 20) in the response.
+async fn ingest(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Reply {
+    let catalog = engine.catalog();
+    let Some(def) = catalog.table(eddy_sql::catalog::DEFAULT_SCHEMA, &name) else {
+        return reply_error(
+            StatusCode::NOT_FOUND,
+            format!("source \"{name}\" does not exist"),
+        );
+    };
+    let Some(info) = def.source() else {
+        return reply_error(StatusCode::NOT_FOUND, format!("\"{name}\" is not a source"));
+    };
+    if let Some(c) = &info.connector {
+        return reply_error(
+            StatusCode::CONFLICT,
+            format!(
+                "source \"{name}\" reads from {c}; only sources without a connector accept events"
+            ),
+        );
+    }
+    let max_bytes = info
+        .options
+        .iter()
+        .find(|(k, _)| k == "max_event_bytes")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+    let schema = eddy_sql::stream::manager::declared_schema(&def);
+    let decoder = match EventDecoder::new(schema, Format::Json, max_bytes) {
+        Ok(d) => d,
+        Err(e) => return reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let events: Vec<RawEvent<'_>> = body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.trim_ascii().is_empty())
+        .map(|(i, line)| RawEvent {
+            partition: 0,
+            offset: i as i64 + 1,
+            key: None,
+            timestamp_ms: None,
+            payload: line,
+        })
+        .collect();
+    let decoded = match decoder.decode(&events) {
+        Ok(d) => d,
+        Err(e) => return reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let errors: Vec<serde_json::Value> = decoded
+        .dead_letters
+        .iter()
+        .take(20)
+        .map(|d| serde_json::json!({ "line": d.offset, "error": d.error }))
+        .collect();
+    let accepted = decoded.rows.num_rows();
+    let rejected = decoded.dead_letters.len();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut dead = decoded.dead_letters;
+        engine.append_events(&def, &decoded.rows, &mut dead)
+    })
+    .await;
+    match result {
+        Ok(Ok(_)) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({
+                "accepted": accepted,
+                "rejected": rejected,
+                "errors": errors,
+            })),
+        ),
+        Ok(Err(e)) => reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {

@@ -24,6 +24,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (http)", config.http_listen))?;
+    engine.start_streams(tokio::runtime::Handle::current());
     println!(
         "eddy ready: postgres on {}, http on {}, data in {}",
         pg.local_addr()?,

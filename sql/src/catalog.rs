@@ -34,6 +34,74 @@ pub struct ColumnDef {
     pub default: Option<String>,
 }
 
+/// What a stored relation is. Sources, streams and materialized views are stored relations
+/// too: a push source's rows are its event log, a stream's rows are its retained output, a
+/// materialized view's rows are its current result, so SELECT reads all of them the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub enum TableKind {
+    #[default]
+    Table,
+    /// Rows are the events pushed by INSERT or HTTP (keyed by arrival sequence); a source
+    /// with a connector stores no rows.
+    Source(SourceInfo),
+    /// An append-only continuous query; rows are its retained output (keyed by sequence).
+    Stream(QueryInfo),
+    /// A continuously maintained query result.
+    MaterializedView(QueryInfo),
+    /// The `<source>_errors` table of a source.
+    DeadLetters { source: String },
+}
+
+impl TableKind {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            TableKind::Table => "table",
+            TableKind::Source(_) => "source",
+            TableKind::Stream(_) => "stream",
+            TableKind::MaterializedView(_) => "materialized view",
+            TableKind::DeadLetters { .. } => "dead-letter table",
+        }
+    }
+
+    pub fn query(&self) -> Option<&QueryInfo> {
+        match self {
+            TableKind::Stream(q) | TableKind::MaterializedView(q) => Some(q),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceInfo {
+    /// `None` for a push source (INSERT and HTTP only).
+    pub connector: Option<String>,
+    /// WITH options as given (may hold credentials: never display them unredacted).
+    pub options: Vec<(String, String)>,
+    pub watermark: Option<WatermarkDef>,
+    /// Milliseconds since the epoch at CREATE SOURCE.
+    pub created_at_ms: i64,
+    /// Table id of `<source>_errors`.
+    pub errors_table: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WatermarkDef {
+    pub column: String,
+    /// The watermark expression as SQL text over the source's columns.
+    pub expr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryInfo {
+    /// The defining SELECT as SQL text.
+    pub sql: String,
+    /// Sources and streams the query reads.
+    pub depends_on: Vec<String>,
+    /// Windowed results appear only when the window closes (EMIT ON WINDOW CLOSE).
+    pub emit_on_close: bool,
+    pub options: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableDef {
     pub id: u32,
@@ -43,6 +111,8 @@ pub struct TableDef {
     /// Indexes into `columns`; empty when the table has no primary key (rows are then keyed
     /// by a hidden row id).
     pub primary_key: Vec<usize>,
+    #[serde(default)]
+    pub kind: TableKind,
     #[serde(skip)]
     arrow: Option<SchemaRef>,
 }
@@ -61,10 +131,23 @@ impl TableDef {
             name,
             columns,
             primary_key,
+            kind: TableKind::Table,
             arrow: None,
         };
         def.arrow = Some(def.build_arrow_schema());
         def
+    }
+
+    pub fn with_kind(mut self, kind: TableKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn source(&self) -> Option<&SourceInfo> {
+        match &self.kind {
+            TableKind::Source(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// The table's Arrow schema. Every field is nullable: NOT NULL is enforced by Eddy when
@@ -188,7 +271,8 @@ impl Catalog {
             }
             Record::Table(t) => {
                 self.next_table_id = self.next_table_id.max(t.id + 1);
-                let t = TableDef::new(t.id, t.schema, t.name, t.columns, t.primary_key);
+                let t = TableDef::new(t.id, t.schema, t.name, t.columns, t.primary_key)
+                    .with_kind(t.kind);
                 self.tables
                     .insert((t.schema.clone(), t.name.clone()), Arc::new(t));
             }
@@ -298,16 +382,36 @@ impl Catalog {
         columns: Vec<ColumnDef>,
         primary_key: Vec<usize>,
     ) -> Result<(Arc<TableDef>, Vec<WriteOp>)> {
+        self.create_relation(schema, name, columns, primary_key, TableKind::Table)
+    }
+
+    /// The id the next created relation gets.
+    pub fn next_id(&self) -> u32 {
+        self.next_table_id
+    }
+
+    /// Adds a stored relation of any kind with a fresh id.
+    pub fn create_relation(
+        &mut self,
+        schema: &str,
+        name: &str,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<usize>,
+        kind: TableKind,
+    ) -> Result<(Arc<TableDef>, Vec<WriteOp>)> {
         self.check_new_name(schema, name)?;
         let id = self.next_table_id;
         self.next_table_id += 1;
-        let def = Arc::new(TableDef::new(
-            id,
-            schema.to_string(),
-            name.to_string(),
-            columns,
-            primary_key,
-        ));
+        let def = Arc::new(
+            TableDef::new(
+                id,
+                schema.to_string(),
+                name.to_string(),
+                columns,
+                primary_key,
+            )
+            .with_kind(kind),
+        );
         self.tables
             .insert((schema.to_string(), name.to_string()), def.clone());
         let ops = vec![
@@ -349,14 +453,39 @@ impl Catalog {
         Ok(ops)
     }
 
-    /// Views whose SQL mentions `name` (a conservative dependency check for DROP).
+    /// Views whose SQL mentions `name` (a conservative dependency check for DROP), and the
+    /// streams, materialized views and dead-letter tables that depend on it.
     pub fn views_mentioning(&self, name: &str) -> Vec<String> {
         let needle = name.to_lowercase();
-        self.views
+        let views = self
+            .views
             .values()
             .filter(|v| v.name != name && mentions(&v.sql.to_lowercase(), &needle))
-            .map(|v| v.name.clone())
+            .map(|v| v.name.clone());
+        let queries = self
+            .tables
+            .values()
+            .filter(|t| match &t.kind {
+                TableKind::Stream(q) | TableKind::MaterializedView(q) => {
+                    q.depends_on.iter().any(|d| d == name)
+                }
+                _ => false,
+            })
+            .map(|t| t.name.clone());
+        views.chain(queries).collect()
+    }
+
+    /// Stored relations that exist only because `def` exists (a source's error table).
+    pub fn owned_by(&self, def: &TableDef) -> Vec<Arc<TableDef>> {
+        self.tables
+            .values()
+            .filter(|t| matches!(&t.kind, TableKind::DeadLetters { source } if *source == def.name && t.schema == def.schema))
+            .cloned()
             .collect()
+    }
+
+    pub fn table_by_id(&self, id: u32) -> Option<Arc<TableDef>> {
+        self.tables.values().find(|t| t.id == id).cloned()
     }
 }
 

@@ -13,6 +13,8 @@ mod naming;
 mod point_get;
 mod session;
 mod settings;
+mod statement;
+mod streaming;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,14 +24,18 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 pub use dml::parse_bytea;
+pub use naming::{output_names, rename};
 pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus, is_transaction_control};
 pub use settings::SERVER_VERSION;
+pub use statement::{EddyStatement, ObjectKind, Stmt};
 
 use crate::catalog::{Catalog, TableDef};
 use crate::error::{Error, Result};
 use crate::storage::memory::MemoryStore;
 use crate::storage::rocks::RocksStore;
 use crate::storage::{KvStore, prefix_end};
+use crate::stream::log::LogWriter;
+use crate::stream::manager::{DEFAULT_CHECKPOINT_INTERVAL_MS, StreamManager};
 use crate::txn::{self, CatalogCommit, Txn, locks::KeyLocks};
 
 pub struct Engine {
@@ -40,6 +46,10 @@ pub struct Engine {
     /// Next hidden row id per table without a primary key.
     row_ids: Mutex<HashMap<u32, u64>>,
     next_backend_pid: AtomicI32,
+    /// Pipelines of streams and materialized views.
+    pub streams: Arc<StreamManager>,
+    /// Appends events pushed into sources (INSERT, HTTP).
+    pub log: LogWriter,
 }
 
 impl Engine {
@@ -58,7 +68,15 @@ impl Engine {
 
     fn with_store(kv: Arc<dyn KvStore>) -> Result<Arc<Self>> {
         let catalog = Catalog::load(kv.as_ref())?;
+        let log = LogWriter::default();
+        let streams = Arc::new(StreamManager::new(
+            kv.clone(),
+            log.signal.clone(),
+            DEFAULT_CHECKPOINT_INTERVAL_MS,
+        ));
         Ok(Arc::new(Self {
+            streams,
+            log,
             kv,
             catalog: RwLock::new(Arc::new(catalog)),
             catalog_commit: Mutex::new(()),
@@ -93,9 +111,36 @@ impl Engine {
         if let CatalogCommit::Install(cat) =
             txn::commit(self.kv.as_ref(), &self.locks, txn, version)?
         {
-            *self.catalog.write() = Arc::new(cat);
+            let cat = Arc::new(cat);
+            *self.catalog.write() = cat.clone();
+            self.streams.reconcile(&cat);
         }
         Ok(())
+    }
+
+    /// Starts the pipelines of every stream and materialized view (from their last
+    /// checkpoints); from now on catalog changes start and stop pipelines.
+    pub fn start_streams(&self, runtime: tokio::runtime::Handle) {
+        self.streams.start(runtime, &self.catalog());
+    }
+
+    /// Appends rows (in the source's column types) and dead letters to a push source's log.
+    pub fn append_events(
+        &self,
+        source: &TableDef,
+        batch: &datafusion::arrow::array::RecordBatch,
+        dead: &mut [eddy_connectors::DeadLetter],
+    ) -> Result<u64> {
+        let catalog = self.catalog();
+        let errors = catalog.owned_by(source).into_iter().next();
+        self.log.append(
+            self.kv.as_ref(),
+            source,
+            errors.as_deref(),
+            batch,
+            dead,
+            chrono::Utc::now().timestamp_micros(),
+        )
     }
 
     /// Allocates `n` consecutive hidden row ids for a table without a primary key.

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod storage;
+pub mod stream;
 pub mod table;
 pub mod txn;
 pub mod types;

@@ -114,6 +114,43 @@ impl SqlType {
         }
     }
 
+    /// The SQL type that stores values of an Arrow type (the columns of a stream's or a
+    /// materialized view's result). Types without an exact match are refused.
+    pub fn from_arrow(field: &Field) -> Result<Self> {
+        if let Some(pg) = field.metadata().get(PG_TYPE_KEY) {
+            match pg.as_str() {
+                "uuid" => return Ok(SqlType::Uuid),
+                "jsonb" => return Ok(SqlType::Jsonb),
+                _ => {}
+            }
+        }
+        Ok(match field.data_type() {
+            DataType::Boolean => SqlType::Bool,
+            DataType::Int8 | DataType::Int16 | DataType::UInt8 => SqlType::Int2,
+            DataType::Int32 | DataType::UInt16 => SqlType::Int4,
+            DataType::Int64 | DataType::UInt32 => SqlType::Int8,
+            DataType::UInt64 => SqlType::Numeric(Some((20, 0))),
+            DataType::Float16 | DataType::Float32 => SqlType::Float4,
+            DataType::Float64 => SqlType::Float8,
+            DataType::Decimal128(p, s) if *p <= 38 => SqlType::Numeric(Some((*p, *s))),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => SqlType::Text,
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => SqlType::Bytea,
+            DataType::Date32 | DataType::Date64 => SqlType::Date,
+            DataType::Timestamp(_, None) => SqlType::Timestamp,
+            DataType::Timestamp(_, Some(_)) => SqlType::Timestamptz,
+            DataType::Interval(_) => SqlType::Interval,
+            other => {
+                return Err(Error::user(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "column \"{}\" has type {other}, which a stream or materialized view cannot store",
+                        field.name()
+                    ),
+                ));
+            }
+        })
+    }
+
     pub fn arrow_field(&self, name: &str, nullable: bool) -> Field {
         let field = Field::new(name, self.arrow_type(), nullable);
         match self {

@@ -111,6 +111,14 @@ impl SchemaProvider for EddySchema {
         match cat.relation(&self.name, name) {
             None => Ok(None),
             Some(Relation::Table(def)) => {
+                if let Some(c) = def.source().and_then(|s| s.connector.as_ref()) {
+                    return Err(crate::error::to_df(crate::error::Error::user(
+                        crate::error::sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "source \"{name}\" reads from {c} and stores no rows: query a stream or materialized view over it"
+                        ),
+                    )));
+                }
                 let storage_columns = self
                     .view
                     .dml_target

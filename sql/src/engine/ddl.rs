@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::ast::{
 
 use super::session::{CommandTag, QueryOutput, Session, text_rows};
 use super::settings::Settings;
-use crate::catalog::{ColumnDef, Relation};
+use crate::catalog::{ColumnDef, Relation, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::prefix_end;
 use crate::types::SqlType;
@@ -253,7 +253,9 @@ fn check_defaults(session: &Session, columns: &[ColumnDef]) -> Result<()> {
 
 async fn create_view(session: &Session, cv: &ast::CreateView) -> Result<CommandTag> {
     if cv.materialized {
-        return Err(Error::not_supported("CREATE MATERIALIZED VIEW"));
+        return Err(Error::internal(
+            "CREATE MATERIALIZED VIEW is Eddy's own statement",
+        ));
     }
     let (schema, name) = session.qualify(&cv.name)?;
     let sql = cv.query.to_string();
@@ -332,6 +334,34 @@ fn drop(
                 name_parts(name).pop().unwrap_or_default(),
             ));
         };
+        if let Relation::Table(def) = &relation {
+            if def.kind != TableKind::Table {
+                let (what, how) = match &def.kind {
+                    TableKind::Source(_) => ("a source", "DROP SOURCE".to_string()),
+                    TableKind::Stream(_) => ("a stream", "DROP STREAM".to_string()),
+                    TableKind::MaterializedView(_) => {
+                        ("a materialized view", "DROP MATERIALIZED VIEW".to_string())
+                    }
+                    TableKind::DeadLetters { source } => (
+                        "the dead-letter table of a source",
+                        format!("DROP SOURCE {source}"),
+                    ),
+                    TableKind::Table => unreachable!("checked"),
+                };
+                return Err(Error::user(
+                    sqlstate::WRONG_OBJECT_TYPE,
+                    format!(
+                        "\"{object}\" is not a {}",
+                        if object_type == ObjectType::Table {
+                            "table"
+                        } else {
+                            "view"
+                        }
+                    ),
+                )
+                .with_detail(format!("\"{object}\" is {what}: use {how}.")));
+            }
+        }
         let is_table = matches!(relation, Relation::Table(_));
         if is_table != (object_type == ObjectType::Table) {
             let kind = if is_table { "a table" } else { "a view" };
@@ -379,6 +409,15 @@ fn truncate(session: &Session, t: &ast::Truncate) -> Result<CommandTag> {
                 format!("\"{object}\" is not a table"),
             ));
         };
+        if matches!(
+            def.kind,
+            TableKind::Stream(_) | TableKind::MaterializedView(_)
+        ) {
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!("cannot truncate {} \"{object}\"", def.kind.describe()),
+            ));
+        }
         let prefix = def.key_prefix();
         let end = prefix_end(&prefix);
         session.txn().lock().truncate(def.id, prefix, end);

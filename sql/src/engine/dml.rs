@@ -26,7 +26,7 @@ use futures::StreamExt;
 
 use super::ddl::ident;
 use super::session::{CommandTag, Session};
-use crate::catalog::TableDef;
+use crate::catalog::{TableDef, TableKind};
 use crate::codec::{ColumnRef, key, row};
 use crate::error::{Error, Result, sqlstate, to_df};
 use crate::table::KvTable;
@@ -157,6 +157,34 @@ pub async fn execute(
         .downcast_ref::<KvTable>()
         .ok_or_else(|| Error::not_supported(format!("writing to {}", dml.table_name)))?;
     let def = table.def().clone();
+    match (&def.kind, &dml.op) {
+        (TableKind::Table, _) => {}
+        (TableKind::Source(info), WriteOp::Insert(_)) => {
+            if let Some(c) = &info.connector {
+                return Err(Error::user(
+                    sqlstate::WRONG_OBJECT_TYPE,
+                    format!(
+                        "cannot insert into source \"{}\": it reads from {c}",
+                        def.name
+                    ),
+                )
+                .with_detail("Only sources created without a connector accept INSERT."));
+            }
+            return insert_events(session, &def, dml).await;
+        }
+        (TableKind::DeadLetters { .. }, WriteOp::Delete) => {}
+        (kind, op) => {
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!(
+                    "cannot {} {} \"{}\"",
+                    op.name().to_lowercase(),
+                    kind.describe(),
+                    def.name
+                ),
+            ));
+        }
+    }
     let input = match &dml.op {
         WriteOp::Insert(_) => keep_text_for_bytea(&dml.input, &def)?,
         _ => (*dml.input).clone(),
@@ -181,6 +209,34 @@ pub async fn execute(
         WriteOp::Update => CommandTag::new("UPDATE").with_rows(affected),
         _ => CommandTag::new("DELETE").with_rows(affected),
     })
+}
+
+/// INSERT INTO a push source: the rows are appended to its event log at once (durably, in
+/// arrival order), outside the session's transaction, like a sequence's nextval.
+async fn insert_events(
+    session: &Session,
+    def: &Arc<TableDef>,
+    dml: &DmlStatement,
+) -> Result<CommandTag> {
+    let input = keep_text_for_bytea(&dml.input, def)?;
+    let df = DataFrame::new(session.ctx().state(), input);
+    let mut stream = df.execute_stream().await?;
+    let writer = Writer { session, def };
+    let mut appended = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let arrays = writer.table_columns(&batch)?;
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(batch.num_rows()));
+        let rows = RecordBatch::try_new_with_options(def.arrow_schema(), arrays, &options)?;
+        let engine = session.engine().clone();
+        let source = def.clone();
+        tokio::task::spawn_blocking(move || engine.append_events(&source, &rows, &mut []))
+            .await
+            .map_err(|e| Error::internal(format!("append task: {e}")))??;
+        appended += batch.num_rows();
+    }
+    Ok(CommandTag::new("INSERT 0").with_rows(appended))
 }
 
 struct Writer<'a> {

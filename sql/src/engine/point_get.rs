@@ -249,7 +249,9 @@ mod tests {
     use crate::Engine;
 
     async fn detect(session: &Session, sql: &str) -> bool {
-        let statement = Session::parse(sql).unwrap().remove(0);
+        let crate::engine::Stmt::Sql(statement) = Session::parse(sql).unwrap().remove(0) else {
+            panic!("not a SQL statement: {sql}")
+        };
         PointGet::detect(&statement, session).unwrap().is_some()
     }
 

@@ -23,7 +23,8 @@ use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::{Parser, ParserOptions};
+use datafusion::sql::sqlparser::parser::{Parser, ParserError, ParserOptions};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 
@@ -33,6 +34,7 @@ use super::functions::{self, SessionInfo};
 use super::naming;
 use super::point_get::PointGet;
 use super::settings::Settings;
+use super::statement::{Stmt, parse_eddy};
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::error::{Error, Result, sqlstate};
 use crate::table::SharedTxn;
@@ -83,7 +85,7 @@ pub enum QueryOutput {
 /// A statement ready to execute, with what the extended protocol describes.
 #[derive(Clone)]
 pub struct Prepared {
-    pub statement: Arc<Statement>,
+    pub statement: Arc<Stmt>,
     plan: Option<LogicalPlan>,
     catalog_version: u64,
     /// Types of `$1..$n` as far as they could be inferred (fields, to keep uuid/jsonb).
@@ -209,41 +211,57 @@ impl Session {
     }
 
     /// Splits and parses a query string. An empty or comment-only string gives no statements.
-    pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    pub fn parse(sql: &str) -> Result<Vec<Stmt>> {
         let dialect = PostgreSqlDialect {};
         Parser::new(&dialect)
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
             .with_options(ParserOptions::new().with_trailing_commas(false))
             .try_with_sql(sql)
-            .and_then(|mut p| p.parse_statements())
+            .and_then(|mut p| parse_statements(&mut p))
             .map_err(|e| Error::user(sqlstate::SYNTAX_ERROR, syntax_message(&e.to_string())))
             .and_then(|statements| {
                 for s in &statements {
-                    check_depth(s)?;
+                    if let Stmt::Sql(s) = s {
+                        check_depth(s)?;
+                    }
                 }
                 Ok(statements)
             })
     }
 
     /// Plans a statement without running it.
-    pub async fn prepare(&self, statement: Statement) -> Result<Prepared> {
+    pub async fn prepare(&self, statement: impl Into<Stmt>) -> Result<Prepared> {
         let catalog_version = self.view.catalog().version;
-        let statement = Arc::new(statement);
-        if !is_planned(&statement) {
-            let schema = super::ddl::result_schema(&statement, &self.info.settings.read());
-            return Ok(Prepared {
-                statement,
-                plan: None,
-                catalog_version,
-                param_types: Vec::new(),
-                schema,
-                point_get: None,
-            });
-        }
-        if let Some(reason) = refuse_in_failed_txn(self.status(), &statement) {
+        let stmt = Arc::new(statement.into());
+        let statement = match stmt.as_ref() {
+            Stmt::Sql(s) if is_planned(s) => s,
+            Stmt::Sql(s) => {
+                let schema = super::ddl::result_schema(s, &self.info.settings.read());
+                return Ok(Prepared {
+                    statement: stmt,
+                    plan: None,
+                    catalog_version,
+                    param_types: Vec::new(),
+                    schema,
+                    point_get: None,
+                });
+            }
+            Stmt::Eddy(e) => {
+                let schema = super::streaming::result_schema(e);
+                return Ok(Prepared {
+                    statement: stmt,
+                    plan: None,
+                    catalog_version,
+                    param_types: Vec::new(),
+                    schema,
+                    point_get: None,
+                });
+            }
+        };
+        if let Some(reason) = refuse_in_failed_txn(self.status(), &stmt) {
             return Err(reason);
         }
-        let plan = self.plan(&statement).await?;
+        let plan = self.plan(statement).await?;
         let param_types = parameter_types(&plan)?;
         let schema = match &plan {
             LogicalPlan::Dml(_) => None,
@@ -256,11 +274,11 @@ impl Session {
             }
         };
         let point_get = match &schema {
-            Some(_) => PointGet::detect(&statement, self)?,
+            Some(_) => PointGet::detect(statement, self)?,
             None => None,
         };
         Ok(Prepared {
-            statement,
+            statement: stmt.clone(),
             plan: Some(plan),
             catalog_version,
             param_types,
@@ -281,7 +299,7 @@ impl Session {
     }
 
     /// Parses, plans and runs one statement with no parameters.
-    pub async fn run(&self, statement: Statement) -> Result<QueryOutput> {
+    pub async fn run(&self, statement: impl Into<Stmt>) -> Result<QueryOutput> {
         let prepared = self.prepare(statement).await?;
         self.execute(&prepared, Vec::new()).await
     }
@@ -352,8 +370,11 @@ impl Session {
     }
 
     /// BEGIN, COMMIT, ROLLBACK; `None` for every other statement.
-    async fn transaction_control(&self, statement: &Statement) -> Result<Option<CommandTag>> {
+    async fn transaction_control(&self, statement: &Stmt) -> Result<Option<CommandTag>> {
         let status = self.status();
+        let Stmt::Sql(statement) = statement else {
+            return Ok(None);
+        };
         Ok(Some(match statement {
             Statement::StartTransaction { .. } => {
                 if status == TxnStatus::Idle {
@@ -405,8 +426,12 @@ impl Session {
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<QueryOutput> {
+        let statement = match prepared.statement.as_ref() {
+            Stmt::Eddy(e) => return super::streaming::execute(self, e).await,
+            Stmt::Sql(s) => s,
+        };
         let Some(plan) = &prepared.plan else {
-            return super::ddl::execute(self, &prepared.statement).await;
+            return super::ddl::execute(self, statement).await;
         };
         let current = prepared.catalog_version == self.view.catalog().version;
         if let (Some(point_get), Some(schema), true) =
@@ -418,7 +443,7 @@ impl Session {
         }
         // A plan made before a catalog change may name dropped objects: plan again.
         let plan = if !current {
-            self.plan(&prepared.statement).await?
+            self.plan(statement).await?
         } else {
             plan.clone()
         };
@@ -429,7 +454,7 @@ impl Session {
         };
         match plan {
             LogicalPlan::Dml(dml) => {
-                let tag = self.execute_dml(&dml, &prepared.statement).await?;
+                let tag = self.execute_dml(&dml, statement).await?;
                 Ok(QueryOutput::Command(tag))
             }
             plan => {
@@ -513,7 +538,10 @@ pub(super) fn text_rows(column: &str, values: Vec<String>) -> Result<QueryOutput
 }
 
 /// Whether a statement begins or ends a transaction block.
-pub fn is_transaction_control(statement: &Statement) -> bool {
+pub fn is_transaction_control(statement: &Stmt) -> bool {
+    let Stmt::Sql(statement) = statement else {
+        return false;
+    };
     matches!(
         statement,
         Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. }
@@ -531,10 +559,10 @@ fn is_planned(statement: &Statement) -> bool {
     )
 }
 
-fn refuse_in_failed_txn(status: TxnStatus, statement: &Statement) -> Option<Error> {
+fn refuse_in_failed_txn(status: TxnStatus, statement: &Stmt) -> Option<Error> {
     let ends_block = matches!(
         statement,
-        Statement::Commit { .. } | Statement::Rollback { .. }
+        Stmt::Sql(Statement::Commit { .. } | Statement::Rollback { .. })
     );
     (status == TxnStatus::Failed && !ends_block).then(|| {
         Error::user(
@@ -606,6 +634,28 @@ fn bind_values(types: &[Option<FieldRef>], params: Vec<ScalarValue>) -> Result<V
 /// without recursion but plan recursively: past this depth a statement is refused rather
 /// than risking the planner's stack.
 const MAX_EXPR_DEPTH: usize = 256;
+
+/// sqlparser's statement loop, with Eddy's own statements tried first.
+fn parse_statements(parser: &mut Parser<'_>) -> std::result::Result<Vec<Stmt>, ParserError> {
+    let mut statements = Vec::new();
+    loop {
+        let mut delimited = statements.is_empty();
+        while parser.consume_token(&Token::SemiColon) {
+            delimited = true;
+        }
+        if parser.peek_token().token == Token::EOF {
+            break;
+        }
+        if !delimited {
+            return parser.expected("end of statement", parser.peek_token());
+        }
+        statements.push(match parse_eddy(parser)? {
+            Some(s) => Stmt::Eddy(s),
+            None => Stmt::Sql(parser.parse_statement()?),
+        });
+    }
+    Ok(statements)
+}
 
 fn check_depth(statement: &Statement) -> Result<()> {
     use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};

@@ -1,0 +1,561 @@
+//! Execution of Eddy's streaming DDL: CREATE/DROP/SHOW of sources, streams and materialized
+//! views, and EXPLAIN of a continuous query.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::physical_plan::expressions::Column;
+use datafusion::sql::sqlparser::ast::ColumnOption;
+use eddy_connectors::{Options, SourceSpec};
+
+use super::ddl::ident;
+use super::session::{CommandTag, QueryOutput, Session, rows, text_rows};
+use super::statement::{CreateQuery, CreateSource, EddyStatement, ObjectKind};
+use crate::catalog::{
+    ColumnDef, DEFAULT_SCHEMA, QueryInfo, SourceInfo, TableDef, TableKind, WatermarkDef,
+};
+use crate::error::{Error, Result, sqlstate};
+use crate::stream::manager::{declared_schema, option_ms, option_u64, watermark_expr};
+use crate::stream::plan::{self, PipelinePlan, UpperStage};
+use crate::types::SqlType;
+
+pub fn result_schema(statement: &EddyStatement) -> Option<SchemaRef> {
+    match statement {
+        EddyStatement::Show(kind) => Some(show_schema(*kind)),
+        EddyStatement::Explain(_) => Some(Arc::new(Schema::new(vec![Field::new(
+            "QUERY PLAN",
+            DataType::Utf8,
+            false,
+        )]))),
+        _ => None,
+    }
+}
+
+pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<QueryOutput> {
+    Ok(QueryOutput::Command(match statement {
+        EddyStatement::CreateSource(s) => create_source(session, s)?,
+        EddyStatement::CreateQuery(q) => create_query(session, q).await?,
+        EddyStatement::Drop {
+            kind,
+            names,
+            if_exists,
+            cascade,
+        } => drop(session, *kind, names, *if_exists, *cascade)?,
+        EddyStatement::Show(kind) => return show(session, *kind),
+        EddyStatement::Explain(q) => {
+            let catalog = session.view().catalog();
+            let plan = plan::plan(&catalog, &q.query).await?;
+            let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
+            let emit_on_close = emit_on_close(q, &plan, windowed)?;
+            let sink = match q.kind {
+                ObjectKind::Stream => format!("stream {} (rows keyed by output sequence)", q.name),
+                _ => format!("materialized view {} ({})", q.name, key_description(&plan)),
+            };
+            return text_rows("QUERY PLAN", plan.explain(emit_on_close, &sink));
+        }
+    }))
+}
+
+fn streaming_schema(schema: &str) -> Result<()> {
+    if schema != DEFAULT_SCHEMA {
+        return Err(Error::not_supported(
+            "sources, streams and materialized views outside schema public",
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::user(sqlstate::INVALID_PARAMETER_VALUE, message)
+}
+
+fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
+    let tag = CommandTag::new("CREATE SOURCE");
+    let (schema, name) = session.qualify(&s.name)?;
+    streaming_schema(&schema)?;
+    let catalog = session.view().catalog();
+    if catalog.relation(&schema, &name).is_some() && s.if_not_exists {
+        return Ok(tag);
+    }
+    let mut options =
+        Options::new(s.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
+    let connector = options.take("connector").map(|c| c.to_ascii_lowercase());
+    let connector = match connector.as_deref() {
+        None | Some("none") | Some("push") => None,
+        Some(c) => Some(c.to_string()),
+    };
+    let mut columns: Vec<ColumnDef> = Vec::new();
+    for c in &s.columns {
+        let col_name = ident(&c.name);
+        if columns.iter().any(|d| d.name == col_name) {
+            return Err(Error::user(
+                "42701",
+                format!("column \"{col_name}\" specified more than once"),
+            ));
+        }
+        let mut def = ColumnDef {
+            name: col_name,
+            ty: SqlType::from_ast(&c.data_type)?,
+            nullable: true,
+            default: None,
+        };
+        for opt in &c.options {
+            match &opt.option {
+                ColumnOption::Null => def.nullable = true,
+                ColumnOption::NotNull => def.nullable = false,
+                other => {
+                    return Err(Error::not_supported(format!(
+                        "column constraint {other} on a source"
+                    )));
+                }
+            }
+        }
+        columns.push(def);
+    }
+    if columns.is_empty() {
+        match connector.as_deref() {
+            Some("nexmark") => {
+                let table =
+                    eddy_connectors::nexmark::parse_table(options.get("table").unwrap_or("bid"))
+                        .map_err(|e| invalid(e.to_string()))?;
+                for f in eddy_connectors::nexmark::table_schema(table).fields() {
+                    columns.push(ColumnDef {
+                        name: f.name().clone(),
+                        ty: SqlType::from_arrow(f)?,
+                        nullable: f.is_nullable(),
+                        default: None,
+                    });
+                }
+            }
+            _ => {
+                return Err(Error::user(
+                    sqlstate::INVALID_TABLE_DEFINITION,
+                    format!("source \"{name}\" needs a column list"),
+                ));
+            }
+        }
+    }
+    let watermark = match &s.watermark {
+        None => None,
+        Some((col, expr)) => {
+            let column = ident(col);
+            let c = columns.iter().find(|c| c.name == column).ok_or_else(|| {
+                Error::user(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!("column \"{column}\" of the WATERMARK does not exist"),
+                )
+            })?;
+            if !matches!(c.ty, SqlType::Timestamp | SqlType::Timestamptz) {
+                return Err(Error::user(
+                    sqlstate::DATATYPE_MISMATCH,
+                    format!(
+                        "WATERMARK column \"{column}\" must be a timestamp, not {}",
+                        c.ty.pg_name()
+                    ),
+                ));
+            }
+            Some(WatermarkDef {
+                column,
+                expr: expr.to_string(),
+            })
+        }
+    };
+    let created_at_ms = chrono::Utc::now().timestamp_millis();
+    let probe = TableDef::new(0, schema.clone(), name.clone(), columns.clone(), Vec::new());
+    if let Some(w) = &watermark {
+        let (expr, _) = watermark_expr(&probe, &w.expr, &w.column)?;
+        let ty = expr.data_type(&probe.arrow_schema())?;
+        if !matches!(ty, DataType::Timestamp(TimeUnit::Microsecond, _)) {
+            return Err(Error::user(
+                sqlstate::DATATYPE_MISMATCH,
+                format!("WATERMARK expression must give a timestamp, not {ty}"),
+            ));
+        }
+    }
+    if let Some(c) = &connector {
+        let spec = SourceSpec {
+            name: name.clone(),
+            schema: declared_schema(&probe),
+            options: options.clone(),
+            created_at_ms,
+        };
+        eddy_connectors::validate_source(c, &spec).map_err(|e| invalid(e.to_string()))?;
+    } else {
+        let mut o = options.clone();
+        o.take("max_event_bytes");
+        o.finish().map_err(|e| {
+            invalid(format!(
+                "{e} (a source without a connector takes no options)"
+            ))
+        })?;
+    }
+    let errors_name = format!("{name}_errors");
+    let current = session.engine().catalog();
+    let mut txn = session.txn().lock();
+    let catalog = txn.catalog_mut(&current);
+    if catalog.relation(&schema, &errors_name).is_some() {
+        return Err(Error::user(
+            sqlstate::DUPLICATE_TABLE,
+            format!(
+                "relation \"{errors_name}\" already exists (a source keeps its bad events there)"
+            ),
+        ));
+    }
+    let errors_id = catalog.next_id() + 1;
+    let info = SourceInfo {
+        connector,
+        options: s.options.clone(),
+        watermark,
+        created_at_ms,
+        errors_table: errors_id,
+    };
+    let (_, mut ops) =
+        catalog.create_relation(&schema, &name, columns, Vec::new(), TableKind::Source(info))?;
+    let (errors, more) = catalog.create_relation(
+        &schema,
+        &errors_name,
+        crate::stream::view::dead_letter_columns(),
+        vec![0, 1],
+        TableKind::DeadLetters {
+            source: name.clone(),
+        },
+    )?;
+    debug_assert_eq!(errors.id, errors_id);
+    ops.extend(more);
+    txn.push_ops(ops);
+    Ok(tag)
+}
+
+/// Whether windows of this query emit only when closed.
+fn emit_on_close(q: &CreateQuery, plan: &PipelinePlan, windowed: bool) -> Result<bool> {
+    let has_watermark = plan.source.source().is_some_and(|s| s.watermark.is_some());
+    match q.emit_on_close {
+        Some(true) if q.kind == ObjectKind::Stream => Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "EMIT ON WINDOW CLOSE applies to materialized views",
+        )),
+        Some(true) if !windowed => Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "EMIT ON WINDOW CLOSE needs a GROUP BY on window_start or window_end of TUMBLE or HOP",
+        )),
+        Some(true) if !has_watermark => Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "EMIT ON WINDOW CLOSE needs a WATERMARK on source \"{}\": without one no window ever closes",
+                plan.source.name
+            ),
+        )),
+        Some(e) => Ok(e),
+        None => Ok(windowed && has_watermark),
+    }
+}
+
+/// Output columns that are unchanged copies of the group columns, if all of them are.
+fn group_key_columns(plan: &PipelinePlan) -> Option<Vec<usize>> {
+    let agg = plan.aggregate.as_ref()?;
+    let groups = agg.group_exprs.len();
+    if groups == 0 {
+        return None;
+    }
+    // copy_of[i] = Some(g): column i is group column g.
+    let mut copy_of: Vec<Option<usize>> = (0..agg.schema.fields().len())
+        .map(|i| (i < groups).then_some(i))
+        .collect();
+    for stage in &agg.upper {
+        match stage {
+            UpperStage::Filter(_, Some(p)) => copy_of = p.iter().map(|&i| copy_of[i]).collect(),
+            UpperStage::Filter(_, None) => {}
+            UpperStage::Project(exprs, _) => {
+                copy_of = exprs
+                    .iter()
+                    .map(|e| {
+                        e.downcast_ref::<Column>()
+                            .and_then(|c| copy_of.get(c.index()).copied().flatten())
+                    })
+                    .collect()
+            }
+        }
+    }
+    (0..groups)
+        .map(|g| copy_of.iter().position(|c| *c == Some(g)))
+        .collect()
+}
+
+fn key_description(plan: &PipelinePlan) -> String {
+    match (group_key_columns(plan), &plan.aggregate) {
+        (Some(cols), _) => {
+            let names: Vec<&str> = cols
+                .iter()
+                .map(|&c| plan.output.field(c).name().as_str())
+                .collect();
+            format!("primary key ({})", names.join(", "))
+        }
+        (None, Some(_)) => "rows keyed by group".into(),
+        (None, None) => "rows keyed by output sequence".into(),
+    }
+}
+
+async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> {
+    let tag = CommandTag::new(format!("CREATE {}", q.kind.sql()));
+    let (schema, name) = session.qualify(&q.name)?;
+    streaming_schema(&schema)?;
+    let catalog = session.view().catalog();
+    if catalog.relation(&schema, &name).is_some() && q.if_not_exists {
+        return Ok(tag);
+    }
+    let plan = plan::plan(&catalog, &q.query).await?;
+    let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
+    if q.kind == ObjectKind::Stream && plan.aggregate.is_some() {
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a stream is append-only: use CREATE MATERIALIZED VIEW for GROUP BY and aggregates",
+        ));
+    }
+    let emit_on_close = emit_on_close(q, &plan, windowed)?;
+    let mut options =
+        Options::new(q.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
+    option_ms(&q.options, "checkpoint_interval")?;
+    options.take("checkpoint_interval");
+    if q.kind == ObjectKind::Stream {
+        option_u64(&q.options, "retention_rows")?;
+        options.take("retention_rows");
+    }
+    options.finish().map_err(|e| invalid(e.to_string()))?;
+    let mut columns: Vec<ColumnDef> = Vec::new();
+    for f in plan.output.fields() {
+        if columns.iter().any(|c| &c.name == f.name()) {
+            return Err(Error::user(
+                "42701",
+                format!(
+                    "column \"{}\" specified more than once (name the columns with AS)",
+                    f.name()
+                ),
+            ));
+        }
+        columns.push(ColumnDef {
+            name: f.name().clone(),
+            ty: SqlType::from_arrow(f)?,
+            nullable: true,
+            default: None,
+        });
+    }
+    let primary_key = group_key_columns(&plan).unwrap_or_default();
+    let depends_on: Vec<String> = plan::relations(&q.query)
+        .into_iter()
+        .filter(|n| {
+            catalog
+                .table(DEFAULT_SCHEMA, n)
+                .is_some_and(|t| matches!(t.kind, TableKind::Source(_) | TableKind::Stream(_)))
+        })
+        .collect();
+    let info = QueryInfo {
+        sql: q.query.to_string(),
+        depends_on,
+        emit_on_close,
+        options: q.options.clone(),
+    };
+    let kind = match q.kind {
+        ObjectKind::Stream => TableKind::Stream(info),
+        _ => TableKind::MaterializedView(info),
+    };
+    let current = session.engine().catalog();
+    let mut txn = session.txn().lock();
+    let (_, ops) =
+        txn.catalog_mut(&current)
+            .create_relation(&schema, &name, columns, primary_key, kind)?;
+    txn.push_ops(ops);
+    Ok(tag)
+}
+
+fn kind_matches(kind: ObjectKind, t: &TableKind) -> bool {
+    matches!(
+        (kind, t),
+        (ObjectKind::Source, TableKind::Source(_))
+            | (ObjectKind::Stream, TableKind::Stream(_))
+            | (ObjectKind::MaterializedView, TableKind::MaterializedView(_))
+    )
+}
+
+fn drop(
+    session: &Session,
+    kind: ObjectKind,
+    names: &[datafusion::sql::sqlparser::ast::ObjectName],
+    if_exists: bool,
+    cascade: bool,
+) -> Result<CommandTag> {
+    for n in names {
+        let (schema, name) = session.qualify(n)?;
+        let current = session.engine().catalog();
+        let mut txn = session.txn().lock();
+        let catalog = txn.catalog_mut(&current);
+        let Some(def) = catalog.table(&schema, &name) else {
+            if if_exists {
+                continue;
+            }
+            return Err(Error::user(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("{} \"{name}\" does not exist", kind.sql().to_lowercase()),
+            ));
+        };
+        if !kind_matches(kind, &def.kind) {
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!("\"{name}\" is not a {}", kind.sql().to_lowercase()),
+            )
+            .with_detail(format!("\"{name}\" is a {}", def.kind.describe())));
+        }
+        // Everything that reads this object, transitively, in drop order.
+        let mut doomed: Vec<String> = Vec::new();
+        let mut queue = vec![name.clone()];
+        while let Some(n) = queue.pop() {
+            for d in catalog.views_mentioning(&n) {
+                if !doomed.contains(&d) && d != name {
+                    doomed.push(d.clone());
+                    queue.push(d);
+                }
+            }
+        }
+        if !doomed.is_empty() && !cascade {
+            let first = &doomed[0];
+            let what = catalog
+                .table(&schema, first)
+                .map(|t| t.kind.describe())
+                .unwrap_or("view");
+            return Err(Error::user(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                format!("cannot drop {} {name} because other objects depend on it", kind.sql().to_lowercase()),
+            )
+            .with_detail(format!(
+                "{what} {first} depends on {name}. Use DROP ... CASCADE to drop the dependent objects too."
+            )));
+        }
+        let mut ops = Vec::new();
+        for d in doomed.iter().rev() {
+            if catalog.relation(&schema, d).is_some() {
+                ops.extend(catalog.drop_relation(&schema, d)?);
+            }
+        }
+        for owned in catalog.owned_by(&def) {
+            ops.extend(catalog.drop_relation(&schema, &owned.name)?);
+            session.engine().log.forget(owned.id);
+        }
+        ops.extend(catalog.drop_relation(&schema, &name)?);
+        session.engine().log.forget(def.id);
+        txn.push_ops(ops);
+    }
+    Ok(CommandTag::new(format!("DROP {}", kind.sql())))
+}
+
+fn show_schema(kind: ObjectKind) -> SchemaRef {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    let int = |n: &str| Field::new(n, DataType::Int64, true);
+    Arc::new(Schema::new(match kind {
+        ObjectKind::Source => vec![
+            text("name"),
+            text("connector"),
+            text("columns"),
+            text("watermark"),
+            text("options"),
+        ],
+        _ => vec![
+            text("name"),
+            text("definition"),
+            text("status"),
+            int("events"),
+            int("rows"),
+            int("dead_letters"),
+            int("late_events"),
+            int("checkpoint_epoch"),
+            text("watermark"),
+        ],
+    }))
+}
+
+fn show(session: &Session, kind: ObjectKind) -> Result<QueryOutput> {
+    let catalog = session.view().catalog();
+    let schema = show_schema(kind);
+    let mut defs: Vec<&Arc<TableDef>> = catalog
+        .tables()
+        .filter(|t| kind_matches(kind, &t.kind))
+        .collect();
+    defs.sort_by(|a, b| a.name.cmp(&b.name));
+    let text = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as _;
+    let batch = match kind {
+        ObjectKind::Source => {
+            let mut cols: [Vec<Option<String>>; 5] = Default::default();
+            for d in &defs {
+                let info = d.source().expect("a source");
+                cols[0].push(Some(d.name.clone()));
+                cols[1].push(Some(
+                    info.connector.clone().unwrap_or_else(|| "push".into()),
+                ));
+                let c: Vec<String> = d
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.ty.pg_name()))
+                    .collect();
+                cols[2].push(Some(c.join(", ")));
+                cols[3].push(
+                    info.watermark
+                        .as_ref()
+                        .map(|w| format!("{} AS {}", w.column, w.expr)),
+                );
+                let options = Options::new(info.options.iter().cloned())
+                    .map(|o| {
+                        o.redacted()
+                            .into_iter()
+                            .map(|(k, v)| format!("{k} = '{v}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                cols[4].push(Some(options));
+            }
+            RecordBatch::try_new(schema.clone(), cols.into_iter().map(text).collect())?
+        }
+        _ => {
+            let mut names = Vec::new();
+            let mut sqls = Vec::new();
+            let mut status = Vec::new();
+            let mut nums: [Vec<Option<i64>>; 5] = Default::default();
+            let mut watermarks = Vec::new();
+            for d in &defs {
+                let q = d.kind.query().expect("a query");
+                names.push(Some(d.name.clone()));
+                sqls.push(Some(q.sql.clone()));
+                let m = session.engine().streams.metrics(d.id);
+                let st = match &m {
+                    None => "stopped".to_string(),
+                    Some(m) => match (m.running.load(Ordering::Relaxed), m.error.lock().clone()) {
+                        (_, Some(e)) => format!("failed: {e}"),
+                        (true, None) => "running".into(),
+                        (false, None) => "starting".into(),
+                    },
+                };
+                status.push(Some(st));
+                let get = |f: fn(&crate::stream::pipeline::Metrics) -> u64| {
+                    m.as_ref().map(|m| f(m) as i64)
+                };
+                nums[0].push(get(|m| m.events.load(Ordering::Relaxed)));
+                nums[1].push(get(|m| m.rows.load(Ordering::Relaxed)));
+                nums[2].push(get(|m| m.dead_letters.load(Ordering::Relaxed)));
+                nums[3].push(get(|m| m.late_events.load(Ordering::Relaxed)));
+                nums[4].push(get(|m| m.epoch.load(Ordering::Relaxed)));
+                watermarks.push(m.as_ref().and_then(|m| *m.watermark.lock()).map(|w| {
+                    chrono::DateTime::from_timestamp_micros(w)
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string())
+                        .unwrap_or_default()
+                }));
+            }
+            let mut columns = vec![text(names), text(sqls), text(status)];
+            for n in nums {
+                columns.push(Arc::new(Int64Array::from(n)) as _);
+            }
+            columns.push(text(watermarks));
+            RecordBatch::try_new(schema.clone(), columns)?
+        }
+    };
+    rows(schema, vec![batch])
+}

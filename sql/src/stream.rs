@@ -1,0 +1,17 @@
+//! The streaming runtime: continuous queries over sources, with exactly-once state.
+//!
+//! - [`plan`]: a continuous query → DataFusion physical plan → pipeline stages.
+//! - [`pipeline`]: the stages as tasks joined by bounded channels.
+//! - [`aggregate`]: the stateful grouping operator (materialized views, windows).
+//! - [`checkpoint`]: the checkpoint protocol (pure).
+//! - [`view`]: output rows and dead letters as stored rows.
+//! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
+//! - [`manager`]: starts, supervises and stops pipelines as the catalog changes.
+
+pub mod aggregate;
+pub mod checkpoint;
+pub mod log;
+pub mod manager;
+pub mod pipeline;
+pub mod plan;
+pub mod view;

@@ -1,0 +1,486 @@
+//! The grouping aggregation of a materialized view: one set of DataFusion accumulators per
+//! group, updated batch by batch, written to the view as rows change, and checkpointed.
+//!
+//! Groups are identified by their Arrow row encoding (`RowConverter`), which is also the key
+//! of their checkpointed state. Between checkpoints the operator remembers which groups
+//! changed; a barrier turns them into state writes (accumulator state, row-encoded). Windowed
+//! groups (grouped by `window_start`/`window_end`) are closed when the watermark passes the
+//! window's end: with EMIT ON WINDOW CLOSE their row is written only then; either way their
+//! state is dropped once the window is closed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, filter, take};
+use datafusion::arrow::datatypes::{
+    DataType, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::logical_expr::Accumulator;
+use datafusion::scalar::ScalarValue;
+
+use super::checkpoint::{Barrier, state_prefix};
+use super::plan::{AggregatePlan, UpperStage};
+use super::view::ViewWriter;
+use crate::error::{Error, Result};
+use crate::storage::{KvStore, WriteOp, prefix_end};
+
+struct Group {
+    key: Vec<u8>,
+    accs: Vec<Box<dyn Accumulator>>,
+    changed: bool,
+}
+
+pub struct Aggregator {
+    plan: AggregatePlan,
+    pipeline: u32,
+    keys: RowConverter,
+    states: RowConverter,
+    /// Number of state fields of each aggregate.
+    state_widths: Vec<usize>,
+    state_types: Vec<DataType>,
+    index: HashMap<Vec<u8>, usize>,
+    slots: Vec<Option<Group>>,
+    free: Vec<usize>,
+    /// Groups changed since the last barrier (their state must be written).
+    unsaved: HashSet<usize>,
+    /// Keys of groups removed since the last barrier (their state must be deleted).
+    removed: Vec<Vec<u8>>,
+    /// Open windows: end → groups.
+    windows: BTreeMap<i64, Vec<usize>>,
+    emit_on_close: bool,
+    watermark: Option<i64>,
+    view: ViewWriter,
+}
+
+impl Aggregator {
+    /// Creates the operator and loads the state committed with the last checkpoint.
+    pub fn restore(
+        plan: AggregatePlan,
+        pipeline: u32,
+        emit_on_close: bool,
+        watermark: Option<i64>,
+        view: ViewWriter,
+        kv: &dyn KvStore,
+    ) -> Result<Self> {
+        let input = plan.schema.clone();
+        let key_fields = (0..plan.group_exprs.len())
+            .map(|i| SortField::new(input.field(i).data_type().clone()))
+            .collect();
+        let mut state_types = Vec::new();
+        let mut state_widths = Vec::new();
+        for a in &plan.aggr_exprs {
+            let fields = a.state_fields()?;
+            state_widths.push(fields.len());
+            state_types.extend(fields.iter().map(|f| f.data_type().clone()));
+        }
+        let state_fields = state_types
+            .iter()
+            .map(|t| SortField::new(t.clone()))
+            .collect();
+        let window_ok = plan
+            .window
+            .is_some_and(|w| matches!(input.field(w.column).data_type(), DataType::Timestamp(..)));
+        let mut plan = plan;
+        if !window_ok {
+            plan.window = None;
+        }
+        let mut agg = Self {
+            keys: RowConverter::new(key_fields)?,
+            states: RowConverter::new(state_fields)?,
+            state_widths,
+            state_types,
+            plan,
+            pipeline,
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            unsaved: HashSet::new(),
+            removed: Vec::new(),
+            windows: BTreeMap::new(),
+            emit_on_close,
+            watermark,
+            view,
+        };
+        agg.load(kv)?;
+        Ok(agg)
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.index.len()
+    }
+
+    fn load(&mut self, kv: &dyn KvStore) -> Result<()> {
+        let prefix = state_prefix(self.pipeline);
+        let end = prefix_end(&prefix);
+        let mut from = prefix.clone();
+        loop {
+            let chunk = kv.scan(&from, &end, 4096)?;
+            let Some((last, _)) = chunk.last() else { break };
+            from = last.clone();
+            from.push(0);
+            let parser = self.states.parser();
+            let rows: Vec<_> = chunk.iter().map(|(_, v)| parser.parse(v)).collect();
+            let columns = self.states.convert_rows(rows)?;
+            let key_columns = if self.plan.group_exprs.is_empty() {
+                Vec::new()
+            } else {
+                let key_parser = self.keys.parser();
+                let key_rows: Vec<_> = chunk
+                    .iter()
+                    .map(|(k, _)| key_parser.parse(&k[prefix.len()..]))
+                    .collect();
+                self.keys.convert_rows(key_rows)?
+            };
+            let ends = self.window_ends(&key_columns)?;
+            for (i, (k, _)) in chunk.iter().enumerate() {
+                let key = k[prefix.len()..].to_vec();
+                let window_end = self.window_end(ends.as_ref(), i);
+                let slot = self.create(key, window_end)?;
+                let group = self.slots[slot].as_mut().expect("just created");
+                let mut at = 0;
+                for (a, acc) in group.accs.iter_mut().enumerate() {
+                    let width = self.state_widths[a];
+                    let state: Vec<ArrayRef> = columns[at..at + width]
+                        .iter()
+                        .map(|c| c.slice(i, 1))
+                        .collect();
+                    acc.merge_batch(&state)?;
+                    at += width;
+                }
+                group.changed = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// The window end (microseconds) of each row, when grouping by window.
+    fn window_ends(&self, key_columns: &[ArrayRef]) -> Result<Option<ArrayRef>> {
+        let Some(w) = self.plan.window else {
+            return Ok(None);
+        };
+        let micros = cast(
+            &key_columns[w.column],
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        Ok(Some(micros))
+    }
+
+    fn window_end(&self, ends: Option<&ArrayRef>, row: usize) -> Option<i64> {
+        let w = self.plan.window?;
+        let col = ends?.as_primitive::<TimestampMicrosecondType>();
+        (!col.is_null(row)).then(|| col.value(row) + w.add_us)
+    }
+
+    fn create(&mut self, key: Vec<u8>, window_end: Option<i64>) -> Result<usize> {
+        let accs = self
+            .plan
+            .aggr_exprs
+            .iter()
+            .map(|a| a.create_accumulator())
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let group = Group {
+            key: key.clone(),
+            accs,
+            changed: false,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s] = Some(group);
+                s
+            }
+            None => {
+                self.slots.push(Some(group));
+                self.slots.len() - 1
+            }
+        };
+        if let Some(end) = window_end {
+            self.windows.entry(end).or_default().push(slot);
+        }
+        self.index.insert(key, slot);
+        Ok(slot)
+    }
+
+    /// Applies one batch of the lower stage's output; returns the view writes it causes.
+    pub fn on_batch(&mut self, batch: &RecordBatch) -> Result<Vec<WriteOp>> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let key_columns = self
+            .plan
+            .group_exprs
+            .iter()
+            .map(|(e, _)| e.evaluate(batch)?.into_array(n))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let rows = self.keys.convert_columns(&key_columns)?;
+        let global = key_columns.is_empty();
+        let ends = self.window_ends(&key_columns)?;
+        // Row indices of each touched group, in order of first appearance.
+        let mut touched: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut position: HashMap<usize, usize> = HashMap::new();
+        for i in 0..n {
+            let key: &[u8] = if global { &[] } else { rows.row(i).data() };
+            let slot = match self.index.get(key) {
+                Some(s) => *s,
+                None => {
+                    let end = self.window_end(ends.as_ref(), i);
+                    if let (Some(end), Some(wm)) = (end, self.watermark) {
+                        if end <= wm {
+                            // The window already closed: the event is late for it.
+                            continue;
+                        }
+                    }
+                    self.create(key.to_vec(), end)?
+                }
+            };
+            match position.get(&slot) {
+                Some(p) => touched[*p].1.push(i as u32),
+                None => {
+                    position.insert(slot, touched.len());
+                    touched.push((slot, vec![i as u32]));
+                }
+            }
+        }
+        let args = self
+            .plan
+            .aggr_exprs
+            .iter()
+            .map(|a| {
+                a.expressions()
+                    .iter()
+                    .map(|e| e.evaluate(batch)?.into_array(n))
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let masks = self
+            .plan
+            .filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map(|f| -> Result<BooleanArray> {
+                        let a = f.evaluate(batch)?.into_array(n)?;
+                        Ok(a.as_boolean().clone())
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let whole = touched.len() == 1 && touched[0].1.len() == n;
+        for (slot, idx) in touched {
+            let indices = (!whole).then(|| UInt32Array::from(idx));
+            let group = self.slots[slot].as_mut().expect("live group");
+            for (a, acc) in group.accs.iter_mut().enumerate() {
+                let mut values: Vec<ArrayRef> = match &indices {
+                    None => args[a].clone(),
+                    Some(ix) => args[a]
+                        .iter()
+                        .map(|c| take(c.as_ref(), ix, None))
+                        .collect::<std::result::Result<_, _>>()?,
+                };
+                if let Some(mask) = &masks[a] {
+                    let mask = match &indices {
+                        None => mask.clone(),
+                        Some(ix) => take(mask, ix, None)?.as_boolean().clone(),
+                    };
+                    let mask = datafusion::arrow::compute::prep_null_mask_filter(&mask);
+                    values = values
+                        .iter()
+                        .map(|v| filter(v.as_ref(), &mask))
+                        .collect::<std::result::Result<_, _>>()?;
+                }
+                acc.update_batch(&values)?;
+            }
+            group.changed = true;
+            self.unsaved.insert(slot);
+        }
+        if self.plan.window.is_some() && self.emit_on_close {
+            return Ok(Vec::new());
+        }
+        let changed: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.as_ref().is_some_and(|g| g.changed))
+            .map(|(s, _)| s)
+            .collect();
+        self.emit(&changed)
+    }
+
+    /// Closes the windows that end at or before `watermark`.
+    pub fn on_watermark(&mut self, watermark: i64) -> Result<Vec<WriteOp>> {
+        self.watermark = Some(watermark);
+        let still_open = self.windows.split_off(&(watermark + 1));
+        let closed = std::mem::replace(&mut self.windows, still_open);
+        let slots: Vec<usize> = closed.into_values().flatten().collect();
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes = if self.emit_on_close {
+            self.emit(&slots)?
+        } else {
+            Vec::new()
+        };
+        for slot in slots {
+            let group = self.slots[slot].take().expect("open window group");
+            self.index.remove(&group.key);
+            self.unsaved.remove(&slot);
+            self.removed.push(group.key);
+            self.free.push(slot);
+        }
+        Ok(writes)
+    }
+
+    /// Adds the state writes that make the checkpoint hold every group as it is now.
+    pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
+        let prefix = state_prefix(self.pipeline);
+        for key in self.removed.drain(..) {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&key);
+            barrier.writes.push(WriteOp::Delete(k));
+        }
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        let slots: Vec<usize> = self.unsaved.drain().collect();
+        let width: usize = self.state_widths.iter().sum();
+        let mut columns: Vec<Vec<ScalarValue>> = (0..width)
+            .map(|_| Vec::with_capacity(slots.len()))
+            .collect();
+        for &slot in &slots {
+            let group = self.slots[slot].as_mut().expect("live group");
+            let mut at = 0;
+            for (a, acc) in group.accs.iter_mut().enumerate() {
+                let state = acc.state()?;
+                if state.len() != self.state_widths[a] {
+                    return Err(Error::internal("accumulator state width changed"));
+                }
+                for (j, v) in state.into_iter().enumerate() {
+                    columns[at + j].push(v);
+                }
+                at += self.state_widths[a];
+            }
+        }
+        let arrays = columns
+            .into_iter()
+            .zip(&self.state_types)
+            .map(|(values, ty)| -> Result<ArrayRef> {
+                let array = ScalarValue::iter_to_array(values)?;
+                Ok(match array.data_type() == ty {
+                    true => array,
+                    false => cast(&array, ty)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows = self.states.convert_columns(&arrays)?;
+        for (i, &slot) in slots.iter().enumerate() {
+            let group = self.slots[slot].as_ref().expect("live group");
+            let mut k = prefix.clone();
+            k.extend_from_slice(&group.key);
+            barrier
+                .writes
+                .push(WriteOp::Put(k, rows.row(i).as_ref().to_vec()));
+        }
+        Ok(())
+    }
+
+    /// The view writes for `slots`: their current result rows (or deletes where HAVING now
+    /// filters them out).
+    fn emit(&mut self, slots: &[usize]) -> Result<Vec<WriteOp>> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut columns = if self.plan.group_exprs.is_empty() {
+            Vec::new()
+        } else {
+            let parser = self.keys.parser();
+            let key_rows: Vec<_> = slots
+                .iter()
+                .map(|&s| parser.parse(&self.slots[s].as_ref().expect("live").key))
+                .collect();
+            self.keys.convert_rows(key_rows)?
+        };
+        for a in 0..self.plan.aggr_exprs.len() {
+            let values = slots
+                .iter()
+                .map(|&s| self.slots[s].as_mut().expect("live").accs[a].evaluate())
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let array = ScalarValue::iter_to_array(values)?;
+            let field = self.plan.schema.field(self.plan.group_exprs.len() + a);
+            let array = if array.data_type() != field.data_type() {
+                cast(&array, field.data_type())?
+            } else {
+                array
+            };
+            columns.push(array);
+        }
+        for &s in slots {
+            self.slots[s].as_mut().expect("live").changed = false;
+        }
+        let keys: Vec<Vec<u8>> = slots
+            .iter()
+            .map(|&s| self.slots[s].as_ref().expect("live").key.clone())
+            .collect();
+        let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
+        self.view.rows(&batch, keep.as_ref(), &keys)
+    }
+}
+
+/// Runs the upper stages over all rows (never dropping any, so row `i` stays group `i`);
+/// returns the result and which rows pass the filters.
+fn apply_upper(
+    stages: &[UpperStage],
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+) -> Result<(RecordBatch, Option<BooleanArray>)> {
+    let n = columns.first().map_or(0, |c| c.len());
+    let options = RecordBatchOptions::new().with_row_count(Some(n));
+    let relaxed = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let mut batch = RecordBatch::try_new_with_options(relaxed, columns, &options)?;
+    let mut keep: Option<BooleanArray> = None;
+    for stage in stages {
+        match stage {
+            UpperStage::Filter(predicate, projection) => {
+                let passed = predicate.evaluate(&batch)?.into_array(n)?;
+                let passed = datafusion::arrow::compute::prep_null_mask_filter(passed.as_boolean());
+                keep = Some(match keep {
+                    None => passed,
+                    Some(k) => datafusion::arrow::compute::and(&k, &passed)?,
+                });
+                if let Some(p) = projection {
+                    batch = batch.project(p)?;
+                }
+            }
+            UpperStage::Project(exprs, schema) => {
+                let columns = exprs
+                    .iter()
+                    .map(|e| e.evaluate(&batch)?.into_array(n))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                let relaxed = Arc::new(Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone().with_nullable(true))
+                        .collect::<Vec<_>>(),
+                ));
+                batch = RecordBatch::try_new_with_options(relaxed, columns, &options)?;
+            }
+        }
+    }
+    Ok((batch, keep))
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Aggregator({} groups)", self.index.len())
+    }
+}

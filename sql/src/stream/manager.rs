@@ -1,0 +1,359 @@
+//! Starts, supervises and stops the pipelines of all streams and materialized views.
+//!
+//! [`StreamManager::reconcile`] makes the running set equal the catalog's: it runs after every
+//! catalog change and at server start, so pipelines restart by themselves after a crash. A
+//! pipeline that fails (a broker down, a bad event the engine cannot handle) is restarted from
+//! its last checkpoint after a growing pause; its error stays visible in SHOW until then.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::common::DFSchema;
+use datafusion::prelude::SessionContext;
+use eddy_connectors::{Options, SourceSpec};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::aggregate::Aggregator;
+use super::checkpoint::{Injector, record_key, recover, state_prefix};
+use super::log::{LogSignal, LogSource};
+use super::pipeline::{
+    AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
+    run_operator,
+};
+use super::plan;
+use super::view::ViewWriter;
+use crate::catalog::{Catalog, TableDef, TableKind};
+use crate::error::{Error, Result};
+use crate::storage::{KvStore, WriteOp, prefix_end};
+
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+pub struct StreamManager {
+    kv: Arc<dyn KvStore>,
+    signal: Arc<LogSignal>,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    running: Mutex<HashMap<u32, Running>>,
+    metrics: Mutex<HashMap<u32, Arc<Metrics>>>,
+    checkpoint_interval_ms: u64,
+}
+
+impl std::fmt::Debug for StreamManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamManager({} pipelines)", self.running.lock().len())
+    }
+}
+
+impl StreamManager {
+    pub fn new(kv: Arc<dyn KvStore>, signal: Arc<LogSignal>, checkpoint_interval_ms: u64) -> Self {
+        Self {
+            kv,
+            signal,
+            runtime: Mutex::new(None),
+            running: Mutex::new(HashMap::new()),
+            metrics: Mutex::new(HashMap::new()),
+            checkpoint_interval_ms,
+        }
+    }
+
+    /// Starts every pipeline of `catalog` on `runtime`; later catalog changes start and stop
+    /// pipelines through [`StreamManager::reconcile`].
+    pub fn start(self: &Arc<Self>, runtime: tokio::runtime::Handle, catalog: &Catalog) {
+        *self.runtime.lock() = Some(runtime);
+        self.reconcile(catalog);
+    }
+
+    pub fn metrics(&self, id: u32) -> Option<Arc<Metrics>> {
+        self.metrics.lock().get(&id).cloned()
+    }
+
+    /// Starts pipelines the catalog has and stops those it no longer has.
+    pub fn reconcile(self: &Arc<Self>, catalog: &Catalog) {
+        let Some(runtime) = self.runtime.lock().clone() else {
+            return;
+        };
+        let wanted: HashMap<u32, Arc<TableDef>> = catalog
+            .tables()
+            .filter(|t| t.kind.query().is_some())
+            .map(|t| (t.id, t.clone()))
+            .collect();
+        let mut running = self.running.lock();
+        let gone: Vec<u32> = running
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let r = running.remove(&id).expect("listed");
+            r.stop.store(true, Ordering::SeqCst);
+            self.metrics.lock().remove(&id);
+            let kv = self.kv.clone();
+            runtime.spawn(async move {
+                let _ = r.supervisor.await;
+                // Whatever a stopping stage wrote after DROP's own delete goes too.
+                let mut ops = Vec::new();
+                for prefix in [state_prefix(id), crate::codec::key::table_prefix(id)] {
+                    let end = prefix_end(&prefix);
+                    ops.push(WriteOp::DeleteRange(prefix, end));
+                }
+                ops.push(WriteOp::Delete(record_key(id)));
+                if let Err(e) = kv.write(ops, true) {
+                    tracing::warn!("cleanup of dropped pipeline {id}: {e}");
+                }
+            });
+        }
+        for (id, def) in wanted {
+            if running.contains_key(&id) {
+                continue;
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let metrics = Arc::new(Metrics::default());
+            self.metrics.lock().insert(id, metrics.clone());
+            let this = self.clone();
+            let catalog = catalog.clone();
+            let flag = stop.clone();
+            let supervisor = runtime.spawn(async move {
+                this.supervise(catalog, def, flag, metrics).await;
+            });
+            running.insert(id, Running { stop, supervisor });
+        }
+    }
+
+    async fn supervise(
+        self: Arc<Self>,
+        catalog: Catalog,
+        def: Arc<TableDef>,
+        stop: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) {
+        let mut pause = Duration::from_millis(500);
+        while !stop.load(Ordering::SeqCst) {
+            metrics.running.store(true, Ordering::SeqCst);
+            let result = self.run_once(&catalog, &def, &stop, &metrics).await;
+            metrics.running.store(false, Ordering::SeqCst);
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let message = match result {
+                Ok(()) => "pipeline stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(
+                "pipeline {} failed: {message}; restarting from its last checkpoint in {pause:?}",
+                def.name
+            );
+            *metrics.error.lock() = Some(message);
+            metrics.restarts.fetch_add(1, Ordering::Relaxed);
+            let deadline = tokio::time::Instant::now() + pause;
+            while tokio::time::Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Builds the pipeline from its last checkpoint and runs it until it stops or fails.
+    async fn run_once(
+        &self,
+        catalog: &Catalog,
+        def: &Arc<TableDef>,
+        stop: &Arc<AtomicBool>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<()> {
+        let info = def.kind.query().expect("pipelines are queries").clone();
+        let query = plan::parse_query(&info.sql)?;
+        let plan = Arc::new(plan::plan(catalog, &query).await?);
+        let record = recover(self.kv.get(&record_key(def.id))?.as_deref())?;
+        let source_def = plan.source.clone();
+        let TableKind::Source(source_info) = &source_def.kind else {
+            return Err(Error::internal("pipeline source is not a source"));
+        };
+        let interval =
+            option_ms(&info.options, "checkpoint_interval")?.unwrap_or(self.checkpoint_interval_ms);
+        let (tx0, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (committed_tx, committed_rx) = tokio::sync::watch::channel(record.epoch);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut operators: Vec<Box<dyn Operator>> =
+            vec![Box::new(Stateless { plan: plan.clone() })];
+        if let Some(agg) = &plan.aggregate {
+            let aggregator = Aggregator::restore(
+                agg.clone(),
+                def.id,
+                info.emit_on_close,
+                record.watermark,
+                ViewWriter::new(def.clone()),
+                self.kv.as_ref(),
+            )?;
+            operators.push(Box::new(AggregateOp { aggregator }));
+        }
+        for op in operators {
+            let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
+            tasks.spawn(run_operator(op, rx, tx, committed_rx.clone()));
+            rx = next_rx;
+        }
+        let sink_kind = match &def.kind {
+            TableKind::Stream(q) => SinkKind::Stream {
+                retention_rows: option_u64(&q.options, "retention_rows")?.unwrap_or(100_000),
+            },
+            _ => SinkKind::View,
+        };
+        let sink = Sink {
+            pipeline: def.id,
+            def: def.clone(),
+            kind: sink_kind,
+            kv: self.kv.clone(),
+            record: record.clone(),
+            metrics: metrics.clone(),
+            committed: committed_tx,
+        };
+        tasks.spawn(sink.run(rx));
+        let errors = catalog.owned_by(&source_def).into_iter().next();
+        let watermark_expr = match &source_info.watermark {
+            Some(w) => Some(watermark_expr(&source_def, &w.expr, &w.column)?),
+            None => None,
+        };
+        let spec = SourceSpec {
+            name: source_def.name.clone(),
+            schema: declared_schema(&source_def),
+            options: Options::new(
+                source_info
+                    .options
+                    .iter()
+                    .filter(|(k, _)| k != "connector")
+                    .cloned(),
+            )
+            .map_err(|e| Error::internal(e.to_string()))?,
+            created_at_ms: source_info.created_at_ms,
+        };
+        let connector = source_info.connector.clone();
+        let positions = record.positions.clone();
+        let kv = self.kv.clone();
+        let signal = self.signal.clone();
+        let log_def = source_def.clone();
+        let open = Box::new(
+            move || -> eddy_connectors::Result<Box<dyn eddy_connectors::Source>> {
+                match connector {
+                    Some(c) => eddy_connectors::open_source(&c, &spec, &positions),
+                    None => Ok(Box::new(LogSource::open(
+                        log_def.clone(),
+                        log_def.arrow_schema(),
+                        kv,
+                        signal,
+                        &positions,
+                    ))),
+                }
+            },
+        );
+        let source = SourceLoop {
+            open,
+            tx: tx0,
+            injector: Injector::new(interval, &record, 0),
+            watermark: record.watermark,
+            watermark_expr,
+            drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some()),
+            errors,
+            stop: stop.clone(),
+            metrics: metrics.clone(),
+        };
+        let source_task = tokio::task::spawn_blocking(move || source.run());
+        *metrics.error.lock() = None;
+        // The first stage to fail (or the source) ends the pipeline.
+        let mut source_task = source_task;
+        let result = loop {
+            tokio::select! {
+                r = &mut source_task => {
+                    break r.map_err(|e| Error::internal(format!("source thread: {e}"))).and_then(|r| r);
+                }
+                Some(r) = tasks.join_next() => {
+                    match r {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => break Err(e),
+                        Err(e) => break Err(Error::internal(format!("pipeline task: {e}"))),
+                    }
+                }
+            }
+        };
+        // Closing the channels stops the source thread too (it checks before each poll).
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        if !source_task.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), source_task).await;
+        }
+        result
+    }
+}
+
+fn option<'a>(options: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    options
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+pub fn option_u64(options: &[(String, String)], key: &str) -> Result<Option<u64>> {
+    option(options, key)
+        .map(|v| {
+            v.trim().parse().map_err(|_| {
+                Error::user(
+                    crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for option \"{key}\": \"{v}\""),
+                )
+            })
+        })
+        .transpose()
+}
+
+pub fn option_ms(options: &[(String, String)], key: &str) -> Result<Option<u64>> {
+    option(options, key)
+        .map(|v| {
+            eddy_connectors::options::parse_duration(v)
+                .map(|d| d.as_millis() as u64)
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    Error::user(
+                        crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+                        format!(
+                            "invalid value for option \"{key}\": \"{v}\" (expected e.g. 500ms, 1s)"
+                        ),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// The source's columns with NOT NULL as non-nullable fields (what connectors check).
+pub fn declared_schema(def: &TableDef) -> Arc<Schema> {
+    Arc::new(Schema::new(
+        def.columns
+            .iter()
+            .map(|c| c.ty.arrow_field(&c.name, c.nullable))
+            .collect::<Vec<Field>>(),
+    ))
+}
+
+/// Plans the WATERMARK expression over the source's columns.
+pub fn watermark_expr(
+    def: &TableDef,
+    sql: &str,
+    column: &str,
+) -> Result<(Arc<dyn datafusion::physical_plan::PhysicalExpr>, usize)> {
+    let index = def.column_index(column).ok_or_else(|| {
+        Error::user(
+            crate::error::sqlstate::UNDEFINED_COLUMN,
+            format!("column \"{column}\" of the WATERMARK does not exist"),
+        )
+    })?;
+    let schema = DFSchema::try_from(def.arrow_schema().as_ref().clone())?;
+    let state = SessionContext::new().state();
+    let expr = state.create_logical_expr(sql, &schema)?;
+    let physical = state.create_physical_expr(expr, &schema)?;
+    Ok((physical, index))
+}

@@ -1,0 +1,715 @@
+//! Planning a continuous query: SQL → DataFusion physical plan → pipeline stages.
+//!
+//! The query is planned by DataFusion in a context where each source is a table whose scan
+//! is a *feed* (a slot the runtime fills with one source batch at a time) and each stream is
+//! a view of its own query, so a query over a stream reads the stream's source through the
+//! stream's operators. Window table functions are rewritten to subqueries first:
+//! `TUMBLE(src, ts, size)` adds `window_start = date_bin(size, ts)` and `window_end =
+//! window_start + size`; `HOP(src, ts, slide, size)` gives each event one row per window it
+//! falls in.
+//!
+//! The physical plan is then cut into stages:
+//! - *lower*: the stateless part over the feed (projections, filters, unnest), executed by
+//!   DataFusion once per input batch;
+//! - *aggregate*: at most one grouping aggregation, run by Eddy's own stateful operator with
+//!   DataFusion's accumulators;
+//! - *upper*: projections and HAVING filters over the aggregate's changed groups.
+//!
+//! Anything else (joins, ORDER BY ... LIMIT, window functions, nested aggregates) is refused
+//! with 0A000 naming the operator.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{TableType, ViewTable};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::udaf::AggregateFunctionExpr;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, displayable};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, ObjectName, Query, SetExpr, Statement, TableFactor, Visit,
+    VisitMut, Visitor, VisitorMut,
+};
+use parking_lot::Mutex;
+
+use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
+use crate::engine::Session;
+use crate::error::{Error, Result, sqlstate};
+
+/// The slot a source batch is handed to the lower plan through.
+#[derive(Debug, Clone, Default)]
+pub struct Feed(Arc<Mutex<Option<RecordBatch>>>);
+
+impl Feed {
+    pub fn put(&self, batch: RecordBatch) {
+        *self.0.lock() = Some(batch);
+    }
+}
+
+#[derive(Debug)]
+struct FeedPartition {
+    schema: SchemaRef,
+    feed: Feed,
+}
+
+impl PartitionStream for FeedPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batch = self.feed.0.lock().take();
+        let batches = batch.into_iter().collect();
+        Box::pin(
+            MemoryStream::try_new(batches, self.schema.clone(), None)
+                .expect("feed batches have the source schema"),
+        )
+    }
+}
+
+/// A source as DataFusion sees it while a streaming query is planned.
+#[derive(Debug)]
+struct SourceScan {
+    def: Arc<TableDef>,
+    feed: Feed,
+    used: Arc<Mutex<Vec<Arc<TableDef>>>>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for SourceScan {
+    fn schema(&self) -> SchemaRef {
+        self.def.arrow_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.used.lock().push(self.def.clone());
+        let partition = FeedPartition {
+            schema: self.def.arrow_schema(),
+            feed: self.feed.clone(),
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.def.arrow_schema(),
+            vec![Arc::new(partition)],
+            projection,
+            Vec::new(),
+            false,
+            None,
+        )?))
+    }
+}
+
+/// One step of the upper stage.
+#[derive(Debug, Clone)]
+pub enum UpperStage {
+    /// Rows failing the predicate are not part of the result (their view rows are deleted).
+    Filter(Arc<dyn PhysicalExpr>, Option<Vec<usize>>),
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregatePlan {
+    pub group_exprs: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    pub aggr_exprs: Vec<Arc<AggregateFunctionExpr>>,
+    pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The aggregate's output: group columns, then one column per aggregate.
+    pub schema: SchemaRef,
+    /// Applied bottom-up to the aggregate's output.
+    pub upper: Vec<UpperStage>,
+    /// Which group column bounds a window, if the grouping is by window.
+    pub window: Option<WindowGroup>,
+}
+
+/// How the end of a group's window is found from its group columns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowGroup {
+    /// Index of the `window_end` (or `window_start`) group column.
+    pub column: usize,
+    /// Added to that column's value to get the window's end (0 for `window_end`).
+    pub add_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelinePlan {
+    pub source: Arc<TableDef>,
+    pub feed: Feed,
+    pub lower: Arc<dyn ExecutionPlan>,
+    pub aggregate: Option<AggregatePlan>,
+    /// The result's columns with their PostgreSQL-style names.
+    pub output: SchemaRef,
+    /// The DataFusion plan, for EXPLAIN.
+    pub physical: Arc<dyn ExecutionPlan>,
+    pub task_ctx: Arc<TaskContext>,
+}
+
+fn not_supported(what: impl std::fmt::Display) -> Error {
+    Error::user(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("streaming queries do not support {what} yet"),
+    )
+}
+
+fn streaming_config() -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(8192)
+        .with_repartition_aggregations(false)
+        .with_repartition_joins(false)
+        .with_repartition_windows(false)
+        .with_coalesce_batches(false)
+        .with_round_robin_repartition(false);
+    config.options_mut().sql_parser.enable_ident_normalization = true;
+    config
+}
+
+/// Interval literal → microseconds (months are refused: their length varies).
+fn interval_us(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(v.days as i64 * 86_400_000_000 + v.nanoseconds / 1000)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(v.days as i64 * 86_400_000_000 + v.milliseconds as i64 * 1000)
+        }
+        _ => None,
+    }
+}
+
+async fn eval_interval(ctx: &SessionContext, sql: &str) -> Result<i64> {
+    let df = ctx.sql(&format!("SELECT {sql}")).await?;
+    let batches = df.collect().await?;
+    let value = batches
+        .first()
+        .filter(|b| b.num_rows() == 1)
+        .map(|b| ScalarValue::try_from_array(b.column(0), 0))
+        .transpose()?;
+    value
+        .as_ref()
+        .and_then(interval_us)
+        .filter(|us| *us > 0)
+        .ok_or_else(|| {
+            Error::user(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("window size {sql} must be a positive interval of days or less"),
+            )
+        })
+}
+
+fn arg_expr(arg: &FunctionArg) -> Result<&ast::Expr> {
+    match arg {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
+        other => Err(Error::user(
+            sqlstate::SYNTAX_ERROR,
+            format!("unsupported window function argument: {other}"),
+        )),
+    }
+}
+
+/// Replaces TUMBLE(...) and HOP(...) in FROM by subqueries; returns the window calls found
+/// (with the SQL of their size, evaluated later).
+fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, bool)>> {
+    struct Rewriter<'a> {
+        catalog: &'a Catalog,
+        found: Vec<(String, bool)>,
+        error: Option<Error>,
+    }
+    impl Rewriter<'_> {
+        fn rewrite(&mut self, factor: &TableFactor) -> Result<Option<TableFactor>> {
+            let TableFactor::Table {
+                name,
+                alias,
+                args: Some(args),
+                ..
+            } = factor
+            else {
+                return Ok(None);
+            };
+            let fname = name.to_string().to_ascii_lowercase();
+            let hop = match fname.as_str() {
+                "tumble" => false,
+                "hop" => true,
+                "session" => return Err(not_supported("SESSION windows")),
+                _ => return Ok(None),
+            };
+            let want = if hop { 4 } else { 3 };
+            if args.args.len() != want {
+                return Err(Error::user(
+                    sqlstate::SYNTAX_ERROR,
+                    if hop {
+                        "HOP takes (source, time column, slide, size)".to_string()
+                    } else {
+                        "TUMBLE takes (source, time column, size)".to_string()
+                    },
+                ));
+            }
+            let src = arg_expr(&args.args[0])?.to_string();
+            let src_name = src.trim_matches('"').to_string();
+            let ts = arg_expr(&args.args[1])?.to_string();
+            let def = self
+                .catalog
+                .table(DEFAULT_SCHEMA, &src_name.to_ascii_lowercase())
+                .or_else(|| self.catalog.table(DEFAULT_SCHEMA, &src_name))
+                .ok_or_else(|| Error::undefined_table(&src_name))?;
+            let alias = alias
+                .as_ref()
+                .map(|a| a.name.to_string())
+                .unwrap_or_else(|| format!("\"{}\"", def.name));
+            let cols: Vec<String> = def
+                .columns
+                .iter()
+                .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+                .collect();
+            let cols = cols.join(", ");
+            let table = format!("\"{}\"", def.name.replace('"', "\"\""));
+            let sub = if hop {
+                let slide = arg_expr(&args.args[2])?.to_string();
+                let size = arg_expr(&args.args[3])?.to_string();
+                self.found.push((size.clone(), true));
+                self.found.push((slide.clone(), true));
+                format!(
+                    "SELECT {cols}, __eddy_w AS window_start, __eddy_w + {size} AS window_end \
+                     FROM (SELECT {cols}, unnest(generate_series(date_bin({slide}, {ts}) - {size} + {slide}, \
+                     date_bin({slide}, {ts}), {slide})) AS __eddy_w FROM {table}) AS __eddy_hop"
+                )
+            } else {
+                let size = arg_expr(&args.args[2])?.to_string();
+                self.found.push((size.clone(), false));
+                format!(
+                    "SELECT {cols}, date_bin({size}, {ts}) AS window_start, \
+                     date_bin({size}, {ts}) + {size} AS window_end FROM {table}"
+                )
+            };
+            let wrapped = format!("SELECT * FROM ({sub}) AS {alias}");
+            let mut parsed = Session::parse(&wrapped)?;
+            let Some(crate::engine::Stmt::Sql(Statement::Query(q))) = parsed.pop() else {
+                return Err(Error::internal("window rewrite did not parse"));
+            };
+            let SetExpr::Select(select) = *q.body else {
+                return Err(Error::internal("window rewrite is not a SELECT"));
+            };
+            Ok(select.from.into_iter().next().map(|t| t.relation))
+        }
+    }
+    impl VisitorMut for Rewriter<'_> {
+        type Break = ();
+        fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+            match self.rewrite(factor) {
+                Ok(Some(new)) => *factor = new,
+                Ok(None) => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut r = Rewriter {
+        catalog,
+        found: Vec::new(),
+        error: None,
+    };
+    let _ = query.visit(&mut r);
+    match r.error {
+        Some(e) => Err(e),
+        None => Ok(r.found),
+    }
+}
+
+/// Names of the relations a query reads (window function arguments included).
+pub fn relations(query: &Query) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+            self.0.push(relation.to_string());
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                args: Some(args), ..
+            } = factor
+            {
+                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = args.args.first() {
+                    self.0.push(e.to_string());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(Vec::new());
+    let _ = query.visit(&mut names);
+    names
+        .0
+        .into_iter()
+        .map(|n| n.trim_matches('"').to_ascii_lowercase())
+        .collect()
+}
+
+/// A planning context where sources are feeds and streams are views of their queries.
+struct Planner<'a> {
+    catalog: &'a Catalog,
+    ctx: SessionContext,
+    feeds: Vec<(Arc<TableDef>, Feed)>,
+    used: Arc<Mutex<Vec<Arc<TableDef>>>>,
+    windows: Vec<i64>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(catalog: &'a Catalog) -> Self {
+        Self {
+            catalog,
+            ctx: SessionContext::new_with_config(streaming_config()),
+            feeds: Vec::new(),
+            used: Arc::default(),
+            windows: Vec::new(),
+        }
+    }
+
+    /// Registers `name` (a source or stream, recursively what a stream reads).
+    fn register<'b>(
+        &'b mut self,
+        name: &'b str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'b>>
+    where
+        'a: 'b,
+    {
+        Box::pin(async move {
+            if self.ctx.table_exist(name)? {
+                return Ok(());
+            }
+            let Some(def) = self.catalog.table(DEFAULT_SCHEMA, name) else {
+                // Unknown names are left for DataFusion to report (42P01).
+                return Ok(());
+            };
+            match &def.kind {
+                TableKind::Source(_) => {
+                    let feed = Feed::default();
+                    self.feeds.push((def.clone(), feed.clone()));
+                    self.ctx.register_table(
+                        name,
+                        Arc::new(SourceScan {
+                            def: def.clone(),
+                            feed,
+                            used: self.used.clone(),
+                        }),
+                    )?;
+                }
+                TableKind::Stream(q) => {
+                    let query = parse_query(&q.sql)?;
+                    let plan = self.logical(query).await?;
+                    self.ctx.register_table(
+                        name,
+                        Arc::new(ViewTable::new(plan, Some(q.sql.clone()))),
+                    )?;
+                }
+                other => {
+                    return Err(Error::user(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "a streaming query reads sources and streams; \"{name}\" is a {}",
+                            other.describe()
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn logical(&mut self, mut query: Query) -> Result<LogicalPlan> {
+        for name in relations(&query) {
+            self.register(&name).await?;
+        }
+        for (size_sql, _hop) in rewrite_windows(&mut query, self.catalog)? {
+            let us = eval_interval(&self.ctx, &size_sql).await?;
+            self.windows.push(us);
+        }
+        let statement = Statement::Query(Box::new(query));
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement,
+            )))
+            .await?;
+        Ok(plan)
+    }
+}
+
+pub fn parse_query(sql: &str) -> Result<Query> {
+    match Session::parse(sql)?.pop() {
+        Some(crate::engine::Stmt::Sql(Statement::Query(q))) => Ok(*q),
+        _ => Err(Error::internal(format!("not a query: {sql}"))),
+    }
+}
+
+/// Plans a continuous query over the catalog's sources and streams.
+pub async fn plan(catalog: &Catalog, query: &Query) -> Result<PipelinePlan> {
+    let mut planner = Planner::new(catalog);
+    let logical = planner.logical(query.clone()).await?;
+    let names = crate::engine::output_names(&logical);
+    let physical = planner.ctx.state().create_physical_plan(&logical).await?;
+    let used = planner.used.lock().clone();
+    let source = match used.as_slice() {
+        [] => {
+            return Err(Error::user(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a streaming query must read a source or a stream",
+            ));
+        }
+        [one] => one.clone(),
+        [first, rest @ ..] if rest.iter().all(|d| d.id == first.id) => {
+            return Err(not_supported(
+                "reading the same source twice (self-joins and unions)",
+            ));
+        }
+        _ => return Err(not_supported("joins and unions of several sources")),
+    };
+    let feed = planner
+        .feeds
+        .iter()
+        .find(|(d, _)| d.id == source.id)
+        .map(|(_, f)| f.clone())
+        .expect("a used source has a feed");
+    let mut output: SchemaRef = physical.schema();
+    if let Some(names) = names {
+        output = crate::engine::rename(&output, &names);
+    }
+    let (lower, aggregate) = split(&physical, &planner.windows)?;
+    check_stateless(&lower)?;
+    let task_ctx = planner.ctx.task_ctx();
+    Ok(PipelinePlan {
+        source,
+        feed,
+        lower,
+        aggregate,
+        output,
+        physical,
+        task_ctx,
+    })
+}
+
+fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    match plan.children().as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => Err(not_supported(plan.name())),
+    }
+}
+
+fn contains_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<AggregateExec>() || plan.children().iter().any(|c| contains_aggregate(c))
+}
+
+/// Splits the plan at its aggregation, if any.
+fn split(
+    root: &Arc<dyn ExecutionPlan>,
+    windows: &[i64],
+) -> Result<(Arc<dyn ExecutionPlan>, Option<AggregatePlan>)> {
+    if !contains_aggregate(root) {
+        return Ok((root.clone(), None));
+    }
+    let mut upper = Vec::new();
+    let mut node = root.clone();
+    let agg = loop {
+        if let Some(agg) = node.downcast_ref::<AggregateExec>() {
+            break agg;
+        }
+        if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+            upper.push(UpperStage::Project(
+                p.expr().iter().map(|e| e.expr.clone()).collect(),
+                p.schema(),
+            ));
+        } else if let Some(f) = node.downcast_ref::<FilterExec>() {
+            let projection = f.projection().as_ref().map(|p| p.iter().copied().collect());
+            upper.push(UpperStage::Filter(f.predicate().clone(), projection));
+        } else {
+            match node.name() {
+                "CoalesceBatchesExec"
+                | "CoalescePartitionsExec"
+                | "RepartitionExec"
+                | "SortExec"
+                | "SortPreservingMergeExec"
+                | "CooperativeExec" => {}
+                other => return Err(not_supported(format!("{other} above an aggregation"))),
+            }
+        }
+        node = only_child(&node)?;
+    };
+    upper.reverse();
+    let schema = agg.schema();
+    // A Final aggregation over a Partial one: the Partial holds the expressions over the input.
+    let (group, aggr, filters, input) = match agg.mode() {
+        AggregateMode::Single | AggregateMode::SinglePartitioned => (
+            agg.group_expr().clone(),
+            agg.aggr_expr().to_vec(),
+            agg.filter_expr().to_vec(),
+            agg.input().clone(),
+        ),
+        _ => {
+            let mut below = agg.input().clone();
+            while !below.is::<AggregateExec>() {
+                below = only_child(&below)?;
+            }
+            let partial = below.downcast_ref::<AggregateExec>().expect("checked");
+            (
+                partial.group_expr().clone(),
+                partial.aggr_expr().to_vec(),
+                partial.filter_expr().to_vec(),
+                partial.input().clone(),
+            )
+        }
+    };
+    if !group.is_single() {
+        return Err(not_supported("GROUPING SETS, CUBE and ROLLUP"));
+    }
+    if contains_aggregate(&input) {
+        return Err(not_supported("aggregations over aggregations"));
+    }
+    let group_exprs = group.expr().to_vec();
+    let window = group_exprs
+        .iter()
+        .position(|(_, n)| n == "window_end")
+        .map(|column| WindowGroup { column, add_us: 0 })
+        .or_else(|| {
+            let column = group_exprs.iter().position(|(_, n)| n == "window_start")?;
+            let size = *windows.first()?;
+            Some(WindowGroup {
+                column,
+                add_us: size,
+            })
+        });
+    Ok((
+        input,
+        Some(AggregatePlan {
+            group_exprs,
+            aggr_exprs: aggr,
+            filters,
+            schema,
+            upper,
+            window,
+        }),
+    ))
+}
+
+/// The lower plan runs once per batch, so it may hold no state across batches.
+fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    match plan.name() {
+        "ProjectionExec"
+        | "FilterExec"
+        | "UnnestExec"
+        | "CoalesceBatchesExec"
+        | "StreamingTableExec"
+        | "RepartitionExec"
+        | "CoalescePartitionsExec"
+        | "CooperativeExec" => {}
+        "SortExec" | "SortPreservingMergeExec" => {
+            return Err(not_supported("ORDER BY (a stream has no end to sort to)"));
+        }
+        "GlobalLimitExec" | "LocalLimitExec" => return Err(not_supported("LIMIT")),
+        "HashJoinExec" | "NestedLoopJoinExec" | "SortMergeJoinExec" | "CrossJoinExec" => {
+            return Err(not_supported("joins"));
+        }
+        "BoundedWindowAggExec" | "WindowAggExec" => {
+            return Err(not_supported("window functions (OVER)"));
+        }
+        other => return Err(not_supported(other)),
+    }
+    for child in plan.children() {
+        check_stateless(child)?;
+    }
+    Ok(())
+}
+
+impl PipelinePlan {
+    /// Runs the lower plan over one source batch.
+    pub async fn run_lower(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.feed.put(batch);
+        let stream = self.lower.execute(0, self.task_ctx.clone())?;
+        Ok(datafusion::physical_plan::common::collect(stream).await?)
+    }
+
+    /// The EXPLAIN text of the pipeline.
+    pub fn explain(&self, emit_on_close: bool, sink: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let source = &self.source;
+        let (connector, watermark) = match &source.kind {
+            TableKind::Source(s) => (
+                s.connector
+                    .clone()
+                    .unwrap_or_else(|| "push (INSERT / HTTP)".into()),
+                s.watermark
+                    .as_ref()
+                    .map(|w| format!("watermark {} = {}", w.column, w.expr))
+                    .unwrap_or_else(|| "no watermark".into()),
+            ),
+            _ => ("?".into(), String::new()),
+        };
+        lines.push(format!(
+            "Source: {} (connector: {connector}; {watermark})",
+            source.name
+        ));
+        lines.push("  Stateless (DataFusion, per batch):".into());
+        for l in displayable(self.lower.as_ref())
+            .indent(true)
+            .to_string()
+            .lines()
+        {
+            lines.push(format!("    {l}"));
+        }
+        if let Some(agg) = &self.aggregate {
+            let groups: Vec<&str> = agg.group_exprs.iter().map(|(_, n)| n.as_str()).collect();
+            let aggs: Vec<&str> = agg.aggr_exprs.iter().map(|a| a.name()).collect();
+            lines.push(format!(
+                "  Aggregate: group by [{}]; aggregates [{}]",
+                groups.join(", "),
+                aggs.join(", ")
+            ));
+            lines.push(
+                "    state: accumulators per group in memory, checkpointed to RocksDB".into(),
+            );
+            match (&agg.window, emit_on_close) {
+                (Some(_), true) => lines.push(
+                    "    emit: on window close (a window's row is written when the watermark passes its end)".into(),
+                ),
+                (Some(_), false) => lines.push("    emit: on update (windows update until they close)".into()),
+                (None, _) => lines.push("    emit: on update".into()),
+            }
+            for stage in &agg.upper {
+                match stage {
+                    UpperStage::Filter(p, _) => lines.push(format!("  Filter: {p}")),
+                    UpperStage::Project(exprs, _) => {
+                        let e: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+                        lines.push(format!("  Project: {}", e.join(", ")))
+                    }
+                }
+            }
+        }
+        lines.push(format!("  Sink: {sink}"));
+        lines.push(
+            "  Checkpoint: state + source offsets + watermark in one RocksDB batch per epoch"
+                .into(),
+        );
+        lines
+    }
+}

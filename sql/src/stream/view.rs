@@ -1,0 +1,179 @@
+//! Encoding a pipeline's outputs as rows of its stored relation: materialized-view rows keyed
+//! by group, stream rows keyed by output sequence, dead letters keyed by (partition, offset).
+//! Every key is a pure function of the input, which is what makes replays idempotent.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::compute::cast;
+use eddy_connectors::DeadLetter;
+
+use crate::catalog::TableDef;
+use crate::codec::column::ColumnRef;
+use crate::codec::{key, row};
+use crate::error::{Error, Result};
+use crate::storage::WriteOp;
+
+/// Casts result columns to the stored column types.
+pub fn conform(def: &TableDef, columns: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+    if columns.len() != def.columns.len() {
+        return Err(Error::internal(format!(
+            "{} produced {} columns, expected {}",
+            def.name,
+            columns.len(),
+            def.columns.len()
+        )));
+    }
+    columns
+        .iter()
+        .zip(&def.columns)
+        .map(|(a, c)| {
+            let want = c.ty.arrow_type();
+            Ok(if a.data_type() == &want {
+                a.clone()
+            } else {
+                cast(a, &want)?
+            })
+        })
+        .collect()
+}
+
+fn refs<'a>(def: &TableDef, arrays: &'a [ArrayRef]) -> Result<Vec<ColumnRef<'a>>> {
+    arrays
+        .iter()
+        .zip(&def.columns)
+        .map(|(a, c)| ColumnRef::new(a, &c.ty))
+        .collect()
+}
+
+/// Writes a materialized view's rows.
+#[derive(Debug, Clone)]
+pub struct ViewWriter {
+    def: Arc<TableDef>,
+}
+
+impl ViewWriter {
+    pub fn new(def: Arc<TableDef>) -> Self {
+        Self { def }
+    }
+
+    /// Puts row `i` of `batch` (or deletes it where `keep` is false). Rows are keyed by the
+    /// view's primary key (its group columns) when it has one, else by the group's encoding.
+    pub fn rows(
+        &self,
+        batch: &RecordBatch,
+        keep: Option<&BooleanArray>,
+        group_keys: &[Vec<u8>],
+    ) -> Result<Vec<WriteOp>> {
+        let arrays = conform(&self.def, batch.columns())?;
+        let cols = refs(&self.def, &arrays)?;
+        let prefix = self.def.key_prefix();
+        let mut ops = Vec::with_capacity(batch.num_rows());
+        for (i, group) in group_keys.iter().enumerate() {
+            let mut k = prefix.clone();
+            let pk = &self.def.primary_key;
+            if !pk.is_empty() && pk.iter().all(|&c| !arrays[c].is_null(i)) {
+                for &c in pk {
+                    key::encode_value(&cols[c], i, &mut k);
+                }
+            } else {
+                // No key columns, or a NULL group value: key by the group itself, after
+                // every key-encoded row (0xff never starts a UTF-8 or small-number key).
+                if !pk.is_empty() {
+                    k.extend_from_slice(&[0xff, 0xff]);
+                }
+                k.extend_from_slice(group);
+            }
+            if keep.is_some_and(|m| !m.value(i)) {
+                ops.push(WriteOp::Delete(k));
+            } else {
+                let mut v = Vec::with_capacity(64);
+                row::encode_row(&cols, i, &mut v);
+                ops.push(WriteOp::Put(k, v));
+            }
+        }
+        Ok(ops)
+    }
+}
+
+/// Key of output row `seq` of a stream (and of event `seq` of a push source's log).
+pub fn seq_key(def: &TableDef, seq: u64) -> Vec<u8> {
+    let mut k = def.key_prefix();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// A stream's output rows, numbered from `first_seq`.
+pub fn sequenced_rows(def: &TableDef, batch: &RecordBatch, first_seq: u64) -> Result<Vec<WriteOp>> {
+    let arrays = conform(def, batch.columns())?;
+    let cols = refs(def, &arrays)?;
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let mut v = Vec::with_capacity(64);
+            row::encode_row(&cols, i, &mut v);
+            WriteOp::Put(seq_key(def, first_seq + i as u64), v)
+        })
+        .collect())
+}
+
+/// Columns of a `<source>_errors` table.
+pub fn dead_letter_columns() -> Vec<crate::catalog::ColumnDef> {
+    use crate::types::SqlType;
+    let col = |name: &str, ty: SqlType, nullable: bool| crate::catalog::ColumnDef {
+        name: name.into(),
+        ty,
+        nullable,
+        default: None,
+    };
+    vec![
+        col("partition", SqlType::Int4, false),
+        col("offset", SqlType::Int8, false),
+        col("payload", SqlType::Text, true),
+        col("error", SqlType::Text, false),
+        col("arrived_at", SqlType::Timestamptz, false),
+    ]
+}
+
+/// Dead letters as rows of the errors table, keyed by (partition, offset).
+pub fn dead_letter_rows(
+    def: &TableDef,
+    dead: &[DeadLetter],
+    arrived_us: i64,
+) -> Result<Vec<WriteOp>> {
+    if dead.is_empty() {
+        return Ok(Vec::new());
+    }
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(dead.iter().map(|d| d.partition).collect::<Int32Array>()),
+        Arc::new(dead.iter().map(|d| d.offset).collect::<Int64Array>()),
+        Arc::new(
+            dead.iter()
+                .map(|d| Some(String::from_utf8_lossy(&d.payload).into_owned()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            dead.iter()
+                .map(|d| Some(d.error.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![arrived_us; dead.len()]).with_timezone("+00:00"),
+        ),
+    ];
+    let cols = refs(def, &arrays)?;
+    let prefix = def.key_prefix();
+    Ok((0..dead.len())
+        .map(|i| {
+            let mut k = prefix.clone();
+            for &c in &def.primary_key {
+                key::encode_value(&cols[c], i, &mut k);
+            }
+            let mut v = Vec::with_capacity(64);
+            row::encode_row(&cols, i, &mut v);
+            WriteOp::Put(k, v)
+        })
+        .collect())
+}
