@@ -52,16 +52,11 @@ impl KafkaConfig {
         if let Some(servers) = o.take("bootstrap.servers") {
             client.insert("bootstrap.servers".into(), servers);
         }
-        if !client.contains_key("bootstrap.servers") {
-            return Err(Error::Options(
-                "option \"bootstrap.servers\" is required".into(),
-            ));
-        }
         let group = o
             .take("group.id")
             .unwrap_or_else(|| format!("eddy-{}", spec.name));
         client.insert("group.id".into(), group);
-        let topic = o.required("topic")?;
+        let topic = o.take("topic");
         let startup = match o.take("startup").map(|s| s.to_ascii_lowercase()).as_deref() {
             None | Some("earliest") => Startup::Earliest,
             Some("latest") => Startup::Latest,
@@ -80,7 +75,14 @@ impl KafkaConfig {
         let max_event_bytes = o
             .parse("max_event_bytes")?
             .unwrap_or(DEFAULT_MAX_EVENT_BYTES);
+        // Unknown keys first: a misspelt required key is reported as what it is.
         o.finish()?;
+        if !client.contains_key("bootstrap.servers") {
+            return Err(Error::Options(
+                "option \"bootstrap.servers\" is required".into(),
+            ));
+        }
+        let topic = topic.ok_or_else(|| Error::Options("option \"topic\" is required".into()))?;
         for key in ["enable.auto.commit", "enable.auto.offset.store"] {
             if client.contains_key(key) {
                 return Err(Error::Options(format!(

@@ -17,10 +17,13 @@ pub fn is_secret(key: &str) -> bool {
     [
         "password",
         "secret",
-        "sasl.",
-        "ssl.key",
         "token",
         "credential",
+        "jaas",
+        "key.pem",
+        "keystore",
+        "api_key",
+        "access_key",
     ]
     .iter()
     .any(|s| key.contains(s))

@@ -7,3 +7,4 @@ mod durability;
 mod lifecycle;
 mod protocol;
 mod slt_suite;
+mod streaming;

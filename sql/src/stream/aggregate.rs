@@ -286,7 +286,7 @@ impl Aggregator {
                         None => mask.clone(),
                         Some(ix) => take(mask, ix, None)?.as_boolean().clone(),
                     };
-                    let mask = datafusion::arrow::compute::prep_null_mask_filter(&mask);
+                    let mask = null_as_false(&mask);
                     values = values
                         .iter()
                         .map(|v| filter(v.as_ref(), &mask))
@@ -429,6 +429,14 @@ impl Aggregator {
     }
 }
 
+/// A filter mask where NULL means "no".
+fn null_as_false(mask: &BooleanArray) -> BooleanArray {
+    match mask.nulls() {
+        None => mask.clone(),
+        Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),
+    }
+}
+
 /// Runs the upper stages over all rows (never dropping any, so row `i` stays group `i`);
 /// returns the result and which rows pass the filters.
 fn apply_upper(
@@ -451,7 +459,7 @@ fn apply_upper(
         match stage {
             UpperStage::Filter(predicate, projection) => {
                 let passed = predicate.evaluate(&batch)?.into_array(n)?;
-                let passed = datafusion::arrow::compute::prep_null_mask_filter(passed.as_boolean());
+                let passed = null_as_false(passed.as_boolean());
                 keep = Some(match keep {
                     None => passed,
                     Some(k) => datafusion::arrow::compute::and(&k, &passed)?,

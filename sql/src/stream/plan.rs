@@ -470,6 +470,8 @@ pub async fn plan(catalog: &Catalog, query: &Query) -> Result<PipelinePlan> {
     let logical = planner.logical(query.clone()).await?;
     let names = crate::engine::output_names(&logical);
     let physical = planner.ctx.state().create_physical_plan(&logical).await?;
+    let (lower, aggregate) = split(&physical, &planner.windows)?;
+    check_stateless(&lower)?;
     let used = planner.used.lock().clone();
     let source = match used.as_slice() {
         [] => {
@@ -496,8 +498,6 @@ pub async fn plan(catalog: &Catalog, query: &Query) -> Result<PipelinePlan> {
     if let Some(names) = names {
         output = crate::engine::rename(&output, &names);
     }
-    let (lower, aggregate) = split(&physical, &planner.windows)?;
-    check_stateless(&lower)?;
     let task_ctx = planner.ctx.task_ctx();
     Ok(PipelinePlan {
         source,

@@ -1,0 +1,458 @@
+//! Streaming over Kafka, end to end: a real `eddy serve` process reads a topic of librdkafka's
+//! mock cluster, which lives in this test process, so killing the server leaves the broker
+//! (and its messages) up.
+//!
+//! - Crash test: 200,000 JSON messages feed a GROUP BY view and a TUMBLE view while the server
+//!   is killed with SIGKILL at seeded random moments of its progress (6 kills). After catch-up
+//!   both views must equal a DataFusion batch computation over the same messages, exactly.
+//!   Set EDDY_CRASH_SEED to replay a run; the seed is printed.
+//! - Dead letters: good and malformed messages mixed; every good one is counted once and every
+//!   bad one is in `<source>_errors` with its partition, offset and reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::prelude::SessionContext;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::common::Server;
+
+const MESSAGES: i64 = 200_000;
+const KILLS: usize = 6;
+const BASE_MS: i64 = 1_700_000_000_000;
+const WATERMARK_DELAY_S: i64 = 60;
+const WINDOW_S: i64 = 5;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var("EDDY_CRASH_SEED") {
+        Ok(s) => s.parse().expect("EDDY_CRASH_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
+}
+
+struct Event {
+    id: i64,
+    device: i32,
+    value: i64,
+    ts_ms: i64,
+}
+
+fn event(i: i64) -> Event {
+    Event {
+        id: i,
+        device: (i % 97) as i32,
+        value: (i * 7919) % 1000,
+        ts_ms: BASE_MS + i,
+    }
+}
+
+fn json(e: &Event) -> String {
+    let ts = chrono::DateTime::from_timestamp_millis(e.ts_ms)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    format!(
+        r#"{{"id": {}, "device": {}, "value": {}, "ts": "{ts}"}}"#,
+        e.id, e.device, e.value
+    )
+}
+
+fn producer(bootstrap: &str) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Sends `payloads` (to `partition` if given, else by key) and waits until all are delivered.
+fn produce(p: &BaseProducer, topic: &str, partition: Option<i32>, payloads: &[(String, String)]) {
+    for (key, payload) in payloads {
+        loop {
+            let mut record = BaseRecord::to(topic).key(key).payload(payload);
+            if let Some(part) = partition {
+                record = record.partition(part);
+            }
+            match p.send(record) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    assert!(
+                        matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
+                        "produce failed: {e}"
+                    );
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60))
+        .expect("messages delivered");
+}
+
+fn payloads(range: std::ops::Range<i64>) -> Vec<(String, String)> {
+    range
+        .map(|i| {
+            let e = event(i);
+            (e.device.to_string(), json(&e))
+        })
+        .collect()
+}
+
+async fn scalar_i64(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    match client.query_one(sql, &[]).await {
+        Ok(row) => row.get::<_, Option<i64>>(0).unwrap_or(0),
+        Err(_) => -1,
+    }
+}
+
+/// Polls `sql` (one bigint) until `done` holds, failing after `deadline`.
+async fn wait_for(
+    server: &Server,
+    sql: &str,
+    deadline: Duration,
+    what: &str,
+    done: impl Fn(i64) -> bool,
+) -> i64 {
+    let start = Instant::now();
+    let mut last = -1;
+    loop {
+        if let Ok((client, conn)) =
+            tokio_postgres::connect(&server.conn_string(), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            last = scalar_i64(&client, sql).await;
+            if done(last) {
+                return last;
+            }
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not reached within {deadline:?} (last value {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reference_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, r).unwrap())
+                .collect();
+            rows.push(cells.join(","));
+        }
+    }
+    rows
+}
+
+async fn eddy_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .expect("query views")
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| {
+                    match row.columns()[i].type_().name() {
+                        "int4" => row.get::<_, Option<i32>>(i).map(|v| v.to_string()),
+                        _ => row.get::<_, Option<i64>>(i).map(|v| v.to_string()),
+                    }
+                    .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+const BY_DEVICE: &str = "SELECT device, count(*) AS n, sum(value) AS total, min(value) AS lo, \
+     max(value) AS hi, count(DISTINCT value % 10) AS digits FROM events GROUP BY device";
+const PER_WINDOW: &str = "SELECT window_start, window_end, count(*) AS n, sum(value) AS total \
+     FROM TUMBLE(events, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end";
+
+/// The same two results, computed by DataFusion as one batch job over all messages.
+async fn reference() -> (Vec<String>, Vec<String>) {
+    let events: Vec<Event> = (0..MESSAGES).map(event).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("device", DataType::Int32, false),
+        Field::new("value", DataType::Int64, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            false,
+        ),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(events.iter().map(|e| e.id).collect::<Int64Array>()),
+            Arc::new(events.iter().map(|e| e.device).collect::<Int32Array>()),
+            Arc::new(events.iter().map(|e| e.value).collect::<Int64Array>()),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts_ms * 1000))
+                    .with_timezone("+00:00"),
+            ),
+        ],
+    )
+    .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_batch("events", batch).unwrap();
+    let by_device = ctx
+        .sql(&format!("{BY_DEVICE} ORDER BY device"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    // Windows the final watermark (max(ts) - delay) has closed.
+    let windows = ctx
+        .sql(&format!(
+            "SELECT CAST(to_unixtime(ws) AS BIGINT), n, total FROM ( \
+               SELECT date_bin(INTERVAL '{WINDOW_S} seconds', ts) AS ws, count(*) AS n, sum(value) AS total \
+               FROM events GROUP BY 1) \
+             WHERE ws + INTERVAL '{WINDOW_S} seconds' <= (SELECT max(ts) - INTERVAL '{WATERMARK_DELAY_S} seconds' FROM events) \
+             ORDER BY 1"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    (reference_rows(&by_device), reference_rows(&windows))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_views_after_sigkills_equal_a_batch_run() {
+    let seed = seed();
+    println!("crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
+    let mut rng = Rng(seed);
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("events", 3, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let p = producer(&bootstrap);
+    produce(&p, "events", None, &payloads(0..MESSAGES / 2));
+
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE events (id bigint NOT NULL, device int NOT NULL, value bigint, \
+               ts timestamptz NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '{WATERMARK_DELAY_S} seconds') \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'events', \
+               properties.max.partition.fetch.bytes = '65536'); \
+             CREATE MATERIALIZED VIEW by_device WITH (checkpoint_interval = '200ms') AS {BY_DEVICE}; \
+             CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW};"
+        ))
+        .await
+        .expect("create source and views");
+    drop(client);
+
+    let mut targets: Vec<i64> = (0..KILLS)
+        .map(|_| 1 + (rng.next() % (MESSAGES as u64 - 1)) as i64)
+        .collect();
+    targets.sort();
+    let progress = "SELECT sum(n) FROM by_device";
+    let mut produced_all = false;
+    for (k, target) in targets.iter().enumerate() {
+        if *target >= MESSAGES / 2 && !produced_all {
+            produce(&p, "events", None, &payloads(MESSAGES / 2..MESSAGES));
+            produced_all = true;
+        }
+        let seen = wait_for(
+            &server,
+            progress,
+            Duration::from_secs(180),
+            "progress",
+            |n| n >= *target,
+        )
+        .await;
+        println!("kill {} at {seen} events counted (target {target})", k + 1);
+        server.restart();
+    }
+    if !produced_all {
+        produce(&p, "events", None, &payloads(MESSAGES / 2..MESSAGES));
+    }
+    let (by_device, windows) = reference().await;
+    let deadline = Duration::from_secs(300);
+    wait_for(&server, progress, deadline, "all events counted", |n| {
+        n >= MESSAGES
+    })
+    .await;
+    wait_for(
+        &server,
+        "SELECT count(*) FROM per_window",
+        deadline,
+        "all closed windows",
+        |n| n >= windows.len() as i64,
+    )
+    .await;
+    let client = server.connect().await;
+    let got_devices = eddy_rows(
+        &client,
+        "SELECT device, n, total, lo, hi, digits FROM by_device ORDER BY device",
+    )
+    .await;
+    assert_eq!(
+        got_devices, by_device,
+        "GROUP BY view differs (seed {seed})"
+    );
+    let got_windows = eddy_rows(
+        &client,
+        "SELECT CAST(to_unixtime(window_start) AS BIGINT), n, total FROM per_window ORDER BY window_start",
+    )
+    .await;
+    assert_eq!(got_windows, windows, "TUMBLE view differs (seed {seed})");
+    let late = client
+        .query_one("SELECT count(*) FROM events_errors", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(late, 0, "no message is malformed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_kafka_messages_become_dead_letters() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("mixed", 1, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let mut messages = Vec::new();
+    let mut bad = Vec::new();
+    let mut good_values = 0i64;
+    for i in 0..2000i64 {
+        let e = event(i);
+        let payload = match i % 11 {
+            3 => r#"{"id": 1, "device": "#.to_string(),
+            5 => {
+                format!(r#"{{"id": {i}, "device": "not a number", "ts": "2024-01-01T00:00:00Z"}}"#)
+            }
+            7 => format!(r#"{{"id": {i}, "value": 1, "ts": "2024-01-01T00:00:00Z"}}"#),
+            9 => format!(
+                r#"{{"id": {i}, "device": 1, "ts": "2024-01-01T00:00:00Z", "pad": "{}"}}"#,
+                "x".repeat(600)
+            ),
+            10 if i % 2 == 0 => "[1, 2, 3]".to_string(),
+            _ => {
+                good_values += e.value;
+                json(&e)
+            }
+        };
+        if payload != json(&e) {
+            bad.push(i);
+        }
+        messages.push((i.to_string(), payload));
+    }
+    produce(&producer(&bootstrap), "mixed", Some(0), &messages);
+
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE mixed (id bigint NOT NULL, device int NOT NULL, value bigint, ts timestamptz) \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'mixed', \
+               max_event_bytes = 512); \
+             CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n, sum(value) AS total FROM mixed"
+        ))
+        .await
+        .expect("create");
+    let good = messages.len() as i64 - bad.len() as i64;
+    wait_for(
+        &server,
+        "SELECT n FROM totals",
+        Duration::from_secs(60),
+        "good events",
+        |n| n >= good,
+    )
+    .await;
+    wait_for(
+        &server,
+        "SELECT count(*) FROM mixed_errors",
+        Duration::from_secs(60),
+        "dead letters",
+        |n| n >= bad.len() as i64,
+    )
+    .await;
+    let row = client
+        .query_one("SELECT n, total FROM totals", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        good,
+        "every good message counted once"
+    );
+    assert_eq!(row.get::<_, i64>(1), good_values);
+    let offsets: Vec<i64> = client
+        .query(
+            "SELECT \"offset\" FROM mixed_errors WHERE partition = 0 ORDER BY \"offset\"",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        offsets, bad,
+        "every bad message is a dead letter, at its offset"
+    );
+    let reasons: Vec<String> = client
+        .query(
+            "SELECT error FROM mixed_errors WHERE \"offset\" IN (3, 5, 7, 9)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(reasons[0].contains("invalid JSON"), "{reasons:?}");
+    assert!(reasons[2].contains("not-null"), "{reasons:?}");
+    assert!(reasons[3].contains("exceeds"), "{reasons:?}");
+    let payload: String = client
+        .query_one("SELECT payload FROM mixed_errors WHERE \"offset\" = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload, r#"{"id": 1, "device": "#);
+    let shown = client
+        .simple_query("SHOW MATERIALIZED VIEWS")
+        .await
+        .unwrap();
+    let dead_col = shown
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("dead_letters").map(String::from),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(dead_col, bad.len().to_string(), "dead letters are counted");
+}
