@@ -8,7 +8,8 @@
 //!
 //! Columns named `_key`, `_partition`, `_offset` and `_timestamp` are not read from the
 //! payload: they are filled from the event's metadata (Kafka message key, partition, offset
-//! and timestamp).
+//! and timestamp). A `_payload` column (text or jsonb) holds the whole event, for JSON
+//! access (`_payload ->> 'field'`) to fields the declared columns do not name.
 
 use std::sync::Arc;
 
@@ -74,6 +75,7 @@ pub struct RawEvent<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meta {
+    Payload,
     Key,
     Partition,
     Offset,
@@ -84,6 +86,7 @@ impl Meta {
     fn of(field: &Field) -> Result<Option<Meta>> {
         let (meta, ok) = match field.name().as_str() {
             "_key" => (Meta::Key, matches!(field.data_type(), DataType::Utf8)),
+            "_payload" => (Meta::Payload, matches!(field.data_type(), DataType::Utf8)),
             "_partition" => (
                 Meta::Partition,
                 matches!(field.data_type(), DataType::Int32),
@@ -100,7 +103,7 @@ impl Meta {
         };
         if !ok {
             let want = match meta {
-                Meta::Key => "text",
+                Meta::Key | Meta::Payload => "text",
                 Meta::Partition => "int4",
                 Meta::Offset => "int8",
                 Meta::Timestamp => "timestamptz",
@@ -214,6 +217,22 @@ impl EventDecoder {
     }
 
     fn decode_payloads(&self, events: &[&RawEvent<'_>]) -> Result<RecordBatch> {
+        if self.payload_schema.fields().is_empty() {
+            // Only metadata columns: nothing to decode, but JSON must still be valid.
+            if self.format == Format::Json {
+                for e in events {
+                    serde_json::from_slice::<serde::de::IgnoredAny>(e.payload)
+                        .map_err(|err| Error::Options(format!("invalid JSON: {err}")))?;
+                }
+            }
+            let options =
+                arrow::array::RecordBatchOptions::new().with_row_count(Some(events.len()));
+            return Ok(RecordBatch::try_new_with_options(
+                self.payload_schema.clone(),
+                Vec::new(),
+                &options,
+            )?);
+        }
         let mut buf = Vec::with_capacity(events.iter().map(|e| e.payload.len() + 1).sum());
         for e in events {
             buf.extend_from_slice(e.payload.trim_ascii());
@@ -267,6 +286,12 @@ impl EventDecoder {
             .map(|(source, field)| -> Result<ArrayRef> {
                 Ok(match source {
                     Ok(i) => payload.column(*i).clone(),
+                    Err(Meta::Payload) => Arc::new(
+                        events
+                            .iter()
+                            .map(|e| Some(String::from_utf8_lossy(e.payload)))
+                            .collect::<StringArray>(),
+                    ),
                     Err(Meta::Key) => Arc::new(
                         events
                             .iter()

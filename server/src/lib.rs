@@ -1,6 +1,7 @@
 //! The Eddy server: configuration, the Postgres wire front end, the HTTP API, start-up and
 //! shutdown.
 
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod pg;

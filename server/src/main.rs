@@ -20,6 +20,30 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Benchmarks (see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// A Nexmark query through the streaming engine, beside DataFusion batch.
+    Nexmark {
+        #[arg(long, default_value = "q0")]
+        query: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Event-time rate of the generator (events per event-second).
+        #[arg(long, default_value_t = 10_000_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_interval: u64,
+    },
+    /// JSON decoding rate of the Kafka source's decoder, on Nexmark bids.
+    JsonDecode {
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+    },
 }
 
 #[derive(Args)]
@@ -47,7 +71,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Bench(bench) => return run_bench(bench),
+    };
     let config = Config::resolve(Overrides {
         config: args.config,
         data_dir: args.data_dir,
@@ -60,6 +87,27 @@ fn main() -> Result<()> {
         .thread_stack_size(32 << 20)
         .build()?;
     runtime.block_on(eddy::run(config, shutdown_signal()))
+}
+
+fn run_bench(bench: BenchCommand) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 << 20)
+        .build()?;
+    match bench {
+        BenchCommand::Nexmark {
+            query,
+            events,
+            rate,
+            checkpoint_interval,
+        } => runtime.block_on(eddy::bench::nexmark(eddy::bench::NexmarkArgs {
+            query,
+            events,
+            rate,
+            checkpoint_interval_ms: checkpoint_interval,
+        })),
+        BenchCommand::JsonDecode { rows } => eddy::bench::json_decode(rows),
+    }
 }
 
 async fn shutdown_signal() {

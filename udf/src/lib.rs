@@ -1,1 +1,17 @@
-//! Eddy functions: PREDICT and the model registry arrive with model support. Session functions live in eddy-sql for now.
+//! Eddy's SQL functions: JSON access now; PREDICT and the model registry later.
+
+pub mod json;
+
+use std::sync::Arc;
+
+use datafusion::error::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::SessionContext;
+
+/// Registers Eddy's functions and operators on a DataFusion context.
+pub fn register(ctx: &mut SessionContext) -> Result<()> {
+    ctx.register_udf(Arc::new(json::json_get(false)))?;
+    ctx.register_udf(Arc::new(json::json_get(true)))?;
+    ctx.register_expr_planner(Arc::new(json::JsonOperators))?;
+    Ok(())
+}

@@ -16,6 +16,13 @@ pub fn output_names(plan: &LogicalPlan) -> Option<Vec<String>> {
         LogicalPlan::Sort(s) => output_names(&s.input),
         LogicalPlan::Limit(l) => output_names(&l.input),
         LogicalPlan::Distinct(d) => output_names(d.input()),
+        LogicalPlan::Aggregate(_) | LogicalPlan::Window(_) => Some(
+            plan.schema()
+                .fields()
+                .iter()
+                .map(|f| display_name(f.name()))
+                .collect(),
+        ),
         _ => None,
     }
 }

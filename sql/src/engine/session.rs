@@ -133,7 +133,8 @@ impl Session {
             .with_default_features()
             .with_type_planner(Arc::new(crate::types::PgTypePlanner))
             .build();
-        let ctx = SessionContext::new_with_state(state);
+        let mut ctx = SessionContext::new_with_state(state);
+        eddy_udf::register(&mut ctx).expect("Eddy's functions register");
         let txn: SharedTxn = Arc::new(Mutex::new(Txn::default()));
         let view = Arc::new(SessionView {
             engine: engine.clone(),

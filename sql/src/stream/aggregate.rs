@@ -47,6 +47,8 @@ pub struct Aggregator {
     free: Vec<usize>,
     /// Groups changed since the last barrier (their state must be written).
     unsaved: HashSet<usize>,
+    /// Groups changed since their row was last written.
+    changed: Vec<usize>,
     /// Keys of groups removed since the last barrier (their state must be deleted).
     removed: Vec<Vec<u8>>,
     /// Open windows: end → groups.
@@ -99,6 +101,7 @@ impl Aggregator {
             slots: Vec::new(),
             free: Vec::new(),
             unsaved: HashSet::new(),
+            changed: Vec::new(),
             removed: Vec::new(),
             windows: BTreeMap::new(),
             emit_on_close,
@@ -270,6 +273,8 @@ impl Aggregator {
             })
             .collect::<Result<Vec<_>>>()?;
         let whole = touched.len() == 1 && touched[0].1.len() == n;
+        // With EMIT ON WINDOW CLOSE rows are written when windows close, not as they change.
+        let on_update = !(self.plan.window.is_some() && self.emit_on_close);
         for (slot, idx) in touched {
             let indices = (!whole).then(|| UInt32Array::from(idx));
             let group = self.slots[slot].as_mut().expect("live group");
@@ -294,19 +299,16 @@ impl Aggregator {
                 }
                 acc.update_batch(&values)?;
             }
-            group.changed = true;
+            if on_update && !group.changed {
+                group.changed = true;
+                self.changed.push(slot);
+            }
             self.unsaved.insert(slot);
         }
-        if self.plan.window.is_some() && self.emit_on_close {
+        if !on_update {
             return Ok(Vec::new());
         }
-        let changed: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.as_ref().is_some_and(|g| g.changed))
-            .map(|(s, _)| s)
-            .collect();
+        let changed = std::mem::take(&mut self.changed);
         self.emit(&changed)
     }
 
@@ -324,6 +326,10 @@ impl Aggregator {
         } else {
             Vec::new()
         };
+        if !self.changed.is_empty() {
+            let closed: HashSet<usize> = slots.iter().copied().collect();
+            self.changed.retain(|s| !closed.contains(s));
+        }
         for slot in slots {
             let group = self.slots[slot].take().expect("open window group");
             self.index.remove(&group.key);

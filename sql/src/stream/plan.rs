@@ -376,14 +376,16 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(catalog: &'a Catalog) -> Self {
-        Self {
+    fn new(catalog: &'a Catalog) -> Result<Self> {
+        let mut ctx = SessionContext::new_with_config(streaming_config());
+        eddy_udf::register(&mut ctx)?;
+        Ok(Self {
             catalog,
-            ctx: SessionContext::new_with_config(streaming_config()),
+            ctx,
             feeds: Vec::new(),
             used: Arc::default(),
             windows: Vec::new(),
-        }
+        })
     }
 
     /// Registers `name` (a source or stream, recursively what a stream reads).
@@ -466,7 +468,7 @@ pub fn parse_query(sql: &str) -> Result<Query> {
 
 /// Plans a continuous query over the catalog's sources and streams.
 pub async fn plan(catalog: &Catalog, query: &Query) -> Result<PipelinePlan> {
-    let mut planner = Planner::new(catalog);
+    let mut planner = Planner::new(catalog)?;
     let logical = planner.logical(query.clone()).await?;
     let names = crate::engine::output_names(&logical);
     let physical = planner.ctx.state().create_physical_plan(&logical).await?;

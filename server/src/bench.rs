@@ -1,0 +1,293 @@
+//! `eddy bench`: Nexmark queries through the streaming engine, beside the same query as a
+//! DataFusion batch job over the same events (shared/NEXMARK.md, "How to report"), and the
+//! JSON decoding rate of the Kafka source's decoder.
+//!
+//! Streaming runs use a fresh data dir, the in-process Nexmark generator, checkpoints on, and
+//! the engine's real pipeline (source thread → DataFusion stateless stage → aggregate → sink).
+//! Streams run with `retention_rows = 0` (rows are produced and counted but not stored, like
+//! Flink's blackhole sink); materialized views write their rows to RocksDB. CPU time is the
+//! whole process's user + system time (getrusage).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use eddy_connectors::format::{EventDecoder, Format, RawEvent};
+use eddy_connectors::nexmark::{Nexmark, Table, table_schema};
+use eddy_connectors::{Options, Poll, Positions, Source, SourceSpec};
+use eddy_sql::stream::checkpoint::{record_key, recover};
+use eddy_sql::{Engine, Session};
+use futures::StreamExt;
+
+/// The benchmark queries, in Eddy's dialect (the same text runs as the batch job).
+pub fn query(name: &str) -> Result<(bool, &'static str)> {
+    // (is a materialized view, SELECT)
+    Ok(match name {
+        "q0" => (
+            false,
+            "SELECT auction, bidder, price, date_time, extra FROM bid",
+        ),
+        "q1" => (
+            false,
+            "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+        ),
+        "q2" => (
+            false,
+            "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+        ),
+        "q14" => (
+            false,
+            "SELECT auction, bidder, 0.908 * price AS price, \
+               CASE WHEN extract(hour FROM date_time) >= 8 AND extract(hour FROM date_time) <= 18 THEN 'dayTime' \
+                    WHEN extract(hour FROM date_time) <= 6 OR extract(hour FROM date_time) >= 20 THEN 'nightTime' \
+                    ELSE 'otherTime' END AS bid_time_type, \
+               date_time, extra, length(extra) - length(replace(extra, 'c', '')) AS c_counts \
+             FROM bid WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000",
+        ),
+        "q15" => (
+            true,
+            "SELECT date_trunc('day', date_time) AS day, count(*) AS total_bids, \
+               count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+               count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids, \
+               count(*) FILTER (WHERE price >= 1000000) AS rank3_bids, \
+               count(DISTINCT bidder) AS total_bidders, \
+               count(DISTINCT bidder) FILTER (WHERE price < 10000) AS rank1_bidders, \
+               count(DISTINCT bidder) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bidders, \
+               count(DISTINCT bidder) FILTER (WHERE price >= 1000000) AS rank3_bidders, \
+               count(DISTINCT auction) AS total_auctions, \
+               count(DISTINCT auction) FILTER (WHERE price < 10000) AS rank1_auctions, \
+               count(DISTINCT auction) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_auctions, \
+               count(DISTINCT auction) FILTER (WHERE price >= 1000000) AS rank3_auctions \
+             FROM bid GROUP BY date_trunc('day', date_time)",
+        ),
+        "q17" => (
+            true,
+            "SELECT auction, date_trunc('day', date_time) AS day, count(*) AS total_bids, \
+               count(*) FILTER (WHERE price < 10000) AS rank1_bids, \
+               count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids, \
+               count(*) FILTER (WHERE price >= 1000000) AS rank3_bids, \
+               min(price) AS min_price, max(price) AS max_price, avg(price) AS avg_price, \
+               sum(price) AS sum_price \
+             FROM bid GROUP BY auction, date_trunc('day', date_time)",
+        ),
+        "q22" => (
+            false,
+            "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1, \
+               split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bid",
+        ),
+        other => bail!("unknown query {other} (expected q0, q1, q2, q14, q15, q17 or q22)"),
+    })
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+pub struct NexmarkArgs {
+    pub query: String,
+    pub events: u64,
+    pub rate: u64,
+    pub checkpoint_interval_ms: u64,
+}
+
+async fn run_sql(session: &Session, sql: &str) -> Result<()> {
+    for statement in Session::parse(sql)? {
+        match session.run(statement).await? {
+            eddy_sql::QueryOutput::Command(_) => {}
+            eddy_sql::QueryOutput::Rows { mut stream, .. } => {
+                while let Some(b) = stream.next().await {
+                    b?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the query as a continuous query until the source is exhausted and its end is
+/// checkpointed; returns (CPU seconds, wall seconds).
+async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f64)> {
+    let dir = std::env::temp_dir().join(format!("eddy-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = Engine::open(&dir).context("open bench data dir")?;
+    engine.start_streams(tokio::runtime::Handle::current());
+    let session = engine.new_session("eddy", "eddy");
+    run_sql(
+        &session,
+        &format!(
+            "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = '{}', event_rate = '{}')",
+            args.events, args.rate
+        ),
+    )
+    .await?;
+    let cpu0 = cpu_seconds();
+    let wall0 = Instant::now();
+    let ddl = if mv {
+        format!(
+            "CREATE MATERIALIZED VIEW {} WITH (checkpoint_interval = '{}ms') AS {select}",
+            args.query, args.checkpoint_interval_ms
+        )
+    } else {
+        format!(
+            "CREATE STREAM {} WITH (checkpoint_interval = '{}ms', retention_rows = 0) AS {select}",
+            args.query, args.checkpoint_interval_ms
+        )
+    };
+    run_sql(&session, &ddl).await?;
+    let id = engine
+        .catalog()
+        .table("public", &args.query)
+        .context("pipeline created")?
+        .id;
+    loop {
+        let record = recover(engine.kv().get(&record_key(id))?.as_deref())?;
+        if record.positions.get(&0).copied().unwrap_or(0) as u64 >= args.events {
+            break;
+        }
+        if let Some(m) = engine.streams.metrics(id) {
+            if let Some(e) = m.error.lock().clone() {
+                bail!("pipeline failed: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    run_sql(&session, &format!("DROP SOURCE bid CASCADE")).await?;
+    drop(session);
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((cpu, wall))
+}
+
+/// The same events in memory as Arrow batches.
+fn generate(events: u64, rate: u64) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    let spec = SourceSpec {
+        name: "bid".into(),
+        schema: table_schema(Table::Bid),
+        options: Options::new([
+            ("events".to_string(), events.to_string()),
+            ("event_rate".to_string(), rate.to_string()),
+        ])?,
+        created_at_ms: 0,
+    };
+    let mut source = Nexmark::open(&spec, &Positions::new())?;
+    let mut batches = Vec::new();
+    loop {
+        match source.poll(8192, Duration::ZERO)? {
+            Poll::Batch(b) => batches.push(b.rows),
+            Poll::Idle => continue,
+            Poll::Finished => break,
+        }
+    }
+    Ok(batches)
+}
+
+/// The query as a DataFusion batch job; returns CPU seconds.
+async fn batch(
+    select: &str,
+    batches: Vec<datafusion::arrow::array::RecordBatch>,
+) -> Result<(f64, u64)> {
+    let schema = batches[0].schema();
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    let partitions: Vec<Vec<_>> = {
+        let mut p = vec![Vec::new(), Vec::new()];
+        for (i, b) in batches.into_iter().enumerate() {
+            p[i % 2].push(b);
+        }
+        p
+    };
+    ctx.register_table("bid", Arc::new(MemTable::try_new(schema, partitions)?))?;
+    let cpu0 = cpu_seconds();
+    let mut stream = ctx.sql(select).await?.execute_stream().await?;
+    let mut rows = 0u64;
+    while let Some(b) = stream.next().await {
+        rows += b?.num_rows() as u64;
+    }
+    Ok((cpu_seconds() - cpu0, rows))
+}
+
+pub async fn nexmark(args: NexmarkArgs) -> Result<()> {
+    let (mv, select) = query(&args.query)?;
+    println!(
+        "nexmark {}: {} events, event rate {}/s, checkpoint interval {} ms, revision {}",
+        args.query,
+        args.events,
+        args.rate,
+        args.checkpoint_interval_ms,
+        option_env!("EDDY_GIT_REVISION").unwrap_or("unknown")
+    );
+    let (cpu, wall) = streaming(&args, mv, select).await?;
+    let data = generate(args.events, args.rate)?;
+    let (batch_cpu, batch_rows) = batch(select, data).await?;
+    let events = args.events as f64;
+    println!(
+        "streaming: cpu {cpu:.2} s, wall {wall:.2} s; batch: cpu {batch_cpu:.2} s, {batch_rows} result rows"
+    );
+    println!(
+        "query={} events={} events_per_cpu_second={:.0} wall_events_per_second={:.0} batch_events_per_cpu_second={:.0}",
+        args.query,
+        args.events,
+        events / cpu,
+        events / wall,
+        events / batch_cpu
+    );
+    Ok(())
+}
+
+/// Decodes `rows` Nexmark bids as JSON messages with the Kafka source's decoder.
+pub fn json_decode(rows: u64) -> Result<()> {
+    let batches = generate(rows * 50 / 46 + 1, 10_000_000)?;
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for b in &batches {
+        let mut w = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        w.write(b)?;
+        w.finish()?;
+        let buf = w.into_inner();
+        lines.extend(
+            buf.split(|c| *c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| l.to_vec()),
+        );
+    }
+    lines.truncate(rows as usize);
+    let decoder = EventDecoder::new(table_schema(Table::Bid), Format::Json, 1 << 20)?;
+    let cpu0 = cpu_seconds();
+    let wall0 = Instant::now();
+    let mut decoded = 0;
+    for (i, chunk) in lines.chunks(8192).enumerate() {
+        let events: Vec<RawEvent<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, l)| RawEvent {
+                partition: 0,
+                offset: (i * 8192 + j) as i64,
+                key: None,
+                timestamp_ms: None,
+                payload: l,
+            })
+            .collect();
+        let out = decoder.decode(&events)?;
+        if !out.dead_letters.is_empty() {
+            bail!("unexpected dead letter: {:?}", out.dead_letters[0].error);
+        }
+        decoded += out.rows.num_rows();
+    }
+    let cpu = cpu_seconds() - cpu0;
+    println!(
+        "json_decode rows={decoded} rows_per_cpu_second={:.0} wall_rows_per_second={:.0}",
+        decoded as f64 / cpu,
+        decoded as f64 / wall0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
