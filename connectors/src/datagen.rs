@@ -120,13 +120,13 @@ impl Datagen {
                     field.name()
                 )));
             }
-            if let (Gen::Int { min, max }, true) = (&generator, true) {
-                if min > max {
-                    return Err(Error::Options(format!(
-                        "fields.{}.min is greater than max",
-                        field.name()
-                    )));
-                }
+            if let Gen::Int { min, max } = &generator
+                && min > max
+            {
+                return Err(Error::Options(format!(
+                    "fields.{}.min is greater than max",
+                    field.name()
+                )));
             }
             generators.push(generator);
         }

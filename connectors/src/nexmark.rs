@@ -147,10 +147,10 @@ pub fn parse_table(name: &str) -> Result<Table> {
     }
 }
 
+/// With one person per 50 events, the last person of event `n` is its epoch's (Flink's
+/// formula, `epoch * PERSON_PROPORTION + min(n % 50, PERSON_PROPORTION - 1)`, reduces to it).
 fn last_base0_person_id(n: u64) -> u64 {
-    let epoch = n / TOTAL_PROPORTION;
-    let offset = (n % TOTAL_PROPORTION).min(PERSON_PROPORTION - 1);
-    epoch * PERSON_PROPORTION + offset
+    n / TOTAL_PROPORTION * PERSON_PROPORTION + (PERSON_PROPORTION - 1)
 }
 
 fn last_base0_auction_id(n: u64) -> u64 {
@@ -207,9 +207,9 @@ fn push_extra(buf: &mut String, rng: &mut Rng, current: usize, average: usize) {
 fn hot_url(i: usize) -> String {
     let mut rng = Rng::for_event(0xB1D, i as u64);
     let mut s = String::from("https://www.nexmark.com/");
-    for part in 0..3 {
+    for _ in 0..3 {
         push_string(&mut s, &mut rng, 5);
-        s.push(if part < 2 { '/' } else { '/' });
+        s.push('/');
     }
     s.push_str("item.htm?query=1");
     s.replace(' ', "_")

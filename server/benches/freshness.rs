@@ -81,17 +81,17 @@ async fn main() {
         let stmt = client.prepare("SELECT seq FROM latest").await.unwrap();
         tokio::spawn(async move {
             loop {
-                if let Ok(rows) = client.query(&stmt, &[]).await {
-                    if let Some(v) = rows.first().and_then(|r| r.get::<_, Option<i64>>(0)) {
-                        seen.store(v, Ordering::SeqCst);
-                        let mut p = pending.lock().unwrap();
-                        while p.front().is_some_and(|(last, _)| *last <= v) {
-                            let (_, at) = p.pop_front().unwrap();
-                            latencies
-                                .lock()
-                                .unwrap()
-                                .push(at.elapsed().as_secs_f64() * 1000.0);
-                        }
+                if let Ok(rows) = client.query(&stmt, &[]).await
+                    && let Some(v) = rows.first().and_then(|r| r.get::<_, Option<i64>>(0))
+                {
+                    seen.store(v, Ordering::SeqCst);
+                    let mut p = pending.lock().unwrap();
+                    while p.front().is_some_and(|(last, _)| *last <= v) {
+                        let (_, at) = p.pop_front().unwrap();
+                        latencies
+                            .lock()
+                            .unwrap()
+                            .push(at.elapsed().as_secs_f64() * 1000.0);
                     }
                 }
                 tokio::task::yield_now().await;

@@ -154,16 +154,18 @@ async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f
         if record.positions.get(&0).copied().unwrap_or(0) as u64 >= args.events {
             break;
         }
-        if let Some(m) = engine.streams.metrics(id) {
-            if let Some(e) = m.error.lock().clone() {
-                bail!("pipeline failed: {e}");
-            }
+        if let Some(e) = engine
+            .streams
+            .metrics(id)
+            .and_then(|m| m.error.lock().clone())
+        {
+            bail!("pipeline failed: {e}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let wall = wall0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
-    run_sql(&session, &format!("DROP SOURCE bid CASCADE")).await?;
+    run_sql(&session, "DROP SOURCE bid CASCADE").await?;
     drop(session);
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);

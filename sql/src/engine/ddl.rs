@@ -334,33 +334,33 @@ fn drop(
                 name_parts(name).pop().unwrap_or_default(),
             ));
         };
-        if let Relation::Table(def) = &relation {
-            if def.kind != TableKind::Table {
-                let (what, how) = match &def.kind {
-                    TableKind::Source(_) => ("a source", "DROP SOURCE".to_string()),
-                    TableKind::Stream(_) => ("a stream", "DROP STREAM".to_string()),
-                    TableKind::MaterializedView(_) => {
-                        ("a materialized view", "DROP MATERIALIZED VIEW".to_string())
+        if let Relation::Table(def) = &relation
+            && def.kind != TableKind::Table
+        {
+            let (what, how) = match &def.kind {
+                TableKind::Source(_) => ("a source", "DROP SOURCE".to_string()),
+                TableKind::Stream(_) => ("a stream", "DROP STREAM".to_string()),
+                TableKind::MaterializedView(_) => {
+                    ("a materialized view", "DROP MATERIALIZED VIEW".to_string())
+                }
+                TableKind::DeadLetters { source } => (
+                    "the dead-letter table of a source",
+                    format!("DROP SOURCE {source}"),
+                ),
+                TableKind::Table => unreachable!("checked"),
+            };
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!(
+                    "\"{object}\" is not a {}",
+                    if object_type == ObjectType::Table {
+                        "table"
+                    } else {
+                        "view"
                     }
-                    TableKind::DeadLetters { source } => (
-                        "the dead-letter table of a source",
-                        format!("DROP SOURCE {source}"),
-                    ),
-                    TableKind::Table => unreachable!("checked"),
-                };
-                return Err(Error::user(
-                    sqlstate::WRONG_OBJECT_TYPE,
-                    format!(
-                        "\"{object}\" is not a {}",
-                        if object_type == ObjectType::Table {
-                            "table"
-                        } else {
-                            "view"
-                        }
-                    ),
-                )
-                .with_detail(format!("\"{object}\" is {what}: use {how}.")));
-            }
+                ),
+            )
+            .with_detail(format!("\"{object}\" is {what}: use {how}.")));
         }
         let is_table = matches!(relation, Relation::Table(_));
         if is_table != (object_type == ObjectType::Table) {

@@ -22,7 +22,9 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-/// One statement of either kind.
+/// One statement of either kind. (Statements are parsed once and moved rarely, so the size
+/// difference between the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stmt {
     Sql(Statement),
@@ -82,6 +84,7 @@ pub struct CreateQuery {
     pub emit_on_close: Option<bool>,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum EddyStatement {
     CreateSource(CreateSource),

@@ -231,11 +231,11 @@ impl Aggregator {
                 Some(s) => *s,
                 None => {
                     let end = self.window_end(ends.as_ref(), i);
-                    if let (Some(end), Some(wm)) = (end, self.watermark) {
-                        if end <= wm {
-                            // The window already closed: the event is late for it.
-                            continue;
-                        }
+                    if let (Some(end), Some(wm)) = (end, self.watermark)
+                        && end <= wm
+                    {
+                        // The window already closed: the event is late for it.
+                        continue;
                     }
                     self.create(key.to_vec(), end)?
                 }

@@ -201,13 +201,14 @@ impl Sink {
                 Message::Barrier(barrier) => {
                     let (record, mut ops) =
                         commit_ops(self.pipeline, last_epoch, barrier, next_seq)?;
-                    if let SinkKind::Stream { retention_rows } = self.kind {
-                        if next_seq > retention_rows && retention_rows > 0 {
-                            ops.push(WriteOp::DeleteRange(
-                                seq_key(&self.def, 0),
-                                seq_key(&self.def, next_seq - retention_rows),
-                            ));
-                        }
+                    if let SinkKind::Stream { retention_rows } = self.kind
+                        && next_seq > retention_rows
+                        && retention_rows > 0
+                    {
+                        ops.push(WriteOp::DeleteRange(
+                            seq_key(&self.def, 0),
+                            seq_key(&self.def, next_seq - retention_rows),
+                        ));
                     }
                     let kv = self.kv.clone();
                     tokio::task::spawn_blocking(move || kv.write(ops, true))
@@ -290,11 +291,11 @@ impl SourceLoop {
                     if rows.num_rows() > 0 {
                         send(&self.tx, Message::Batch(rows))?;
                     }
-                    if let Some(c) = candidate {
-                        if self.watermark.is_none_or(|w| c > w) {
-                            self.watermark = Some(c);
-                            send(&self.tx, Message::Watermark(c))?;
-                        }
+                    if let Some(c) = candidate
+                        && self.watermark.is_none_or(|w| c > w)
+                    {
+                        self.watermark = Some(c);
+                        send(&self.tx, Message::Watermark(c))?;
                     }
                 }
                 Poll::Idle => {}

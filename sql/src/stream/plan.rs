@@ -349,10 +349,9 @@ pub fn relations(query: &Query) -> Vec<String> {
             if let TableFactor::Table {
                 args: Some(args), ..
             } = factor
+                && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = args.args.first()
             {
-                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) = args.args.first() {
-                    self.0.push(e.to_string());
-                }
+                self.0.push(e.to_string());
             }
             ControlFlow::Continue(())
         }
