@@ -18,3 +18,13 @@ if ! PYTHONPATH=.tools/python python3 -c 'import psycopg' 2>/dev/null; then
   echo "setup: installing psycopg into .tools/python"
   python3 -m pip install --quiet --disable-pip-version-check --target .tools/python 'psycopg[binary]==3.2.*'
 fi
+
+# A real Kafka-compatible broker for the streaming tests: Tansu, built from crates.io once per
+# machine (about 10 CPU-minutes) and kept in $CARGO_HOME/bin.
+tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+if [ ! -x "$tansu_bin" ]; then
+  echo "setup: installing tansu (Kafka-compatible broker) into $tansu_bin"
+  CARGO_TARGET_DIR="${CARGO_HOME:-$HOME/.cargo}/tansu-build" \
+    cargo install tansu --version 0.6.0 --locked --features dynostore --quiet
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}/tansu-build"
+fi

@@ -5,6 +5,7 @@
 
 pub mod datagen;
 pub mod error;
+pub mod file;
 pub mod format;
 pub mod kafka;
 pub mod nexmark;
@@ -17,7 +18,7 @@ pub use options::Options;
 pub use source::{DeadLetter, Poll, Positions, Source, SourceBatch, SourceSpec};
 
 /// Connectors that read from outside; `None` means events are pushed (INSERT, HTTP).
-pub const CONNECTORS: [&str; 3] = ["kafka", "nexmark", "datagen"];
+pub const CONNECTORS: [&str; 4] = ["kafka", "nexmark", "datagen", "file"];
 
 /// Checks a source's options without connecting (CREATE SOURCE runs this).
 pub fn validate_source(connector: &str, spec: &SourceSpec) -> Result<()> {
@@ -25,6 +26,7 @@ pub fn validate_source(connector: &str, spec: &SourceSpec) -> Result<()> {
         "kafka" => kafka::KafkaConfig::from_spec(spec).map(|_| ()),
         "nexmark" => nexmark::Nexmark::open(spec, &Positions::new()).map(|_| ()),
         "datagen" => datagen::Datagen::open(spec, &Positions::new()).map(|_| ()),
+        "file" => file::FileConfig::from_spec(spec).map(|_| ()),
         other => Err(Error::Options(format!(
             "unknown connector \"{other}\" (expected one of {})",
             CONNECTORS.join(", ")
@@ -42,6 +44,7 @@ pub fn open_source(
         "kafka" => Box::new(kafka::KafkaSource::open(spec, start)?),
         "nexmark" => Box::new(nexmark::Nexmark::open(spec, start)?),
         "datagen" => Box::new(datagen::Datagen::open(spec, start)?),
+        "file" => Box::new(file::FileSource::open(spec, start)?),
         other => {
             return Err(Error::Options(format!("unknown connector \"{other}\"")));
         }

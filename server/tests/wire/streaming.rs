@@ -456,3 +456,167 @@ async fn malformed_kafka_messages_become_dead_letters() {
         .unwrap();
     assert_eq!(dead_col, bad.len().to_string(), "dead letters are counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_source_watches_a_directory_exactly_once() {
+    let input = tempfile::tempdir().unwrap();
+    let write = |name: &str, ids: std::ops::Range<i64>| {
+        let lines: Vec<String> = ids.map(|i| json(&event(i))).collect();
+        std::fs::write(input.path().join(name), lines.join("\n") + "\n").unwrap();
+    };
+    write("0001.jsonl", 0..1000);
+    std::fs::write(
+        input.path().join("0002.jsonl"),
+        "{\"id\": 5000, \"device\": 1}\nnot json\n",
+    )
+    .unwrap();
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE files (id bigint NOT NULL, device int NOT NULL, value bigint, ts timestamptz) \
+             WITH (connector = 'file', path = '{}/*.jsonl', watch = 'true'); \
+             CREATE MATERIALIZED VIEW file_totals AS SELECT count(*) AS n, sum(id) AS ids FROM files",
+            input.path().display()
+        ))
+        .await
+        .expect("create");
+    let n = "SELECT n FROM file_totals";
+    wait_for(&server, n, Duration::from_secs(60), "first files", |n| {
+        n >= 1001
+    })
+    .await;
+    write("0003.jsonl", 1000..3000);
+    wait_for(&server, n, Duration::from_secs(60), "a new file", |n| {
+        n >= 3001
+    })
+    .await;
+    server.restart();
+    write("0004.jsonl", 3000..3500);
+    wait_for(&server, n, Duration::from_secs(60), "after restart", |n| {
+        n >= 3501
+    })
+    .await;
+    let client = server.connect().await;
+    let row = client
+        .query_one("SELECT n, ids FROM file_totals", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3501, "every line once");
+    assert_eq!(row.get::<_, i64>(1), (0..3500).sum::<i64>() + 5000);
+    let bad: i64 = client
+        .query_one(
+            "SELECT count(*) FROM files_errors WHERE payload = 'not json'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 1);
+}
+
+/// The Tansu broker installed by scripts/setup.sh (a real Kafka-compatible broker).
+fn tansu_binary() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("EDDY_TANSU") {
+        return p.into();
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo")
+        });
+    let path = home.join("bin/tansu");
+    assert!(
+        path.exists(),
+        "tansu not found at {} (scripts/setup.sh installs it; or set EDDY_TANSU)",
+        path.display()
+    );
+    path
+}
+
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_broker_tansu_feeds_a_view_across_a_restart() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let _broker = Broker(
+        std::process::Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu"),
+    );
+    let bootstrap = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&bootstrap).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "tansu did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin client");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new("readings", 2, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let p = producer(&bootstrap);
+    produce(&p, "readings", None, &payloads(0..5000));
+
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, device int NOT NULL, value bigint, ts timestamptz) \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'readings'); \
+             CREATE MATERIALIZED VIEW tansu_totals AS SELECT count(*) AS n, sum(id) AS ids FROM readings"
+        ))
+        .await
+        .expect("create");
+    let n = "SELECT n FROM tansu_totals";
+    wait_for(&server, n, Duration::from_secs(60), "first messages", |n| {
+        n >= 5000
+    })
+    .await;
+    server.restart();
+    produce(&p, "readings", None, &payloads(5000..8000));
+    wait_for(&server, n, Duration::from_secs(60), "after restart", |n| {
+        n >= 8000
+    })
+    .await;
+    let client = server.connect().await;
+    let row = client
+        .query_one("SELECT n, ids FROM tansu_totals", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 8000, "every message once");
+    assert_eq!(row.get::<_, i64>(1), (0..8000).sum::<i64>());
+}
