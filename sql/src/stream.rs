@@ -14,4 +14,5 @@ pub mod log;
 pub mod manager;
 pub mod pipeline;
 pub mod plan;
+pub mod session;
 pub mod view;

@@ -231,6 +231,16 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
 /// Whether windows of this query emit only when closed.
 fn emit_on_close(q: &CreateQuery, plan: &PipelinePlan, windowed: bool) -> Result<bool> {
     let has_watermark = plan.source.source().is_some_and(|s| s.watermark.is_some());
+    let session = plan.aggregate.as_ref().is_some_and(|a| a.session.is_some());
+    if session && (q.emit_on_close == Some(false) || !has_watermark) {
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "SESSION windows emit when they close: they need EMIT ON WINDOW CLOSE and a WATERMARK on source \"{}\"",
+                plan.source.name
+            ),
+        ));
+    }
     match q.emit_on_close {
         Some(true) if q.kind == ObjectKind::Stream => Err(Error::user(
             sqlstate::FEATURE_NOT_SUPPORTED,

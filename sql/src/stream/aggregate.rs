@@ -125,9 +125,9 @@ impl Aggregator {
             let Some((last, _)) = chunk.last() else { break };
             from = last.clone();
             from.push(0);
-            let parser = self.states.parser();
-            let rows: Vec<_> = chunk.iter().map(|(_, v)| parser.parse(v)).collect();
-            let columns = self.states.convert_rows(rows)?;
+            let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
+            let mut restored =
+                decode_states(&self.plan, &self.states, &self.state_widths, &values)?.into_iter();
             let key_columns = if self.plan.group_exprs.is_empty() {
                 Vec::new()
             } else {
@@ -144,16 +144,7 @@ impl Aggregator {
                 let window_end = self.window_end(ends.as_ref(), i);
                 let slot = self.create(key, window_end)?;
                 let group = self.slots[slot].as_mut().expect("just created");
-                let mut at = 0;
-                for (a, acc) in group.accs.iter_mut().enumerate() {
-                    let width = self.state_widths[a];
-                    let state: Vec<ArrayRef> = columns[at..at + width]
-                        .iter()
-                        .map(|c| c.slice(i, 1))
-                        .collect();
-                    acc.merge_batch(&state)?;
-                    at += width;
-                }
+                group.accs = restored.next().expect("one state per row");
                 group.changed = false;
             }
         }
@@ -248,57 +239,14 @@ impl Aggregator {
                 }
             }
         }
-        let args = self
-            .plan
-            .aggr_exprs
-            .iter()
-            .map(|a| {
-                a.expressions()
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(n))
-                    .collect::<datafusion::error::Result<Vec<_>>>()
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let masks = self
-            .plan
-            .filters
-            .iter()
-            .map(|f| {
-                f.as_ref()
-                    .map(|f| -> Result<BooleanArray> {
-                        let a = f.evaluate(batch)?.into_array(n)?;
-                        Ok(a.as_boolean().clone())
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (args, masks) = eval_inputs(&self.plan, batch)?;
         let whole = touched.len() == 1 && touched[0].1.len() == n;
         // With EMIT ON WINDOW CLOSE rows are written when windows close, not as they change.
         let on_update = !(self.plan.window.is_some() && self.emit_on_close);
         for (slot, idx) in touched {
             let indices = (!whole).then(|| UInt32Array::from(idx));
             let group = self.slots[slot].as_mut().expect("live group");
-            for (a, acc) in group.accs.iter_mut().enumerate() {
-                let mut values: Vec<ArrayRef> = match &indices {
-                    None => args[a].clone(),
-                    Some(ix) => args[a]
-                        .iter()
-                        .map(|c| take(c.as_ref(), ix, None))
-                        .collect::<std::result::Result<_, _>>()?,
-                };
-                if let Some(mask) = &masks[a] {
-                    let mask = match &indices {
-                        None => mask.clone(),
-                        Some(ix) => take(mask, ix, None)?.as_boolean().clone(),
-                    };
-                    let mask = null_as_false(&mask);
-                    values = values
-                        .iter()
-                        .map(|v| filter(v.as_ref(), &mask))
-                        .collect::<std::result::Result<_, _>>()?;
-                }
-                acc.update_batch(&values)?;
-            }
+            update_accumulators(&mut group.accs, &args, &masks, indices.as_ref())?;
             if on_update && !group.changed {
                 group.changed = true;
                 self.changed.push(slot);
@@ -351,44 +299,24 @@ impl Aggregator {
         if self.unsaved.is_empty() {
             return Ok(());
         }
-        let slots: Vec<usize> = self.unsaved.drain().collect();
-        let width: usize = self.state_widths.iter().sum();
-        let mut columns: Vec<Vec<ScalarValue>> = (0..width)
-            .map(|_| Vec::with_capacity(slots.len()))
-            .collect();
-        for &slot in &slots {
-            let group = self.slots[slot].as_mut().expect("live group");
-            let mut at = 0;
-            for (a, acc) in group.accs.iter_mut().enumerate() {
-                let state = acc.state()?;
-                if state.len() != self.state_widths[a] {
-                    return Err(Error::internal("accumulator state width changed"));
-                }
-                for (j, v) in state.into_iter().enumerate() {
-                    columns[at + j].push(v);
-                }
-                at += self.state_widths[a];
-            }
-        }
-        let arrays = columns
-            .into_iter()
-            .zip(&self.state_types)
-            .map(|(values, ty)| -> Result<ArrayRef> {
-                let array = ScalarValue::iter_to_array(values)?;
-                Ok(match array.data_type() == ty {
-                    true => array,
-                    false => cast(&array, ty)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rows = self.states.convert_columns(&arrays)?;
-        for (i, &slot) in slots.iter().enumerate() {
-            let group = self.slots[slot].as_ref().expect("live group");
+        let mut slots: Vec<usize> = self.unsaved.drain().collect();
+        slots.sort_unstable();
+        let wanted: HashSet<usize> = slots.iter().copied().collect();
+        let values = encode_states(
+            &self.states,
+            &self.state_types,
+            &self.state_widths,
+            self.slots
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| wanted.contains(i))
+                .map(|(_, g)| &mut g.as_mut().expect("live group").accs),
+        )?;
+        for (slot, value) in slots.iter().zip(values) {
+            let group = self.slots[*slot].as_ref().expect("live group");
             let mut k = prefix.clone();
             k.extend_from_slice(&group.key);
-            barrier
-                .writes
-                .push(WriteOp::Put(k, rows.row(i).as_ref().to_vec()));
+            barrier.writes.push(WriteOp::Put(k, value));
         }
         Ok(())
     }
@@ -435,6 +363,141 @@ impl Aggregator {
     }
 }
 
+/// The aggregates' argument columns and FILTER masks over a batch.
+pub(super) type Inputs = (Vec<Vec<ArrayRef>>, Vec<Option<BooleanArray>>);
+
+pub(super) fn eval_inputs(plan: &AggregatePlan, batch: &RecordBatch) -> Result<Inputs> {
+    let n = batch.num_rows();
+    let args = plan
+        .aggr_exprs
+        .iter()
+        .map(|a| {
+            a.expressions()
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(n))
+                .collect::<datafusion::error::Result<Vec<_>>>()
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let masks = plan
+        .filters
+        .iter()
+        .map(|f| {
+            f.as_ref()
+                .map(|f| -> Result<BooleanArray> {
+                    let a = f.evaluate(batch)?.into_array(n)?;
+                    Ok(a.as_boolean().clone())
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((args, masks))
+}
+
+/// Feeds rows `indices` (all rows when `None`) of the inputs to one group's accumulators.
+pub(super) fn update_accumulators(
+    accs: &mut [Box<dyn Accumulator>],
+    args: &[Vec<ArrayRef>],
+    masks: &[Option<BooleanArray>],
+    indices: Option<&UInt32Array>,
+) -> Result<()> {
+    for (a, acc) in accs.iter_mut().enumerate() {
+        let mut values: Vec<ArrayRef> = match indices {
+            None => args[a].clone(),
+            Some(ix) => args[a]
+                .iter()
+                .map(|c| take(c.as_ref(), ix, None))
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        if let Some(mask) = &masks[a] {
+            let mask = match indices {
+                None => mask.clone(),
+                Some(ix) => take(mask, ix, None)?.as_boolean().clone(),
+            };
+            let mask = null_as_false(&mask);
+            values = values
+                .iter()
+                .map(|v| filter(v.as_ref(), &mask))
+                .collect::<std::result::Result<_, _>>()?;
+        }
+        acc.update_batch(&values)?;
+    }
+    Ok(())
+}
+
+/// Accumulator states of several groups as one row-encoded value per group.
+pub(super) fn encode_states<'a>(
+    converter: &RowConverter,
+    types: &[DataType],
+    widths: &[usize],
+    groups: impl Iterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
+) -> Result<Vec<Vec<u8>>> {
+    let mut columns: Vec<Vec<ScalarValue>> = (0..types.len()).map(|_| Vec::new()).collect();
+    let mut count = 0;
+    for accs in groups {
+        count += 1;
+        let mut at = 0;
+        for (a, acc) in accs.iter_mut().enumerate() {
+            let state = acc.state()?;
+            if state.len() != widths[a] {
+                return Err(Error::internal("accumulator state width changed"));
+            }
+            for (j, v) in state.into_iter().enumerate() {
+                columns[at + j].push(v);
+            }
+            at += widths[a];
+        }
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let arrays = columns
+        .into_iter()
+        .zip(types)
+        .map(|(values, ty)| -> Result<ArrayRef> {
+            let array = ScalarValue::iter_to_array(values)?;
+            Ok(match array.data_type() == ty {
+                true => array,
+                false => cast(&array, ty)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rows = converter.convert_columns(&arrays)?;
+    Ok((0..count).map(|i| rows.row(i).as_ref().to_vec()).collect())
+}
+
+/// Loads row-encoded states (see [`encode_states`]) into fresh accumulators.
+pub(super) fn decode_states(
+    plan: &AggregatePlan,
+    converter: &RowConverter,
+    widths: &[usize],
+    values: &[&[u8]],
+) -> Result<Vec<Vec<Box<dyn Accumulator>>>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parser = converter.parser();
+    let columns = converter.convert_rows(values.iter().map(|v| parser.parse(v)))?;
+    (0..values.len())
+        .map(|i| {
+            let mut accs = plan
+                .aggr_exprs
+                .iter()
+                .map(|a| a.create_accumulator())
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let mut at = 0;
+            for (a, acc) in accs.iter_mut().enumerate() {
+                let state: Vec<ArrayRef> = columns[at..at + widths[a]]
+                    .iter()
+                    .map(|c| c.slice(i, 1))
+                    .collect();
+                acc.merge_batch(&state)?;
+                at += widths[a];
+            }
+            Ok(accs)
+        })
+        .collect()
+}
+
 /// A filter mask where NULL means "no".
 fn null_as_false(mask: &BooleanArray) -> BooleanArray {
     match mask.nulls() {
@@ -445,7 +508,7 @@ fn null_as_false(mask: &BooleanArray) -> BooleanArray {
 
 /// Runs the upper stages over all rows (never dropping any, so row `i` stays group `i`);
 /// returns the result and which rows pass the filters.
-fn apply_upper(
+pub(super) fn apply_upper(
     stages: &[UpperStage],
     schema: SchemaRef,
     columns: Vec<ArrayRef>,

@@ -25,6 +25,7 @@ use super::pipeline::{
     run_operator,
 };
 use super::plan;
+use super::session::SessionAggregator;
 use super::view::ViewWriter;
 use crate::catalog::{Catalog, TableDef, TableKind};
 use crate::error::{Error, Result};
@@ -184,15 +185,25 @@ impl StreamManager {
         let mut operators: Vec<Box<dyn Operator>> =
             vec![Box::new(Stateless { plan: plan.clone() })];
         if let Some(agg) = &plan.aggregate {
-            let aggregator = Aggregator::restore(
-                agg.clone(),
-                def.id,
-                info.emit_on_close,
-                record.watermark,
-                ViewWriter::new(def.clone()),
-                self.kv.as_ref(),
-            )?;
-            operators.push(Box::new(AggregateOp { aggregator }));
+            let view = ViewWriter::new(def.clone());
+            let op = match agg.session {
+                Some(_) => AggregateOp::Sessions(SessionAggregator::restore(
+                    agg.clone(),
+                    def.id,
+                    record.watermark,
+                    view,
+                    self.kv.as_ref(),
+                )?),
+                None => AggregateOp::Groups(Aggregator::restore(
+                    agg.clone(),
+                    def.id,
+                    info.emit_on_close,
+                    record.watermark,
+                    view,
+                    self.kv.as_ref(),
+                )?),
+            };
+            operators.push(Box::new(op));
         }
         for op in operators {
             let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);

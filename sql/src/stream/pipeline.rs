@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{filter_record_batch, max};
+use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::physical_plan::PhysicalExpr;
 use eddy_connectors::{Poll, Source};
 use parking_lot::Mutex;
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 use super::aggregate::Aggregator;
 use super::checkpoint::{Barrier, CheckpointRecord, Injector, commit_ops};
 use super::plan::PipelinePlan;
+use super::session::SessionAggregator;
 use super::view::{dead_letter_rows, seq_key, sequenced_rows};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result};
@@ -93,14 +96,19 @@ impl Operator for Stateless {
     }
 }
 
-pub struct AggregateOp {
-    pub aggregator: Aggregator,
+/// A grouping aggregation: fixed groups (GROUP BY, TUMBLE, HOP) or merging SESSION windows.
+pub enum AggregateOp {
+    Groups(Aggregator),
+    Sessions(SessionAggregator),
 }
 
 #[async_trait]
 impl Operator for AggregateOp {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let writes = self.aggregator.on_batch(&batch)?;
+        let writes = match self {
+            AggregateOp::Groups(a) => a.on_batch(&batch)?,
+            AggregateOp::Sessions(s) => s.on_batch(&batch)?,
+        };
         if !writes.is_empty() {
             out.push(Message::Writes(writes));
         }
@@ -108,7 +116,10 @@ impl Operator for AggregateOp {
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
-        let writes = self.aggregator.on_watermark(watermark)?;
+        let writes = match self {
+            AggregateOp::Groups(a) => a.on_watermark(watermark)?,
+            AggregateOp::Sessions(s) => s.on_watermark(watermark)?,
+        };
         if !writes.is_empty() {
             out.push(Message::Writes(writes));
         }
@@ -117,7 +128,10 @@ impl Operator for AggregateOp {
     }
 
     fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
-        self.aggregator.on_barrier(barrier)
+        match self {
+            AggregateOp::Groups(a) => a.on_barrier(barrier),
+            AggregateOp::Sessions(s) => s.on_barrier(barrier),
+        }
     }
 }
 
@@ -286,16 +300,12 @@ impl SourceLoop {
                             send(&self.tx, Message::Writes(ops))?;
                         }
                     }
-                    let rows = self.drop_late_rows(batch.rows)?;
-                    let candidate = self.watermark_of(&rows)?;
+                    let (rows, advanced) = self.apply_watermark(batch.rows)?;
                     if rows.num_rows() > 0 {
                         send(&self.tx, Message::Batch(rows))?;
                     }
-                    if let Some(c) = candidate
-                        && self.watermark.is_none_or(|w| c > w)
-                    {
-                        self.watermark = Some(c);
-                        send(&self.tx, Message::Watermark(c))?;
+                    if let Some(w) = advanced {
+                        send(&self.tx, Message::Watermark(w))?;
                     }
                 }
                 Poll::Idle => {}
@@ -318,44 +328,45 @@ impl SourceLoop {
         Ok(())
     }
 
-    fn drop_late_rows(&self, rows: RecordBatch) -> Result<RecordBatch> {
-        let (Some((_, column)), Some(wm), true) =
-            (&self.watermark_expr, self.watermark, self.drop_late)
-        else {
-            return Ok(rows);
+    /// Advances the watermark event by event (so a replay in different batches decides
+    /// lateness exactly as the first run did) and, in windowed pipelines, drops the events
+    /// behind it. Returns the kept rows and the new watermark if it moved.
+    fn apply_watermark(&mut self, rows: RecordBatch) -> Result<(RecordBatch, Option<i64>)> {
+        let Some((expr, column)) = &self.watermark_expr else {
+            return Ok((rows, None));
         };
-        let ts = rows
-            .column(*column)
-            .as_primitive::<TimestampMicrosecondType>();
-        if ts.null_count() == 0 && datafusion::arrow::compute::min(ts).is_none_or(|m| m >= wm) {
-            return Ok(rows);
+        let n = rows.num_rows();
+        if n == 0 {
+            return Ok((rows, None));
         }
-        let keep: datafusion::arrow::array::BooleanArray =
-            ts.iter().map(|t| Some(t.is_none_or(|t| t >= wm))).collect();
-        let kept = filter_record_batch(&rows, &keep)?;
-        let late = rows.num_rows() - kept.num_rows();
-        self.metrics
-            .late_events
-            .fetch_add(late as u64, Ordering::Relaxed);
-        Ok(kept)
-    }
-
-    fn watermark_of(&self, rows: &RecordBatch) -> Result<Option<i64>> {
-        let Some((expr, _)) = &self.watermark_expr else {
-            return Ok(None);
+        let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
+        let marks = cast(&expr.evaluate(&rows)?.into_array(n)?, &micros)?;
+        let marks = marks.as_primitive::<TimestampMicrosecondType>();
+        let times = cast(rows.column(*column), &micros)?;
+        let times = times.as_primitive::<TimestampMicrosecondType>();
+        let mut running = self.watermark;
+        let mut keep = Vec::with_capacity(n);
+        for i in 0..n {
+            let late =
+                self.drop_late && !times.is_null(i) && running.is_some_and(|w| times.value(i) < w);
+            keep.push(!late);
+            if !late && !marks.is_null(i) {
+                let m = marks.value(i);
+                running = Some(running.map_or(m, |w| w.max(m)));
+            }
+        }
+        let late = keep.iter().filter(|k| !**k).count();
+        let rows = if late > 0 {
+            self.metrics
+                .late_events
+                .fetch_add(late as u64, Ordering::Relaxed);
+            filter_record_batch(&rows, &BooleanArray::from(keep))?
+        } else {
+            rows
         };
-        if rows.num_rows() == 0 {
-            return Ok(None);
-        }
-        let values = expr.evaluate(rows)?.into_array(rows.num_rows())?;
-        let values = datafusion::arrow::compute::cast(
-            &values,
-            &datafusion::arrow::datatypes::DataType::Timestamp(
-                datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                None,
-            ),
-        )?;
-        Ok(max(values.as_primitive::<TimestampMicrosecondType>()))
+        let advanced = (running != self.watermark).then_some(running).flatten();
+        self.watermark = running;
+        Ok((rows, advanced))
     }
 }
 

@@ -138,6 +138,9 @@ pub struct AggregatePlan {
     pub upper: Vec<UpperStage>,
     /// Which group column bounds a window, if the grouping is by window.
     pub window: Option<WindowGroup>,
+    /// Group columns `window_start` and `window_end` of SESSION windows, which the session
+    /// operator merges per key instead of grouping by them.
+    pub session: Option<(usize, usize)>,
 }
 
 /// How the end of a group's window is found from its group columns.
@@ -225,12 +228,19 @@ fn arg_expr(arg: &FunctionArg) -> Result<&ast::Expr> {
     }
 }
 
-/// Replaces TUMBLE(...) and HOP(...) in FROM by subqueries; returns the window calls found
-/// (with the SQL of their size, evaluated later).
-fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, bool)>> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowKind {
+    Tumble,
+    Hop,
+    Session,
+}
+
+/// Replaces TUMBLE(...), HOP(...) and SESSION(...) in FROM by subqueries; returns the window
+/// calls found (with the SQL of their size or gap, evaluated later).
+fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, WindowKind)>> {
     struct Rewriter<'a> {
         catalog: &'a Catalog,
-        found: Vec<(String, bool)>,
+        found: Vec<(String, WindowKind)>,
         error: Option<Error>,
     }
     impl Rewriter<'_> {
@@ -245,22 +255,19 @@ fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, 
                 return Ok(None);
             };
             let fname = name.to_string().to_ascii_lowercase();
-            let hop = match fname.as_str() {
-                "tumble" => false,
-                "hop" => true,
-                "session" => return Err(not_supported("SESSION windows")),
+            let kind = match fname.as_str() {
+                "tumble" => WindowKind::Tumble,
+                "hop" => WindowKind::Hop,
+                "session" => WindowKind::Session,
                 _ => return Ok(None),
             };
-            let want = if hop { 4 } else { 3 };
+            let (want, usage) = match kind {
+                WindowKind::Tumble => (3, "TUMBLE takes (source, time column, size)"),
+                WindowKind::Hop => (4, "HOP takes (source, time column, slide, size)"),
+                WindowKind::Session => (3, "SESSION takes (source, time column, gap)"),
+            };
             if args.args.len() != want {
-                return Err(Error::user(
-                    sqlstate::SYNTAX_ERROR,
-                    if hop {
-                        "HOP takes (source, time column, slide, size)".to_string()
-                    } else {
-                        "TUMBLE takes (source, time column, size)".to_string()
-                    },
-                ));
+                return Err(Error::user(sqlstate::SYNTAX_ERROR, usage));
             }
             let src = arg_expr(&args.args[0])?.to_string();
             let src_name = src.trim_matches('"').to_string();
@@ -281,11 +288,19 @@ fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, 
                 .collect();
             let cols = cols.join(", ");
             let table = format!("\"{}\"", def.name.replace('"', "\"\""));
-            let sub = if hop {
+            let sub = if kind == WindowKind::Session {
+                // Each event starts as its own session [ts, ts + gap); the session operator
+                // merges overlapping ones per key.
+                let gap = arg_expr(&args.args[2])?.to_string();
+                self.found.push((gap.clone(), kind));
+                format!(
+                    "SELECT {cols}, {ts} AS window_start, {ts} + {gap} AS window_end FROM {table}"
+                )
+            } else if kind == WindowKind::Hop {
                 let slide = arg_expr(&args.args[2])?.to_string();
                 let size = arg_expr(&args.args[3])?.to_string();
-                self.found.push((size.clone(), true));
-                self.found.push((slide.clone(), true));
+                self.found.push((size.clone(), kind));
+                self.found.push((slide.clone(), kind));
                 format!(
                     "SELECT {cols}, __eddy_w AS window_start, __eddy_w + {size} AS window_end \
                      FROM (SELECT {cols}, unnest(generate_series(date_bin({slide}, {ts}) - {size} + {slide}, \
@@ -293,7 +308,7 @@ fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, 
                 )
             } else {
                 let size = arg_expr(&args.args[2])?.to_string();
-                self.found.push((size.clone(), false));
+                self.found.push((size.clone(), kind));
                 format!(
                     "SELECT {cols}, date_bin({size}, {ts}) AS window_start, \
                      date_bin({size}, {ts}) + {size} AS window_end FROM {table}"
@@ -372,6 +387,7 @@ struct Planner<'a> {
     feeds: Vec<(Arc<TableDef>, Feed)>,
     used: Arc<Mutex<Vec<Arc<TableDef>>>>,
     windows: Vec<i64>,
+    session: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -384,6 +400,7 @@ impl<'a> Planner<'a> {
             feeds: Vec::new(),
             used: Arc::default(),
             windows: Vec::new(),
+            session: false,
         })
     }
 
@@ -442,9 +459,10 @@ impl<'a> Planner<'a> {
         for name in relations(&query) {
             self.register(&name).await?;
         }
-        for (size_sql, _hop) in rewrite_windows(&mut query, self.catalog)? {
+        for (size_sql, kind) in rewrite_windows(&mut query, self.catalog)? {
             let us = eval_interval(&self.ctx, &size_sql).await?;
             self.windows.push(us);
+            self.session |= kind == WindowKind::Session;
         }
         let statement = Statement::Query(Box::new(query));
         let plan = self
@@ -471,7 +489,25 @@ pub async fn plan(catalog: &Catalog, query: &Query) -> Result<PipelinePlan> {
     let logical = planner.logical(query.clone()).await?;
     let names = crate::engine::output_names(&logical);
     let physical = planner.ctx.state().create_physical_plan(&logical).await?;
-    let (lower, aggregate) = split(&physical, &planner.windows)?;
+    let (lower, mut aggregate) = split(&physical, &planner.windows)?;
+    if planner.session {
+        let agg = aggregate.as_mut().ok_or_else(|| {
+            Error::user(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "SESSION windows need a GROUP BY window_start, window_end",
+            )
+        })?;
+        let position = |name: &str| agg.group_exprs.iter().position(|(_, n)| n == name);
+        match (position("window_start"), position("window_end")) {
+            (Some(start), Some(end)) => agg.session = Some((start, end)),
+            _ => {
+                return Err(Error::user(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "SESSION windows need both window_start and window_end in GROUP BY",
+                ));
+            }
+        }
+    }
     check_stateless(&lower)?;
     let used = planner.used.lock().clone();
     let source = match used.as_slice() {
@@ -609,6 +645,7 @@ fn split(
             schema,
             upper,
             window,
+            session: None,
         }),
     ))
 }
