@@ -20,35 +20,13 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::common::Server;
+use crate::common::{Rng, Server, crash_seed};
 
 const MESSAGES: i64 = 200_000;
 const KILLS: usize = 6;
 const BASE_MS: i64 = 1_700_000_000_000;
 const WATERMARK_DELAY_S: i64 = 60;
 const WINDOW_S: i64 = 5;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("EDDY_CRASH_SEED") {
-        Ok(s) => s.parse().expect("EDDY_CRASH_SEED is a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    }
-}
 
 struct Event {
     id: i64,
@@ -252,7 +230,7 @@ async fn reference() -> (Vec<String>, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_views_after_sigkills_equal_a_batch_run() {
-    let seed = seed();
+    let seed = crash_seed();
     println!("crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
     let mut rng = Rng(seed);
     let mock = MockCluster::new(1).expect("mock cluster");

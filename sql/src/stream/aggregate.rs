@@ -204,12 +204,7 @@ impl Aggregator {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let key_columns = self
-            .plan
-            .group_exprs
-            .iter()
-            .map(|(e, _)| e.evaluate(batch)?.into_array(n))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let key_columns = eval_groups(&self.plan, batch)?;
         let rows = self.keys.convert_columns(&key_columns)?;
         let global = key_columns.is_empty();
         let ends = self.window_ends(&key_columns)?;
@@ -361,6 +356,16 @@ impl Aggregator {
         let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
         self.view.rows(&batch, keep.as_ref(), &keys)
     }
+}
+
+/// The GROUP BY columns of a batch.
+pub(super) fn eval_groups(plan: &AggregatePlan, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    let n = batch.num_rows();
+    Ok(plan
+        .group_exprs
+        .iter()
+        .map(|(e, _)| e.evaluate(batch)?.into_array(n))
+        .collect::<datafusion::error::Result<Vec<_>>>()?)
 }
 
 /// The aggregates' argument columns and FILTER masks over a batch.

@@ -21,7 +21,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::scalar::ScalarValue;
 
 use super::aggregate::{
-    apply_upper, decode_states, encode_states, eval_inputs, update_accumulators,
+    apply_upper, decode_states, encode_states, eval_groups, eval_inputs, update_accumulators,
 };
 use super::checkpoint::{Barrier, state_prefix};
 use super::plan::AggregatePlan;
@@ -160,12 +160,7 @@ impl SessionAggregator {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let group = self
-            .plan
-            .group_exprs
-            .iter()
-            .map(|(e, _)| e.evaluate(batch)?.into_array(n))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let group = eval_groups(&self.plan, batch)?;
         let starts = micros(&group[self.start_col])?;
         let ends = micros(&group[self.end_col])?;
         let key_columns: Vec<ArrayRef> = self.key_cols.iter().map(|&c| group[c].clone()).collect();

@@ -140,3 +140,31 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 pub mod slt;
+
+/// A tiny deterministic generator (splitmix64), so a crash test's seed replays its kill points.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The crash-test seed: EDDY_CRASH_SEED if set, else the clock.
+pub fn crash_seed() -> u64 {
+    match std::env::var("EDDY_CRASH_SEED") {
+        Ok(s) => s.parse().expect("EDDY_CRASH_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
+}
