@@ -256,6 +256,7 @@ impl Source for Datagen {
         Ok(Poll::Batch(SourceBatch {
             rows: batch,
             dead_letters: Vec::new(),
+            origins: rows.map(|n| (0, n as i64)).collect(),
         }))
     }
 

@@ -279,9 +279,13 @@ impl FileSource {
         let rows = RecordBatch::try_new_with_options(relaxed, columns, &options)?;
         self.positions
             .insert(partition, (consumed + rows.num_rows()) as i64);
+        let origins = (consumed..consumed + rows.num_rows())
+            .map(|o| (partition, o as i64))
+            .collect();
         Ok(Some(SourceBatch {
             rows,
             dead_letters: Vec::new(),
+            origins,
         }))
     }
 }

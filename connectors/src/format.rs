@@ -184,11 +184,18 @@ impl EventDecoder {
             }
         };
         let batch = self.assemble(&good, payload)?;
-        let batch = self.check_not_null(batch, &good, &mut dead)?;
+        let (batch, keep) = self.check_not_null(batch, &good, &mut dead)?;
         dead.sort_by_key(|d| (d.partition, d.offset));
+        let origins = good
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep.as_ref().is_none_or(|k| k.value(*i)))
+            .map(|(_, e)| (e.partition, e.offset))
+            .collect();
         Ok(SourceBatch {
             rows: batch,
             dead_letters: dead,
+            origins,
         })
     }
 
@@ -340,7 +347,7 @@ impl EventDecoder {
         batch: RecordBatch,
         events: &[&RawEvent<'_>],
         dead: &mut Vec<DeadLetter>,
-    ) -> Result<RecordBatch> {
+    ) -> Result<(RecordBatch, Option<BooleanArray>)> {
         let mut keep: Option<BooleanArray> = None;
         for (i, field) in self.schema.fields().iter().enumerate() {
             if field.is_nullable() || batch.column(i).null_count() == 0 {
@@ -364,17 +371,18 @@ impl EventDecoder {
                 Some(k) => arrow::compute::and(&k, &valid)?,
             });
         }
-        let batch = match keep {
+        let batch = match &keep {
             None => batch,
-            Some(k) => filter_record_batch(&batch, &k)?,
+            Some(k) => filter_record_batch(&batch, k)?,
         };
         let options =
             arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        Ok(RecordBatch::try_new_with_options(
+        let batch = RecordBatch::try_new_with_options(
             self.schema.clone(),
             batch.columns().to_vec(),
             &options,
-        )?)
+        )?;
+        Ok((batch, keep))
     }
 }
 

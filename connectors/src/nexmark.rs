@@ -491,10 +491,15 @@ impl Source for Nexmark {
             end = end.min(due);
         }
         let batch = self.generate(self.next, end)?;
+        let origins = (self.next..end)
+            .filter(|n| self.table.accepts(*n))
+            .map(|n| (0, n as i64))
+            .collect();
         self.next = end;
         Ok(Poll::Batch(SourceBatch {
             rows: batch,
             dead_letters: Vec::new(),
+            origins,
         }))
     }
 

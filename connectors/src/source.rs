@@ -31,6 +31,8 @@ pub struct SourceBatch {
     /// Rows in the source's declared schema.
     pub rows: RecordBatch,
     pub dead_letters: Vec<DeadLetter>,
+    /// Partition and offset of each row, in row order (late events are stored under them).
+    pub origins: Vec<(i32, i64)>,
 }
 
 impl SourceBatch {

@@ -50,6 +50,8 @@ pub enum TableKind {
     MaterializedView(QueryInfo),
     /// The `<source>_errors` table of a source.
     DeadLetters { source: String },
+    /// The `<source>_late` table of a source created with `late_events = 'table'`.
+    LateEvents { source: String },
 }
 
 impl TableKind {
@@ -60,6 +62,7 @@ impl TableKind {
             TableKind::Stream(_) => "stream",
             TableKind::MaterializedView(_) => "materialized view",
             TableKind::DeadLetters { .. } => "dead-letter table",
+            TableKind::LateEvents { .. } => "late-event table",
         }
     }
 
@@ -479,7 +482,10 @@ impl Catalog {
     pub fn owned_by(&self, def: &TableDef) -> Vec<Arc<TableDef>> {
         self.tables
             .values()
-            .filter(|t| matches!(&t.kind, TableKind::DeadLetters { source } if *source == def.name && t.schema == def.schema))
+            .filter(|t| {
+                matches!(&t.kind, TableKind::DeadLetters { source } | TableKind::LateEvents { source }
+                    if *source == def.name && t.schema == def.schema)
+            })
             .cloned()
             .collect()
     }

@@ -132,7 +132,10 @@ impl Engine {
         dead: &mut [eddy_connectors::DeadLetter],
     ) -> Result<u64> {
         let catalog = self.catalog();
-        let errors = catalog.owned_by(source).into_iter().next();
+        let errors = catalog
+            .owned_by(source)
+            .into_iter()
+            .find(|t| matches!(t.kind, crate::catalog::TableKind::DeadLetters { .. }));
         self.log.append(
             self.kv.as_ref(),
             source,

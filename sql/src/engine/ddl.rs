@@ -347,6 +347,10 @@ fn drop(
                     "the dead-letter table of a source",
                     format!("DROP SOURCE {source}"),
                 ),
+                TableKind::LateEvents { source } => (
+                    "the late-event table of a source",
+                    format!("DROP SOURCE {source}"),
+                ),
                 TableKind::Table => unreachable!("checked"),
             };
             return Err(Error::user(

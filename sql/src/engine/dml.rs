@@ -172,7 +172,7 @@ pub async fn execute(
             }
             return insert_events(session, &def, dml).await;
         }
-        (TableKind::DeadLetters { .. }, WriteOp::Delete) => {}
+        (TableKind::DeadLetters { .. } | TableKind::LateEvents { .. }, WriteOp::Delete) => {}
         (kind, op) => {
             return Err(Error::user(
                 sqlstate::WRONG_OBJECT_TYPE,

@@ -82,6 +82,22 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
     let mut options =
         Options::new(s.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
     let connector = options.take("connector").map(|c| c.to_ascii_lowercase());
+    let keep_late = match options
+        .take("late_events")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("drop") => false,
+        Some("table") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "invalid value for option \"late_events\": \"{other}\" (expected drop or table)"
+            )));
+        }
+    };
+    if keep_late && s.watermark.is_none() {
+        return Err(invalid("late_events = 'table' needs a WATERMARK"));
+    }
     let connector = match connector.as_deref() {
         None | Some("none") | Some("push") => None,
         Some(c) => Some(c.to_string()),
@@ -192,9 +208,26 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
         })?;
     }
     let errors_name = format!("{name}_errors");
+    let late_name = format!("{name}_late");
+    let late_columns: Vec<ColumnDef> = columns
+        .iter()
+        .map(|c| ColumnDef {
+            nullable: true,
+            ..c.clone()
+        })
+        .chain(crate::stream::view::late_event_columns())
+        .collect();
     let current = session.engine().catalog();
     let mut txn = session.txn().lock();
     let catalog = txn.catalog_mut(&current);
+    if keep_late && catalog.relation(&schema, &late_name).is_some() {
+        return Err(Error::user(
+            sqlstate::DUPLICATE_TABLE,
+            format!(
+                "relation \"{late_name}\" already exists (a source keeps its late events there)"
+            ),
+        ));
+    }
     if catalog.relation(&schema, &errors_name).is_some() {
         return Err(Error::user(
             sqlstate::DUPLICATE_TABLE,
@@ -224,6 +257,19 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
     )?;
     debug_assert_eq!(errors.id, errors_id);
     ops.extend(more);
+    if keep_late {
+        let n = late_columns.len();
+        let (_, more) = catalog.create_relation(
+            &schema,
+            &late_name,
+            late_columns,
+            vec![n - 3, n - 2],
+            TableKind::LateEvents {
+                source: name.clone(),
+            },
+        )?;
+        ops.extend(more);
+    }
     txn.push_ops(ops);
     Ok(tag)
 }

@@ -151,12 +151,14 @@ impl Source for LogSource {
         let columns: Vec<ArrayRef> = decoder.finish().map_err(external)?;
         let options = RecordBatchOptions::new().with_row_count(Some(chunk.len()));
         let rows = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
-        let (last, _) = chunk.last().expect("not empty");
         let prefix_len = self.def.key_prefix().len();
-        self.next = u64::from_be_bytes(last[prefix_len..].try_into().expect("8-byte key")) + 1;
+        let seq = |k: &[u8]| u64::from_be_bytes(k[prefix_len..].try_into().expect("8-byte key"));
+        let origins: Vec<(i32, i64)> = chunk.iter().map(|(k, _)| (0, seq(k) as i64)).collect();
+        self.next = origins.last().expect("not empty").1 as u64 + 1;
         Ok(Poll::Batch(SourceBatch {
             rows,
             dead_letters: Vec::new(),
+            origins,
         }))
     }
 

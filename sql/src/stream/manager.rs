@@ -226,7 +226,15 @@ impl StreamManager {
             committed: committed_tx,
         };
         tasks.spawn(sink.run(rx));
-        let errors = catalog.owned_by(&source_def).into_iter().next();
+        let owned = catalog.owned_by(&source_def);
+        let errors = owned
+            .iter()
+            .find(|t| matches!(t.kind, TableKind::DeadLetters { .. }))
+            .cloned();
+        let late = owned
+            .iter()
+            .find(|t| matches!(t.kind, TableKind::LateEvents { .. }))
+            .cloned();
         let watermark_expr = match &source_info.watermark {
             Some(w) => Some(watermark_expr(&source_def, &w.expr, &w.column)?),
             None => None,
@@ -238,7 +246,7 @@ impl StreamManager {
                 source_info
                     .options
                     .iter()
-                    .filter(|(k, _)| k != "connector")
+                    .filter(|(k, _)| k != "connector" && k != "late_events")
                     .cloned(),
             )
             .map_err(|e| Error::internal(e.to_string()))?,
@@ -271,6 +279,7 @@ impl StreamManager {
             watermark_expr,
             drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some()),
             errors,
+            late,
             stop: stop.clone(),
             metrics: metrics.clone(),
         };

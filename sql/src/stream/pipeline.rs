@@ -25,7 +25,7 @@ use super::aggregate::Aggregator;
 use super::checkpoint::{Barrier, CheckpointRecord, Injector, commit_ops};
 use super::plan::PipelinePlan;
 use super::session::SessionAggregator;
-use super::view::{dead_letter_rows, seq_key, sequenced_rows};
+use super::view::{dead_letter_rows, late_event_rows, seq_key, sequenced_rows};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result};
 use crate::storage::{KvStore, WriteOp};
@@ -248,6 +248,8 @@ pub struct SourceLoop {
     pub watermark_expr: Option<(Arc<dyn PhysicalExpr>, usize)>,
     pub drop_late: bool,
     pub errors: Option<Arc<TableDef>>,
+    /// `<source>_late`, when late events are kept.
+    pub late: Option<Arc<TableDef>>,
     pub stop: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
 }
@@ -300,7 +302,7 @@ impl SourceLoop {
                             send(&self.tx, Message::Writes(ops))?;
                         }
                     }
-                    let (rows, advanced) = self.apply_watermark(batch.rows)?;
+                    let (rows, advanced) = self.apply_watermark(batch.rows, &batch.origins)?;
                     if rows.num_rows() > 0 {
                         send(&self.tx, Message::Batch(rows))?;
                     }
@@ -331,7 +333,11 @@ impl SourceLoop {
     /// Advances the watermark event by event (so a replay in different batches decides
     /// lateness exactly as the first run did) and, in windowed pipelines, drops the events
     /// behind it. Returns the kept rows and the new watermark if it moved.
-    fn apply_watermark(&mut self, rows: RecordBatch) -> Result<(RecordBatch, Option<i64>)> {
+    fn apply_watermark(
+        &mut self,
+        rows: RecordBatch,
+        origins: &[(i32, i64)],
+    ) -> Result<(RecordBatch, Option<i64>)> {
         let Some((expr, column)) = &self.watermark_expr else {
             return Ok((rows, None));
         };
@@ -360,6 +366,22 @@ impl SourceLoop {
             self.metrics
                 .late_events
                 .fetch_add(late as u64, Ordering::Relaxed);
+            if let Some(table) = &self.late {
+                let dropped: BooleanArray = keep.iter().map(|k| Some(!k)).collect();
+                let late_rows = filter_record_batch(&rows, &dropped)?;
+                let late_origins: Vec<(i32, i64)> = origins
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| !**k)
+                    .map(|(o, _)| *o)
+                    .collect();
+                if late_origins.len() == late_rows.num_rows() {
+                    let ops = late_event_rows(table, &late_rows, &late_origins, now_us())?;
+                    self.tx
+                        .blocking_send(Message::Writes(ops))
+                        .map_err(|_| closed())?;
+                }
+            }
             filter_record_batch(&rows, &BooleanArray::from(keep))?
         } else {
             rows

@@ -137,6 +137,55 @@ pub fn dead_letter_columns() -> Vec<crate::catalog::ColumnDef> {
     ]
 }
 
+/// Columns a `<source>_late` table adds to the source's own.
+pub fn late_event_columns() -> Vec<crate::catalog::ColumnDef> {
+    use crate::types::SqlType;
+    let col = |name: &str, ty: SqlType| crate::catalog::ColumnDef {
+        name: name.into(),
+        ty,
+        nullable: false,
+        default: None,
+    };
+    vec![
+        col("late_partition", SqlType::Int4),
+        col("late_offset", SqlType::Int8),
+        col("late_at", SqlType::Timestamptz),
+    ]
+}
+
+/// Late events as rows of the late table, keyed by their (partition, offset).
+pub fn late_event_rows(
+    def: &TableDef,
+    rows: &RecordBatch,
+    origins: &[(i32, i64)],
+    now_us: i64,
+) -> Result<Vec<WriteOp>> {
+    let mut arrays: Vec<ArrayRef> = rows.columns().to_vec();
+    arrays.push(Arc::new(
+        origins.iter().map(|o| o.0).collect::<Int32Array>(),
+    ));
+    arrays.push(Arc::new(
+        origins.iter().map(|o| o.1).collect::<Int64Array>(),
+    ));
+    arrays.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![now_us; origins.len()]).with_timezone("+00:00"),
+    ));
+    let arrays = conform(def, &arrays)?;
+    let cols = refs(def, &arrays)?;
+    let prefix = def.key_prefix();
+    Ok((0..origins.len())
+        .map(|i| {
+            let mut k = prefix.clone();
+            for &c in &def.primary_key {
+                key::encode_value(&cols[c], i, &mut k);
+            }
+            let mut v = Vec::with_capacity(64);
+            row::encode_row(&cols, i, &mut v);
+            WriteOp::Put(k, v)
+        })
+        .collect())
+}
+
 /// Dead letters as rows of the errors table, keyed by (partition, offset).
 pub fn dead_letter_rows(
     def: &TableDef,
