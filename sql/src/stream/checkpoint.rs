@@ -21,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::storage::WriteOp;
 use eddy_connectors::Positions;
 
+/// Partition → watermark (microseconds).
+pub type Watermarks = std::collections::BTreeMap<i32, i64>;
+
 const RECORD_PREFIX: u8 = b'p';
 const STATE_PREFIX: u8 = b's';
 
@@ -32,6 +35,9 @@ pub struct CheckpointRecord {
     pub positions: Positions,
     /// Watermark (microseconds) after that event.
     pub watermark: Option<i64>,
+    /// Each partition's own watermark; the source's is their minimum.
+    #[serde(default)]
+    pub partition_watermarks: Watermarks,
     /// Next output sequence number (streams key their rows by it).
     pub next_seq: u64,
 }
@@ -55,6 +61,7 @@ pub struct Barrier {
     pub epoch: u64,
     pub positions: Positions,
     pub watermark: Option<i64>,
+    pub partition_watermarks: Watermarks,
     /// State writes added by the operators the barrier passed.
     pub writes: Vec<WriteOp>,
 }
@@ -82,13 +89,20 @@ impl Injector {
     }
 
     /// The next barrier, for the position reached now.
-    pub fn inject(&mut self, now_ms: u64, positions: Positions, watermark: Option<i64>) -> Barrier {
+    pub fn inject(
+        &mut self,
+        now_ms: u64,
+        positions: Positions,
+        watermark: Option<i64>,
+        partition_watermarks: Watermarks,
+    ) -> Barrier {
         self.last_epoch += 1;
         self.last_at_ms = now_ms;
         Barrier {
             epoch: self.last_epoch,
             positions,
             watermark,
+            partition_watermarks,
             writes: Vec::new(),
         }
     }
@@ -112,6 +126,7 @@ pub fn commit_ops(
         epoch: barrier.epoch,
         positions: barrier.positions,
         watermark: barrier.watermark,
+        partition_watermarks: barrier.partition_watermarks,
         next_seq,
     };
     let mut ops = barrier.writes;
@@ -220,9 +235,12 @@ mod tests {
                 }
             }
             if self.injector.due(self.clock) || self.next_event >= EVENTS {
-                let mut barrier =
-                    self.injector
-                        .inject(self.clock, Positions::from([(0, self.next_event)]), None);
+                let mut barrier = self.injector.inject(
+                    self.clock,
+                    Positions::from([(0, self.next_event)]),
+                    None,
+                    Watermarks::new(),
+                );
                 for k in self.dirty.drain(..) {
                     barrier.writes.push(WriteOp::Put(
                         state_key(k),
@@ -320,6 +338,7 @@ mod tests {
             epoch: 3,
             positions: Positions::new(),
             watermark: None,
+            partition_watermarks: Watermarks::new(),
             writes: Vec::new(),
         };
         assert!(commit_ops(1, 3, barrier.clone(), 0).is_err());

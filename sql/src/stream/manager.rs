@@ -276,6 +276,7 @@ impl StreamManager {
             tx: tx0,
             injector: Injector::new(interval, &record, 0),
             watermark: record.watermark,
+            marks: record.partition_watermarks.clone(),
             watermark_expr,
             drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some()),
             errors,

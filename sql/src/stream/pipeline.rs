@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
-use super::checkpoint::{Barrier, CheckpointRecord, Injector, commit_ops};
+use super::checkpoint::{Barrier, CheckpointRecord, Injector, Watermarks, commit_ops};
 use super::plan::PipelinePlan;
 use super::session::SessionAggregator;
 use super::view::{dead_letter_rows, late_event_rows, seq_key, sequenced_rows};
@@ -244,6 +244,9 @@ pub struct SourceLoop {
     pub tx: mpsc::Sender<Message>,
     pub injector: Injector,
     pub watermark: Option<i64>,
+    /// Each partition's watermark; the source's watermark is their minimum, so a partition
+    /// that runs ahead does not make a slower one's events late.
+    pub marks: Watermarks,
     /// The watermark expression and the event-time column it bounds.
     pub watermark_expr: Option<(Arc<dyn PhysicalExpr>, usize)>,
     pub drop_late: bool,
@@ -313,17 +316,23 @@ impl SourceLoop {
                 Poll::Idle => {}
                 Poll::Finished => {
                     finished = true;
-                    let b = self
-                        .injector
-                        .inject(now_ms(start), source.positions(), self.watermark);
+                    let b = self.injector.inject(
+                        now_ms(start),
+                        source.positions(),
+                        self.watermark,
+                        self.marks.clone(),
+                    );
                     send(&self.tx, Message::Barrier(b))?;
                     continue;
                 }
             }
             if self.injector.due(now_ms(start)) {
-                let b = self
-                    .injector
-                    .inject(now_ms(start), source.positions(), self.watermark);
+                let b = self.injector.inject(
+                    now_ms(start),
+                    source.positions(),
+                    self.watermark,
+                    self.marks.clone(),
+                );
                 send(&self.tx, Message::Barrier(b))?;
             }
         }
@@ -358,7 +367,15 @@ impl SourceLoop {
             keep.push(!late);
             if !late && !marks.is_null(i) {
                 let m = marks.value(i);
-                running = Some(running.map_or(m, |w| w.max(m)));
+                let partition = origins.get(i).map_or(0, |o| o.0);
+                let mark = self.marks.entry(partition).or_insert(i64::MIN);
+                if m > *mark {
+                    *mark = m;
+                    // Never backwards: a partition seen for the first time with older
+                    // events holds the watermark where it is.
+                    let slowest = self.marks.values().min().copied();
+                    running = running.max(slowest);
+                }
             }
         }
         let late = keep.iter().filter(|k| !**k).count();
