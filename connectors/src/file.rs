@@ -325,6 +325,10 @@ impl Source for FileSource {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+
+    fn watermark_per_partition(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,7 @@ fn external(context: &str, e: impl std::fmt::Display) -> Error {
 
 pub struct KafkaSource {
     consumer: BaseConsumer,
+    partitions: Vec<i32>,
     decoder: EventDecoder,
     positions: Positions,
 }
@@ -179,8 +180,10 @@ impl KafkaSource {
             .map_err(|e| external("assign", e))?;
         let decoder =
             EventDecoder::new(spec.schema.clone(), config.format, config.max_event_bytes)?;
+        let partitions = topic.partitions().iter().map(|p| p.id()).collect();
         Ok(Self {
             consumer,
+            partitions,
             decoder,
             positions,
         })
@@ -234,5 +237,9 @@ impl Source for KafkaSource {
 
     fn schema(&self) -> SchemaRef {
         self.decoder.schema().clone()
+    }
+
+    fn partitions(&self) -> Vec<i32> {
+        self.partitions.clone()
     }
 }

@@ -59,6 +59,18 @@ pub trait Source: Send {
     fn positions(&self) -> Positions;
 
     fn schema(&self) -> SchemaRef;
+
+    /// Every partition the source reads, including those that have had no events yet (each
+    /// holds the watermark back until it has events, or goes idle).
+    fn partitions(&self) -> Vec<i32> {
+        self.positions().keys().copied().collect()
+    }
+
+    /// Whether event time is tracked per partition. A source whose partitions are read one
+    /// after another (files in name order) has one event-time order across them.
+    fn watermark_per_partition(&self) -> bool {
+        true
+    }
 }
 
 /// What a connector needs to open a source.

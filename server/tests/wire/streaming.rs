@@ -598,3 +598,64 @@ async fn a_real_broker_tansu_feeds_a_view_across_a_restart() {
     assert_eq!(row.get::<_, i64>(0), 8000, "every message once");
     assert_eq!(row.get::<_, i64>(1), (0..8000).sum::<i64>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_holds_windows_back_unless_an_idle_timeout_is_set() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("quiet", 2, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let p = producer(&bootstrap);
+    // Partition 1 gets one early event and then nothing; partition 0 runs 20 s ahead.
+    produce(&p, "quiet", Some(1), &payloads(0..1));
+    let busy: Vec<(String, String)> = (0..20)
+        .map(|s| {
+            let e = event(s * 1000);
+            (e.device.to_string(), json(&e))
+        })
+        .collect();
+    produce(&p, "quiet", Some(0), &busy);
+    let server = Server::start();
+    let client = server.connect().await;
+    let source = |name: &str, extra: &str| {
+        format!(
+            "CREATE SOURCE {name} (id bigint, device int, value bigint, ts timestamptz, \
+               WATERMARK FOR ts AS ts - INTERVAL '1 second') \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'quiet'{extra}); \
+             CREATE MATERIALIZED VIEW {name}_w AS SELECT window_start, count(*) AS n \
+               FROM TUMBLE({name}, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end;"
+        )
+    };
+    client
+        .batch_execute(
+            &(source("strict", "") + &source("lively", ", watermark.idle_timeout = '1s'")),
+        )
+        .await
+        .expect("create");
+    // Windows ending by 00:19 (watermark 00:19 - 1 s = 00:18): [0,5), [5,10), [10,15).
+    wait_for(
+        &server,
+        "SELECT count(*) FROM lively_w",
+        Duration::from_secs(60),
+        "windows past the idle partition",
+        |n| n >= 3,
+    )
+    .await;
+    let strict: i64 = client
+        .query_one("SELECT count(*) FROM strict_w", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        strict, 0,
+        "without a timeout the idle partition holds the watermark"
+    );
+    let first: i64 = client
+        .query_one("SELECT n FROM lively_w ORDER BY window_start LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        first, 6,
+        "00:00-00:05 holds the partition-1 event and 5 partition-0 events"
+    );
+}

@@ -98,6 +98,16 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
     if keep_late && s.watermark.is_none() {
         return Err(invalid("late_events = 'table' needs a WATERMARK"));
     }
+    if let Some(v) = options.take("watermark.idle_timeout") {
+        if eddy_connectors::options::parse_duration(&v).is_none_or(|d| d.is_zero()) {
+            return Err(invalid(format!(
+                "invalid value for option \"watermark.idle_timeout\": \"{v}\" (expected e.g. 10s)"
+            )));
+        }
+        if s.watermark.is_none() {
+            return Err(invalid("watermark.idle_timeout needs a WATERMARK"));
+        }
+    }
     let connector = match connector.as_deref() {
         None | Some("none") | Some("push") => None,
         Some(c) => Some(c.to_string()),

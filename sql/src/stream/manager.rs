@@ -246,7 +246,12 @@ impl StreamManager {
                 source_info
                     .options
                     .iter()
-                    .filter(|(k, _)| k != "connector" && k != "late_events")
+                    .filter(|(k, _)| {
+                        !matches!(
+                            k.as_str(),
+                            "connector" | "late_events" | "watermark.idle_timeout"
+                        )
+                    })
                     .cloned(),
             )
             .map_err(|e| Error::internal(e.to_string()))?,
@@ -277,6 +282,13 @@ impl StreamManager {
             injector: Injector::new(interval, &record, 0),
             watermark: record.watermark,
             marks: record.partition_watermarks.clone(),
+            idle_timeout: source_info
+                .options
+                .iter()
+                .find(|(k, _)| k == "watermark.idle_timeout")
+                .and_then(|(_, v)| eddy_connectors::options::parse_duration(v)),
+            last_event: std::collections::HashMap::new(),
+            per_partition: true,
             watermark_expr,
             drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some()),
             errors,

@@ -247,6 +247,12 @@ pub struct SourceLoop {
     /// Each partition's watermark; the source's watermark is their minimum, so a partition
     /// that runs ahead does not make a slower one's events late.
     pub marks: Watermarks,
+    /// Partitions without events for this long do not hold the watermark back.
+    pub idle_timeout: Option<Duration>,
+    /// When each partition last had an event (for the idle timeout).
+    pub last_event: std::collections::HashMap<i32, Instant>,
+    /// Set from the source when it opens (see `Source::watermark_per_partition`).
+    pub per_partition: bool,
     /// The watermark expression and the event-time column it bounds.
     pub watermark_expr: Option<(Arc<dyn PhysicalExpr>, usize)>,
     pub drop_late: bool,
@@ -277,6 +283,13 @@ impl SourceLoop {
             }),
         );
         let mut source = open().map_err(connector_error)?;
+        self.per_partition = source.watermark_per_partition();
+        if self.per_partition {
+            for p in source.partitions() {
+                self.marks.entry(p).or_insert(i64::MIN);
+                self.last_event.insert(p, Instant::now());
+            }
+        }
         let start = Instant::now();
         let mut finished = false;
         let send =
@@ -305,7 +318,10 @@ impl SourceLoop {
                             send(&self.tx, Message::Writes(ops))?;
                         }
                     }
-                    let (rows, advanced) = self.apply_watermark(batch.rows, &batch.origins)?;
+                    let (rows, mut advanced) = self.apply_watermark(batch.rows, &batch.origins)?;
+                    if let Some(w) = self.advance_past_idle() {
+                        advanced = Some(w);
+                    }
                     if rows.num_rows() > 0 {
                         send(&self.tx, Message::Batch(rows))?;
                     }
@@ -313,7 +329,11 @@ impl SourceLoop {
                         send(&self.tx, Message::Watermark(w))?;
                     }
                 }
-                Poll::Idle => {}
+                Poll::Idle => {
+                    if let Some(w) = self.advance_past_idle() {
+                        send(&self.tx, Message::Watermark(w))?;
+                    }
+                }
                 Poll::Finished => {
                     finished = true;
                     let b = self.injector.inject(
@@ -337,6 +357,42 @@ impl SourceLoop {
             }
         }
         Ok(())
+    }
+
+    /// The minimum watermark over the partitions that count: all of them, or with an idle
+    /// timeout those that had an event within it (all idle: the maximum).
+    fn slowest_active(&self) -> Option<i64> {
+        match self.idle_timeout {
+            None => self.marks.values().min().copied(),
+            Some(timeout) => {
+                let active = self
+                    .marks
+                    .iter()
+                    .filter(|(p, _)| {
+                        self.last_event
+                            .get(p)
+                            .is_some_and(|t| t.elapsed() < timeout)
+                    })
+                    .map(|(_, m)| *m)
+                    .min();
+                // When every partition is idle the source has delivered all it has: its
+                // watermark is the furthest any partition got.
+                active.or_else(|| self.marks.values().max().copied())
+            }
+        }
+    }
+
+    /// With an idle timeout, moves the watermark past partitions that went quiet (a trade
+    /// of exactness for liveness, as Flink's `withIdleness`: which events count as late then
+    /// depends on timing).
+    fn advance_past_idle(&mut self) -> Option<i64> {
+        self.idle_timeout?;
+        let slowest = self.slowest_active()?;
+        if self.watermark.is_some_and(|w| w >= slowest) {
+            return None;
+        }
+        self.watermark = Some(slowest);
+        Some(slowest)
     }
 
     /// Advances the watermark event by event (so a replay in different batches decides
@@ -367,13 +423,19 @@ impl SourceLoop {
             keep.push(!late);
             if !late && !marks.is_null(i) {
                 let m = marks.value(i);
-                let partition = origins.get(i).map_or(0, |o| o.0);
+                let partition = match self.per_partition {
+                    true => origins.get(i).map_or(0, |o| o.0),
+                    false => 0,
+                };
+                if self.idle_timeout.is_some() {
+                    self.last_event.insert(partition, Instant::now());
+                }
                 let mark = self.marks.entry(partition).or_insert(i64::MIN);
                 if m > *mark {
                     *mark = m;
                     // Never backwards: a partition seen for the first time with older
                     // events holds the watermark where it is.
-                    let slowest = self.marks.values().min().copied();
+                    let slowest = self.slowest_active();
                     running = running.max(slowest);
                 }
             }
