@@ -80,6 +80,47 @@ impl FileConfig {
     }
 }
 
+/// How much of a file one poll reads at most.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// The byte offset where line `n` (0-based) starts.
+fn line_offset(file: &mut std::fs::File, n: usize) -> std::io::Result<u64> {
+    use std::io::{BufRead, BufReader, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::new(file);
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for _ in 0..n {
+        buf.clear();
+        let read = reader.read_until(b'\n', &mut buf)?;
+        if read == 0 {
+            break;
+        }
+        offset += read as u64;
+    }
+    Ok(offset)
+}
+
+/// Reads on to the end of the current line; returns how many bytes that took (None: the
+/// file ended first).
+fn skip_line(file: &mut std::fs::File) -> std::io::Result<Option<u64>> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(file);
+    let mut skipped = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            return Ok(Some(skipped + i as u64 + 1));
+        }
+        let len = buf.len();
+        skipped += len as u64;
+        reader.consume(len);
+    }
+}
+
 /// `*` matches any run of characters.
 fn matches(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -117,8 +158,8 @@ pub struct FileSource {
     positions: Positions,
     /// Files not yet finished, in name order: (name, partition).
     queue: Vec<(String, i32)>,
-    /// Byte position after the consumed lines of the file being read (text formats).
-    cursor: Option<(i32, usize)>,
+    /// Byte position of each file's next unread line (text formats).
+    cursors: std::collections::HashMap<i32, u64>,
     /// Files read to their end, with their size then (a watched file that grows is read on).
     done: std::collections::HashMap<i32, u64>,
 }
@@ -140,7 +181,7 @@ impl FileSource {
             decoder,
             positions: start.clone(),
             queue: Vec::new(),
-            cursor: None,
+            cursors: std::collections::HashMap::new(),
             done: std::collections::HashMap::new(),
         };
         source.scan_dir()?;
@@ -175,33 +216,47 @@ impl FileSource {
         partition: i32,
         max_rows: usize,
     ) -> Result<Option<SourceBatch>> {
+        use std::io::{Read, Seek, SeekFrom};
         let path = self.config.dir.join(name);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::External(format!("cannot read {}: {e}", path.display())))?;
+        let io =
+            |e: std::io::Error| Error::External(format!("cannot read {}: {e}", path.display()));
         let consumed = self.positions.get(&partition).copied().unwrap_or(0) as usize;
-        // Find where line `consumed` starts (cached while the same file is read).
-        let mut at = match self.cursor {
-            Some((p, pos)) if p == partition => pos,
-            _ => {
-                let mut pos = 0;
-                for _ in 0..consumed {
-                    match bytes[pos..].iter().position(|b| *b == b'\n') {
-                        Some(i) => pos += i + 1,
-                        None => {
-                            pos = bytes.len();
-                            break;
-                        }
-                    }
-                }
-                pos
-            }
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        // Byte position of line `consumed`: remembered, or found once by counting lines.
+        let start = match self.cursors.get(&partition) {
+            Some(c) => *c,
+            None => line_offset(&mut file, consumed).map_err(io)?,
         };
+        file.seek(SeekFrom::Start(start)).map_err(io)?;
+        let chunk = CHUNK_BYTES.max(2 * self.config.max_event_bytes) as u64;
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(chunk)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let at_eof = (bytes.len() as u64) < chunk;
         let mut events = Vec::new();
+        let mut dead = Vec::new();
         let mut line = consumed as i64;
+        let mut at = 0;
+        let mut skipped_to = None;
         while events.len() < max_rows && at < bytes.len() {
             let end = match bytes[at..].iter().position(|b| *b == b'\n') {
                 Some(i) => at + i,
-                None if self.config.watch => break,
+                None if !at_eof && at == 0 => {
+                    // One line longer than the whole chunk: a dead letter; skip past it.
+                    let next = skip_line(&mut file).map_err(io)?;
+                    dead.push(crate::source::DeadLetter {
+                        partition,
+                        offset: line,
+                        payload: bytes[..1024.min(bytes.len())].to_vec(),
+                        error: format!("line longer than {chunk} bytes"),
+                    });
+                    line += 1;
+                    skipped_to = next.map(|n| start + bytes.len() as u64 + n);
+                    break;
+                }
+                None if self.config.watch || !at_eof => break,
                 None => bytes.len(),
             };
             let text = &bytes[at..end];
@@ -222,9 +277,11 @@ impl FileSource {
             return Ok(None);
         }
         let decoder = self.decoder.as_ref().expect("text formats have a decoder");
-        let batch = decoder.decode(&events)?;
+        let mut batch = decoder.decode(&events)?;
+        batch.dead_letters.extend(dead);
         self.positions.insert(partition, line);
-        self.cursor = Some((partition, at));
+        let cursor = skipped_to.unwrap_or(start + at as u64);
+        self.cursors.insert(partition, cursor);
         Ok(Some(batch))
     }
 
@@ -314,7 +371,6 @@ impl Source for FileSource {
         }
         std::thread::sleep(timeout.min(Duration::from_millis(200)));
         self.scan_dir()?;
-        self.cursor = None;
         Ok(Poll::Idle)
     }
 

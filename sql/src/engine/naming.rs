@@ -33,6 +33,11 @@ fn expr_name(e: &Expr) -> String {
         Expr::Column(c) => display_name(&c.name),
         Expr::Cast(c) => expr_name(&c.expr),
         Expr::TryCast(c) => expr_name(&c.expr),
+        // `a ->> 'b'` is planned as a function call, but PostgreSQL names an operator's
+        // result `?column?`.
+        Expr::ScalarFunction(f) if matches!(f.func.name(), "json_get" | "json_get_text") => {
+            UNNAMED.to_string()
+        }
         Expr::ScalarFunction(f) => f.func.name().to_string(),
         Expr::AggregateFunction(f) => f.func.name().to_string(),
         Expr::Literal(..) => UNNAMED.to_string(),
