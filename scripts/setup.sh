@@ -19,6 +19,14 @@ if ! PYTHONPATH=.tools/python python3 -c 'import psycopg' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target .tools/python 'psycopg[binary]==3.2.*'
 fi
 
+# ONNX Runtime for models (loaded at run time from the onnxruntime wheel: ort 2.0.0-rc.15
+# needs 1.31), and the onnx package the test-model builder uses, kept in .tools/onnx.
+if ! PYTHONPATH=.tools/onnx python3 -c 'import onnx, onnxruntime, numpy' 2>/dev/null; then
+  echo "setup: installing onnxruntime and onnx into .tools/onnx"
+  python3 -m pip install --quiet --disable-pip-version-check --target .tools/onnx \
+    'onnxruntime==1.31.1' 'onnx==1.19.*' 'numpy<3'
+fi
+
 # A real Kafka-compatible broker for the streaming tests: Tansu, built from crates.io once per
 # machine (about 10 CPU-minutes) and kept in $CARGO_HOME/bin.
 tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"

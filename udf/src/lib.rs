@@ -1,6 +1,8 @@
-//! Eddy's SQL functions: JSON access now; PREDICT and the model registry later.
+//! Eddy's SQL functions: JSON access, and ONNX models run in-process (`onnx`), the base of
+//! PREDICT and the model registry.
 
 pub mod json;
+pub mod onnx;
 
 use std::sync::Arc;
 
