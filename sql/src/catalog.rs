@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::key::table_prefix;
 use crate::error::{Error, Result, sqlstate};
-use crate::storage::{KvStore, WriteOp, prefix_end};
+use crate::storage::{KvStore, WriteOp, for_each_chunk, prefix_end};
 use crate::types::SqlType;
 
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -240,20 +240,14 @@ impl Catalog {
             next_table_id: 1,
             ..Default::default()
         };
-        let start = [CATALOG_PREFIX];
-        let end = prefix_end(&start);
-        let mut from = start.to_vec();
-        loop {
-            let chunk = kv.scan(&from, &end, 1024)?;
-            let Some((last, _)) = chunk.last() else { break };
-            from = last.clone();
-            from.push(0);
-            for (_, value) in &chunk {
+        for_each_chunk(kv, &[CATALOG_PREFIX], 1024, |chunk| {
+            for (_, value) in chunk {
                 let record: Record = serde_json::from_slice(value)
                     .map_err(|e| Error::Storage(format!("corrupt catalog record: {e}")))?;
                 cat.apply(record);
             }
-        }
+            Ok(())
+        })?;
         if let Some(v) = kv.get(META_NEXT_TABLE_ID)? {
             let bytes: [u8; 4] = v
                 .try_into()

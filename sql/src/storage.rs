@@ -61,3 +61,24 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     vec![0xff; prefix.len() + 1]
 }
+
+/// Calls `f` with every key-value pair under `prefix`, a chunk of at most `chunk` pairs at a
+/// time, in key order.
+pub fn for_each_chunk(
+    kv: &dyn KvStore,
+    prefix: &[u8],
+    chunk: usize,
+    mut f: impl FnMut(&[KvPair]) -> crate::error::Result<()>,
+) -> crate::error::Result<()> {
+    let end = prefix_end(prefix);
+    let mut from = prefix.to_vec();
+    loop {
+        let pairs = kv.scan(&from, &end, chunk)?;
+        let Some((last, _)) = pairs.last() else {
+            return Ok(());
+        };
+        from = last.clone();
+        from.push(0);
+        f(&pairs)?;
+    }
+}

@@ -26,7 +26,7 @@ use super::checkpoint::{Barrier, state_prefix};
 use super::plan::{AggregatePlan, UpperStage};
 use super::view::ViewWriter;
 use crate::error::{Error, Result};
-use crate::storage::{KvStore, WriteOp, prefix_end};
+use crate::storage::{KvStore, WriteOp, for_each_chunk};
 
 struct Group {
     key: Vec<u8>,
@@ -118,13 +118,7 @@ impl Aggregator {
 
     fn load(&mut self, kv: &dyn KvStore) -> Result<()> {
         let prefix = state_prefix(self.pipeline);
-        let end = prefix_end(&prefix);
-        let mut from = prefix.clone();
-        loop {
-            let chunk = kv.scan(&from, &end, 4096)?;
-            let Some((last, _)) = chunk.last() else { break };
-            from = last.clone();
-            from.push(0);
+        for_each_chunk(kv, &prefix, 4096, |chunk| {
             let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
             let mut restored =
                 decode_states(&self.plan, &self.states, &self.state_widths, &values)?.into_iter();
@@ -147,8 +141,8 @@ impl Aggregator {
                 group.accs = restored.next().expect("one state per row");
                 group.changed = false;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The window end (microseconds) of each row, when grouping by window.

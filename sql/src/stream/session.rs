@@ -27,7 +27,7 @@ use super::checkpoint::{Barrier, state_prefix};
 use super::plan::AggregatePlan;
 use super::view::ViewWriter;
 use crate::error::{Error, Result};
-use crate::storage::{KvStore, WriteOp, prefix_end};
+use crate::storage::{KvStore, WriteOp, for_each_chunk};
 
 struct Session {
     start: i64,
@@ -127,13 +127,7 @@ impl SessionAggregator {
 
     fn load(&mut self, kv: &dyn KvStore) -> Result<()> {
         let prefix = state_prefix(self.pipeline);
-        let end = prefix_end(&prefix);
-        let mut from = prefix.clone();
-        loop {
-            let chunk = kv.scan(&from, &end, 4096)?;
-            let Some((last, _)) = chunk.last() else { break };
-            from = last.clone();
-            from.push(0);
+        for_each_chunk(kv, &prefix, 4096, |chunk| {
             let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| &v[8..]).collect();
             let restored = decode_states(&self.plan, &self.states, &self.state_widths, &values)?;
             for ((k, v), accs) in chunk.iter().zip(restored) {
@@ -143,8 +137,8 @@ impl SessionAggregator {
                 let end = i64::from_le_bytes(v[..8].try_into().expect("8"));
                 self.insert(key, Session { start, end, accs });
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn insert(&mut self, key: Vec<u8>, session: Session) {

@@ -170,10 +170,15 @@ pub fn late_event_rows(
     arrays.push(Arc::new(
         TimestampMicrosecondArray::from(vec![now_us; origins.len()]).with_timezone("+00:00"),
     ));
-    let arrays = conform(def, &arrays)?;
-    let cols = refs(def, &arrays)?;
+    keyed_rows(def, &conform(def, &arrays)?)
+}
+
+/// Puts of every row of `arrays` (the table's columns, in its types) under its primary key.
+fn keyed_rows(def: &TableDef, arrays: &[ArrayRef]) -> Result<Vec<WriteOp>> {
+    let cols = refs(def, arrays)?;
     let prefix = def.key_prefix();
-    Ok((0..origins.len())
+    let n = arrays.first().map_or(0, |a| a.len());
+    Ok((0..n)
         .map(|i| {
             let mut k = prefix.clone();
             for &c in &def.primary_key {
@@ -212,17 +217,5 @@ pub fn dead_letter_rows(
             TimestampMicrosecondArray::from(vec![arrived_us; dead.len()]).with_timezone("+00:00"),
         ),
     ];
-    let cols = refs(def, &arrays)?;
-    let prefix = def.key_prefix();
-    Ok((0..dead.len())
-        .map(|i| {
-            let mut k = prefix.clone();
-            for &c in &def.primary_key {
-                key::encode_value(&cols[c], i, &mut k);
-            }
-            let mut v = Vec::with_capacity(64);
-            row::encode_row(&cols, i, &mut v);
-            WriteOp::Put(k, v)
-        })
-        .collect())
+    keyed_rows(def, &arrays)
 }
