@@ -196,11 +196,32 @@ pub struct ViewDef {
     pub sql: String,
 }
 
+/// An ONNX model in the catalog; its file lives in the data dir under its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelDef {
+    pub schema: String,
+    pub name: String,
+    pub sha256: String,
+    pub inputs: Vec<ModelTensor>,
+    pub outputs: Vec<ModelTensor>,
+    pub intra_threads: usize,
+    /// Where the model was loaded from, as given.
+    pub location: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelTensor {
+    pub name: String,
+    pub element: String,
+    pub shape: Vec<i64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Record {
     Schema { name: String },
     Table(TableDef),
     View(ViewDef),
+    Model(ModelDef),
 }
 
 /// What a name refers to.
@@ -218,6 +239,7 @@ pub struct Catalog {
     schemas: BTreeSet<String>,
     tables: BTreeMap<Name, Arc<TableDef>>,
     views: BTreeMap<Name, Arc<ViewDef>>,
+    models: BTreeMap<Name, Arc<ModelDef>>,
     next_table_id: u32,
 }
 
@@ -225,6 +247,14 @@ fn record_key(schema: &str, name: &str) -> Vec<u8> {
     let mut k = vec![CATALOG_PREFIX];
     k.extend_from_slice(schema.as_bytes());
     k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Models have their own namespace: their records sit beside relations' under a marker byte.
+fn model_key(schema: &str, name: &str) -> Vec<u8> {
+    let mut k = record_key(schema, "");
+    k.push(1);
     k.extend_from_slice(name.as_bytes());
     k
 }
@@ -276,6 +306,10 @@ impl Catalog {
             Record::View(v) => {
                 self.views
                     .insert((v.schema.clone(), v.name.clone()), Arc::new(v));
+            }
+            Record::Model(m) => {
+                self.models
+                    .insert((m.schema.clone(), m.name.clone()), Arc::new(m));
             }
         }
     }
@@ -448,6 +482,46 @@ impl Catalog {
             return Err(Error::undefined_table(name));
         }
         Ok(ops)
+    }
+
+    pub fn model(&self, schema: &str, name: &str) -> Option<Arc<ModelDef>> {
+        self.models
+            .get(&(schema.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ModelDef>> {
+        self.models.values()
+    }
+
+    pub fn create_model(&mut self, def: ModelDef) -> Result<Vec<WriteOp>> {
+        if !self.schema_exists(&def.schema) {
+            return Err(Error::user(
+                sqlstate::INVALID_SCHEMA_NAME,
+                format!("schema \"{}\" does not exist", def.schema),
+            ));
+        }
+        if self.model(&def.schema, &def.name).is_some() {
+            return Err(Error::user(
+                "42710",
+                format!("model \"{}\" already exists", def.name),
+            ));
+        }
+        let key = model_key(&def.schema, &def.name);
+        let record = encode(&Record::Model(def.clone()))?;
+        self.models
+            .insert((def.schema.clone(), def.name.clone()), Arc::new(def));
+        Ok(vec![WriteOp::Put(key, record)])
+    }
+
+    pub fn drop_model(&mut self, schema: &str, name: &str) -> Result<Vec<WriteOp>> {
+        match self.models.remove(&(schema.to_string(), name.to_string())) {
+            Some(_) => Ok(vec![WriteOp::Delete(model_key(schema, name))]),
+            None => Err(Error::user(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("model \"{name}\" does not exist"),
+            )),
+        }
     }
 
     /// Views whose SQL mentions `name` (a conservative dependency check for DROP), and the

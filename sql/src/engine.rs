@@ -9,6 +9,7 @@ mod catalog_provider;
 mod ddl;
 mod dml;
 mod functions;
+mod models;
 mod naming;
 mod point_get;
 mod session;
@@ -50,6 +51,8 @@ pub struct Engine {
     pub streams: Arc<StreamManager>,
     /// Appends events pushed into sources (INSERT, HTTP).
     pub log: LogWriter,
+    /// ONNX model files and loaded sessions.
+    pub models: models::ModelStore,
 }
 
 impl Engine {
@@ -58,15 +61,16 @@ impl Engine {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", data_dir.display())))?;
         let kv: Arc<dyn KvStore> = Arc::new(RocksStore::open(&data_dir.join("db"))?);
-        Self::with_store(kv)
+        Self::with_store(kv, data_dir.to_path_buf())
     }
 
     /// A non-durable engine for tests.
     pub fn in_memory() -> Arc<Self> {
-        Self::with_store(Arc::new(MemoryStore::new())).expect("in-memory catalog loads")
+        let dir = std::env::temp_dir().join(format!("eddy-memory-{}", std::process::id()));
+        Self::with_store(Arc::new(MemoryStore::new()), dir).expect("in-memory catalog loads")
     }
 
-    fn with_store(kv: Arc<dyn KvStore>) -> Result<Arc<Self>> {
+    fn with_store(kv: Arc<dyn KvStore>, data_dir: std::path::PathBuf) -> Result<Arc<Self>> {
         let catalog = Catalog::load(kv.as_ref())?;
         let log = LogWriter::default();
         let streams = Arc::new(StreamManager::new(
@@ -74,7 +78,8 @@ impl Engine {
             log.signal.clone(),
             DEFAULT_CHECKPOINT_INTERVAL_MS,
         ));
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|engine| Self {
+            models: models::ModelStore::new(data_dir.join("models"), engine.clone()),
             streams,
             log,
             kv,

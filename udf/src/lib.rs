@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod onnx;
+pub mod predict;
 
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@ mod common;
 mod clients;
 mod durability;
 mod lifecycle;
+mod models;
 mod protocol;
 mod slt_suite;
 mod streaming;

@@ -135,6 +135,7 @@ impl Session {
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         eddy_udf::register(&mut ctx).expect("Eddy's functions register");
+        ctx.register_udf(eddy_udf::predict::predict_udf(engine.models.lookup()));
         let txn: SharedTxn = Arc::new(Mutex::new(Txn::default()));
         let view = Arc::new(SessionView {
             engine: engine.clone(),

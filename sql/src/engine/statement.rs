@@ -51,11 +51,13 @@ pub enum ObjectKind {
     Source,
     Stream,
     MaterializedView,
+    Model,
 }
 
 impl ObjectKind {
     pub fn sql(self) -> &'static str {
         match self {
+            ObjectKind::Model => "MODEL",
             ObjectKind::Source => "SOURCE",
             ObjectKind::Stream => "STREAM",
             ObjectKind::MaterializedView => "MATERIALIZED VIEW",
@@ -84,10 +86,20 @@ pub struct CreateQuery {
     pub emit_on_close: Option<bool>,
 }
 
+/// `CREATE MODEL name FROM 'location' [WITH (...)]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateModel {
+    pub name: ObjectName,
+    pub if_not_exists: bool,
+    pub location: String,
+    pub options: Vec<(String, String)>,
+}
+
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum EddyStatement {
     CreateSource(CreateSource),
+    CreateModel(CreateModel),
     CreateQuery(CreateQuery),
     Show(ObjectKind),
     Drop {
@@ -150,6 +162,13 @@ impl fmt::Display for EddyStatement {
                 write!(f, "{}", options_sql(&s.options))
             }
             EddyStatement::CreateQuery(q) => q.fmt(f),
+            EddyStatement::CreateModel(m) => write!(
+                f,
+                "CREATE MODEL {} FROM '{}'{}",
+                m.name,
+                m.location.replace('\'', "''"),
+                options_sql(&m.options)
+            ),
             EddyStatement::Show(kind) => write!(f, "SHOW {}S", kind.sql()),
             EddyStatement::Drop { kind, names, .. } => {
                 let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -173,6 +192,7 @@ fn object_kind(parser: &Parser<'_>, at: usize) -> Option<(ObjectKind, usize)> {
     match word(parser, at).as_deref() {
         Some("SOURCE") => Some((ObjectKind::Source, 1)),
         Some("STREAM") => Some((ObjectKind::Stream, 1)),
+        Some("MODEL") => Some((ObjectKind::Model, 1)),
         Some("MATERIALIZED") if word(parser, at + 1).as_deref() == Some("VIEW") => {
             Some((ObjectKind::MaterializedView, 2))
         }
@@ -184,6 +204,7 @@ fn plural_kind(parser: &Parser<'_>, at: usize) -> Option<ObjectKind> {
     match word(parser, at).as_deref() {
         Some("SOURCES") => Some(ObjectKind::Source),
         Some("STREAMS") => Some(ObjectKind::Stream),
+        Some("MODELS") => Some(ObjectKind::Model),
         Some("MATERIALIZED") if word(parser, at + 1).as_deref() == Some("VIEWS") => {
             Some(ObjectKind::MaterializedView)
         }
@@ -210,7 +231,7 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
         },
         Some("EXPLAIN") if word(parser, 1).as_deref() == Some("CREATE") => {
             match object_kind(parser, 2) {
-                Some((kind, n)) if kind != ObjectKind::Source => {
+                Some((kind, n)) if !matches!(kind, ObjectKind::Source | ObjectKind::Model) => {
                     skip(parser, 2 + n);
                     match create(parser, kind)? {
                         EddyStatement::CreateQuery(q) => EddyStatement::Explain(q),
@@ -257,6 +278,17 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
 fn create(parser: &mut Parser<'_>, kind: ObjectKind) -> Result<EddyStatement, ParserError> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = parser.parse_object_name(false)?;
+    if kind == ObjectKind::Model {
+        parser.expect_keyword_is(Keyword::FROM)?;
+        let location = parser.parse_literal_string()?;
+        let options = with_options(parser)?;
+        return Ok(EddyStatement::CreateModel(CreateModel {
+            name,
+            if_not_exists,
+            location,
+            options,
+        }));
+    }
     if kind == ObjectKind::Source {
         let mut columns = Vec::new();
         let mut watermark = None;

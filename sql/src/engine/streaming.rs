@@ -23,6 +23,7 @@ use crate::types::SqlType;
 
 pub fn result_schema(statement: &EddyStatement) -> Option<SchemaRef> {
     match statement {
+        EddyStatement::Show(ObjectKind::Model) => Some(super::models::show_schema()),
         EddyStatement::Show(kind) => Some(show_schema(*kind)),
         EddyStatement::Explain(_) => Some(Arc::new(Schema::new(vec![Field::new(
             "QUERY PLAN",
@@ -36,6 +37,19 @@ pub fn result_schema(statement: &EddyStatement) -> Option<SchemaRef> {
 pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<QueryOutput> {
     Ok(QueryOutput::Command(match statement {
         EddyStatement::CreateSource(s) => create_source(session, s)?,
+        EddyStatement::CreateModel(m) => super::models::create(session, m)?,
+        EddyStatement::Show(ObjectKind::Model) => return super::models::show(session),
+        EddyStatement::Drop {
+            kind: ObjectKind::Model,
+            names,
+            if_exists,
+            ..
+        } => {
+            for n in names {
+                super::models::drop(session, n, *if_exists)?;
+            }
+            CommandTag::new("DROP MODEL")
+        }
         EddyStatement::CreateQuery(q) => create_query(session, q).await?,
         EddyStatement::Drop {
             kind,
