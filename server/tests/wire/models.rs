@@ -152,6 +152,47 @@ async fn predict_matches_onnxruntime_and_models_survive_restarts() {
         error_text(&e)
     );
 
+    // PREDICT in a continuous query: every event scored once, in batches.
+    client
+        .batch_execute(
+            "CREATE SOURCE feats (id int NOT NULL, a real, b real, c real); \
+             CREATE STREAM scored AS SELECT id, predict('linear', a, b, c) AS y FROM feats; \
+             CREATE MATERIALIZED VIEW score_sum AS SELECT count(*) AS n, sum(predict('linear', a, b, c)) AS total FROM feats; \
+             INSERT INTO feats VALUES (1, 1, 2, 3), (2, 0, 0, 0), (3, NULL, 1, 1)",
+        )
+        .await
+        .expect("stream with PREDICT");
+    let start = std::time::Instant::now();
+    let scored = loop {
+        let rows = client
+            .query("SELECT id, y FROM scored ORDER BY id", &[])
+            .await
+            .unwrap();
+        if rows.len() >= 3 || start.elapsed() > std::time::Duration::from_secs(30) {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ys: Vec<Option<f64>> = scored.iter().map(|r| r.get(1)).collect();
+    assert_eq!(ys, vec![Some(4.75), Some(0.75), None]);
+    let start = std::time::Instant::now();
+    let (n, total) = loop {
+        let row = client
+            .query_opt("SELECT n, total FROM score_sum", &[])
+            .await
+            .unwrap();
+        let got = row.map(|r| (r.get::<_, i64>(0), r.get::<_, f64>(1)));
+        match got {
+            Some((3, total)) => break (3, total),
+            _ if start.elapsed() > std::time::Duration::from_secs(30) => {
+                break got.unwrap_or((0, 0.0));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(n, 3);
+    assert!((total - 5.5).abs() < 1e-6, "{total}");
+
     // The model is a copy in the data dir: it outlives its source file and a restart.
     std::fs::remove_file(dir.join("linear.onnx")).unwrap();
     server.restart();

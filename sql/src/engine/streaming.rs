@@ -60,7 +60,7 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
         EddyStatement::Show(kind) => return show(session, *kind),
         EddyStatement::Explain(q) => {
             let catalog = session.view().catalog();
-            let plan = plan::plan(&catalog, &q.query).await?;
+            let plan = plan::plan(&catalog, &q.query, &session.engine().streams.udfs()).await?;
             let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
             let emit_on_close = emit_on_close(q, &plan, windowed)?;
             let sink = match q.kind {
@@ -385,7 +385,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     if catalog.relation(&schema, &name).is_some() && q.if_not_exists {
         return Ok(tag);
     }
-    let plan = plan::plan(&catalog, &q.query).await?;
+    let plan = plan::plan(&catalog, &q.query, &session.engine().streams.udfs()).await?;
     let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
     if q.kind == ObjectKind::Stream && plan.aggregate.is_some() {
         return Err(Error::user(

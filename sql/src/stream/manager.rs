@@ -45,6 +45,8 @@ pub struct StreamManager {
     running: Mutex<HashMap<u32, Running>>,
     metrics: Mutex<HashMap<u32, Arc<Metrics>>>,
     checkpoint_interval_ms: u64,
+    /// Engine functions pipelines plan with (PREDICT).
+    udfs: Mutex<Vec<Arc<datafusion::logical_expr::ScalarUDF>>>,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -62,7 +64,16 @@ impl StreamManager {
             running: Mutex::new(HashMap::new()),
             metrics: Mutex::new(HashMap::new()),
             checkpoint_interval_ms,
+            udfs: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn set_udfs(&self, udfs: Vec<Arc<datafusion::logical_expr::ScalarUDF>>) {
+        *self.udfs.lock() = udfs;
+    }
+
+    pub fn udfs(&self) -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
+        self.udfs.lock().clone()
     }
 
     /// Starts every pipeline of `catalog` on `runtime`; later catalog changes start and stop
@@ -171,7 +182,7 @@ impl StreamManager {
     ) -> Result<()> {
         let info = def.kind.query().expect("pipelines are queries").clone();
         let query = plan::parse_query(&info.sql)?;
-        let plan = Arc::new(plan::plan(catalog, &query).await?);
+        let plan = Arc::new(plan::plan(catalog, &query, &self.udfs()).await?);
         let record = recover(self.kv.get(&record_key(def.id))?.as_deref())?;
         let source_def = plan.source.clone();
         let TableKind::Source(source_info) = &source_def.kind else {

@@ -28,7 +28,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::{TableType, ViewTable};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::memory::MemoryStream;
@@ -391,9 +391,12 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(catalog: &'a Catalog) -> Result<Self> {
+    fn new(catalog: &'a Catalog, udfs: &[Arc<ScalarUDF>]) -> Result<Self> {
         let mut ctx = SessionContext::new_with_config(streaming_config());
         eddy_udf::register(&mut ctx)?;
+        for udf in udfs {
+            ctx.register_udf(udf.as_ref().clone());
+        }
         Ok(Self {
             catalog,
             ctx,
@@ -483,9 +486,14 @@ pub fn parse_query(sql: &str) -> Result<Query> {
     }
 }
 
-/// Plans a continuous query over the catalog's sources and streams.
-pub async fn plan(catalog: &Catalog, query: &Query) -> Result<PipelinePlan> {
-    let mut planner = Planner::new(catalog)?;
+/// Plans a continuous query over the catalog's sources and streams; `udfs` are the engine's
+/// functions that need more than a DataFusion context (PREDICT).
+pub async fn plan(
+    catalog: &Catalog,
+    query: &Query,
+    udfs: &[Arc<ScalarUDF>],
+) -> Result<PipelinePlan> {
+    let mut planner = Planner::new(catalog, udfs)?;
     let logical = planner.logical(query.clone()).await?;
     let names = crate::engine::output_names(&logical);
     let physical = planner.ctx.state().create_physical_plan(&logical).await?;
