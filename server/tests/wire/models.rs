@@ -24,6 +24,27 @@ fn build_models() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// One HTTP/1.1 request to the server's HTTP listener; returns the status and JSON body.
+fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.http).expect("connect http");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: eddy\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let json = response.split("\r\n\r\n").nth(1).unwrap_or("null");
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 fn reference(dir: &Path, name: &str) -> (Vec<Vec<f64>>, Vec<f64>) {
     let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -192,6 +213,50 @@ async fn predict_matches_onnxruntime_and_models_survive_restarts() {
     };
     assert_eq!(n, 3);
     assert!((total - 5.5).abs() < 1e-6, "{total}");
+
+    // The same models over REST.
+    let (status, listed) = http(&server, "GET", "/v1/models", "");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = listed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["linear", "mlp"]);
+    let (status, scored) = http(
+        &server,
+        "POST",
+        "/v1/models/linear/predict",
+        r#"{"rows": [[1, 2, 3], [0, 0, 0], [null, 1, 1]]}"#,
+    );
+    assert_eq!(status, 200, "{scored}");
+    assert_eq!(scored["predictions"], serde_json::json!([4.75, 0.75, null]));
+    let (status, e) = http(
+        &server,
+        "POST",
+        "/v1/models/linear/predict",
+        r#"{"rows": [[1, 2]]}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        e["error"].as_str().unwrap().contains("takes 3 features"),
+        "{e}"
+    );
+    assert_eq!(
+        http(
+            &server,
+            "POST",
+            "/v1/models/nope/predict",
+            r#"{"rows": []}"#
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http(&server, "POST", "/v1/models/linear/predict", "{oops").0,
+        400
+    );
 
     // The model is a copy in the data dir: it outlives its source file and a restart.
     std::fs::remove_file(dir.join("linear.onnx")).unwrap();
