@@ -274,3 +274,24 @@ async fn predict_matches_onnxruntime_and_models_survive_restarts() {
         .contains("does not exist")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_onnx_runtime_models_fail_clearly_and_the_server_stays_up() {
+    let (_keep, dir) = build_models();
+    let server = Server::start_with_env(&[("EDDY_ORT_LIB", "/nonexistent/libonnxruntime.so")]);
+    let client = server.connect().await;
+    let e = client
+        .batch_execute(&format!(
+            "CREATE MODEL linear FROM '{}'",
+            dir.join("linear.onnx").display()
+        ))
+        .await
+        .unwrap_err();
+    let text = error_text(&e);
+    assert!(
+        text.contains("ONNX Runtime") && text.contains("pip install"),
+        "{text}"
+    );
+    let row = client.query_one("SELECT 1 + 1", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 2, "the server is up");
+}

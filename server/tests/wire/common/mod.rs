@@ -30,11 +30,23 @@ impl Server {
         s
     }
 
+    /// A fresh server started with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut s = Self::start_in_with(tmp.path(), "127.0.0.1:0", "127.0.0.1:0", env);
+        s._tmp = Some(tmp);
+        s
+    }
+
     pub fn start_in(data_dir: &Path, pg: &str, http: &str) -> Server {
+        Self::start_in_with(data_dir, pg, http, &[])
+    }
+
+    fn start_in_with(data_dir: &Path, pg: &str, http: &str, env: &[(&str, &str)]) -> Server {
         let data = data_dir.to_str().expect("utf-8 path");
         let (child, line) = spawn(
             &["--data-dir", data, "--pg-listen", pg, "--http-listen", http],
-            &[],
+            env,
         );
         let addr_after = |label: &str| -> SocketAddr {
             let rest = &line[line.find(label).expect("label in ready line") + label.len()..];
