@@ -246,42 +246,25 @@ impl EventDecoder {
             buf.push(b'\n');
         }
         let rows = events.len().max(1);
-        match self.format {
+        let batch = match self.format {
             Format::Json => {
                 let mut decoder = arrow::json::ReaderBuilder::new(self.payload_schema.clone())
                     .with_batch_size(rows)
                     .build_decoder()?;
-                let mut at = 0;
-                while at < buf.len() {
-                    let n = decoder.decode(&buf[at..])?;
-                    if n == 0 {
-                        break;
-                    }
-                    at += n;
-                }
-                Ok(decoder
-                    .flush()?
-                    .unwrap_or_else(|| RecordBatch::new_empty(self.payload_schema.clone())))
+                feed(&buf, |b| decoder.decode(b))?;
+                decoder.flush()?
             }
             Format::Csv { delimiter } => {
                 let mut decoder = arrow::csv::ReaderBuilder::new(self.payload_schema.clone())
                     .with_delimiter(delimiter)
                     .with_batch_size(rows)
                     .build_decoder();
-                let mut at = 0;
-                while at < buf.len() {
-                    let n = decoder.decode(&buf[at..])?;
-                    if n == 0 {
-                        break;
-                    }
-                    at += n;
-                }
+                feed(&buf, |b| decoder.decode(b))?;
                 decoder.decode(&[])?;
-                Ok(decoder
-                    .flush()?
-                    .unwrap_or_else(|| RecordBatch::new_empty(self.payload_schema.clone())))
+                decoder.flush()?
             }
-        }
+        };
+        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(self.payload_schema.clone())))
     }
 
     /// Declared columns from the payload columns and the events' metadata.
@@ -384,6 +367,22 @@ impl EventDecoder {
         )?;
         Ok((batch, keep))
     }
+}
+
+/// Hands `buf` to a push decoder until it takes no more.
+fn feed(
+    buf: &[u8],
+    mut decode: impl FnMut(&[u8]) -> std::result::Result<usize, arrow::error::ArrowError>,
+) -> Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let n = decode(&buf[at..])?;
+        if n == 0 {
+            break;
+        }
+        at += n;
+    }
+    Ok(())
 }
 
 fn dead_letter(e: &RawEvent<'_>, error: String) -> DeadLetter {

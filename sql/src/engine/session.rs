@@ -235,30 +235,24 @@ impl Session {
     pub async fn prepare(&self, statement: impl Into<Stmt>) -> Result<Prepared> {
         let catalog_version = self.view.catalog().version;
         let stmt = Arc::new(statement.into());
-        let statement = match stmt.as_ref() {
-            Stmt::Sql(s) if is_planned(s) => s,
-            Stmt::Sql(s) => {
-                let schema = super::ddl::result_schema(s, &self.info.settings.read());
-                return Ok(Prepared {
-                    statement: stmt,
-                    plan: None,
-                    catalog_version,
-                    param_types: Vec::new(),
-                    schema,
-                    point_get: None,
-                });
-            }
-            Stmt::Eddy(e) => {
-                let schema = super::streaming::result_schema(e);
-                return Ok(Prepared {
-                    statement: stmt,
-                    plan: None,
-                    catalog_version,
-                    param_types: Vec::new(),
-                    schema,
-                    point_get: None,
-                });
-            }
+        // Statements Eddy executes itself are not planned: only their row shape is known.
+        let unplanned_schema = match stmt.as_ref() {
+            Stmt::Sql(s) if is_planned(s) => None,
+            Stmt::Sql(s) => Some(super::ddl::result_schema(s, &self.info.settings.read())),
+            Stmt::Eddy(e) => Some(super::streaming::result_schema(e)),
+        };
+        if let Some(schema) = unplanned_schema {
+            return Ok(Prepared {
+                statement: stmt,
+                plan: None,
+                catalog_version,
+                param_types: Vec::new(),
+                schema,
+                point_get: None,
+            });
+        }
+        let Stmt::Sql(statement) = stmt.as_ref() else {
+            unreachable!("Eddy's statements returned above")
         };
         if let Some(reason) = refuse_in_failed_txn(self.status(), &stmt) {
             return Err(reason);
