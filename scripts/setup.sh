@@ -20,11 +20,13 @@ if ! PYTHONPATH=.tools/python python3 -c 'import psycopg' 2>/dev/null; then
 fi
 
 # ONNX Runtime for models (loaded at run time from the onnxruntime wheel: ort 2.0.0-rc.15
-# needs 1.31), and the onnx package the test-model builder uses, kept in .tools/onnx.
-if ! PYTHONPATH=.tools/onnx python3 -c 'import onnx, onnxruntime, numpy' 2>/dev/null; then
-  echo "setup: installing onnxruntime and onnx into .tools/onnx"
-  python3 -m pip install --quiet --disable-pip-version-check --target .tools/onnx \
-    'onnxruntime==1.31.1' 'onnx==1.19.*' 'numpy<3'
+# needs 1.31), and what the test-model builder uses (onnx, scikit-learn, skl2onnx; protobuf
+# below 6, which skl2onnx 1.19's tree converters need), kept in .tools/onnx.
+if ! PYTHONPATH=.tools/onnx python3 -c 'import onnx, onnxruntime, numpy, sklearn, skl2onnx' 2>/dev/null; then
+  echo "setup: installing onnxruntime, onnx, scikit-learn and skl2onnx into .tools/onnx"
+  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .tools/onnx \
+    'onnxruntime==1.31.1' 'onnx==1.19.*' 'numpy<3' 'scikit-learn==1.7.*' 'skl2onnx==1.19.*' \
+    'protobuf==5.29.*'
 fi
 
 # A real Kafka-compatible broker for the streaming tests: Tansu, built from crates.io once per

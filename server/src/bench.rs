@@ -82,6 +82,8 @@ pub fn query(name: &str) -> Result<(bool, &'static str)> {
 }
 
 /// User + system CPU seconds of this process so far.
+pub mod predict;
+
 fn cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.

@@ -17,8 +17,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/storage", get(storage))
         .route("/v1/sources/{name}", post(ingest))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{name}/predict", post(predict))
+        .route("/v1/models", get(crate::inference::list_models))
+        .route("/v1/models/{name}/predict", post(crate::inference::predict))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(engine)
 }
@@ -39,135 +39,12 @@ async fn storage(State(engine): State<Arc<Engine>>) -> axum::Json<serde_json::Va
     axum::Json(serde_json::Value::Object(stats))
 }
 
-type Reply = (StatusCode, axum::Json<serde_json::Value>);
+pub(crate) type Reply = (StatusCode, axum::Json<serde_json::Value>);
 
 /// Largest request body accepted (ingestion and inference).
 const MAX_BODY_BYTES: usize = 16 << 20;
-/// Most rows one predict request may carry.
-const MAX_PREDICT_ROWS: usize = 100_000;
 
-/// `GET /v1/models`: every model with its inputs and outputs.
-async fn list_models(State(engine): State<Arc<Engine>>) -> Reply {
-    let catalog = engine.catalog();
-    let tensors = |t: &[eddy_sql::catalog::ModelTensor]| -> Vec<serde_json::Value> {
-        t.iter()
-            .map(|t| serde_json::json!({ "name": t.name, "type": t.element, "shape": t.shape }))
-            .collect()
-    };
-    let models: Vec<serde_json::Value> = catalog
-        .models()
-        .map(|m| {
-            serde_json::json!({
-                "name": m.name,
-                "sha256": m.sha256,
-                "inputs": tensors(&m.inputs),
-                "outputs": tensors(&m.outputs),
-            })
-        })
-        .collect();
-    (
-        StatusCode::OK,
-        axum::Json(serde_json::json!({ "models": models })),
-    )
-}
-
-/// `POST /v1/models/{name}/predict` with `{"rows": [[f1, f2, ...], ...]}`: the model's first
-/// output for each row, scored in one batch; `null` features give a `null` prediction.
-async fn predict(
-    State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-    body: axum::body::Bytes,
-) -> Reply {
-    let request: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return reply_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
-    };
-    let Some(rows) = request.get("rows").and_then(|r| r.as_array()) else {
-        return reply_error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"rows\": [[feature, ...], ...]}".into(),
-        );
-    };
-    if rows.len() > MAX_PREDICT_ROWS {
-        return reply_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_PREDICT_ROWS} rows per request"),
-        );
-    }
-    let Some(def) = engine
-        .catalog()
-        .model(eddy_sql::catalog::DEFAULT_SCHEMA, &name)
-    else {
-        return reply_error(
-            StatusCode::NOT_FOUND,
-            format!("model \"{name}\" does not exist"),
-        );
-    };
-    let model = match engine.models.get(&def) {
-        Ok(m) => m,
-        Err(e) => return reply_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let width = match model.feature_count() {
-        Ok(n) => n,
-        Err(e) => return reply_error(StatusCode::UNPROCESSABLE_ENTITY, e.0),
-    };
-    let mut columns = vec![Vec::with_capacity(rows.len()); width];
-    let mut valid = vec![true; rows.len()];
-    for (i, row) in rows.iter().enumerate() {
-        let Some(values) = row.as_array().filter(|v| v.len() == width) else {
-            return reply_error(
-                StatusCode::BAD_REQUEST,
-                format!("row {i}: model \"{name}\" takes {width} features"),
-            );
-        };
-        for (j, v) in values.iter().enumerate() {
-            match v {
-                serde_json::Value::Null => {
-                    valid[i] = false;
-                    columns[j].push(0.0);
-                }
-                v => match v.as_f64() {
-                    Some(x) => columns[j].push(x as f32),
-                    None => {
-                        return reply_error(
-                            StatusCode::BAD_REQUEST,
-                            format!("row {i}, feature {j}: expected a number, got {v}"),
-                        );
-                    }
-                },
-            }
-        }
-    }
-    let n = rows.len();
-    let result = tokio::task::spawn_blocking(move || {
-        let slices: Vec<&[f32]> = columns.iter().map(|c| c.as_slice()).collect();
-        model.predict(&slices, n)
-    })
-    .await;
-    match result {
-        Ok(Ok(scores)) => {
-            let predictions: Vec<serde_json::Value> = scores
-                .iter()
-                .zip(&valid)
-                .map(|(s, ok)| {
-                    if *ok {
-                        serde_json::json!(*s as f64)
-                    } else {
-                        serde_json::Value::Null
-                    }
-                })
-                .collect();
-            (
-                StatusCode::OK,
-                axum::Json(serde_json::json!({ "model": name, "predictions": predictions })),
-            )
-        }
-        Ok(Err(e)) => reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.0),
-        Err(e) => reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn reply_error(status: StatusCode, message: String) -> Reply {
+pub(crate) fn reply_error(status: StatusCode, message: String) -> Reply {
     (status, axum::Json(serde_json::json!({ "error": message })))
 }
 

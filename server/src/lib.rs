@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod http;
+pub mod inference;
 pub mod pg;
 
 use std::sync::Arc;

@@ -44,6 +44,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2_000_000)]
         rows: u64,
     },
+    /// PREDICT in a continuous query versus ONNX Runtime called directly on the same
+    /// batches. Run from the repository root.
+    Predict {
+        /// A model of scripts/models/build_models.py: mlp, gbt, linear, logistic.
+        #[arg(long, default_value = "mlp")]
+        model: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 #[derive(Args)]
@@ -107,6 +118,9 @@ fn run_bench(bench: BenchCommand) -> Result<()> {
             checkpoint_interval_ms: checkpoint_interval,
         })),
         BenchCommand::JsonDecode { rows } => eddy::bench::json_decode(rows),
+        BenchCommand::Predict { model, rows, runs } => runtime.block_on(
+            eddy::bench::predict::predict(eddy::bench::predict::PredictArgs { model, rows, runs }),
+        ),
     }
 }
 

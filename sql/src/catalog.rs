@@ -100,6 +100,9 @@ pub struct QueryInfo {
     pub sql: String,
     /// Sources and streams the query reads.
     pub depends_on: Vec<String>,
+    /// Models the query scores with (PREDICT and friends).
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Windowed results appear only when the window closes (EMIT ON WINDOW CLOSE).
     pub emit_on_close: bool,
     pub options: Vec<(String, String)>,
@@ -196,17 +199,49 @@ pub struct ViewDef {
     pub sql: String,
 }
 
-/// An ONNX model in the catalog; its file lives in the data dir under its SHA-256.
+/// An ONNX model in the catalog: its versions and which one is active.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelDef {
     pub schema: String,
     pub name: String,
+    /// Ascending by version number.
+    pub versions: Vec<ModelVersion>,
+    /// The version PREDICT uses (a running query switches at its next checkpoint).
+    pub active: u32,
+    /// Versions that were active before, most recent last (ROLLBACK goes back one).
+    #[serde(default)]
+    pub history: Vec<u32>,
+}
+
+impl ModelDef {
+    pub fn version(&self, version: u32) -> Option<&ModelVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    pub fn active_version(&self) -> &ModelVersion {
+        self.version(self.active)
+            .or_else(|| self.versions.last())
+            .expect("a model has at least one version")
+    }
+}
+
+/// One version of a model; its file lives in the data dir under its SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelVersion {
+    pub version: u32,
     pub sha256: String,
     pub inputs: Vec<ModelTensor>,
     pub outputs: Vec<ModelTensor>,
     pub intra_threads: usize,
+    /// Names of the features, in PREDICT's argument order (for named arguments); empty when
+    /// the model has none.
+    #[serde(default)]
+    pub features: Vec<String>,
     /// Where the model was loaded from, as given.
     pub location: String,
+    /// When the version was added (milliseconds since the epoch).
+    #[serde(default)]
+    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -502,11 +537,20 @@ impl Catalog {
             ));
         }
         if self.model(&def.schema, &def.name).is_some() {
-            return Err(Error::user(
-                "42710",
-                format!("model \"{}\" already exists", def.name),
-            ));
+            return Err(
+                Error::user("42710", format!("model \"{}\" already exists", def.name)).with_detail(
+                    format!(
+                        "Add a version with CREATE MODEL {} VERSION n FROM '...'.",
+                        def.name
+                    ),
+                ),
+            );
         }
+        self.put_model(def)
+    }
+
+    /// Stores a new or changed model (a version added, another one active).
+    pub fn put_model(&mut self, def: ModelDef) -> Result<Vec<WriteOp>> {
         let key = model_key(&def.schema, &def.name);
         let record = encode(&Record::Model(def.clone()))?;
         self.models

@@ -126,10 +126,7 @@ impl Engine {
     /// Starts the pipelines of every stream and materialized view (from their last
     /// checkpoints); from now on catalog changes start and stop pipelines.
     pub fn start_streams(&self, runtime: tokio::runtime::Handle) {
-        self.streams
-            .set_udfs(vec![Arc::new(eddy_udf::predict::predict_udf(
-                self.models.lookup(),
-            ))]);
+        self.streams.set_models(self.models.source());
         self.streams.start(runtime, &self.catalog());
     }
 

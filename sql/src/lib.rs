@@ -15,5 +15,7 @@ pub mod table;
 pub mod txn;
 pub mod types;
 
+/// Models as the engine runs them (REST inference uses the same sessions as PREDICT).
+pub use eddy_udf::onnx;
 pub use engine::{CommandTag, Engine, Prepared, QueryOutput, Session, TxnStatus};
 pub use error::{Error, Result};

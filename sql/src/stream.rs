@@ -6,12 +6,14 @@
 //! - [`checkpoint`]: the checkpoint protocol (pure).
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
+//! - [`models`]: the model versions a pipeline scores with, switched at checkpoints.
 //! - [`manager`]: starts, supervises and stops pipelines as the catalog changes.
 
 pub mod aggregate;
 pub mod checkpoint;
 pub mod log;
 pub mod manager;
+pub mod models;
 pub mod pipeline;
 pub mod plan;
 pub mod session;

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use ort::session::Session;
-use ort::value::{Tensor, ValueType};
+use ort::session::{OutputSelector, RunOptions, Session};
+use ort::value::{Tensor, TensorRef, ValueType};
 use parking_lot::Mutex;
 
 /// The ONNX Runtime version ort 2.0.0-rc.15 is built against.
@@ -122,10 +122,40 @@ fn info(outlet: &ort::value::Outlet) -> TensorInfo {
     }
 }
 
+/// What PREDICT returns for a model: a number (regressors) or a class label (classifiers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Number,
+    IntLabel,
+    TextLabel,
+}
+
+/// A batch of predictions, one per row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Predictions {
+    Numbers(Vec<f32>),
+    IntLabels(Vec<i64>),
+    TextLabels(Vec<String>),
+}
+
+/// Class probabilities: `classes` values per row, row after row, classes in label order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probabilities {
+    pub classes: usize,
+    pub values: Vec<f32>,
+}
+
 pub struct Model {
     session: Mutex<Session>,
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,
+    /// Features each input takes, or why the inputs are not float `[batch, k]` tensors.
+    widths: std::result::Result<Vec<usize>, String>,
+    /// What the first output is, or why PREDICT cannot use it.
+    kind: std::result::Result<OutputKind, String>,
+    /// The output holding class probabilities (a `[batch, classes]` float tensor or a
+    /// ZipMap-style sequence of maps), for classifiers.
+    probabilities: Option<usize>,
 }
 
 impl std::fmt::Debug for Model {
@@ -135,6 +165,49 @@ impl std::fmt::Debug for Model {
             .field("outputs", &self.outputs)
             .finish()
     }
+}
+
+/// Features an input takes: `[batch, k]` takes k, `[batch]` one.
+fn input_widths(inputs: &[TensorInfo]) -> std::result::Result<Vec<usize>, String> {
+    if inputs.is_empty() {
+        return Err("the model has no inputs".into());
+    }
+    inputs
+        .iter()
+        .map(|t| match (t.element.as_str(), t.shape.as_slice()) {
+            ("f32", [_]) => Ok(1),
+            ("f32", [_, k]) if *k > 0 => Ok(*k as usize),
+            _ => Err(format!(
+                "input \"{}\" is {}[{}]; PREDICT feeds float tensors of shape [batch, features]",
+                t.name,
+                t.element,
+                t.shape
+                    .iter()
+                    .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        })
+        .collect()
+}
+
+fn output_kind(outputs: &[TensorInfo]) -> std::result::Result<OutputKind, String> {
+    match outputs.first().map(|o| o.element.as_str()) {
+        Some("f32" | "f64") => Ok(OutputKind::Number),
+        Some("i64" | "i32") => Ok(OutputKind::IntLabel),
+        Some("String") => Ok(OutputKind::TextLabel),
+        Some(other) => Err(format!(
+            "the model's first output is {other}; PREDICT needs a number or a class label"
+        )),
+        None => Err("the model has no outputs".into()),
+    }
+}
+
+fn probability_output(outputs: &[TensorInfo]) -> Option<usize> {
+    outputs.iter().enumerate().skip(1).find_map(|(i, o)| {
+        let tensor = o.element == "f32" && o.shape.len() == 2;
+        (tensor || o.element == "sequence").then_some(i)
+    })
 }
 
 impl Model {
@@ -153,64 +226,230 @@ impl Model {
             .map_err(|e| err(format!("ONNX Runtime: {e}")))?
             .commit_from_file(path)
             .map_err(bad)?;
-        let inputs = session.inputs().iter().map(info).collect();
-        let outputs = session.outputs().iter().map(info).collect();
+        let inputs: Vec<TensorInfo> = session.inputs().iter().map(info).collect();
+        let outputs: Vec<TensorInfo> = session.outputs().iter().map(info).collect();
+        let kind = output_kind(&outputs);
+        let probabilities = match kind {
+            Ok(OutputKind::IntLabel | OutputKind::TextLabel) => probability_output(&outputs),
+            _ => None,
+        };
         Ok(Self {
             session: Mutex::new(session),
+            widths: input_widths(&inputs),
             inputs,
             outputs,
+            kind,
+            probabilities,
         })
     }
 
-    /// Number of features of the (single, `[batch, n]` float) input.
+    /// Number of features PREDICT takes: the widths of the float inputs, summed.
     pub fn feature_count(&self) -> Result<usize> {
-        match self.inputs.as_slice() {
-            [one] if one.element == "f32" && one.shape.len() == 2 && one.shape[1] > 0 => {
-                Ok(one.shape[1] as usize)
-            }
-            _ => Err(err(format!(
-                "the model's inputs {:?} are not one [batch, n] float tensor",
-                self.inputs
-            ))),
+        self.widths
+            .as_ref()
+            .map(|w| w.iter().sum())
+            .map_err(|e| err(e.clone()))
+    }
+
+    /// Feature names when every input takes one feature (the input names), for named
+    /// arguments.
+    pub fn input_names(&self) -> Option<Vec<String>> {
+        let widths = self.widths.as_ref().ok()?;
+        (widths.len() > 1 && widths.iter().all(|w| *w == 1))
+            .then(|| self.inputs.iter().map(|t| t.name.clone()).collect())
+    }
+
+    pub fn output_kind(&self) -> Result<OutputKind> {
+        self.kind.clone().map_err(err)
+    }
+
+    /// Whether the model gives class probabilities (PREDICT_PROBA).
+    pub fn has_probabilities(&self) -> bool {
+        self.probabilities.is_some()
+    }
+
+    /// The input tensors for `rows` rows of `columns` (one slice per feature): each input
+    /// gets its features copied row-major into one `[rows, k]` tensor, one pass per column.
+    fn feeds(&self, columns: &[&[f32]], rows: usize) -> Result<Vec<(String, Tensor<f32>)>> {
+        let widths = self.widths.as_ref().map_err(|e| err(e.clone()))?;
+        let n: usize = widths.iter().sum();
+        if columns.len() != n {
+            return Err(err(format!(
+                "the model takes {n} features, not {}",
+                columns.len()
+            )));
         }
+        let mut feeds = Vec::with_capacity(widths.len());
+        let mut next = 0;
+        for (input, &k) in self.inputs.iter().zip(widths) {
+            let mut data = vec![0f32; rows * k];
+            for (j, col) in columns[next..next + k].iter().enumerate() {
+                for (i, v) in col.iter().take(rows).enumerate() {
+                    data[i * k + j] = *v;
+                }
+            }
+            next += k;
+            let tensor = if input.shape.len() == 1 {
+                Tensor::from_array(([rows], data))
+            } else {
+                Tensor::from_array(([rows, k], data))
+            }
+            .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
+            feeds.push((input.name.clone(), tensor));
+        }
+        Ok(feeds)
     }
 
     /// Scores `rows` rows whose features are `columns` (one slice per feature, all `rows`
-    /// long) in one ONNX Runtime call; returns the first output, one value per row.
-    pub fn predict(&self, columns: &[&[f32]], rows: usize) -> Result<Vec<f32>> {
-        let n = columns.len();
-        if n != self.feature_count()? {
+    /// long) in one ONNX Runtime call: the first output, one value per row.
+    pub fn predict(&self, columns: &[&[f32]], rows: usize) -> Result<Predictions> {
+        let kind = self.output_kind()?;
+        let feeds = self.feeds(columns, rows)?;
+        if rows == 0 {
+            return Ok(match kind {
+                OutputKind::Number => Predictions::Numbers(Vec::new()),
+                OutputKind::IntLabel => Predictions::IntLabels(Vec::new()),
+                OutputKind::TextLabel => Predictions::TextLabels(Vec::new()),
+            });
+        }
+        let first = self.outputs[0].name.clone();
+        // Only the first output: ONNX Runtime then skips what only other outputs need.
+        let options = match self.outputs.len() {
+            1 => None,
+            _ => Some(
+                RunOptions::new()
+                    .map_err(|e| err(format!("ONNX Runtime: {e}")))?
+                    .with_outputs(OutputSelector::no_default().with(first.as_str())),
+            ),
+        };
+        let mut session = self.session.lock();
+        let outputs = match &options {
+            None => session.run(feeds),
+            Some(options) => session.run_with_options(feeds, options),
+        }
+        .map_err(|e| err(format!("model run failed: {e}")))?;
+        let value = &outputs[first.as_str()];
+        let predictions = match kind {
+            OutputKind::Number => Predictions::Numbers(
+                match self.outputs[0].element.as_str() {
+                    "f64" => value
+                        .try_extract_array::<f64>()
+                        .map(|a| a.iter().map(|v| *v as f32).collect()),
+                    _ => value
+                        .try_extract_array::<f32>()
+                        .map(|a| a.iter().copied().collect()),
+                }
+                .map_err(|e| err(format!("cannot read the model's output: {e}")))?,
+            ),
+            OutputKind::IntLabel => Predictions::IntLabels(
+                match self.outputs[0].element.as_str() {
+                    "i32" => value
+                        .try_extract_array::<i32>()
+                        .map(|a| a.iter().map(|v| *v as i64).collect()),
+                    _ => value
+                        .try_extract_array::<i64>()
+                        .map(|a| a.iter().copied().collect()),
+                }
+                .map_err(|e| err(format!("cannot read the model's output: {e}")))?,
+            ),
+            OutputKind::TextLabel => Predictions::TextLabels(
+                value
+                    .try_extract_strings()
+                    .map(|(_, v)| v)
+                    .map_err(|e| err(format!("cannot read the model's output: {e}")))?,
+            ),
+        };
+        let got = match &predictions {
+            Predictions::Numbers(v) => v.len(),
+            Predictions::IntLabels(v) => v.len(),
+            Predictions::TextLabels(v) => v.len(),
+        };
+        if got != rows {
             return Err(err(format!(
-                "the model takes {} features, not {n}",
-                self.feature_count()?
+                "the model gave {got} values for {rows} rows; PREDICT needs one per row"
             )));
         }
-        if rows == 0 {
-            return Ok(Vec::new());
+        Ok(predictions)
+    }
+
+    /// Runs a single-input model on features already laid out row-major (`rows` × the
+    /// feature count), with no copy: ONNX Runtime at its most direct, the reference the
+    /// predict benchmark compares PREDICT with. Returns the first output's values.
+    pub fn run_row_major(&self, data: &[f32], rows: usize) -> Result<usize> {
+        let n = self.feature_count()?;
+        if self.inputs.len() != 1 || data.len() != rows * n {
+            return Err(err("run_row_major takes one [rows, features] input"));
         }
-        // Row-major [rows, n]: one pass per column.
-        let mut data = vec![0f32; rows * n];
-        for (j, col) in columns.iter().enumerate() {
-            for (i, v) in col.iter().take(rows).enumerate() {
-                data[i * n + j] = *v;
-            }
-        }
-        let tensor =
-            Tensor::from_array(([rows, n], data)).map_err(|e| err(format!("ONNX Runtime: {e}")))?;
+        let tensor = TensorRef::from_array_view(([rows, n], data))
+            .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
         let mut session = self.session.lock();
         let outputs = session
             .run(ort::inputs![tensor])
             .map_err(|e| err(format!("model run failed: {e}")))?;
         let values = outputs[0]
             .try_extract_array::<f32>()
-            .map_err(|e| err(format!("the model's first output is not float: {e}")))?;
-        if values.len() != rows {
-            return Err(err(format!(
-                "the model gave {} values for {rows} rows",
-                values.len()
-            )));
+            .map_err(|e| err(format!("cannot read the model's output: {e}")))?;
+        Ok(values.len())
+    }
+
+    /// Class probabilities of `rows` rows in one ONNX Runtime call.
+    pub fn predict_proba(&self, columns: &[&[f32]], rows: usize) -> Result<Probabilities> {
+        let Some(index) = self.probabilities else {
+            return Err(err("the model gives no class probabilities"));
+        };
+        let feeds = self.feeds(columns, rows)?;
+        if rows == 0 {
+            return Ok(Probabilities {
+                classes: 0,
+                values: Vec::new(),
+            });
         }
-        Ok(values.iter().copied().collect())
+        let name = self.outputs[index].name.clone();
+        let options = RunOptions::new()
+            .map_err(|e| err(format!("ONNX Runtime: {e}")))?
+            .with_outputs(OutputSelector::no_default().with(name.as_str()));
+        let mut session = self.session.lock();
+        let outputs = session
+            .run_with_options(feeds, &options)
+            .map_err(|e| err(format!("model run failed: {e}")))?;
+        let value = &outputs[name.as_str()];
+        let read = |e: ort::Error| err(format!("cannot read the model's probabilities: {e}"));
+        if self.outputs[index].element == "sequence" {
+            // ZipMap: one {label: probability} map per row; classes in label order.
+            let maps = value
+                .try_extract_sequence::<ort::value::DynMapValueType>()
+                .map_err(read)?;
+            let mut values = Vec::with_capacity(rows * 2);
+            let mut classes = 0;
+            for map in &maps {
+                let row: Vec<f32> = match map.try_extract_key_values::<i64, f32>() {
+                    Ok(mut kv) => {
+                        kv.sort_by_key(|(k, _)| *k);
+                        kv.into_iter().map(|(_, v)| v).collect()
+                    }
+                    Err(_) => {
+                        let mut kv = map.try_extract_key_values::<String, f32>().map_err(read)?;
+                        kv.sort_by(|a, b| a.0.cmp(&b.0));
+                        kv.into_iter().map(|(_, v)| v).collect()
+                    }
+                };
+                classes = row.len();
+                values.extend(row);
+            }
+            if maps.len() != rows || values.len() != rows * classes {
+                return Err(err("the model gave probabilities of another shape"));
+            }
+            return Ok(Probabilities { classes, values });
+        }
+        let array = value.try_extract_array::<f32>().map_err(read)?;
+        let classes = array.shape().get(1).copied().unwrap_or(1);
+        if array.shape().first() != Some(&rows) {
+            return Err(err("the model gave probabilities of another shape"));
+        }
+        Ok(Probabilities {
+            classes,
+            values: array.iter().copied().collect(),
+        })
     }
 }
 
@@ -219,9 +458,9 @@ mod tests {
     use super::*;
 
     /// Builds the test models and their onnxruntime (Python) reference outputs.
-    fn models() -> PathBuf {
+    fn models(test: &str) -> PathBuf {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = std::env::temp_dir().join(format!("eddy-models-{}", std::process::id()));
+        let out = std::env::temp_dir().join(format!("eddy-models-{}-{test}", std::process::id()));
         let status = std::process::Command::new("python3")
             .arg(root.join("scripts/models/build_models.py"))
             .arg(&out)
@@ -236,9 +475,8 @@ mod tests {
         out
     }
 
-    fn reference(dir: &Path, name: &str) -> (Vec<Vec<f32>>, Vec<f32>) {
-        let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    /// The reference's input rows and its numeric outputs (empty for text labels).
+    fn inputs_and_outputs(v: &serde_json::Value) -> (Vec<Vec<f32>>, Vec<f32>) {
         let inputs = v["inputs"]
             .as_array()
             .unwrap()
@@ -255,15 +493,20 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
+            .filter_map(|x| x.as_f64().map(|x| x as f32))
             .collect();
         (inputs, outputs)
     }
 
+    fn reference(dir: &Path, name: &str) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+        inputs_and_outputs(&serde_json::from_str(&text).unwrap())
+    }
+
     #[test]
     fn predictions_equal_onnxruntime_in_python() {
-        let dir = models();
-        for name in ["linear", "mlp"] {
+        let dir = models("regressors");
+        for name in ["linear", "mlp", "gbt"] {
             let model = Model::load(&dir.join(format!("{name}.onnx")), 1).unwrap();
             let (rows, expected) = reference(&dir, name);
             let width = model.feature_count().unwrap();
@@ -271,7 +514,9 @@ mod tests {
                 .map(|j| rows.iter().map(|r| r[j]).collect())
                 .collect();
             let slices: Vec<&[f32]> = columns.iter().map(|c| c.as_slice()).collect();
-            let got = model.predict(&slices, rows.len()).unwrap();
+            let Predictions::Numbers(got) = model.predict(&slices, rows.len()).unwrap() else {
+                panic!("{name} is a regressor");
+            };
             assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
                 assert!(
@@ -289,6 +534,59 @@ mod tests {
         std::fs::write(&bogus, b"not a model").unwrap();
         let e = Model::load(&bogus, 1).unwrap_err();
         assert!(e.0.contains("is not a usable ONNX model"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn columns(rows: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        (0..rows[0].len())
+            .map(|j| rows.iter().map(|r| r[j]).collect())
+            .collect()
+    }
+
+    #[test]
+    fn classifiers_give_labels_and_probabilities_like_onnxruntime_in_python() {
+        let dir = models("classifiers");
+        for name in ["logistic", "churn"] {
+            let model = Model::load(&dir.join(format!("{name}.onnx")), 1).unwrap();
+            assert!(model.has_probabilities(), "{name}");
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let (rows, _) = inputs_and_outputs(&v);
+            let cols = columns(&rows);
+            let slices: Vec<&[f32]> = cols.iter().map(|c| c.as_slice()).collect();
+            let labels: Vec<serde_json::Value> = match model.predict(&slices, rows.len()).unwrap() {
+                Predictions::IntLabels(l) => l.into_iter().map(|x| x.into()).collect(),
+                Predictions::TextLabels(l) => l.into_iter().map(|x| x.into()).collect(),
+                Predictions::Numbers(_) => panic!("{name} is a classifier"),
+            };
+            assert_eq!(&labels, v["outputs"].as_array().unwrap());
+            let probs = model.predict_proba(&slices, rows.len()).unwrap();
+            let expected = v["probabilities"].as_array().unwrap();
+            for (i, row) in probs.values.chunks(probs.classes).enumerate() {
+                let want = expected[i].as_array().unwrap();
+                assert_eq!(row.len(), want.len());
+                for (g, e) in row.iter().zip(want) {
+                    assert!((*g as f64 - e.as_f64().unwrap()).abs() <= 1e-5, "{name}");
+                }
+            }
+        }
+        // Two named inputs of one feature each.
+        let pair = Model::load(&dir.join("pair.onnx"), 1).unwrap();
+        assert_eq!(pair.feature_count().unwrap(), 2);
+        assert_eq!(
+            pair.input_names(),
+            Some(vec!["temp".to_string(), "vibration".to_string()])
+        );
+        let got = pair.predict(&[&[3.0, 1.0], &[1.0, 0.5]], 2).unwrap();
+        assert_eq!(got, Predictions::Numbers(vec![5.0, 1.5]));
+        // A run-time failure is an error, not a crash.
+        let lookup = Model::load(&dir.join("lookup.onnx"), 1).unwrap();
+        assert_eq!(
+            lookup.predict(&[&[2.0]], 1).unwrap(),
+            Predictions::Numbers(vec![20.0])
+        );
+        let e = lookup.predict(&[&[2.0, 42.0]], 2).unwrap_err();
+        assert!(e.0.contains("model run failed"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

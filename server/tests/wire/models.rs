@@ -263,7 +263,16 @@ async fn predict_matches_onnxruntime_and_models_survive_restarts() {
     server.restart();
     let client = server.connect().await;
     check_predictions(&client, &dir, "linear").await;
-    client.batch_execute("DROP MODEL linear").await.unwrap();
+    let e = client.batch_execute("DROP MODEL linear").await.unwrap_err();
+    assert_eq!(
+        e.code().unwrap().code(),
+        "2BP01",
+        "a running stream uses it"
+    );
+    client
+        .batch_execute("DROP MODEL linear CASCADE")
+        .await
+        .unwrap();
     assert!(
         error_text(
             &client
@@ -294,4 +303,595 @@ async fn without_onnx_runtime_models_fail_clearly_and_the_server_stays_up() {
     );
     let row = client.query_one("SELECT 1 + 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, i64>(0), 2, "the server is up");
+}
+
+/// Polls `sql` (one bigint) until `done` holds or the deadline passes; returns the last value.
+async fn wait_count(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    deadline: std::time::Duration,
+    done: impl Fn(i64) -> bool,
+) -> i64 {
+    let start = std::time::Instant::now();
+    loop {
+        let n: i64 = client.query_one(sql, &[]).await.unwrap().get(0);
+        if done(n) || start.elapsed() > deadline {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn json_file(dir: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
+        .unwrap()
+}
+
+/// `VALUES (i, f0, f1, ...)` rows of a reference's inputs, as real.
+fn values_rows(reference: &serde_json::Value) -> (String, String) {
+    let rows = reference["inputs"].as_array().unwrap();
+    let width = rows[0].as_array().unwrap().len();
+    let values: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let cells: Vec<String> = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| format!("CAST({} AS real)", x.as_f64().unwrap()))
+                .collect();
+            format!("({i}, {})", cells.join(", "))
+        })
+        .collect();
+    let cols: Vec<String> = (0..width).map(|j| format!("f{j}")).collect();
+    (
+        cols.join(", "),
+        format!(
+            "(VALUES {}) AS t(i, {})",
+            values.join(", "),
+            cols.join(", ")
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifiers_trees_named_features_versions_and_rest() {
+    let (_keep, dir) = build_models();
+    let server = Server::start();
+    let client = server.connect().await;
+    for name in ["gbt", "logistic", "churn", "pair"] {
+        client
+            .batch_execute(&format!(
+                "CREATE MODEL {name} FROM '{}'",
+                dir.join(format!("{name}.onnx")).display()
+            ))
+            .await
+            .expect("create model");
+    }
+
+    // A gradient-boosted tree ensemble (scikit-learn through skl2onnx) equals onnxruntime.
+    check_predictions(&client, &dir, "gbt").await;
+
+    // Classifiers: PREDICT gives the label (int or text), PREDICT_PROBA the probabilities.
+    for (name, text_labels) in [("logistic", false), ("churn", true)] {
+        let reference = json_file(&dir, name);
+        let (cols, from) = values_rows(&reference);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT predict('{name}', {cols}), predict_proba('{name}', {cols}) FROM {from} ORDER BY i"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        let want_labels = reference["outputs"].as_array().unwrap();
+        let want_probs = reference["probabilities"].as_array().unwrap();
+        assert_eq!(rows.len(), want_labels.len());
+        for (i, row) in rows.iter().enumerate() {
+            let label = match text_labels {
+                true => serde_json::Value::from(row.get::<_, String>(0)),
+                false => serde_json::Value::from(row.get::<_, i64>(0)),
+            };
+            assert_eq!(label, want_labels[i], "{name} row {i}");
+            let probs: Vec<f64> = row.get(1);
+            let want: Vec<f64> = want_probs[i]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_f64().unwrap())
+                .collect();
+            assert_eq!(probs.len(), want.len());
+            for (g, w) in probs.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5,
+                    "{name} row {i}: {probs:?} vs {want:?}"
+                );
+            }
+        }
+    }
+    let row = client
+        .query_one("SELECT predict_proba('logistic', 1, 2, 3, 4)[2]", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, f64>(0) > 0.0, "one class's probability");
+    let e = client
+        .query("SELECT predict_proba('gbt', 1, 2, 3, 4, 5)", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        error_text(&e).contains("not a classifier"),
+        "{}",
+        error_text(&e)
+    );
+
+    // Features by name: the model's input names, or names given at CREATE.
+    let row = client
+        .query_one(
+            "SELECT predict('pair', vibration => 1.0, temp => 3.0) AS named, predict('pair', 3.0, 1.0) AS positional",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, f64>(0), 5.0);
+    assert_eq!(row.get::<_, f64>(1), 5.0);
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL lin FROM '{}' WITH (features = 'a, b, c')",
+            dir.join("linear.onnx").display()
+        ))
+        .await
+        .unwrap();
+    let row = client
+        .query_one("SELECT predict('lin', c => 3, a => 1, b => 2)", &[])
+        .await
+        .unwrap();
+    assert!((row.get::<_, f64>(0) - 4.75).abs() < 1e-6);
+    for (sql, expected) in [
+        (
+            "SELECT predict('lin', a => 1, b => 2)",
+            "feature \"c\" of model \"lin\" is missing",
+        ),
+        (
+            "SELECT predict('lin', a => 1, b => 2, d => 3)",
+            "has no feature \"d\"",
+        ),
+        ("SELECT predict('gbt', a => 1)", "has no feature names"),
+    ] {
+        let e = client.query(sql, &[]).await.unwrap_err();
+        assert!(
+            error_text(&e).contains(expected),
+            "{sql}: {}",
+            error_text(&e)
+        );
+    }
+    let e = client
+        .batch_execute(&format!(
+            "CREATE MODEL lin2 FROM '{}' WITH (features = 'a, b')",
+            dir.join("linear.onnx").display()
+        ))
+        .await
+        .unwrap_err();
+    assert!(error_text(&e).contains("names 2 features; the model takes 3"));
+
+    // Versions: adding one keeps the active version; SET ACTIVE VERSION and ROLLBACK switch.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL anomaly FROM '{v1}'; CREATE MODEL anomaly VERSION 2 FROM '{v2}'",
+            v1 = examples.join("anomaly_v1.onnx").display(),
+            v2 = examples.join("anomaly_v2.onnx").display()
+        ))
+        .await
+        .unwrap();
+    let score = "SELECT predict('anomaly', 70, 1.2), predict_version('anomaly')";
+    let scored = |row: tokio_postgres::Row| (row.get::<_, f64>(0), row.get::<_, i32>(1));
+    let (y, v) = scored(client.query_one(score, &[]).await.unwrap());
+    assert_eq!(v, 1);
+    assert!((y - 1.2).abs() < 1e-5, "{y}");
+    client
+        .batch_execute("ALTER MODEL anomaly SET ACTIVE VERSION 2")
+        .await
+        .unwrap();
+    let (y, v) = scored(client.query_one(score, &[]).await.unwrap());
+    assert_eq!(v, 2);
+    assert!((y - 1.7).abs() < 1e-5, "{y}");
+    client
+        .batch_execute("ALTER MODEL anomaly ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(scored(client.query_one(score, &[]).await.unwrap()).1, 1);
+    for (sql, code, expected) in [
+        (
+            "ALTER MODEL anomaly ROLLBACK",
+            "55000",
+            "no earlier active version",
+        ),
+        (
+            "ALTER MODEL anomaly SET ACTIVE VERSION 7",
+            "42704",
+            "has no version 7",
+        ),
+        (
+            "ALTER MODEL nope SET ACTIVE VERSION 1",
+            "42704",
+            "does not exist",
+        ),
+        (
+            "CREATE MODEL anomaly FROM 'examples/models/anomaly_v1.onnx'",
+            "42710",
+            "already exists",
+        ),
+    ] {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(e.code().unwrap().code(), code, "{sql}");
+        assert!(
+            error_text(&e).contains(expected),
+            "{sql}: {}",
+            error_text(&e)
+        );
+    }
+    let versions: Vec<(String, i32, bool)> = client
+        .query(
+            "SELECT name, version, active FROM eddy_catalog.models WHERE name = 'anomaly' ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![("anomaly".into(), 1, true), ("anomaly".into(), 2, false)]
+    );
+
+    // A running query keeps a model from being dropped, unless CASCADE.
+    client
+        .batch_execute(
+            "CREATE SOURCE s (a real, b real); \
+             CREATE STREAM uses AS SELECT predict('anomaly', a, b) AS y FROM s; \
+             CREATE MATERIALIZED VIEW reads AS SELECT count(*) AS n FROM uses",
+        )
+        .await
+        .unwrap();
+    let e = client
+        .batch_execute("DROP MODEL anomaly")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "2BP01");
+    let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or_default();
+    assert!(
+        detail.contains("stream uses scores with model anomaly"),
+        "{detail}"
+    );
+    // A version with other features cannot become active under a running query.
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL anomaly VERSION 3 FROM '{}'",
+            dir.join("linear.onnx").display()
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .batch_execute("ALTER MODEL anomaly SET ACTIVE VERSION 3")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "55000", "{}", error_text(&e));
+    client
+        .batch_execute("DROP MODEL anomaly CASCADE")
+        .await
+        .unwrap();
+    for gone in ["uses", "reads"] {
+        let e = client
+            .query(&format!("SELECT * FROM {gone}"), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code().unwrap().code(),
+            "42P01",
+            "{gone} went with the model"
+        );
+    }
+
+    // REST: versions, named rows, labels and probabilities.
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL anomaly FROM '{v1}' WITH (features = 'temperature, vibration'); \
+             CREATE MODEL anomaly VERSION 2 FROM '{v2}' WITH (features = 'temperature, vibration')",
+            v1 = examples.join("anomaly_v1.onnx").display(),
+            v2 = examples.join("anomaly_v2.onnx").display()
+        ))
+        .await
+        .unwrap();
+    let (status, body) = http(&server, "GET", "/v1/models", "");
+    assert_eq!(status, 200);
+    let anomaly = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "anomaly")
+        .unwrap();
+    assert_eq!(anomaly["active_version"], 1);
+    assert_eq!(anomaly["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        anomaly["versions"][0]["features"],
+        serde_json::json!(["temperature", "vibration"])
+    );
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/v1/models/anomaly/predict",
+        r#"{"rows": [{"temperature": 70, "vibration": 1.2}, [90, 3.0]], "version": 2}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], 2);
+    let got: Vec<f64> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        (got[0] - 1.7).abs() < 1e-5 && (got[1] - 4.5).abs() < 1e-5,
+        "{got:?}"
+    );
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/v1/models/churn/predict",
+        r#"{"rows": [[1, 2, 3, 4], [null, 1, 1, 1]], "probabilities": true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["predictions"][0].is_string(), "{body}");
+    assert!(body["predictions"][1].is_null(), "{body}");
+    let p = body["probabilities"][0].as_array().unwrap();
+    let total: f64 = p.iter().map(|x| x.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-5, "{body}");
+    for (path, request, status, expected) in [
+        (
+            "/v1/models/anomaly/predict",
+            r#"{"rows": [[1, 2]], "version": 9}"#,
+            404,
+            "no version 9",
+        ),
+        (
+            "/v1/models/anomaly/predict",
+            r#"{"rows": [{"temp": 1}]}"#,
+            400,
+            "no feature \"temp\"",
+        ),
+        (
+            "/v1/models/gbt/predict",
+            r#"{"rows": [[1, 2, 3, 4, 5]], "probabilities": true}"#,
+            422,
+            "no class probabilities",
+        ),
+        (
+            "/v1/models/anomaly/predict",
+            r#"{"rows": [[1, 2]], "version": "x"}"#,
+            400,
+            "version",
+        ),
+    ] {
+        let (got, body) = http(&server, "POST", path, request);
+        assert_eq!(got, status, "{request}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{request}: {body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_failing_at_run_time_sends_rows_to_dead_letters() {
+    let (_keep, dir) = build_models();
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL lookup FROM '{}'; \
+             CREATE SOURCE codes (id int NOT NULL, code real); \
+             CREATE STREAM looked AS SELECT id, predict('lookup', code) AS y FROM codes; \
+             INSERT INTO codes VALUES (1, 2), (2, 42), (3, 5), (4, NULL), (5, -30), (6, 9)",
+            dir.join("lookup.onnx").display()
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Duration::from_secs(30);
+    wait_count(&client, "SELECT count(*) FROM looked", deadline, |n| n >= 4).await;
+    let rows: Vec<(i32, Option<f64>)> = client
+        .query("SELECT id, y FROM looked ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, Some(20.0)), (3, Some(50.0)), (4, None), (6, Some(90.0))]
+    );
+    let dead: Vec<(String, String)> = client
+        .query(
+            "SELECT payload, error FROM codes_errors ORDER BY \"offset\"",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead[0].0.contains("\"id\":2") && dead[1].0.contains("\"id\":5"),
+        "{dead:?}"
+    );
+    assert!(
+        dead[0].1.contains("looked") && dead[0].1.contains("model \"lookup\""),
+        "{dead:?}"
+    );
+    // The pipeline goes on.
+    client
+        .batch_execute("INSERT INTO codes VALUES (7, 1)")
+        .await
+        .unwrap();
+    wait_count(&client, "SELECT count(*) FROM looked", deadline, |n| n >= 5).await;
+    let shown = client.simple_query("SHOW STREAMS").await.unwrap();
+    let status: Vec<String> = shown
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(format!(
+                "{} {}",
+                r.get("status").unwrap(),
+                r.get("dead_letters").unwrap()
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(status, vec!["running 2"]);
+    // Ad hoc, the failure is an error with SQLSTATE 38000.
+    let e = client
+        .query("SELECT predict('lookup', 42)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "38000", "{}", error_text(&e));
+}
+
+/// The reference scores of the example models (anomaly_v1/v2.onnx).
+fn anomaly(version: i32, temperature: f64, vibration: f64) -> f64 {
+    match version {
+        1 => 0.02 * temperature + 1.5 * vibration - 2.0,
+        2 => 0.05 * temperature + 1.0 * vibration - 3.0,
+        v => panic!("no version {v}"),
+    }
+}
+
+/// Switches the active version twice under a running stream and kills the server with SIGKILL
+/// at a seeded random batch: every row is scored exactly once, by the version it says scored
+/// it, and the versions change in row order exactly at the two switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_a_running_stream_scores_every_row_once() {
+    let seed = crate::common::crash_seed();
+    println!("hot swap test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
+    let mut rng = crate::common::Rng(seed);
+    const BATCHES: i64 = 60;
+    const ROWS: i64 = 50;
+    let kill_at = 5 + rng.below(50) as i64;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL anomaly FROM '{v1}' WITH (features = 'temperature, vibration'); \
+             CREATE MODEL anomaly VERSION 2 FROM '{v2}' WITH (features = 'temperature, vibration'); \
+             CREATE SOURCE readings (id int NOT NULL, temperature real, vibration real); \
+             CREATE STREAM scored WITH (checkpoint_interval = '50ms') AS \
+               SELECT id, temperature, vibration, \
+                      PREDICT('anomaly', vibration => vibration, temperature => temperature) AS score, \
+                      PREDICT_VERSION('anomaly') AS version \
+               FROM readings",
+            v1 = examples.join("anomaly_v1.onnx").display(),
+            v2 = examples.join("anomaly_v2.onnx").display()
+        ))
+        .await
+        .unwrap();
+    let mut client = client;
+    // Phase 1 (version 1) until batch 20, then SET ACTIVE VERSION 2; phase 2 until batch 40
+    // and until a row scored by version 2 is seen, then ROLLBACK; phase 3 until batch 60 and
+    // until a row after the last version-2 row is scored by version 1 again. Switches happen
+    // while rows are in flight: there is no waiting for the stream to catch up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut phase = 1;
+    let mut b = 0;
+    loop {
+        let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
+            .map(|i| format!("({i}, {}, {})", 50 + i % 40, (i % 13) as f64 / 4.0))
+            .collect();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO readings VALUES {}",
+                values.join(", ")
+            ))
+            .await
+            .unwrap();
+        b += 1;
+        if b == kill_at {
+            println!("SIGKILL after batch {b}");
+            server.restart();
+            client = server.connect().await;
+        }
+        let seen = |sql: &'static str| {
+            let client = &client;
+            async move { client.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) }
+        };
+        match phase {
+            1 if b >= 20 => {
+                client
+                    .batch_execute("ALTER MODEL anomaly SET ACTIVE VERSION 2")
+                    .await
+                    .unwrap();
+                phase = 2;
+            }
+            2 if b >= 40 && seen("SELECT count(*) > 0 FROM scored WHERE version = 2").await => {
+                client
+                    .batch_execute("ALTER MODEL anomaly ROLLBACK")
+                    .await
+                    .unwrap();
+                phase = 3;
+            }
+            3 if b >= BATCHES
+                && seen(
+                    "SELECT count(*) > 0 FROM scored WHERE version = 1 AND id > \
+                     (SELECT max(id) FROM scored WHERE version = 2)",
+                )
+                .await =>
+            {
+                break;
+            }
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "phase {phase} never ended (seed {seed})"
+        );
+    }
+    let total = b * ROWS;
+    let n = wait_count(
+        &client,
+        "SELECT count(*) FROM scored",
+        std::time::Duration::from_secs(120),
+        |n| n >= total,
+    )
+    .await;
+    assert_eq!(n, total, "every row scored (seed {seed})");
+    let rows = client
+        .query(
+            "SELECT id, temperature, vibration, score, version FROM scored ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len() as i64, total);
+    let mut versions = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        let id: i32 = r.get(0);
+        assert_eq!(id as usize, i, "each row exactly once (seed {seed})");
+        let (t, v): (f32, f32) = (r.get(1), r.get(2));
+        let version: i32 = r.get(4);
+        let score: f64 = r.get(3);
+        let want = anomaly(version, t as f64, v as f64);
+        assert!(
+            (score - want).abs() < 1e-4,
+            "row {id}: scored {score}, version {version} gives {want} (seed {seed})"
+        );
+        if versions.last() != Some(&version) {
+            versions.push(version);
+        }
+    }
+    assert_eq!(
+        versions,
+        vec![1, 2, 1],
+        "versions in row order switch exactly twice (seed {seed})"
+    );
 }

@@ -73,12 +73,22 @@ impl std::fmt::Debug for EddyCatalog {
     }
 }
 
+/// Eddy's own system tables: `eddy_catalog.models`.
+pub const EDDY_CATALOG: &str = "eddy_catalog";
+
 impl CatalogProvider for EddyCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.view.catalog().schemas().cloned().collect()
+        let mut names: Vec<String> = self.view.catalog().schemas().cloned().collect();
+        names.push(EDDY_CATALOG.to_string());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == EDDY_CATALOG {
+            return Some(Arc::new(SystemTables {
+                view: self.view.clone(),
+            }));
+        }
         let cat = self.view.catalog();
         cat.schemas().any(|s| s == name).then(|| {
             Arc::new(EddySchema {
@@ -147,5 +157,37 @@ impl SchemaProvider for EddySchema {
 
     fn table_exist(&self, name: &str) -> bool {
         self.view.catalog().relation(&self.name, name).is_some()
+    }
+}
+
+/// `eddy_catalog`: tables computed from the catalog when a query reads them.
+struct SystemTables {
+    view: Arc<SessionView>,
+}
+
+impl std::fmt::Debug for SystemTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SystemTables")
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SystemTables {
+    fn table_names(&self) -> Vec<String> {
+        vec!["models".to_string()]
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if name != "models" {
+            return Ok(None);
+        }
+        let batch =
+            super::models::catalog_batch(&self.view.catalog()).map_err(crate::error::to_df)?;
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        Ok(Some(Arc::new(table)))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        name == "models"
     }
 }

@@ -135,7 +135,6 @@ impl Session {
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         eddy_udf::register(&mut ctx).expect("Eddy's functions register");
-        ctx.register_udf(eddy_udf::predict::predict_udf(engine.models.lookup()));
         let txn: SharedTxn = Arc::new(Mutex::new(Txn::default()));
         let view = Arc::new(SessionView {
             engine: engine.clone(),
@@ -143,6 +142,10 @@ impl Session {
             dml_target: Mutex::new(None),
             state: Mutex::new(ctx.state_weak_ref()),
         });
+        let models = engine.models.session_lookup(Arc::downgrade(&view));
+        for udf in eddy_udf::predict::model_udfs(models) {
+            ctx.register_udf(udf);
+        }
         ctx.register_catalog(CATALOG_NAME, Arc::new(EddyCatalog { view: view.clone() }));
         let exists_view = view.clone();
         let info = Arc::new(SessionInfo {
@@ -284,7 +287,8 @@ impl Session {
     }
 
     async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
-        let (statement, target) = super::dml::prepare_statement(statement, self)?;
+        let (mut statement, target) = super::dml::prepare_statement(statement, self)?;
+        super::models::resolve_named_features(&mut statement, &self.view.catalog())?;
         *self.view.dml_target.lock() = target;
         let state = self.ctx.state();
         let planned = state

@@ -10,8 +10,10 @@
 //! CREATE STREAM [IF NOT EXISTS] name [WITH (...)] AS query
 //! CREATE MATERIALIZED VIEW [IF NOT EXISTS] name [WITH (...)] AS query
 //!     [EMIT ON WINDOW CLOSE | EMIT ON UPDATE]
-//! SHOW SOURCES | STREAMS | MATERIALIZED VIEWS
-//! DROP SOURCE | STREAM | MATERIALIZED VIEW [IF EXISTS] name [, ...] [CASCADE | RESTRICT]
+//! CREATE MODEL [IF NOT EXISTS] name [VERSION n] FROM 'location' [WITH (...)]
+//! ALTER MODEL name SET ACTIVE VERSION n | ALTER MODEL name ROLLBACK
+//! SHOW SOURCES | STREAMS | MATERIALIZED VIEWS | MODELS
+//! DROP SOURCE | STREAM | MATERIALIZED VIEW | MODEL [IF EXISTS] name [, ...] [CASCADE | RESTRICT]
 //! EXPLAIN CREATE STREAM ... | EXPLAIN CREATE MATERIALIZED VIEW ...
 //! ```
 
@@ -86,13 +88,22 @@ pub struct CreateQuery {
     pub emit_on_close: Option<bool>,
 }
 
-/// `CREATE MODEL name FROM 'location' [WITH (...)]`.
+/// `CREATE MODEL name [VERSION n] FROM 'location' [WITH (...)]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateModel {
     pub name: ObjectName,
     pub if_not_exists: bool,
+    /// `VERSION n`: adds a version to an existing model (or starts a new one at n).
+    pub version: Option<u32>,
     pub location: String,
     pub options: Vec<(String, String)>,
+}
+
+/// `ALTER MODEL name SET ACTIVE VERSION n | ROLLBACK`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AlterModel {
+    SetActive(u32),
+    Rollback,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -100,6 +111,10 @@ pub struct CreateModel {
 pub enum EddyStatement {
     CreateSource(CreateSource),
     CreateModel(CreateModel),
+    AlterModel {
+        name: ObjectName,
+        action: AlterModel,
+    },
     CreateQuery(CreateQuery),
     Show(ObjectKind),
     Drop {
@@ -164,11 +179,18 @@ impl fmt::Display for EddyStatement {
             EddyStatement::CreateQuery(q) => q.fmt(f),
             EddyStatement::CreateModel(m) => write!(
                 f,
-                "CREATE MODEL {} FROM '{}'{}",
+                "CREATE MODEL {}{} FROM '{}'{}",
                 m.name,
+                m.version
+                    .map(|v| format!(" VERSION {v}"))
+                    .unwrap_or_default(),
                 m.location.replace('\'', "''"),
                 options_sql(&m.options)
             ),
+            EddyStatement::AlterModel { name, action } => match action {
+                AlterModel::SetActive(v) => write!(f, "ALTER MODEL {name} SET ACTIVE VERSION {v}"),
+                AlterModel::Rollback => write!(f, "ALTER MODEL {name} ROLLBACK"),
+            },
             EddyStatement::Show(kind) => write!(f, "SHOW {}S", kind.sql()),
             EddyStatement::Drop { kind, names, .. } => {
                 let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -241,6 +263,23 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
                 _ => return Ok(None),
             }
         }
+        Some("ALTER") if word(parser, 1).as_deref() == Some("MODEL") => {
+            skip(parser, 2);
+            let name = parser.parse_object_name(false)?;
+            let action = if word(parser, 0).as_deref() == Some("ROLLBACK") {
+                parser.next_token();
+                AlterModel::Rollback
+            } else {
+                parser.expect_keyword_is(Keyword::SET)?;
+                if word(parser, 0).as_deref() != Some("ACTIVE") {
+                    return parser.expected("ACTIVE VERSION n or ROLLBACK", parser.peek_token());
+                }
+                parser.next_token();
+                parser.expect_keyword_is(Keyword::VERSION)?;
+                AlterModel::SetActive(version_number(parser)?)
+            };
+            EddyStatement::AlterModel { name, action }
+        }
         Some("SHOW") => match plural_kind(parser, 1) {
             Some(kind) => {
                 skip(
@@ -275,16 +314,32 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
     }))
 }
 
+/// A model version number: a positive integer.
+fn version_number(parser: &mut Parser<'_>) -> Result<u32, ParserError> {
+    let n = parser.parse_literal_uint()?;
+    u32::try_from(n).ok().filter(|v| *v > 0).ok_or_else(|| {
+        ParserError::ParserError(format!(
+            "invalid model version {n} (expected 1 to {})",
+            u32::MAX
+        ))
+    })
+}
+
 fn create(parser: &mut Parser<'_>, kind: ObjectKind) -> Result<EddyStatement, ParserError> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = parser.parse_object_name(false)?;
     if kind == ObjectKind::Model {
+        let version = match parser.parse_keyword(Keyword::VERSION) {
+            true => Some(version_number(parser)?),
+            false => None,
+        };
         parser.expect_keyword_is(Keyword::FROM)?;
         let location = parser.parse_literal_string()?;
         let options = with_options(parser)?;
         return Ok(EddyStatement::CreateModel(CreateModel {
             name,
             if_not_exists,
+            version,
             location,
             options,
         }));

@@ -23,7 +23,7 @@ use crate::types::SqlType;
 
 pub fn result_schema(statement: &EddyStatement) -> Option<SchemaRef> {
     match statement {
-        EddyStatement::Show(ObjectKind::Model) => Some(super::models::show_schema()),
+        EddyStatement::Show(ObjectKind::Model) => Some(super::models::catalog_schema()),
         EddyStatement::Show(kind) => Some(show_schema(*kind)),
         EddyStatement::Explain(_) => Some(Arc::new(Schema::new(vec![Field::new(
             "QUERY PLAN",
@@ -39,14 +39,15 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
         EddyStatement::CreateSource(s) => create_source(session, s)?,
         EddyStatement::CreateModel(m) => super::models::create(session, m)?,
         EddyStatement::Show(ObjectKind::Model) => return super::models::show(session),
+        EddyStatement::AlterModel { name, action } => super::models::alter(session, name, *action)?,
         EddyStatement::Drop {
             kind: ObjectKind::Model,
             names,
             if_exists,
-            ..
+            cascade,
         } => {
             for n in names {
-                super::models::drop(session, n, *if_exists)?;
+                super::models::drop(session, n, *if_exists, *cascade)?;
             }
             CommandTag::new("DROP MODEL")
         }
@@ -60,7 +61,14 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
         EddyStatement::Show(kind) => return show(session, *kind),
         EddyStatement::Explain(q) => {
             let catalog = session.view().catalog();
-            let plan = plan::plan(&catalog, &q.query, &session.engine().streams.udfs()).await?;
+            let mut query = q.query.clone();
+            super::models::resolve_named_features(&mut query, &catalog)?;
+            let models = session.engine().models.source_in(catalog.clone());
+            let (_, udfs) = session
+                .engine()
+                .streams
+                .model_functions(&Default::default(), Some(models));
+            let plan = plan::plan(&catalog, &query, &udfs).await?;
             let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
             let emit_on_close = emit_on_close(q, &plan, windowed)?;
             let sink = match q.kind {
@@ -385,7 +393,15 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     if catalog.relation(&schema, &name).is_some() && q.if_not_exists {
         return Ok(tag);
     }
-    let plan = plan::plan(&catalog, &q.query, &session.engine().streams.udfs()).await?;
+    // Named PREDICT features are resolved now, so the stored query keeps this order.
+    let mut query = q.query.clone();
+    super::models::resolve_named_features(&mut query, &catalog)?;
+    let source = session.engine().models.source_in(catalog.clone());
+    let (models, udfs) = session
+        .engine()
+        .streams
+        .model_functions(&Default::default(), Some(source));
+    let plan = plan::plan(&catalog, &query, &udfs).await?;
     let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
     if q.kind == ObjectKind::Stream && plan.aggregate.is_some() {
         return Err(Error::user(
@@ -431,8 +447,9 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         })
         .collect();
     let info = QueryInfo {
-        sql: q.query.to_string(),
+        sql: query.to_string(),
         depends_on,
+        models: models.pinned().into_keys().collect(),
         emit_on_close,
         options: q.options.clone(),
     };

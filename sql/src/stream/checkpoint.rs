@@ -40,6 +40,9 @@ pub struct CheckpointRecord {
     pub partition_watermarks: Watermarks,
     /// Next output sequence number (streams key their rows by it).
     pub next_seq: u64,
+    /// The model versions the epochs after this checkpoint score with.
+    #[serde(default)]
+    pub models: super::models::ModelVersions,
 }
 
 pub fn record_key(pipeline: u32) -> Vec<u8> {
@@ -62,6 +65,8 @@ pub struct Barrier {
     pub positions: Positions,
     pub watermark: Option<i64>,
     pub partition_watermarks: Watermarks,
+    /// The model versions of the epochs after this barrier.
+    pub models: super::models::ModelVersions,
     /// State writes added by the operators the barrier passed.
     pub writes: Vec<WriteOp>,
 }
@@ -103,6 +108,7 @@ impl Injector {
             positions,
             watermark,
             partition_watermarks,
+            models: Default::default(),
             writes: Vec::new(),
         }
     }
@@ -128,6 +134,7 @@ pub fn commit_ops(
         watermark: barrier.watermark,
         partition_watermarks: barrier.partition_watermarks,
         next_seq,
+        models: barrier.models,
     };
     let mut ops = barrier.writes;
     let bytes = serde_json::to_vec(&record)
@@ -339,11 +346,13 @@ mod tests {
             positions: Positions::new(),
             watermark: None,
             partition_watermarks: Watermarks::new(),
+            models: [("m".to_string(), 2)].into(),
             writes: Vec::new(),
         };
         assert!(commit_ops(1, 3, barrier.clone(), 0).is_err());
         let (record, ops) = commit_ops(1, 2, barrier, 5).unwrap();
         assert_eq!(record.next_seq, 5);
+        assert_eq!(record.models.get("m"), Some(&2), "the pins are committed");
         assert_eq!(ops.len(), 1);
         let WriteOp::Put(k, v) = &ops[0] else {
             panic!()

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::common::DFSchema;
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionContext;
 use eddy_connectors::{Options, SourceSpec};
 use parking_lot::Mutex;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use super::aggregate::Aggregator;
 use super::checkpoint::{Injector, record_key, recover, state_prefix};
 use super::log::{LogSignal, LogSource};
+use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::pipeline::{
     AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
     run_operator,
@@ -45,8 +47,8 @@ pub struct StreamManager {
     running: Mutex<HashMap<u32, Running>>,
     metrics: Mutex<HashMap<u32, Arc<Metrics>>>,
     checkpoint_interval_ms: u64,
-    /// Engine functions pipelines plan with (PREDICT).
-    udfs: Mutex<Vec<Arc<datafusion::logical_expr::ScalarUDF>>>,
+    /// The catalog's models (PREDICT in pipelines).
+    models: Mutex<Option<Arc<dyn ModelSource>>>,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -64,16 +66,32 @@ impl StreamManager {
             running: Mutex::new(HashMap::new()),
             metrics: Mutex::new(HashMap::new()),
             checkpoint_interval_ms,
-            udfs: Mutex::new(Vec::new()),
+            models: Mutex::new(None),
         }
     }
 
-    pub fn set_udfs(&self, udfs: Vec<Arc<datafusion::logical_expr::ScalarUDF>>) {
-        *self.udfs.lock() = udfs;
+    pub fn set_models(&self, models: Arc<dyn ModelSource>) {
+        *self.models.lock() = Some(models);
     }
 
-    pub fn udfs(&self) -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
-        self.udfs.lock().clone()
+    /// PREDICT and its sibling functions over pins starting at `recorded` (empty: each model
+    /// pins its active version when the query is planned). The pins then name the models the
+    /// query uses.
+    /// `source` overrides where models are found (a session's uncommitted catalog).
+    pub fn model_functions(
+        &self,
+        recorded: &ModelVersions,
+        source: Option<Arc<dyn ModelSource>>,
+    ) -> (Arc<PinnedModels>, Vec<Arc<ScalarUDF>>) {
+        let source = source
+            .or_else(|| self.models.lock().clone())
+            .unwrap_or_else(|| Arc::new(NoModels));
+        let pins = PinnedModels::new(source, recorded);
+        let udfs = eddy_udf::predict::model_udfs(pins.clone())
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        (pins, udfs)
     }
 
     /// Starts every pipeline of `catalog` on `runtime`; later catalog changes start and stop
@@ -182,8 +200,10 @@ impl StreamManager {
     ) -> Result<()> {
         let info = def.kind.query().expect("pipelines are queries").clone();
         let query = plan::parse_query(&info.sql)?;
-        let plan = Arc::new(plan::plan(catalog, &query, &self.udfs()).await?);
         let record = recover(self.kv.get(&record_key(def.id))?.as_deref())?;
+        // The model versions of the checkpoint the pipeline resumes from.
+        let (models, udfs) = self.model_functions(&record.models, None);
+        let plan = Arc::new(plan::plan(catalog, &query, &udfs).await?);
         let source_def = plan.source.clone();
         let TableKind::Source(source_info) = &source_def.kind else {
             return Err(Error::internal("pipeline source is not a source"));
@@ -193,8 +213,17 @@ impl StreamManager {
         let (tx0, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(record.epoch);
         let mut tasks = tokio::task::JoinSet::new();
-        let mut operators: Vec<Box<dyn Operator>> =
-            vec![Box::new(Stateless { plan: plan.clone() })];
+        let owned = catalog.owned_by(&plan.source);
+        let errors = owned
+            .iter()
+            .find(|t| matches!(t.kind, TableKind::DeadLetters { .. }))
+            .cloned();
+        let mut operators: Vec<Box<dyn Operator>> = vec![Box::new(Stateless {
+            plan: plan.clone(),
+            name: def.name.clone(),
+            errors: errors.clone(),
+            metrics: metrics.clone(),
+        })];
         if let Some(agg) = &plan.aggregate {
             let view = ViewWriter::new(def.clone());
             let op = match agg.session {
@@ -237,11 +266,6 @@ impl StreamManager {
             committed: committed_tx,
         };
         tasks.spawn(sink.run(rx));
-        let owned = catalog.owned_by(&source_def);
-        let errors = owned
-            .iter()
-            .find(|t| matches!(t.kind, TableKind::DeadLetters { .. }))
-            .cloned();
         let late = owned
             .iter()
             .find(|t| matches!(t.kind, TableKind::LateEvents { .. }))
@@ -306,6 +330,8 @@ impl StreamManager {
             late,
             stop: stop.clone(),
             metrics: metrics.clone(),
+            models,
+            committed: committed_rx,
         };
         let source_task = tokio::task::spawn_blocking(move || source.run());
         *metrics.error.lock() = None;
@@ -332,6 +358,26 @@ impl StreamManager {
             let _ = tokio::time::timeout(Duration::from_secs(10), source_task).await;
         }
         result
+    }
+}
+
+/// Where no engine provides models (unit tests).
+#[derive(Debug)]
+struct NoModels;
+
+impl ModelSource for NoModels {
+    fn active_version(&self, _name: &str) -> Option<u32> {
+        None
+    }
+    fn has_version(&self, _name: &str, _version: u32) -> bool {
+        false
+    }
+    fn load(
+        &self,
+        name: &str,
+        _version: u32,
+    ) -> std::result::Result<eddy_udf::predict::Resolved, String> {
+        Err(format!("model \"{name}\" does not exist"))
     }
 }
 

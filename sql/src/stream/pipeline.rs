@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
 use super::checkpoint::{Barrier, CheckpointRecord, Injector, Watermarks, commit_ops};
+use super::models::PinnedModels;
 use super::plan::PipelinePlan;
 use super::session::SessionAggregator;
 use super::view::{dead_letter_rows, late_event_rows, seq_key, sequenced_rows};
@@ -34,12 +35,18 @@ use crate::storage::{KvStore, WriteOp};
 #[derive(Debug)]
 pub enum Message {
     Batch(RecordBatch),
+    /// Source rows with each row's (partition, offset), so a stage can send a row it
+    /// cannot process to the dead-letter table under its origin.
+    Events(RecordBatch, Origins),
     /// Event time (microseconds) below which no more events will be accepted.
     Watermark(i64),
     Barrier(Barrier),
     /// Output rows already encoded (view rows, dead letters).
     Writes(Vec<WriteOp>),
 }
+
+/// Each row's (partition, offset) in its source.
+pub type Origins = Vec<(i32, i64)>;
 
 /// Capacity of each channel between stages.
 pub const CHANNEL_CAPACITY: usize = 4;
@@ -65,6 +72,16 @@ pub struct Metrics {
 pub trait Operator: Send {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()>;
 
+    /// Source rows with their origins; most stages only need the rows.
+    async fn on_events(
+        &mut self,
+        batch: RecordBatch,
+        _origins: Vec<(i32, i64)>,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        self.on_batch(batch, out).await
+    }
+
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Watermark(watermark));
         Ok(())
@@ -79,21 +96,92 @@ pub trait Operator: Send {
     fn on_commit(&mut self, _epoch: u64) {}
 }
 
-/// Filters, projections and unnest, through DataFusion, one batch at a time.
+/// Filters, projections, unnest and PREDICT, through DataFusion, one batch at a time.
+///
+/// When a model fails on a batch, the batch is split until the rows the model cannot score
+/// are found; those go to the source's dead-letter table and the others go on.
 pub struct Stateless {
     pub plan: Arc<PipelinePlan>,
+    /// The pipeline's name, for dead-letter reasons.
+    pub name: String,
+    /// `<source>_errors`.
+    pub errors: Option<Arc<TableDef>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Stateless {
+    fn push(out: &mut Vec<Message>, batches: Vec<RecordBatch>) {
+        for b in batches {
+            if b.num_rows() > 0 {
+                out.push(Message::Batch(b));
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Operator for Stateless {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        for b in self.plan.run_lower(batch).await? {
-            if b.num_rows() > 0 {
-                out.push(Message::Batch(b));
+        Self::push(out, self.plan.run_lower(batch).await?);
+        Ok(())
+    }
+
+    async fn on_events(
+        &mut self,
+        batch: RecordBatch,
+        origins: Vec<(i32, i64)>,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        // Row ranges still to run, in row order.
+        let mut work = std::collections::VecDeque::from([(0, batch.num_rows())]);
+        let mut dead = Vec::new();
+        while let Some((start, len)) = work.pop_front() {
+            let part = batch.slice(start, len);
+            let failure = match self.plan.run_lower(part.clone()).await {
+                Ok(batches) => {
+                    Self::push(out, batches);
+                    continue;
+                }
+                Err(Error::DataFusion(e)) => match eddy_udf::predict::model_run_error(&e) {
+                    Some(failure) if self.errors.is_some() => failure.to_string(),
+                    _ => return Err(Error::DataFusion(e)),
+                },
+                Err(e) => return Err(e),
+            };
+            if len > 1 {
+                let half = len / 2;
+                work.push_front((start + half, len - half));
+                work.push_front((start, half));
+                continue;
             }
+            let (partition, offset) = origins.get(start).copied().unwrap_or((-1, -1));
+            dead.push(eddy_connectors::DeadLetter {
+                partition,
+                offset,
+                payload: row_json(&part)?,
+                error: format!("{}: {failure}", self.name),
+            });
+        }
+        if let (Some(errors), false) = (&self.errors, dead.is_empty()) {
+            self.metrics
+                .dead_letters
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            out.push(Message::Writes(dead_letter_rows(errors, &dead, now_us())?));
         }
         Ok(())
     }
+}
+
+/// One row as a JSON object (the payload of a dead letter).
+fn row_json(row: &RecordBatch) -> Result<Vec<u8>> {
+    let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+    writer.write(row)?;
+    writer.finish()?;
+    let mut bytes = writer.into_inner();
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    Ok(bytes)
 }
 
 /// A grouping aggregation: fixed groups (GROUP BY, TUMBLE, HOP) or merging SESSION windows.
@@ -153,6 +241,7 @@ pub async fn run_operator(
         let mut out = Vec::new();
         match message {
             Message::Batch(b) => op.on_batch(b, &mut out).await?,
+            Message::Events(b, origins) => op.on_events(b, origins, &mut out).await?,
             Message::Watermark(w) => op.on_watermark(w, &mut out)?,
             Message::Barrier(mut b) => {
                 op.on_barrier(&mut b)?;
@@ -191,7 +280,7 @@ impl Sink {
         let mut last_epoch = self.record.epoch;
         while let Some(message) = rx.recv().await {
             match message {
-                Message::Batch(b) => {
+                Message::Batch(b) | Message::Events(b, _) => {
                     self.metrics
                         .rows
                         .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
@@ -261,6 +350,10 @@ pub struct SourceLoop {
     pub late: Option<Arc<TableDef>>,
     pub stop: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
+    /// The model versions the pipeline scores with (switched at checkpoints).
+    pub models: Arc<PinnedModels>,
+    /// The last committed checkpoint epoch (the sink's).
+    pub committed: tokio::sync::watch::Receiver<u64>,
 }
 
 fn now_ms(start: Instant) -> u64 {
@@ -318,12 +411,13 @@ impl SourceLoop {
                             send(&self.tx, Message::Writes(ops))?;
                         }
                     }
-                    let (rows, mut advanced) = self.apply_watermark(batch.rows, &batch.origins)?;
+                    let (rows, origins, mut advanced) =
+                        self.apply_watermark(batch.rows, batch.origins)?;
                     if let Some(w) = self.advance_past_idle() {
                         advanced = Some(w);
                     }
                     if rows.num_rows() > 0 {
-                        send(&self.tx, Message::Batch(rows))?;
+                        send(&self.tx, Message::Events(rows, origins))?;
                     }
                     if let Some(w) = advanced {
                         send(&self.tx, Message::Watermark(w))?;
@@ -336,26 +430,57 @@ impl SourceLoop {
                 }
                 Poll::Finished => {
                     finished = true;
-                    let b = self.injector.inject(
-                        now_ms(start),
-                        source.positions(),
-                        self.watermark,
-                        self.marks.clone(),
-                    );
-                    send(&self.tx, Message::Barrier(b))?;
+                    self.checkpoint(source.as_ref(), now_ms(start))?;
                     continue;
                 }
             }
             if self.injector.due(now_ms(start)) {
-                let b = self.injector.inject(
-                    now_ms(start),
-                    source.positions(),
-                    self.watermark,
-                    self.marks.clone(),
-                );
-                send(&self.tx, Message::Barrier(b))?;
+                self.checkpoint(source.as_ref(), now_ms(start))?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends the next barrier. When a model's active version has moved, the barrier carries
+    /// the new versions and the source waits for that checkpoint to commit before switching:
+    /// every row before the barrier is scored by the old version, every row after by the new.
+    fn checkpoint(&mut self, source: &dyn Source, now_ms: u64) -> Result<()> {
+        let mut barrier = self.injector.inject(
+            now_ms,
+            source.positions(),
+            self.watermark,
+            self.marks.clone(),
+        );
+        let pinned = self.models.pinned();
+        let wanted = self.models.wanted();
+        let epoch = barrier.epoch;
+        barrier.models = wanted.clone();
+        self.tx
+            .blocking_send(Message::Barrier(barrier))
+            .map_err(|_| closed())?;
+        if wanted == pinned {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Handle::current();
+        loop {
+            if self.stop.load(Ordering::Relaxed) || self.tx.is_closed() {
+                return Ok(());
+            }
+            let committed = runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_millis(100),
+                    self.committed.wait_for(|e| *e >= epoch),
+                )
+                .await
+            });
+            match committed {
+                Ok(Ok(_)) => break,
+                Ok(Err(_)) => return Err(closed()),
+                Err(_) => continue,
+            }
+        }
+        tracing::info!("pipeline switches models at epoch {epoch}: {pinned:?} -> {wanted:?}");
+        self.models.set(wanted);
         Ok(())
     }
 
@@ -397,18 +522,18 @@ impl SourceLoop {
 
     /// Advances the watermark event by event (so a replay in different batches decides
     /// lateness exactly as the first run did) and, in windowed pipelines, drops the events
-    /// behind it. Returns the kept rows and the new watermark if it moved.
+    /// behind it. Returns the kept rows, their origins and the new watermark if it moved.
     fn apply_watermark(
         &mut self,
         rows: RecordBatch,
-        origins: &[(i32, i64)],
-    ) -> Result<(RecordBatch, Option<i64>)> {
+        origins: Origins,
+    ) -> Result<(RecordBatch, Origins, Option<i64>)> {
         let Some((expr, column)) = &self.watermark_expr else {
-            return Ok((rows, None));
+            return Ok((rows, origins, None));
         };
         let n = rows.num_rows();
         if n == 0 {
-            return Ok((rows, None));
+            return Ok((rows, origins, None));
         }
         let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
         let marks = cast(&expr.evaluate(&rows)?.into_array(n)?, &micros)?;
@@ -441,7 +566,7 @@ impl SourceLoop {
             }
         }
         let late = keep.iter().filter(|k| !**k).count();
-        let rows = if late > 0 {
+        let (rows, origins) = if late > 0 {
             self.metrics
                 .late_events
                 .fetch_add(late as u64, Ordering::Relaxed);
@@ -461,13 +586,25 @@ impl SourceLoop {
                         .map_err(|_| closed())?;
                 }
             }
-            filter_record_batch(&rows, &BooleanArray::from(keep))?
+            let kept_origins = match origins.len() == n {
+                true => origins
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(o, _)| *o)
+                    .collect(),
+                false => Vec::new(),
+            };
+            (
+                filter_record_batch(&rows, &BooleanArray::from(keep))?,
+                kept_origins,
+            )
         } else {
-            rows
+            (rows, origins)
         };
         let advanced = (running != self.watermark).then_some(running).flatten();
         self.watermark = running;
-        Ok((rows, advanced))
+        Ok((rows, origins, advanced))
     }
 }
 
