@@ -209,7 +209,7 @@ pub async fn predict(
         Err(e) => return reply_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let values: Vec<Value> = match predictions {
-        Predictions::Numbers(v) => v.into_iter().map(|x| json!(x as f64)).collect(),
+        Predictions::Numbers(v) => v.into_iter().map(|x| json!(x)).collect(),
         Predictions::IntLabels(v) => v.into_iter().map(Value::from).collect(),
         Predictions::TextLabels(v) => v.into_iter().map(Value::from).collect(),
     };

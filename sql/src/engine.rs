@@ -12,6 +12,7 @@ mod functions;
 mod models;
 mod naming;
 mod point_get;
+mod scalar_select;
 mod session;
 mod settings;
 mod statement;

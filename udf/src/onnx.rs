@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use ort::session::{OutputSelector, RunOptions, Session};
-use ort::value::{Tensor, TensorRef, ValueType};
+use ort::value::{TensorRef, ValueType};
 use parking_lot::Mutex;
 
 /// The ONNX Runtime version ort 2.0.0-rc.15 is built against.
@@ -133,7 +133,7 @@ pub enum OutputKind {
 /// A batch of predictions, one per row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Predictions {
-    Numbers(Vec<f32>),
+    Numbers(Vec<f64>),
     IntLabels(Vec<i64>),
     TextLabels(Vec<String>),
 }
@@ -145,8 +145,29 @@ pub struct Probabilities {
     pub values: Vec<f32>,
 }
 
+/// The session and the input buffers it is fed from, used under one lock.
+struct Inner {
+    session: Session,
+    scratch: Vec<Vec<f32>>,
+}
+
+/// Columns into rows (`data[i * K + j] = cols[j][i]`) for a width known at compile time, so
+/// the inner loop is unrolled and free of bounds checks: row by row, sequential writes and one
+/// sequential read stream per feature.
+fn interleave<const K: usize>(data: &mut [f32], cols: &[&[f32]]) {
+    let cols: [&[f32]; K] = std::array::from_fn(|j| cols[j]);
+    let rows = data.len() / K;
+    let cols = cols.map(|c| &c[..rows]);
+    for (i, row) in data.chunks_exact_mut(K).enumerate() {
+        let row: &mut [f32; K] = row.try_into().expect("K wide");
+        for j in 0..K {
+            row[j] = cols[j][i];
+        }
+    }
+}
+
 pub struct Model {
-    session: Mutex<Session>,
+    inner: Mutex<Inner>,
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,
     /// Features each input takes, or why the inputs are not float `[batch, k]` tensors.
@@ -234,7 +255,10 @@ impl Model {
             _ => None,
         };
         Ok(Self {
-            session: Mutex::new(session),
+            inner: Mutex::new(Inner {
+                session,
+                scratch: Vec::new(),
+            }),
             widths: input_widths(&inputs),
             inputs,
             outputs,
@@ -268,9 +292,10 @@ impl Model {
         self.probabilities.is_some()
     }
 
-    /// The input tensors for `rows` rows of `columns` (one slice per feature): each input
-    /// gets its features copied row-major into one `[rows, k]` tensor, one pass per column.
-    fn feeds(&self, columns: &[&[f32]], rows: usize) -> Result<Vec<(String, Tensor<f32>)>> {
+    /// Copies `rows` rows of `columns` (one slice per feature) into `scratch`, one row-major
+    /// `[rows, k]` buffer per input. The buffers are reused from call to call: fresh large
+    /// allocations would cost page faults on every batch.
+    fn fill(&self, scratch: &mut Vec<Vec<f32>>, columns: &[&[f32]], rows: usize) -> Result<()> {
         let widths = self.widths.as_ref().map_err(|e| err(e.clone()))?;
         let n: usize = widths.iter().sum();
         if columns.len() != n {
@@ -279,32 +304,65 @@ impl Model {
                 columns.len()
             )));
         }
-        let mut feeds = Vec::with_capacity(widths.len());
+        scratch.resize_with(widths.len(), Vec::new);
         let mut next = 0;
-        for (input, &k) in self.inputs.iter().zip(widths) {
-            let mut data = vec![0f32; rows * k];
-            for (j, col) in columns[next..next + k].iter().enumerate() {
-                for (i, v) in col.iter().take(rows).enumerate() {
-                    data[i * k + j] = *v;
+        for (data, &k) in scratch.iter_mut().zip(widths) {
+            let cols: Vec<&[f32]> = columns[next..next + k].iter().map(|c| &c[..rows]).collect();
+            next += k;
+            data.clear();
+            if let [one] = cols.as_slice() {
+                data.extend_from_slice(one);
+                continue;
+            }
+            data.resize(rows * k, 0.0);
+            match k {
+                2 => interleave::<2>(data, &cols),
+                3 => interleave::<3>(data, &cols),
+                4 => interleave::<4>(data, &cols),
+                5 => interleave::<5>(data, &cols),
+                6 => interleave::<6>(data, &cols),
+                7 => interleave::<7>(data, &cols),
+                8 => interleave::<8>(data, &cols),
+                _ => {
+                    for (i, row) in data.chunks_exact_mut(k).enumerate() {
+                        for (slot, col) in row.iter_mut().zip(&cols) {
+                            *slot = col[i];
+                        }
+                    }
                 }
             }
-            next += k;
-            let tensor = if input.shape.len() == 1 {
-                Tensor::from_array(([rows], data))
-            } else {
-                Tensor::from_array(([rows, k], data))
-            }
-            .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
-            feeds.push((input.name.clone(), tensor));
         }
-        Ok(feeds)
+        Ok(())
+    }
+
+    /// The filled buffers as input tensors, without copying them.
+    fn feeds<'a>(
+        &'a self,
+        scratch: &'a [Vec<f32>],
+        rows: usize,
+    ) -> Result<Vec<(&'a str, TensorRef<'a, f32>)>> {
+        self.inputs
+            .iter()
+            .zip(scratch)
+            .map(|(input, data)| {
+                let tensor = if input.shape.len() == 1 {
+                    TensorRef::from_array_view(([rows], data.as_slice()))
+                } else {
+                    TensorRef::from_array_view(([rows, data.len() / rows.max(1)], data.as_slice()))
+                }
+                .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
+                Ok((input.name.as_str(), tensor))
+            })
+            .collect()
     }
 
     /// Scores `rows` rows whose features are `columns` (one slice per feature, all `rows`
     /// long) in one ONNX Runtime call: the first output, one value per row.
     pub fn predict(&self, columns: &[&[f32]], rows: usize) -> Result<Predictions> {
         let kind = self.output_kind()?;
-        let feeds = self.feeds(columns, rows)?;
+        let mut inner = self.inner.lock();
+        let Inner { session, scratch } = &mut *inner;
+        self.fill(scratch, columns, rows)?;
         if rows == 0 {
             return Ok(match kind {
                 OutputKind::Number => Predictions::Numbers(Vec::new()),
@@ -322,7 +380,7 @@ impl Model {
                     .with_outputs(OutputSelector::no_default().with(first.as_str())),
             ),
         };
-        let mut session = self.session.lock();
+        let feeds = self.feeds(scratch, rows)?;
         let outputs = match &options {
             None => session.run(feeds),
             Some(options) => session.run_with_options(feeds, options),
@@ -332,23 +390,19 @@ impl Model {
         let predictions = match kind {
             OutputKind::Number => Predictions::Numbers(
                 match self.outputs[0].element.as_str() {
-                    "f64" => value
-                        .try_extract_array::<f64>()
-                        .map(|a| a.iter().map(|v| *v as f32).collect()),
+                    "f64" => value.try_extract_tensor::<f64>().map(|(_, v)| v.to_vec()),
                     _ => value
-                        .try_extract_array::<f32>()
-                        .map(|a| a.iter().copied().collect()),
+                        .try_extract_tensor::<f32>()
+                        .map(|(_, v)| v.iter().map(|x| *x as f64).collect()),
                 }
                 .map_err(|e| err(format!("cannot read the model's output: {e}")))?,
             ),
             OutputKind::IntLabel => Predictions::IntLabels(
                 match self.outputs[0].element.as_str() {
                     "i32" => value
-                        .try_extract_array::<i32>()
-                        .map(|a| a.iter().map(|v| *v as i64).collect()),
-                    _ => value
-                        .try_extract_array::<i64>()
-                        .map(|a| a.iter().copied().collect()),
+                        .try_extract_tensor::<i32>()
+                        .map(|(_, v)| v.iter().map(|x| *x as i64).collect()),
+                    _ => value.try_extract_tensor::<i64>().map(|(_, v)| v.to_vec()),
                 }
                 .map_err(|e| err(format!("cannot read the model's output: {e}")))?,
             ),
@@ -382,12 +436,13 @@ impl Model {
         }
         let tensor = TensorRef::from_array_view(([rows, n], data))
             .map_err(|e| err(format!("ONNX Runtime: {e}")))?;
-        let mut session = self.session.lock();
-        let outputs = session
+        let mut inner = self.inner.lock();
+        let outputs = inner
+            .session
             .run(ort::inputs![tensor])
             .map_err(|e| err(format!("model run failed: {e}")))?;
-        let values = outputs[0]
-            .try_extract_array::<f32>()
+        let (_, values) = outputs[0]
+            .try_extract_tensor::<f32>()
             .map_err(|e| err(format!("cannot read the model's output: {e}")))?;
         Ok(values.len())
     }
@@ -397,7 +452,9 @@ impl Model {
         let Some(index) = self.probabilities else {
             return Err(err("the model gives no class probabilities"));
         };
-        let feeds = self.feeds(columns, rows)?;
+        let mut inner = self.inner.lock();
+        let Inner { session, scratch } = &mut *inner;
+        self.fill(scratch, columns, rows)?;
         if rows == 0 {
             return Ok(Probabilities {
                 classes: 0,
@@ -408,7 +465,7 @@ impl Model {
         let options = RunOptions::new()
             .map_err(|e| err(format!("ONNX Runtime: {e}")))?
             .with_outputs(OutputSelector::no_default().with(name.as_str()));
-        let mut session = self.session.lock();
+        let feeds = self.feeds(scratch, rows)?;
         let outputs = session
             .run_with_options(feeds, &options)
             .map_err(|e| err(format!("model run failed: {e}")))?;
@@ -441,14 +498,14 @@ impl Model {
             }
             return Ok(Probabilities { classes, values });
         }
-        let array = value.try_extract_array::<f32>().map_err(read)?;
-        let classes = array.shape().get(1).copied().unwrap_or(1);
-        if array.shape().first() != Some(&rows) {
+        let (shape, values) = value.try_extract_tensor::<f32>().map_err(read)?;
+        let classes = shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        if shape.first().copied() != Some(rows as i64) || values.len() != rows * classes {
             return Err(err("the model gave probabilities of another shape"));
         }
         Ok(Probabilities {
             classes,
-            values: array.iter().copied().collect(),
+            values: values.to_vec(),
         })
     }
 }
@@ -519,6 +576,7 @@ mod tests {
             };
             assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
+                let e = *e as f64;
                 assert!(
                     (g - e).abs() <= 1e-5 * e.abs().max(1.0),
                     "{name}: {g} vs {e}"

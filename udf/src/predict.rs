@@ -274,10 +274,7 @@ impl ScalarUDFImpl for ModelFunction {
             )?)
         } else {
             match resolved.model.predict(&values, n).map_err(failed)? {
-                Predictions::Numbers(v) => Arc::new(Float64Array::new(
-                    v.iter().map(|x| *x as f64).collect(),
-                    nulls,
-                )),
+                Predictions::Numbers(v) => Arc::new(Float64Array::new(v.into(), nulls)),
                 Predictions::IntLabels(v) => Arc::new(Int64Array::new(v.into(), nulls)),
                 Predictions::TextLabels(v) => {
                     Arc::new(StringArray::from_iter(v.into_iter().enumerate().map(

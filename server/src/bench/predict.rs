@@ -4,8 +4,9 @@
 //! a running pipeline executes per batch (DataFusion, the cast to float, the copy into one
 //! row-major tensor, one ONNX Runtime call, NULL handling), over 8192-row Arrow batches. The
 //! reference is the same ort session run directly on the same batches, already laid out as
-//! row-major tensors, so it pays for nothing but inference. Figures are rows per CPU second,
-//! median of the runs. Serving (prepared single-row PREDICT, REST) is `benches/serving.rs`.
+//! row-major tensors, so it pays for nothing but inference; and the same session called on
+//! the Arrow batches with the tensor built from the columns by hand, which is what calling ort
+//! directly from Arrow costs. Figures are rows per CPU second, median of the runs. Serving (prepared single-row PREDICT, REST) is `benches/serving.rs`.
 //!
 //! Models come from scripts/models/build_models.py (run from the repository root).
 
@@ -130,8 +131,45 @@ async fn in_query(engine: &Arc<Engine>, args: &PredictArgs, width: usize) -> Res
             (data, n)
         })
         .collect();
+    // Where the difference goes: the model wrapper alone on the Arrow columns (copy into the
+    // row-major tensor, one call, output conversion), and the stage without the model.
+    let bare = plan::plan(
+        &engine.catalog(),
+        &plan::parse_query(&format!("SELECT {} FROM feats", features.join(" + ")))?,
+        &udfs,
+    )
+    .await?;
     let rows = args.rows as f64;
-    let (mut eddy, mut raw) = (Vec::new(), Vec::new());
+    let (mut wrapper, mut stage) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let cpu0 = cpu_seconds();
+        for b in &batches {
+            let columns: Vec<&[f32]> = (0..width)
+                .map(|j| {
+                    b.column(j)
+                        .as_any()
+                        .downcast_ref::<Float32Array>()
+                        .expect("float features")
+                        .values()
+                        .as_ref()
+                })
+                .collect();
+            model.predict(&columns, b.num_rows())?;
+        }
+        wrapper.push(rows / (cpu_seconds() - cpu0));
+        let cpu0 = cpu_seconds();
+        for b in &batches {
+            bare.run_lower(b.clone()).await?;
+        }
+        stage.push(rows / (cpu_seconds() - cpu0));
+    }
+    println!(
+        "in_query_parts model={} model_wrapper_rows_per_cpu_second={:.0} stage_without_model_rows_per_cpu_second={:.0}",
+        args.model,
+        median(wrapper),
+        median(stage)
+    );
+    let (mut eddy, mut raw, mut raw_arrow) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let cpu0 = cpu_seconds();
         let mut scored = 0;
@@ -149,14 +187,35 @@ async fn in_query(engine: &Arc<Engine>, args: &PredictArgs, width: usize) -> Res
             model.run_row_major(data, *n)?;
         }
         raw.push(rows / (cpu_seconds() - cpu0));
+        // ort called directly on the Arrow batch: the tensor built from the columns by hand.
+        let cpu0 = cpu_seconds();
+        for b in &batches {
+            let n = b.num_rows();
+            let mut data = vec![0f32; n * width];
+            for j in 0..width {
+                let col = b
+                    .column(j)
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .expect("float features");
+                for (i, v) in col.values().iter().enumerate() {
+                    data[i * width + j] = *v;
+                }
+            }
+            model.run_row_major(&data, n)?;
+        }
+        raw_arrow.push(rows / (cpu_seconds() - cpu0));
     }
-    let (eddy, raw) = (median(eddy), median(raw));
+    let (eddy, raw, raw_arrow) = (median(eddy), median(raw), median(raw_arrow));
     println!(
-        "in_query model={} rows={} runs={} eddy_rows_per_cpu_second={eddy:.0} raw_ort_rows_per_cpu_second={raw:.0} ratio={:.3}",
+        "in_query model={} rows={} runs={} eddy_rows_per_cpu_second={eddy:.0} \
+         raw_ort_prebuilt_tensors_rows_per_cpu_second={raw:.0} ratio={:.3} \
+         raw_ort_from_arrow_rows_per_cpu_second={raw_arrow:.0} ratio={:.3}",
         args.model,
         args.rows,
         args.runs,
-        eddy / raw
+        eddy / raw,
+        eddy / raw_arrow
     );
     Ok(())
 }

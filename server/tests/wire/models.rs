@@ -141,6 +141,24 @@ async fn predict_matches_onnxruntime_and_models_survive_restarts() {
         "a NULL feature gives NULL"
     );
 
+    // Prepared single-row scoring: `$1::real` parameters are described as real, so drivers
+    // send them as such.
+    let statement = client
+        .prepare("SELECT predict('linear', $1::real, $2::real, $3::real)")
+        .await
+        .unwrap();
+    assert_eq!(
+        statement.params(),
+        &[tokio_postgres::types::Type::FLOAT4; 3]
+    );
+    for (a, want) in [(1.0f32, 4.75), (0.0, 4.25)] {
+        let row = client
+            .query_one(&statement, &[&a, &2.0f32, &3.0f32])
+            .await
+            .unwrap();
+        assert!((row.get::<_, f64>(0) - want).abs() < 1e-6);
+    }
+
     // Errors are clear and leave the server up.
     let err = |sql: &'static str| {
         let client = &client;

@@ -33,6 +33,7 @@ use super::catalog_provider::{EddyCatalog, SessionView};
 use super::functions::{self, SessionInfo};
 use super::naming;
 use super::point_get::PointGet;
+use super::scalar_select::ScalarSelect;
 use super::settings::Settings;
 use super::statement::{Stmt, parse_eddy};
 use crate::catalog::DEFAULT_SCHEMA;
@@ -94,6 +95,8 @@ pub struct Prepared {
     pub schema: Option<SchemaRef>,
     /// Set when the statement is a primary-key point read (executed without DataFusion).
     point_get: Option<PointGet>,
+    /// Set when the statement is a FROM-less SELECT over parameters (evaluated directly).
+    scalar: Option<ScalarSelect>,
 }
 
 impl Prepared {
@@ -252,6 +255,7 @@ impl Session {
                 param_types: Vec::new(),
                 schema,
                 point_get: None,
+                scalar: None,
             });
         }
         let Stmt::Sql(statement) = stmt.as_ref() else {
@@ -276,6 +280,10 @@ impl Session {
             Some(_) => PointGet::detect(statement, self)?,
             None => None,
         };
+        let scalar = match (&schema, &point_get) {
+            (Some(_), None) => ScalarSelect::detect(&plan, &param_types, &self.ctx.state()),
+            _ => None,
+        };
         Ok(Prepared {
             statement: stmt.clone(),
             plan: Some(plan),
@@ -283,6 +291,7 @@ impl Session {
             param_types,
             schema,
             point_get,
+            scalar,
         })
     }
 
@@ -441,6 +450,11 @@ impl Session {
             let batch = point_get.execute(self, &params, schema)?;
             return rows(schema.clone(), vec![batch]);
         }
+        if let (Some(scalar), Some(schema), true) = (&prepared.scalar, &prepared.schema, current) {
+            let params = bind_values(&prepared.param_types, params)?;
+            let batch = scalar.execute(&params, schema)?;
+            return rows(schema.clone(), vec![batch]);
+        }
         // A plan made before a catalog change may name dropped objects: plan again.
         let plan = if !current {
             self.plan(statement).await?
@@ -590,7 +604,48 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
             out[i - 1] = ty;
         }
     }
+    // `$1::real` (or CAST($1 AS real)) with nothing else to go by: the parameter is a real,
+    // as PostgreSQL infers it, so drivers send it as one.
+    if out.iter().any(Option::is_none) {
+        for (id, ty) in cast_placeholders(plan)? {
+            if let Some(slot) = id
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| i.checked_sub(1))
+                .and_then(|i| out.get_mut(i))
+                && slot.is_none()
+            {
+                *slot = Some(Arc::new(Field::new(id, ty, true)));
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Untyped placeholders that are the direct operand of a cast, with the cast's type.
+fn cast_placeholders(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Cast, Expr, TryCast};
+    let mut found = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                let (inner, ty) = match e {
+                    Expr::Cast(Cast { expr, field }) => (expr.as_ref(), field.data_type()),
+                    Expr::TryCast(TryCast { expr, field }) => (expr.as_ref(), field.data_type()),
+                    _ => return Ok(TreeNodeRecursion::Continue),
+                };
+                if let Expr::Placeholder(p) = inner
+                    && p.field.is_none()
+                {
+                    found.push((p.id.clone(), ty.clone()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
 }
 
 /// Substitutes parameter values, cast to the types the plan expects.
