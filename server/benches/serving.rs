@@ -2,9 +2,9 @@
 //! predict latency. Starts a real `eddy serve`, registers the test models of
 //! scripts/models/build_models.py and drives it from this process:
 //!
-//! - prepared: `SELECT predict('m', $1::real, ...)` one row at a time on one connection;
-//!   predictions per second of wall time and per CPU second of the server process (from
-//!   /proc/<pid>/stat), median of 5 runs.
+//! - prepared: `SELECT predict('m', $1::real, ...)` one row at a time, on 1 connection and on 8
+//!   at once; predictions per second of wall time and per CPU second of the server process
+//!   (from /proc/<pid>/stat), median of 5 runs.
 //! - REST: `POST /v1/models/{name}/predict` with 1 and 100 rows on one keep-alive connection;
 //!   p50 and p99 latency over all requests of 3 runs.
 //!
@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SINGLE_ROWS: usize = 20_000;
+const SINGLE_ROWS: usize = 10_000;
 const RUNS: usize = 5;
 const REQUESTS: usize = 2_000;
 
@@ -46,35 +46,69 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn prepared(client: &tokio_postgres::Client, pid: u32, model: &str, width: usize) {
+async fn connect(pg: u16) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={pg} user=eddy dbname=eddy"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// `SINGLE_ROWS` single-row predictions on one connection.
+async fn score_rows(client: &tokio_postgres::Client, model: &str, width: usize) {
     let params: Vec<String> = (1..=width).map(|j| format!("${j}::real")).collect();
     let statement = client
         .prepare(&format!("SELECT predict('{model}', {})", params.join(", ")))
         .await
         .unwrap();
+    for i in 0..SINGLE_ROWS {
+        let values: Vec<f32> = (0..width).map(|j| ((i + j) % 17) as f32).collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let row = client.query_one(&statement, &refs).await.unwrap();
+        let _: f64 = row.get(0);
+    }
+}
+
+/// Single-row prepared PREDICT from `connections` connections at once.
+async fn prepared(pg: u16, pid: u32, model: &str, width: usize, connections: usize) {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(std::sync::Arc::new(connect(pg).await));
+    }
     let mut per_cpu = Vec::new();
     let mut per_wall = Vec::new();
     for run in 0..=RUNS {
         let cpu0 = process_cpu(pid);
         let wall0 = Instant::now();
-        for i in 0..SINGLE_ROWS {
-            let values: Vec<f32> = (0..width).map(|j| ((i + j) % 17) as f32).collect();
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
-                .iter()
-                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect();
-            let row = client.query_one(&statement, &refs).await.unwrap();
-            let _: f64 = row.get(0);
+        let tasks: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let (c, model) = (c.clone(), model.to_string());
+                tokio::spawn(async move { score_rows(&c, &model, width).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
         }
+        let n = (SINGLE_ROWS * connections) as f64;
         // The first run warms up.
         if run > 0 {
-            per_cpu.push(SINGLE_ROWS as f64 / (process_cpu(pid) - cpu0));
-            per_wall.push(SINGLE_ROWS as f64 / wall0.elapsed().as_secs_f64());
+            per_cpu.push(n / (process_cpu(pid) - cpu0));
+            per_wall.push(n / wall0.elapsed().as_secs_f64());
         }
     }
     println!(
-        "prepared model={model} predictions={SINGLE_ROWS} runs={RUNS} \
+        "prepared model={model} connections={connections} predictions={} runs={RUNS} \
          predictions_per_server_cpu_second={:.0} predictions_per_wall_second={:.0}",
+        SINGLE_ROWS * connections,
         median(per_cpu),
         median(per_wall)
     );
@@ -164,15 +198,7 @@ async fn main() {
             break;
         }
     }
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={pg} user=eddy dbname=eddy"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let client = connect(pg).await;
     println!(
         "serving benchmark, revision {}",
         option_env!("EDDY_GIT_REVISION").unwrap_or("see git log")
@@ -185,7 +211,9 @@ async fn main() {
             ))
             .await
             .unwrap();
-        prepared(&client, child.id(), model, width).await;
+        for connections in [1, 8] {
+            prepared(pg, child.id(), model, width, connections).await;
+        }
         rest(http, model, width);
     }
     let _ = child.kill();
