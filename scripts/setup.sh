@@ -29,6 +29,14 @@ if ! PYTHONPATH=.tools/onnx python3 -c 'import onnx, onnxruntime, numpy, sklearn
     'protobuf==5.29.*'
 fi
 
+# An S3-compatible server for the object-store tests (moto's standalone server), kept in
+# .tools/moto.
+if ! PYTHONPATH=.tools/moto python3 -c 'import moto.server, flask' 2>/dev/null; then
+  echo "setup: installing moto (S3-compatible test server) into .tools/moto"
+  python3 -m pip install --quiet --disable-pip-version-check --upgrade --target .tools/moto \
+    'moto[server]==5.*'
+fi
+
 # A real Kafka-compatible broker for the streaming tests: Tansu, built from crates.io once per
 # machine (about 10 CPU-minutes) and kept in $CARGO_HOME/bin.
 tansu_bin="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"

@@ -70,6 +70,22 @@ fn feature_batches(width: usize, rows: u64) -> Vec<RecordBatch> {
     batches
 }
 
+/// The features of `batch` as one row-major tensor, built the plain way (column by column).
+fn row_major(batch: &RecordBatch, width: usize) -> Vec<f32> {
+    let mut data = vec![0f32; batch.num_rows() * width];
+    for j in 0..width {
+        let col = batch
+            .column(j)
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .expect("float features");
+        for (i, v) in col.values().iter().enumerate() {
+            data[i * width + j] = *v;
+        }
+    }
+    data
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -115,21 +131,7 @@ async fn in_query(engine: &Arc<Engine>, args: &PredictArgs, width: usize) -> Res
     // The reference's input: the same batches as row-major tensors, built beforehand.
     let tensors: Vec<(Vec<f32>, usize)> = batches
         .iter()
-        .map(|b| {
-            let n = b.num_rows();
-            let mut data = vec![0f32; n * width];
-            for j in 0..width {
-                let col = b
-                    .column(j)
-                    .as_any()
-                    .downcast_ref::<Float32Array>()
-                    .expect("float features");
-                for (i, v) in col.values().iter().enumerate() {
-                    data[i * width + j] = *v;
-                }
-            }
-            (data, n)
-        })
+        .map(|b| (row_major(b, width), b.num_rows()))
         .collect();
     // Where the difference goes: the model wrapper alone on the Arrow columns (copy into the
     // row-major tensor, one call, output conversion), and the stage without the model.
@@ -190,19 +192,7 @@ async fn in_query(engine: &Arc<Engine>, args: &PredictArgs, width: usize) -> Res
         // ort called directly on the Arrow batch: the tensor built from the columns by hand.
         let cpu0 = cpu_seconds();
         for b in &batches {
-            let n = b.num_rows();
-            let mut data = vec![0f32; n * width];
-            for j in 0..width {
-                let col = b
-                    .column(j)
-                    .as_any()
-                    .downcast_ref::<Float32Array>()
-                    .expect("float features");
-                for (i, v) in col.values().iter().enumerate() {
-                    data[i * width + j] = *v;
-                }
-            }
-            model.run_row_major(&data, n)?;
+            model.run_row_major(&row_major(b, width), b.num_rows())?;
         }
         raw_arrow.push(rows / (cpu_seconds() - cpu0));
     }

@@ -913,3 +913,145 @@ async fn hot_swap_under_a_running_stream_scores_every_row_once() {
         "versions in row order switch exactly twice (seed {seed})"
     );
 }
+
+/// moto's S3-compatible server on a free port, stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .env("PYTHONPATH", root.join(".tools/moto"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto (scripts/setup.sh installs it)");
+        let server = S3Server { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not start listening"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// An unsigned PUT (moto accepts them): creates a bucket or stores an object.
+    fn put(&self, path: &str, body: &[u8]) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "PUT {path}: {response}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_load_from_an_s3_compatible_store() {
+    let s3 = S3Server::start();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
+    s3.put("/models", b"");
+    s3.put(
+        "/models/anomaly/v1.onnx",
+        &std::fs::read(examples.join("anomaly_v1.onnx")).unwrap(),
+    );
+    s3.put("/models/not-a-model.onnx", b"garbage");
+    let server = Server::start();
+    let client = server.connect().await;
+    let settings = format!(
+        "aws_endpoint = 'http://127.0.0.1:{}', aws_allow_http = 'true', aws_region = 'us-east-1', \
+         aws_access_key_id = 'edge', aws_secret_access_key = 'very-secret'",
+        s3.port
+    );
+    client
+        .batch_execute(&format!(
+            "CREATE MODEL remote FROM 's3://models/anomaly/v1.onnx' WITH ({settings})"
+        ))
+        .await
+        .expect("model from S3");
+    let row = client
+        .query_one("SELECT predict('remote', 70, 1.2)", &[])
+        .await
+        .unwrap();
+    assert!((row.get::<_, f64>(0) - 1.2).abs() < 1e-5);
+    let location: String = client
+        .query_one(
+            "SELECT location FROM eddy_catalog.models WHERE name = 'remote'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(location, "s3://models/anomaly/v1.onnx");
+    for (sql, expected) in [
+        (
+            format!("CREATE MODEL m2 FROM 's3://models/missing.onnx' WITH ({settings})"),
+            "cannot read model s3://models/missing.onnx",
+        ),
+        (
+            format!("CREATE MODEL m3 FROM 's3://models/not-a-model.onnx' WITH ({settings})"),
+            "is not a usable ONNX model",
+        ),
+        (
+            format!(
+                "CREATE MODEL m4 FROM 's3://models/anomaly/v1.onnx' WITH ({settings}, colour = 'blue')"
+            ),
+            "unknown option \"colour\"",
+        ),
+        (
+            "CREATE MODEL m5 FROM 'ftp://host/m.onnx'".to_string(),
+            "scheme ftp://",
+        ),
+    ] {
+        let e = client.batch_execute(&sql).await.unwrap_err();
+        let text = error_text(&e);
+        assert!(text.contains(expected), "{sql}: {text}");
+        assert!(
+            !text.contains("very-secret"),
+            "credentials never show: {text}"
+        );
+    }
+    // The copy in the data dir outlives the store.
+    drop(s3);
+    let row = client
+        .query_one("SELECT predict('remote', 70, 1.2)", &[])
+        .await
+        .unwrap();
+    assert!((row.get::<_, f64>(0) - 1.2).abs() < 1e-5);
+}

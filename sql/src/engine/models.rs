@@ -80,17 +80,10 @@ impl ModelStore {
         self.dir.join(format!("{sha256}.onnx"))
     }
 
-    /// Copies the model file in (durably) and loads it; returns its hash and the session.
-    fn import(&self, location: &str, threads: usize) -> Result<(String, Arc<Model>)> {
-        let source = location.strip_prefix("file://").unwrap_or(location);
-        if location.contains("://") && !location.starts_with("file://") {
-            return Err(Error::not_supported(format!(
-                "model locations other than local files ({location})"
-            )));
-        }
-        let bytes = std::fs::read(source)
-            .map_err(|e| model_error(format!("cannot read model file {source}: {e}")))?;
-        let sha256: String = Sha256::digest(&bytes)
+    /// Stores the model file (durably) and loads it; returns its hash and the session.
+    /// `source` names the file in errors.
+    fn import(&self, source: &str, bytes: &[u8], threads: usize) -> Result<(String, Arc<Model>)> {
+        let sha256: String = Sha256::digest(bytes)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -105,7 +98,7 @@ impl ModelStore {
             })?;
             let tmp = self.dir.join(format!("{sha256}.tmp"));
             std::fs::File::create(&tmp)
-                .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+                .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
                 .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
             let model = match Model::load(&tmp, threads) {
                 Ok(m) => m,
@@ -277,9 +270,90 @@ fn compatible(a: &ModelVersion, b: &ModelVersion) -> bool {
         && (a.features.is_empty() || b.features.is_empty() || a.features == b.features)
 }
 
-fn parse_options(options: &[(String, String)]) -> Result<(usize, Option<Vec<String>>)> {
+/// The schemes of object-store model locations.
+const OBJECT_STORE_SCHEMES: [&str; 6] = ["s3", "s3a", "gs", "az", "abfs", "abfss"];
+
+/// Reads a model file: a local path or `file://` URL, or an object in S3 (`s3://bucket/key`),
+/// Google Cloud Storage (`gs://bucket/key`) or Azure Blob Storage (`az://container/key`,
+/// `abfs[s]://...`). An object store's settings come from the environment (`AWS_*`,
+/// `GOOGLE_*`, `AZURE_*`) and from `options` (`aws_access_key_id`, `aws_region`,
+/// `aws_endpoint`, `google_service_account`, `azure_storage_account_name`, ...; any key the
+/// store knows). Credentials are used for this read only: the catalog keeps the location.
+async fn fetch(location: &str, options: &[(String, String)]) -> Result<Vec<u8>> {
+    let scheme = location
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase());
+    let scheme = match scheme.as_deref() {
+        None | Some("file") => {
+            if let Some((k, _)) = options.first() {
+                return Err(model_error(format!(
+                    "unknown option \"{k}\" (models take intra_threads and features; store settings only apply to s3://, gs:// and az:// locations)"
+                )));
+            }
+            let path = location.strip_prefix("file://").unwrap_or(location);
+            return std::fs::read(path)
+                .map_err(|e| model_error(format!("cannot read model file {path}: {e}")));
+        }
+        Some(s) if OBJECT_STORE_SCHEMES.contains(&s) => s.to_string(),
+        Some(other) => {
+            return Err(Error::not_supported(format!(
+                "model locations of scheme {other}:// (use a local path, file://, s3://, gs:// or az://)"
+            )));
+        }
+    };
+    let url = url::Url::parse(location)
+        .map_err(|e| model_error(format!("invalid model location {location}: {e}")))?;
+    let unknown = |k: &str| {
+        model_error(format!(
+            "unknown option \"{k}\" for a {scheme}:// location (models take intra_threads, features and the object store's settings, such as aws_region or aws_endpoint)"
+        ))
+    };
+    let invalid =
+        |e: object_store::Error| model_error(format!("cannot read model {location}: {e}"));
+    use std::str::FromStr;
+    let store: Arc<dyn object_store::ObjectStore> = match scheme.as_str() {
+        "s3" | "s3a" => {
+            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+            let mut b = AmazonS3Builder::from_env().with_url(location);
+            for (k, v) in options {
+                let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(invalid)?)
+        }
+        "gs" => {
+            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+            let mut b = GoogleCloudStorageBuilder::from_env().with_url(location);
+            for (k, v) in options {
+                let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(invalid)?)
+        }
+        _ => {
+            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(location);
+            for (k, v) in options {
+                let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k))?;
+                b = b.with_config(key, v);
+            }
+            Arc::new(b.build().map_err(invalid)?)
+        }
+    };
+    let path = object_store::path::Path::from_url_path(url.path().trim_start_matches('/'))
+        .map_err(|e| model_error(format!("invalid model location {location}: {e}")))?;
+    use object_store::ObjectStoreExt;
+    let object = store.get(&path).await.map_err(invalid)?;
+    Ok(object.bytes().await.map_err(invalid)?.to_vec())
+}
+
+/// CREATE MODEL's options: intra-op threads, feature names, and the object store's settings.
+type ModelOptions = (usize, Option<Vec<String>>, Vec<(String, String)>);
+
+fn parse_options(options: &[(String, String)]) -> Result<ModelOptions> {
     let mut threads = 1;
     let mut features = None;
+    let mut store = Vec::new();
     for (k, v) in options {
         match k.as_str() {
             "intra_threads" => threads = v
@@ -305,17 +379,13 @@ fn parse_options(options: &[(String, String)]) -> Result<(usize, Option<Vec<Stri
                 }
                 features = Some(names);
             }
-            other => {
-                return Err(model_error(format!(
-                    "unknown option \"{other}\" (models take intra_threads and features)"
-                )));
-            }
+            _ => store.push((k.clone(), v.clone())),
         }
     }
-    Ok((threads, features))
+    Ok((threads, features, store))
 }
 
-pub fn create(session: &Session, m: &CreateModel) -> Result<CommandTag> {
+pub async fn create(session: &Session, m: &CreateModel) -> Result<CommandTag> {
     let tag = CommandTag::new("CREATE MODEL");
     let (schema, name) = session.qualify(&m.name)?;
     if schema != DEFAULT_SCHEMA {
@@ -342,8 +412,12 @@ pub fn create(session: &Session, m: &CreateModel) -> Result<CommandTag> {
         }
         _ => {}
     }
-    let (threads, features) = parse_options(&m.options)?;
-    let (sha256, model) = session.engine().models.import(&m.location, threads)?;
+    let (threads, features, store_options) = parse_options(&m.options)?;
+    let bytes = fetch(&m.location, &store_options).await?;
+    let (sha256, model) = session
+        .engine()
+        .models
+        .import(&m.location, &bytes, threads)?;
     let features = match features {
         Some(names) => {
             let width = model.feature_count().map_err(|e| {
@@ -476,37 +550,16 @@ pub fn drop(session: &Session, name: &ObjectName, if_exists: bool, cascade: bool
             false => Err(undefined_model(&name)),
         };
     }
-    // The queries scoring with the model, and everything that reads them, in drop order.
-    let mut doomed: Vec<String> = Vec::new();
-    let mut queue = users(catalog, &name);
-    while let Some(n) = queue.pop() {
-        if doomed.contains(&n) {
-            continue;
-        }
-        queue.extend(catalog.views_mentioning(&n));
-        doomed.push(n);
-    }
-    if let Some(first) = doomed.first()
-        && !cascade
-    {
-        let what = catalog
-            .table(&schema, first)
-            .map(|t| t.kind.describe())
-            .unwrap_or("view");
-        return Err(Error::user(
-            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
-            format!("cannot drop model {name} because other objects depend on it"),
-        )
-        .with_detail(format!(
-            "{what} {first} scores with model {name}. Use DROP MODEL ... CASCADE to drop the dependent objects too."
-        )));
-    }
-    let mut ops = Vec::new();
-    for d in doomed.iter().rev() {
-        if catalog.relation(&schema, d).is_some() {
-            ops.extend(catalog.drop_relation(&schema, d)?);
-        }
-    }
+    let readers = users(catalog, &name);
+    let what = format!("model {name}");
+    let mut ops = super::streaming::drop_dependents(
+        catalog,
+        &schema,
+        readers,
+        &what,
+        "scores with",
+        cascade,
+    )?;
     ops.extend(catalog.drop_model(&schema, &name)?);
     txn.push_ops(ops);
     Ok(())

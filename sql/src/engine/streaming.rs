@@ -37,7 +37,7 @@ pub fn result_schema(statement: &EddyStatement) -> Option<SchemaRef> {
 pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<QueryOutput> {
     Ok(QueryOutput::Command(match statement {
         EddyStatement::CreateSource(s) => create_source(session, s)?,
-        EddyStatement::CreateModel(m) => super::models::create(session, m)?,
+        EddyStatement::CreateModel(m) => super::models::create(session, m).await?,
         EddyStatement::Show(ObjectKind::Model) => return super::models::show(session),
         EddyStatement::AlterModel { name, action } => super::models::alter(session, name, *action)?,
         EddyStatement::Drop {
@@ -503,37 +503,9 @@ fn drop(
             )
             .with_detail(format!("\"{name}\" is a {}", def.kind.describe())));
         }
-        // Everything that reads this object, transitively, in drop order.
-        let mut doomed: Vec<String> = Vec::new();
-        let mut queue = vec![name.clone()];
-        while let Some(n) = queue.pop() {
-            for d in catalog.views_mentioning(&n) {
-                if !doomed.contains(&d) && d != name {
-                    doomed.push(d.clone());
-                    queue.push(d);
-                }
-            }
-        }
-        if !doomed.is_empty() && !cascade {
-            let first = &doomed[0];
-            let what = catalog
-                .table(&schema, first)
-                .map(|t| t.kind.describe())
-                .unwrap_or("view");
-            return Err(Error::user(
-                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("cannot drop {} {name} because other objects depend on it", kind.sql().to_lowercase()),
-            )
-            .with_detail(format!(
-                "{what} {first} depends on {name}. Use DROP ... CASCADE to drop the dependent objects too."
-            )));
-        }
-        let mut ops = Vec::new();
-        for d in doomed.iter().rev() {
-            if catalog.relation(&schema, d).is_some() {
-                ops.extend(catalog.drop_relation(&schema, d)?);
-            }
-        }
+        let what = format!("{} {name}", kind.sql().to_lowercase());
+        let readers = catalog.views_mentioning(&name);
+        let mut ops = drop_dependents(catalog, &schema, readers, &what, "depends on", cascade)?;
         for owned in catalog.owned_by(&def) {
             ops.extend(catalog.drop_relation(&schema, &owned.name)?);
             session.engine().log.forget(owned.id);
@@ -543,6 +515,50 @@ fn drop(
         txn.push_ops(ops);
     }
     Ok(CommandTag::new(format!("DROP {}", kind.sql())))
+}
+
+/// The writes that drop `readers` and everything that reads them, transitively, in drop
+/// order; without CASCADE, error 2BP01 naming the first (`"{kind} {first} {relation}
+/// {what}"`, e.g. "stream s scores with model m").
+pub(super) fn drop_dependents(
+    catalog: &mut crate::catalog::Catalog,
+    schema: &str,
+    readers: Vec<String>,
+    what: &str,
+    relation: &str,
+    cascade: bool,
+) -> Result<Vec<crate::storage::WriteOp>> {
+    let mut doomed: Vec<String> = Vec::new();
+    let mut queue = readers;
+    while let Some(n) = queue.pop() {
+        if doomed.contains(&n) {
+            continue;
+        }
+        queue.extend(catalog.views_mentioning(&n));
+        doomed.push(n);
+    }
+    if let Some(first) = doomed.first()
+        && !cascade
+    {
+        let kind = catalog
+            .table(schema, first)
+            .map(|t| t.kind.describe())
+            .unwrap_or("view");
+        return Err(Error::user(
+            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot drop {what} because other objects depend on it"),
+        )
+        .with_detail(format!(
+            "{kind} {first} {relation} {what}. Use DROP ... CASCADE to drop the dependent objects too."
+        )));
+    }
+    let mut ops = Vec::new();
+    for d in doomed.iter().rev() {
+        if catalog.relation(schema, d).is_some() {
+            ops.extend(catalog.drop_relation(schema, d)?);
+        }
+    }
+    Ok(ops)
 }
 
 fn show_schema(kind: ObjectKind) -> SchemaRef {
