@@ -508,11 +508,24 @@ async fn classifiers_trees_named_features_versions_and_rest() {
     let (y, v) = scored(client.query_one(score, &[]).await.unwrap());
     assert_eq!(v, 1);
     assert!((y - 1.2).abs() < 1e-5, "{y}");
+    let prepared = client
+        .prepare("SELECT predict('anomaly', $1::real, $2::real), predict_version('anomaly')")
+        .await
+        .unwrap();
     client
         .batch_execute("ALTER MODEL anomaly SET ACTIVE VERSION 2")
         .await
         .unwrap();
     let (y, v) = scored(client.query_one(score, &[]).await.unwrap());
+    assert_eq!(v, 2);
+    assert!((y - 1.7).abs() < 1e-5, "{y}");
+    // A statement prepared before the switch scores with the new version too.
+    let (y, v) = scored(
+        client
+            .query_one(&prepared, &[&70f32, &1.2f32])
+            .await
+            .unwrap(),
+    );
     assert_eq!(v, 2);
     assert!((y - 1.7).abs() < 1e-5, "{y}");
     client

@@ -450,7 +450,9 @@ impl Session {
             let batch = point_get.execute(self, &params, schema)?;
             return rows(schema.clone(), vec![batch]);
         }
-        if let (Some(scalar), Some(schema), true) = (&prepared.scalar, &prepared.schema, current) {
+        // A FROM-less SELECT reads no relation, so catalog changes leave it valid (models are
+        // looked up when it runs: after ALTER MODEL it scores with the new active version).
+        if let (Some(scalar), Some(schema)) = (&prepared.scalar, &prepared.schema) {
             let params = bind_values(&prepared.param_types, params)?;
             let batch = scalar.execute(&params, schema)?;
             return rows(schema.clone(), vec![batch]);
