@@ -10,6 +10,7 @@ pub mod format;
 pub mod kafka;
 pub mod nexmark;
 pub mod options;
+pub mod parquet_sink;
 mod rng;
 pub mod source;
 

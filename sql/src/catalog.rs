@@ -52,6 +52,8 @@ pub enum TableKind {
     DeadLetters { source: String },
     /// The `<source>_late` table of a source created with `late_events = 'table'`.
     LateEvents { source: String },
+    /// A continuous query whose rows leave Eddy (Parquet files); it stores no rows.
+    Sink(QueryInfo),
 }
 
 impl TableKind {
@@ -63,12 +65,13 @@ impl TableKind {
             TableKind::MaterializedView(_) => "materialized view",
             TableKind::DeadLetters { .. } => "dead-letter table",
             TableKind::LateEvents { .. } => "late-event table",
+            TableKind::Sink(_) => "sink",
         }
     }
 
     pub fn query(&self) -> Option<&QueryInfo> {
         match self {
-            TableKind::Stream(q) | TableKind::MaterializedView(q) => Some(q),
+            TableKind::Stream(q) | TableKind::MaterializedView(q) | TableKind::Sink(q) => Some(q),
             _ => None,
         }
     }
@@ -580,11 +583,9 @@ impl Catalog {
         let queries = self
             .tables
             .values()
-            .filter(|t| match &t.kind {
-                TableKind::Stream(q) | TableKind::MaterializedView(q) => {
-                    q.depends_on.iter().any(|d| d == name)
-                }
-                _ => false,
+            .filter(|t| match t.kind.query() {
+                Some(q) => q.depends_on.iter().any(|d| d == name),
+                None => false,
             })
             .map(|t| t.name.clone());
         views.chain(queries).collect()

@@ -7,5 +7,6 @@ mod durability;
 mod lifecycle;
 mod models;
 mod protocol;
+mod sinks;
 mod slt_suite;
 mod streaming;

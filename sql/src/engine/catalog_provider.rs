@@ -121,6 +121,12 @@ impl SchemaProvider for EddySchema {
         match cat.relation(&self.name, name) {
             None => Ok(None),
             Some(Relation::Table(def)) => {
+                if matches!(def.kind, crate::catalog::TableKind::Sink(_)) {
+                    return Err(crate::error::to_df(crate::error::Error::user(
+                        crate::error::sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("sink \"{name}\" stores no rows: read the files it writes"),
+                    )));
+                }
                 if let Some(c) = def.source().and_then(|s| s.connector.as_ref()) {
                     return Err(crate::error::to_df(crate::error::Error::user(
                         crate::error::sqlstate::FEATURE_NOT_SUPPORTED,

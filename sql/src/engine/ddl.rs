@@ -340,6 +340,7 @@ fn drop(
             let (what, how) = match &def.kind {
                 TableKind::Source(_) => ("a source", "DROP SOURCE".to_string()),
                 TableKind::Stream(_) => ("a stream", "DROP STREAM".to_string()),
+                TableKind::Sink(_) => ("a sink", "DROP SINK".to_string()),
                 TableKind::MaterializedView(_) => {
                     ("a materialized view", "DROP MATERIALIZED VIEW".to_string())
                 }
@@ -415,7 +416,7 @@ fn truncate(session: &Session, t: &ast::Truncate) -> Result<CommandTag> {
         };
         if matches!(
             def.kind,
-            TableKind::Stream(_) | TableKind::MaterializedView(_)
+            TableKind::Stream(_) | TableKind::MaterializedView(_) | TableKind::Sink(_)
         ) {
             return Err(Error::user(
                 sqlstate::WRONG_OBJECT_TYPE,

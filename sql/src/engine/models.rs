@@ -28,7 +28,7 @@ use super::Engine;
 use super::catalog_provider::SessionView;
 use super::session::{CommandTag, QueryOutput, Session, rows};
 use super::statement::{AlterModel, CreateModel};
-use crate::catalog::{Catalog, DEFAULT_SCHEMA, ModelDef, ModelTensor, ModelVersion, TableKind};
+use crate::catalog::{Catalog, DEFAULT_SCHEMA, ModelDef, ModelTensor, ModelVersion};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::models::ModelSource;
 
@@ -470,11 +470,9 @@ pub async fn create(session: &Session, m: &CreateModel) -> Result<CommandTag> {
 fn users(catalog: &Catalog, name: &str) -> Vec<String> {
     catalog
         .tables()
-        .filter(|t| match &t.kind {
-            TableKind::Stream(q) | TableKind::MaterializedView(q) => {
-                q.models.iter().any(|m| m == name)
-            }
-            _ => false,
+        .filter(|t| match t.kind.query() {
+            Some(q) => q.models.iter().any(|m| m == name),
+            None => false,
         })
         .map(|t| t.name.clone())
         .collect()

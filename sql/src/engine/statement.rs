@@ -8,12 +8,13 @@
 //! CREATE SOURCE [IF NOT EXISTS] name [(col type [NOT NULL], ...,
 //!     WATERMARK FOR col AS expr)] [WITH (key = 'value', ...)]
 //! CREATE STREAM [IF NOT EXISTS] name [WITH (...)] AS query
+//! CREATE SINK [IF NOT EXISTS] name FROM relation | FROM (query) WITH (connector = ..., ...)
 //! CREATE MATERIALIZED VIEW [IF NOT EXISTS] name [WITH (...)] AS query
 //!     [EMIT ON WINDOW CLOSE | EMIT ON UPDATE]
 //! CREATE MODEL [IF NOT EXISTS] name [VERSION n] FROM 'location' [WITH (...)]
 //! ALTER MODEL name SET ACTIVE VERSION n | ALTER MODEL name ROLLBACK
-//! SHOW SOURCES | STREAMS | MATERIALIZED VIEWS | MODELS
-//! DROP SOURCE | STREAM | MATERIALIZED VIEW | MODEL [IF EXISTS] name [, ...] [CASCADE | RESTRICT]
+//! SHOW SOURCES | STREAMS | MATERIALIZED VIEWS | MODELS | SINKS
+//! DROP SOURCE | STREAM | MATERIALIZED VIEW | MODEL | SINK [IF EXISTS] name [, ...] [CASCADE | RESTRICT]
 //! EXPLAIN CREATE STREAM ... | EXPLAIN CREATE MATERIALIZED VIEW ...
 //! ```
 
@@ -54,12 +55,14 @@ pub enum ObjectKind {
     Stream,
     MaterializedView,
     Model,
+    Sink,
 }
 
 impl ObjectKind {
     pub fn sql(self) -> &'static str {
         match self {
             ObjectKind::Model => "MODEL",
+            ObjectKind::Sink => "SINK",
             ObjectKind::Source => "SOURCE",
             ObjectKind::Stream => "STREAM",
             ObjectKind::MaterializedView => "MATERIALIZED VIEW",
@@ -215,6 +218,7 @@ fn object_kind(parser: &Parser<'_>, at: usize) -> Option<(ObjectKind, usize)> {
         Some("SOURCE") => Some((ObjectKind::Source, 1)),
         Some("STREAM") => Some((ObjectKind::Stream, 1)),
         Some("MODEL") => Some((ObjectKind::Model, 1)),
+        Some("SINK") => Some((ObjectKind::Sink, 1)),
         Some("MATERIALIZED") if word(parser, at + 1).as_deref() == Some("VIEW") => {
             Some((ObjectKind::MaterializedView, 2))
         }
@@ -227,6 +231,7 @@ fn plural_kind(parser: &Parser<'_>, at: usize) -> Option<ObjectKind> {
         Some("SOURCES") => Some(ObjectKind::Source),
         Some("STREAMS") => Some(ObjectKind::Stream),
         Some("MODELS") => Some(ObjectKind::Model),
+        Some("SINKS") => Some(ObjectKind::Sink),
         Some("MATERIALIZED") if word(parser, at + 1).as_deref() == Some("VIEWS") => {
             Some(ObjectKind::MaterializedView)
         }
@@ -253,7 +258,12 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
         },
         Some("EXPLAIN") if word(parser, 1).as_deref() == Some("CREATE") => {
             match object_kind(parser, 2) {
-                Some((kind, n)) if !matches!(kind, ObjectKind::Source | ObjectKind::Model) => {
+                Some((kind, n))
+                    if !matches!(
+                        kind,
+                        ObjectKind::Source | ObjectKind::Model | ObjectKind::Sink
+                    ) =>
+                {
                     skip(parser, 2 + n);
                     match create(parser, kind)? {
                         EddyStatement::CreateQuery(q) => EddyStatement::Explain(q),
@@ -342,6 +352,30 @@ fn create(parser: &mut Parser<'_>, kind: ObjectKind) -> Result<EddyStatement, Pa
             version,
             location,
             options,
+        }));
+    }
+    if kind == ObjectKind::Sink {
+        // FROM relation | FROM (query): a sink of a relation exports all its columns.
+        parser.expect_keyword_is(Keyword::FROM)?;
+        let query = if parser.consume_token(&Token::LParen) {
+            let q = parser.parse_query()?;
+            parser.expect_token(&Token::RParen)?;
+            q
+        } else {
+            let relation = parser.parse_object_name(false)?;
+            let sql = format!("SELECT * FROM {relation}");
+            Parser::new(&datafusion::sql::sqlparser::dialect::PostgreSqlDialect {})
+                .try_with_sql(&sql)?
+                .parse_query()?
+        };
+        let options = with_options(parser)?;
+        return Ok(EddyStatement::CreateQuery(CreateQuery {
+            kind,
+            name,
+            if_not_exists,
+            query,
+            options,
+            emit_on_close: None,
         }));
     }
     if kind == ObjectKind::Source {

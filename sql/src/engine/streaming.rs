@@ -409,6 +409,11 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             "a stream is append-only: use CREATE MATERIALIZED VIEW for GROUP BY and aggregates",
         ));
     }
+    if q.kind == ObjectKind::Sink && plan.aggregate.is_some() {
+        return Err(Error::not_supported(
+            "a sink of an aggregate (sinks export append-only queries for now: sink a stream)",
+        ));
+    }
     let emit_on_close = emit_on_close(q, &plan, windowed)?;
     let mut options =
         Options::new(q.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
@@ -417,6 +422,29 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     if q.kind == ObjectKind::Stream {
         option_u64(&q.options, "retention_rows")?;
         options.take("retention_rows");
+    }
+    if q.kind == ObjectKind::Sink {
+        match options
+            .take("connector")
+            .map(|c| c.to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("parquet") => {}
+            Some(other) => {
+                return Err(Error::not_supported(format!(
+                    "sink connector \"{other}\" (sinks write parquet for now)"
+                )));
+            }
+            None => return Err(invalid("a sink needs connector = 'parquet'")),
+        }
+        let path = crate::stream::manager::sink_path(&q.options)?;
+        options.take("path");
+        std::fs::create_dir_all(&path).map_err(|e| {
+            invalid(format!(
+                "cannot create the sink directory {}: {e}",
+                path.display()
+            ))
+        })?;
     }
     options.finish().map_err(|e| invalid(e.to_string()))?;
     let mut columns: Vec<ColumnDef> = Vec::new();
@@ -455,6 +483,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     };
     let kind = match q.kind {
         ObjectKind::Stream => TableKind::Stream(info),
+        ObjectKind::Sink => TableKind::Sink(info),
         _ => TableKind::MaterializedView(info),
     };
     let current = session.engine().catalog();
@@ -472,6 +501,7 @@ fn kind_matches(kind: ObjectKind, t: &TableKind) -> bool {
         (ObjectKind::Source, TableKind::Source(_))
             | (ObjectKind::Stream, TableKind::Stream(_))
             | (ObjectKind::MaterializedView, TableKind::MaterializedView(_))
+            | (ObjectKind::Sink, TableKind::Sink(_))
     )
 }
 

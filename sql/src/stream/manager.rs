@@ -34,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::storage::{KvStore, WriteOp, prefix_end};
 
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+/// Sinks write one file per checkpoint, so they checkpoint less often.
+pub const DEFAULT_SINK_CHECKPOINT_INTERVAL_MS: u64 = 10_000;
 
 struct Running {
     stop: Arc<AtomicBool>,
@@ -208,8 +210,12 @@ impl StreamManager {
         let TableKind::Source(source_info) = &source_def.kind else {
             return Err(Error::internal("pipeline source is not a source"));
         };
-        let interval =
-            option_ms(&info.options, "checkpoint_interval")?.unwrap_or(self.checkpoint_interval_ms);
+        // A sink's files roll at each checkpoint: its interval defaults to 10 s.
+        let default_interval = match &def.kind {
+            TableKind::Sink(_) => DEFAULT_SINK_CHECKPOINT_INTERVAL_MS,
+            _ => self.checkpoint_interval_ms,
+        };
+        let interval = option_ms(&info.options, "checkpoint_interval")?.unwrap_or(default_interval);
         let (tx0, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(record.epoch);
         let mut tasks = tokio::task::JoinSet::new();
@@ -254,6 +260,17 @@ impl StreamManager {
             TableKind::Stream(q) => SinkKind::Stream {
                 retention_rows: option_u64(&q.options, "retention_rows")?.unwrap_or(100_000),
             },
+            TableKind::Sink(q) => {
+                let path = sink_path(&q.options)?;
+                SinkKind::Parquet(Box::new(
+                    eddy_connectors::parquet_sink::ParquetFiles::open(
+                        &path,
+                        &def.name,
+                        record.epoch,
+                    )
+                    .map_err(|e| Error::internal(e.to_string()))?,
+                ))
+            }
             _ => SinkKind::View,
         };
         let sink = Sink {
@@ -359,6 +376,24 @@ impl StreamManager {
         }
         result
     }
+}
+
+/// The local directory a Parquet sink writes to (`path = '/dir'` or `'file:///dir'`).
+pub fn sink_path(options: &[(String, String)]) -> Result<std::path::PathBuf> {
+    let path = option(options, "path").ok_or_else(|| {
+        Error::user(
+            crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+            "a parquet sink needs path = '/directory' (or 'file:///directory')",
+        )
+    })?;
+    if path.contains("://") && !path.starts_with("file://") {
+        return Err(Error::not_supported(format!(
+            "parquet sinks to {path} (object stores come next; use a local directory)"
+        )));
+    }
+    Ok(std::path::PathBuf::from(
+        path.strip_prefix("file://").unwrap_or(path),
+    ))
 }
 
 /// Where no engine provides models (unit tests).

@@ -262,6 +262,8 @@ pub enum SinkKind {
     View,
     /// Stream rows are numbered and kept up to `retention_rows` (0: none are kept).
     Stream { retention_rows: u64 },
+    /// Rows leave as Parquet files, one per epoch, visible once the epoch commits.
+    Parquet(Box<eddy_connectors::parquet_sink::ParquetFiles>),
 }
 
 pub struct Sink {
@@ -275,7 +277,7 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub async fn run(self, mut rx: mpsc::Receiver<Message>) -> Result<()> {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> Result<()> {
         let mut next_seq = self.record.next_seq;
         let mut last_epoch = self.record.epoch;
         while let Some(message) = rx.recv().await {
@@ -284,6 +286,10 @@ impl Sink {
                     self.metrics
                         .rows
                         .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                    if let SinkKind::Parquet(files) = &mut self.kind {
+                        tokio::task::block_in_place(|| files.write(&b, last_epoch + 1))
+                            .map_err(connector_error)?;
+                    }
                     if let SinkKind::Stream { retention_rows } = self.kind {
                         if retention_rows > 0 {
                             let ops = sequenced_rows(&self.def, &b, next_seq)?;
@@ -302,6 +308,14 @@ impl Sink {
                 }
                 Message::Watermark(w) => *self.metrics.watermark.lock() = Some(w),
                 Message::Barrier(barrier) => {
+                    let pending = match &mut self.kind {
+                        SinkKind::Parquet(files) => {
+                            let epoch = barrier.epoch;
+                            tokio::task::block_in_place(|| files.finish(epoch))
+                                .map_err(connector_error)?
+                        }
+                        _ => None,
+                    };
                     let (record, mut ops) =
                         commit_ops(self.pipeline, last_epoch, barrier, next_seq)?;
                     if let SinkKind::Stream { retention_rows } = self.kind
@@ -317,6 +331,10 @@ impl Sink {
                     tokio::task::spawn_blocking(move || kv.write(ops, true))
                         .await
                         .map_err(|e| Error::internal(format!("checkpoint task: {e}")))??;
+                    if let (SinkKind::Parquet(files), Some(pending)) = (&self.kind, pending) {
+                        tokio::task::block_in_place(|| files.publish(pending))
+                            .map_err(connector_error)?;
+                    }
                     last_epoch = record.epoch;
                     self.metrics.epoch.store(record.epoch, Ordering::Relaxed);
                     let _ = self.committed.send(record.epoch);
