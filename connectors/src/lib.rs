@@ -13,6 +13,7 @@ pub mod options;
 pub mod parquet_sink;
 mod rng;
 pub mod source;
+pub mod store;
 
 pub use error::{Error, Result};
 pub use options::Options;

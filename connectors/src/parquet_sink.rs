@@ -34,7 +34,11 @@ pub struct Pending {
 }
 
 pub struct ParquetFiles {
+    /// Where the hidden in-progress files live.
     dir: PathBuf,
+    /// Where committed files get their final names (the sink's directory, or the spool a
+    /// remote sink uploads from).
+    publish: PathBuf,
     name: String,
     writer: Option<(PathBuf, ArrowWriter<File>)>,
 }
@@ -52,10 +56,12 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl ParquetFiles {
-    /// Opens the sink `name` writing into `dir`, after the checkpoint of epoch `committed`:
-    /// publishes the files of committed epochs a crash left hidden and deletes the others.
-    pub fn open(dir: &Path, name: &str, committed: u64) -> Result<Self> {
+    /// Opens the sink `name` writing into `dir` and publishing into `publish`, after the
+    /// checkpoint of epoch `committed`: publishes the files of committed epochs a crash left
+    /// hidden and deletes the others.
+    pub fn open(dir: &Path, publish: &Path, name: &str, committed: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        std::fs::create_dir_all(publish).map_err(|e| io("create", publish, e))?;
         let prefix = format!(".eddy-{name}-");
         let entries = std::fs::read_dir(dir).map_err(|e| io("list", dir, e))?;
         for entry in entries {
@@ -70,15 +76,17 @@ impl ParquetFiles {
             };
             let path = entry.path();
             if epoch <= committed {
-                let done = dir.join(Self::final_name(name, epoch));
+                let done = publish.join(Self::final_name(name, epoch));
                 std::fs::rename(&path, &done).map_err(|e| io("publish", &done, e))?;
             } else {
                 std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
             }
         }
         sync_dir(dir)?;
+        sync_dir(publish)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            publish: publish.to_path_buf(),
             name: name.to_string(),
             writer: None,
         })
@@ -129,7 +137,7 @@ impl ParquetFiles {
         }
         Ok(Some(Pending {
             tmp: expected,
-            done: self.dir.join(Self::final_name(&self.name, epoch)),
+            done: self.publish.join(Self::final_name(&self.name, epoch)),
         }))
     }
 
@@ -137,7 +145,85 @@ impl ParquetFiles {
     pub fn publish(&self, pending: Pending) -> Result<()> {
         std::fs::rename(&pending.tmp, &pending.done)
             .map_err(|e| io("publish", &pending.done, e))?;
-        sync_dir(&self.dir)
+        sync_dir(&self.publish)
+    }
+}
+
+/// What a remote sink's uploader reports.
+#[derive(Debug, Clone, Default)]
+pub struct UploadStatus {
+    /// Committed files waiting on local disk for the store.
+    pub spooled_files: u64,
+    pub spooled_bytes: u64,
+    pub uploaded_files: u64,
+    /// The last upload failure, until an upload succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Uploads the committed files that appear in `spool` to `store` under `prefix`, oldest
+/// first, removing each local copy once the store has it. While the store is unreachable
+/// the files wait on disk and the upload is retried with a growing pause (100 ms to 10 s);
+/// the pipeline keeps running. An object becomes visible in the store only complete (a PUT),
+/// and a repeated upload writes the same bytes under the same name.
+pub async fn upload(
+    spool: PathBuf,
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: object_store::path::Path,
+    status: std::sync::Arc<parking_lot::Mutex<UploadStatus>>,
+) {
+    use object_store::ObjectStoreExt;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let mut files: Vec<(String, u64)> = match std::fs::read_dir(&spool) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let len = e.metadata().ok()?.len();
+                    name.ends_with(".parquet").then_some((name, len))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        {
+            let mut s = status.lock();
+            s.spooled_files = files.len() as u64;
+            s.spooled_bytes = files.iter().map(|f| f.1).sum();
+        }
+        if files.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        for (name, _) in files {
+            let local = spool.join(&name);
+            let bytes = match tokio::fs::read(&local).await {
+                Ok(b) => b,
+                Err(e) => {
+                    status.lock().last_error =
+                        Some(format!("cannot read {}: {e}", local.display()));
+                    break;
+                }
+            };
+            match store
+                .put(&prefix.clone().join(name.as_str()), bytes.into())
+                .await
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&local);
+                    let mut s = status.lock();
+                    s.uploaded_files += 1;
+                    s.last_error = None;
+                    pause = std::time::Duration::from_millis(100);
+                }
+                Err(e) => {
+                    status.lock().last_error = Some(e.to_string());
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(10));
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -172,7 +258,7 @@ mod tests {
     fn files_appear_at_commit_and_recovery_keeps_exactly_the_committed_epochs() {
         let dir = std::env::temp_dir().join(format!("eddy-parquet-sink-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut sink = ParquetFiles::open(&dir, "s", 0).unwrap();
+        let mut sink = ParquetFiles::open(&dir, &dir, "s", 0).unwrap();
         sink.write(&batch(0, 10), 1).unwrap();
         assert_eq!(
             visible(&dir),
@@ -194,18 +280,18 @@ mod tests {
         let _unpublished = sink.finish(4).unwrap().unwrap();
         sink.write(&batch(20, 5), 5).unwrap();
         drop(sink);
-        ParquetFiles::open(&dir, "s", 2).unwrap();
+        ParquetFiles::open(&dir, &dir, "s", 2).unwrap();
         assert_eq!(
             visible(&dir),
             vec!["part-000000000001-s.parquet"],
             "epochs after the committed one are removed"
         );
-        let mut sink = ParquetFiles::open(&dir, "s", 2).unwrap();
+        let mut sink = ParquetFiles::open(&dir, &dir, "s", 2).unwrap();
         sink.write(&batch(10, 5), 3).unwrap();
         let p = sink.finish(3).unwrap().unwrap();
         drop(p);
         drop(sink);
-        ParquetFiles::open(&dir, "s", 3).unwrap();
+        ParquetFiles::open(&dir, &dir, "s", 3).unwrap();
         assert_eq!(
             visible(&dir),
             vec!["part-000000000001-s.parquet", "part-000000000003-s.parquet"],

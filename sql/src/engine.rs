@@ -78,6 +78,7 @@ impl Engine {
             kv.clone(),
             log.signal.clone(),
             DEFAULT_CHECKPOINT_INTERVAL_MS,
+            data_dir.join("sinks"),
         ));
         Ok(Arc::new_cyclic(|engine| Self {
             models: models::ModelStore::new(data_dir.join("models"), engine.clone()),

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{Server, error_text};
+use crate::common::{S3Server, Server, error_text};
 
 fn build_models() -> (tempfile::TempDir, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -925,74 +925,6 @@ async fn hot_swap_under_a_running_stream_scores_every_row_once() {
         vec![1, 2, 1],
         "versions in row order switch exactly twice (seed {seed})"
     );
-}
-
-/// moto's S3-compatible server on a free port, stopped when dropped.
-struct S3Server {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .env("PYTHONPATH", root.join(".tools/moto"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start moto (scripts/setup.sh installs it)");
-        let server = S3Server { child, port };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "moto did not start listening"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// An unsigned PUT (moto accepts them): creates a bucket or stores an object.
-    fn put(&self, path: &str, body: &[u8]) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        assert!(
-            response.starts_with("HTTP/1.1 200"),
-            "PUT {path}: {response}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::common::{Rng, Server, crash_seed, error_text};
+use crate::common::{Rng, S3Server, Server, crash_seed, error_text};
 
 /// (rows, distinct ids, rows whose v2 is not 2 * id) over the visible Parquet files of `dir`.
 async fn exported(dir: &Path) -> (i64, i64, i64) {
@@ -142,4 +142,87 @@ async fn parquet_sink_exports_every_row_exactly_once_across_sigkills() {
     client.batch_execute("DROP STREAM doubled").await.unwrap();
     // The files stay: they are the user's data.
     assert_eq!(exported(out.path()).await.0, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_sink_to_s3_exports_every_row_exactly_once_across_a_sigkill() {
+    let seed = crash_seed();
+    println!("S3 sink crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
+    let mut rng = Rng(seed);
+    const BATCHES: i64 = 40;
+    const ROWS: i64 = 50;
+    let kill_at = 1 + rng.below(BATCHES as u64 - 2) as i64;
+    let s3 = S3Server::start();
+    s3.put("/exports", b"");
+    let mut server = Server::start();
+    let mut client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
+             CREATE STREAM doubled AS SELECT id, v * 2 AS v2 FROM readings; \
+             CREATE SINK export FROM doubled WITH (connector = 'parquet', \
+               path = 's3://exports/doubled', checkpoint_interval = '100ms', \
+               aws_endpoint = 'http://127.0.0.1:{}', aws_allow_http = 'true', \
+               aws_region = 'us-east-1', aws_access_key_id = 'k', \
+               aws_secret_access_key = 'very-secret')",
+            s3.port
+        ))
+        .await
+        .unwrap();
+    for b in 0..BATCHES {
+        let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
+            .map(|i| format!("({i}, {i})"))
+            .collect();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO readings VALUES {}",
+                values.join(", ")
+            ))
+            .await
+            .unwrap();
+        if b == kill_at {
+            println!("SIGKILL after batch {b} (seed {seed})");
+            server.restart();
+            client = server.connect().await;
+        }
+    }
+    let total = BATCHES * ROWS;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let dir = tempfile::tempdir().unwrap();
+        s3.download("exports", "doubled/", dir.path());
+        let got = exported(dir.path()).await;
+        if got.0 >= total || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        got,
+        (total, total, 0),
+        "rows, distinct ids, wrong values in the bucket (seed {seed})"
+    );
+    let row = client
+        .query_one(
+            "SELECT target, uploaded_files, last_error FROM eddy_catalog.sinks WHERE name = 'export'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "s3://exports/doubled");
+    assert!(row.get::<_, i64>(1) > 0, "uploads are counted");
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    let e = client
+        .batch_execute(&format!(
+            "CREATE SINK bad FROM doubled WITH (connector = 'parquet', path = 's3://exports/x', \
+             aws_endpoint = 'http://127.0.0.1:{}', colour = 'red')",
+            s3.port
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        error_text(&e).contains("unknown option \"colour\""),
+        "{}",
+        error_text(&e)
+    );
 }

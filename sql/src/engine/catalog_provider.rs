@@ -73,7 +73,7 @@ impl std::fmt::Debug for EddyCatalog {
     }
 }
 
-/// Eddy's own system tables: `eddy_catalog.models`.
+/// Eddy's own system tables: `eddy_catalog.models`, `eddy_catalog.sinks`.
 pub const EDDY_CATALOG: &str = "eddy_catalog";
 
 impl CatalogProvider for EddyCatalog {
@@ -180,20 +180,22 @@ impl std::fmt::Debug for SystemTables {
 #[async_trait]
 impl SchemaProvider for SystemTables {
     fn table_names(&self) -> Vec<String> {
-        vec!["models".to_string()]
+        vec!["models".to_string(), "sinks".to_string()]
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if name != "models" {
-            return Ok(None);
+        let catalog = self.view.catalog();
+        let batch = match name {
+            "models" => super::models::catalog_batch(&catalog),
+            "sinks" => super::streaming::sinks_batch(&self.view.engine, &catalog),
+            _ => return Ok(None),
         }
-        let batch =
-            super::models::catalog_batch(&self.view.catalog()).map_err(crate::error::to_df)?;
+        .map_err(crate::error::to_df)?;
         let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
         Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == "models"
+        matches!(name, "models" | "sinks")
     }
 }

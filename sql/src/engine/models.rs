@@ -270,78 +270,32 @@ fn compatible(a: &ModelVersion, b: &ModelVersion) -> bool {
         && (a.features.is_empty() || b.features.is_empty() || a.features == b.features)
 }
 
-/// The schemes of object-store model locations.
-const OBJECT_STORE_SCHEMES: [&str; 6] = ["s3", "s3a", "gs", "az", "abfs", "abfss"];
-
-/// Reads a model file: a local path or `file://` URL, or an object in S3 (`s3://bucket/key`),
-/// Google Cloud Storage (`gs://bucket/key`) or Azure Blob Storage (`az://container/key`,
-/// `abfs[s]://...`). An object store's settings come from the environment (`AWS_*`,
-/// `GOOGLE_*`, `AZURE_*`) and from `options` (`aws_access_key_id`, `aws_region`,
-/// `aws_endpoint`, `google_service_account`, `azure_storage_account_name`, ...; any key the
-/// store knows). Credentials are used for this read only: the catalog keeps the location.
+/// Reads a model file: a local path or `file://` URL, or an object in S3, Google Cloud Storage
+/// or Azure Blob Storage (`eddy_connectors::store`: settings from the environment and from
+/// `options`). Credentials are used for this read only: the catalog keeps the location.
 async fn fetch(location: &str, options: &[(String, String)]) -> Result<Vec<u8>> {
-    let scheme = location
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase());
-    let scheme = match scheme.as_deref() {
-        None | Some("file") => {
-            if let Some((k, _)) = options.first() {
-                return Err(model_error(format!(
-                    "unknown option \"{k}\" (models take intra_threads and features; store settings only apply to s3://, gs:// and az:// locations)"
-                )));
-            }
-            let path = location.strip_prefix("file://").unwrap_or(location);
-            return std::fs::read(path)
-                .map_err(|e| model_error(format!("cannot read model file {path}: {e}")));
-        }
-        Some(s) if OBJECT_STORE_SCHEMES.contains(&s) => s.to_string(),
-        Some(other) => {
+    if eddy_connectors::store::scheme(location).is_none() {
+        if let Some(other) = location
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            && other != "file"
+        {
             return Err(Error::not_supported(format!(
                 "model locations of scheme {other}:// (use a local path, file://, s3://, gs:// or az://)"
             )));
         }
-    };
-    let url = url::Url::parse(location)
-        .map_err(|e| model_error(format!("invalid model location {location}: {e}")))?;
-    let unknown = |k: &str| {
-        model_error(format!(
-            "unknown option \"{k}\" for a {scheme}:// location (models take intra_threads, features and the object store's settings, such as aws_region or aws_endpoint)"
-        ))
-    };
+        if let Some((k, _)) = options.first() {
+            return Err(model_error(format!(
+                "unknown option \"{k}\" (models take intra_threads and features; store settings only apply to s3://, gs:// and az:// locations)"
+            )));
+        }
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        return std::fs::read(path)
+            .map_err(|e| model_error(format!("cannot read model file {path}: {e}")));
+    }
+    let (store, path) = eddy_connectors::store::open(location, options).map_err(model_error)?;
     let invalid =
         |e: object_store::Error| model_error(format!("cannot read model {location}: {e}"));
-    use std::str::FromStr;
-    let store: Arc<dyn object_store::ObjectStore> = match scheme.as_str() {
-        "s3" | "s3a" => {
-            use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-            let mut b = AmazonS3Builder::from_env().with_url(location);
-            for (k, v) in options {
-                let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(invalid)?)
-        }
-        "gs" => {
-            use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-            let mut b = GoogleCloudStorageBuilder::from_env().with_url(location);
-            for (k, v) in options {
-                let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(invalid)?)
-        }
-        _ => {
-            use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-            let mut b = MicrosoftAzureBuilder::from_env().with_url(location);
-            for (k, v) in options {
-                let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k))?;
-                b = b.with_config(key, v);
-            }
-            Arc::new(b.build().map_err(invalid)?)
-        }
-    };
-    let path = object_store::path::Path::from_url_path(url.path().trim_start_matches('/'))
-        .map_err(|e| model_error(format!("invalid model location {location}: {e}")))?;
     use object_store::ObjectStoreExt;
     let object = store.get(&path).await.map_err(invalid)?;
     Ok(object.bytes().await.map_err(invalid)?.to_vec())

@@ -437,14 +437,25 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             }
             None => return Err(invalid("a sink needs connector = 'parquet'")),
         }
-        let path = crate::stream::manager::sink_path(&q.options)?;
         options.take("path");
-        std::fs::create_dir_all(&path).map_err(|e| {
-            invalid(format!(
-                "cannot create the sink directory {}: {e}",
-                path.display()
-            ))
-        })?;
+        match crate::stream::manager::sink_target(&q.options)? {
+            crate::stream::manager::SinkTarget::Local(path) => {
+                std::fs::create_dir_all(&path).map_err(|e| {
+                    invalid(format!(
+                        "cannot create the sink directory {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            crate::stream::manager::SinkTarget::Remote { url, settings } => {
+                // Checks the settings (unknown keys are errors); credentials stay in the
+                // catalog for the uploads and show as *** in SHOW output.
+                eddy_connectors::store::open(&url, &settings).map_err(invalid)?;
+                for (k, _) in &settings {
+                    options.take(k);
+                }
+            }
+        }
     }
     options.finish().map_err(|e| invalid(e.to_string()))?;
     let mut columns: Vec<ColumnDef> = Vec::new();
@@ -589,6 +600,70 @@ pub(super) fn drop_dependents(
         }
     }
     Ok(ops)
+}
+
+/// `eddy_catalog.sinks`: each sink's target, its last checkpoint and, for object-store
+/// targets, the local spool of committed files not uploaded yet and the last upload error.
+pub fn sinks_batch(
+    engine: &super::Engine,
+    catalog: &crate::catalog::Catalog,
+) -> Result<RecordBatch> {
+    let int = |n: &str| Field::new(n, DataType::Int64, true);
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    let schema = Arc::new(Schema::new(vec![
+        text("name"),
+        text("target"),
+        int("rows"),
+        int("checkpoint_epoch"),
+        int("spooled_files"),
+        int("spooled_bytes"),
+        int("uploaded_files"),
+        text("last_error"),
+    ]));
+    let mut sinks: Vec<&Arc<TableDef>> = catalog
+        .tables()
+        .filter(|t| matches!(t.kind, TableKind::Sink(_)))
+        .collect();
+    sinks.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut names = Vec::new();
+    let mut targets = Vec::new();
+    let mut nums: [Vec<Option<i64>>; 5] = Default::default();
+    let mut errors = Vec::new();
+    for d in sinks {
+        let q = d.kind.query().expect("a sink is a query");
+        names.push(Some(d.name.clone()));
+        targets.push(
+            q.options
+                .iter()
+                .find(|(k, _)| k == "path")
+                .map(|(_, v)| v.clone()),
+        );
+        let metrics = engine.streams.metrics(d.id);
+        let upload = metrics.as_ref().map(|m| m.upload.lock().clone());
+        nums[0].push(
+            metrics
+                .as_ref()
+                .map(|m| m.rows.load(Ordering::Relaxed) as i64),
+        );
+        nums[1].push(
+            metrics
+                .as_ref()
+                .map(|m| m.epoch.load(Ordering::Relaxed) as i64),
+        );
+        nums[2].push(upload.as_ref().map(|u| u.spooled_files as i64));
+        nums[3].push(upload.as_ref().map(|u| u.spooled_bytes as i64));
+        nums[4].push(upload.as_ref().map(|u| u.uploaded_files as i64));
+        errors.push(upload.and_then(|u| u.last_error));
+    }
+    let mut columns: Vec<datafusion::arrow::array::ArrayRef> = vec![
+        Arc::new(StringArray::from(names)),
+        Arc::new(StringArray::from(targets)),
+    ];
+    for v in nums {
+        columns.push(Arc::new(Int64Array::from(v)));
+    }
+    columns.push(Arc::new(StringArray::from(errors)));
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 fn show_schema(kind: ObjectKind) -> SchemaRef {

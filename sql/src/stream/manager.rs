@@ -51,6 +51,8 @@ pub struct StreamManager {
     checkpoint_interval_ms: u64,
     /// The catalog's models (PREDICT in pipelines).
     models: Mutex<Option<Arc<dyn ModelSource>>>,
+    /// Where remote sinks stage and spool their files (`<data dir>/sinks`).
+    staging: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -60,7 +62,12 @@ impl std::fmt::Debug for StreamManager {
 }
 
 impl StreamManager {
-    pub fn new(kv: Arc<dyn KvStore>, signal: Arc<LogSignal>, checkpoint_interval_ms: u64) -> Self {
+    pub fn new(
+        kv: Arc<dyn KvStore>,
+        signal: Arc<LogSignal>,
+        checkpoint_interval_ms: u64,
+        staging: std::path::PathBuf,
+    ) -> Self {
         Self {
             kv,
             signal,
@@ -69,6 +76,7 @@ impl StreamManager {
             metrics: Mutex::new(HashMap::new()),
             checkpoint_interval_ms,
             models: Mutex::new(None),
+            staging,
         }
     }
 
@@ -256,15 +264,34 @@ impl StreamManager {
             tasks.spawn(run_operator(op, rx, tx, committed_rx.clone()));
             rx = next_rx;
         }
+        let mut uploader: Option<tokio::task::JoinHandle<()>> = None;
         let sink_kind = match &def.kind {
             TableKind::Stream(q) => SinkKind::Stream {
                 retention_rows: option_u64(&q.options, "retention_rows")?.unwrap_or(100_000),
             },
             TableKind::Sink(q) => {
-                let path = sink_path(&q.options)?;
+                let (dir, publish) = match sink_target(&q.options)? {
+                    SinkTarget::Local(dir) => (dir.clone(), dir),
+                    SinkTarget::Remote { url, settings } => {
+                        // Committed files spool locally and upload from there.
+                        let staging = self.staging.join(def.id.to_string());
+                        let spool = staging.join("ready");
+                        let (store, prefix) = eddy_connectors::store::open(&url, &settings)
+                            .map_err(Error::internal)?;
+                        let status = metrics.upload.clone();
+                        uploader = Some(tokio::spawn(eddy_connectors::parquet_sink::upload(
+                            spool.clone(),
+                            store,
+                            prefix,
+                            status,
+                        )));
+                        (staging, spool)
+                    }
+                };
                 SinkKind::Parquet(Box::new(
                     eddy_connectors::parquet_sink::ParquetFiles::open(
-                        &path,
+                        &dir,
+                        &publish,
                         &def.name,
                         record.epoch,
                     )
@@ -370,6 +397,9 @@ impl StreamManager {
         };
         // Closing the channels stops the source thread too (it checks before each poll).
         tasks.abort_all();
+        if let Some(u) = uploader {
+            u.abort();
+        }
         while tasks.join_next().await.is_some() {}
         if !source_task.is_finished() {
             let _ = tokio::time::timeout(Duration::from_secs(10), source_task).await;
@@ -378,22 +408,48 @@ impl StreamManager {
     }
 }
 
-/// The local directory a Parquet sink writes to (`path = '/dir'` or `'file:///dir'`).
-pub fn sink_path(options: &[(String, String)]) -> Result<std::path::PathBuf> {
+/// Where a Parquet sink writes.
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    /// `path = '/dir'` or `'file:///dir'`.
+    Local(std::path::PathBuf),
+    /// `path = 's3://bucket/prefix'` (or gs://, az://) with the store's settings.
+    Remote {
+        url: String,
+        settings: Vec<(String, String)>,
+    },
+}
+
+/// Options of a sink that are not the object store's settings.
+const SINK_OPTIONS: [&str; 3] = ["connector", "path", "checkpoint_interval"];
+
+/// The target of a Parquet sink from its options.
+pub fn sink_target(options: &[(String, String)]) -> Result<SinkTarget> {
     let path = option(options, "path").ok_or_else(|| {
         Error::user(
             crate::error::sqlstate::INVALID_PARAMETER_VALUE,
-            "a parquet sink needs path = '/directory' (or 'file:///directory')",
+            "a parquet sink needs path = '/directory', 'file:///directory' or 's3://bucket/prefix'",
         )
     })?;
+    if eddy_connectors::store::scheme(path).is_some() {
+        let settings: Vec<(String, String)> = options
+            .iter()
+            .filter(|(k, _)| !SINK_OPTIONS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        return Ok(SinkTarget::Remote {
+            url: path.to_string(),
+            settings,
+        });
+    }
     if path.contains("://") && !path.starts_with("file://") {
         return Err(Error::not_supported(format!(
-            "parquet sinks to {path} (object stores come next; use a local directory)"
+            "parquet sinks to {path} (use a local directory, s3://, gs:// or az://)"
         )));
     }
-    Ok(std::path::PathBuf::from(
+    Ok(SinkTarget::Local(std::path::PathBuf::from(
         path.strip_prefix("file://").unwrap_or(path),
-    ))
+    )))
 }
 
 /// Where no engine provides models (unit tests).

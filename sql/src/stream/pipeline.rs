@@ -65,6 +65,8 @@ pub struct Metrics {
     pub error: Mutex<Option<String>>,
     pub running: AtomicBool,
     pub restarts: AtomicU64,
+    /// A remote sink's spool and uploads.
+    pub upload: Arc<Mutex<eddy_connectors::parquet_sink::UploadStatus>>,
 }
 
 /// One stage of a pipeline.

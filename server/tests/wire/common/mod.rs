@@ -180,3 +180,92 @@ pub fn crash_seed() -> u64 {
             .as_nanos() as u64,
     }
 }
+
+/// moto's S3-compatible server on a free port, stopped when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .env("PYTHONPATH", root.join(".tools/moto"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto (scripts/setup.sh installs it)");
+        let server = S3Server { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not start listening"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// An unsigned PUT (moto accepts them): creates a bucket or stores an object.
+    pub fn put(&self, path: &str, body: &[u8]) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "PUT {path}: {response}"
+        );
+    }
+
+    /// Downloads every object under `bucket/prefix` into `dir` (boto3, which moto brings).
+    pub fn download(&self, bucket: &str, prefix: &str, dir: &std::path::Path) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let script = format!(
+            "import boto3, os\n\
+             s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', region_name='us-east-1', \
+             aws_access_key_id='k', aws_secret_access_key='s')\n\
+             for page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'):\n\
+             \x20   for o in page.get('Contents', []):\n\
+             \x20       s3.download_file('{bucket}', o['Key'], os.path.join('{}', os.path.basename(o['Key'])))\n",
+            self.port,
+            dir.display()
+        );
+        let status = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .env("PYTHONPATH", root.join(".tools/moto"))
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "download from moto failed");
+    }
+}
