@@ -36,32 +36,18 @@ async fn exported(dir: &Path) -> (i64, i64, i64) {
     (col(0), col(1), col(2))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_sink_exports_every_row_exactly_once_across_sigkills() {
-    let seed = crash_seed();
-    println!("parquet sink crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
-    let mut rng = Rng(seed);
-    const BATCHES: i64 = 80;
-    const ROWS: i64 = 50;
-    let mut kills: Vec<i64> = (0..3)
-        .map(|_| 1 + rng.below(BATCHES as u64 - 1) as i64)
-        .collect();
-    kills.sort();
-    let out = tempfile::tempdir().unwrap();
-    let mut server = Server::start();
-    let mut client = server.connect().await;
-    client
-        .batch_execute(&format!(
-            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
-             CREATE STREAM doubled AS SELECT id, v * 2 AS v2 FROM readings; \
-             CREATE SINK export FROM doubled \
-               WITH (connector = 'parquet', path = '{}', checkpoint_interval = '100ms')",
-            out.path().display()
-        ))
-        .await
-        .unwrap();
-    for b in 0..BATCHES {
-        let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
+/// Inserts `batches` batches of `rows` rows `(i, i)` into `readings`, killing the server with
+/// SIGKILL and restarting it after each batch in `kills`; returns a connection to the server.
+async fn insert_killing(
+    server: &mut Server,
+    mut client: tokio_postgres::Client,
+    batches: i64,
+    rows: i64,
+    kills: &[i64],
+    seed: u64,
+) -> tokio_postgres::Client {
+    for b in 0..batches {
+        let values: Vec<String> = (b * rows..(b + 1) * rows)
             .map(|i| format!("({i}, {i})"))
             .collect();
         client
@@ -77,6 +63,34 @@ async fn parquet_sink_exports_every_row_exactly_once_across_sigkills() {
             client = server.connect().await;
         }
     }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_sink_exports_every_row_exactly_once_across_sigkills() {
+    let seed = crash_seed();
+    println!("parquet sink crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
+    let mut rng = Rng(seed);
+    const BATCHES: i64 = 80;
+    const ROWS: i64 = 50;
+    let mut kills: Vec<i64> = (0..3)
+        .map(|_| 1 + rng.below(BATCHES as u64 - 1) as i64)
+        .collect();
+    kills.sort();
+    let out = tempfile::tempdir().unwrap();
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
+             CREATE STREAM doubled AS SELECT id, v * 2 AS v2 FROM readings; \
+             CREATE SINK export FROM doubled \
+               WITH (connector = 'parquet', path = '{}', checkpoint_interval = '100ms')",
+            out.path().display()
+        ))
+        .await
+        .unwrap();
+    let client = insert_killing(&mut server, client, BATCHES, ROWS, &kills, seed).await;
     let total = BATCHES * ROWS;
     let deadline = Instant::now() + Duration::from_secs(120);
     let got = loop {
@@ -155,7 +169,7 @@ async fn parquet_sink_to_s3_exports_every_row_exactly_once_across_a_sigkill() {
     let s3 = S3Server::start();
     s3.put("/exports", b"");
     let mut server = Server::start();
-    let mut client = server.connect().await;
+    let client = server.connect().await;
     client
         .batch_execute(&format!(
             "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
@@ -169,23 +183,7 @@ async fn parquet_sink_to_s3_exports_every_row_exactly_once_across_a_sigkill() {
         ))
         .await
         .unwrap();
-    for b in 0..BATCHES {
-        let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
-            .map(|i| format!("({i}, {i})"))
-            .collect();
-        client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
-            .await
-            .unwrap();
-        if b == kill_at {
-            println!("SIGKILL after batch {b} (seed {seed})");
-            server.restart();
-            client = server.connect().await;
-        }
-    }
+    let client = insert_killing(&mut server, client, BATCHES, ROWS, &[kill_at], seed).await;
     let total = BATCHES * ROWS;
     let deadline = Instant::now() + Duration::from_secs(120);
     let got = loop {
