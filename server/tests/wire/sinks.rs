@@ -224,3 +224,99 @@ async fn parquet_sink_to_s3_exports_every_row_exactly_once_across_a_sigkill() {
         error_text(&e)
     );
 }
+
+async fn sink_epoch(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT checkpoint_epoch FROM eddy_catalog.sinks WHERE name = 'export'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_returns() {
+    const BATCHES: i64 = 20;
+    const ROWS: i64 = 50;
+    let s3 = S3Server::start();
+    s3.put("/exports", b"");
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
+             CREATE SINK export FROM (SELECT id, v * 2 AS v2 FROM readings) WITH ( \
+               connector = 'parquet', path = 's3://exports/outage', \
+               checkpoint_interval = '100ms', aws_endpoint = 'http://127.0.0.1:{}', \
+               aws_allow_http = 'true', aws_region = 'us-east-1', \
+               aws_access_key_id = 'k', aws_secret_access_key = 's')",
+            s3.port
+        ))
+        .await
+        .unwrap();
+    // The store stops answering (SIGSTOP: connections hang, as behind a dead link).
+    s3.pause(true);
+    let insert = |b: i64| {
+        let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
+            .map(|i| format!("({i}, {i})"))
+            .collect();
+        format!("INSERT INTO readings VALUES {}", values.join(", "))
+    };
+    // One batch per checkpoint, so that several files are committed while the store is away.
+    for b in 0..BATCHES {
+        client.batch_execute(&insert(b)).await.unwrap();
+        let before = sink_epoch(&client).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink_epoch(&client).await <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint while the store is away"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Ingestion and the pipeline go on; committed files wait in the spool.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT rows, spooled_files FROM eddy_catalog.sinks WHERE name = 'export'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (rows, spooled): (i64, i64) = (row.get(0), row.get(1));
+        if rows == BATCHES * ROWS && spooled >= BATCHES - 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not keep going while the store was away: {rows} rows, {spooled} spooled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let row = client
+        .query_one("SELECT count(*) FROM readings", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), BATCHES * ROWS, "queries still answer");
+    s3.pause(false);
+    let total = BATCHES * ROWS;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let got = loop {
+        let dir = tempfile::tempdir().unwrap();
+        s3.download("exports", "outage/", dir.path());
+        let got = exported(dir.path()).await;
+        if got.0 >= total || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        got,
+        (total, total, 0),
+        "everything arrived once the store returned"
+    );
+}

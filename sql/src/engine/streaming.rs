@@ -639,7 +639,19 @@ pub fn sinks_batch(
                 .map(|(_, v)| v.clone()),
         );
         let metrics = engine.streams.metrics(d.id);
-        let upload = metrics.as_ref().map(|m| m.upload.lock().clone());
+        let mut upload = metrics.as_ref().map(|m| m.upload.lock().clone());
+        // The spool as it is now (the uploader's own count is as of its last pass).
+        if let (Some(u), Ok(entries)) = (
+            upload.as_mut(),
+            std::fs::read_dir(engine.streams.spool_dir(d.id)),
+        ) {
+            let sizes: Vec<u64> = entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .collect();
+            u.spooled_files = sizes.len() as u64;
+            u.spooled_bytes = sizes.iter().sum();
+        }
         nums[0].push(
             metrics
                 .as_ref()

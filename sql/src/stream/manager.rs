@@ -111,6 +111,11 @@ impl StreamManager {
         self.reconcile(catalog);
     }
 
+    /// Where a remote sink's committed files wait for upload.
+    pub fn spool_dir(&self, id: u32) -> std::path::PathBuf {
+        self.staging.join(id.to_string()).join("ready")
+    }
+
     pub fn metrics(&self, id: u32) -> Option<Arc<Metrics>> {
         self.metrics.lock().get(&id).cloned()
     }
@@ -275,7 +280,7 @@ impl StreamManager {
                     SinkTarget::Remote { url, settings } => {
                         // Committed files spool locally and upload from there.
                         let staging = self.staging.join(def.id.to_string());
-                        let spool = staging.join("ready");
+                        let spool = self.spool_dir(def.id);
                         let (store, prefix) = eddy_connectors::store::open(&url, &settings)
                             .map_err(Error::internal)?;
                         let status = metrics.upload.clone();

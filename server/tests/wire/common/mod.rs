@@ -248,6 +248,14 @@ impl S3Server {
         );
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: while stopped, requests hang.
+    pub fn pause(&self, stop: bool) {
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "signal moto");
+    }
+
     /// Downloads every object under `bucket/prefix` into `dir` (boto3, which moto brings).
     pub fn download(&self, bucket: &str, prefix: &str, dir: &std::path::Path) {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
