@@ -36,6 +36,21 @@ async fn exported(dir: &Path) -> (i64, i64, i64) {
     (col(0), col(1), col(2))
 }
 
+/// What `exported` finds in the objects under `exports/prefix`, once they hold `total` rows
+/// or after a deadline of 3 minutes.
+async fn bucket_rows(s3: &S3Server, prefix: &str, total: i64) -> (i64, i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let dir = tempfile::tempdir().unwrap();
+        s3.download("exports", prefix, dir.path());
+        let got = exported(dir.path()).await;
+        if got.0 >= total || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Inserts `batches` batches of `rows` rows `(i, i)` into `readings`, killing the server with
 /// SIGKILL and restarting it after each batch in `kills`; returns a connection to the server.
 async fn insert_killing(
@@ -185,16 +200,7 @@ async fn parquet_sink_to_s3_exports_every_row_exactly_once_across_a_sigkill() {
         .unwrap();
     let client = insert_killing(&mut server, client, BATCHES, ROWS, &[kill_at], seed).await;
     let total = BATCHES * ROWS;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let got = loop {
-        let dir = tempfile::tempdir().unwrap();
-        s3.download("exports", "doubled/", dir.path());
-        let got = exported(dir.path()).await;
-        if got.0 >= total || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let got = bucket_rows(&s3, "doubled/", total).await;
     assert_eq!(
         got,
         (total, total, 0),
@@ -304,16 +310,7 @@ async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_return
     assert_eq!(row.get::<_, i64>(0), BATCHES * ROWS, "queries still answer");
     s3.pause(false);
     let total = BATCHES * ROWS;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let got = loop {
-        let dir = tempfile::tempdir().unwrap();
-        s3.download("exports", "outage/", dir.path());
-        let got = exported(dir.path()).await;
-        if got.0 >= total || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let got = bucket_rows(&s3, "outage/", total).await;
     assert_eq!(
         got,
         (total, total, 0),
