@@ -4,35 +4,15 @@
 //! that rate and times each batch from just before its INSERT to the first SELECT over
 //! pgwire that sees it. Run: `cargo bench -p eddy --bench freshness`.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BATCH: i64 = 50;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn connect(port: u16) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=eddy dbname=eddy"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
 
 fn insert_sql(first: i64, n: i64) -> String {
     let rows: Vec<String> = (first..first + n)
@@ -47,22 +27,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pg, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["serve", "--data-dir", dir.path().to_str().unwrap()])
-        .args(["--pg-listen", &format!("127.0.0.1:{pg}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start eddy");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if line.starts_with("eddy ready") {
-            break;
-        }
-    }
-    let client = connect(pg).await;
+    let eddy = common::start();
+    let pg = eddy.pg;
+    let client = common::connect(pg).await;
     client
         .batch_execute(
             "CREATE SOURCE ev (seq bigint NOT NULL, ts timestamptz); \
@@ -77,7 +44,7 @@ async fn main() {
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
     let reader = {
         let (seen, pending, latencies) = (seen.clone(), pending.clone(), latencies.clone());
-        let client = connect(pg).await;
+        let client = common::connect(pg).await;
         let stmt = client.prepare("SELECT seq FROM latest").await.unwrap();
         tokio::spawn(async move {
             loop {
@@ -128,8 +95,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     reader.abort();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(eddy);
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(

@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench -p eddy --bench serving` (after scripts/setup.sh).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +20,6 @@ use std::time::{Duration, Instant};
 const SINGLE_ROWS: usize = 10_000;
 const RUNS: usize = 5;
 const REQUESTS: usize = 2_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// CPU seconds the process `pid` has used (user + system).
 fn process_cpu(pid: u32) -> f64 {
@@ -44,19 +39,6 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn connect(pg: u16) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={pg} user=eddy dbname=eddy"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 /// `SINGLE_ROWS` single-row predictions on one connection.
@@ -81,7 +63,7 @@ async fn score_rows(client: &tokio_postgres::Client, model: &str, width: usize) 
 async fn prepared(pg: u16, pid: u32, model: &str, width: usize, connections: usize) {
     let mut clients = Vec::new();
     for _ in 0..connections {
-        clients.push(std::sync::Arc::new(connect(pg).await));
+        clients.push(std::sync::Arc::new(common::connect(pg).await));
     }
     let mut per_cpu = Vec::new();
     let mut per_wall = Vec::new();
@@ -183,22 +165,9 @@ async fn main() {
         status.success(),
         "build_models.py failed: run scripts/setup.sh first"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (pg, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .args(["serve", "--data-dir", dir.path().to_str().unwrap()])
-        .args(["--pg-listen", &format!("127.0.0.1:{pg}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start eddy");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if line.starts_with("eddy ready") {
-            break;
-        }
-    }
-    let client = connect(pg).await;
+    let eddy = common::start();
+    let (pg, http) = (eddy.pg, eddy.http);
+    let client = common::connect(pg).await;
     println!(
         "serving benchmark, revision {}",
         option_env!("EDDY_GIT_REVISION").unwrap_or("see git log")
@@ -212,10 +181,9 @@ async fn main() {
             .await
             .unwrap();
         for connections in [1, 8] {
-            prepared(pg, child.id(), model, width, connections).await;
+            prepared(pg, eddy.child.id(), model, width, connections).await;
         }
         rest(http, model, width);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(eddy);
 }
