@@ -160,9 +160,39 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (ms >= 0.0 && ms.is_finite()).then(|| Duration::from_micros((ms * 1e3) as u64))
 }
 
+/// A size such as `128MB`, `64 KiB`, `1GB` or `4096` (bytes); units are powers of 1024.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "b" => 1.0,
+        "kb" | "kib" | "k" => 1024.0,
+        "mb" | "mib" | "m" => 1024.0 * 1024.0,
+        "gb" | "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * factor;
+    (bytes >= 1.0 && bytes.is_finite()).then_some(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("128MB"), Some(128 << 20));
+        assert_eq!(parse_size("20 KiB"), Some(20 << 10));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1.5g"), Some(3 << 29));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("5 parsecs"), None);
+    }
 
     fn opts(pairs: &[(&str, &str)]) -> Options {
         Options::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()

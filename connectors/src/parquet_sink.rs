@@ -119,6 +119,13 @@ impl ParquetFiles {
             .map_err(|e| Error::External(format!("parquet sink: {e}")))
     }
 
+    /// Bytes of the current epoch's file so far (written and buffered).
+    pub fn current_size(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |(_, w)| {
+            (w.bytes_written() + w.in_progress_size()) as u64
+        })
+    }
+
     /// Closes and syncs the file of `epoch` (None when the epoch had no rows).
     pub fn finish(&mut self, epoch: u64) -> Result<Option<Pending>> {
         let Some((tmp, writer)) = self.writer.take() else {

@@ -317,3 +317,65 @@ async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_return
         "everything arrived once the store returned"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_reaches_its_rollover_size_is_published_without_waiting_for_the_interval() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
+             CREATE SINK export FROM (SELECT id, v * 2 AS v2 FROM readings) WITH ( \
+               connector = 'parquet', path = '{}', checkpoint_interval = '1h', \
+               rollover_size = '4KB')",
+            out.path().display()
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .batch_execute(
+            "CREATE SINK bad FROM readings WITH (connector = 'parquet', path = '/tmp/x', \
+             rollover_size = 'huge')",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error_text(&e).contains("rollover_size"),
+        "{}",
+        error_text(&e)
+    );
+    let files = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("part-") && name.ends_with(".parquet")
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut b = 0;
+    // With an hour between timed checkpoints, files appear only by size.
+    while files(out.path()) < 3 {
+        assert!(Instant::now() < deadline, "no file rolled over by size");
+        let values: Vec<String> = (b * 500..(b + 1) * 500)
+            .map(|i| format!("({i}, {i})"))
+            .collect();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO readings VALUES {}",
+                values.join(", ")
+            ))
+            .await
+            .unwrap();
+        b += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (rows, distinct, wrong) = exported(out.path()).await;
+    assert!(
+        rows > 0 && rows == distinct && wrong == 0,
+        "{rows} {distinct} {wrong}"
+    );
+}

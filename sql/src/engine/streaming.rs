@@ -438,6 +438,8 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             None => return Err(invalid("a sink needs connector = 'parquet'")),
         }
         options.take("path");
+        crate::stream::manager::rollover_size(&q.options)?;
+        options.take("rollover_size");
         match crate::stream::manager::sink_target(&q.options)? {
             crate::stream::manager::SinkTarget::Local(path) => {
                 std::fs::create_dir_all(&path).map_err(|e| {

@@ -293,15 +293,18 @@ impl StreamManager {
                         (staging, spool)
                     }
                 };
-                SinkKind::Parquet(Box::new(
-                    eddy_connectors::parquet_sink::ParquetFiles::open(
-                        &dir,
-                        &publish,
-                        &def.name,
-                        record.epoch,
-                    )
-                    .map_err(|e| Error::internal(e.to_string()))?,
-                ))
+                SinkKind::Parquet {
+                    files: Box::new(
+                        eddy_connectors::parquet_sink::ParquetFiles::open(
+                            &dir,
+                            &publish,
+                            &def.name,
+                            record.epoch,
+                        )
+                        .map_err(|e| Error::internal(e.to_string()))?,
+                    ),
+                    rollover_bytes: rollover_size(&q.options)?,
+                }
             }
             _ => SinkKind::View,
         };
@@ -426,7 +429,23 @@ pub enum SinkTarget {
 }
 
 /// Options of a sink that are not the object store's settings.
-const SINK_OPTIONS: [&str; 3] = ["connector", "path", "checkpoint_interval"];
+const SINK_OPTIONS: [&str; 4] = ["connector", "path", "checkpoint_interval", "rollover_size"];
+
+/// Default size at which a sink's file rolls over (an early checkpoint).
+pub const DEFAULT_ROLLOVER_BYTES: u64 = 128 << 20;
+
+/// `rollover_size` of a sink (default 128 MiB).
+pub fn rollover_size(options: &[(String, String)]) -> Result<u64> {
+    match option(options, "rollover_size") {
+        None => Ok(DEFAULT_ROLLOVER_BYTES),
+        Some(v) => eddy_connectors::options::parse_size(v).ok_or_else(|| {
+            Error::user(
+                crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for option \"rollover_size\": \"{v}\" (expected e.g. 64MB)"),
+            )
+        }),
+    }
+}
 
 /// The target of a Parquet sink from its options.
 pub fn sink_target(options: &[(String, String)]) -> Result<SinkTarget> {

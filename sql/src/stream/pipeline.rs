@@ -67,6 +67,9 @@ pub struct Metrics {
     pub restarts: AtomicU64,
     /// A remote sink's spool and uploads.
     pub upload: Arc<Mutex<eddy_connectors::parquet_sink::UploadStatus>>,
+    /// Set by a stage that wants a checkpoint before the interval is up (a sink whose file
+    /// reached its rollover size); the source takes it.
+    pub checkpoint_requested: AtomicBool,
 }
 
 /// One stage of a pipeline.
@@ -264,8 +267,12 @@ pub enum SinkKind {
     View,
     /// Stream rows are numbered and kept up to `retention_rows` (0: none are kept).
     Stream { retention_rows: u64 },
-    /// Rows leave as Parquet files, one per epoch, visible once the epoch commits.
-    Parquet(Box<eddy_connectors::parquet_sink::ParquetFiles>),
+    /// Rows leave as Parquet files, one per epoch, visible once the epoch commits; a file
+    /// that reaches `rollover_bytes` asks for an early checkpoint.
+    Parquet {
+        files: Box<eddy_connectors::parquet_sink::ParquetFiles>,
+        rollover_bytes: u64,
+    },
 }
 
 pub struct Sink {
@@ -288,9 +295,18 @@ impl Sink {
                     self.metrics
                         .rows
                         .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                    if let SinkKind::Parquet(files) = &mut self.kind {
+                    if let SinkKind::Parquet {
+                        files,
+                        rollover_bytes,
+                    } = &mut self.kind
+                    {
                         tokio::task::block_in_place(|| files.write(&b, last_epoch + 1))
                             .map_err(connector_error)?;
+                        if files.current_size() >= *rollover_bytes {
+                            self.metrics
+                                .checkpoint_requested
+                                .store(true, Ordering::Relaxed);
+                        }
                     }
                     if let SinkKind::Stream { retention_rows } = self.kind {
                         if retention_rows > 0 {
@@ -311,7 +327,7 @@ impl Sink {
                 Message::Watermark(w) => *self.metrics.watermark.lock() = Some(w),
                 Message::Barrier(barrier) => {
                     let pending = match &mut self.kind {
-                        SinkKind::Parquet(files) => {
+                        SinkKind::Parquet { files, .. } => {
                             let epoch = barrier.epoch;
                             tokio::task::block_in_place(|| files.finish(epoch))
                                 .map_err(connector_error)?
@@ -333,7 +349,8 @@ impl Sink {
                     tokio::task::spawn_blocking(move || kv.write(ops, true))
                         .await
                         .map_err(|e| Error::internal(format!("checkpoint task: {e}")))??;
-                    if let (SinkKind::Parquet(files), Some(pending)) = (&self.kind, pending) {
+                    if let (SinkKind::Parquet { files, .. }, Some(pending)) = (&self.kind, pending)
+                    {
                         tokio::task::block_in_place(|| files.publish(pending))
                             .map_err(connector_error)?;
                     }
@@ -454,7 +471,11 @@ impl SourceLoop {
                     continue;
                 }
             }
-            if self.injector.due(now_ms(start)) {
+            let requested = self
+                .metrics
+                .checkpoint_requested
+                .swap(false, Ordering::Relaxed);
+            if requested || self.injector.due(now_ms(start)) {
                 self.checkpoint(source.as_ref(), now_ms(start))?;
             }
         }
