@@ -143,14 +143,19 @@ impl Options {
     }
 }
 
-pub fn parse_duration(text: &str) -> Option<Duration> {
+/// `"12.5 kb"` → (12.5, "kb"): the leading number and the lower-case unit after it.
+fn number_and_unit(text: &str) -> Option<(f64, String)> {
     let t = text.trim().to_ascii_lowercase();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let ms = match unit.trim() {
+    Some((num.parse().ok()?, unit.trim().to_string()))
+}
+
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let (n, unit) = number_and_unit(text)?;
+    let ms = match unit.as_str() {
         "" | "ms" => n,
         "s" | "sec" | "second" | "seconds" => n * 1e3,
         "m" | "min" | "minute" | "minutes" => n * 60e3,
@@ -162,13 +167,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// A size such as `128MB`, `64 KiB`, `1GB` or `4096` (bytes); units are powers of 1024.
 pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let factor = match unit.trim() {
+    let (n, unit) = number_and_unit(text)?;
+    let factor = match unit.as_str() {
         "" | "b" => 1.0,
         "kb" | "kib" | "k" => 1024.0,
         "mb" | "mib" | "m" => 1024.0 * 1024.0,

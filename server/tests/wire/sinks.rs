@@ -51,6 +51,12 @@ async fn bucket_rows(s3: &S3Server, prefix: &str, total: i64) -> (i64, i64, i64)
     }
 }
 
+/// `INSERT INTO readings` of the rows `(i, i)` for `i` in `from..from + n`.
+fn insert_sql(from: i64, n: i64) -> String {
+    let values: Vec<String> = (from..from + n).map(|i| format!("({i}, {i})")).collect();
+    format!("INSERT INTO readings VALUES {}", values.join(", "))
+}
+
 /// Inserts `batches` batches of `rows` rows `(i, i)` into `readings`, killing the server with
 /// SIGKILL and restarting it after each batch in `kills`; returns a connection to the server.
 async fn insert_killing(
@@ -62,14 +68,8 @@ async fn insert_killing(
     seed: u64,
 ) -> tokio_postgres::Client {
     for b in 0..batches {
-        let values: Vec<String> = (b * rows..(b + 1) * rows)
-            .map(|i| format!("({i}, {i})"))
-            .collect();
         client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
+            .batch_execute(&insert_sql(b * rows, rows))
             .await
             .unwrap();
         if kills.contains(&b) {
@@ -264,15 +264,12 @@ async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_return
         .unwrap();
     // The store stops answering (SIGSTOP: connections hang, as behind a dead link).
     s3.pause(true);
-    let insert = |b: i64| {
-        let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
-            .map(|i| format!("({i}, {i})"))
-            .collect();
-        format!("INSERT INTO readings VALUES {}", values.join(", "))
-    };
     // One batch per checkpoint, so that several files are committed while the store is away.
     for b in 0..BATCHES {
-        client.batch_execute(&insert(b)).await.unwrap();
+        client
+            .batch_execute(&insert_sql(b * ROWS, ROWS))
+            .await
+            .unwrap();
         let before = sink_epoch(&client).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while sink_epoch(&client).await <= before {
@@ -360,14 +357,8 @@ async fn a_file_that_reaches_its_rollover_size_is_published_without_waiting_for_
     // With an hour between timed checkpoints, files appear only by size.
     while files(out.path()) < 3 {
         assert!(Instant::now() < deadline, "no file rolled over by size");
-        let values: Vec<String> = (b * 500..(b + 1) * 500)
-            .map(|i| format!("({i}, {i})"))
-            .collect();
         client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
+            .batch_execute(&insert_sql(b * 500, 500))
             .await
             .unwrap();
         b += 1;
