@@ -4,16 +4,19 @@
 //! picks the connector named by `connector = '...'` in CREATE SOURCE's WITH options.
 
 pub mod datagen;
+pub mod encode;
 pub mod error;
 pub mod file;
 pub mod format;
 pub mod kafka;
+pub mod kafka_sink;
 pub mod nexmark;
 pub mod options;
 pub mod parquet_sink;
 mod rng;
 pub mod source;
 pub mod store;
+pub mod webhook;
 
 pub use error::{Error, Result};
 pub use options::Options;

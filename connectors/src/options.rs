@@ -24,6 +24,7 @@ pub fn is_secret(key: &str) -> bool {
         "keystore",
         "api_key",
         "access_key",
+        "authorization",
     ]
     .iter()
     .any(|s| key.contains(s))

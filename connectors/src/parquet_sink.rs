@@ -9,10 +9,19 @@
 //! are deleted (their rows are replayed into later epochs). So every row is in exactly one
 //! visible file, and no reader ever sees a partial one.
 
+//! With `partition_by`, rows are split into Hive-style directories (`dt=2026-11-26/hour=09/`,
+//! `machine=m7/`) and each directory gets its own file per epoch; the hidden files live in
+//! the directory they will be published in, so recovery needs no manifest.
+
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take};
+use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit};
+use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -26,11 +35,236 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
     ))
 }
 
-/// An epoch's closed file, waiting for its checkpoint to commit.
-#[derive(Debug)]
+fn parquet_error(e: impl std::fmt::Display) -> Error {
+    Error::External(format!("parquet sink: {e}"))
+}
+
+/// One level of `partition_by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionKey {
+    /// `column`: `column=value/`; the column leaves the file (Hive's convention).
+    Column(String),
+    /// `day(ts)`: `dt=YYYY-MM-DD/` of the timestamp (UTC); the column stays in the file.
+    Day(String),
+    /// `hour(ts)`: `dt=YYYY-MM-DD/hour=HH/`.
+    Hour(String),
+}
+
+/// How a sink's rows are split into directories (none: one directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partitioning {
+    pub keys: Vec<PartitionKey>,
+}
+
+/// Hive's name for a NULL partition value.
+const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
+
+impl Partitioning {
+    /// Parses `partition_by = 'hour(ts), machine'`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut keys = Vec::new();
+        for part in spec.split(',').map(str::trim) {
+            let bad = || {
+                Error::Options(format!(
+                    "invalid partition_by \"{spec}\": expected columns, day(column) or hour(column), separated by commas"
+                ))
+            };
+            let ident = |s: &str| {
+                let s = s.trim().trim_matches('"');
+                (!s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                    .then(|| s.to_string())
+            };
+            let key = match part.split_once('(') {
+                Some((f, rest)) => {
+                    let column = rest.strip_suffix(')').and_then(ident).ok_or_else(bad)?;
+                    match f.trim().to_ascii_lowercase().as_str() {
+                        "day" => PartitionKey::Day(column),
+                        "hour" => PartitionKey::Hour(column),
+                        _ => return Err(bad()),
+                    }
+                }
+                None => PartitionKey::Column(ident(part).ok_or_else(bad)?),
+            };
+            keys.push(key);
+        }
+        Ok(Self { keys })
+    }
+
+    /// Checks the keys against the rows' schema: the columns exist, day/hour are timestamps,
+    /// and some column is left for the files.
+    pub fn check(&self, schema: &Schema) -> Result<()> {
+        for key in &self.keys {
+            let (PartitionKey::Column(c) | PartitionKey::Day(c) | PartitionKey::Hour(c)) = key;
+            let field = schema.field_with_name(c).map_err(|_| {
+                Error::Options(format!(
+                    "partition_by: column \"{c}\" does not exist in the sink's rows"
+                ))
+            })?;
+            if !matches!(key, PartitionKey::Column(_))
+                && !matches!(
+                    field.data_type(),
+                    DataType::Timestamp(..) | DataType::Date32
+                )
+            {
+                return Err(Error::Options(format!(
+                    "partition_by: day() and hour() need a timestamp column, and \"{c}\" is {}",
+                    field.data_type()
+                )));
+            }
+        }
+        let dropped = self
+            .keys
+            .iter()
+            .filter(|k| matches!(k, PartitionKey::Column(_)))
+            .count();
+        if dropped >= schema.fields().len() {
+            return Err(Error::Options(
+                "partition_by: every column is a partition column, so the files would have none"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Splits `batch` by partition: (relative directory, rows without partition columns).
+    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        if self.keys.is_empty() {
+            return Ok(vec![(String::new(), batch.clone())]);
+        }
+        let schema = batch.schema();
+        let mut values: Vec<ArrayRef> = Vec::with_capacity(self.keys.len());
+        for key in &self.keys {
+            values.push(match key {
+                PartitionKey::Column(c) => batch
+                    .column(schema.index_of(c).map_err(parquet_error)?)
+                    .clone(),
+                PartitionKey::Day(c) | PartitionKey::Hour(c) => {
+                    let unit = if matches!(key, PartitionKey::Day(_)) {
+                        DAY_US
+                    } else {
+                        HOUR_US
+                    };
+                    let ts = batch.column(schema.index_of(c).map_err(parquet_error)?);
+                    let us = cast(ts, &DataType::Timestamp(TimeUnit::Microsecond, None))
+                        .and_then(|a| cast(&a, &DataType::Int64))
+                        .map_err(parquet_error)?;
+                    let us = us.as_primitive::<Int64Type>();
+                    Arc::new(arrow::compute::kernels::arity::unary::<_, _, Int64Type>(
+                        us,
+                        |v| v.div_euclid(unit),
+                    ))
+                }
+            });
+        }
+        let kept: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| {
+                !self
+                    .keys
+                    .iter()
+                    .any(|k| matches!(k, PartitionKey::Column(c) if c == schema.field(i).name()))
+            })
+            .collect();
+        let projected = batch.project(&kept).map_err(parquet_error)?;
+        let converter = RowConverter::new(
+            values
+                .iter()
+                .map(|v| SortField::new(v.data_type().clone()))
+                .collect(),
+        )
+        .map_err(parquet_error)?;
+        let rows = converter.convert_columns(&values).map_err(parquet_error)?;
+        let mut groups: Vec<Vec<u32>> = Vec::new();
+        let mut index: HashMap<arrow::row::Row<'_>, usize> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let g = *index.entry(row).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i as u32);
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for rows in groups {
+            let dir = self.directory(&values, rows[0] as usize)?;
+            let batch = if out.is_empty() && rows.len() == batch.num_rows() {
+                projected.clone()
+            } else {
+                let indices = UInt32Array::from(rows);
+                let columns = projected
+                    .columns()
+                    .iter()
+                    .map(|c| take(c, &indices, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(parquet_error)?;
+                RecordBatch::try_new(projected.schema(), columns).map_err(parquet_error)?
+            };
+            out.push((dir, batch));
+        }
+        Ok(out)
+    }
+
+    /// The directory of row `i`, from the partition values.
+    fn directory(&self, values: &[ArrayRef], i: usize) -> Result<String> {
+        let mut parts = Vec::new();
+        for (key, v) in self.keys.iter().zip(values) {
+            if v.is_null(i) {
+                match key {
+                    PartitionKey::Column(c) => parts.push(format!("{c}={NULL_PARTITION}")),
+                    PartitionKey::Day(_) => parts.push(format!("dt={NULL_PARTITION}")),
+                    PartitionKey::Hour(_) => {
+                        parts.push(format!("dt={NULL_PARTITION}"));
+                        parts.push(format!("hour={NULL_PARTITION}"));
+                    }
+                }
+                continue;
+            }
+            match key {
+                PartitionKey::Column(c) => {
+                    let text = cast(&v.slice(i, 1), &DataType::Utf8).map_err(parquet_error)?;
+                    let text = text.as_string::<i32>().value(0);
+                    parts.push(format!("{c}={}", escape(text)));
+                }
+                PartitionKey::Day(_) | PartitionKey::Hour(_) => {
+                    let n = v.as_primitive::<Int64Type>().value(i);
+                    let hourly = matches!(key, PartitionKey::Hour(_));
+                    let us = if hourly { n * HOUR_US } else { n * DAY_US };
+                    let t = chrono::DateTime::from_timestamp_micros(us)
+                        .ok_or_else(|| parquet_error(format!("timestamp out of range: {us}")))?;
+                    parts.push(t.format("dt=%Y-%m-%d").to_string());
+                    if hourly {
+                        parts.push(t.format("hour=%H").to_string());
+                    }
+                }
+            }
+        }
+        Ok(parts.join("/"))
+    }
+}
+
+/// A partition value as a directory name: Hive's escapes (`%2F` for `/`, ...).
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_control() || "\"#%'*/:=?\\{}[]^".contains(c) {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if out.is_empty() || out == "." || out == ".." {
+        return NULL_PARTITION.to_string();
+    }
+    out
+}
+
+/// An epoch's closed files, waiting for its checkpoint to commit: (hidden, final) paths.
+#[derive(Debug, Default)]
 pub struct Pending {
-    tmp: PathBuf,
-    done: PathBuf,
+    files: Vec<(PathBuf, PathBuf)>,
 }
 
 pub struct ParquetFiles {
@@ -40,7 +274,9 @@ pub struct ParquetFiles {
     /// remote sink uploads from).
     publish: PathBuf,
     name: String,
-    writer: Option<(PathBuf, ArrowWriter<File>)>,
+    partitioning: Partitioning,
+    /// The current epoch's open files, by partition directory.
+    writers: BTreeMap<String, (PathBuf, ArrowWriter<File>)>,
 }
 
 impl std::fmt::Debug for ParquetFiles {
@@ -55,40 +291,82 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| io("sync", dir, e))
 }
 
+/// Every file under `dir` (recursively), as paths relative to it.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let entries = match std::fs::read_dir(dir.join(&rel)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("list", &dir.join(&rel), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io("list", dir, e))?;
+            let path = rel.join(entry.file_name());
+            if entry.file_type().map_err(|e| io("list", dir, e))?.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 impl ParquetFiles {
     /// Opens the sink `name` writing into `dir` and publishing into `publish`, after the
     /// checkpoint of epoch `committed`: publishes the files of committed epochs a crash left
     /// hidden and deletes the others.
-    pub fn open(dir: &Path, publish: &Path, name: &str, committed: u64) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        publish: &Path,
+        name: &str,
+        committed: u64,
+        partitioning: Partitioning,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
         std::fs::create_dir_all(publish).map_err(|e| io("create", publish, e))?;
         let prefix = format!(".eddy-{name}-");
-        let entries = std::fs::read_dir(dir).map_err(|e| io("list", dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io("list", dir, e))?;
-            let file = entry.file_name().to_string_lossy().into_owned();
-            let Some(epoch) = file
-                .strip_prefix(&prefix)
-                .and_then(|r| r.strip_suffix(".parquet.tmp"))
-                .and_then(|e| e.parse::<u64>().ok())
+        let mut touched = vec![PathBuf::new()];
+        for rel in walk(dir)? {
+            let Some(epoch) = rel
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .and_then(|f| {
+                    f.strip_prefix(&prefix)
+                        .and_then(|r| r.strip_suffix(".parquet.tmp"))
+                        .and_then(|e| e.parse::<u64>().ok())
+                })
             else {
                 continue;
             };
-            let path = entry.path();
+            let path = dir.join(&rel);
+            let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
             if epoch <= committed {
-                let done = publish.join(Self::final_name(name, epoch));
+                let into = publish.join(&parent);
+                std::fs::create_dir_all(&into).map_err(|e| io("create", &into, e))?;
+                let done = into.join(Self::final_name(name, epoch));
                 std::fs::rename(&path, &done).map_err(|e| io("publish", &done, e))?;
             } else {
                 std::fs::remove_file(&path).map_err(|e| io("remove", &path, e))?;
             }
+            touched.push(parent);
         }
-        sync_dir(dir)?;
-        sync_dir(publish)?;
+        touched.dedup();
+        for rel in &touched {
+            sync_dir(&dir.join(rel))?;
+            if publish.join(rel).exists() {
+                sync_dir(&publish.join(rel))?;
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             publish: publish.to_path_buf(),
             name: name.to_string(),
-            writer: None,
+            partitioning,
+            writers: BTreeMap::new(),
         })
     }
 
@@ -96,63 +374,70 @@ impl ParquetFiles {
         format!("part-{epoch:012}-{name}.parquet")
     }
 
-    /// Appends rows to the current epoch's file.
+    fn hidden_name(&self, epoch: u64) -> String {
+        format!(".eddy-{}-{epoch}.parquet.tmp", self.name)
+    }
+
+    /// Appends rows to the current epoch's files.
     pub fn write(&mut self, batch: &RecordBatch, next_epoch: u64) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.writer.is_none() {
-            let tmp = self
-                .dir
-                .join(format!(".eddy-{}-{next_epoch}.parquet.tmp", self.name));
-            let file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .build();
-            let writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
-                .map_err(|e| Error::External(format!("parquet sink: {e}")))?;
-            self.writer = Some((tmp, writer));
+        for (part, rows) in self.partitioning.split(batch)? {
+            if !self.writers.contains_key(&part) {
+                let into = self.dir.join(&part);
+                std::fs::create_dir_all(&into).map_err(|e| io("create", &into, e))?;
+                let tmp = into.join(self.hidden_name(next_epoch));
+                let file = File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build();
+                let writer = ArrowWriter::try_new(file, rows.schema(), Some(props))
+                    .map_err(parquet_error)?;
+                self.writers.insert(part.clone(), (tmp, writer));
+            }
+            let (_, writer) = self.writers.get_mut(&part).expect("opened above");
+            writer.write(&rows).map_err(parquet_error)?;
         }
-        let (_, writer) = self.writer.as_mut().expect("opened above");
-        writer
-            .write(batch)
-            .map_err(|e| Error::External(format!("parquet sink: {e}")))
+        Ok(())
     }
 
-    /// Bytes of the current epoch's file so far (written and buffered).
+    /// Bytes of the current epoch's files so far (written and buffered).
     pub fn current_size(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |(_, w)| {
-            (w.bytes_written() + w.in_progress_size()) as u64
-        })
+        self.writers
+            .values()
+            .map(|(_, w)| (w.bytes_written() + w.in_progress_size()) as u64)
+            .sum()
     }
 
-    /// Closes and syncs the file of `epoch` (None when the epoch had no rows).
-    pub fn finish(&mut self, epoch: u64) -> Result<Option<Pending>> {
-        let Some((tmp, writer)) = self.writer.take() else {
-            return Ok(None);
-        };
-        let file = writer
-            .into_inner()
-            .map_err(|e| Error::External(format!("parquet sink: {e}")))?;
-        file.sync_all().map_err(|e| io("sync", &tmp, e))?;
-        // The file was named for the epoch that was next when it opened: the same one.
-        let expected = self
-            .dir
-            .join(format!(".eddy-{}-{epoch}.parquet.tmp", self.name));
-        if tmp != expected {
-            std::fs::rename(&tmp, &expected).map_err(|e| io("rename", &tmp, e))?;
+    /// Closes and syncs the files of `epoch` (none when the epoch had no rows).
+    pub fn finish(&mut self, epoch: u64) -> Result<Pending> {
+        let mut pending = Pending::default();
+        for (part, (tmp, writer)) in std::mem::take(&mut self.writers) {
+            let file = writer.into_inner().map_err(parquet_error)?;
+            file.sync_all().map_err(|e| io("sync", &tmp, e))?;
+            // The file was named for the epoch that was next when it opened: the same one.
+            let expected = self.dir.join(&part).join(self.hidden_name(epoch));
+            if tmp != expected {
+                std::fs::rename(&tmp, &expected).map_err(|e| io("rename", &tmp, e))?;
+            }
+            sync_dir(&self.dir.join(&part))?;
+            let into = self.publish.join(&part);
+            std::fs::create_dir_all(&into).map_err(|e| io("create", &into, e))?;
+            pending
+                .files
+                .push((expected, into.join(Self::final_name(&self.name, epoch))));
         }
-        Ok(Some(Pending {
-            tmp: expected,
-            done: self.publish.join(Self::final_name(&self.name, epoch)),
-        }))
+        Ok(pending)
     }
 
-    /// Makes a committed epoch's file visible.
+    /// Makes a committed epoch's files visible.
     pub fn publish(&self, pending: Pending) -> Result<()> {
-        std::fs::rename(&pending.tmp, &pending.done)
-            .map_err(|e| io("publish", &pending.done, e))?;
-        sync_dir(&self.publish)
+        for (tmp, done) in pending.files {
+            std::fs::rename(&tmp, &done).map_err(|e| io("publish", &done, e))?;
+            sync_dir(done.parent().unwrap_or(&self.publish))?;
+        }
+        Ok(())
     }
 }
 
@@ -165,6 +450,17 @@ pub struct UploadStatus {
     pub uploaded_files: u64,
     /// The last upload failure, until an upload succeeds.
     pub last_error: Option<String>,
+}
+
+/// Files and bytes waiting in a spool directory.
+pub fn spool_usage(spool: &Path) -> (u64, u64) {
+    let files: Vec<u64> = walk(spool)
+        .unwrap_or_default()
+        .iter()
+        .filter(|rel| rel.extension().is_some_and(|e| e == "parquet"))
+        .filter_map(|rel| std::fs::metadata(spool.join(rel)).ok().map(|m| m.len()))
+        .collect();
+    (files.len() as u64, files.iter().sum())
 }
 
 /// Uploads the committed files that appear in `spool` to `store` under `prefix`, oldest
@@ -181,18 +477,15 @@ pub async fn upload(
     use object_store::ObjectStoreExt;
     let mut pause = std::time::Duration::from_millis(100);
     loop {
-        let mut files: Vec<(String, u64)> = match std::fs::read_dir(&spool) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let len = e.metadata().ok()?.len();
-                    name.ends_with(".parquet").then_some((name, len))
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        files.sort();
+        let files: Vec<(PathBuf, u64)> = walk(&spool)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|rel| rel.extension().is_some_and(|e| e == "parquet"))
+            .filter_map(|rel| {
+                let len = std::fs::metadata(spool.join(&rel)).ok()?.len();
+                Some((rel, len))
+            })
+            .collect();
         {
             let mut s = status.lock();
             s.spooled_files = files.len() as u64;
@@ -202,8 +495,8 @@ pub async fn upload(
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         }
-        for (name, _) in files {
-            let local = spool.join(&name);
+        for (rel, _) in files {
+            let local = spool.join(&rel);
             let bytes = match tokio::fs::read(&local).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -212,10 +505,11 @@ pub async fn upload(
                     break;
                 }
             };
-            match store
-                .put(&prefix.clone().join(name.as_str()), bytes.into())
-                .await
-            {
+            let mut key = prefix.clone();
+            for part in rel.iter() {
+                key = key.join(part.to_string_lossy().as_ref());
+            }
+            match store.put(&key, bytes.into()).await {
                 Ok(_) => {
                     let _ = std::fs::remove_file(&local);
                     let mut s = status.lock();
@@ -239,7 +533,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::Field;
 
     use super::*;
 
@@ -262,43 +556,114 @@ mod tests {
     }
 
     #[test]
+    fn partitions_split_rows_into_hive_directories() {
+        use arrow::array::{StringArray, TimestampMicrosecondArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("machine", DataType::Utf8, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+        ]));
+        let h = 3_600_000_000i64;
+        // 2026-11-26T09:00Z and 10:00Z.
+        let base = 1_795_683_600_000_000i64;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(StringArray::from(vec![
+                    Some("m/1"),
+                    Some("m2"),
+                    Some("m/1"),
+                    None,
+                ])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![
+                        Some(base),
+                        Some(base + h + 5),
+                        Some(base + 10),
+                        None,
+                    ])
+                    .with_timezone("+00:00"),
+                ),
+            ],
+        )
+        .unwrap();
+        let p = Partitioning::parse("hour(ts), machine").unwrap();
+        p.check(&schema).unwrap();
+        let parts = p.split(&batch).unwrap();
+        let summary: Vec<(String, Vec<i64>, usize)> = parts
+            .iter()
+            .map(|(dir, b)| {
+                let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+                (dir.clone(), ids.values().to_vec(), b.num_columns())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("dt=2026-11-26/hour=09/machine=m%2F1".to_string(), vec![1, 3], 2),
+                ("dt=2026-11-26/hour=10/machine=m2".to_string(), vec![2], 2),
+                (
+                    "dt=__HIVE_DEFAULT_PARTITION__/hour=__HIVE_DEFAULT_PARTITION__/machine=__HIVE_DEFAULT_PARTITION__"
+                        .to_string(),
+                    vec![4],
+                    2
+                ),
+            ],
+            "the machine column leaves the files, ts stays"
+        );
+        assert!(
+            Partitioning::parse("hour(id)")
+                .unwrap()
+                .check(&schema)
+                .is_err()
+        );
+        assert!(Partitioning::parse("nope").unwrap().check(&schema).is_err());
+        assert!(Partitioning::parse("week(ts)").is_err());
+    }
+
+    #[test]
     fn files_appear_at_commit_and_recovery_keeps_exactly_the_committed_epochs() {
         let dir = std::env::temp_dir().join(format!("eddy-parquet-sink-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut sink = ParquetFiles::open(&dir, &dir, "s", 0).unwrap();
+        let mut sink = ParquetFiles::open(&dir, &dir, "s", 0, Partitioning::default()).unwrap();
         sink.write(&batch(0, 10), 1).unwrap();
         assert_eq!(
             visible(&dir),
             vec![".eddy-s-1.parquet.tmp"],
             "hidden until committed"
         );
-        let pending = sink.finish(1).unwrap().unwrap();
+        let pending = sink.finish(1).unwrap();
         sink.publish(pending).unwrap();
         assert_eq!(visible(&dir), vec!["part-000000000001-s.parquet"]);
         assert!(
-            sink.finish(2).unwrap().is_none(),
+            sink.finish(2).unwrap().files.is_empty(),
             "an epoch without rows writes no file"
         );
         // Epoch 3 closed but its checkpoint not committed (crash before the record), epoch 4
         // committed but not published (crash before the rename): reopening after epoch 4.
         sink.write(&batch(10, 5), 3).unwrap();
-        let _uncommitted = sink.finish(3).unwrap().unwrap();
+        let _uncommitted = sink.finish(3).unwrap();
         sink.write(&batch(15, 5), 4).unwrap();
-        let _unpublished = sink.finish(4).unwrap().unwrap();
+        let _unpublished = sink.finish(4).unwrap();
         sink.write(&batch(20, 5), 5).unwrap();
         drop(sink);
-        ParquetFiles::open(&dir, &dir, "s", 2).unwrap();
+        ParquetFiles::open(&dir, &dir, "s", 2, Partitioning::default()).unwrap();
         assert_eq!(
             visible(&dir),
             vec!["part-000000000001-s.parquet"],
             "epochs after the committed one are removed"
         );
-        let mut sink = ParquetFiles::open(&dir, &dir, "s", 2).unwrap();
+        let mut sink = ParquetFiles::open(&dir, &dir, "s", 2, Partitioning::default()).unwrap();
         sink.write(&batch(10, 5), 3).unwrap();
-        let p = sink.finish(3).unwrap().unwrap();
+        let p = sink.finish(3).unwrap();
         drop(p);
         drop(sink);
-        ParquetFiles::open(&dir, &dir, "s", 3).unwrap();
+        ParquetFiles::open(&dir, &dir, "s", 3, Partitioning::default()).unwrap();
         assert_eq!(
             visible(&dir),
             vec!["part-000000000001-s.parquet", "part-000000000003-s.parquet"],

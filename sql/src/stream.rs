@@ -7,6 +7,7 @@
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
 //! - [`models`]: the model versions a pipeline scores with, switched at checkpoints.
+//! - [`sinks`]: what a sink's options ask for (Parquet, Kafka, webhook).
 //! - [`manager`]: starts, supervises and stops pipelines as the catalog changes.
 
 pub mod aggregate;
@@ -17,4 +18,5 @@ pub mod models;
 pub mod pipeline;
 pub mod plan;
 pub mod session;
+pub mod sinks;
 pub mod view;

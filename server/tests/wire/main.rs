@@ -2,6 +2,7 @@
 
 mod common;
 
+mod actions;
 mod clients;
 mod durability;
 mod lifecycle;

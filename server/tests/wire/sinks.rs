@@ -136,7 +136,7 @@ async fn parquet_sink_exports_every_row_exactly_once_across_sigkills() {
     for (sql, expected) in [
         (
             "CREATE SINK k FROM doubled WITH (connector = 'kafka')",
-            "sink connector \"kafka\"",
+            "\"bootstrap.servers\" is required",
         ),
         (
             "CREATE SINK k FROM doubled WITH (connector = 'parquet')",
@@ -369,4 +369,162 @@ async fn a_file_that_reaches_its_rollover_size_is_published_without_waiting_for_
         rows > 0 && rows == distinct && wrong == 0,
         "{rows} {distinct} {wrong}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_by_writes_hive_directories_by_event_day_and_column() {
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, machine text, ts timestamptz); \
+             CREATE SINK export FROM readings WITH (connector = 'parquet', path = '{}', \
+               partition_by = 'hour(ts), machine', checkpoint_interval = '100ms')",
+            out.path().display()
+        ))
+        .await
+        .unwrap();
+    // 300 rows over 3 machines and 5 hours of 2026-11-25/26, one machine NULL now and then.
+    let values: Vec<String> = (0..300)
+        .map(|i| {
+            let machine = if i % 50 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("'m{}'", i % 3)
+            };
+            format!(
+                "({i}, {machine}, TIMESTAMPTZ '2026-11-25 22:00:00+00' + INTERVAL '{} minutes')",
+                i
+            )
+        })
+        .collect();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO readings VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let files = loop {
+        let files: Vec<std::path::PathBuf> = walk(out.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        let mut rows = 0;
+        for f in &files {
+            rows += file_rows(f, "SELECT count(*) FROM t").await[0].0;
+        }
+        if rows >= 300 || Instant::now() > deadline {
+            assert_eq!(rows, 300, "every row in one file");
+            break files;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in &files {
+        let rel = f.parent().unwrap().strip_prefix(out.path()).unwrap();
+        let rel = rel.to_str().unwrap().to_string();
+        dirs.insert(rel.clone());
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert_eq!(parts.len(), 3, "{rel}");
+        // Every row of the file is in the file's hour and machine.
+        let rows = file_rows(
+            f,
+            "SELECT count(*), min(to_char(ts, '%Y-%m-%d/%H')), max(to_char(ts, '%Y-%m-%d/%H')) FROM t",
+        )
+        .await;
+        let (_, lo, hi) = &rows[0];
+        assert_eq!(lo, hi, "one hour per file: {rel}");
+        let (day, hour) = lo.split_once('/').unwrap();
+        assert_eq!(parts[0], format!("dt={day}"));
+        assert_eq!(parts[1], format!("hour={hour}"));
+        assert!(
+            parts[2].starts_with("machine=m") || parts[2] == "machine=__HIVE_DEFAULT_PARTITION__",
+            "{rel}"
+        );
+        let columns = file_columns(f).await;
+        assert_eq!(
+            columns,
+            vec!["id", "ts"],
+            "the partition column leaves the file"
+        );
+    }
+    assert!(
+        dirs.contains("dt=2026-11-25/hour=22/machine=m1"),
+        "{dirs:?}"
+    );
+    assert!(
+        dirs.contains("dt=2026-11-26/hour=02/machine=m0"),
+        "{dirs:?}"
+    );
+    let e = client
+        .batch_execute(&format!(
+            "CREATE SINK bad FROM readings WITH (connector = 'parquet', path = '{}', partition_by = 'hour(id)')",
+            out.path().display()
+        ))
+        .await
+        .unwrap_err();
+    assert!(error_text(&e).contains("timestamp"), "{}", error_text(&e));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `sql` over one Parquet file registered as `t`: (count, text, text) of each row.
+async fn file_rows(file: &Path, sql: &str) -> Vec<(i64, String, String)> {
+    let ctx = SessionContext::new();
+    ctx.register_parquet("t", file.to_str().unwrap(), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let mut out = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let text = |c: usize| {
+                if c < b.num_columns() {
+                    let t = datafusion::arrow::compute::cast(
+                        b.column(c),
+                        &datafusion::arrow::datatypes::DataType::Utf8,
+                    )
+                    .unwrap();
+                    t.as_string::<i32>().value(i).to_string()
+                } else {
+                    String::new()
+                }
+            };
+            out.push((
+                b.column(0).as_primitive::<Int64Type>().value(i),
+                text(1),
+                text(2),
+            ));
+        }
+    }
+    out
+}
+
+async fn file_columns(file: &Path) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(file.to_str().unwrap(), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    df.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
 }

@@ -493,79 +493,9 @@ async fn file_source_watches_a_directory_exactly_once() {
     assert_eq!(bad, 1);
 }
 
-/// The Tansu broker installed by scripts/setup.sh (a real Kafka-compatible broker).
-fn tansu_binary() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("EDDY_TANSU") {
-        return p.into();
-    }
-    let home = std::env::var("CARGO_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo")
-        });
-    let path = home.join("bin/tansu");
-    assert!(
-        path.exists(),
-        "tansu not found at {} (scripts/setup.sh installs it; or set EDDY_TANSU)",
-        path.display()
-    );
-    path
-}
-
-struct Broker(std::process::Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_broker_tansu_feeds_a_view_across_a_restart() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let _broker = Broker(
-        std::process::Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start tansu"),
-    );
-    let bootstrap = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&bootstrap).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "tansu did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin client");
-    let created = admin
-        .create_topics(
-            &[NewTopic::new("readings", 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .expect("create topic");
-    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let (_broker, bootstrap) = crate::common::Tansu::start(&[("readings", 2)]).await;
     let p = producer(&bootstrap);
     produce(&p, "readings", None, &payloads(0..5000));
 

@@ -423,39 +423,59 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         option_u64(&q.options, "retention_rows")?;
         options.take("retention_rows");
     }
+    let mut webhook_errors = None;
     if q.kind == ObjectKind::Sink {
-        match options
-            .take("connector")
-            .map(|c| c.to_ascii_lowercase())
-            .as_deref()
-        {
-            Some("parquet") => {}
-            Some(other) => {
-                return Err(Error::not_supported(format!(
-                    "sink connector \"{other}\" (sinks write parquet for now)"
-                )));
-            }
-            None => return Err(invalid("a sink needs connector = 'parquet'")),
-        }
-        options.take("path");
-        crate::stream::manager::rollover_size(&q.options)?;
-        options.take("rollover_size");
-        match crate::stream::manager::sink_target(&q.options)? {
-            crate::stream::manager::SinkTarget::Local(path) => {
-                std::fs::create_dir_all(&path).map_err(|e| {
-                    invalid(format!(
-                        "cannot create the sink directory {}: {e}",
-                        path.display()
-                    ))
-                })?;
-            }
-            crate::stream::manager::SinkTarget::Remote { url, settings } => {
-                // Checks the settings (unknown keys are errors); credentials stay in the
-                // catalog for the uploads and show as *** in SHOW output.
-                eddy_connectors::store::open(&url, &settings).map_err(invalid)?;
-                for (k, _) in &settings {
-                    options.take(k);
+        use crate::stream::sinks::{SinkConfig, SinkTarget};
+        // The sink reads all its options; nothing is left for the generic check.
+        options = Options::default();
+        match SinkConfig::from_options(&name, &q.options)? {
+            SinkConfig::Parquet(p) => {
+                p.partitioning
+                    .check(&plan.output)
+                    .map_err(|e| invalid(e.to_string()))?;
+                match &p.target {
+                    SinkTarget::Local(path) => {
+                        std::fs::create_dir_all(path).map_err(|e| {
+                            invalid(format!(
+                                "cannot create the sink directory {}: {e}",
+                                path.display()
+                            ))
+                        })?;
+                    }
+                    SinkTarget::Remote { url, settings } => {
+                        // Checks the settings (unknown keys are errors); credentials stay
+                        // in the catalog for the uploads and show as *** in SHOW output.
+                        eddy_connectors::store::open(url, settings).map_err(invalid)?;
+                    }
                 }
+            }
+            SinkConfig::Kafka(k) => {
+                if let Some(c) = &k.key_column
+                    && plan.output.field_with_name(c).is_err()
+                {
+                    return Err(invalid(format!(
+                        "key: column \"{c}\" does not exist in the sink's rows"
+                    )));
+                }
+            }
+            SinkConfig::Webhook(w) => {
+                if let Some(c) = &w.key_column
+                    && plan.output.field_with_name(c).is_err()
+                {
+                    return Err(invalid(format!(
+                        "idempotency_key: column \"{c}\" does not exist in the sink's rows"
+                    )));
+                }
+                let errors_name = format!("{name}_errors");
+                if catalog.relation(&schema, &errors_name).is_some() {
+                    return Err(Error::user(
+                        sqlstate::DUPLICATE_TABLE,
+                        format!(
+                            "relation \"{errors_name}\" already exists (a webhook sink keeps the requests that failed there)"
+                        ),
+                    ));
+                }
+                webhook_errors = Some(errors_name);
             }
         }
     }
@@ -501,9 +521,20 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     };
     let current = session.engine().catalog();
     let mut txn = session.txn().lock();
-    let (_, ops) =
-        txn.catalog_mut(&current)
-            .create_relation(&schema, &name, columns, primary_key, kind)?;
+    let catalog = txn.catalog_mut(&current);
+    let (_, mut ops) = catalog.create_relation(&schema, &name, columns, primary_key, kind)?;
+    if let Some(errors_name) = webhook_errors {
+        let (_, more) = catalog.create_relation(
+            &schema,
+            &errors_name,
+            crate::stream::view::failed_request_columns(),
+            vec![0],
+            TableKind::DeadLetters {
+                source: name.clone(),
+            },
+        )?;
+        ops.extend(more);
+    }
     txn.push_ops(ops);
     Ok(tag)
 }
@@ -604,8 +635,9 @@ pub(super) fn drop_dependents(
     Ok(ops)
 }
 
-/// `eddy_catalog.sinks`: each sink's target, its last checkpoint and, for object-store
-/// targets, the local spool of committed files not uploaded yet and the last upload error.
+/// `eddy_catalog.sinks`: each sink's connector and target, its last checkpoint, for
+/// object-store targets the local spool of committed files not uploaded yet, for webhooks the
+/// rows whose requests never succeeded, and the last error.
 pub fn sinks_batch(
     engine: &super::Engine,
     catalog: &crate::catalog::Catalog,
@@ -614,12 +646,14 @@ pub fn sinks_batch(
     let text = |n: &str| Field::new(n, DataType::Utf8, true);
     let schema = Arc::new(Schema::new(vec![
         text("name"),
+        text("connector"),
         text("target"),
         int("rows"),
         int("checkpoint_epoch"),
         int("spooled_files"),
         int("spooled_bytes"),
         int("uploaded_files"),
+        int("failed_rows"),
         text("last_error"),
     ]));
     let mut sinks: Vec<&Arc<TableDef>> = catalog
@@ -627,52 +661,44 @@ pub fn sinks_batch(
         .filter(|t| matches!(t.kind, TableKind::Sink(_)))
         .collect();
     sinks.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut names = Vec::new();
-    let mut targets = Vec::new();
-    let mut nums: [Vec<Option<i64>>; 5] = Default::default();
+    let mut texts: [Vec<Option<String>>; 3] = Default::default();
+    let mut nums: [Vec<Option<i64>>; 6] = Default::default();
     let mut errors = Vec::new();
     for d in sinks {
         let q = d.kind.query().expect("a sink is a query");
-        names.push(Some(d.name.clone()));
-        targets.push(
-            q.options
-                .iter()
-                .find(|(k, _)| k == "path")
-                .map(|(_, v)| v.clone()),
-        );
+        let config = crate::stream::sinks::SinkConfig::from_options(&d.name, &q.options).ok();
+        texts[0].push(Some(d.name.clone()));
+        texts[1].push(config.as_ref().map(|c| c.connector().to_string()));
+        texts[2].push(config.as_ref().map(|c| c.target()));
         let metrics = engine.streams.metrics(d.id);
-        let mut upload = metrics.as_ref().map(|m| m.upload.lock().clone());
+        let remote = matches!(
+            config,
+            Some(crate::stream::sinks::SinkConfig::Parquet(ref p))
+                if matches!(p.target, crate::stream::sinks::SinkTarget::Remote { .. })
+        );
+        let upload = metrics.as_ref().map(|m| m.upload.lock().clone());
         // The spool as it is now (the uploader's own count is as of its last pass).
-        if let (Some(u), Ok(entries)) = (
-            upload.as_mut(),
-            std::fs::read_dir(engine.streams.spool_dir(d.id)),
-        ) {
-            let sizes: Vec<u64> = entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .collect();
-            u.spooled_files = sizes.len() as u64;
-            u.spooled_bytes = sizes.iter().sum();
-        }
-        nums[0].push(
-            metrics
+        let spool = remote
+            .then(|| eddy_connectors::parquet_sink::spool_usage(&engine.streams.spool_dir(d.id)));
+        let load = |f: fn(&crate::stream::pipeline::Metrics) -> i64| metrics.as_deref().map(f);
+        nums[0].push(load(|m| m.rows.load(Ordering::Relaxed) as i64));
+        nums[1].push(load(|m| m.epoch.load(Ordering::Relaxed) as i64));
+        nums[2].push(spool.map(|s| s.0 as i64));
+        nums[3].push(spool.map(|s| s.1 as i64));
+        nums[4].push(
+            upload
                 .as_ref()
-                .map(|m| m.rows.load(Ordering::Relaxed) as i64),
+                .filter(|_| remote)
+                .map(|u| u.uploaded_files as i64),
         );
-        nums[1].push(
-            metrics
-                .as_ref()
-                .map(|m| m.epoch.load(Ordering::Relaxed) as i64),
-        );
-        nums[2].push(upload.as_ref().map(|u| u.spooled_files as i64));
-        nums[3].push(upload.as_ref().map(|u| u.spooled_bytes as i64));
-        nums[4].push(upload.as_ref().map(|u| u.uploaded_files as i64));
-        errors.push(upload.and_then(|u| u.last_error));
+        nums[5].push(load(|m| m.dead_letters.load(Ordering::Relaxed) as i64));
+        let failed = metrics.as_ref().and_then(|m| m.error.lock().clone());
+        errors.push(failed.or(upload.and_then(|u| u.last_error)));
     }
-    let mut columns: Vec<datafusion::arrow::array::ArrayRef> = vec![
-        Arc::new(StringArray::from(names)),
-        Arc::new(StringArray::from(targets)),
-    ];
+    let mut columns: Vec<datafusion::arrow::array::ArrayRef> = Vec::new();
+    for v in texts {
+        columns.push(Arc::new(StringArray::from(v)));
+    }
     for v in nums {
         columns.push(Arc::new(Int64Array::from(v)));
     }

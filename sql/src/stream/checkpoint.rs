@@ -51,6 +51,15 @@ pub fn record_key(pipeline: u32) -> Vec<u8> {
     k
 }
 
+/// Where a Kafka sink keeps the checkpoint before its last one: until Kafka has committed
+/// the last epoch's transaction, the pipeline resumes from this one. It lives under the
+/// pipeline's state prefix, so dropping the pipeline removes it.
+pub fn previous_record_key(pipeline: u32) -> Vec<u8> {
+    let mut k = state_prefix(pipeline);
+    k.extend_from_slice(b"\xffprevious-record");
+    k
+}
+
 /// Prefix of every state key of a pipeline's operators.
 pub fn state_prefix(pipeline: u32) -> Vec<u8> {
     let mut k = vec![STATE_PREFIX];

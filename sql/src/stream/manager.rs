@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
-use super::checkpoint::{Injector, record_key, recover, state_prefix};
+use super::checkpoint::{Injector, previous_record_key, record_key, recover, state_prefix};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::pipeline::{
@@ -28,6 +28,7 @@ use super::pipeline::{
 };
 use super::plan;
 use super::session::SessionAggregator;
+use super::sinks::{SinkConfig, SinkTarget};
 use super::view::ViewWriter;
 use crate::catalog::{Catalog, TableDef, TableKind};
 use crate::error::{Error, Result};
@@ -109,6 +110,66 @@ impl StreamManager {
     pub fn start(self: &Arc<Self>, runtime: tokio::runtime::Handle, catalog: &Catalog) {
         *self.runtime.lock() = Some(runtime);
         self.reconcile(catalog);
+    }
+
+    /// Starts a Kafka sink's transactional producer (aborting whatever transaction a crash
+    /// left open) and checks the epoch Kafka committed last against the checkpoint: one
+    /// behind means the crash came between the checkpoint and Kafka's commit, and the
+    /// pipeline must resume from the checkpoint before (returned) to write that epoch again.
+    async fn open_kafka_sink(
+        &self,
+        def: &TableDef,
+        mut config: eddy_connectors::kafka_sink::KafkaSinkConfig,
+        record: &super::checkpoint::CheckpointRecord,
+    ) -> Result<(
+        eddy_connectors::kafka_sink::KafkaSink,
+        Option<super::checkpoint::CheckpointRecord>,
+    )> {
+        if !def.kind.query().is_some_and(|q| {
+            q.options
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("transactional.id"))
+        }) {
+            // A sink created again under the same name starts its own epochs.
+            config.transactional_id = format!("{}-{}", config.transactional_id, def.id);
+        }
+        let (sink, committed) = tokio::task::spawn_blocking(move || {
+            eddy_connectors::kafka_sink::KafkaSink::open(config)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("kafka sink: {e}")))?
+        .map_err(|e| Error::internal(format!("sink {}: {e}", def.name)))?;
+        let previous = recover(self.kv.get(&previous_record_key(def.id))?.as_deref())?;
+        match kafka_resume(committed, record.epoch, previous.epoch) {
+            KafkaResume::Checkpoint => Ok((sink, None)),
+            KafkaResume::Previous => {
+                tracing::info!(
+                    "sink {}: Kafka holds epoch {}, the checkpoint is at {}: writing epoch {} again",
+                    def.name,
+                    previous.epoch,
+                    record.epoch,
+                    record.epoch
+                );
+                Ok((sink, Some(previous)))
+            }
+            KafkaResume::Unknown => {
+                tracing::warn!(
+                    "sink {}: Kafka has no committed epoch for transactional id {}, so whether \
+                     epoch {} reached it cannot be checked; resuming after it",
+                    def.name,
+                    def.name,
+                    record.epoch
+                );
+                Ok((sink, None))
+            }
+            KafkaResume::Mismatch => Err(Error::internal(format!(
+                "sink {}: Kafka has committed epoch {} but the last checkpoint is epoch {}; \
+                 the sink cannot resume exactly once (was its transactional.id reused?)",
+                def.name,
+                committed.unwrap_or_default(),
+                record.epoch
+            ))),
+        }
     }
 
     /// Where a remote sink's committed files wait for upload.
@@ -215,7 +276,19 @@ impl StreamManager {
     ) -> Result<()> {
         let info = def.kind.query().expect("pipelines are queries").clone();
         let query = plan::parse_query(&info.sql)?;
-        let record = recover(self.kv.get(&record_key(def.id))?.as_deref())?;
+        let mut record = recover(self.kv.get(&record_key(def.id))?.as_deref())?;
+        let sink_config = match &def.kind {
+            TableKind::Sink(q) => Some(SinkConfig::from_options(&def.name, &q.options)?),
+            _ => None,
+        };
+        let mut kafka = None;
+        if let Some(SinkConfig::Kafka(config)) = &sink_config {
+            let (sink, previous) = self.open_kafka_sink(def, config.clone(), &record).await?;
+            if let Some(previous) = previous {
+                record = previous;
+            }
+            kafka = Some(sink);
+        }
         // The model versions of the checkpoint the pipeline resumes from.
         let (models, udfs) = self.model_functions(&record.models, None);
         let plan = Arc::new(plan::plan(catalog, &query, &udfs).await?);
@@ -270,12 +343,12 @@ impl StreamManager {
             rx = next_rx;
         }
         let mut uploader: Option<tokio::task::JoinHandle<()>> = None;
-        let sink_kind = match &def.kind {
-            TableKind::Stream(q) => SinkKind::Stream {
+        let sink_kind = match (&def.kind, sink_config) {
+            (TableKind::Stream(q), _) => SinkKind::Stream {
                 retention_rows: option_u64(&q.options, "retention_rows")?.unwrap_or(100_000),
             },
-            TableKind::Sink(q) => {
-                let (dir, publish) = match sink_target(&q.options)? {
+            (_, Some(SinkConfig::Parquet(config))) => {
+                let (dir, publish) = match config.target {
                     SinkTarget::Local(dir) => (dir.clone(), dir),
                     SinkTarget::Remote { url, settings } => {
                         // Committed files spool locally and upload from there.
@@ -300,10 +373,30 @@ impl StreamManager {
                             &publish,
                             &def.name,
                             record.epoch,
+                            config.partitioning,
                         )
                         .map_err(|e| Error::internal(e.to_string()))?,
                     ),
-                    rollover_bytes: rollover_size(&q.options)?,
+                    rollover_bytes: config.rollover_bytes,
+                }
+            }
+            (_, Some(SinkConfig::Kafka(_))) => {
+                SinkKind::Kafka(Box::new(kafka.take().expect("opened above")))
+            }
+            (_, Some(SinkConfig::Webhook(config))) => {
+                let errors = catalog
+                    .owned_by(def)
+                    .into_iter()
+                    .find(|t| matches!(t.kind, TableKind::DeadLetters { .. }))
+                    .ok_or_else(|| {
+                        Error::internal(format!("webhook sink {} has no errors table", def.name))
+                    })?;
+                SinkKind::Webhook {
+                    hook: Box::new(
+                        eddy_connectors::webhook::Webhook::new(config, &def.name)
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    ),
+                    errors,
                 }
             }
             _ => SinkKind::View,
@@ -416,64 +509,33 @@ impl StreamManager {
     }
 }
 
-/// Where a Parquet sink writes.
-#[derive(Debug, Clone)]
-pub enum SinkTarget {
-    /// `path = '/dir'` or `'file:///dir'`.
-    Local(std::path::PathBuf),
-    /// `path = 's3://bucket/prefix'` (or gs://, az://) with the store's settings.
-    Remote {
-        url: String,
-        settings: Vec<(String, String)>,
-    },
+/// Where a Kafka sink resumes, from the epoch Kafka committed last and the pipeline's last
+/// two checkpoints.
+#[derive(Debug, PartialEq, Eq)]
+enum KafkaResume {
+    /// Kafka has the last checkpoint's epoch.
+    Checkpoint,
+    /// The crash came between the checkpoint and Kafka's commit: that epoch's transaction
+    /// was aborted, so resume from the checkpoint before and write it again.
+    Previous,
+    /// Kafka records no epoch after the sink's first checkpoint (expired group offsets, or
+    /// a broker that does not keep transactional offsets): resume from the checkpoint.
+    Unknown,
+    /// Kafka is ahead of, or more than one epoch behind, the checkpoints.
+    Mismatch,
 }
 
-/// Options of a sink that are not the object store's settings.
-const SINK_OPTIONS: [&str; 4] = ["connector", "path", "checkpoint_interval", "rollover_size"];
-
-/// Default size at which a sink's file rolls over (an early checkpoint).
-pub const DEFAULT_ROLLOVER_BYTES: u64 = 128 << 20;
-
-/// `rollover_size` of a sink (default 128 MiB).
-pub fn rollover_size(options: &[(String, String)]) -> Result<u64> {
-    match option(options, "rollover_size") {
-        None => Ok(DEFAULT_ROLLOVER_BYTES),
-        Some(v) => eddy_connectors::options::parse_size(v).ok_or_else(|| {
-            Error::user(
-                crate::error::sqlstate::INVALID_PARAMETER_VALUE,
-                format!("invalid value for option \"rollover_size\": \"{v}\" (expected e.g. 64MB)"),
-            )
-        }),
+fn kafka_resume(committed: Option<u64>, checkpoint: u64, previous: u64) -> KafkaResume {
+    match committed {
+        Some(c) if c == checkpoint => KafkaResume::Checkpoint,
+        Some(c) if c + 1 == checkpoint && previous == c => KafkaResume::Previous,
+        // Before the first checkpoint there is nothing to check.
+        None if checkpoint == 0 => KafkaResume::Checkpoint,
+        // The first transaction may have been lost with the crash.
+        None if checkpoint == 1 && previous == 0 => KafkaResume::Previous,
+        None => KafkaResume::Unknown,
+        Some(_) => KafkaResume::Mismatch,
     }
-}
-
-/// The target of a Parquet sink from its options.
-pub fn sink_target(options: &[(String, String)]) -> Result<SinkTarget> {
-    let path = option(options, "path").ok_or_else(|| {
-        Error::user(
-            crate::error::sqlstate::INVALID_PARAMETER_VALUE,
-            "a parquet sink needs path = '/directory', 'file:///directory' or 's3://bucket/prefix'",
-        )
-    })?;
-    if eddy_connectors::store::scheme(path).is_some() {
-        let settings: Vec<(String, String)> = options
-            .iter()
-            .filter(|(k, _)| !SINK_OPTIONS.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        return Ok(SinkTarget::Remote {
-            url: path.to_string(),
-            settings,
-        });
-    }
-    if path.contains("://") && !path.starts_with("file://") {
-        return Err(Error::not_supported(format!(
-            "parquet sinks to {path} (use a local directory, s3://, gs:// or az://)"
-        )));
-    }
-    Ok(SinkTarget::Local(std::path::PathBuf::from(
-        path.strip_prefix("file://").unwrap_or(path),
-    )))
 }
 
 /// Where no engine provides models (unit tests).
@@ -561,4 +623,31 @@ pub fn watermark_expr(
     let expr = state.create_logical_expr(sql, &schema)?;
     let physical = state.create_physical_expr(expr, &schema)?;
     Ok((physical, index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KafkaResume, kafka_resume};
+
+    #[test]
+    fn a_kafka_sink_resumes_where_kafka_and_the_checkpoints_agree() {
+        use KafkaResume::*;
+        // (Kafka's epoch, last checkpoint, the one before) → where to resume.
+        for (committed, checkpoint, previous, expected) in [
+            (None, 0, 0, Checkpoint),
+            (Some(7), 7, 6, Checkpoint),
+            // Crash after checkpoint 8 was written, before Kafka committed epoch 8.
+            (Some(7), 8, 7, Previous),
+            (None, 1, 0, Previous),
+            (None, 9, 8, Unknown),
+            (Some(9), 7, 6, Mismatch),
+            (Some(5), 8, 7, Mismatch),
+        ] {
+            assert_eq!(
+                kafka_resume(committed, checkpoint, previous),
+                expected,
+                "Kafka {committed:?}, checkpoints {checkpoint} and {previous}"
+            );
+        }
+    }
 }

@@ -22,7 +22,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
-use super::checkpoint::{Barrier, CheckpointRecord, Injector, Watermarks, commit_ops};
+use super::checkpoint::{
+    Barrier, CheckpointRecord, Injector, Watermarks, commit_ops, previous_record_key,
+};
 use super::models::PinnedModels;
 use super::plan::PipelinePlan;
 use super::session::SessionAggregator;
@@ -273,6 +275,14 @@ pub enum SinkKind {
         files: Box<eddy_connectors::parquet_sink::ParquetFiles>,
         rollover_bytes: u64,
     },
+    /// Rows leave as Kafka messages, one transaction per epoch committed after the
+    /// checkpoint (see `eddy_connectors::kafka_sink`).
+    Kafka(Box<eddy_connectors::kafka_sink::KafkaSink>),
+    /// Rows leave as HTTP POSTs; requests that never succeed go to `errors`.
+    Webhook {
+        hook: Box<eddy_connectors::webhook::Webhook>,
+        errors: Arc<TableDef>,
+    },
 }
 
 pub struct Sink {
@@ -289,6 +299,7 @@ impl Sink {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Message>) -> Result<()> {
         let mut next_seq = self.record.next_seq;
         let mut last_epoch = self.record.epoch;
+        let mut previous = self.record.clone();
         while let Some(message) = rx.recv().await {
             match message {
                 Message::Batch(b) | Message::Events(b, _) => {
@@ -307,6 +318,27 @@ impl Sink {
                                 .checkpoint_requested
                                 .store(true, Ordering::Relaxed);
                         }
+                    }
+                    match &mut self.kind {
+                        SinkKind::Kafka(kafka) => {
+                            tokio::task::block_in_place(|| kafka.write(&b))
+                                .map_err(|e| sink_error(&self.def, e))?;
+                        }
+                        SinkKind::Webhook { hook, errors } => {
+                            let failed =
+                                hook.send(&b).await.map_err(|e| sink_error(&self.def, e))?;
+                            self.metrics.upload.lock().last_error =
+                                hook.status.lock().last_error.clone();
+                            if !failed.is_empty() {
+                                self.metrics
+                                    .dead_letters
+                                    .fetch_add(failed.len() as u64, Ordering::Relaxed);
+                                let ops =
+                                    super::view::failed_request_rows(errors, &failed, now_us())?;
+                                self.kv.write(ops, false)?;
+                            }
+                        }
+                        _ => {}
                     }
                     if let SinkKind::Stream { retention_rows } = self.kind {
                         if retention_rows > 0 {
@@ -329,13 +361,27 @@ impl Sink {
                     let pending = match &mut self.kind {
                         SinkKind::Parquet { files, .. } => {
                             let epoch = barrier.epoch;
-                            tokio::task::block_in_place(|| files.finish(epoch))
-                                .map_err(connector_error)?
+                            Some(
+                                tokio::task::block_in_place(|| files.finish(epoch))
+                                    .map_err(|e| sink_error(&self.def, e))?,
+                            )
+                        }
+                        SinkKind::Kafka(kafka) => {
+                            tokio::task::block_in_place(|| kafka.flush())
+                                .map_err(|e| sink_error(&self.def, e))?;
+                            None
                         }
                         _ => None,
                     };
                     let (record, mut ops) =
                         commit_ops(self.pipeline, last_epoch, barrier, next_seq)?;
+                    if matches!(self.kind, SinkKind::Kafka(_)) {
+                        // Kafka commits after this checkpoint: until it has, a restart
+                        // resumes from the one before (see `eddy_connectors::kafka_sink`).
+                        let bytes = serde_json::to_vec(&previous)
+                            .map_err(|e| Error::internal(format!("checkpoint encode: {e}")))?;
+                        ops.push(WriteOp::Put(previous_record_key(self.pipeline), bytes));
+                    }
                     if let SinkKind::Stream { retention_rows } = self.kind
                         && next_seq > retention_rows
                         && retention_rows > 0
@@ -349,14 +395,22 @@ impl Sink {
                     tokio::task::spawn_blocking(move || kv.write(ops, true))
                         .await
                         .map_err(|e| Error::internal(format!("checkpoint task: {e}")))??;
-                    if let (SinkKind::Parquet { files, .. }, Some(pending)) = (&self.kind, pending)
-                    {
-                        tokio::task::block_in_place(|| files.publish(pending))
-                            .map_err(connector_error)?;
+                    match (&mut self.kind, pending) {
+                        (SinkKind::Parquet { files, .. }, Some(pending)) => {
+                            tokio::task::block_in_place(|| files.publish(pending))
+                                .map_err(|e| sink_error(&self.def, e))?;
+                        }
+                        (SinkKind::Kafka(kafka), _) => {
+                            let epoch = record.epoch;
+                            tokio::task::block_in_place(|| kafka.commit(epoch))
+                                .map_err(|e| sink_error(&self.def, e))?;
+                        }
+                        _ => {}
                     }
                     last_epoch = record.epoch;
                     self.metrics.epoch.store(record.epoch, Ordering::Relaxed);
                     let _ = self.committed.send(record.epoch);
+                    previous = record;
                 }
             }
         }
@@ -647,6 +701,10 @@ impl SourceLoop {
         self.watermark = running;
         Ok((rows, origins, advanced))
     }
+}
+
+fn sink_error(def: &TableDef, e: eddy_connectors::Error) -> Error {
+    Error::internal(format!("sink {}: {e}", def.name))
 }
 
 fn connector_error(e: eddy_connectors::Error) -> Error {

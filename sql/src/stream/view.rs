@@ -137,6 +137,63 @@ pub fn dead_letter_columns() -> Vec<crate::catalog::ColumnDef> {
     ]
 }
 
+/// Columns of a webhook sink's `<sink>_errors`: the rows of requests that never succeeded,
+/// keyed by their idempotency key.
+pub fn failed_request_columns() -> Vec<crate::catalog::ColumnDef> {
+    use crate::types::SqlType;
+    let col = |name: &str, ty: SqlType| crate::catalog::ColumnDef {
+        name: name.into(),
+        ty,
+        nullable: false,
+        default: None,
+    };
+    vec![
+        col("key", SqlType::Text),
+        col("payload", SqlType::Text),
+        col("error", SqlType::Text),
+        col("attempts", SqlType::Int4),
+        col("failed_at", SqlType::Timestamptz),
+    ]
+}
+
+/// `<sink>_errors` rows for requests that never succeeded.
+pub fn failed_request_rows(
+    def: &TableDef,
+    failed: &[eddy_connectors::webhook::Failed],
+    failed_us: i64,
+) -> Result<Vec<WriteOp>> {
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(
+            failed
+                .iter()
+                .map(|f| Some(f.key.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            failed
+                .iter()
+                .map(|f| Some(f.row.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            failed
+                .iter()
+                .map(|f| Some(f.error.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            failed
+                .iter()
+                .map(|f| f.attempts as i32)
+                .collect::<Int32Array>(),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![failed_us; failed.len()]).with_timezone("+00:00"),
+        ),
+    ];
+    keyed_rows(def, &arrays)
+}
+
 /// Columns a `<source>_late` table adds to the source's own.
 pub fn late_event_columns() -> Vec<crate::catalog::ColumnDef> {
     use crate::types::SqlType;

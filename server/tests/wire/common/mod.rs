@@ -277,3 +277,81 @@ impl S3Server {
         assert!(status.success(), "download from moto failed");
     }
 }
+
+/// The Tansu broker installed by scripts/setup.sh (a real Kafka-compatible broker), in
+/// memory on a free port of 127.0.0.1; stopped when dropped.
+pub struct Tansu(std::process::Child);
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Tansu {
+    fn binary() -> PathBuf {
+        if let Ok(p) = std::env::var("EDDY_TANSU") {
+            return p.into();
+        }
+        let home = std::env::var("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+        let path = home.join("bin/tansu");
+        assert!(
+            path.exists(),
+            "tansu not found at {} (scripts/setup.sh installs it; or set EDDY_TANSU)",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts a broker with `topics` (name, partitions); returns it and its bootstrap address.
+    pub async fn start(topics: &[(&str, i32)]) -> (Tansu, String) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let broker = Tansu(
+            std::process::Command::new(Self::binary())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start tansu"),
+        );
+        let bootstrap = format!("127.0.0.1:{port}");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "tansu did not listen"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin client");
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+            .collect();
+        let created = admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .expect("create topics");
+        assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+        (broker, bootstrap)
+    }
+}
