@@ -448,6 +448,8 @@ pub struct UploadStatus {
     pub spooled_files: u64,
     pub spooled_bytes: u64,
     pub uploaded_files: u64,
+    /// Multipart uploads a crash left unfinished, aborted when the uploader started.
+    pub aborted_uploads: u64,
     /// The last upload failure, until an upload succeeds.
     pub last_error: Option<String>,
 }
@@ -463,18 +465,117 @@ pub fn spool_usage(spool: &Path) -> (u64, u64) {
     (files.len() as u64, files.iter().sum())
 }
 
-/// Uploads the committed files that appear in `spool` to `store` under `prefix`, oldest
-/// first, removing each local copy once the store has it. While the store is unreachable
-/// the files wait on disk and the upload is retried with a growing pause (100 ms to 10 s);
-/// the pipeline keeps running. An object becomes visible in the store only complete (a PUT),
-/// and a repeated upload writes the same bytes under the same name.
+/// Where an upload goes.
+pub struct UploadTarget {
+    pub store: crate::store::Store,
+    /// Files of at least this size go up in parts of this size (S3's minimum is 5 MiB).
+    pub part_size: usize,
+}
+
+/// The marker of a multipart upload in progress: `<spool>/<dir>/.<file>.upload`, holding the
+/// object key and the upload id, so a restart can abort what a crash left behind.
+fn marker_path(spool: &Path, rel: &Path) -> PathBuf {
+    let name = rel.file_name().unwrap_or_default().to_string_lossy();
+    spool
+        .join(rel.parent().unwrap_or(Path::new("")))
+        .join(format!(".{name}.upload"))
+}
+
+/// Aborts the multipart uploads a crash left unfinished (their markers are in the spool);
+/// returns how many.
+pub async fn abort_unfinished(
+    spool: &Path,
+    store: &dyn object_store::multipart::MultipartStore,
+) -> u64 {
+    let mut aborted = 0;
+    for rel in walk(spool).unwrap_or_default() {
+        if rel.extension().is_none_or(|e| e != "upload") {
+            continue;
+        }
+        let marker = spool.join(&rel);
+        let Ok(text) = std::fs::read_to_string(&marker) else {
+            continue;
+        };
+        if let Some((key, id)) = text.split_once('\n') {
+            let key = object_store::path::Path::from(key);
+            match store.abort_multipart(&key, &id.trim().to_string()).await {
+                Ok(()) => aborted += 1,
+                Err(e) => tracing::warn!("cannot abort the multipart upload of {key}: {e}"),
+            }
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
+    aborted
+}
+
+/// Uploads a large file in parts, with a marker while the upload is open.
+async fn put_in_parts(
+    target: &UploadTarget,
+    key: &object_store::path::Path,
+    local: &Path,
+    marker: &Path,
+) -> std::result::Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let store = &target.store.multipart;
+    let id = store
+        .create_multipart(key)
+        .await
+        .map_err(|e| e.to_string())?;
+    std::fs::write(marker, format!("{key}\n{id}"))
+        .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+    let result: std::result::Result<(), String> = async {
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+        let mut parts = Vec::new();
+        loop {
+            let mut buf = Vec::with_capacity(target.part_size);
+            (&mut file)
+                .take(target.part_size as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", local.display()))?;
+            if buf.is_empty() {
+                break;
+            }
+            let part = store
+                .put_part(key, &id, parts.len(), buf.into())
+                .await
+                .map_err(|e| e.to_string())?;
+            parts.push(part);
+        }
+        store
+            .complete_multipart(key, &id, parts)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        // Best effort: whatever stays open is aborted when the uploader next starts.
+        if store.abort_multipart(key, &id).await.is_ok() {
+            let _ = std::fs::remove_file(marker);
+        }
+    } else {
+        let _ = std::fs::remove_file(marker);
+    }
+    result
+}
+
+/// Uploads the committed files that appear in `spool` to the target store, oldest first,
+/// removing each local copy once the store has it. Files of at least `part_size` go up in
+/// parts. While the store is unreachable the files wait on disk and the upload is retried
+/// with a growing pause (100 ms to 10 s); the pipeline keeps running. An object becomes
+/// visible in the store only complete (a PUT, or a completed multipart upload), and a
+/// repeated upload writes the same bytes under the same name.
 pub async fn upload(
     spool: PathBuf,
-    store: std::sync::Arc<dyn object_store::ObjectStore>,
-    prefix: object_store::path::Path,
+    target: UploadTarget,
     status: std::sync::Arc<parking_lot::Mutex<UploadStatus>>,
 ) {
     use object_store::ObjectStoreExt;
+    let aborted = abort_unfinished(&spool, target.store.multipart.as_ref()).await;
+    status.lock().aborted_uploads += aborted;
     let mut pause = std::time::Duration::from_millis(100);
     loop {
         let files: Vec<(PathBuf, u64)> = walk(&spool)
@@ -495,22 +596,28 @@ pub async fn upload(
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         }
-        for (rel, _) in files {
+        for (rel, len) in files {
             let local = spool.join(&rel);
-            let bytes = match tokio::fs::read(&local).await {
-                Ok(b) => b,
-                Err(e) => {
-                    status.lock().last_error =
-                        Some(format!("cannot read {}: {e}", local.display()));
-                    break;
-                }
-            };
-            let mut key = prefix.clone();
+            let mut key = target.store.prefix.clone();
             for part in rel.iter() {
                 key = key.join(part.to_string_lossy().as_ref());
             }
-            match store.put(&key, bytes.into()).await {
-                Ok(_) => {
+            let result = if len as usize >= target.part_size {
+                put_in_parts(&target, &key, &local, &marker_path(&spool, &rel)).await
+            } else {
+                match tokio::fs::read(&local).await {
+                    Ok(bytes) => target
+                        .store
+                        .objects
+                        .put(&key, bytes.into())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("cannot read {}: {e}", local.display())),
+                }
+            };
+            match result {
+                Ok(()) => {
                     let _ = std::fs::remove_file(&local);
                     let mut s = status.lock();
                     s.uploaded_files += 1;
@@ -518,7 +625,7 @@ pub async fn upload(
                     pause = std::time::Duration::from_millis(100);
                 }
                 Err(e) => {
-                    status.lock().last_error = Some(e.to_string());
+                    status.lock().last_error = Some(e);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(10));
                     break;
@@ -553,6 +660,58 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test]
+    async fn large_files_go_up_in_parts_and_a_crashed_upload_is_aborted_on_restart() {
+        use object_store::ObjectStoreExt;
+        use object_store::memory::InMemory;
+        use object_store::multipart::MultipartStore;
+        let memory = Arc::new(InMemory::new());
+        let target = UploadTarget {
+            store: crate::store::Store {
+                objects: memory.clone(),
+                multipart: memory.clone(),
+                prefix: object_store::path::Path::from("exports"),
+            },
+            part_size: 1000,
+        };
+        let spool = std::env::temp_dir().join(format!("eddy-spool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&spool);
+        std::fs::create_dir_all(spool.join("dt=x")).unwrap();
+        let rel = Path::new("dt=x/part-1.parquet");
+        let bytes: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(spool.join(rel), &bytes).unwrap();
+        let key = object_store::path::Path::from("exports/dt=x/part-1.parquet");
+        put_in_parts(&target, &key, &spool.join(rel), &marker_path(&spool, rel))
+            .await
+            .unwrap();
+        let got = memory.get(&key).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got.as_ref(), bytes.as_slice(), "three parts, reassembled");
+        assert!(
+            !marker_path(&spool, rel).exists(),
+            "no marker once complete"
+        );
+
+        // A crash after the upload was created: the marker stays, the restart aborts it.
+        let other = object_store::path::Path::from("exports/dt=x/part-2.parquet");
+        let id = memory.create_multipart(&other).await.unwrap();
+        let part = memory
+            .put_part(&other, &id, 0, vec![1u8; 10].into())
+            .await
+            .unwrap();
+        let marker = marker_path(&spool, Path::new("dt=x/part-2.parquet"));
+        std::fs::write(&marker, format!("{other}\n{id}")).unwrap();
+        assert_eq!(abort_unfinished(&spool, memory.as_ref()).await, 1);
+        assert!(!marker.exists());
+        assert!(
+            memory
+                .complete_multipart(&other, &id, vec![part])
+                .await
+                .is_err(),
+            "the aborted upload cannot be completed"
+        );
+        std::fs::remove_dir_all(&spool).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 
 /// URL schemes served by an object store.
@@ -26,6 +27,18 @@ pub fn open(
     location: &str,
     options: &[(String, String)],
 ) -> Result<(Arc<dyn ObjectStore>, Path), String> {
+    open_store(location, options).map(|s| (s.objects, s.prefix))
+}
+
+/// An object store with its multipart interface, and the path inside it.
+pub struct Store {
+    pub objects: Arc<dyn ObjectStore>,
+    pub multipart: Arc<dyn MultipartStore>,
+    pub prefix: Path,
+}
+
+/// Like [`open`], keeping the multipart interface (large uploads in parts).
+pub fn open_store(location: &str, options: &[(String, String)]) -> Result<Store, String> {
     let Some(scheme) = scheme(location) else {
         return Err(format!(
             "{location} is not an object-store URL (s3://, gs://, az://)"
@@ -38,7 +51,13 @@ pub fn open(
         )
     };
     let invalid = |e: object_store::Error| format!("cannot use {location}: {e}");
-    let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+    fn both<S: ObjectStore + MultipartStore>(
+        s: S,
+    ) -> (Arc<dyn ObjectStore>, Arc<dyn MultipartStore>) {
+        let s = Arc::new(s);
+        (s.clone(), s)
+    }
+    let (objects, multipart) = match scheme.as_str() {
         "s3" | "s3a" => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
             let mut b = AmazonS3Builder::from_env().with_url(location);
@@ -46,7 +65,7 @@ pub fn open(
                 let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build().map_err(invalid)?)
+            both(b.build().map_err(invalid)?)
         }
         "gs" => {
             use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -55,7 +74,7 @@ pub fn open(
                 let key = GoogleConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build().map_err(invalid)?)
+            both(b.build().map_err(invalid)?)
         }
         _ => {
             use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -64,10 +83,14 @@ pub fn open(
                 let key = AzureConfigKey::from_str(k).map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build().map_err(invalid)?)
+            both(b.build().map_err(invalid)?)
         }
     };
     let path = Path::from_url_path(url.path().trim_start_matches('/'))
         .map_err(|e| format!("invalid path in {location}: {e}"))?;
-    Ok((store, path))
+    Ok(Store {
+        objects,
+        multipart,
+        prefix: path,
+    })
 }

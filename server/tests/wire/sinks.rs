@@ -528,3 +528,121 @@ async fn file_columns(file: &Path) -> Vec<String> {
         .map(|f| f.name().clone())
         .collect()
 }
+
+/// `CREATE SOURCE readings` and a sink `name` of `query` to `s3://exports/<prefix>` on `s3`,
+/// with `extra` options.
+fn s3_sink_sql(s3: &S3Server, name: &str, query: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        "CREATE SINK {name} FROM ({query}) WITH ( \
+           connector = 'parquet', path = 's3://exports/{prefix}', {extra} \
+           aws_endpoint = 'http://127.0.0.1:{}', aws_allow_http = 'true', \
+           aws_region = 'us-east-1', aws_access_key_id = 'k', aws_secret_access_key = 's')",
+        s3.port
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_holds_the_sink_back_while_ingestion_goes_on() {
+    const BATCHES: i64 = 10;
+    const ROWS: i64 = 50;
+    let s3 = S3Server::start();
+    s3.put("/exports", b"");
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); {}",
+            s3_sink_sql(
+                &s3,
+                "export",
+                "SELECT id, v * 2 AS v2 FROM readings",
+                "bounded",
+                "checkpoint_interval = '100ms', spool_limit = '1KB',"
+            )
+        ))
+        .await
+        .unwrap();
+    s3.pause(true);
+    for b in 0..BATCHES {
+        client
+            .batch_execute(&insert_sql(b * ROWS, ROWS))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let row = client
+        .query_one("SELECT count(*) FROM readings", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, i64>(0),
+        BATCHES * ROWS,
+        "ingestion goes on into the source's log"
+    );
+    let row = client
+        .query_one(
+            "SELECT spooled_files, checkpoint_epoch FROM eddy_catalog.sinks WHERE name = 'export'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (spooled, epoch): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        spooled <= 1,
+        "the spool stops at its limit ({spooled} files, epoch {epoch})"
+    );
+    s3.pause(false);
+    let total = BATCHES * ROWS;
+    let got = bucket_rows(&s3, "bounded/", total).await;
+    assert_eq!(got, (total, total, 0), "everything arrived afterwards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_uploads_in_parts() {
+    let s3 = S3Server::start();
+    s3.put("/exports", b"");
+    let server = Server::start();
+    let client = server.connect().await;
+    // About 400 000 rows of incompressible text: one file of well over 5 MB.
+    const TOTAL: i64 = 400_000;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); {}; \
+             INSERT INTO readings SELECT value AS id, value AS v FROM generate_series(0, {}) ",
+            s3_sink_sql(
+                &s3,
+                "export",
+                "SELECT id, v * 2 AS v2, md5(CAST(id AS text)) || md5(CAST(v AS text)) AS noise FROM readings",
+                "large",
+                "checkpoint_interval = '10s', upload_part_size = '5MB',"
+            ),
+            TOTAL - 1
+        ))
+        .await
+        .unwrap();
+    let got = bucket_rows(&s3, "large/", TOTAL).await;
+    assert_eq!(
+        got,
+        (TOTAL, TOTAL, 0),
+        "every row, in a file uploaded in parts"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    s3.download("exports", "large/", dir.path());
+    let biggest = walk(dir.path())
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .max()
+        .unwrap();
+    assert!(biggest > 5 << 20, "a file over one part: {biggest} bytes");
+    let e = client
+        .batch_execute(&s3_sink_sql(
+            &s3,
+            "bad",
+            "SELECT id FROM readings",
+            "x",
+            "upload_part_size = '1MB',",
+        ))
+        .await
+        .unwrap_err();
+    assert!(error_text(&e).contains("5MB"), "{}", error_text(&e));
+}

@@ -348,21 +348,25 @@ impl StreamManager {
                 retention_rows: option_u64(&q.options, "retention_rows")?.unwrap_or(100_000),
             },
             (_, Some(SinkConfig::Parquet(config))) => {
+                let mut spool_limit = None;
                 let (dir, publish) = match config.target {
                     SinkTarget::Local(dir) => (dir.clone(), dir),
                     SinkTarget::Remote { url, settings } => {
                         // Committed files spool locally and upload from there.
                         let staging = self.staging.join(def.id.to_string());
                         let spool = self.spool_dir(def.id);
-                        let (store, prefix) = eddy_connectors::store::open(&url, &settings)
+                        let store = eddy_connectors::store::open_store(&url, &settings)
                             .map_err(Error::internal)?;
                         let status = metrics.upload.clone();
                         uploader = Some(tokio::spawn(eddy_connectors::parquet_sink::upload(
                             spool.clone(),
-                            store,
-                            prefix,
+                            eddy_connectors::parquet_sink::UploadTarget {
+                                store,
+                                part_size: config.part_size,
+                            },
                             status,
                         )));
+                        spool_limit = Some((spool.clone(), config.spool_limit));
                         (staging, spool)
                     }
                 };
@@ -378,6 +382,7 @@ impl StreamManager {
                         .map_err(|e| Error::internal(e.to_string()))?,
                     ),
                     rollover_bytes: config.rollover_bytes,
+                    spool_limit,
                 }
             }
             (_, Some(SinkConfig::Kafka(_))) => {

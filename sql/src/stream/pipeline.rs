@@ -274,6 +274,9 @@ pub enum SinkKind {
     Parquet {
         files: Box<eddy_connectors::parquet_sink::ParquetFiles>,
         rollover_bytes: u64,
+        /// A remote sink's spool and its bound: at a barrier, the sink waits while the
+        /// spool is over it (the store is unreachable and the disk must not fill).
+        spool_limit: Option<(std::path::PathBuf, u64)>,
     },
     /// Rows leave as Kafka messages, one transaction per epoch committed after the
     /// checkpoint (see `eddy_connectors::kafka_sink`).
@@ -309,6 +312,7 @@ impl Sink {
                     if let SinkKind::Parquet {
                         files,
                         rollover_bytes,
+                        ..
                     } = &mut self.kind
                     {
                         tokio::task::block_in_place(|| files.write(&b, last_epoch + 1))
@@ -358,6 +362,13 @@ impl Sink {
                 }
                 Message::Watermark(w) => *self.metrics.watermark.lock() = Some(w),
                 Message::Barrier(barrier) => {
+                    if let SinkKind::Parquet {
+                        spool_limit: Some((spool, limit)),
+                        ..
+                    } = &self.kind
+                    {
+                        wait_for_spool(spool, *limit, &self.def).await;
+                    }
                     let pending = match &mut self.kind {
                         SinkKind::Parquet { files, .. } => {
                             let epoch = barrier.epoch;
@@ -700,6 +711,26 @@ impl SourceLoop {
         let advanced = (running != self.watermark).then_some(running).flatten();
         self.watermark = running;
         Ok((rows, origins, advanced))
+    }
+}
+
+/// Waits while a remote sink's spool holds more than `limit` bytes.
+async fn wait_for_spool(spool: &std::path::Path, limit: u64, def: &TableDef) {
+    let mut warned = false;
+    loop {
+        let (_, bytes) =
+            tokio::task::block_in_place(|| eddy_connectors::parquet_sink::spool_usage(spool));
+        if bytes <= limit {
+            return;
+        }
+        if !warned {
+            tracing::warn!(
+                "sink {}: the spool holds {bytes} bytes, over its limit of {limit}: waiting for uploads",
+                def.name
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -13,6 +13,24 @@ pub const CONNECTORS: [&str; 3] = ["parquet", "kafka", "webhook"];
 /// Default size at which a sink's file rolls over (an early checkpoint).
 pub const DEFAULT_ROLLOVER_BYTES: u64 = 128 << 20;
 
+/// Default part size of multipart uploads (`upload_part_size`).
+pub const DEFAULT_PART_BYTES: u64 = 16 << 20;
+const MIN_PART_BYTES: u64 = 5 << 20;
+/// Default bound of a remote sink's local spool (`spool_limit`).
+pub const DEFAULT_SPOOL_LIMIT_BYTES: u64 = 1 << 30;
+
+fn size_option(o: &mut Options, key: &str) -> Result<Option<u64>> {
+    o.take(key)
+        .map(|v| {
+            eddy_connectors::options::parse_size(&v).ok_or_else(|| {
+                invalid(format!(
+                    "invalid value for option \"{key}\": \"{v}\" (expected e.g. 64MB)"
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// Where a Parquet sink writes.
 #[derive(Debug, Clone)]
 pub enum SinkTarget {
@@ -31,6 +49,11 @@ pub struct ParquetSinkConfig {
     pub rollover_bytes: u64,
     /// `partition_by`: Hive-style directories.
     pub partitioning: eddy_connectors::parquet_sink::Partitioning,
+    /// Files of at least this size upload in parts of this size.
+    pub part_size: usize,
+    /// Committed files waiting for an unreachable store may fill this much local disk; then
+    /// the sink waits (its source with it) until uploads make room.
+    pub spool_limit: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,24 +88,29 @@ impl SinkConfig {
         }
         let config = match connector.as_str() {
             "parquet" => {
-                let target = sink_target(&mut o)?;
-                let rollover_bytes = match o.take("rollover_size") {
-                    None => DEFAULT_ROLLOVER_BYTES,
-                    Some(v) => eddy_connectors::options::parse_size(&v).ok_or_else(|| {
-                        invalid(format!(
-                            "invalid value for option \"rollover_size\": \"{v}\" (expected e.g. 64MB)"
-                        ))
-                    })?,
-                };
+                let rollover_bytes =
+                    size_option(&mut o, "rollover_size")?.unwrap_or(DEFAULT_ROLLOVER_BYTES);
+                let part_size =
+                    size_option(&mut o, "upload_part_size")?.unwrap_or(DEFAULT_PART_BYTES);
+                if part_size < MIN_PART_BYTES {
+                    return Err(invalid(
+                        "upload_part_size must be at least 5MB (object stores refuse smaller parts)",
+                    ));
+                }
+                let spool_limit =
+                    size_option(&mut o, "spool_limit")?.unwrap_or(DEFAULT_SPOOL_LIMIT_BYTES);
                 let partitioning = match o.take("partition_by") {
                     None => Default::default(),
                     Some(spec) => eddy_connectors::parquet_sink::Partitioning::parse(&spec)
                         .map_err(|e| invalid(e.to_string()))?,
                 };
+                let target = sink_target(&mut o)?;
                 SinkConfig::Parquet(ParquetSinkConfig {
                     target,
                     rollover_bytes,
                     partitioning,
+                    part_size: part_size as usize,
+                    spool_limit,
                 })
             }
             "kafka" => SinkConfig::Kafka(
@@ -148,7 +176,6 @@ fn sink_target(o: &mut Options) -> Result<SinkTarget> {
         let settings: Vec<(String, String)> = o
             .all()
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "rollover_size" | "partition_by"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (k, _) in &settings {
