@@ -83,6 +83,7 @@ pub fn query(name: &str) -> Result<(bool, &'static str)> {
 
 /// User + system CPU seconds of this process so far.
 pub mod predict;
+pub mod sink;
 
 fn cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -119,21 +120,6 @@ async fn run_sql(session: &Session, sql: &str) -> Result<()> {
 /// Runs the query as a continuous query until the source is exhausted and its end is
 /// checkpointed; returns (CPU seconds, wall seconds).
 async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f64)> {
-    let dir = std::env::temp_dir().join(format!("eddy-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let engine = Engine::open(&dir).context("open bench data dir")?;
-    engine.start_streams(tokio::runtime::Handle::current());
-    let session = engine.new_session("eddy", "eddy");
-    run_sql(
-        &session,
-        &format!(
-            "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = '{}', event_rate = '{}')",
-            args.events, args.rate
-        ),
-    )
-    .await?;
-    let cpu0 = cpu_seconds();
-    let wall0 = Instant::now();
     let ddl = if mv {
         format!(
             "CREATE MATERIALIZED VIEW {} WITH (checkpoint_interval = '{}ms') AS {select}",
@@ -145,15 +131,39 @@ async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f
             args.query, args.checkpoint_interval_ms
         )
     };
-    run_sql(&session, &ddl).await?;
+    run_pipeline(args.events, args.rate, &args.query, &ddl).await
+}
+
+/// Creates a Nexmark `bid` source of `events` events in a fresh engine, then the pipeline
+/// `name` with `ddl`, and runs it until the source's end is checkpointed; returns (CPU
+/// seconds, wall seconds) from the pipeline's creation.
+async fn run_pipeline(events: u64, rate: u64, name: &str, ddl: &str) -> Result<(f64, f64)> {
+    // A pipeline of an earlier run may still hold its engine's files for a moment.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("eddy-bench-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let engine = Engine::open(&dir).context("open bench data dir")?;
+    engine.start_streams(tokio::runtime::Handle::current());
+    let session = engine.new_session("eddy", "eddy");
+    run_sql(
+        &session,
+        &format!(
+            "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = '{events}', event_rate = '{rate}')"
+        ),
+    )
+    .await?;
+    let cpu0 = cpu_seconds();
+    let wall0 = Instant::now();
+    run_sql(&session, ddl).await?;
     let id = engine
         .catalog()
-        .table("public", &args.query)
+        .table("public", name)
         .context("pipeline created")?
         .id;
     loop {
         let record = recover(engine.kv().get(&record_key(id))?.as_deref())?;
-        if record.positions.get(&0).copied().unwrap_or(0) as u64 >= args.events {
+        if record.positions.get(&0).copied().unwrap_or(0) as u64 >= events {
             break;
         }
         if let Some(e) = engine

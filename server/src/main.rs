@@ -44,6 +44,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2_000_000)]
         rows: u64,
     },
+    /// The Parquet sink versus a bare ArrowWriter on Nexmark bids, and the Kafka sink's
+    /// rows per CPU-second (mock cluster).
+    Sink {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// PREDICT in a continuous query versus ONNX Runtime called directly on the same
     /// batches. Run from the repository root.
     Predict {
@@ -118,6 +126,12 @@ fn run_bench(bench: BenchCommand) -> Result<()> {
             checkpoint_interval_ms: checkpoint_interval,
         })),
         BenchCommand::JsonDecode { rows } => eddy::bench::json_decode(rows),
+        BenchCommand::Sink { events, runs } => {
+            runtime.block_on(eddy::bench::sink::sink(eddy::bench::sink::SinkArgs {
+                events,
+                runs,
+            }))
+        }
         BenchCommand::Predict { model, rows, runs } => runtime.block_on(
             eddy::bench::predict::predict(eddy::bench::predict::PredictArgs { model, rows, runs }),
         ),
