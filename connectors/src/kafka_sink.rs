@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -30,6 +30,10 @@ use crate::format::Format;
 use crate::options::Options;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The last column of an upsert sink's rows (a sink of a view that updates its rows): true
+/// where the row is gone, which the sink writes as a tombstone (the key, no value).
+pub const DELETED_COLUMN: &str = "__deleted";
 
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
@@ -150,6 +154,22 @@ impl KafkaSink {
             return Ok(());
         }
         self.begin()?;
+        // An upsert sink's rows say which are deletions.
+        let schema = batch.schema();
+        let (batch, deleted) = match schema.fields().last() {
+            Some(f) if f.name() == DELETED_COLUMN => {
+                let n = batch.num_columns() - 1;
+                let deleted = batch.column(n).as_boolean().clone();
+                (
+                    batch
+                        .project(&(0..n).collect::<Vec<_>>())
+                        .map_err(|e| external("rows", e))?,
+                    Some(deleted),
+                )
+            }
+            _ => (batch.clone(), None),
+        };
+        let batch = &batch;
         let rows = encode::rows(batch, self.config.format)?;
         let keys = match &self.config.key_column {
             Some(c) => Some(encode::text_column(batch, c)?),
@@ -157,7 +177,10 @@ impl KafkaSink {
         };
         for (i, payload) in rows.iter().enumerate() {
             let key = keys.as_ref().and_then(|k| k[i].as_deref());
-            let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic).payload(payload);
+            let mut record = BaseRecord::<str, [u8]>::to(&self.config.topic);
+            if !deleted.as_ref().is_some_and(|d| d.value(i)) {
+                record = record.payload(payload);
+            }
             if let Some(key) = key {
                 record = record.key(key);
             }

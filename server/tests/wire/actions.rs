@@ -386,3 +386,221 @@ async fn kafka_sink_rows_reach_a_read_committed_consumer_once_each() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_from_a_windowed_view_reach_a_webhook_and_parquet_once_per_window() {
+    let (url, received) = start_receiver().await;
+    let out = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (machine text, temp double precision, ts timestamptz, \
+               WATERMARK FOR ts AS ts - INTERVAL '1 second'); \
+             CREATE MATERIALIZED VIEW overheating AS \
+               SELECT window_start, machine, count(*) AS hot_readings, max(temp) AS peak \
+               FROM TUMBLE(readings, ts, INTERVAL '1 minute') WHERE temp > 90 \
+               GROUP BY window_start, machine HAVING count(*) >= 3; \
+             CREATE SINK pager FROM overheating WITH (connector = 'webhook', url = '{url}', \
+               retry_backoff = '10ms', headers.authorization = 'Bearer s3cret', \
+               checkpoint_interval = '100ms'); \
+             CREATE SINK history FROM overheating WITH (connector = 'parquet', path = '{}', \
+               checkpoint_interval = '100ms')",
+            out.path().display()
+        ))
+        .await
+        .unwrap();
+    // Ten minutes of readings, one every 5 s per machine; m1 runs hot in minutes 2 and 7
+    // (4 hot readings each), m2 has only 2 hot readings in minute 5.
+    let mut values = Vec::new();
+    for second in (0..600).step_by(5) {
+        for machine in ["m1", "m2", "m3"] {
+            let minute = second / 60;
+            let hot = match machine {
+                "m1" => (minute == 2 || minute == 7) && second % 60 < 20,
+                "m2" => minute == 5 && second % 60 < 10,
+                _ => false,
+            };
+            let temp = if hot { 95.0 } else { 60.0 };
+            values.push(format!(
+                "('{machine}', {temp}, TIMESTAMPTZ '2026-11-26 08:00:00+00' + INTERVAL '{second} seconds')"
+            ));
+        }
+    }
+    client
+        .batch_execute(&format!(
+            "INSERT INTO readings VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows: Vec<serde_json::Value> = received
+            .lock()
+            .requests
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect();
+        if rows.len() >= 2 || Instant::now() > deadline {
+            // Anything more would be a duplicate or a window that is not hot.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            break received
+                .lock()
+                .requests
+                .iter()
+                .map(|(_, r)| r.clone())
+                .collect::<Vec<_>>();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut got: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["window_start"].as_str().unwrap().to_string(),
+                r["machine"].as_str().unwrap().to_string(),
+                r["hot_readings"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 2, "one alert per hot window: {rows:?}");
+    assert!(got[0].0.starts_with("2026-11-26T08:02:00"), "{got:?}");
+    assert!(got[1].0.starts_with("2026-11-26T08:07:00"), "{got:?}");
+    assert!(got.iter().all(|(_, m, n)| m == "m1" && *n == 4), "{got:?}");
+    // The same windows in the Parquet history.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = std::fs::read_dir(out.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".parquet")
+            })
+            .count();
+        if files > 0 {
+            let ctx = datafusion::prelude::SessionContext::new();
+            ctx.register_parquet(
+                "h",
+                out.path().to_str().unwrap(),
+                datafusion::prelude::ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap();
+            let b = ctx
+                .sql("SELECT count(*) FROM h WHERE machine = 'm1' AND hot_readings = 4")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            use datafusion::arrow::array::AsArray;
+            let n = b[0]
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0);
+            if n == 2 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the windows reach the Parquet sink"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An updating aggregate cannot go to Parquet or a webhook, and a sink reads a view whole.
+    client
+        .batch_execute("CREATE MATERIALIZED VIEW totals AS SELECT machine, count(*) AS n FROM readings GROUP BY machine")
+        .await
+        .unwrap();
+    for (sql, code, expected) in [
+        (
+            format!("CREATE SINK t FROM totals WITH (connector = 'parquet', path = '{}')", out.path().display()),
+            "0A000",
+            "EMIT ON WINDOW CLOSE",
+        ),
+        (
+            "CREATE SINK t FROM (SELECT machine FROM totals) WITH (connector = 'webhook', url = 'http://x')".to_string(),
+            "0A000",
+            "whole view",
+        ),
+        (
+            "CREATE SINK t FROM totals WITH (connector = 'kafka', bootstrap.servers = 'x', topic = 't')".to_string(),
+            "22023",
+            "key",
+        ),
+    ] {
+        let e = client.batch_execute(&sql).await.unwrap_err();
+        assert_eq!(e.code().unwrap().code(), code, "{sql}: {}", error_text(&e));
+        assert!(error_text(&e).contains(expected), "{sql}: {}", error_text(&e));
+    }
+    let e = client
+        .batch_execute("DROP MATERIALIZED VIEW overheating")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "2BP01", "the sinks read the view");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("totals", 1, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (machine text, temp double precision); \
+             CREATE MATERIALIZED VIEW totals AS SELECT machine, count(*) AS n FROM readings \
+               GROUP BY machine HAVING count(*) < 50; \
+             CREATE SINK totals_out FROM totals WITH (connector = 'kafka', \
+               bootstrap.servers = '{bootstrap}', topic = 'totals', key = 'machine', \
+               checkpoint_interval = '100ms')"
+        ))
+        .await
+        .unwrap();
+    // m0: 10 readings, m1: 20, m2: 60 (past the HAVING bound: deleted).
+    for b in 0..10 {
+        let mut values = vec!["('m0', 1)".to_string()];
+        values.extend((0..2).map(|_| "('m1', 1)".to_string()));
+        values.extend((0..6).map(|_| "('m2', 1)".to_string()));
+        client
+            .batch_execute(&format!(
+                "INSERT INTO readings VALUES {}",
+                values.join(", ")
+            ))
+            .await
+            .unwrap();
+        if b % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    let messages = tokio::task::spawn_blocking(move || consume_committed(&bootstrap, "totals", 3))
+        .await
+        .unwrap();
+    // Compacted as a reader of an upsert topic would: the last value per key.
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for (key, payload) in &messages {
+        last.insert(key.clone(), payload.clone());
+    }
+    let n = |m: &str| -> Option<i64> {
+        let p = last.get(m)?;
+        if p.is_empty() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(p).unwrap();
+        v["n"].as_i64()
+    };
+    assert_eq!(n("m0"), Some(10), "{messages:?}");
+    assert_eq!(n("m1"), Some(20), "{messages:?}");
+    assert_eq!(
+        last.get("m2").map(String::as_str),
+        Some(""),
+        "a group HAVING removes ends with a tombstone: {messages:?}"
+    );
+}

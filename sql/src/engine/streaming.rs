@@ -395,6 +395,26 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     }
     // Named PREDICT features are resolved now, so the stored query keeps this order.
     let mut query = q.query.clone();
+    // A sink of a materialized view runs the view's query itself (from the source's start)
+    // and sends its rows instead of storing them.
+    let mut sunk_view: Option<(String, bool)> = None;
+    if q.kind == ObjectKind::Sink {
+        for relation in plan::relations(&query) {
+            let Some(view) = catalog.table(&schema, &relation) else {
+                continue;
+            };
+            let TableKind::MaterializedView(info) = &view.kind else {
+                continue;
+            };
+            if query.to_string() != format!("SELECT * FROM {relation}") {
+                return Err(Error::not_supported(format!(
+                    "a query over materialized view \"{relation}\" in a sink (sink the whole view: CREATE SINK {name} FROM {relation} WITH (...))"
+                )));
+            }
+            *query = plan::parse_query(&info.sql)?;
+            sunk_view = Some((relation.clone(), info.emit_on_close));
+        }
+    }
     super::models::resolve_named_features(&mut query, &catalog)?;
     let source = session.engine().models.source_in(catalog.clone());
     let (models, udfs) = session
@@ -409,12 +429,10 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             "a stream is append-only: use CREATE MATERIALIZED VIEW for GROUP BY and aggregates",
         ));
     }
-    if q.kind == ObjectKind::Sink && plan.aggregate.is_some() {
-        return Err(Error::not_supported(
-            "a sink of an aggregate (sinks export append-only queries for now: sink a stream)",
-        ));
-    }
-    let emit_on_close = emit_on_close(q, &plan, windowed)?;
+    let emit_on_close = match &sunk_view {
+        Some((_, on_close)) => *on_close,
+        None => emit_on_close(q, &plan, windowed)?,
+    };
     let mut options =
         Options::new(q.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
     option_ms(&q.options, "checkpoint_interval")?;
@@ -428,7 +446,20 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         use crate::stream::sinks::{SinkConfig, SinkTarget};
         // The sink reads all its options; nothing is left for the generic check.
         options = Options::default();
-        match SinkConfig::from_options(&name, &q.options)? {
+        // An aggregate that updates its rows (not windows emitted when they close) needs a
+        // target that can take updates: a keyed Kafka topic.
+        let updating = plan
+            .aggregate
+            .as_ref()
+            .is_some_and(|a| crate::stream::sinks::emits_updates(a, emit_on_close));
+        let config = SinkConfig::from_options(&name, &q.options)?;
+        if updating && !matches!(config, SinkConfig::Kafka(_)) {
+            return Err(Error::not_supported(format!(
+                "a {} sink of an aggregate whose rows update: Parquet files and webhooks take rows once; sink windows that emit when they close (EMIT ON WINDOW CLOSE, with a WATERMARK), or use connector = 'kafka' with key = '…'",
+                config.connector()
+            )));
+        }
+        match config {
             SinkConfig::Parquet(p) => {
                 p.partitioning
                     .check(&plan.output)
@@ -450,6 +481,11 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
                 }
             }
             SinkConfig::Kafka(k) => {
+                if updating && k.key_column.is_none() {
+                    return Err(invalid(
+                        "this sink's rows change as the aggregate updates them: name the group column they are keyed by with key = '…' (an upsert topic, deleted rows as tombstones)",
+                    ));
+                }
                 if let Some(c) = &k.key_column
                     && plan.output.field_with_name(c).is_err()
                 {
@@ -499,7 +535,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         });
     }
     let primary_key = group_key_columns(&plan).unwrap_or_default();
-    let depends_on: Vec<String> = plan::relations(&q.query)
+    let mut depends_on: Vec<String> = plan::relations(&query)
         .into_iter()
         .filter(|n| {
             catalog
@@ -507,6 +543,9 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
                 .is_some_and(|t| matches!(t.kind, TableKind::Source(_) | TableKind::Stream(_)))
         })
         .collect();
+    if let Some((view, _)) = sunk_view {
+        depends_on.push(view);
+    }
     let info = QueryInfo {
         sql: query.to_string(),
         depends_on,

@@ -24,7 +24,7 @@ use datafusion::scalar::ScalarValue;
 
 use super::checkpoint::{Barrier, state_prefix};
 use super::plan::{AggregatePlan, UpperStage};
-use super::view::ViewWriter;
+use super::view::{Output, ViewWriter};
 use crate::error::{Error, Result};
 use crate::storage::{KvStore, WriteOp, for_each_chunk};
 
@@ -193,10 +193,10 @@ impl Aggregator {
     }
 
     /// Applies one batch of the lower stage's output; returns the view writes it causes.
-    pub fn on_batch(&mut self, batch: &RecordBatch) -> Result<Vec<WriteOp>> {
+    pub fn on_batch(&mut self, batch: &RecordBatch) -> Result<Output> {
         let n = batch.num_rows();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Output::none());
         }
         let key_columns = eval_groups(&self.plan, batch)?;
         let rows = self.keys.convert_columns(&key_columns)?;
@@ -243,25 +243,25 @@ impl Aggregator {
             self.unsaved.insert(slot);
         }
         if !on_update {
-            return Ok(Vec::new());
+            return Ok(Output::none());
         }
         let changed = std::mem::take(&mut self.changed);
         self.emit(&changed)
     }
 
     /// Closes the windows that end at or before `watermark`.
-    pub fn on_watermark(&mut self, watermark: i64) -> Result<Vec<WriteOp>> {
+    pub fn on_watermark(&mut self, watermark: i64) -> Result<Output> {
         self.watermark = Some(watermark);
         let still_open = self.windows.split_off(&(watermark + 1));
         let closed = std::mem::replace(&mut self.windows, still_open);
         let slots: Vec<usize> = closed.into_values().flatten().collect();
         if slots.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Output::none());
         }
         let writes = if self.emit_on_close {
             self.emit(&slots)?
         } else {
-            Vec::new()
+            Output::none()
         };
         if !self.changed.is_empty() {
             let closed: HashSet<usize> = slots.iter().copied().collect();
@@ -312,9 +312,9 @@ impl Aggregator {
 
     /// The view writes for `slots`: their current result rows (or deletes where HAVING now
     /// filters them out).
-    fn emit(&mut self, slots: &[usize]) -> Result<Vec<WriteOp>> {
+    fn emit(&mut self, slots: &[usize]) -> Result<Output> {
         if slots.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Output::none());
         }
         let mut columns = if self.plan.group_exprs.is_empty() {
             Vec::new()
@@ -348,7 +348,7 @@ impl Aggregator {
             .map(|&s| self.slots[s].as_ref().expect("live").key.clone())
             .collect();
         let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
-        self.view.rows(&batch, keep.as_ref(), &keys)
+        self.view.output(&batch, keep.as_ref(), &keys)
     }
 }
 

@@ -317,7 +317,14 @@ impl StreamManager {
             metrics: metrics.clone(),
         })];
         if let Some(agg) = &plan.aggregate {
-            let view = ViewWriter::new(def.clone());
+            let view = match &def.kind {
+                // A sink of a view gets the view's rows instead of storing them.
+                TableKind::Sink(q) => ViewWriter::for_sink(
+                    def.clone(),
+                    super::sinks::emits_updates(agg, q.emit_on_close),
+                ),
+                _ => ViewWriter::new(def.clone()),
+            };
             let op = match agg.session {
                 Some(_) => AggregateOp::Sessions(SessionAggregator::restore(
                     agg.clone(),

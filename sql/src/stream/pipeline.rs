@@ -200,24 +200,20 @@ pub enum AggregateOp {
 #[async_trait]
 impl Operator for AggregateOp {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        let writes = match self {
+        let output = match self {
             AggregateOp::Groups(a) => a.on_batch(&batch)?,
             AggregateOp::Sessions(s) => s.on_batch(&batch)?,
         };
-        if !writes.is_empty() {
-            out.push(Message::Writes(writes));
-        }
+        push_output(out, output);
         Ok(())
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
-        let writes = match self {
+        let output = match self {
             AggregateOp::Groups(a) => a.on_watermark(watermark)?,
             AggregateOp::Sessions(s) => s.on_watermark(watermark)?,
         };
-        if !writes.is_empty() {
-            out.push(Message::Writes(writes));
-        }
+        push_output(out, output);
         out.push(Message::Watermark(watermark));
         Ok(())
     }
@@ -228,6 +224,16 @@ impl Operator for AggregateOp {
             AggregateOp::Sessions(s) => s.on_barrier(barrier),
         }
     }
+}
+
+fn push_output(out: &mut Vec<Message>, output: super::view::Output) {
+    if output.is_empty() {
+        return;
+    }
+    out.push(match output {
+        super::view::Output::Writes(w) => Message::Writes(w),
+        super::view::Output::Rows(b) => Message::Batch(b),
+    });
 }
 
 fn closed() -> Error {

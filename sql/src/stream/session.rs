@@ -25,7 +25,7 @@ use super::aggregate::{
 };
 use super::checkpoint::{Barrier, state_prefix};
 use super::plan::AggregatePlan;
-use super::view::ViewWriter;
+use super::view::{Output, ViewWriter};
 use crate::error::{Error, Result};
 use crate::storage::{KvStore, WriteOp, for_each_chunk};
 
@@ -149,10 +149,10 @@ impl SessionAggregator {
         list.insert(at, session);
     }
 
-    pub fn on_batch(&mut self, batch: &RecordBatch) -> Result<Vec<WriteOp>> {
+    pub fn on_batch(&mut self, batch: &RecordBatch) -> Result<Output> {
         let n = batch.num_rows();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Output::none());
         }
         let group = eval_groups(&self.plan, batch)?;
         let starts = micros(&group[self.start_col])?;
@@ -187,7 +187,7 @@ impl SessionAggregator {
             }
             self.absorb(&key, lo, hi, &run, &args, &masks)?;
         }
-        Ok(Vec::new())
+        Ok(Output::none())
     }
 
     /// Adds the events `rows` (spanning `[lo, hi]`) to `key`'s sessions, merging the
@@ -243,7 +243,7 @@ impl SessionAggregator {
 
     /// Closes and writes the sessions that end before `watermark`. (Strictly before: an
     /// event at the watermark is not late, and may still touch a session ending there.)
-    pub fn on_watermark(&mut self, watermark: i64) -> Result<Vec<WriteOp>> {
+    pub fn on_watermark(&mut self, watermark: i64) -> Result<Output> {
         self.watermark = Some(watermark);
         let mut closed = Vec::new();
         while let Some(first) = self.by_end.first() {
@@ -267,9 +267,9 @@ impl SessionAggregator {
         self.emit(closed)
     }
 
-    fn emit(&mut self, mut closed: Vec<(Vec<u8>, Session)>) -> Result<Vec<WriteOp>> {
+    fn emit(&mut self, mut closed: Vec<(Vec<u8>, Session)>) -> Result<Output> {
         if closed.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Output::none());
         }
         let key_columns = if self.key_cols.is_empty() {
             Vec::new()
@@ -323,7 +323,7 @@ impl SessionAggregator {
             .map(|(k, s)| state_key(&[], k, s.start))
             .collect();
         let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
-        self.view.rows(&batch, keep.as_ref(), &keys)
+        self.view.output(&batch, keep.as_ref(), &keys)
     }
 
     pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {

@@ -195,3 +195,9 @@ fn sink_target(o: &mut Options) -> Result<SinkTarget> {
         path.strip_prefix("file://").unwrap_or(&path),
     )))
 }
+
+/// Whether an aggregate sends a group's row each time it changes (an upsert stream) rather
+/// than once, when its window closes (append-only).
+pub fn emits_updates(agg: &super::plan::AggregatePlan, emit_on_close: bool) -> bool {
+    agg.session.is_none() && !(agg.window.is_some() && emit_on_close)
+}

@@ -49,15 +49,101 @@ fn refs<'a>(def: &TableDef, arrays: &'a [ArrayRef]) -> Result<Vec<ColumnRef<'a>>
         .collect()
 }
 
-/// Writes a materialized view's rows.
+/// What an aggregate's changed groups become.
+#[derive(Debug)]
+pub enum Output {
+    /// A materialized view's stored rows.
+    Writes(Vec<WriteOp>),
+    /// Rows for a sink.
+    Rows(RecordBatch),
+}
+
+impl Output {
+    pub fn none() -> Self {
+        Output::Writes(Vec::new())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Output::Writes(w) => w.is_empty(),
+            Output::Rows(b) => b.num_rows() == 0,
+        }
+    }
+}
+
+pub use eddy_connectors::kafka_sink::DELETED_COLUMN;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Stored as the view's rows, keyed by group.
+    Store,
+    /// Rows for an append-only sink (windows emitted once, when they close): a row HAVING
+    /// filters out is not sent.
+    Append,
+    /// Rows for an upsert sink: each group's current row whenever it changes, with
+    /// `__deleted` true where HAVING now filters it out.
+    Upsert,
+}
+
+/// Writes a materialized view's rows (or hands them to a sink).
 #[derive(Debug, Clone)]
 pub struct ViewWriter {
     def: Arc<TableDef>,
+    mode: Mode,
 }
 
 impl ViewWriter {
     pub fn new(def: Arc<TableDef>) -> Self {
-        Self { def }
+        Self {
+            def,
+            mode: Mode::Store,
+        }
+    }
+
+    /// A writer that hands rows to the sink `def` instead of storing them.
+    pub fn for_sink(def: Arc<TableDef>, upsert: bool) -> Self {
+        Self {
+            def,
+            mode: if upsert { Mode::Upsert } else { Mode::Append },
+        }
+    }
+
+    /// The rows of `batch` as output: stored view rows, or rows for a sink.
+    pub fn output(
+        &self,
+        batch: &RecordBatch,
+        keep: Option<&BooleanArray>,
+        group_keys: &[Vec<u8>],
+    ) -> Result<Output> {
+        if self.mode == Mode::Store {
+            return self.rows(batch, keep, group_keys).map(Output::Writes);
+        }
+        let schema = self.def.arrow_schema();
+        let rows = RecordBatch::try_new(schema, conform(&self.def, batch.columns())?)?;
+        Ok(Output::Rows(match (self.mode, keep) {
+            (Mode::Append, Some(keep)) => {
+                datafusion::arrow::compute::filter_record_batch(&rows, keep)?
+            }
+            (Mode::Upsert, _) => {
+                let deleted: BooleanArray = match keep {
+                    Some(k) => datafusion::arrow::compute::not(k)?,
+                    None => BooleanArray::from(vec![false; rows.num_rows()]),
+                };
+                let mut fields: Vec<_> = rows.schema().fields().iter().cloned().collect();
+                fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+                    DELETED_COLUMN,
+                    datafusion::arrow::datatypes::DataType::Boolean,
+                    false,
+                )));
+                let mut columns = rows.columns().to_vec();
+                columns.push(Arc::new(deleted));
+                RecordBatch::try_new(
+                    Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+                    columns,
+                )?
+            }
+            _ => rows,
+        }))
     }
 
     /// Puts row `i` of `batch` (or deletes it where `keep` is false). Rows are keyed by the
