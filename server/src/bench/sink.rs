@@ -14,7 +14,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use super::{cpu_seconds, generate, run_pipeline};
+use super::{cpu_seconds, generate, generate_with, run_pipeline};
 
 pub struct SinkArgs {
     pub events: u64,
@@ -98,7 +98,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&out);
     let generate_cpu0 = cpu_seconds();
-    generate(args.events, rate)?;
+    generate_with(args.events, rate, |_| {})?;
     let generate_cpu = cpu_seconds() - generate_cpu0;
     println!(
         "median: parquet_sink_mb_per_s={:.1} bare_writer_mb_per_s={:.1} ratio={:.2} kafka_sink_rows_per_cpu_second={:.0} (generating the events alone: {generate_cpu:.2} CPU-s)",
