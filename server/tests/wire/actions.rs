@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 
-use crate::common::{Rng, Server, crash_seed, error_text};
+use crate::common::{Rng, Server, crash_seed, error_text, expect_errors, insert_rows};
 
 /// What the test's HTTP server saw: every request's idempotency key and body, in order.
 #[derive(Default)]
@@ -114,13 +114,7 @@ async fn webhook_alerts_arrive_with_stable_keys_and_failures_become_dead_letters
             }
             values.push(format!("({id}, 'm{}', {v})", id % 4));
         }
-        client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
-            .await
-            .unwrap();
+        insert_rows(&client, "readings", &values).await;
         if b == kill_after {
             println!("SIGKILL after batch {b} (seed {seed})");
             server.restart();
@@ -214,7 +208,10 @@ async fn webhook_alerts_arrive_with_stable_keys_and_failures_become_dead_letters
         "header secrets never show: {text}"
     );
 
-    for (sql, expected) in [
+    expect_errors(
+        &client,
+        "22023",
+        &[
         (
             "CREATE SINK w FROM readings WITH (connector = 'webhook')",
             "\"url\"",
@@ -231,15 +228,9 @@ async fn webhook_alerts_arrive_with_stable_keys_and_failures_become_dead_letters
             "CREATE SINK w FROM readings WITH (connector = 'smtp')",
             "unknown sink connector",
         ),
-    ] {
-        let e = client.batch_execute(sql).await.unwrap_err();
-        assert_eq!(e.code().unwrap().code(), "22023", "{sql}");
-        assert!(
-            error_text(&e).contains(expected),
-            "{sql}: {}",
-            error_text(&e)
-        );
-    }
+        ],
+    )
+    .await;
     client.batch_execute("DROP SINK alerts").await.unwrap();
     let e = client
         .query("SELECT * FROM alerts_errors", &[])
@@ -313,13 +304,7 @@ async fn kafka_sink_rows_reach_a_read_committed_consumer_once_each() {
         let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
             .map(|i| format!("({i}, {i})"))
             .collect();
-        client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
-            .await
-            .unwrap();
+        insert_rows(&client, "readings", &values).await;
     }
     let total = (BATCHES * ROWS) as usize;
     let json = tokio::task::spawn_blocking({
@@ -363,7 +348,10 @@ async fn kafka_sink_rows_reach_a_read_committed_consumer_once_each() {
         "transactions committed at checkpoints"
     );
     assert_eq!(row.get::<_, Option<&str>>(3), None);
-    for (sql, expected) in [
+    expect_errors(
+        &client,
+        "22023",
+        &[
         (
             "CREATE SINK k FROM readings WITH (connector = 'kafka', topic = 't')",
             "bootstrap.servers",
@@ -376,15 +364,9 @@ async fn kafka_sink_rows_reach_a_read_committed_consumer_once_each() {
             "CREATE SINK k FROM readings WITH (connector = 'kafka', bootstrap.servers = 'x', topic = 't', properties.transactional.id = 'x')",
             "transactional.id",
         ),
-    ] {
-        let e = client.batch_execute(sql).await.unwrap_err();
-        assert_eq!(e.code().unwrap().code(), "22023", "{sql}");
-        assert!(
-            error_text(&e).contains(expected),
-            "{sql}: {}",
-            error_text(&e)
-        );
-    }
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,13 +409,7 @@ async fn alerts_from_a_windowed_view_reach_a_webhook_and_parquet_once_per_window
             ));
         }
     }
-    client
-        .batch_execute(&format!(
-            "INSERT INTO readings VALUES {}",
-            values.join(", ")
-        ))
-        .await
-        .unwrap();
+    insert_rows(&client, "readings", &values).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let rows = loop {
         let rows: Vec<serde_json::Value> = received
@@ -569,13 +545,7 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
         let mut values = vec!["('m0', 1)".to_string()];
         values.extend((0..2).map(|_| "('m1', 1)".to_string()));
         values.extend((0..6).map(|_| "('m2', 1)".to_string()));
-        client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
-            .await
-            .unwrap();
+        insert_rows(&client, "readings", &values).await;
         if b % 3 == 0 {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{S3Server, Server, error_text};
+use crate::common::{S3Server, Server, error_text, insert_rows};
 
 fn build_models() -> (tempfile::TempDir, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -839,13 +839,7 @@ async fn hot_swap_under_a_running_stream_scores_every_row_once() {
         let values: Vec<String> = (b * ROWS..(b + 1) * ROWS)
             .map(|i| format!("({i}, {}, {})", 50 + i % 40, (i % 13) as f64 / 4.0))
             .collect();
-        client
-            .batch_execute(&format!(
-                "INSERT INTO readings VALUES {}",
-                values.join(", ")
-            ))
-            .await
-            .unwrap();
+        insert_rows(&client, "readings", &values).await;
         b += 1;
         if b == kill_at {
             println!("SIGKILL after batch {b}");

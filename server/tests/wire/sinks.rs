@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::common::{Rng, S3Server, Server, crash_seed, error_text};
+use crate::common::{Rng, S3Server, Server, crash_seed, error_text, insert_rows};
 
 /// (rows, distinct ids, rows whose v2 is not 2 * id) over the visible Parquet files of `dir`.
 async fn exported(dir: &Path) -> (i64, i64, i64) {
@@ -246,22 +246,12 @@ async fn sink_epoch(client: &tokio_postgres::Client) -> i64 {
 async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_returns() {
     const BATCHES: i64 = 20;
     const ROWS: i64 = 50;
-    let s3 = S3Server::start();
-    s3.put("/exports", b"");
-    let server = Server::start();
-    let client = server.connect().await;
-    client
-        .batch_execute(&format!(
-            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
-             CREATE SINK export FROM (SELECT id, v * 2 AS v2 FROM readings) WITH ( \
-               connector = 'parquet', path = 's3://exports/outage', \
-               checkpoint_interval = '100ms', aws_endpoint = 'http://127.0.0.1:{}', \
-               aws_allow_http = 'true', aws_region = 'us-east-1', \
-               aws_access_key_id = 'k', aws_secret_access_key = 's')",
-            s3.port
-        ))
-        .await
-        .unwrap();
+    let (s3, _server, client) = s3_export(
+        "SELECT id, v * 2 AS v2 FROM readings",
+        "outage",
+        "checkpoint_interval = '100ms',",
+    )
+    .await;
     // The store stops answering (SIGSTOP: connections hang, as behind a dead link).
     s3.pause(true);
     // One batch per checkpoint, so that several files are committed while the store is away.
@@ -399,13 +389,7 @@ async fn partition_by_writes_hive_directories_by_event_day_and_column() {
             )
         })
         .collect();
-    client
-        .batch_execute(&format!(
-            "INSERT INTO readings VALUES {}",
-            values.join(", ")
-        ))
-        .await
-        .unwrap();
+    insert_rows(&client, "readings", &values).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let files = loop {
         let files: Vec<std::path::PathBuf> = walk(out.path())
@@ -541,10 +525,13 @@ fn s3_sink_sql(s3: &S3Server, name: &str, query: &str, prefix: &str, extra: &str
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_spool_holds_the_sink_back_while_ingestion_goes_on() {
-    const BATCHES: i64 = 10;
-    const ROWS: i64 = 50;
+/// moto with a bucket `exports`, a server, and a source `readings (id, v)` whose `query` a
+/// sink `export` writes to `s3://exports/<prefix>` with `extra` options.
+async fn s3_export(
+    query: &str,
+    prefix: &str,
+    extra: &str,
+) -> (S3Server, Server, tokio_postgres::Client) {
     let s3 = S3Server::start();
     s3.put("/exports", b"");
     let server = Server::start();
@@ -552,16 +539,23 @@ async fn a_full_spool_holds_the_sink_back_while_ingestion_goes_on() {
     client
         .batch_execute(&format!(
             "CREATE SOURCE readings (id bigint NOT NULL, v double precision); {}",
-            s3_sink_sql(
-                &s3,
-                "export",
-                "SELECT id, v * 2 AS v2 FROM readings",
-                "bounded",
-                "checkpoint_interval = '100ms', spool_limit = '1KB',"
-            )
+            s3_sink_sql(&s3, "export", query, prefix, extra)
         ))
         .await
         .unwrap();
+    (s3, server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_holds_the_sink_back_while_ingestion_goes_on() {
+    const BATCHES: i64 = 10;
+    const ROWS: i64 = 50;
+    let (s3, _server, client) = s3_export(
+        "SELECT id, v * 2 AS v2 FROM readings",
+        "bounded",
+        "checkpoint_interval = '100ms', spool_limit = '1KB',",
+    )
+    .await;
     s3.pause(true);
     for b in 0..BATCHES {
         client
@@ -599,23 +593,17 @@ async fn a_full_spool_holds_the_sink_back_while_ingestion_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_uploads_in_parts() {
-    let s3 = S3Server::start();
-    s3.put("/exports", b"");
-    let server = Server::start();
-    let client = server.connect().await;
     // About 400 000 rows of incompressible text: one file of well over 5 MB.
     const TOTAL: i64 = 400_000;
+    let (s3, _server, client) = s3_export(
+        "SELECT id, v * 2 AS v2, md5(CAST(id AS text)) || md5(CAST(v AS text)) AS noise FROM readings",
+        "large",
+        "checkpoint_interval = '10s', upload_part_size = '5MB',",
+    )
+    .await;
     client
         .batch_execute(&format!(
-            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); {}; \
-             INSERT INTO readings SELECT value AS id, value AS v FROM generate_series(0, {}) ",
-            s3_sink_sql(
-                &s3,
-                "export",
-                "SELECT id, v * 2 AS v2, md5(CAST(id AS text)) || md5(CAST(v AS text)) AS noise FROM readings",
-                "large",
-                "checkpoint_interval = '10s', upload_part_size = '5MB',"
-            ),
+            "INSERT INTO readings SELECT value AS id, value AS v FROM generate_series(0, {})",
             TOTAL - 1
         ))
         .await

@@ -355,3 +355,24 @@ impl Tansu {
         (broker, bootstrap)
     }
 }
+
+/// `INSERT INTO table VALUES` the given row literals (`"(1, 'a')"`, ...).
+pub async fn insert_rows(client: &tokio_postgres::Client, table: &str, rows: &[String]) {
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES {}", rows.join(", ")))
+        .await
+        .unwrap();
+}
+
+/// Runs each statement and checks it fails with `code` and a message containing the text.
+pub async fn expect_errors(client: &tokio_postgres::Client, code: &str, cases: &[(&str, &str)]) {
+    for (sql, expected) in cases {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(e.code().unwrap().code(), code, "{sql}: {}", error_text(&e));
+        assert!(
+            error_text(&e).contains(expected),
+            "{sql}: {}",
+            error_text(&e)
+        );
+    }
+}
