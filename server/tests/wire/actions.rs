@@ -231,6 +231,16 @@ async fn webhook_alerts_arrive_with_stable_keys_and_failures_become_dead_letters
         ],
     )
     .await;
+    let e = client
+        .batch_execute("DROP TABLE alerts_errors")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42809");
+    assert_eq!(
+        db.detail(),
+        Some("\"alerts_errors\" is the dead-letter table of a sink: use DROP SINK alerts.")
+    );
     client.batch_execute("DROP SINK alerts").await.unwrap();
     let e = client
         .query("SELECT * FROM alerts_errors", &[])

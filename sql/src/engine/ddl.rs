@@ -344,10 +344,24 @@ fn drop(
                 TableKind::MaterializedView(_) => {
                     ("a materialized view", "DROP MATERIALIZED VIEW".to_string())
                 }
-                TableKind::DeadLetters { source } => (
-                    "the dead-letter table of a source",
-                    format!("DROP SOURCE {source}"),
-                ),
+                TableKind::DeadLetters { source } => {
+                    let of_sink = session
+                        .view()
+                        .catalog()
+                        .table(&schema, source)
+                        .is_some_and(|t| matches!(t.kind, TableKind::Sink(_)));
+                    if of_sink {
+                        (
+                            "the dead-letter table of a sink",
+                            format!("DROP SINK {source}"),
+                        )
+                    } else {
+                        (
+                            "the dead-letter table of a source",
+                            format!("DROP SOURCE {source}"),
+                        )
+                    }
+                }
                 TableKind::LateEvents { source } => (
                     "the late-event table of a source",
                     format!("DROP SOURCE {source}"),
