@@ -454,15 +454,37 @@ pub struct UploadStatus {
     pub last_error: Option<String>,
 }
 
-/// Files and bytes waiting in a spool directory.
-pub fn spool_usage(spool: &Path) -> (u64, u64) {
-    let files: Vec<u64> = walk(spool)
-        .unwrap_or_default()
-        .iter()
-        .filter(|rel| rel.extension().is_some_and(|e| e == "parquet"))
-        .filter_map(|rel| std::fs::metadata(spool.join(rel)).ok().map(|m| m.len()))
-        .collect();
-    (files.len() as u64, files.iter().sum())
+/// What waits in a spool directory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolUsage {
+    pub files: u64,
+    pub bytes: u64,
+    /// How long the oldest file has waited (zero when none waits): the upload lag.
+    pub oldest: std::time::Duration,
+}
+
+/// Files, bytes and the oldest file's age in a spool directory.
+pub fn spool_usage(spool: &Path) -> SpoolUsage {
+    let mut usage = SpoolUsage::default();
+    let now = std::time::SystemTime::now();
+    for rel in walk(spool).unwrap_or_default() {
+        if rel.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(spool.join(&rel)) else {
+            continue;
+        };
+        usage.files += 1;
+        usage.bytes += meta.len();
+        if let Some(age) = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+        {
+            usage.oldest = usage.oldest.max(age);
+        }
+    }
+    usage
 }
 
 /// Where an upload goes.

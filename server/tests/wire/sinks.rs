@@ -275,13 +275,15 @@ async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_return
     loop {
         let row = client
             .query_one(
-                "SELECT rows, spooled_files FROM eddy_catalog.sinks WHERE name = 'export'",
+                "SELECT rows, spooled_files, upload_lag_ms FROM eddy_catalog.sinks WHERE name = 'export'",
                 &[],
             )
             .await
             .unwrap();
-        let (rows, spooled): (i64, i64) = (row.get(0), row.get(1));
+        let (rows, spooled, lag): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         if rows == BATCHES * ROWS && spooled >= BATCHES - 1 {
+            // The first file has waited at least as long as the later checkpoints took.
+            assert!(lag >= 100 * (BATCHES - 2), "upload lag {lag} ms");
             break;
         }
         assert!(
@@ -303,6 +305,25 @@ async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_return
         (total, total, 0),
         "everything arrived once the store returned"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT spooled_files, upload_lag_ms FROM eddy_catalog.sinks WHERE name = 'export'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (spooled, lag): (i64, i64) = (row.get(0), row.get(1));
+        if (spooled, lag) == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spool empties: {spooled} files, lag {lag} ms"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

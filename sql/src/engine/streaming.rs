@@ -675,8 +675,9 @@ pub(super) fn drop_dependents(
 }
 
 /// `eddy_catalog.sinks`: each sink's connector and target, its last checkpoint, for
-/// object-store targets the local spool of committed files not uploaded yet, for webhooks the
-/// rows whose requests never succeeded, and the last error.
+/// object-store targets the local spool of committed files not uploaded yet and how long the
+/// oldest has waited, for webhooks the rows whose requests never succeeded, and the last
+/// error.
 pub fn sinks_batch(
     engine: &super::Engine,
     catalog: &crate::catalog::Catalog,
@@ -691,6 +692,7 @@ pub fn sinks_batch(
         int("checkpoint_epoch"),
         int("spooled_files"),
         int("spooled_bytes"),
+        int("upload_lag_ms"),
         int("uploaded_files"),
         int("failed_rows"),
         text("last_error"),
@@ -701,7 +703,7 @@ pub fn sinks_batch(
         .collect();
     sinks.sort_by(|a, b| a.name.cmp(&b.name));
     let mut texts: [Vec<Option<String>>; 3] = Default::default();
-    let mut nums: [Vec<Option<i64>>; 6] = Default::default();
+    let mut nums: [Vec<Option<i64>>; 7] = Default::default();
     let mut errors = Vec::new();
     for d in sinks {
         let q = d.kind.query().expect("a sink is a query");
@@ -722,15 +724,16 @@ pub fn sinks_batch(
         let load = |f: fn(&crate::stream::pipeline::Metrics) -> i64| metrics.as_deref().map(f);
         nums[0].push(load(|m| m.rows.load(Ordering::Relaxed) as i64));
         nums[1].push(load(|m| m.epoch.load(Ordering::Relaxed) as i64));
-        nums[2].push(spool.map(|s| s.0 as i64));
-        nums[3].push(spool.map(|s| s.1 as i64));
-        nums[4].push(
+        nums[2].push(spool.map(|s| s.files as i64));
+        nums[3].push(spool.map(|s| s.bytes as i64));
+        nums[4].push(spool.map(|s| s.oldest.as_millis() as i64));
+        nums[5].push(
             upload
                 .as_ref()
                 .filter(|_| remote)
                 .map(|u| u.uploaded_files as i64),
         );
-        nums[5].push(load(|m| m.dead_letters.load(Ordering::Relaxed) as i64));
+        nums[6].push(load(|m| m.dead_letters.load(Ordering::Relaxed) as i64));
         let failed = metrics.as_ref().and_then(|m| m.error.lock().clone());
         errors.push(failed.or(upload.and_then(|u| u.last_error)));
     }

@@ -724,8 +724,8 @@ impl SourceLoop {
 async fn wait_for_spool(spool: &std::path::Path, limit: u64, def: &TableDef) {
     let mut warned = false;
     loop {
-        let (_, bytes) =
-            tokio::task::block_in_place(|| eddy_connectors::parquet_sink::spool_usage(spool));
+        let bytes =
+            tokio::task::block_in_place(|| eddy_connectors::parquet_sink::spool_usage(spool).bytes);
         if bytes <= limit {
             return;
         }
