@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub pg_listen: Option<String>,
     pub http_listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +27,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub pg_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// The TLS certificate chain and private key (PEM); None: a self-signed pair in the data
+    /// dir, made on first start.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// What flags and environment said (clap merges those two).
@@ -34,6 +39,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub pg_listen: Option<String>,
     pub http_listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -51,7 +58,16 @@ impl Config {
             text.parse()
                 .with_context(|| format!("{what} must be HOST:PORT, got {text:?}"))
         };
+        let tls = match (
+            overrides.tls_cert.or(file.tls_cert),
+            overrides.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+        };
         Ok(Config {
+            tls,
             data_dir: overrides
                 .data_dir
                 .or(file.data_dir)
@@ -125,5 +141,11 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("HOST:PORT"));
+        let err = Config::resolve(Overrides {
+            tls_cert: Some("/c.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("tls_key"));
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod inference;
 pub mod pg;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let http = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (http)", config.http_listen))?;
+    let tls = tls::acceptor(config.tls.as_ref(), &config.data_dir, config.pg_listen)?;
     engine.start_streams(tokio::runtime::Handle::current());
     println!(
         "eddy ready: postgres on {}, http on {}, data in {}",
@@ -35,7 +37,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let pg_task = tokio::spawn(pg::serve(pg, engine.clone()));
+    let pg_task = tokio::spawn(pg::serve(pg, engine.clone(), Some(tls)));
     let http_task = tokio::spawn(http::serve(http, engine.clone()));
     stop.await;
     tracing::info!("shutting down");

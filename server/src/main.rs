@@ -67,7 +67,7 @@ enum BenchCommand {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML file with data_dir, pg_listen, http_listen.
+    /// TOML file with data_dir, pg_listen, http_listen, tls_cert, tls_key.
     #[arg(long, env = "EDDY_CONFIG")]
     config: Option<PathBuf>,
     /// Where Eddy keeps its data [default: ./eddy-data].
@@ -79,6 +79,13 @@ struct ServeArgs {
     /// HTTP address [default: 127.0.0.1:8080].
     #[arg(long, env = "EDDY_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// TLS certificate chain (PEM) for the Postgres listener [default: a self-signed one made
+    /// in the data dir on first start].
+    #[arg(long, env = "EDDY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "EDDY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -99,6 +106,8 @@ fn main() -> Result<()> {
         data_dir: args.data_dir,
         pg_listen: args.pg_listen,
         http_listen: args.http_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
     })?;
     // Large stacks: planning deeply nested SQL recurses; an error beats a stack overflow.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -15,8 +15,13 @@ use tokio::net::TcpListener;
 
 use handler::{EddyHandler, Handlers};
 
-/// Accepts Postgres connections until the task is dropped.
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
+/// Accepts Postgres connections until the task is dropped; with `tls`, a client's SSLRequest
+/// is answered with a TLS handshake.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+) {
     let manager = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers {
         handler: Arc::new(EddyHandler::new(engine, manager.clone())),
@@ -32,8 +37,9 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
         };
         let _ = socket.set_nodelay(true);
         let handlers = handlers.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 tracing::debug!("connection from {peer} ended: {e}");
             }
         });

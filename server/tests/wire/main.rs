@@ -11,3 +11,4 @@ mod protocol;
 mod sinks;
 mod slt_suite;
 mod streaming;
+mod tls;
