@@ -127,6 +127,21 @@ async fn ingest(
     }
 }
 
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {
-    axum::serve(listener, router(engine)).await
+/// Serves the API on `listener`: HTTPS to clients that open with a TLS handshake (when `tls`
+/// is given), plain HTTP to the others, on the same port.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
+    match tls {
+        None => axum::serve(listener, router(engine)).await,
+        Some(tls) => {
+            axum::serve(
+                crate::tls::EitherListener::new(listener, tls),
+                router(engine),
+            )
+            .await
+        }
+    }
 }

@@ -37,8 +37,8 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let pg_task = tokio::spawn(pg::serve(pg, engine.clone(), Some(tls)));
-    let http_task = tokio::spawn(http::serve(http, engine.clone()));
+    let pg_task = tokio::spawn(pg::serve(pg, engine.clone(), Some(tls.clone())));
+    let http_task = tokio::spawn(http::serve(http, engine.clone(), Some(tls)));
     stop.await;
     tracing::info!("shutting down");
     pg_task.abort();

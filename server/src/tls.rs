@@ -1,11 +1,12 @@
-//! TLS for the Postgres listener (rustls with ring).
+//! TLS for the Postgres and HTTP listeners (rustls with ring).
 //!
 //! The certificate chain and key come from the config (`tls_cert`, `tls_key`, PEM). Without
 //! them Eddy uses `<data dir>/tls/server.crt` and `server.key`, which it makes on first start:
 //! a self-signed certificate for `localhost`, `127.0.0.1`, `::1` and the listen address, so
 //! that clients which require TLS by default (Grafana, lib/pq) connect with their defaults,
 //! and `sslmode=verify-full` works with `sslrootcert=<data dir>/tls/server.crt`. Clients that
-//! do not ask for TLS still connect in the clear (the protocol negotiates it).
+//! do not ask for TLS still connect in the clear (the protocol negotiates it). The HTTP
+//! listener answers HTTPS and plain HTTP on the same port, told apart by the first byte.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,89 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_single_cert(chain, key)
         .context("the TLS certificate and key do not go together")?;
     Ok(Arc::new(config))
+}
+
+/// An HTTP listener that speaks TLS to clients that open with a TLS handshake and plain HTTP
+/// to the others. Connections are sorted (and TLS handshakes done) in their own tasks, so a
+/// slow client never holds up the accept loop.
+pub struct EitherListener {
+    local: std::io::Result<SocketAddr>,
+    ready: tokio::sync::mpsc::Receiver<(Connection, SocketAddr)>,
+}
+
+/// A plain or a TLS connection.
+pub type Connection = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+>;
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// How long a client may take to send its first byte and finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl EitherListener {
+    pub fn new(listener: tokio::net::TcpListener, tls: tokio_rustls::TlsAcceptor) -> Self {
+        let local = listener.local_addr();
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (socket, peer) = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("http accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (tx, tls) = (tx.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let sorted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                        let mut first = [0u8; 1];
+                        let n = socket.peek(&mut first).await?;
+                        if n == 1 && first[0] == TLS_HANDSHAKE {
+                            Ok::<_, std::io::Error>(tokio_util::either::Either::Right(
+                                tls.accept(socket).await?,
+                            ))
+                        } else {
+                            Ok(tokio_util::either::Either::Left(socket))
+                        }
+                    })
+                    .await;
+                    match sorted {
+                        Ok(Ok(connection)) => {
+                            let _ = tx.send((connection, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!("http connection from {peer}: {e}"),
+                        Err(_) => {
+                            tracing::debug!("http connection from {peer}: handshake timed out")
+                        }
+                    }
+                });
+            }
+        });
+        Self { local, ready }
+    }
+}
+
+impl axum::serve::Listener for EitherListener {
+    type Io = Connection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task ends only with the runtime.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
 }
 
 /// The acceptor of the Postgres listener.

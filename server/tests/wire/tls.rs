@@ -97,3 +97,42 @@ fn a_configured_certificate_is_served_and_none_is_made() {
     ));
     assert!(ok && out.contains("SSL connection"), "{out}");
 }
+
+/// `curl` of `url` with extra arguments; (success, body).
+fn curl(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_http_api_answers_https_and_plain_http_on_one_port() {
+    let server = Server::start();
+    let cert = server.data_dir.join("tls/server.crt");
+    let port = server.http.port();
+    let (ok, out) = curl(&format!("http://127.0.0.1:{port}/healthz"), &[]);
+    assert!(ok && out.contains("\"ok\""), "plain HTTP: {out}");
+    let (ok, out) = curl(
+        &format!("https://localhost:{port}/healthz"),
+        &["--cacert", cert.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("\"ok\""), "HTTPS, verified: {out}");
+    let (ok, out) = curl(&format!("https://localhost:{port}/healthz"), &[]);
+    assert!(!ok, "an unknown issuer is refused by default: {out}");
+    // A client that connects and says nothing does not hold up the others.
+    let _idle = std::net::TcpStream::connect(server.http).unwrap();
+    let (ok, out) = curl(
+        &format!("https://127.0.0.1:{port}/v1/models"),
+        &["--cacert", cert.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("models"), "{out}");
+}
