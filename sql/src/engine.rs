@@ -5,6 +5,7 @@
 //! are serialized by `catalog_commit`; row commits go through [`txn::commit`] and may run
 //! concurrently (RocksDB groups their WAL syncs).
 
+pub mod advisory;
 mod catalog_provider;
 mod ddl;
 mod dml;
@@ -54,6 +55,8 @@ pub struct Engine {
     pub log: LogWriter,
     /// ONNX model files and loaded sessions.
     pub models: models::ModelStore,
+    /// `pg_advisory_lock` and friends.
+    pub advisory: Arc<advisory::AdvisoryLocks>,
 }
 
 impl Engine {
@@ -90,6 +93,7 @@ impl Engine {
             locks: KeyLocks::new(),
             row_ids: Mutex::new(HashMap::new()),
             next_backend_pid: AtomicI32::new(1000),
+            advisory: Arc::default(),
         }))
     }
 

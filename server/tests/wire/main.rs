@@ -6,6 +6,7 @@ mod actions;
 mod clients;
 mod durability;
 mod lifecycle;
+mod locks;
 mod models;
 mod protocol;
 mod sinks;

@@ -17,6 +17,11 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::Result;
 
+/// An async function (`pg_advisory_lock`) needs DataFusion's async execution.
+fn is_async(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(f) if f.func.as_async().is_some())
+}
+
 #[derive(Clone, Debug)]
 pub struct ScalarSelect {
     exprs: Vec<Arc<dyn PhysicalExpr>>,
@@ -66,7 +71,7 @@ impl ScalarSelect {
                             | Expr::InSubquery(_)
                             | Expr::OuterReferenceColumn(..)
                             | Expr::Column(_)
-                    ))
+                    ) || is_async(e))
                 })
                 .ok()?;
             if nested {

@@ -116,6 +116,13 @@ pub struct Session {
     stream_failed: Arc<AtomicBool>,
 }
 
+/// A session's advisory locks end with it (the client disconnected).
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.engine.advisory.release(self.info.backend_pid, None);
+    }
+}
+
 impl Engine {
     pub fn new_session(self: &Arc<Self>, user: &str, database: &str) -> Session {
         Session::new(self.clone(), user, database)
@@ -159,6 +166,7 @@ impl Session {
             schema_exists: Box::new(move |s| exists_view.catalog().schema_exists(s)),
         });
         functions::register(&ctx, info.clone());
+        super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
         Self {
             engine,
             ctx,
@@ -325,6 +333,11 @@ impl Session {
             return Ok(QueryOutput::Command(tag));
         }
         let status = self.status();
+        if status == TxnStatus::Idle {
+            // Rows stream after their statement commits: a transaction-scoped lock taken while
+            // they did belongs to that finished statement.
+            self.end_xact_locks();
+        }
         if let Some(reason) = refuse_in_failed_txn(status, statement) {
             return Err(reason);
         }
@@ -417,9 +430,19 @@ impl Session {
 
     fn discard_txn(&self) {
         *self.txn.lock() = Txn::default();
+        self.end_xact_locks();
+    }
+
+    /// Transaction-scoped advisory locks end with the transaction.
+    fn end_xact_locks(&self) {
+        let (locks, pid) = (&self.engine.advisory, self.info.backend_pid);
+        if locks.holds(pid, super::advisory::Scope::Transaction) {
+            locks.release(pid, Some(super::advisory::Scope::Transaction));
+        }
     }
 
     async fn commit_txn(&self) -> Result<()> {
+        self.end_xact_locks();
         let txn = std::mem::take(&mut *self.txn.lock());
         if txn.is_empty() {
             return Ok(());
@@ -502,7 +525,17 @@ impl Session {
     ) -> SendableRecordBatchStream {
         let flag = self.stream_failed.clone();
         let named = schema.clone();
-        let stream = stream.map(move |item| {
+        // In autocommit the statement's transaction ends with its rows: so do its
+        // transaction-scoped advisory locks.
+        let autocommit = (*self.status.lock() == TxnStatus::Idle)
+            .then(|| (self.engine.advisory.clone(), self.info.backend_pid));
+        let end = futures::stream::once(async move {
+            if let Some((locks, pid)) = autocommit {
+                locks.release(pid, Some(super::advisory::Scope::Transaction));
+            }
+        })
+        .filter_map(|()| async { None });
+        let stream = stream.chain(end).map(move |item| {
             if item.is_err() {
                 flag.store(true, Ordering::SeqCst);
             }
@@ -625,29 +658,56 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
     Ok(out)
 }
 
-/// Untyped placeholders that are the direct operand of a cast, with the cast's type.
+/// Untyped placeholders whose type the statement implies, with that type: the direct operand
+/// of a cast (`$1::real`), or an argument of a function whose signature names one type for
+/// its position (`pg_advisory_lock($1)` takes a bigint).
 fn cast_placeholders(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::{Cast, Expr, TryCast};
+    let untyped = |e: &Expr| match e {
+        Expr::Placeholder(p) if p.field.is_none() => Some(p.id.clone()),
+        _ => None,
+    };
     let mut found = Vec::new();
     plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
             e.apply(|e| {
-                let (inner, ty) = match e {
-                    Expr::Cast(Cast { expr, field }) => (expr.as_ref(), field.data_type()),
-                    Expr::TryCast(TryCast { expr, field }) => (expr.as_ref(), field.data_type()),
-                    _ => return Ok(TreeNodeRecursion::Continue),
-                };
-                if let Expr::Placeholder(p) = inner
-                    && p.field.is_none()
-                {
-                    found.push((p.id.clone(), ty.clone()));
+                match e {
+                    Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) => {
+                        if let Some(id) = untyped(expr) {
+                            found.push((id, field.data_type().clone()));
+                        }
+                    }
+                    Expr::ScalarFunction(f) => {
+                        let types =
+                            signature_types(&f.func.signature().type_signature, f.args.len());
+                        for (arg, ty) in f.args.iter().zip(types.unwrap_or_default()) {
+                            if let Some(id) = untyped(arg) {
+                                found.push((id, ty));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
         })
     })?;
     Ok(found)
+}
+
+/// The argument types a signature fixes for `n` arguments: an exact list of that length (the
+/// first, among alternatives).
+fn signature_types(
+    signature: &datafusion::logical_expr::TypeSignature,
+    n: usize,
+) -> Option<Vec<DataType>> {
+    use datafusion::logical_expr::TypeSignature;
+    match signature {
+        TypeSignature::Exact(types) if types.len() == n => Some(types.clone()),
+        TypeSignature::OneOf(all) => all.iter().find_map(|s| signature_types(s, n)),
+        _ => None,
+    }
 }
 
 /// Substitutes parameter values, cast to the types the plan expects.
