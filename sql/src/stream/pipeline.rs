@@ -315,21 +315,20 @@ impl Sink {
                     self.metrics
                         .rows
                         .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                    if let SinkKind::Parquet {
-                        files,
-                        rollover_bytes,
-                        ..
-                    } = &mut self.kind
-                    {
-                        tokio::task::block_in_place(|| files.write(&b, last_epoch + 1))
-                            .map_err(connector_error)?;
-                        if files.current_size() >= *rollover_bytes {
-                            self.metrics
-                                .checkpoint_requested
-                                .store(true, Ordering::Relaxed);
-                        }
-                    }
                     match &mut self.kind {
+                        SinkKind::Parquet {
+                            files,
+                            rollover_bytes,
+                            ..
+                        } => {
+                            tokio::task::block_in_place(|| files.write(&b, last_epoch + 1))
+                                .map_err(|e| sink_error(&self.def, e))?;
+                            if files.current_size() >= *rollover_bytes {
+                                self.metrics
+                                    .checkpoint_requested
+                                    .store(true, Ordering::Relaxed);
+                            }
+                        }
                         SinkKind::Kafka(kafka) => {
                             tokio::task::block_in_place(|| kafka.write(&b))
                                 .map_err(|e| sink_error(&self.def, e))?;
