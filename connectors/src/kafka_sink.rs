@@ -41,6 +41,10 @@ pub struct KafkaSinkConfig {
     pub format: Format,
     pub key_column: Option<String>,
     pub transactional_id: String,
+    /// `delivery = 'exactly_once'` (transactions, the default) or `'at_least_once'` (for
+    /// brokers without transactions: flushed at each checkpoint, rows after the last one
+    /// sent again after a crash).
+    pub exactly_once: bool,
     /// librdkafka settings.
     pub client: BTreeMap<String, String>,
 }
@@ -57,10 +61,28 @@ impl KafkaSinkConfig {
                 "option \"bootstrap.servers\" is required".into(),
             ));
         }
-        for key in ["transactional.id", "enable.idempotence", "group.id"] {
-            if client.contains_key(key) {
+        let exactly_once = match o
+            .take("delivery")
+            .map(|d| d.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("exactly_once") => true,
+            Some("at_least_once") => false,
+            Some(other) => {
                 return Err(Error::Options(format!(
-                    "option \"properties.{key}\" cannot be set: the sink's transactions need their own"
+                    "invalid value for option \"delivery\": \"{other}\" (expected exactly_once or at_least_once)"
+                )));
+            }
+        };
+        let own: &[&str] = if exactly_once {
+            &["transactional.id", "enable.idempotence", "group.id"]
+        } else {
+            &["transactional.id", "group.id"]
+        };
+        for key in own {
+            if client.contains_key(*key) {
+                return Err(Error::Options(format!(
+                    "option \"properties.{key}\" cannot be set: the sink sets its own"
                 )));
             }
         }
@@ -73,6 +95,7 @@ impl KafkaSinkConfig {
             transactional_id: o
                 .take("transactional.id")
                 .unwrap_or_else(|| format!("eddy-sink-{sink}")),
+            exactly_once,
             client,
         })
     }
@@ -85,8 +108,8 @@ fn external(context: &str, e: impl std::fmt::Display) -> Error {
 pub struct KafkaSink {
     config: KafkaSinkConfig,
     producer: BaseProducer,
-    /// Only for the group metadata the epoch is committed under.
-    group: BaseConsumer,
+    /// Only for the group metadata the epoch is committed under (exactly once).
+    group: Option<BaseConsumer>,
     in_transaction: bool,
     /// Messages produced (for the system table).
     pub messages: u64,
@@ -101,6 +124,19 @@ impl KafkaSink {
         let mut c = ClientConfig::new();
         for (k, v) in &config.client {
             c.set(k, v);
+        }
+        if !config.exactly_once {
+            let producer: BaseProducer = c
+                .create()
+                .map_err(|e| external("cannot create the producer", e))?;
+            let sink = Self {
+                config,
+                producer,
+                group: None,
+                in_transaction: false,
+                messages: 0,
+            };
+            return Ok((sink, None));
         }
         let producer: BaseProducer = c
             .clone()
@@ -130,7 +166,7 @@ impl KafkaSink {
             Self {
                 config,
                 producer,
-                group,
+                group: Some(group),
                 in_transaction: false,
                 messages: 0,
             },
@@ -139,7 +175,7 @@ impl KafkaSink {
     }
 
     fn begin(&mut self) -> Result<()> {
-        if !self.in_transaction {
+        if self.config.exactly_once && !self.in_transaction {
             self.producer
                 .begin_transaction()
                 .map_err(|e| external("cannot begin a transaction", e))?;
@@ -209,14 +245,17 @@ impl KafkaSink {
 
     /// Commits the epoch's transaction with the epoch's number (after the checkpoint).
     pub fn commit(&mut self, epoch: u64) -> Result<()> {
+        let Some(group) = &self.group else {
+            // At least once: the flush before the checkpoint was the commit.
+            return Ok(());
+        };
+        let metadata = group
+            .group_metadata()
+            .ok_or_else(|| external("cannot record the epoch", "no group metadata"))?;
         self.begin()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.config.topic, 0, Offset::Offset(epoch as i64))
             .map_err(|e| external("cannot record the epoch", e))?;
-        let metadata = self
-            .group
-            .group_metadata()
-            .ok_or_else(|| external("cannot record the epoch", "no group metadata"))?;
         self.producer
             .send_offsets_to_transaction(&tpl, &metadata, TIMEOUT)
             .map_err(|e| external("cannot record the epoch", e))?;

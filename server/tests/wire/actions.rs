@@ -584,3 +584,77 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
         "a group HAVING removes ends with a tombstone: {messages:?}"
     );
 }
+
+/// Tansu (a real Kafka-compatible broker) has no transactions: the default exactly-once sink
+/// says so, and `delivery = 'at_least_once'` delivers every row across a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_least_once_kafka_sink_delivers_every_row_to_tansu_across_a_sigkill() {
+    let seed = crash_seed();
+    println!("kafka at-least-once crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
+    let mut rng = Rng(seed);
+    let (_broker, bootstrap) = crate::common::Tansu::start(&[("out", 1), ("strict", 1)]).await;
+    let mut server = Server::start();
+    let mut client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE readings (id bigint NOT NULL, v double precision); \
+             CREATE SINK to_tansu FROM readings WITH (connector = 'kafka', \
+               bootstrap.servers = '{bootstrap}', topic = 'out', key = 'id', \
+               delivery = 'at_least_once', checkpoint_interval = '100ms'); \
+             CREATE SINK strict FROM readings WITH (connector = 'kafka', \
+               bootstrap.servers = '{bootstrap}', topic = 'strict')"
+        ))
+        .await
+        .unwrap();
+    const BATCHES: i64 = 30;
+    const ROWS: i64 = 40;
+    let kill_after = 5 + rng.below(20) as i64;
+    for b in 0..BATCHES {
+        let rows: Vec<String> = (b * ROWS..(b + 1) * ROWS)
+            .map(|i| format!("({i}, {i})"))
+            .collect();
+        insert_rows(&client, "readings", &rows).await;
+        if b == kill_after {
+            println!("SIGKILL after batch {b} (seed {seed})");
+            server.restart();
+            client = server.connect().await;
+        }
+    }
+    let total = (BATCHES * ROWS) as usize;
+    let messages = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        move || consume_committed(&bootstrap, "out", total)
+    })
+    .await
+    .unwrap();
+    let ids: BTreeSet<i64> = messages
+        .iter()
+        .map(|(key, payload)| {
+            let row: serde_json::Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(key, &row["id"].as_i64().unwrap().to_string());
+            row["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), total, "every row at least once (seed {seed})");
+    assert!(messages.len() >= total);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let error: Option<String> = client
+            .query_one(
+                "SELECT last_error FROM eddy_catalog.sinks WHERE name = 'strict'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if let Some(e) = error {
+            assert!(e.contains("kafka sink"), "{e}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transactional sink reports that the broker lacks transactions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

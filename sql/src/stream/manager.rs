@@ -133,12 +133,16 @@ impl StreamManager {
             // A sink created again under the same name starts its own epochs.
             config.transactional_id = format!("{}-{}", config.transactional_id, def.id);
         }
+        let exactly_once = config.exactly_once;
         let (sink, committed) = tokio::task::spawn_blocking(move || {
             eddy_connectors::kafka_sink::KafkaSink::open(config)
         })
         .await
         .map_err(|e| Error::internal(format!("kafka sink: {e}")))?
         .map_err(|e| Error::internal(format!("sink {}: {e}", def.name)))?;
+        if !exactly_once {
+            return Ok((sink, None));
+        }
         let previous = recover(self.kv.get(&previous_record_key(def.id))?.as_deref())?;
         match kafka_resume(committed, record.epoch, previous.epoch) {
             KafkaResume::Checkpoint => Ok((sink, None)),
