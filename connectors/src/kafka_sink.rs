@@ -111,8 +111,6 @@ pub struct KafkaSink {
     /// Only for the group metadata the epoch is committed under (exactly once).
     group: Option<BaseConsumer>,
     in_transaction: bool,
-    /// Messages produced (for the system table).
-    pub messages: u64,
 }
 
 impl KafkaSink {
@@ -134,7 +132,6 @@ impl KafkaSink {
                 producer,
                 group: None,
                 in_transaction: false,
-                messages: 0,
             };
             return Ok((sink, None));
         }
@@ -168,7 +165,6 @@ impl KafkaSink {
                 producer,
                 group: Some(group),
                 in_transaction: false,
-                messages: 0,
             },
             epoch,
         ))
@@ -231,7 +227,6 @@ impl KafkaSink {
                 }
             }
         }
-        self.messages += rows.len() as u64;
         self.producer.poll(Duration::ZERO);
         Ok(())
     }

@@ -17,7 +17,6 @@
 //! Delivery is at least once: rows after the last checkpoint are posted again after a
 //! crash, with the same keys, so a receiver that remembers keys sees each row once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -98,21 +97,13 @@ pub struct Failed {
     pub attempts: u32,
 }
 
-/// What the system table shows of a webhook sink.
-#[derive(Debug, Clone, Default)]
-pub struct WebhookStatus {
-    pub requests: u64,
-    pub retries: u64,
-    pub failed_rows: u64,
-    pub last_error: Option<String>,
-}
-
 pub struct Webhook {
     config: WebhookConfig,
     client: reqwest::Client,
     /// Hashed into default keys, so two sinks of the same rows key them apart.
     sink: String,
-    pub status: Arc<Mutex<WebhookStatus>>,
+    /// The last failed attempt's error, until a request succeeds.
+    last_error: Mutex<Option<String>>,
 }
 
 /// Why one attempt failed, and whether another may succeed.
@@ -136,8 +127,13 @@ impl Webhook {
             config,
             client,
             sink: sink.to_string(),
-            status: Arc::default(),
+            last_error: Mutex::default(),
         })
+    }
+
+    /// The last failed attempt's error, until a request succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
     }
 
     /// Each row's idempotency key.
@@ -205,7 +201,6 @@ impl Webhook {
             }
             start = end;
         }
-        self.status.lock().failed_rows += failed.len() as u64;
         Ok(failed)
     }
 
@@ -220,15 +215,14 @@ impl Webhook {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            self.status.lock().requests += 1;
             let error = match self.attempt(body.clone(), key, row_keys).await {
                 Ok(()) => {
-                    self.status.lock().last_error = None;
+                    *self.last_error.lock() = None;
                     return Ok(());
                 }
                 Err(e) => e,
             };
-            self.status.lock().last_error = Some(error.message.clone());
+            *self.last_error.lock() = Some(error.message.clone());
             if !error.retry || attempts > self.config.max_retries {
                 tracing::warn!(
                     "webhook sink {}: giving up on a request after {attempts} attempts: {}",
@@ -237,7 +231,6 @@ impl Webhook {
                 );
                 return Err((error.message, attempts));
             }
-            self.status.lock().retries += 1;
             let wait = error.wait.map_or(pause, |w| w.max(pause));
             tokio::time::sleep(wait).await;
             pause = (pause * 2).min(Duration::from_secs(10));

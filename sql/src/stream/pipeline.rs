@@ -336,8 +336,7 @@ impl Sink {
                         SinkKind::Webhook { hook, errors } => {
                             let failed =
                                 hook.send(&b).await.map_err(|e| sink_error(&self.def, e))?;
-                            self.metrics.upload.lock().last_error =
-                                hook.status.lock().last_error.clone();
+                            self.metrics.upload.lock().last_error = hook.last_error();
                             if !failed.is_empty() {
                                 self.metrics
                                     .dead_letters
