@@ -1,24 +1,33 @@
 //! TLS on the Postgres listener, driven with the real psql (libpq): the self-signed
 //! certificate Eddy makes on first start, `sslmode=require` and `verify-full`, a configured
-//! certificate, and clients that do not ask for TLS.
+//! certificate, and clients that do not ask for TLS; and HTTPS beside HTTP on the HTTP
+//! listener, driven with curl.
 
 use std::process::Command;
 
 use crate::common::Server;
 
-/// Runs `SELECT 'ok'` and `\conninfo` through psql with `conninfo`; (success, output).
-fn psql(conninfo: &str) -> (bool, String) {
-    let out = Command::new("psql")
-        .arg(conninfo)
-        .args(["-X", "-At", "-c", "SELECT 'ok'", "-c", "\\conninfo"])
-        .output()
-        .expect("run psql (scripts/setup.sh installs postgresql-client)");
+/// Runs a client command; (success, stdout followed by stderr).
+fn run(command: &mut Command) -> (bool, String) {
+    let out = command.output().expect("run the client");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs `SELECT 'ok'` and `\conninfo` through psql with `conninfo`.
+fn psql(conninfo: &str) -> (bool, String) {
+    run(Command::new("psql").arg(conninfo).args([
+        "-X",
+        "-At",
+        "-c",
+        "SELECT 'ok'",
+        "-c",
+        "\\conninfo",
+    ]))
 }
 
 fn conninfo(server: &Server, host: &str, extra: &str) -> String {
@@ -100,18 +109,10 @@ fn a_configured_certificate_is_served_and_none_is_made() {
 
 /// `curl` of `url` with extra arguments; (success, body).
 fn curl(url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("curl")
+    run(Command::new("curl")
         .args(["-sS", "--max-time", "20"])
         .args(args)
-        .arg(url)
-        .output()
-        .expect("run curl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+        .arg(url))
 }
 
 #[test]
