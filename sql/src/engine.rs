@@ -12,6 +12,7 @@ mod dml;
 mod functions;
 mod models;
 mod naming;
+mod pg_catalog;
 mod point_get;
 mod scalar_select;
 mod session;

@@ -263,7 +263,11 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
                 SqlType::Jsonb
             }
             D::Custom(name, _) if custom(name) == "uuid" => SqlType::Uuid,
-            _ => return Ok(None),
+            // regclass, oid, pg_catalog.text, ...
+            _ => {
+                return datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner
+                    .plan_type_field(sql_type);
+            }
         };
         Ok(Some(std::sync::Arc::new(ty.arrow_field("", true))))
     }

@@ -24,6 +24,8 @@ pub struct SessionView {
     pub dml_target: Mutex<Option<(String, String)>>,
     /// The session's DataFusion state, to plan views and column defaults.
     pub state: Mutex<Weak<RwLock<SessionState>>>,
+    /// The database the session connected to (`pg_database` lists it).
+    pub database: String,
 }
 
 impl SessionView {
@@ -80,10 +82,16 @@ impl CatalogProvider for EddyCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.view.catalog().schemas().cloned().collect();
         names.push(EDDY_CATALOG.to_string());
+        names.push("pg_catalog".to_string());
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == "pg_catalog" {
+            return Some(Arc::new(super::pg_catalog::PgCatalog {
+                view: self.view.clone(),
+            }));
+        }
         if name == EDDY_CATALOG {
             return Some(Arc::new(SystemTables {
                 view: self.view.clone(),

@@ -151,6 +151,7 @@ impl Session {
             txn: txn.clone(),
             dml_target: Mutex::new(None),
             state: Mutex::new(ctx.state_weak_ref()),
+            database: database.to_string(),
         });
         let models = engine.models.session_lookup(Arc::downgrade(&view));
         for udf in eddy_udf::predict::model_udfs(models) {
@@ -166,6 +167,7 @@ impl Session {
             schema_exists: Box::new(move |s| exists_view.catalog().schema_exists(s)),
         });
         functions::register(&ctx, info.clone());
+        super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
         Self {
             engine,
@@ -304,7 +306,8 @@ impl Session {
     }
 
     async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
-        let (mut statement, target) = super::dml::prepare_statement(statement, self)?;
+        let (statement, target) = super::dml::prepare_statement(statement, self)?;
+        let mut statement = super::pg_catalog::rewrite(statement);
         super::models::resolve_named_features(&mut statement, &self.view.catalog())?;
         *self.view.dml_target.lock() = target;
         let state = self.ctx.state();

@@ -1,0 +1,508 @@
+//! The catalog functions clients call beside `pg_catalog`'s tables: `pg_get_userbyid`,
+//! `pg_table_is_visible`, `pg_get_indexdef`, `pg_get_constraintdef`, `pg_get_expr`,
+//! `pg_get_viewdef`, `obj_description` and friends, answered from Eddy's catalog. Functions
+//! with nothing Eddy-specific to say (`format_type`, `quote_ident`, `has_*_privilege`,
+//! `pg_encoding_to_char`, `array_upper`, ...) come from `datafusion-pg-catalog`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, ListArray, ListBuilder, StringArray, StringBuilder,
+    new_empty_array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use datafusion::prelude::SessionContext;
+use datafusion_pg_catalog::pg_catalog as crate_fns;
+
+use super::objects::{PgObjects, PgRelation, quote_ident, role_name};
+use crate::engine::catalog_provider::SessionView;
+use crate::engine::functions::SessionInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    UserById,
+    TableIsVisible,
+    FunctionIsVisible,
+    IndexDef,
+    ConstraintDef,
+    Expr,
+    ViewDef,
+    /// `obj_description`, `col_description`, `shobj_description`: Eddy keeps no comments.
+    Description,
+    /// `pg_get_function_result` / `pg_get_function_arguments`: Eddy has no user functions.
+    FunctionSignature,
+    /// `quote_ident(key) || ' ' || quote_literal(value)` of each `key=value` option.
+    FormatOptions,
+    /// Its list argument, with NULL made an empty list (`ARRAY(subquery)` over no rows).
+    EmptyIfNull,
+    /// `prefix || item` of each item of a text array.
+    PrefixItems,
+    EncodingToChar,
+}
+
+struct CatalogFn {
+    kind: Kind,
+    name: &'static str,
+    signature: Signature,
+    view: Arc<SessionView>,
+    info: Arc<SessionInfo>,
+}
+
+impl std::fmt::Debug for CatalogFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for CatalogFn {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.info, &other.info)
+    }
+}
+impl Eq for CatalogFn {}
+impl std::hash::Hash for CatalogFn {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+/// Registers the catalog functions, Eddy's and the crate's, on a session.
+pub fn register(ctx: &SessionContext, view: Arc<SessionView>, info: Arc<SessionInfo>) {
+    for udf in [
+        crate_fns::format_type::create_format_type_udf(),
+        crate_fns::quote_ident_udf::create_quote_ident_udf(),
+        crate_fns::quote_ident_udf::create_parse_ident_udf(),
+        crate_fns::array_bounds_udf::create_array_upper_udf(),
+        crate_fns::array_bounds_udf::create_array_lower_udf(),
+        crate_fns::has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
+        crate_fns::has_privilege_udf::create_has_privilege_udf("has_schema_privilege"),
+        crate_fns::has_privilege_udf::create_has_privilege_udf("has_database_privilege"),
+        crate_fns::has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
+        crate_fns::create_pg_relation_is_publishable_udf(),
+        crate_fns::create_pg_get_statisticsobjdef_columns_udf(),
+        crate_fns::create_pg_get_partkeydef_udf(),
+        crate_fns::create_pg_get_partition_ancestors_udf(),
+        crate_fns::create_pg_relation_size_udf(),
+        crate_fns::create_pg_total_relation_size_udf(),
+    ] {
+        ctx.register_udf(udf);
+    }
+    let oid = || DataType::Int64;
+    let text = || DataType::Utf8;
+    let text_list = || DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+    let fns: Vec<(Kind, &'static str, Vec<Vec<DataType>>)> = vec![
+        (Kind::UserById, "pg_get_userbyid", vec![vec![oid()]]),
+        (
+            Kind::TableIsVisible,
+            "pg_table_is_visible",
+            vec![vec![oid()]],
+        ),
+        (
+            Kind::FunctionIsVisible,
+            "pg_function_is_visible",
+            vec![vec![oid()]],
+        ),
+        (
+            Kind::FunctionIsVisible,
+            "pg_type_is_visible",
+            vec![vec![oid()]],
+        ),
+        (
+            Kind::IndexDef,
+            "pg_get_indexdef",
+            vec![vec![oid()], vec![oid(), oid(), DataType::Boolean]],
+        ),
+        (
+            Kind::ConstraintDef,
+            "pg_get_constraintdef",
+            vec![vec![oid()], vec![oid(), DataType::Boolean]],
+        ),
+        (
+            Kind::Expr,
+            "pg_get_expr",
+            vec![vec![text(), oid()], vec![text(), oid(), DataType::Boolean]],
+        ),
+        (
+            Kind::ViewDef,
+            "pg_get_viewdef",
+            vec![vec![oid()], vec![oid(), DataType::Boolean], vec![text()]],
+        ),
+        (
+            Kind::Description,
+            "obj_description",
+            vec![vec![oid()], vec![oid(), text()]],
+        ),
+        (
+            Kind::Description,
+            "col_description",
+            vec![vec![oid(), oid()]],
+        ),
+        (
+            Kind::Description,
+            "shobj_description",
+            vec![vec![oid(), text()]],
+        ),
+        (
+            Kind::FunctionSignature,
+            "pg_get_function_result",
+            vec![vec![oid()]],
+        ),
+        (
+            Kind::FunctionSignature,
+            "pg_get_function_arguments",
+            vec![vec![oid()]],
+        ),
+        (
+            Kind::FormatOptions,
+            "eddy_format_options",
+            vec![vec![text()]],
+        ),
+        (
+            Kind::EncodingToChar,
+            "pg_encoding_to_char",
+            vec![vec![oid()]],
+        ),
+        (
+            Kind::PrefixItems,
+            "eddy_prefix_items",
+            vec![vec![text(), text()], vec![text(), text_list()]],
+        ),
+    ];
+    for (kind, name, signatures) in fns {
+        let signature = Signature::one_of(
+            signatures.into_iter().map(TypeSignature::Exact).collect(),
+            Volatility::Stable,
+        );
+        ctx.register_udf(ScalarUDF::new_from_impl(CatalogFn {
+            kind,
+            name,
+            signature,
+            view: view.clone(),
+            info: info.clone(),
+        }));
+    }
+    ctx.register_udf(ScalarUDF::new_from_impl(CatalogFn {
+        kind: Kind::EmptyIfNull,
+        name: "eddy_empty_if_null",
+        signature: Signature::any(1, Volatility::Immutable),
+        view,
+        info,
+    }));
+}
+
+/// The OIDs in an argument (NULL where NULL).
+fn oids(array: &ArrayRef) -> DfResult<Vec<Option<i32>>> {
+    let a = datafusion::arrow::compute::cast(array, &DataType::Int64)?;
+    Ok(a.as_primitive::<Int64Type>()
+        .iter()
+        .map(|v| v.map(|v| v as i32))
+        .collect())
+}
+
+fn texts(array: &ArrayRef) -> DfResult<Vec<Option<String>>> {
+    let a = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
+    Ok(a.as_string::<i32>()
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect())
+}
+
+fn text_result(values: Vec<Option<String>>) -> ColumnarValue {
+    ColumnarValue::Array(Arc::new(StringArray::from(values)))
+}
+
+fn list_result(values: Vec<Option<Vec<String>>>) -> ColumnarValue {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for v in values {
+        match v {
+            Some(items) => {
+                for i in items {
+                    b.values().append_value(i);
+                }
+                b.append(true);
+            }
+            None => b.append(false),
+        }
+    }
+    ColumnarValue::Array(Arc::new(b.finish()))
+}
+
+/// `CREATE UNIQUE INDEX t_pkey ON public.t USING btree (id)`.
+fn index_def(r: &PgRelation) -> String {
+    let columns: Vec<String> = r.key_columns().iter().map(|c| quote_ident(c)).collect();
+    format!(
+        "CREATE UNIQUE INDEX {} ON {} USING btree ({})",
+        quote_ident(&r.index_name()),
+        r.qualified_name(),
+        columns.join(", ")
+    )
+}
+
+fn constraint_def(r: &PgRelation) -> String {
+    let columns: Vec<String> = r.key_columns().iter().map(|c| quote_ident(c)).collect();
+    format!("PRIMARY KEY ({})", columns.join(", "))
+}
+
+/// `'quoted'` as `quote_literal` writes it.
+fn quote_literal(value: &str) -> String {
+    if value.contains('\\') {
+        format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", value.replace('\'', "''"))
+    }
+}
+
+/// Splits PostgreSQL's text form of a text array (`{a,"b c"}`) into its items.
+pub fn array_items(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = inner.chars();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        any = true;
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => current.extend(chars.next()),
+            ',' if !quoted => items.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    if any {
+        items.push(current);
+    }
+    items
+}
+
+impl CatalogFn {
+    fn objects(&self) -> PgObjects {
+        PgObjects::from_catalog(&self.view.catalog())
+    }
+
+    fn relation_text(
+        &self,
+        arg: &ArrayRef,
+        f: impl Fn(&PgRelation, i32) -> Option<String>,
+    ) -> DfResult<ColumnarValue> {
+        let objects = self.objects();
+        let values = oids(arg)?
+            .into_iter()
+            .map(|oid| oid.and_then(|oid| objects.relation(oid).and_then(|r| f(r, oid))))
+            .collect();
+        Ok(text_result(values))
+    }
+}
+
+impl ScalarUDFImpl for CatalogFn {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        Ok(match self.kind {
+            Kind::TableIsVisible | Kind::FunctionIsVisible => DataType::Boolean,
+            Kind::EmptyIfNull => args[0].clone(),
+            Kind::FormatOptions | Kind::PrefixItems => {
+                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+            }
+            _ => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<DfResult<_>>()?;
+        match self.kind {
+            Kind::UserById => Ok(text_result(
+                oids(&arrays[0])?
+                    .into_iter()
+                    .map(|o| o.and_then(role_name).map(str::to_string))
+                    .collect(),
+            )),
+            Kind::TableIsVisible => {
+                let objects = self.objects();
+                let path = self.info.settings.read().search_path(&self.info.user);
+                let visible: BooleanArray = oids(&arrays[0])?
+                    .into_iter()
+                    .map(|oid| {
+                        let oid = oid?;
+                        Some(match objects.relation(oid) {
+                            // The first schema of the path holding the name wins.
+                            Some(r) => path
+                                .iter()
+                                .find(|s| {
+                                    objects.relations.iter().any(|o| {
+                                        &o.schema == *s
+                                            && (o.name == r.name
+                                                || o.index_oid().is_some()
+                                                    && o.index_name() == r.name)
+                                    })
+                                })
+                                .is_some_and(|s| *s == r.schema),
+                            // PostgreSQL's own relations live in pg_catalog, always searched.
+                            None => oid < 16384,
+                        })
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(visible)))
+            }
+            Kind::FunctionIsVisible => {
+                let visible: BooleanArray = oids(&arrays[0])?
+                    .into_iter()
+                    .map(|o| o.map(|_| true))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(visible)))
+            }
+            Kind::IndexDef => {
+                // With a column number, the definition of that index column.
+                let column = match arrays.get(1) {
+                    Some(a) => oids(a)?,
+                    None => vec![Some(0); rows],
+                };
+                let objects = self.objects();
+                let values = oids(&arrays[0])?
+                    .into_iter()
+                    .zip(column)
+                    .map(|(oid, column)| {
+                        let r = objects.relation(oid?)?;
+                        (r.index_oid() == oid).then_some(())?;
+                        match column? {
+                            0 => Some(index_def(r)),
+                            n => r.key_columns().get(n as usize - 1).map(|c| quote_ident(c)),
+                        }
+                    })
+                    .collect();
+                Ok(text_result(values))
+            }
+            Kind::ConstraintDef => self.relation_text(&arrays[0], |r, oid| {
+                (r.index_oid() == Some(oid)).then(|| constraint_def(r))
+            }),
+            // Defaults are stored as their SQL text.
+            Kind::Expr => Ok(text_result(texts(&arrays[0])?)),
+            Kind::ViewDef => {
+                if arrays[0].data_type() == &DataType::Utf8 {
+                    let objects = self.objects();
+                    let values = texts(&arrays[0])?
+                        .into_iter()
+                        .map(|name| {
+                            let name = name?;
+                            let (schema, name) = match name.split_once('.') {
+                                Some((s, n)) => (Some(s.to_string()), n.to_string()),
+                                None => (None, name),
+                            };
+                            objects
+                                .relations
+                                .iter()
+                                .find(|r| {
+                                    r.name == name && schema.as_ref().is_none_or(|s| *s == r.schema)
+                                })
+                                .and_then(|r| r.definition.clone())
+                        })
+                        .collect();
+                    return Ok(text_result(values));
+                }
+                self.relation_text(&arrays[0], |r, _| r.definition.clone())
+            }
+            Kind::Description | Kind::FunctionSignature => Ok(text_result(vec![None; rows])),
+            Kind::FormatOptions => Ok(list_result(
+                texts(&arrays[0])?
+                    .into_iter()
+                    .map(|options| {
+                        Some(
+                            array_items(&options?)
+                                .into_iter()
+                                .map(|item| {
+                                    let (k, v) = item.split_once('=').unwrap_or((&item, ""));
+                                    format!("{} {}", quote_ident(k), quote_literal(v))
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            )),
+            Kind::PrefixItems => {
+                let prefixes = texts(&arrays[0])?;
+                let items: Vec<Option<Vec<String>>> = match arrays[1].data_type() {
+                    DataType::List(_) => {
+                        let list = arrays[1].as_list::<i32>();
+                        (0..list.len())
+                            .map(|i| {
+                                (!list.is_null(i)).then(|| {
+                                    texts(&list.value(i))
+                                        .unwrap_or_default()
+                                        .into_iter()
+                                        .flatten()
+                                        .collect()
+                                })
+                            })
+                            .collect()
+                    }
+                    _ => texts(&arrays[1])?
+                        .into_iter()
+                        .map(|t| t.map(|t| array_items(&t)))
+                        .collect(),
+                };
+                Ok(list_result(
+                    prefixes
+                        .into_iter()
+                        .zip(items)
+                        .map(|(p, items)| {
+                            let p = p?;
+                            Some(items?.into_iter().map(|i| format!("{p}{i}")).collect())
+                        })
+                        .collect(),
+                ))
+            }
+            Kind::EncodingToChar => Ok(text_result(
+                oids(&arrays[0])?
+                    .into_iter()
+                    .map(|e| {
+                        e.map(|e| match e {
+                            0 => "SQL_ASCII".to_string(),
+                            6 => "UTF8".to_string(),
+                            8 => "LATIN1".to_string(),
+                            _ => String::new(),
+                        })
+                    })
+                    .collect(),
+            )),
+            Kind::EmptyIfNull => {
+                let array = &arrays[0];
+                let DataType::List(field) = array.data_type() else {
+                    return Ok(ColumnarValue::Array(array.clone()));
+                };
+                let list = array.as_list::<i32>();
+                if list.null_count() == 0 {
+                    return Ok(ColumnarValue::Array(array.clone()));
+                }
+                let values = if list.values().is_empty() {
+                    new_empty_array(field.data_type())
+                } else {
+                    list.values().clone()
+                };
+                let out = ListArray::try_new(
+                    field.clone(),
+                    OffsetBuffer::new(list.offsets().inner().clone()),
+                    values,
+                    None,
+                )?;
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+        }
+    }
+}

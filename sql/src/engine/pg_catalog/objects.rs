@@ -1,0 +1,402 @@
+//! Eddy's catalog as PostgreSQL objects: every schema, relation, column, default and primary
+//! key with the OID, relkind and type OID that `pg_catalog` reports for it.
+//!
+//! OIDs are stable across sessions and restarts: a table's comes from its catalog id, a
+//! view's, model's or schema's from a hash of its name, so clients that cache OIDs (pgjdbc,
+//! asyncpg) keep finding the same objects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::catalog::CatalogProvider;
+
+use super::super::catalog_provider::{EDDY_CATALOG, EddyCatalog, SessionView};
+use crate::catalog::{Catalog, TableDef, TableKind};
+use crate::types::SqlType;
+
+/// `pg_catalog`'s namespace OID in every PostgreSQL cluster.
+pub const PG_CATALOG_NAMESPACE: i32 = 11;
+/// `information_schema`'s namespace OID in PostgreSQL 15 clusters.
+pub const INFORMATION_SCHEMA_NAMESPACE: i32 = 13_181;
+/// `public`'s namespace OID in every PostgreSQL cluster.
+pub const PUBLIC_NAMESPACE: i32 = 2200;
+/// The bootstrap superuser's OID in every PostgreSQL cluster.
+pub const SUPERUSER_OID: i32 = 10;
+/// The role that owns `public` since PostgreSQL 15.
+pub const DATABASE_OWNER_OID: i32 = 6171;
+/// The role Eddy reports as the owner of every object until roles exist.
+pub const SUPERUSER: &str = "eddy";
+/// `pg_am` rows of the heap and btree access methods.
+pub const HEAP_AM: i32 = 2;
+pub const BTREE_AM: i32 = 403;
+/// The default collation (`pg_collation`), which text columns carry.
+pub const DEFAULT_COLLATION: i32 = 100;
+/// The one foreign-data wrapper, which every Eddy server belongs to.
+pub const EDDY_FDW_OID: i32 = 900_000_000;
+const FIRST_USER_OID: i32 = 16384;
+
+/// The name of an OID's role (`pg_get_userbyid`).
+pub fn role_name(oid: i32) -> Option<&'static str> {
+    match oid {
+        SUPERUSER_OID => Some(SUPERUSER),
+        DATABASE_OWNER_OID => Some("pg_database_owner"),
+        _ => None,
+    }
+}
+
+/// A stable OID for an object without a catalog id, in a range table OIDs never reach.
+pub fn hashed_oid(kind: &str, schema: &str, name: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in kind
+        .bytes()
+        .chain([0])
+        .chain(schema.bytes())
+        .chain([0])
+        .chain(name.bytes())
+    {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    1_000_000_000 + (h % 1_000_000_000) as i32
+}
+
+fn namespace_oid(schema: &str) -> i32 {
+    match schema {
+        "public" => PUBLIC_NAMESPACE,
+        "pg_catalog" => PG_CATALOG_NAMESPACE,
+        other => hashed_oid("namespace", "", other),
+    }
+}
+
+/// A type as `pg_type` and `pg_attribute` describe it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PgType {
+    pub oid: i32,
+    pub typmod: i32,
+    pub len: i16,
+    pub byval: bool,
+    /// `attstorage`: p(lain), m(ain) or x (extended).
+    pub storage: char,
+    pub collation: i32,
+}
+
+impl PgType {
+    pub fn of(ty: &SqlType) -> Self {
+        let fixed = |oid, len: i16| PgType {
+            oid,
+            typmod: -1,
+            len,
+            byval: len <= 8,
+            storage: 'p',
+            collation: 0,
+        };
+        let varlena = |oid, typmod, storage, collation| PgType {
+            oid,
+            typmod,
+            len: -1,
+            byval: false,
+            storage,
+            collation,
+        };
+        match ty {
+            SqlType::Bool => fixed(16, 1),
+            SqlType::Int2 => fixed(21, 2),
+            SqlType::Int4 => fixed(23, 4),
+            SqlType::Int8 => fixed(20, 8),
+            SqlType::Float4 => fixed(700, 4),
+            SqlType::Float8 => fixed(701, 8),
+            SqlType::Numeric(p) => varlena(
+                1700,
+                p.map_or(-1, |(p, s)| ((p as i32) << 16 | (s as i32 & 0xffff)) + 4),
+                'm',
+                0,
+            ),
+            SqlType::Text => varlena(25, -1, 'x', DEFAULT_COLLATION),
+            SqlType::Varchar(n) => {
+                varlena(1043, n.map_or(-1, |n| n as i32 + 4), 'x', DEFAULT_COLLATION)
+            }
+            SqlType::Bytea => varlena(17, -1, 'x', 0),
+            SqlType::Date => fixed(1082, 4),
+            SqlType::Timestamp => fixed(1114, 8),
+            SqlType::Timestamptz => fixed(1184, 8),
+            SqlType::Interval => PgType {
+                byval: false,
+                ..fixed(1186, 16)
+            },
+            SqlType::Uuid => PgType {
+                byval: false,
+                ..fixed(2950, 16)
+            },
+            SqlType::Jsonb => varlena(3802, -1, 'x', 0),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PgColumn {
+    pub name: String,
+    pub ty: PgType,
+    pub not_null: bool,
+    /// The DEFAULT expression as SQL text.
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub oid: i32,
+    pub name: String,
+    pub owner: i32,
+}
+
+/// A relation as `pg_class` lists it.
+#[derive(Debug, Clone)]
+pub struct PgRelation {
+    pub oid: i32,
+    pub namespace: i32,
+    pub schema: String,
+    pub name: String,
+    /// `relkind`: r(table), v(iew), m(aterialized view), f(oreign table: sources, streams,
+    /// sinks and models).
+    pub kind: char,
+    pub columns: Vec<PgColumn>,
+    /// Column positions (0-based) of the primary key; its index has OID `oid + 1`.
+    pub primary_key: Vec<usize>,
+    /// For foreign tables: the server (connector) and options psql prints under the table.
+    pub server: Option<String>,
+    pub options: Vec<(String, String)>,
+    /// The defining query of a view or materialized view.
+    pub definition: Option<String>,
+}
+
+impl PgRelation {
+    pub fn index_oid(&self) -> Option<i32> {
+        (!self.primary_key.is_empty()).then_some(self.oid + 1)
+    }
+
+    pub fn index_name(&self) -> String {
+        format!("{}_pkey", self.name)
+    }
+
+    pub fn key_columns(&self) -> Vec<&str> {
+        self.primary_key
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect()
+    }
+
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !datafusion::sql::sqlparser::keywords::RESERVED_FOR_COLUMN_ALIAS
+            .iter()
+            .any(|k| format!("{k:?}").eq_ignore_ascii_case(name));
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Every object of a session's catalog, with OIDs.
+#[derive(Debug, Default)]
+pub struct PgObjects {
+    pub namespaces: Vec<Namespace>,
+    pub relations: Vec<PgRelation>,
+    by_oid: HashMap<i32, usize>,
+}
+
+impl PgObjects {
+    /// Reads the session's catalog (its transaction's copy inside a block). Views are planned
+    /// to learn their columns; a view that no longer plans shows without columns.
+    pub async fn load(view: &Arc<SessionView>) -> Self {
+        let catalog = view.catalog();
+        let mut objects = Self::from_catalog(&catalog);
+        let provider = EddyCatalog { view: view.clone() };
+        for r in objects.relations.iter_mut().filter(|r| r.kind == 'v') {
+            if let Some(schema) = provider.schema(&r.schema)
+                && let Ok(Some(table)) = schema.table(&r.name).await
+            {
+                r.columns = table
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|field| PgColumn {
+                        name: field.name().clone(),
+                        ty: PgType::of(&SqlType::from_arrow(field).unwrap_or(SqlType::Text)),
+                        not_null: false,
+                        default: None,
+                    })
+                    .collect();
+            }
+        }
+        objects
+    }
+
+    /// The objects of a catalog, without the columns of plain views (which need planning).
+    pub fn from_catalog(catalog: &Catalog) -> Self {
+        let mut objects = PgObjects::default();
+        let mut schemas: Vec<String> = catalog.schemas().cloned().collect();
+        schemas.push(EDDY_CATALOG.to_string());
+        for schema in &schemas {
+            objects.namespaces.push(Namespace {
+                oid: namespace_oid(schema),
+                name: schema.clone(),
+                owner: match schema.as_str() {
+                    "public" => DATABASE_OWNER_OID,
+                    _ => SUPERUSER_OID,
+                },
+            });
+        }
+        for def in catalog.tables() {
+            objects.relations.push(table_relation(def));
+        }
+        for v in catalog.views() {
+            objects.relations.push(PgRelation {
+                oid: hashed_oid("view", &v.schema, &v.name),
+                namespace: namespace_oid(&v.schema),
+                schema: v.schema.clone(),
+                name: v.name.clone(),
+                kind: 'v',
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+                server: None,
+                options: Vec::new(),
+                definition: Some(v.sql.clone()),
+            });
+        }
+        for m in catalog.models() {
+            let active = m.active_version();
+            objects.relations.push(PgRelation {
+                oid: hashed_oid("model", &m.schema, &m.name),
+                namespace: namespace_oid(&m.schema),
+                schema: m.schema.clone(),
+                name: m.name.clone(),
+                kind: 'f',
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+                server: Some("onnx".to_string()),
+                options: [
+                    ("version", active.version.to_string()),
+                    ("location", active.location.clone()),
+                    ("features", active.features.join(", ")),
+                ]
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                definition: None,
+            });
+        }
+        objects.relations.sort_by(|a, b| a.oid.cmp(&b.oid));
+        objects.by_oid = objects
+            .relations
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| [Some((r.oid, i)), r.index_oid().map(|o| (o, i))])
+            .flatten()
+            .collect();
+        objects
+    }
+
+    /// The relation with this OID, or whose primary-key index has it.
+    pub fn relation(&self, oid: i32) -> Option<&PgRelation> {
+        self.by_oid.get(&oid).map(|&i| &self.relations[i])
+    }
+
+    /// Connector names of the foreign tables, each a `pg_foreign_server`, with its OID.
+    pub fn servers(&self) -> Vec<(i32, String)> {
+        let mut names: Vec<String> = self
+            .relations
+            .iter()
+            .filter_map(|r| r.server.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|n| (hashed_oid("server", "", &n), n))
+            .collect()
+    }
+
+    pub fn server_oid(name: &str) -> i32 {
+        hashed_oid("server", "", name)
+    }
+}
+
+fn table_relation(def: &TableDef) -> PgRelation {
+    let columns = def
+        .columns
+        .iter()
+        .map(|c| PgColumn {
+            name: c.name.clone(),
+            ty: PgType::of(&c.ty),
+            not_null: !c.nullable,
+            default: c.default.clone(),
+        })
+        .collect();
+    let redacted = |options: &[(String, String)]| -> Vec<(String, String)> {
+        options
+            .iter()
+            .map(|(k, v)| {
+                let v = match eddy_connectors::options::is_secret(k) {
+                    true => "***".to_string(),
+                    false => v.clone(),
+                };
+                (k.to_ascii_lowercase(), v)
+            })
+            .collect()
+    };
+    let (kind, server, options, definition) = match &def.kind {
+        TableKind::Table | TableKind::DeadLetters { .. } | TableKind::LateEvents { .. } => {
+            ('r', None, Vec::new(), None)
+        }
+        TableKind::Source(s) => {
+            let mut options = redacted(&s.options);
+            options.retain(|(k, _)| k != "connector");
+            let server = s.connector.clone().unwrap_or_else(|| "push".to_string());
+            ('f', Some(server), options, None)
+        }
+        TableKind::Stream(q) => {
+            let mut options = vec![("query".to_string(), q.sql.clone())];
+            options.extend(redacted(&q.options));
+            ('f', Some("stream".to_string()), options, None)
+        }
+        TableKind::Sink(q) => {
+            let mut options = redacted(&q.options);
+            let connector = options
+                .iter()
+                .position(|(k, _)| k == "connector")
+                .map(|i| options.remove(i).1)
+                .unwrap_or_else(|| "sink".to_string());
+            options.insert(0, ("query".to_string(), q.sql.clone()));
+            ('f', Some(connector), options, None)
+        }
+        TableKind::MaterializedView(q) => ('m', None, Vec::new(), Some(q.sql.clone())),
+    };
+    PgRelation {
+        oid: FIRST_USER_OID + 2 * def.id as i32,
+        namespace: namespace_oid(&def.schema),
+        schema: def.schema.clone(),
+        name: def.name.clone(),
+        kind,
+        columns,
+        primary_key: match kind {
+            'r' => def.primary_key.clone(),
+            _ => Vec::new(),
+        },
+        server,
+        options,
+        definition,
+    }
+}

@@ -1,0 +1,152 @@
+//! Building catalog rows by column name: a row names the columns it knows, and every other
+//! column takes PostgreSQL's "nothing here" value (0, false, or NULL for text and arrays).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result;
+
+/// One value of a catalog row.
+#[derive(Debug, Clone)]
+pub enum V {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+    Char(char),
+    /// A text array.
+    List(Vec<String>),
+    Null,
+}
+
+impl From<&str> for V {
+    fn from(s: &str) -> Self {
+        V::Text(s.to_string())
+    }
+}
+impl From<String> for V {
+    fn from(s: String) -> Self {
+        V::Text(s)
+    }
+}
+impl From<i32> for V {
+    fn from(i: i32) -> Self {
+        V::Int(i as i64)
+    }
+}
+impl From<bool> for V {
+    fn from(b: bool) -> Self {
+        V::Bool(b)
+    }
+}
+impl From<char> for V {
+    fn from(c: char) -> Self {
+        V::Char(c)
+    }
+}
+impl<T: Into<V>> From<Option<T>> for V {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(V::Null, Into::into)
+    }
+}
+
+pub type Row = Vec<(&'static str, V)>;
+
+/// Arrays are stored as PostgreSQL's text form (`{a,b}`) where the column is text.
+fn array_text(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| {
+            if s.is_empty() || s.contains([',', '{', '}', '"', '\\', ' ']) {
+                format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+fn scalar(field: &Field, value: Option<&V>) -> Result<ScalarValue> {
+    let ty = field.data_type();
+    let value = match value {
+        Some(v) => v.clone(),
+        None => match ty {
+            DataType::Boolean => V::Bool(false),
+            DataType::Int16 | DataType::Int32 | DataType::Int64 => V::Int(0),
+            DataType::Float32 | DataType::Float64 => V::Float(0.0),
+            _ => V::Null,
+        },
+    };
+    let text = match value {
+        V::Null => return ScalarValue::try_from(ty),
+        V::Text(s) => s,
+        V::Char(c) => c.to_string(),
+        V::List(items) => {
+            if let DataType::List(_) = ty {
+                let values: Vec<ScalarValue> = items
+                    .into_iter()
+                    .map(|s| ScalarValue::Utf8(Some(s)))
+                    .collect();
+                return Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+                    &values,
+                    &DataType::Utf8,
+                )));
+            }
+            array_text(&items)
+        }
+        V::Int(i) => return ScalarValue::Int64(Some(i)).cast_to(ty),
+        V::Float(f) => return ScalarValue::Float64(Some(f)).cast_to(ty),
+        V::Bool(b) => return ScalarValue::Boolean(Some(b)).cast_to(ty),
+    };
+    ScalarValue::Utf8(Some(text)).cast_to(ty)
+}
+
+/// A batch of `schema` from rows that name their columns.
+pub fn batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| -> Result<ArrayRef> {
+            if rows.is_empty() {
+                return Ok(new_null_array(field.data_type(), 0));
+            }
+            let values = rows
+                .iter()
+                .map(|row| {
+                    let v = row
+                        .iter()
+                        .find(|(name, _)| *name == field.name())
+                        .map(|(_, v)| v);
+                    scalar(field, v)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            ScalarValue::iter_to_array(values)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// A schema of nullable columns.
+pub fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `schema` with more columns at the end (columns psql 15 reads that the shipped PostgreSQL
+/// catalog export no longer has).
+pub fn with_columns(schema: &SchemaRef, extra: &[(&str, DataType)]) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for (n, t) in extra {
+        if schema.field_with_name(n).is_err() {
+            fields.push(Field::new(*n, t.clone(), true));
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
