@@ -263,6 +263,12 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
                 SqlType::Jsonb
             }
             D::Custom(name, _) if custom(name) == "uuid" => SqlType::Uuid,
+            // Casts to timestamptz give what a timestamptz column holds (microseconds, UTC),
+            // which the wire layer prints with its offset.
+            D::Timestamp(_, ast::TimezoneInfo::WithTimeZone | ast::TimezoneInfo::Tz) => {
+                SqlType::Timestamptz
+            }
+            D::Custom(name, _) if custom(name) == "timestamptz" => SqlType::Timestamptz,
             // regclass, oid, pg_catalog.text, ...
             _ => {
                 return datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner

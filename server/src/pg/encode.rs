@@ -134,6 +134,16 @@ fn postgres_text(array: &ArrayRef, row: usize) -> Option<Option<String>> {
             let a = array.as_primitive::<TimestampMicrosecondType>();
             (!a.is_null(row)).then(|| timestamp_text(a.value(row), tz.is_some()))
         }
+        // now() and DataFusion's own timestamps: PostgreSQL keeps microseconds.
+        DataType::Timestamp(_, tz) => {
+            let micros = arrow::compute::cast(
+                &array.slice(row, 1),
+                &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+            )
+            .ok()?;
+            let a = micros.as_primitive::<TimestampMicrosecondType>();
+            (!a.is_null(0)).then(|| timestamp_text(a.value(0), tz.is_some()))
+        }
         _ => return None,
     };
     Some(text)

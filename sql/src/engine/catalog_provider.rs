@@ -83,10 +83,16 @@ impl CatalogProvider for EddyCatalog {
         let mut names: Vec<String> = self.view.catalog().schemas().cloned().collect();
         names.push(EDDY_CATALOG.to_string());
         names.push("pg_catalog".to_string());
+        names.push("information_schema".to_string());
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == "information_schema" {
+            return Some(Arc::new(super::pg_catalog::InformationSchema {
+                view: self.view.clone(),
+            }));
+        }
         if name == "pg_catalog" {
             return Some(Arc::new(super::pg_catalog::PgCatalog {
                 view: self.view.clone(),

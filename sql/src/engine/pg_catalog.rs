@@ -8,6 +8,7 @@
 //! `\d`, and `\d name` prints their connector as the server and their options.
 
 mod functions;
+mod information_schema;
 mod objects;
 mod rewrite;
 mod rows;
@@ -28,6 +29,7 @@ use datafusion_pg_catalog::pg_catalog::{
 };
 
 pub use functions::register;
+pub use information_schema::InformationSchema;
 pub use rewrite::rewrite;
 
 use super::catalog_provider::SessionView;

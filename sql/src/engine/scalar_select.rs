@@ -11,6 +11,7 @@ use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::Volatility;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
@@ -71,7 +72,11 @@ impl ScalarSelect {
                             | Expr::InSubquery(_)
                             | Expr::OuterReferenceColumn(..)
                             | Expr::Column(_)
-                    ) || is_async(e))
+                    ) || is_async(e)
+                        // now() and friends are replaced by their value when a query is
+                        // planned, not evaluated.
+                        || matches!(e, Expr::ScalarFunction(f)
+                            if f.func.signature().volatility != Volatility::Immutable))
                 })
                 .ok()?;
             if nested {

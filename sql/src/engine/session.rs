@@ -134,7 +134,6 @@ impl Session {
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
-            .with_information_schema(true)
             .with_target_partitions(2)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
             .set_bool("datafusion.execution.parquet.pushdown_filters", true);

@@ -93,6 +93,8 @@ pub fn register(ctx: &SessionContext, view: Arc<SessionView>, info: Arc<SessionI
     ] {
         ctx.register_udf(udf);
     }
+    // generate_series over int4 bounds (array_lower, array_upper).
+    crate_fns::generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);
     let oid = || DataType::Int64;
     let text = || DataType::Utf8;
     let text_list = || DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));

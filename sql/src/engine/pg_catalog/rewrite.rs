@@ -19,14 +19,15 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, CaseWhen, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, GroupByExpr, Ident, ObjectName, OrderByKind, Query, Select, SelectItem,
-    SetExpr, Statement, TableFactor, TableWithJoins, Value, VisitMut, VisitorMut, visit_relations,
+    BinaryOperator, CaseWhen, ExcludeSelectItem, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, GroupByExpr, Ident, ObjectName, OrderBy, OrderByKind,
+    Query, Select, SelectItem, SetExpr, Statement, TableAliasColumnDef, TableFactor,
+    TableWithJoins, Value, VisitMut, VisitorMut, visit_relations,
 };
 use datafusion_pg_catalog::sql::rules::{
-    AliasDuplicatedProjectionRewrite, PrependUnqualifiedPgTableName, RewriteArrayAnyAllOperation,
-    RewritePgCatalogOperator, RewriteRegCastToSubquery, SqlStatementRewriteRule,
-    StripCallableQualifier, StripCollate,
+    AliasDuplicatedProjectionRewrite, CurrentUserVariableToSessionUserFunctionCall,
+    PrependUnqualifiedPgTableName, RewriteArrayAnyAllOperation, RewritePgCatalogOperator,
+    RewriteRegCastToSubquery, SqlStatementRewriteRule, StripCallableQualifier, StripCollate,
 };
 
 /// Catalogs that never have rows in Eddy: no policies, extended statistics, publications,
@@ -59,6 +60,7 @@ fn crate_rules() -> &'static [Arc<dyn SqlStatementRewriteRule>] {
             Arc::new(StripCollate),
             Arc::new(RewritePgCatalogOperator),
             Arc::new(RewriteRegCastToSubquery::new()),
+            Arc::new(CurrentUserVariableToSessionUserFunctionCall),
         ]
     })
 }
@@ -444,11 +446,53 @@ fn prefixed_array(select: &mut Select) -> Option<Expr> {
 
 /// `EXISTS (SELECT ...)` in a select list is `(SELECT count(*) ...) > 0`, a scalar subquery
 /// DataFusion decorrelates (it supports EXISTS only in WHERE).
+/// `x IN (SELECT e ...)` likewise, as `(SELECT count(*) ... WHERE e = x) > 0`.
 fn exists_as_count(expr: &mut Expr) {
-    let Expr::Exists { subquery, negated } = expr else {
-        return;
+    let (mut query, negated) = match expr {
+        Expr::Exists { subquery, negated } => (subquery.as_ref().clone(), *negated),
+        Expr::InSubquery {
+            expr: needle,
+            subquery,
+            negated,
+        } => {
+            let mut query = subquery.as_ref().clone();
+            let Some(select) = single_select(&mut query) else {
+                return;
+            };
+            let Some(e) = item_expr(&mut select.projection[0]).cloned() else {
+                return;
+            };
+            let inner = bound_names(select);
+            let correlated = references(&e, &inner).1
+                || select
+                    .selection
+                    .as_ref()
+                    .is_some_and(|w| references(w, &inner).1);
+            if !correlated {
+                // Uncorrelated: membership in the subquery's values, gathered once.
+                select.projection[0] = SelectItem::UnnamedExpr(call("array_agg", vec![e]));
+                let values = call("eddy_empty_if_null", vec![Expr::Subquery(Box::new(query))]);
+                let has = call("array_has", vec![values, needle.as_ref().clone()]);
+                *expr = match negated {
+                    true => Expr::UnaryOp {
+                        op: datafusion::sql::sqlparser::ast::UnaryOperator::Not,
+                        expr: Box::new(has),
+                    },
+                    false => has,
+                };
+                return;
+            }
+            let equal = Expr::BinaryOp {
+                left: Box::new(Expr::Nested(Box::new(e))),
+                op: BinaryOperator::Eq,
+                right: Box::new(Expr::Nested(needle.clone())),
+            };
+            select.selection =
+                and_all(select.selection.take().into_iter().chain([equal]).collect());
+            (query, *negated)
+        }
+        _ => return,
     };
-    let mut query = subquery.as_ref().clone();
     let SetExpr::Select(select) = query.body.as_mut() else {
         return;
     };
@@ -466,10 +510,144 @@ fn exists_as_count(expr: &mut Expr) {
     };
 }
 
+/// Functions that return rows; any other function in FROM returns one value.
+const TABLE_FUNCTIONS: &[&str] = &[
+    "generate_series",
+    "range",
+    "unnest",
+    "pg_options_to_table",
+    "pg_get_keywords",
+    "generate_subscripts",
+];
+
+/// A scalar function in FROM (`FROM string_to_array(x, ',') s`) is a one-row table whose
+/// column has the alias's name, as in PostgreSQL.
+fn scalar_function_table(factor: &mut TableFactor) {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        alias: Some(alias),
+        ..
+    } = factor
+    else {
+        return;
+    };
+    if !alias.columns.is_empty() {
+        return;
+    }
+    if TABLE_FUNCTIONS.contains(&last_name(name).as_str()) {
+        // One column, named after the alias (`generate_series(1, 3) AS i` has column i).
+        if matches!(
+            last_name(name).as_str(),
+            "generate_series" | "range" | "unnest" | "generate_subscripts"
+        ) {
+            alias.columns = vec![TableAliasColumnDef {
+                name: alias.name.clone(),
+                data_type: None,
+            }];
+        }
+        return;
+    }
+    let list: Vec<String> = args.args.iter().map(|a| a.to_string()).collect();
+    let sql = format!("SELECT {name}({}) AS {}", list.join(", "), alias.name);
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let Ok(mut statements) = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, &sql)
+    else {
+        return;
+    };
+    let Statement::Query(subquery) = statements.remove(0) else {
+        return;
+    };
+    *factor = TableFactor::Derived {
+        lateral: false,
+        subquery,
+        alias: Some(alias.clone()),
+        sample: None,
+    };
+}
+
+fn contains_subquery(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(expr, |e| {
+        if matches!(
+            e,
+            Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }
+        ) {
+            found = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// ORDER BY items with subqueries (DataFusion plans those only in select lists) become hidden
+/// columns of a derived table the outer query sorts by and leaves out.
+fn hoist_order_by_subqueries(query: &mut Query) {
+    let Some(OrderByKind::Expressions(items)) = query.order_by.as_ref().map(|o| &o.kind) else {
+        return;
+    };
+    if !items.iter().any(|i| contains_subquery(&i.expr))
+        || !matches!(query.body.as_ref(), SetExpr::Select(_))
+    {
+        return;
+    }
+    let mut items = items.clone();
+    let mut inner = query.clone();
+    inner.order_by = None;
+    inner.limit_clause = None;
+    inner.fetch = None;
+    let SetExpr::Select(select) = inner.body.as_mut() else {
+        return;
+    };
+    let mut hidden = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        if contains_subquery(&item.expr) {
+            let name = Ident::new(format!("__eddy_sort_{i}"));
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: item.expr.clone(),
+                alias: name.clone(),
+            });
+            item.expr = Expr::Identifier(name.clone());
+            hidden.push(ObjectName::from(vec![name]));
+        }
+    }
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let Ok(mut parsed) = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+        &dialect,
+        "SELECT * FROM (SELECT 1) AS __eddy_sorted",
+    ) else {
+        return;
+    };
+    let Statement::Query(mut outer) = parsed.remove(0) else {
+        return;
+    };
+    let SetExpr::Select(outer_select) = outer.body.as_mut() else {
+        return;
+    };
+    if let TableFactor::Derived { subquery, .. } = &mut outer_select.from[0].relation {
+        *subquery = Box::new(inner);
+    }
+    if let SelectItem::Wildcard(options) = &mut outer_select.projection[0] {
+        options.opt_exclude = Some(ExcludeSelectItem::Multiple(hidden));
+    }
+    outer.order_by = Some(OrderBy {
+        kind: OrderByKind::Expressions(items),
+        interpolate: None,
+    });
+    outer.limit_clause = query.limit_clause.take();
+    outer.fetch = query.fetch.take();
+    *query = *outer;
+}
+
 struct CatalogQueryRewriter;
 
 impl VisitorMut for CatalogQueryRewriter {
     type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        scalar_function_table(factor);
+        ControlFlow::Continue(())
+    }
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         // ARRAY(SELECT e FROM ...)
@@ -511,6 +689,7 @@ impl VisitorMut for CatalogQueryRewriter {
     }
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        hoist_order_by_subqueries(query);
         // Scalar subqueries in this query's select list.
         if let SetExpr::Select(select) = query.body.as_mut() {
             for item in &mut select.projection {
