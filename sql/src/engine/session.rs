@@ -136,6 +136,8 @@ impl Session {
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
             .with_target_partitions(2)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            // Sessions run in UTC: now() is a timestamptz.
+            .set_str("datafusion.execution.time_zone", "+00:00")
             .set_bool("datafusion.execution.parquet.pushdown_filters", true);
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(config)
