@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in cmake clang libclang-dev libcurl4-openssl-dev postgresql-client; do
+for pkg in cmake clang libclang-dev libcurl4-openssl-dev postgresql-client postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

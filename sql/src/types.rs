@@ -121,7 +121,15 @@ impl SqlType {
             match pg.as_str() {
                 "uuid" => return Ok(SqlType::Uuid),
                 "jsonb" => return Ok(SqlType::Jsonb),
-                _ => {}
+                other => {
+                    let length = other
+                        .strip_prefix("varchar(")
+                        .and_then(|n| n.strip_suffix(')'))
+                        .and_then(|n| n.parse().ok());
+                    if let (Some(n), DataType::Utf8) = (length, field.data_type()) {
+                        return Ok(SqlType::Varchar(Some(n)));
+                    }
+                }
             }
         }
         Ok(match field.data_type() {
@@ -157,6 +165,11 @@ impl SqlType {
             SqlType::Uuid | SqlType::Jsonb => {
                 field.with_metadata(HashMap::from([(PG_TYPE_KEY.to_string(), self.pg_name())]))
             }
+            // The length survives views and streams over the column.
+            SqlType::Varchar(Some(n)) => field.with_metadata(HashMap::from([(
+                PG_TYPE_KEY.to_string(),
+                format!("varchar({n})"),
+            )])),
             _ => field,
         }
     }

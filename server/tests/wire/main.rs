@@ -3,8 +3,10 @@
 mod common;
 
 mod actions;
+mod catalog;
 mod clients;
 mod durability;
+mod grafana;
 mod lifecycle;
 mod locks;
 mod models;

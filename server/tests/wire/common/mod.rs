@@ -376,3 +376,156 @@ pub async fn expect_errors(client: &tokio_postgres::Client, code: &str, cases: &
         );
     }
 }
+
+/// A real PostgreSQL server (the system's, which `scripts/setup.sh` installs) in a temp dir,
+/// reached over a Unix socket, for comparing Eddy's answers with PostgreSQL's. Its superuser
+/// is `eddy`, like Eddy's, so owners print the same.
+pub struct Postgres {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql (scripts/setup.sh)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|b| b.join("initdb").exists())
+            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().join("data");
+        let socket_dir = tmp.path().to_path_buf();
+        if running_as_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(tmp.path())
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown the PostgreSQL temp dir to postgres");
+        }
+        let run = |program: &Path, args: &[&str]| {
+            let out = postgres_command(program)
+                .args(args)
+                .output()
+                .expect("run a PostgreSQL binary");
+            assert!(
+                out.status.success(),
+                "{} {args:?}: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port number");
+        let data_s = data.to_str().expect("utf-8 path");
+        run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data_s,
+                "-U",
+                "eddy",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses='' -c fsync=off",
+            socket_dir.display()
+        );
+        run(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                data_s,
+                "-o",
+                &options,
+                "-l",
+                &format!("{data_s}/log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        Postgres {
+            socket_dir,
+            port,
+            bin,
+            data,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn conn_string(&self) -> String {
+        format!(
+            "host={} port={} user=eddy dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data.to_str().unwrap_or_default().to_string();
+        let _ = postgres_command(&self.bin.join("pg_ctl"))
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// A PostgreSQL program, run as the `postgres` account when we are root (PostgreSQL refuses
+/// to run as root).
+fn postgres_command(program: &Path) -> Command {
+    match running_as_root() {
+        true => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        }
+        false => Command::new(program),
+    }
+}
+
+/// Runs psql (aligned output, as a user sees it) with `commands` on stdin; returns stdout,
+/// and panics with stderr if psql fails.
+pub fn psql_session(conn: &str, commands: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("psql")
+        .arg(conn)
+        .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (scripts/setup.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(commands.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "psql failed on {commands:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

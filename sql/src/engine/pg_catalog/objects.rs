@@ -298,7 +298,7 @@ impl PgObjects {
                 definition: None,
             });
         }
-        objects.relations.sort_by(|a, b| a.oid.cmp(&b.oid));
+        objects.relations.sort_by_key(|r| r.oid);
         objects.by_oid = objects
             .relations
             .iter()

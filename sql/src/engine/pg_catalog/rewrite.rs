@@ -625,7 +625,7 @@ fn hoist_order_by_subqueries(query: &mut Query) {
         return;
     };
     if let TableFactor::Derived { subquery, .. } = &mut outer_select.from[0].relation {
-        *subquery = Box::new(inner);
+        **subquery = inner;
     }
     if let SelectItem::Wildcard(options) = &mut outer_select.projection[0] {
         options.opt_exclude = Some(ExcludeSelectItem::Multiple(hidden));
