@@ -12,7 +12,10 @@ use eddy_connectors::format::{DEFAULT_MAX_EVENT_BYTES, EventDecoder, Format, Raw
 use eddy_sql::Engine;
 use tokio::net::TcpListener;
 
-pub fn router(engine: Arc<Engine>) -> Router {
+pub fn router(engine: Arc<Engine>, auth: Arc<crate::http_auth::HttpAuth>) -> Router {
+    let token = Router::new()
+        .route("/v1/auth/token", post(crate::http_auth::issue_token))
+        .with_state(auth.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/storage", get(storage))
@@ -21,6 +24,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/models/{name}/predict", post(crate::inference::predict))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(engine)
+        .merge(token)
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::http_auth::require,
+        ))
 }
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> axum::Json<serde_json::Value> {
@@ -133,15 +141,14 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Arc<crate::pg::handler::Authentication>,
 ) -> std::io::Result<()> {
+    let router = router(
+        engine.clone(),
+        Arc::new(crate::http_auth::HttpAuth::new(engine, auth)),
+    );
     match tls {
-        None => axum::serve(listener, router(engine)).await,
-        Some(tls) => {
-            axum::serve(
-                crate::tls::EitherListener::new(listener, tls),
-                router(engine),
-            )
-            .await
-        }
+        None => axum::serve(listener, router).await,
+        Some(tls) => axum::serve(crate::tls::EitherListener::new(listener, tls), router).await,
     }
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod http;
+pub mod http_auth;
 pub mod inference;
 pub mod pg;
 pub mod tls;
@@ -15,6 +16,46 @@ use eddy_sql::Engine;
 use tokio::net::TcpListener;
 
 use config::Config;
+
+/// Creates the bootstrap superuser, and checks that someone can log in when authentication
+/// is on.
+async fn authentication(
+    engine: &Arc<Engine>,
+    config: &Config,
+) -> Result<Arc<pg::handler::Authentication>> {
+    use pg::auth::Method;
+    engine.md5_passwords.store(
+        config.auth == Method::Md5,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let session = engine.new_session(&config.admin_user, "eddy");
+    let password = config.admin_password.as_ref().map(|p| p.0.as_str());
+    eddy_sql::engine::bootstrap_admin(&session, &config.admin_user, password)
+        .await
+        .context("cannot create the bootstrap superuser")?;
+    drop(session);
+    let catalog = engine.catalog();
+    let usable = |r: &&Arc<eddy_sql::catalog::RoleDef>| {
+        r.login
+            && match config.auth {
+                Method::Md5 => r.md5.is_some(),
+                _ => r.scram.is_some(),
+            }
+    };
+    if config.auth != Method::Trust && !catalog.roles().any(|r| usable(&r)) {
+        anyhow::bail!(
+            "authentication is on ({:?}) but no role has a password to log in with: set the \
+             bootstrap superuser's with EDDY_ADMIN_PASSWORD",
+            config.auth
+        );
+    }
+    let end_point = tls::end_point(config.tls.as_ref(), &config.data_dir, config.pg_listen)?;
+    Ok(Arc::new(pg::handler::Authentication {
+        method: config.auth,
+        end_point: Some(end_point),
+        throttle: Default::default(),
+    }))
+}
 
 /// Opens the database, binds both listeners, prints the ready line, and serves until `stop`
 /// resolves.
@@ -28,6 +69,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         .await
         .with_context(|| format!("cannot listen on {} (http)", config.http_listen))?;
     let tls = tls::acceptor(config.tls.as_ref(), &config.data_dir, config.pg_listen)?;
+    let auth = authentication(&engine, &config).await?;
     engine.start_streams(tokio::runtime::Handle::current());
     println!(
         "eddy ready: postgres on {}, http on {}, data in {}",
@@ -37,8 +79,13 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let pg_task = tokio::spawn(pg::serve(pg, engine.clone(), Some(tls.clone())));
-    let http_task = tokio::spawn(http::serve(http, engine.clone(), Some(tls)));
+    let pg_task = tokio::spawn(pg::serve(
+        pg,
+        engine.clone(),
+        Some(tls.clone()),
+        auth.clone(),
+    ));
+    let http_task = tokio::spawn(http::serve(http, engine.clone(), Some(tls), auth));
     stop.await;
     tracing::info!("shutting down");
     pg_task.abort();

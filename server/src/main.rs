@@ -86,6 +86,20 @@ struct ServeArgs {
     /// The certificate's private key (PEM).
     #[arg(long, env = "EDDY_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// How clients authenticate: scram-sha-256, md5 or trust [default: trust when both
+    /// listeners are on loopback addresses, scram-sha-256 otherwise].
+    #[arg(long, env = "EDDY_AUTH")]
+    auth: Option<String>,
+    /// The bootstrap superuser, created on first start [default: eddy].
+    #[arg(long, env = "EDDY_ADMIN_USER")]
+    admin_user: Option<String>,
+    /// The bootstrap superuser's password, set when it has none (prefer the environment
+    /// variable to the flag: flags show in the process list).
+    #[arg(long, env = "EDDY_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Serve non-loopback addresses without authentication.
+    #[arg(long, env = "EDDY_INSECURE_ALLOW_REMOTE_TRUST")]
+    insecure_allow_remote_trust: bool,
 }
 
 fn main() -> Result<()> {
@@ -108,6 +122,10 @@ fn main() -> Result<()> {
         http_listen: args.http_listen,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        auth: args.auth,
+        admin_user: args.admin_user,
+        admin_password: args.admin_password,
+        insecure_allow_remote_trust: args.insecure_allow_remote_trust,
     })?;
     // Large stacks: planning deeply nested SQL recurses; an error beats a stack overflow.
     let runtime = tokio::runtime::Builder::new_multi_thread()

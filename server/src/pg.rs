@@ -1,5 +1,6 @@
 //! The Postgres wire protocol front end (pgwire).
 
+pub mod auth;
 pub mod encode;
 pub mod errors;
 pub mod execute;
@@ -21,10 +22,11 @@ pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
+    auth: Arc<handler::Authentication>,
 ) {
     let manager = Arc::new(ConnectionManager::new());
     let handlers = Arc::new(Handlers {
-        handler: Arc::new(EddyHandler::new(engine, manager.clone())),
+        handler: Arc::new(EddyHandler::new(engine, manager.clone(), auth)),
         cancel: Arc::new(DefaultCancelHandler::new(manager)),
     });
     loop {

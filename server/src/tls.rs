@@ -182,6 +182,21 @@ impl axum::serve::Listener for EitherListener {
     }
 }
 
+/// The `tls-server-end-point` channel binding of the listener's certificate (SCRAM-SHA-256-PLUS).
+pub fn end_point(
+    configured: Option<&(PathBuf, PathBuf)>,
+    data_dir: &Path,
+    listen: SocketAddr,
+) -> Result<Vec<u8>> {
+    let (cert, _) = files(configured, data_dir, listen)?;
+    let leaf = CertificateDer::pem_file_iter(&cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .next()
+        .with_context(|| format!("no certificate in {}", cert.display()))?
+        .with_context(|| format!("cannot read {}", cert.display()))?;
+    Ok(eddy_sql::auth::tls_server_end_point(&leaf))
+}
+
 /// The acceptor of the Postgres listener.
 pub fn acceptor(
     configured: Option<&(PathBuf, PathBuf)>,

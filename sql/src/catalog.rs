@@ -254,12 +254,54 @@ pub struct ModelTensor {
     pub shape: Vec<i64>,
 }
 
+/// A role (user): what it may do, and how it proves who it is. Passwords are kept only as
+/// verifiers (see [`crate::auth`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoleDef {
+    pub name: String,
+    pub superuser: bool,
+    pub login: bool,
+    pub create_db: bool,
+    pub create_role: bool,
+    pub inherit: bool,
+    pub replication: bool,
+    pub bypass_rls: bool,
+    /// -1: no limit.
+    pub connection_limit: i32,
+    pub scram: Option<crate::auth::ScramSecret>,
+    /// `md5…` of PostgreSQL's MD5 scheme, kept only when MD5 authentication is enabled.
+    pub md5: Option<String>,
+    /// The bootstrap administrator: OID 10, which owns every object.
+    #[serde(default)]
+    pub bootstrap: bool,
+}
+
+impl RoleDef {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            superuser: false,
+            login: false,
+            create_db: false,
+            create_role: false,
+            inherit: true,
+            replication: false,
+            bypass_rls: false,
+            connection_limit: -1,
+            scram: None,
+            md5: None,
+            bootstrap: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Record {
     Schema { name: String },
     Table(TableDef),
     View(ViewDef),
     Model(ModelDef),
+    Role(RoleDef),
 }
 
 /// What a name refers to.
@@ -278,6 +320,7 @@ pub struct Catalog {
     tables: BTreeMap<Name, Arc<TableDef>>,
     views: BTreeMap<Name, Arc<ViewDef>>,
     models: BTreeMap<Name, Arc<ModelDef>>,
+    roles: BTreeMap<String, Arc<RoleDef>>,
     next_table_id: u32,
 }
 
@@ -293,6 +336,14 @@ fn record_key(schema: &str, name: &str) -> Vec<u8> {
 fn model_key(schema: &str, name: &str) -> Vec<u8> {
     let mut k = record_key(schema, "");
     k.push(1);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Roles belong to no schema: their records sit under an empty schema name and a marker byte.
+fn role_key(name: &str) -> Vec<u8> {
+    let mut k = record_key("", "");
+    k.push(2);
     k.extend_from_slice(name.as_bytes());
     k
 }
@@ -344,6 +395,9 @@ impl Catalog {
             Record::View(v) => {
                 self.views
                     .insert((v.schema.clone(), v.name.clone()), Arc::new(v));
+            }
+            Record::Role(r) => {
+                self.roles.insert(r.name.clone(), Arc::new(r));
             }
             Record::Model(m) => {
                 self.models
@@ -520,6 +574,32 @@ impl Catalog {
             return Err(Error::undefined_table(name));
         }
         Ok(ops)
+    }
+
+    pub fn role(&self, name: &str) -> Option<Arc<RoleDef>> {
+        self.roles.get(name).cloned()
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = &Arc<RoleDef>> {
+        self.roles.values()
+    }
+
+    /// Stores a new or changed role.
+    pub fn put_role(&mut self, def: RoleDef) -> Result<Vec<WriteOp>> {
+        let record = encode(&Record::Role(def.clone()))?;
+        let key = role_key(&def.name);
+        self.roles.insert(def.name.clone(), Arc::new(def));
+        Ok(vec![WriteOp::Put(key, record)])
+    }
+
+    pub fn drop_role(&mut self, name: &str) -> Result<Vec<WriteOp>> {
+        match self.roles.remove(name) {
+            Some(_) => Ok(vec![WriteOp::Delete(role_key(name))]),
+            None => Err(Error::user(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("role \"{name}\" does not exist"),
+            )),
+        }
     }
 
     pub fn model(&self, schema: &str, name: &str) -> Option<Arc<ModelDef>> {

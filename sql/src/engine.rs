@@ -14,6 +14,7 @@ mod models;
 mod naming;
 mod pg_catalog;
 mod point_get;
+mod roles;
 mod scalar_select;
 mod session;
 mod settings;
@@ -29,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use dml::parse_bytea;
 pub use naming::{output_names, rename};
+pub use roles::bootstrap_admin;
 pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus, is_transaction_control};
 pub use settings::SERVER_VERSION;
 pub use statement::{EddyStatement, ObjectKind, Stmt};
@@ -58,6 +60,9 @@ pub struct Engine {
     pub models: models::ModelStore,
     /// `pg_advisory_lock` and friends.
     pub advisory: Arc<advisory::AdvisoryLocks>,
+    /// Whether passwords set from now on also keep PostgreSQL's MD5 hash (the server enables
+    /// it when MD5 authentication is configured).
+    pub md5_passwords: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -95,6 +100,7 @@ impl Engine {
             row_ids: Mutex::new(HashMap::new()),
             next_backend_pid: AtomicI32::new(1000),
             advisory: Arc::default(),
+            md5_passwords: Default::default(),
         }))
     }
 

@@ -5,6 +5,7 @@
 //! [`codec`] (key and row encodings), [`catalog`], [`txn`] (overlay + validated commit),
 //! [`table`] (stored tables as DataFusion tables), [`engine`] (sessions and statements).
 
+pub mod auth;
 pub mod catalog;
 pub mod codec;
 pub mod engine;

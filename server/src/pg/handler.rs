@@ -12,10 +12,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::scalar::ScalarValue;
+use eddy_sql::auth::{ScramError, ScramExchange};
 use eddy_sql::engine::is_transaction_control;
 use eddy_sql::error::sqlstate;
 use eddy_sql::{CommandTag, Engine, Error, Prepared, QueryOutput, Session, TxnStatus};
 use futures::{FutureExt, Sink, SinkExt, StreamExt, stream};
+use parking_lot::Mutex;
 use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
@@ -27,13 +29,15 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, METADATA_DATABASE,
-    METADATA_USER, PgWireServerHandlers, Type,
+    METADATA_USER, PgWireConnectionState, PgWireServerHandlers, Type,
 };
+use pgwire::error::ErrorInfo;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::extendedquery::{Bind, Describe, Execute};
-use pgwire::messages::startup::SecretKey;
+use pgwire::messages::startup::{Authentication as AuthRequest, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use super::auth::{Method, Pending, PendingAuth, Throttle};
 use super::encode;
 use super::errors::{error_info, to_pgwire, user_error};
 
@@ -41,14 +45,28 @@ pub struct EddyHandler {
     engine: Arc<Engine>,
     manager: Arc<ConnectionManager>,
     parser: Arc<EddyParser>,
+    auth: Arc<Authentication>,
+}
+
+/// How the listener authenticates clients.
+pub struct Authentication {
+    pub method: Method,
+    /// The `tls-server-end-point` channel binding of the listener's certificate.
+    pub end_point: Option<Vec<u8>>,
+    pub throttle: Throttle,
 }
 
 impl EddyHandler {
-    pub fn new(engine: Arc<Engine>, manager: Arc<ConnectionManager>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        manager: Arc<ConnectionManager>,
+        auth: Arc<Authentication>,
+    ) -> Self {
         Self {
             engine,
             manager,
             parser: Arc::new(EddyParser),
+            auth,
         }
     }
 }
@@ -411,11 +429,145 @@ impl StartupHandler for EddyHandler {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let PgWireFrontendMessage::Startup(startup) = message else {
-            return Ok(());
-        };
-        protocol_negotiation(client, &startup).await?;
-        save_startup_parameters_to_metadata(client, &startup);
+        match message {
+            PgWireFrontendMessage::Startup(startup) => {
+                protocol_negotiation(client, &startup).await?;
+                save_startup_parameters_to_metadata(client, &startup);
+                let request = match self.auth.method {
+                    Method::Trust => return self.start_session(client, true).await,
+                    Method::ScramSha256 => {
+                        let mut mechanisms = vec!["SCRAM-SHA-256".to_string()];
+                        if client.is_secure() && self.auth.end_point.is_some() {
+                            mechanisms.insert(0, "SCRAM-SHA-256-PLUS".to_string());
+                        }
+                        client
+                            .session_extensions()
+                            .insert(PendingAuth(Mutex::new(Some(Pending::ScramStart))));
+                        AuthRequest::SASL(mechanisms)
+                    }
+                    Method::Md5 => {
+                        let salt: [u8; 4] = rand::random();
+                        client
+                            .session_extensions()
+                            .insert(PendingAuth(Mutex::new(Some(Pending::Md5(salt)))));
+                        AuthRequest::MD5Password(salt.to_vec())
+                    }
+                };
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(request))
+                    .await?;
+                client.flush().await?;
+                Ok(())
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let pending = client
+                    .session_extensions()
+                    .get::<PendingAuth>()
+                    .and_then(|p| p.0.lock().take());
+                let user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
+                let outcome =
+                    match pending {
+                        Some(Pending::ScramStart) => {
+                            let initial = message.into_sasl_initial_response()?;
+                            let binding = match client.is_secure() {
+                                true => self.auth.end_point.as_deref(),
+                                false => None,
+                            };
+                            let secret = super::auth::scram_secret(&self.engine, &user);
+                            let data = initial.data.unwrap_or_default();
+                            match ScramExchange::start(
+                                &initial.auth_method,
+                                &data,
+                                secret.as_ref(),
+                                binding,
+                            ) {
+                                Ok((exchange, server_first)) => {
+                                    client.session_extensions().insert(PendingAuth(Mutex::new(
+                                        Some(Pending::ScramFinal(Box::new(exchange))),
+                                    )));
+                                    client
+                                        .send(PgWireBackendMessage::Authentication(
+                                            AuthRequest::SASLContinue(server_first.into()),
+                                        ))
+                                        .await?;
+                                    client.flush().await?;
+                                    return Ok(());
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        Some(Pending::ScramFinal(exchange)) => {
+                            let response = message.into_sasl_response()?;
+                            match exchange.finish(&response.data) {
+                                Ok(server_final) => {
+                                    client
+                                        .send(PgWireBackendMessage::Authentication(
+                                            AuthRequest::SASLFinal(server_final.into()),
+                                        ))
+                                        .await?;
+                                    Ok(())
+                                }
+                                Err(e) => Err(e),
+                            }
+                        }
+                        Some(Pending::Md5(salt)) => {
+                            let password = message.into_password()?.password;
+                            match super::auth::md5_matches(&self.engine, &user, salt, &password) {
+                                true => Ok(()),
+                                false => Err(ScramError::Rejected),
+                            }
+                        }
+                        None => Err(ScramError::Protocol(
+                            "unexpected password message".to_string(),
+                        )),
+                    };
+                let ip = client.socket_addr().ip().to_string();
+                match outcome {
+                    Ok(()) => {
+                        self.auth.throttle.succeeded(&ip);
+                        let superuser = super::auth::login_role(&self.engine, &user)
+                            .is_some_and(|r| r.superuser);
+                        self.start_session(client, superuser).await
+                    }
+                    Err(e) => {
+                        let (failures, delay) = self.auth.throttle.failed(&ip);
+                        tracing::warn!(
+                            "failed login for user {user:?} from {ip} ({failures} in a row): {e:?}"
+                        );
+                        tokio::time::sleep(delay).await;
+                        let (code, message) = match e {
+                            ScramError::Protocol(m) => ("08P01", m),
+                            ScramError::Rejected => (
+                                "28P01",
+                                format!("password authentication failed for user \"{user}\""),
+                            ),
+                        };
+                        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                            "FATAL".to_string(),
+                            code.to_string(),
+                            message,
+                        ))))
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl EddyHandler {
+    /// Opens the session of an authenticated connection and tells the client it is ready.
+    async fn start_session<C>(&self, client: &mut C, superuser: bool) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
         let meta = client.metadata();
         let user = meta
             .get(METADATA_USER)
@@ -427,6 +579,7 @@ impl StartupHandler for EddyHandler {
             .unwrap_or_else(|| user.clone());
         let application_name = meta.get("application_name").cloned().unwrap_or_default();
         let session = self.engine.new_session(&user, &database);
+        session.set_superuser(superuser);
         session.set_setting("application_name", application_name.clone());
         let pid = session.backend_pid();
         let secret = SecretKey::I32(rand::random::<i32>());

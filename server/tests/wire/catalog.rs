@@ -40,7 +40,7 @@ fn without_view_definition(out: &str) -> String {
 #[test]
 fn psql_describe_commands_print_what_postgres_prints() {
     let pg = Postgres::start();
-    let eddy = Server::start();
+    let eddy = Server::start_secure();
     psql_session(&pg.conn_string(), SHARED_DDL);
     psql_session(&eddy.conn_string(), SHARED_DDL);
     for command in [
@@ -98,7 +98,7 @@ fn psql_describe_commands_print_what_postgres_prints() {
 
 #[test]
 fn streaming_objects_show_in_psql_listings() {
-    let eddy = Server::start();
+    let eddy = Server::start_secure();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models/anomaly_v1.onnx");
     let sink_dir = tempfile::tempdir().unwrap();
     psql_session(

@@ -51,7 +51,7 @@ const IN_SEARCH_PATH: &str = "
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grafana_datasource_queries_answer_over_a_live_pipeline() {
-    let server = Server::start();
+    let server = Server::start_secure();
     let client = server.connect().await;
     client
         .batch_execute(
@@ -342,7 +342,7 @@ fn expand_macros(sql: &str, from: i64, to: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioned_dashboard_panels_show_the_demo_pipeline() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let server = Server::start();
+    let server = Server::start_secure();
     let client = server.connect().await;
     let demo = std::fs::read_to_string(root.join("examples/demo.sql")).unwrap();
     let models = root.join("examples/models/");

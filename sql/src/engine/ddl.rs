@@ -111,9 +111,21 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             object_type,
             if_exists,
             names,
+            ..
+        } if super::roles::is_role_object(*object_type) => {
+            super::roles::drop_roles(session, names, *if_exists)?
+        }
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
             cascade,
             ..
         } => drop(session, *object_type, *if_exists, names, *cascade)?,
+        Statement::CreateRole(r) => super::roles::create_role(session, r)?,
+        Statement::AlterRole { name, operation } => {
+            super::roles::alter_role(session, name, operation)?
+        }
         Statement::Truncate(t) => truncate(session, t)?,
         Statement::Set(set) => return set_statement(session, set).map(QueryOutput::Command),
         Statement::ShowVariable { variable } => return show(session, variable),

@@ -25,6 +25,9 @@ pub struct SessionInfo {
     pub settings: RwLock<Settings>,
     /// Schemas that exist (to resolve `current_schema()` against `search_path`).
     pub schema_exists: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Whether the session's user is a superuser (every session is when authentication is
+    /// off, as with PostgreSQL's trust).
+    pub superuser: std::sync::atomic::AtomicBool,
 }
 
 impl SessionInfo {

@@ -246,7 +246,7 @@ fn relkind_am(kind: char) -> i32 {
 
 async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<RecordBatch>> {
     let s = statics();
-    let owner = |oid: i32| V::Text(role_name(oid).unwrap_or(SUPERUSER).to_string());
+    let owner = |oid: i32| V::Text(o.role_name(oid).unwrap_or_else(|| o.superuser()));
     match name {
         "pg_namespace" => {
             let shape = crate_shape("pg_namespace", &[]).await?;
@@ -469,11 +469,11 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
             let system = static_rows(&s.pg_authid, &[], |b, i| {
                 int_at(b, "oid", i) != SUPERUSER_OID
             })?;
-            with_rows(system, &[superuser_row()])
+            with_rows(system, &role_rows(o))
         }
         "pg_roles" => {
             let schema = crate_schema("pg_roles").await?;
-            let mut rows = vec![superuser_row()];
+            let mut rows = role_rows(o);
             rows.push(vec![
                 ("oid", DATABASE_OWNER_OID.into()),
                 ("rolname", "pg_database_owner".into()),
@@ -501,16 +501,23 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                     DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
                 ),
             ]);
-            let row: Row = vec![
-                ("usename", SUPERUSER.into()),
-                ("usesysid", SUPERUSER_OID.into()),
-                ("usecreatedb", true.into()),
-                ("usesuper", true.into()),
-                ("userepl", true.into()),
-                ("usebypassrls", true.into()),
-                ("passwd", "********".into()),
-            ];
-            Ok(vec![rows::batch(&schema, &[row])?])
+            let rows: Vec<Row> = o
+                .roles
+                .iter()
+                .filter(|(_, r)| r.login)
+                .map(|(oid, r)| {
+                    vec![
+                        ("usename", r.name.clone().into()),
+                        ("usesysid", (*oid).into()),
+                        ("usecreatedb", r.create_db.into()),
+                        ("usesuper", r.superuser.into()),
+                        ("userepl", r.replication.into()),
+                        ("usebypassrls", r.bypass_rls.into()),
+                        ("passwd", "********".into()),
+                    ]
+                })
+                .collect();
+            Ok(vec![rows::batch(&schema, &rows)?])
         }
         "pg_tables" | "pg_views" | "pg_matviews" => {
             let schema = crate_schema(name).await?;
@@ -589,20 +596,26 @@ fn text_array() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
 }
 
-fn superuser_row() -> Row {
-    vec![
-        ("oid", SUPERUSER_OID.into()),
-        ("rolname", SUPERUSER.into()),
-        ("rolsuper", true.into()),
-        ("rolinherit", true.into()),
-        ("rolcreaterole", true.into()),
-        ("rolcreatedb", true.into()),
-        ("rolcanlogin", true.into()),
-        ("rolreplication", true.into()),
-        ("rolbypassrls", true.into()),
-        ("rolconnlimit", (-1).into()),
-        ("rolpassword", "********".into()),
-    ]
+/// `pg_authid`/`pg_roles` rows of Eddy's roles; passwords show as `********`.
+fn role_rows(o: &PgObjects) -> Vec<Row> {
+    o.roles
+        .iter()
+        .map(|(oid, r)| {
+            vec![
+                ("oid", (*oid).into()),
+                ("rolname", r.name.clone().into()),
+                ("rolsuper", r.superuser.into()),
+                ("rolinherit", r.inherit.into()),
+                ("rolcreaterole", r.create_role.into()),
+                ("rolcreatedb", r.create_db.into()),
+                ("rolcanlogin", r.login.into()),
+                ("rolreplication", r.replication.into()),
+                ("rolbypassrls", r.bypass_rls.into()),
+                ("rolconnlimit", r.connection_limit.into()),
+                ("rolpassword", "********".into()),
+            ]
+        })
+        .collect()
 }
 
 /// Options in PostgreSQL's stored form, `key=value`.

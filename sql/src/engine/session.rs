@@ -166,6 +166,7 @@ impl Session {
             backend_pid: engine.next_backend_pid(),
             settings: RwLock::new(Settings::default()),
             schema_exists: Box::new(move |s| exists_view.catalog().schema_exists(s)),
+            superuser: std::sync::atomic::AtomicBool::new(true),
         });
         functions::register(&ctx, info.clone());
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
@@ -179,6 +180,11 @@ impl Session {
             status: Mutex::new(TxnStatus::Idle),
             stream_failed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sets whether the session's user is a superuser (from its role, once authenticated).
+    pub fn set_superuser(&self, superuser: bool) {
+        self.info.superuser.store(superuser, Ordering::Relaxed);
     }
 
     pub fn backend_pid(&self) -> i32 {
@@ -769,6 +775,10 @@ fn parse_statements(parser: &mut Parser<'_>) -> std::result::Result<Vec<Stmt>, P
         }
         if !delimited {
             return parser.expected("end of statement", parser.peek_token());
+        }
+        if let Some(s) = super::statement::parse_user_statement(parser)? {
+            statements.push(Stmt::Sql(s));
+            continue;
         }
         statements.push(match parse_eddy(parser)? {
             Some(s) => Stmt::Eddy(s),

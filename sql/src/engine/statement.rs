@@ -246,6 +246,27 @@ fn skip(parser: &mut Parser<'_>, n: usize) {
 }
 
 /// Parses one of Eddy's statements if the next tokens start one.
+/// PostgreSQL's `CREATE USER` (a role that can log in) and `ALTER USER`, which sqlparser
+/// reads in other dialects' forms.
+pub fn parse_user_statement(parser: &mut Parser<'_>) -> Result<Option<Statement>, ParserError> {
+    if word(parser, 1).as_deref() != Some("USER") {
+        return Ok(None);
+    }
+    match word(parser, 0).as_deref() {
+        Some("CREATE") => {
+            skip(parser, 2);
+            let mut role = parser.parse_create_role()?;
+            role.login.get_or_insert(true);
+            Ok(Some(Statement::CreateRole(role)))
+        }
+        Some("ALTER") => {
+            skip(parser, 2);
+            parser.parse_alter_role().map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, ParserError> {
     let first = word(parser, 0);
     Ok(Some(match first.as_deref() {

@@ -18,8 +18,14 @@ pub struct Server {
     pub pg: SocketAddr,
     pub http: SocketAddr,
     pub data_dir: PathBuf,
+    /// The bootstrap superuser's password, when authentication is on.
+    pub password: Option<String>,
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
+
+/// The admin password of servers started with [`Server::start_secure`].
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 impl Server {
     /// A fresh server with an empty data dir.
@@ -35,6 +41,17 @@ impl Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut s = Self::start_in_with(tmp.path(), "127.0.0.1:0", "127.0.0.1:0", env);
         s._tmp = Some(tmp);
+        s
+    }
+
+    /// A fresh server with SCRAM-SHA-256 authentication on; its connection string asks for
+    /// TLS (`sslmode=require`) and carries the admin's password.
+    pub fn start_secure() -> Server {
+        let mut s = Self::start_with_env(&[
+            ("EDDY_AUTH", "scram-sha-256"),
+            ("EDDY_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ]);
+        s.password = Some(ADMIN_PASSWORD.to_string());
         s
     }
 
@@ -61,6 +78,11 @@ impl Server {
             http: addr_after("http on "),
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
+            password: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: None,
         }
     }
@@ -77,7 +99,17 @@ impl Server {
     /// SIGKILL, then start again on the same ports and data dir.
     pub fn restart(&mut self) {
         self.kill9();
-        let fresh = Server::start_in(&self.data_dir, &self.pg.to_string(), &self.http.to_string());
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let fresh = Server::start_in_with(
+            &self.data_dir,
+            &self.pg.to_string(),
+            &self.http.to_string(),
+            &env,
+        );
         self.child = fresh.child_take();
     }
 
@@ -89,18 +121,32 @@ impl Server {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
 
+    /// psql's connection string: over TLS with the password when authentication is on.
     pub fn conn_string(&self) -> String {
-        format!(
+        match &self.password {
+            None => self.plain_conn_string(),
+            Some(_) => format!("{} sslmode=require", self.plain_conn_string()),
+        }
+    }
+
+    /// Without TLS (tokio-postgres here has no TLS connector), with the password if any.
+    pub fn plain_conn_string(&self) -> String {
+        let mut s = format!(
             "host={} port={} user=eddy dbname=eddy",
             self.pg.ip(),
             self.pg.port()
-        )
+        );
+        if let Some(p) = &self.password {
+            s.push_str(&format!(" password='{p}'"));
+        }
+        s
     }
 
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.conn_string(), tokio_postgres::NoTls)
-            .await
-            .expect("connect to eddy");
+        let (client, conn) =
+            tokio_postgres::connect(&self.plain_conn_string(), tokio_postgres::NoTls)
+                .await
+                .expect("connect to eddy");
         tokio::spawn(async move {
             let _ = conn.await;
         });

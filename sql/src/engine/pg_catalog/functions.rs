@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 use datafusion_pg_catalog::pg_catalog as crate_fns;
 
-use super::objects::{PgObjects, PgRelation, quote_ident, role_name};
+use super::objects::{PgObjects, PgRelation, quote_ident};
 use crate::engine::catalog_provider::SessionView;
 use crate::engine::functions::SessionInfo;
 
@@ -330,12 +330,15 @@ impl ScalarUDFImpl for CatalogFn {
             .map(|a| a.to_array(rows))
             .collect::<DfResult<_>>()?;
         match self.kind {
-            Kind::UserById => Ok(text_result(
-                oids(&arrays[0])?
-                    .into_iter()
-                    .map(|o| o.and_then(role_name).map(str::to_string))
-                    .collect(),
-            )),
+            Kind::UserById => {
+                let objects = self.objects();
+                Ok(text_result(
+                    oids(&arrays[0])?
+                        .into_iter()
+                        .map(|o| o.and_then(|o| objects.role_name(o)))
+                        .collect(),
+                ))
+            }
             Kind::TableIsVisible => {
                 let objects = self.objects();
                 let path = self.info.settings.read().search_path(&self.info.user);

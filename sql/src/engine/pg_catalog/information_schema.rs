@@ -116,16 +116,16 @@ fn build(
                 ("default_character_set_name", text()),
                 ("sql_path", text()),
             ]);
-            let mut names: Vec<(String, &str)> = o
+            let mut names: Vec<(String, String)> = o
                 .namespaces
                 .iter()
                 .map(|n| {
-                    let owner = super::objects::role_name(n.owner).unwrap_or("eddy");
+                    let owner = o.role_name(n.owner).unwrap_or_else(|| o.superuser());
                     (n.name.clone(), owner)
                 })
                 .collect();
-            names.push(("pg_catalog".to_string(), super::objects::SUPERUSER));
-            names.push(("information_schema".to_string(), super::objects::SUPERUSER));
+            names.push(("pg_catalog".to_string(), o.superuser()));
+            names.push(("information_schema".to_string(), o.superuser()));
             names.sort();
             let rows: Vec<Row> = names
                 .into_iter()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use datafusion::catalog::CatalogProvider;
 
 use super::super::catalog_provider::{EDDY_CATALOG, EddyCatalog, SessionView};
-use crate::catalog::{Catalog, TableDef, TableKind};
+use crate::catalog::{Catalog, RoleDef, TableDef, TableKind};
 use crate::types::SqlType;
 
 /// `pg_catalog`'s namespace OID in every PostgreSQL cluster.
@@ -24,8 +24,8 @@ pub const PUBLIC_NAMESPACE: i32 = 2200;
 pub const SUPERUSER_OID: i32 = 10;
 /// The role that owns `public` since PostgreSQL 15.
 pub const DATABASE_OWNER_OID: i32 = 6171;
-/// The role Eddy reports as the owner of every object until roles exist.
-pub const SUPERUSER: &str = "eddy";
+/// The bootstrap superuser's name when no role has been created (authentication off).
+pub const DEFAULT_SUPERUSER: &str = "eddy";
 /// `pg_am` rows of the heap and btree access methods.
 pub const HEAP_AM: i32 = 2;
 pub const BTREE_AM: i32 = 403;
@@ -34,15 +34,6 @@ pub const DEFAULT_COLLATION: i32 = 100;
 /// The one foreign-data wrapper, which every Eddy server belongs to.
 pub const EDDY_FDW_OID: i32 = 900_000_000;
 const FIRST_USER_OID: i32 = 16384;
-
-/// The name of an OID's role (`pg_get_userbyid`).
-pub fn role_name(oid: i32) -> Option<&'static str> {
-    match oid {
-        SUPERUSER_OID => Some(SUPERUSER),
-        DATABASE_OWNER_OID => Some("pg_database_owner"),
-        _ => None,
-    }
-}
 
 /// A stable OID for an object without a catalog id, in a range table OIDs never reach.
 pub fn hashed_oid(kind: &str, schema: &str, name: &str) -> i32 {
@@ -213,6 +204,8 @@ pub fn quote_ident(name: &str) -> String {
 pub struct PgObjects {
     pub namespaces: Vec<Namespace>,
     pub relations: Vec<PgRelation>,
+    /// Roles with their OIDs; the bootstrap superuser (OID 10) first.
+    pub roles: Vec<(i32, Arc<RoleDef>)>,
     by_oid: HashMap<i32, usize>,
 }
 
@@ -246,6 +239,24 @@ impl PgObjects {
     /// The objects of a catalog, without the columns of plain views (which need planning).
     pub fn from_catalog(catalog: &Catalog) -> Self {
         let mut objects = PgObjects::default();
+        let bootstrap = catalog.roles().find(|r| r.bootstrap).cloned();
+        let bootstrap = bootstrap.unwrap_or_else(|| {
+            let mut r = RoleDef::new(DEFAULT_SUPERUSER);
+            r.superuser = true;
+            r.login = true;
+            r.create_db = true;
+            r.create_role = true;
+            r.replication = true;
+            r.bypass_rls = true;
+            r.bootstrap = true;
+            Arc::new(r)
+        });
+        objects.roles.push((SUPERUSER_OID, bootstrap.clone()));
+        for r in catalog.roles().filter(|r| r.name != bootstrap.name) {
+            objects
+                .roles
+                .push((hashed_oid("role", "", &r.name), r.clone()));
+        }
         let mut schemas: Vec<String> = catalog.schemas().cloned().collect();
         schemas.push(EDDY_CATALOG.to_string());
         for schema in &schemas {
@@ -307,6 +318,22 @@ impl PgObjects {
             .flatten()
             .collect();
         objects
+    }
+
+    /// The name of an OID's role (`pg_get_userbyid`).
+    pub fn role_name(&self, oid: i32) -> Option<String> {
+        if oid == DATABASE_OWNER_OID {
+            return Some("pg_database_owner".to_string());
+        }
+        self.roles
+            .iter()
+            .find(|(o, _)| *o == oid)
+            .map(|(_, r)| r.name.clone())
+    }
+
+    /// The owner of every object.
+    pub fn superuser(&self) -> String {
+        self.roles[0].1.name.clone()
     }
 
     /// The relation with this OID, or whose primary-key index has it.

@@ -25,9 +25,9 @@ use datafusion::sql::sqlparser::ast::{
     TableWithJoins, Value, VisitMut, VisitorMut, visit_relations,
 };
 use datafusion_pg_catalog::sql::rules::{
-    AliasDuplicatedProjectionRewrite, CurrentUserVariableToSessionUserFunctionCall,
-    PrependUnqualifiedPgTableName, RewriteArrayAnyAllOperation, RewritePgCatalogOperator,
-    RewriteRegCastToSubquery, SqlStatementRewriteRule, StripCallableQualifier, StripCollate,
+    AliasDuplicatedProjectionRewrite, PrependUnqualifiedPgTableName, RewriteArrayAnyAllOperation,
+    RewritePgCatalogOperator, RewriteRegCastToSubquery, SqlStatementRewriteRule,
+    StripCallableQualifier, StripCollate,
 };
 
 /// Catalogs that never have rows in Eddy: no policies, extended statistics, publications,
@@ -60,7 +60,6 @@ fn crate_rules() -> &'static [Arc<dyn SqlStatementRewriteRule>] {
             Arc::new(StripCollate),
             Arc::new(RewritePgCatalogOperator),
             Arc::new(RewriteRegCastToSubquery::new()),
-            Arc::new(CurrentUserVariableToSessionUserFunctionCall),
         ]
     })
 }
