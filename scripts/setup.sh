@@ -4,9 +4,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in cmake clang libclang-dev libcurl4-openssl-dev postgresql-client postgresql; do
+# postgresql: a real server the psql tests compare Eddy with; libpostgresql-jdbc-java: pgjdbc
+# for the driver tests, run by a JDK; node and npm: node-postgres.
+for pkg in cmake clang libclang-dev libcurl4-openssl-dev postgresql-client postgresql \
+           libpostgresql-jdbc-java; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq
@@ -14,9 +19,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # Python client libraries for the client tests, kept inside the repo (.tools/python).
-if ! PYTHONPATH=.tools/python python3 -c 'import psycopg' 2>/dev/null; then
-  echo "setup: installing psycopg into .tools/python"
-  python3 -m pip install --quiet --disable-pip-version-check --target .tools/python 'psycopg[binary]==3.2.*'
+if ! PYTHONPATH=.tools/python python3 -c 'import psycopg, psycopg2, asyncpg' 2>/dev/null; then
+  echo "setup: installing psycopg, psycopg2 and asyncpg into .tools/python"
+  python3 -m pip install --quiet --disable-pip-version-check --target .tools/python \
+    'psycopg[binary]==3.2.*' 'psycopg2-binary==2.9.*' 'asyncpg==0.30.*'
+fi
+
+# node-postgres for the client tests, kept in .tools/node.
+if [ ! -d .tools/node/node_modules/pg ]; then
+  echo "setup: installing node-postgres into .tools/node"
+  mkdir -p .tools/node
+  [ -f .tools/node/package.json ] || echo '{"private": true}' > .tools/node/package.json
+  (cd .tools/node && npm install --silent --no-audit --no-fund pg@8)
 fi
 
 # ONNX Runtime for models (loaded at run time from the onnxruntime wheel: ort 2.0.0-rc.15

@@ -199,6 +199,55 @@ impl SqlType {
     }
 }
 
+/// PostgreSQL's float output: the shortest exact digits, in exponent form when the decimal
+/// exponent is below -4 or at least `precision` (15 for float8, 6 for float4).
+pub fn float_text(v: f64, precision: i32) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let shortest = if precision <= 6 {
+        format!("{:e}", v as f32)
+    } else {
+        format!("{v:e}")
+    };
+    let (mantissa, exp) = shortest.split_once('e').expect("exponent form");
+    let exp: i32 = exp.parse().expect("exponent");
+    if exp < -4 || exp >= precision {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else if precision <= 6 {
+        format!("{}", v as f32)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` with trailing zeros of the fraction dropped, and `+00` for
+/// timestamptz (sessions run in UTC).
+pub fn timestamp_text(micros: i64, with_zone: bool) -> String {
+    let Some(t) = chrono::DateTime::from_timestamp_micros(micros) else {
+        return micros.to_string();
+    };
+    let mut s = t.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string();
+    let frac = micros.rem_euclid(1_000_000);
+    if frac != 0 {
+        let digits = format!("{frac:06}");
+        s.push('.');
+        s.push_str(digits.trim_end_matches('0'));
+    }
+    if with_zone {
+        s.push_str("+00");
+    }
+    s
+}
+
 /// The canonical text of a jsonb value, as PostgreSQL prints it: object keys sorted (shorter
 /// first, then bytewise), duplicates keeping the last, `", "` and `": "` separators.
 pub fn jsonb_canonical(text: &str) -> Result<String> {

@@ -580,7 +580,7 @@ impl EddyHandler {
         let application_name = meta.get("application_name").cloned().unwrap_or_default();
         let session = self.engine.new_session(&user, &database);
         session.set_superuser(superuser);
-        session.set_setting("application_name", application_name.clone());
+        session.set_startup_setting("application_name", application_name.clone());
         let pid = session.backend_pid();
         let secret = SecretKey::I32(rand::random::<i32>());
         client.set_pid_and_secret_key(pid, secret.clone());

@@ -38,7 +38,54 @@ pub fn from_text(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
             text,
         )?)));
     }
+    if *ty == Type::INTERVAL
+        && let Some(iv) = interval_text(text)
+    {
+        return Ok(ScalarValue::IntervalMonthDayNano(Some(iv)));
+    }
     Ok(ScalarValue::Utf8(Some(text.to_string())))
+}
+
+/// PostgreSQL's interval output (`1 year 2 mons 3 days 04:05:06.5`, `-00:00:01`), which
+/// drivers send back as text and Arrow's parser does not read; None for anything else.
+fn interval_text(text: &str) -> Option<IntervalMonthDayNano> {
+    let (mut months, mut days, mut nanos) = (0i64, 0i64, 0i64);
+    let mut words = text.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        if word.contains(':') {
+            let (sign, clock) = match word.strip_prefix('-') {
+                Some(rest) => (-1, rest),
+                None => (1, word.trim_start_matches('+')),
+            };
+            let mut parts = clock.split(':');
+            let hours: i64 = parts.next()?.parse().ok()?;
+            let minutes: i64 = parts.next()?.parse().ok()?;
+            let seconds: f64 = parts.next().unwrap_or("0").parse().ok()?;
+            if parts.next().is_some() {
+                return None;
+            }
+            let whole = (hours * 3600 + minutes * 60) as f64 + seconds;
+            nanos += sign * (whole * 1e9).round() as i64;
+            continue;
+        }
+        let n: i64 = word.parse().ok()?;
+        let unit = words.next()?.to_ascii_lowercase();
+        match unit.trim_end_matches('s') {
+            "year" => months += 12 * n,
+            "mon" | "month" => months += n,
+            "week" => days += 7 * n,
+            "day" => days += n,
+            "hour" => nanos += n * 3_600_000_000_000,
+            "min" | "minute" => nanos += n * 60_000_000_000,
+            "sec" | "second" => nanos += n * 1_000_000_000,
+            _ => return None,
+        }
+    }
+    Some(IntervalMonthDayNano::new(
+        i32::try_from(months).ok()?,
+        i32::try_from(days).ok()?,
+        nanos,
+    ))
 }
 
 pub fn from_binary(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
@@ -162,6 +209,18 @@ fn numeric_text(raw: &[u8], ty: &Type) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_interval_text_reads() {
+        let iv = |m, d, n| Some(IntervalMonthDayNano::new(m, d, n));
+        assert_eq!(
+            interval_text("3 days 04:05:06"),
+            iv(0, 3, 14_706_000_000_000)
+        );
+        assert_eq!(interval_text("1 year 2 mons"), iv(14, 0, 0));
+        assert_eq!(interval_text("-00:00:01.5"), iv(0, 0, -1_500_000_000));
+        assert_eq!(interval_text("PT1S"), None);
+    }
 
     #[test]
     fn binary_numeric_decodes() {

@@ -1,4 +1,7 @@
-//! Real client programs against a real server: psql and psycopg 3.
+//! Real client programs against a real server: psql, and the driver suite — psycopg 3,
+//! psycopg2, asyncpg, node-postgres and pgjdbc, each run by its own script in
+//! scripts/clients/ over TLS with SCRAM-SHA-256 (every supported type in text and binary,
+//! parameters, NULLs, errors with SQLSTATE, transactions, driver-specific catalog use).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -92,4 +95,79 @@ fn psycopg_3_runs_parameterised_queries() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs a driver script; panics with its output unless it succeeds.
+fn run_driver(what: &str, mut command: Command) {
+    let out = command
+        .env("PYTHONPATH", repo_root().join(".tools/python"))
+        .env("NODE_PATH", repo_root().join(".tools/node/node_modules"))
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} (scripts/setup.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{what} failed (scripts/setup.sh installs the drivers):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `postgresql://eddy:PASSWORD@HOST:PORT/eddy` for drivers that take URLs.
+fn url(server: &Server) -> String {
+    let password: String = server
+        .password
+        .as_deref()
+        .unwrap_or_default()
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("postgresql://eddy:{password}@{}/eddy", server.pg)
+}
+
+#[test]
+fn psycopg_3_and_psycopg2_drivers() {
+    let server = Server::start_secure();
+    for driver in ["psycopg", "psycopg2"] {
+        let mut c = Command::new("python3");
+        c.arg(repo_root().join("scripts/clients/dbapi_check.py"))
+            .arg(driver)
+            .arg(server.conn_string());
+        run_driver(driver, c);
+    }
+}
+
+#[test]
+fn asyncpg_driver() {
+    let server = Server::start_secure();
+    let mut c = Command::new("python3");
+    c.arg(repo_root().join("scripts/clients/asyncpg_check.py"))
+        .arg(url(&server));
+    run_driver("asyncpg", c);
+}
+
+#[test]
+fn node_postgres_driver() {
+    let server = Server::start_secure();
+    let mut c = Command::new("node");
+    c.arg(repo_root().join("scripts/clients/node_pg_check.js"))
+        .arg(format!("{}?sslmode=no-verify", url(&server)));
+    run_driver("node-postgres", c);
+}
+
+#[test]
+fn pgjdbc_driver() {
+    let server = Server::start_secure();
+    let mut c = Command::new("java");
+    c.args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(repo_root().join("scripts/clients/PgJdbcCheck.java"))
+        .arg(format!(
+            "jdbc:postgresql://{}/eddy?sslmode=require",
+            server.pg
+        ))
+        .arg("eddy")
+        .arg(server.password.as_deref().unwrap_or_default());
+    run_driver("pgjdbc", c);
 }

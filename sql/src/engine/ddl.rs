@@ -131,11 +131,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
         Statement::ShowVariable { variable } => return show(session, variable),
         Statement::Reset(reset) => {
             match &reset.reset {
-                ast::Reset::ALL => session
-                    .info()
-                    .settings
-                    .write()
-                    .reset_all(&["application_name"]),
+                ast::Reset::ALL => session.info().settings.write().reset_all(),
                 ast::Reset::ConfigurationParameter(name) => {
                     session.info().settings.write().reset(&name.to_string())
                 }
@@ -144,11 +140,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             CommandTag::new("RESET")
         }
         Statement::Discard { .. } => {
-            session
-                .info()
-                .settings
-                .write()
-                .reset_all(&["application_name"]);
+            session.info().settings.write().reset_all();
             session.sync_default_schema();
             CommandTag::new("DISCARD ALL")
         }

@@ -132,8 +132,52 @@ pub fn pg_literal_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
             Ok(Transformed::yes(Expr::Literal(value, metadata)))
         })
     };
-    Ok(plan
+    let plan = plan
         .transform_up_with_subqueries(|p| p.map_expressions(rewrite))?
+        .data;
+    pg_text_casts(plan)
+}
+
+/// Casts of timestamps and floats to text print what PostgreSQL prints
+/// (`2024-05-01 12:30:15.25`, `1e+20`), not Arrow's RFC 3339 and Rust float forms: they
+/// become calls of `eddy_pg_text`.
+fn pg_text_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::ExprSchemable;
+    let Some(udf) = super::pg_catalog::pg_text_udf() else {
+        return Ok(plan);
+    };
+    Ok(plan
+        .transform_up_with_subqueries(|p| {
+            let Some(schema) = p.inputs().first().map(|i| i.schema().clone()) else {
+                return Ok(Transformed::no(p));
+            };
+            p.map_expressions(|e| {
+                e.transform_up(|e| {
+                    let Expr::Cast(c) = &e else {
+                        return Ok(Transformed::no(e));
+                    };
+                    if !matches!(c.field.data_type(), DataType::Utf8 | DataType::Utf8View) {
+                        return Ok(Transformed::no(e));
+                    }
+                    let from = c.expr.get_type(&schema).ok();
+                    if !matches!(
+                        from,
+                        Some(DataType::Timestamp(..) | DataType::Float32 | DataType::Float64)
+                    ) {
+                        return Ok(Transformed::no(e));
+                    }
+                    let call = udf.call(vec![c.expr.as_ref().clone()]);
+                    Ok(Transformed::yes(match c.field.data_type() {
+                        DataType::Utf8 => call,
+                        other => Expr::Cast(datafusion::logical_expr::Cast::new(
+                            Box::new(call),
+                            other.clone(),
+                        )),
+                    }))
+                })
+            })
+        })?
         .data)
 }
 

@@ -38,6 +38,8 @@ fn expr_name(e: &Expr) -> String {
         Expr::ScalarFunction(f) if matches!(f.func.name(), "json_get" | "json_get_text") => {
             UNNAMED.to_string()
         }
+        // A cast to text written as a call (see dml::pg_text_casts): named like the cast.
+        Expr::ScalarFunction(f) if f.func.name() == "eddy_pg_text" => expr_name(&f.args[0]),
         Expr::ScalarFunction(f) => f.func.name().to_string(),
         Expr::AggregateFunction(f) => f.func.name().to_string(),
         Expr::Literal(..) => UNNAMED.to_string(),

@@ -28,7 +28,7 @@ use datafusion_pg_catalog::pg_catalog::{
     PG_CATALOG_TABLES, PgCatalogSchemaProvider, PgCatalogStaticTables,
 };
 
-pub use functions::register;
+pub use functions::{pg_text_udf, register};
 pub use information_schema::InformationSchema;
 pub use rewrite::rewrite;
 

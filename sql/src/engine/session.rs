@@ -195,6 +195,11 @@ impl Session {
         self.info.settings.read()
     }
 
+    /// A setting the client gave at connection start (RESET returns to it).
+    pub fn set_startup_setting(&self, name: &str, value: String) {
+        self.info.settings.write().set_startup(name, value);
+    }
+
     pub fn set_setting(&self, name: &str, value: String) {
         self.info.settings.write().set(name, value);
         if name.eq_ignore_ascii_case("search_path") {

@@ -46,6 +46,9 @@ const DEFAULTS: &[(&str, &str)] = &[
 pub struct Settings {
     /// Keyed by lower-cased name: (name as first spelled, value).
     values: BTreeMap<String, (String, String)>,
+    /// Values the client gave at connection start (`application_name`, …): what RESET goes
+    /// back to, as in PostgreSQL.
+    startup: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -54,7 +57,10 @@ impl Default for Settings {
             .iter()
             .map(|(k, v)| (k.to_lowercase(), (k.to_string(), v.to_string())))
             .collect();
-        Self { values }
+        Self {
+            values,
+            startup: BTreeMap::new(),
+        }
     }
 }
 
@@ -82,8 +88,18 @@ impl Settings {
         self.values.insert(key, (display, value));
     }
 
+    /// Sets a value given at connection start, which RESET returns to.
+    pub fn set_startup(&mut self, name: &str, value: String) {
+        self.startup.insert(name.to_lowercase(), value.clone());
+        self.set(name, value);
+    }
+
     pub fn reset(&mut self, name: &str) {
         let key = name.to_lowercase();
+        if let Some(v) = self.startup.get(&key).cloned() {
+            self.set(name, v);
+            return;
+        }
         match DEFAULTS.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
             Some((k, v)) => {
                 self.values.insert(key, (k.to_string(), v.to_string()));
@@ -94,17 +110,13 @@ impl Settings {
         }
     }
 
-    pub fn reset_all(&mut self, keep: &[&str]) {
-        let kept: Vec<(String, (String, String))> = keep
-            .iter()
-            .filter_map(|k| {
-                self.values
-                    .get_key_value(*k)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-            })
-            .collect();
+    pub fn reset_all(&mut self) {
+        let startup = std::mem::take(&mut self.startup);
         *self = Settings::default();
-        self.values.extend(kept);
+        for (k, v) in &startup {
+            self.set(k, v.clone());
+        }
+        self.startup = startup;
     }
 
     pub fn all(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -137,7 +149,7 @@ mod tests {
         assert_eq!(s.display_name("datestyle"), "DateStyle");
         s.reset("lock_timeout");
         assert_eq!(s.get("lock_timeout"), Some("0"));
-        s.reset_all(&[]);
+        s.reset_all();
         assert_eq!(s.get("my.custom"), None);
     }
 

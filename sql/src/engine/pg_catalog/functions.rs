@@ -72,6 +72,77 @@ impl std::hash::Hash for CatalogFn {
     }
 }
 
+/// `eddy_pg_text(x)`: a timestamp or float as the text PostgreSQL prints for it.
+pub fn pg_text_udf() -> Option<Arc<ScalarUDF>> {
+    // One instance for every session: it reads no session state.
+    static UDF: std::sync::OnceLock<Arc<ScalarUDF>> = std::sync::OnceLock::new();
+    Some(
+        UDF.get_or_init(|| Arc::new(ScalarUDF::new_from_impl(PgText::default())))
+            .clone(),
+    )
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgText {
+    signature: Signature,
+}
+
+impl Default for PgText {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgText {
+    fn name(&self) -> &str {
+        "eddy_pg_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::datatypes::{Float64Type, TimeUnit, TimestampMicrosecondType};
+        let array = args.args[0].to_array(args.number_rows)?;
+        let text: StringArray = match array.data_type() {
+            DataType::Timestamp(_, tz) => {
+                let micros = datafusion::arrow::compute::cast(
+                    &array,
+                    &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+                )?;
+                micros
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .iter()
+                    .map(|v| v.map(|v| crate::types::timestamp_text(v, tz.is_some())))
+                    .collect()
+            }
+            DataType::Float32 | DataType::Float64 => {
+                let digits = match array.data_type() {
+                    DataType::Float32 => 6,
+                    _ => 15,
+                };
+                let wide = datafusion::arrow::compute::cast(&array, &DataType::Float64)?;
+                wide.as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|v| v.map(|v| crate::types::float_text(v, digits)))
+                    .collect()
+            }
+            _ => {
+                let cast = datafusion::arrow::compute::cast(&array, &DataType::Utf8)?;
+                cast.as_string::<i32>().iter().collect()
+            }
+        };
+        Ok(ColumnarValue::Array(Arc::new(text)))
+    }
+}
+
 /// Registers the catalog functions, Eddy's and the crate's, on a session.
 pub fn register(ctx: &SessionContext, view: Arc<SessionView>, info: Arc<SessionInfo>) {
     for udf in [
