@@ -25,12 +25,13 @@ if ! PYTHONPATH=.tools/python python3 -c 'import psycopg, psycopg2, asyncpg' 2>/
     'psycopg[binary]==3.2.*' 'psycopg2-binary==2.9.*' 'asyncpg==0.30.*'
 fi
 
-# node-postgres for the client tests, kept in .tools/node.
-if [ ! -d .tools/node/node_modules/pg ]; then
-  echo "setup: installing node-postgres into .tools/node"
+# node-postgres and dbmate (its npm package carries the binary) for the client and
+# migration tests, kept in .tools/node.
+if [ ! -d .tools/node/node_modules/pg ] || [ ! -x .tools/node/node_modules/.bin/dbmate ]; then
+  echo "setup: installing node-postgres and dbmate into .tools/node"
   mkdir -p .tools/node
   [ -f .tools/node/package.json ] || echo '{"private": true}' > .tools/node/package.json
-  (cd .tools/node && npm install --silent --no-audit --no-fund pg@8)
+  (cd .tools/node && npm install --silent --no-audit --no-fund pg@8 dbmate@2)
 fi
 
 # ONNX Runtime for models (loaded at run time from the onnxruntime wheel: ort 2.0.0-rc.15

@@ -248,6 +248,49 @@ pub fn timestamp_text(micros: i64, with_zone: bool) -> String {
     s
 }
 
+/// The items of PostgreSQL's text form of a one-dimensional array (`{a,"b c",NULL}`); None
+/// when the text is not one.
+pub fn array_text_items(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(items);
+    }
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    let mut chars = inner.chars();
+    let finish = |current: &mut String, was_quoted: &mut bool| {
+        let item = std::mem::take(current);
+        let item = match *was_quoted {
+            true => Some(item),
+            false => {
+                let t = item.trim();
+                (!t.eq_ignore_ascii_case("NULL")).then(|| t.to_string())
+            }
+        };
+        *was_quoted = false;
+        item
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            '\\' => current.push(chars.next()?),
+            ',' if !quoted => items.push(finish(&mut current, &mut was_quoted)),
+            '{' | '}' if !quoted => return None,
+            c => current.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    items.push(finish(&mut current, &mut was_quoted));
+    Some(items)
+}
+
 /// The canonical text of a jsonb value, as PostgreSQL prints it: object keys sorted (shorter
 /// first, then bytewise), duplicates keeping the last, `", "` and `": "` separators.
 pub fn jsonb_canonical(text: &str) -> Result<String> {

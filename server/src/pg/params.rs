@@ -43,6 +43,21 @@ pub fn from_text(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
     {
         return Ok(ScalarValue::IntervalMonthDayNano(Some(iv)));
     }
+    // Arrays in text form (`{a,b}`), as lib/pq and pgjdbc send them: a list of text items,
+    // cast to the element type with the other text parameters.
+    if matches!(ty.kind(), postgres_types::Kind::Array(_)) {
+        let items = eddy_sql::types::array_text_items(text).ok_or_else(|| {
+            Error::user(
+                sqlstate::INVALID_TEXT_REPRESENTATION,
+                format!("malformed array literal: \"{text}\""),
+            )
+        })?;
+        let items: Vec<ScalarValue> = items.into_iter().map(ScalarValue::Utf8).collect();
+        return Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+            &items,
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )));
+    }
     Ok(ScalarValue::Utf8(Some(text.to_string())))
 }
 

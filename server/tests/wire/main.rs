@@ -10,6 +10,7 @@ mod durability;
 mod grafana;
 mod lifecycle;
 mod locks;
+mod migrations;
 mod models;
 mod protocol;
 mod sinks;

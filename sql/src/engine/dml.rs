@@ -116,6 +116,23 @@ pub fn pg_literal_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
                 .get(crate::types::PG_TYPE_KEY)
                 .map(String::as_str);
             let value = match (c.field.data_type(), pg_type) {
+                // '{a,b}'::text[]: PostgreSQL's array text.
+                (DataType::List(item), _) => {
+                    let items = crate::types::array_text_items(text).ok_or_else(|| {
+                        to_df(crate::error::Error::user(
+                            crate::error::sqlstate::INVALID_TEXT_REPRESENTATION,
+                            format!("malformed array literal: \"{text}\""),
+                        ))
+                    })?;
+                    let strings: Vec<ScalarValue> =
+                        items.into_iter().map(ScalarValue::Utf8).collect();
+                    let list = ScalarValue::new_list_nullable(&strings, &DataType::Utf8);
+                    let array = datafusion::arrow::compute::cast(
+                        &(list as datafusion::arrow::array::ArrayRef),
+                        &DataType::List(item.clone()),
+                    )?;
+                    ScalarValue::try_from_array(&array, 0)?
+                }
                 (DataType::Binary, _) => {
                     ScalarValue::Binary(Some(parse_bytea(text).map_err(to_df)?))
                 }

@@ -331,27 +331,13 @@ fn quote_literal(value: &str) -> String {
     }
 }
 
-/// Splits PostgreSQL's text form of a text array (`{a,"b c"}`) into its items.
-pub fn array_items(text: &str) -> Vec<String> {
-    let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
-    let mut items = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    let mut chars = inner.chars();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        any = true;
-        match c {
-            '"' => quoted = !quoted,
-            '\\' if quoted => current.extend(chars.next()),
-            ',' if !quoted => items.push(std::mem::take(&mut current)),
-            c => current.push(c),
-        }
-    }
-    if any {
-        items.push(current);
-    }
-    items
+/// The non-NULL items of PostgreSQL's text form of an array (`{a,"b c"}`).
+fn array_items(text: &str) -> Vec<String> {
+    crate::types::array_text_items(text)
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 impl CatalogFn {
