@@ -260,8 +260,25 @@ async fn an_unreachable_store_spools_files_and_everything_arrives_when_it_return
             .batch_execute(&insert_sql(b * ROWS, ROWS))
             .await
             .unwrap();
-        let before = sink_epoch(&client).await;
+        // The sink has the batch; then one more checkpoint closes the epoch holding it, so
+        // the next batch lands in a later one (on a loaded machine the pipeline may lag).
         let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows: i64 = client
+                .query_one(
+                    "SELECT rows FROM eddy_catalog.sinks WHERE name = 'export'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if rows == (b + 1) * ROWS {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the sink did not take batch {b}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = sink_epoch(&client).await;
         while sink_epoch(&client).await <= before {
             assert!(
                 Instant::now() < deadline,
