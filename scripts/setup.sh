@@ -61,3 +61,14 @@ if [ ! -x "$tansu_bin" ]; then
     cargo install tansu --version 0.6.0 --locked --features dynostore --quiet
   rm -rf "${CARGO_HOME:-$HOME/.cargo}/tansu-build"
 fi
+
+# sqlx-cli for the migration tests, built from crates.io once per machine (about 5
+# CPU-minutes) and kept in $CARGO_HOME/bin.
+sqlx_bin="${CARGO_HOME:-$HOME/.cargo}/bin/sqlx"
+if [ ! -x "$sqlx_bin" ]; then
+  echo "setup: installing sqlx-cli into $sqlx_bin"
+  CARGO_TARGET_DIR="${CARGO_HOME:-$HOME/.cargo}/sqlx-build" \
+    cargo install sqlx-cli --version 0.8.6 --locked --no-default-features \
+      --features rustls,postgres --quiet
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}/sqlx-build"
+fi

@@ -133,3 +133,44 @@ fn dbmate_runs_a_folder_of_migrations() {
     write_dbmate(dir.path(), true);
     check_failure_rolled_back(&server, versions, || dbmate(dir.path()));
 }
+
+fn write_plain(dir: &Path, name: impl Fn(u32, &str) -> String, failing: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut all = migrations();
+    if failing {
+        all.push((all.len() as u32 + 1, "failing".into(), FAILING.into()));
+    }
+    for (n, description, sql) in all {
+        std::fs::write(dir.join(name(n, &description)), sql).unwrap();
+    }
+}
+
+/// `sqlx migrate run`: its own advisory lock around the run, each migration in a transaction.
+#[test]
+fn sqlx_migrate_runs_a_folder_of_migrations() {
+    let server = Server::start_secure();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://eddy:{}@{}/eddy?sslmode=require",
+        server.password.as_deref().unwrap().replace(' ', "%20"),
+        server.pg
+    );
+    let sqlx = |dir: &Path| {
+        let cargo_home = std::env::var("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+        run(
+            "sqlx",
+            Command::new(cargo_home.join("bin/sqlx"))
+                .args(["migrate", "run", "--source"])
+                .arg(dir)
+                .args(["--database-url", &url]),
+        )
+    };
+    let versions = "SELECT version, success FROM _sqlx_migrations ORDER BY 1";
+    let name = |n: u32, d: &str| format!("{n}_{d}.sql");
+    write_plain(dir.path(), name, false);
+    check_migrated(&server, versions, || sqlx(dir.path()));
+    write_plain(dir.path(), name, true);
+    check_failure_rolled_back(&server, versions, || sqlx(dir.path()));
+}
