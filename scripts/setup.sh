@@ -72,3 +72,13 @@ if [ ! -x "$sqlx_bin" ]; then
       --features rustls,postgres --quiet
   rm -rf "${CARGO_HOME:-$HOME/.cargo}/sqlx-build"
 fi
+
+# refinery_cli for the migration tests, likewise.
+refinery_bin="${CARGO_HOME:-$HOME/.cargo}/bin/refinery"
+if [ ! -x "$refinery_bin" ]; then
+  echo "setup: installing refinery_cli into $refinery_bin"
+  CARGO_TARGET_DIR="${CARGO_HOME:-$HOME/.cargo}/refinery-build" \
+    cargo install refinery_cli --version 0.10.0 --locked --no-default-features \
+      --features postgresql --quiet
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}/refinery-build"
+fi

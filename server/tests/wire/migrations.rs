@@ -1,4 +1,4 @@
-//! Migration tools run a real folder of migrations (scripts/clients/migrations: tables, a
+//! Migration tools (dbmate, sqlx-cli, refinery_cli) run a real folder of migrations (scripts/clients/migrations: tables, a
 //! view, a source, a materialized view, a model, a stream) against Eddy over TLS with SCRAM:
 //! a second run changes nothing, and a failing migration leaves nothing half-applied.
 
@@ -173,4 +173,35 @@ fn sqlx_migrate_runs_a_folder_of_migrations() {
     check_migrated(&server, versions, || sqlx(dir.path()));
     write_plain(dir.path(), name, true);
     check_failure_rolled_back(&server, versions, || sqlx(dir.path()));
+}
+
+/// refinery (refinery_cli; its PostgreSQL driver has no TLS, so SCRAM over a plain
+/// connection), one transaction per migration.
+#[test]
+fn refinery_runs_a_folder_of_migrations() {
+    let server = Server::start_secure();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://eddy:{}@{}/eddy",
+        server.password.as_deref().unwrap().replace(' ', "%20"),
+        server.pg
+    );
+    let refinery = |dir: &Path| {
+        let cargo_home = std::env::var("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+        run(
+            "refinery",
+            Command::new(cargo_home.join("bin/refinery"))
+                .args(["migrate", "-e", "EDDY_TEST_DB_URL", "-p"])
+                .arg(dir)
+                .env("EDDY_TEST_DB_URL", &url),
+        )
+    };
+    let versions = "SELECT version, name FROM refinery_schema_history ORDER BY 1";
+    let name = |n: u32, d: &str| format!("V{n}__{d}.sql");
+    write_plain(dir.path(), name, false);
+    check_migrated(&server, versions, || refinery(dir.path()));
+    write_plain(dir.path(), name, true);
+    check_failure_rolled_back(&server, versions, || refinery(dir.path()));
 }
