@@ -226,3 +226,99 @@ FDW options: (rows_per_second '10', \"fields.device.min\" '1', \"fields.device.m
 "
     );
 }
+
+/// The catalog functions and PostgreSQL syntax clients use, as plain queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_functions_and_syntax_clients_use() {
+    let server = Server::start_secure();
+    let client = server.connect().await;
+    client
+        .batch_execute("CREATE TABLE things (id int PRIMARY KEY, label varchar(20))")
+        .await
+        .unwrap();
+    let text = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client
+                .simple_query(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows.into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    ),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let oid = text("SELECT oid FROM pg_catalog.pg_class WHERE relname = 'things'").await;
+    assert_eq!(text("SELECT 'things'::regclass").await, oid);
+    assert_eq!(text("SELECT 'public.things'::regclass::oid").await, oid);
+    assert_eq!(text("SELECT to_regclass('things')").await, oid);
+    assert_eq!(
+        text("SELECT to_regtype('integer'), to_regtype('character varying'), to_regtype('nope')")
+            .await,
+        "23|1043|NULL"
+    );
+    assert_eq!(text("SELECT 'int8'::regtype").await, "20");
+    assert_eq!(
+        text(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid = 'things'::regclass AND a.attnum > 0 ORDER BY a.attnum"
+        )
+        .await,
+        "id|integer\nlabel|character varying(20)"
+    );
+    assert_eq!(
+        text(
+            "SELECT pg_get_userbyid(relowner), pg_table_is_visible(oid), obj_description(oid, 'pg_class') \
+             FROM pg_catalog.pg_class WHERE relname = 'things'"
+        )
+        .await,
+        "eddy|t|NULL"
+    );
+    assert_eq!(
+        text(
+            "SELECT pg_get_indexdef(indexrelid), pg_get_constraintdef(indexrelid) FROM pg_catalog.pg_index \
+             WHERE indrelid = 'things'::regclass"
+        )
+        .await,
+        "CREATE UNIQUE INDEX things_pkey ON public.things USING btree (id)|PRIMARY KEY (id)"
+    );
+    assert_eq!(
+        text(
+            "SELECT quote_ident('Mixed Case'), current_schemas(true), pg_encoding_to_char(6), \
+             has_table_privilege('things', 'SELECT'), set_config('eddy.test', 'on', false), \
+             current_setting('eddy.test')"
+        )
+        .await,
+        "\"Mixed Case\"|{pg_catalog,public}|UTF8|t|on|on"
+    );
+    assert_eq!(
+        text("SELECT (ARRAY[10, 20, 30])[2], 20 = ANY(ARRAY[10, 20]), E'a\\tb' = 'a' || chr(9) || 'b'").await,
+        "20|t|t"
+    );
+    assert_eq!(
+        text("SELECT g, u FROM generate_series(1, 2) AS g, unnest(ARRAY['x', 'y']) AS u ORDER BY 1, 2")
+            .await,
+        "1|x\n1|y\n2|x\n2|y"
+    );
+    assert_eq!(
+        text(
+            "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname OPERATOR(pg_catalog.~) '^thing' \
+             COLLATE pg_catalog.default AND c.relkind = 'r'"
+        )
+        .await,
+        "things"
+    );
+    assert_eq!(
+        text("SELECT CASE true WHEN true THEN 'yes' END").await,
+        "yes"
+    );
+}

@@ -268,6 +268,20 @@ async fn grafana_datasource_queries_answer_over_a_live_pipeline() {
             &["2026-01-01 00:01:57+00", "1", "58.5"],
         ])
     );
+    // The visual query builder's SQL (toRawSql: an aggregate, GROUP BY and ORDER BY a
+    // column, LIMIT 50, a trailing space).
+    let built = text_rows(
+        &client,
+        "SELECT window_end, avg(avg_temp) AS \"avg_temp\" FROM per_device_10s WHERE window_end BETWEEN '2026-01-01T00:00:00Z' AND '2026-01-01T00:00:20Z' GROUP BY window_end ORDER BY window_end ASC LIMIT 50 ",
+    )
+    .await;
+    assert_eq!(
+        built,
+        cells(&[
+            &["2026-01-01 00:00:10+00", "2.25"],
+            &["2026-01-01 00:00:20+00", "7.25"],
+        ])
+    );
     // $__timeGroup(ts, '30s') with a second grouping column: GROUP BY 1, 2.
     let grouped = text_rows(
         &client,

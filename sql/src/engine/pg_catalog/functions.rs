@@ -44,6 +44,10 @@ enum Kind {
     /// `prefix || item` of each item of a text array.
     PrefixItems,
     EncodingToChar,
+    /// `to_regtype(name)`: the type's OID, NULL when there is none.
+    ToRegtype,
+    /// `to_regclass(name)`: the relation's OID (by the search path), NULL when there is none.
+    ToRegclass,
 }
 
 struct CatalogFn {
@@ -241,6 +245,8 @@ pub fn register(ctx: &SessionContext, view: Arc<SessionView>, info: Arc<SessionI
             "pg_encoding_to_char",
             vec![vec![oid()]],
         ),
+        (Kind::ToRegtype, "to_regtype", vec![vec![text()]]),
+        (Kind::ToRegclass, "to_regclass", vec![vec![text()]]),
         (
             Kind::PrefixItems,
             "eddy_prefix_items",
@@ -331,6 +337,40 @@ fn quote_literal(value: &str) -> String {
     }
 }
 
+/// The OID of a type name as `to_regtype` reads it: SQL spellings (`integer`, `double
+/// precision`, `timestamp with time zone`, …) or `pg_type` names.
+fn type_oid(pg_type: &datafusion_pg_catalog::pg_catalog::ArrowTable, name: &str) -> Option<i32> {
+    let name = name
+        .trim()
+        .trim_start_matches("pg_catalog.")
+        .to_ascii_lowercase();
+    let name = match name.as_str() {
+        "integer" | "int" => "int4",
+        "smallint" => "int2",
+        "bigint" => "int8",
+        "real" => "float4",
+        "double precision" | "float" => "float8",
+        "boolean" => "bool",
+        "character varying" => "varchar",
+        "character" | "char" => "bpchar",
+        "decimal" => "numeric",
+        "timestamp with time zone" => "timestamptz",
+        "timestamp without time zone" => "timestamp",
+        "time without time zone" => "time",
+        "time with time zone" => "timetz",
+        other => other,
+    };
+    pg_type.data().iter().find_map(|batch| {
+        let names = batch.column_by_name("typname")?.as_string_opt::<i32>()?;
+        let oids = batch
+            .column_by_name("oid")?
+            .as_primitive_opt::<datafusion::arrow::datatypes::Int32Type>()?;
+        (0..batch.num_rows())
+            .find(|&i| names.value(i) == name)
+            .map(|i| oids.value(i))
+    })
+}
+
 /// The non-NULL items of PostgreSQL's text form of an array (`{a,"b c"}`).
 fn array_items(text: &str) -> Vec<String> {
     crate::types::array_text_items(text)
@@ -371,6 +411,7 @@ impl ScalarUDFImpl for CatalogFn {
     fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
             Kind::TableIsVisible | Kind::FunctionIsVisible => DataType::Boolean,
+            Kind::ToRegtype | Kind::ToRegclass => DataType::Int32,
             Kind::EmptyIfNull => args[0].clone(),
             Kind::FormatOptions | Kind::PrefixItems => {
                 DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
@@ -529,6 +570,36 @@ impl ScalarUDFImpl for CatalogFn {
                         })
                         .collect(),
                 ))
+            }
+            Kind::ToRegtype => {
+                let types = super::statics();
+                let oids: datafusion::arrow::array::Int32Array = texts(&arrays[0])?
+                    .into_iter()
+                    .map(|name| type_oid(&types.pg_type, &name?))
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(oids)))
+            }
+            Kind::ToRegclass => {
+                let objects = self.objects();
+                let path = self.info.settings.read().search_path(&self.info.user);
+                let oids: datafusion::arrow::array::Int32Array = texts(&arrays[0])?
+                    .into_iter()
+                    .map(|name| {
+                        let name = name?;
+                        let (schemas, name) = match name.split_once('.') {
+                            Some((s, n)) => (vec![s.to_string()], n.to_string()),
+                            None => (path.clone(), name),
+                        };
+                        schemas.iter().find_map(|s| {
+                            objects
+                                .relations
+                                .iter()
+                                .find(|r| r.schema == *s && r.name == name)
+                                .map(|r| r.oid)
+                        })
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(oids)))
             }
             Kind::EncodingToChar => Ok(text_result(
                 oids(&arrays[0])?

@@ -75,10 +75,50 @@ pub fn rewrite(statement: Statement) -> Statement {
         }
         let _ = statement.visit(&mut CatalogQueryRewriter);
     }
+    name_reg_casts(&mut statement);
+    let _ = statement.visit(&mut TableFunctionColumns);
     for rule in crate_rules() {
         statement = rule.rewrite(statement);
     }
     statement
+}
+
+/// `SELECT 't'::regclass` is a column named `regclass`, as in PostgreSQL (the cast becomes a
+/// catalog subquery, which DataFusion would otherwise name `(<subquery>)` for every one).
+fn name_reg_casts(statement: &mut Statement) {
+    let Statement::Query(query) = statement else {
+        return;
+    };
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return;
+    };
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(Expr::Cast {
+            expr, data_type, ..
+        }) = item
+        else {
+            continue;
+        };
+        let ty = data_type.to_string().to_ascii_lowercase();
+        let ty = ty.trim_start_matches("pg_catalog.").to_string();
+        let literal = matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_)));
+        if literal
+            && matches!(
+                ty.as_str(),
+                "regclass" | "regtype" | "regproc" | "regnamespace"
+            )
+        {
+            let SelectItem::UnnamedExpr(e) =
+                std::mem::replace(item, SelectItem::Wildcard(Default::default()))
+            else {
+                unreachable!("matched above")
+            };
+            *item = SelectItem::ExprWithAlias {
+                expr: e,
+                alias: Ident::new(ty),
+            };
+        }
+    }
 }
 
 fn last_name(name: &ObjectName) -> String {
@@ -517,7 +557,54 @@ const TABLE_FUNCTIONS: &[&str] = &[
     "pg_options_to_table",
     "pg_get_keywords",
     "generate_subscripts",
+    // Eddy's windows.
+    "tumble",
+    "hop",
+    "session",
 ];
+
+/// A function returning one column, in FROM with an alias, names its column after the alias
+/// (`generate_series(1, 3) AS i` has column i), as in PostgreSQL.
+struct TableFunctionColumns;
+
+impl VisitorMut for TableFunctionColumns {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            alias: Some(alias),
+            ..
+        } = factor
+            && alias.columns.is_empty()
+            && matches!(
+                last_name(name).as_str(),
+                "generate_series" | "range" | "unnest" | "generate_subscripts"
+            )
+        {
+            alias.columns = vec![TableAliasColumnDef {
+                name: alias.name.clone(),
+                data_type: None,
+            }];
+        }
+        if let TableFactor::UNNEST {
+            alias: Some(alias),
+            array_exprs,
+            with_offset: false,
+            ..
+        } = factor
+            && alias.columns.is_empty()
+            && array_exprs.len() == 1
+        {
+            alias.columns = vec![TableAliasColumnDef {
+                name: alias.name.clone(),
+                data_type: None,
+            }];
+        }
+        ControlFlow::Continue(())
+    }
+}
 
 /// A scalar function in FROM (`FROM string_to_array(x, ',') s`) is a one-row table whose
 /// column has the alias's name, as in PostgreSQL.
@@ -531,20 +618,7 @@ fn scalar_function_table(factor: &mut TableFactor) {
     else {
         return;
     };
-    if !alias.columns.is_empty() {
-        return;
-    }
-    if TABLE_FUNCTIONS.contains(&last_name(name).as_str()) {
-        // One column, named after the alias (`generate_series(1, 3) AS i` has column i).
-        if matches!(
-            last_name(name).as_str(),
-            "generate_series" | "range" | "unnest" | "generate_subscripts"
-        ) {
-            alias.columns = vec![TableAliasColumnDef {
-                name: alias.name.clone(),
-                data_type: None,
-            }];
-        }
+    if !alias.columns.is_empty() || TABLE_FUNCTIONS.contains(&last_name(name).as_str()) {
         return;
     }
     let list: Vec<String> = args.args.iter().map(|a| a.to_string()).collect();
