@@ -21,21 +21,33 @@ fn login(server: &Server, user: &str, password: &str, options: &str) -> std::pro
         .expect("psql runs")
 }
 
-async fn try_connect(server: &Server, user: &str, password: &str) -> Result<(), String> {
+async fn connect_result(
+    server: &Server,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, String> {
     let conn = format!(
         "host={} port={} user={user} password='{password}' dbname=eddy",
         server.pg.ip(),
         server.pg.port()
     );
-    match tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(connection);
-            let row = client.query_one("SELECT current_user", &[]).await.unwrap();
-            assert_eq!(row.get::<_, String>(0), user);
-            Ok(())
-        }
-        Err(e) => Err(error_text(&e)),
-    }
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| error_text(&e))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn connect_as(server: &Server, user: &str, password: &str) -> tokio_postgres::Client {
+    connect_result(server, user, password).await.unwrap()
+}
+
+/// Logs in and checks whom as.
+async fn try_connect(server: &Server, user: &str, password: &str) -> Result<(), String> {
+    let client = connect_result(server, user, password).await?;
+    let row = client.query_one("SELECT current_user", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), user);
+    Ok(())
 }
 
 /// Every file under `dir`, read whole.
@@ -95,17 +107,7 @@ async fn scram_logins_for_roles_created_with_sql() {
     assert_eq!(error_text(&duplicate), "42710: role \"app\" already exists");
 
     // Only superusers and CREATEROLE roles manage roles; only superusers manage superusers.
-    let (app, conn) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=app password=app-secret-1 dbname=eddy",
-            server.pg.ip(),
-            server.pg.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let app = connect_as(&server, "app", "app-secret-1").await;
     let denied = app.batch_execute("CREATE ROLE other").await.unwrap_err();
     assert!(error_text(&denied).starts_with("42501:"), "{denied}");
     // Anyone changes their own password.
@@ -114,17 +116,7 @@ async fn scram_logins_for_roles_created_with_sql() {
         .unwrap();
     assert!(try_connect(&server, "app", "app-secret-1").await.is_err());
     try_connect(&server, "app", "app-secret-2").await.unwrap();
-    let (manager, conn) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=manager password=manager-secret dbname=eddy",
-            server.pg.ip(),
-            server.pg.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let manager = connect_as(&server, "manager", "manager-secret").await;
     manager
         .batch_execute("CREATE ROLE helper LOGIN PASSWORD 'helper-secret'")
         .await

@@ -13,30 +13,9 @@ fn repo_root() -> PathBuf {
 }
 
 fn psql(server: &Server, args: &[&str], stdin_sql: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("psql")
-        .arg(server.conn_string())
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql must be installed (scripts/setup.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin_sql.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "psql failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let mut all = vec!["-At"];
+    all.extend_from_slice(args);
+    crate::common::psql_with(&server.conn_string(), &all, stdin_sql)
 }
 
 #[test]

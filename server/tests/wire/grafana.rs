@@ -36,6 +36,11 @@ fn cells(rows: &[&[&str]]) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
+/// The schemas Grafana leaves out of its lists.
+const SYSTEM_SCHEMAS: &str = "'information_schema', 'pg_catalog', '_timescaledb_cache',
+    '_timescaledb_catalog', '_timescaledb_internal', '_timescaledb_config',
+    'timescaledb_information', 'timescaledb_experimental'";
+
 /// Grafana's search-path condition (buildSchemaConstraint).
 const IN_SEARCH_PATH: &str = "
           quote_ident(table_schema) IN (
@@ -128,18 +133,12 @@ async fn grafana_datasource_queries_answer_over_a_live_pipeline() {
     assert_eq!(
         text_rows(
             &client,
-            "SELECT schema_name AS \"name\"
+            &format!(
+                "SELECT schema_name AS \"name\"
     FROM information_schema.schemata
-    WHERE schema_name NOT IN ('information_schema',
-                              'pg_catalog',
-                              'pg_toast',
-                              '_timescaledb_cache',
-                              '_timescaledb_catalog',
-                              '_timescaledb_internal',
-                              '_timescaledb_config',
-                              'timescaledb_information',
-                              'timescaledb_experimental')
+    WHERE schema_name NOT IN ('pg_toast', {SYSTEM_SCHEMAS})
     ORDER BY schema_name"
+            )
         )
         .await,
         cells(&[&["eddy_catalog"], &["public"]])
@@ -160,14 +159,7 @@ async fn grafana_datasource_queries_answer_over_a_live_pipeline() {
       ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
     END AS \"table\"
     FROM information_schema.tables
-    WHERE quote_ident(table_schema) NOT IN ('information_schema',
-                             'pg_catalog',
-                             '_timescaledb_cache',
-                             '_timescaledb_catalog',
-                             '_timescaledb_internal',
-                             '_timescaledb_config',
-                             'timescaledb_information',
-                             'timescaledb_experimental')
+    WHERE quote_ident(table_schema) NOT IN ({SYSTEM_SCHEMAS})
     ORDER BY CASE WHEN {IN_SEARCH_PATH} THEN 0 ELSE 1 END, 1"
             )
         )

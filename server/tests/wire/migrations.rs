@@ -145,34 +145,53 @@ fn write_plain(dir: &Path, name: impl Fn(u32, &str) -> String, failing: bool) {
     }
 }
 
+/// A program `cargo install` put in $CARGO_HOME/bin (scripts/setup.sh installs it).
+fn cargo_bin(name: &str) -> PathBuf {
+    std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"))
+        .join("bin")
+        .join(name)
+}
+
+/// Runs a tool over the shared migrations laid out with `name`, then over them plus a
+/// failing one.
+fn check_tool(
+    server: &Server,
+    versions: &str,
+    name: impl Fn(u32, &str) -> String + Copy,
+    tool: impl Fn(&Path) -> (bool, String),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    write_plain(dir.path(), name, false);
+    check_migrated(server, versions, || tool(dir.path()));
+    write_plain(dir.path(), name, true);
+    check_failure_rolled_back(server, versions, || tool(dir.path()));
+}
+
 /// `sqlx migrate run`: its own advisory lock around the run, each migration in a transaction.
 #[test]
 fn sqlx_migrate_runs_a_folder_of_migrations() {
     let server = Server::start_secure();
-    let dir = tempfile::tempdir().unwrap();
     let url = format!(
         "postgres://eddy:{}@{}/eddy?sslmode=require",
         server.password.as_deref().unwrap().replace(' ', "%20"),
         server.pg
     );
-    let sqlx = |dir: &Path| {
-        let cargo_home = std::env::var("CARGO_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-        run(
-            "sqlx",
-            Command::new(cargo_home.join("bin/sqlx"))
-                .args(["migrate", "run", "--source"])
-                .arg(dir)
-                .args(["--database-url", &url]),
-        )
-    };
-    let versions = "SELECT version, success FROM _sqlx_migrations ORDER BY 1";
-    let name = |n: u32, d: &str| format!("{n}_{d}.sql");
-    write_plain(dir.path(), name, false);
-    check_migrated(&server, versions, || sqlx(dir.path()));
-    write_plain(dir.path(), name, true);
-    check_failure_rolled_back(&server, versions, || sqlx(dir.path()));
+    check_tool(
+        &server,
+        "SELECT version, success FROM _sqlx_migrations ORDER BY 1",
+        |n, d| format!("{n}_{d}.sql"),
+        |dir| {
+            run(
+                "sqlx",
+                Command::new(cargo_bin("sqlx"))
+                    .args(["migrate", "run", "--source"])
+                    .arg(dir)
+                    .args(["--database-url", &url]),
+            )
+        },
+    );
 }
 
 /// refinery (refinery_cli; its PostgreSQL driver has no TLS, so SCRAM over a plain
@@ -180,28 +199,23 @@ fn sqlx_migrate_runs_a_folder_of_migrations() {
 #[test]
 fn refinery_runs_a_folder_of_migrations() {
     let server = Server::start_secure();
-    let dir = tempfile::tempdir().unwrap();
     let url = format!(
         "postgres://eddy:{}@{}/eddy",
         server.password.as_deref().unwrap().replace(' ', "%20"),
         server.pg
     );
-    let refinery = |dir: &Path| {
-        let cargo_home = std::env::var("CARGO_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-        run(
-            "refinery",
-            Command::new(cargo_home.join("bin/refinery"))
-                .args(["migrate", "-e", "EDDY_TEST_DB_URL", "-p"])
-                .arg(dir)
-                .env("EDDY_TEST_DB_URL", &url),
-        )
-    };
-    let versions = "SELECT version, name FROM refinery_schema_history ORDER BY 1";
-    let name = |n: u32, d: &str| format!("V{n}__{d}.sql");
-    write_plain(dir.path(), name, false);
-    check_migrated(&server, versions, || refinery(dir.path()));
-    write_plain(dir.path(), name, true);
-    check_failure_rolled_back(&server, versions, || refinery(dir.path()));
+    check_tool(
+        &server,
+        "SELECT version, name FROM refinery_schema_history ORDER BY 1",
+        |n, d| format!("V{n}__{d}.sql"),
+        |dir| {
+            run(
+                "refinery",
+                Command::new(cargo_bin("refinery"))
+                    .args(["migrate", "-e", "EDDY_TEST_DB_URL", "-p"])
+                    .arg(dir)
+                    .env("EDDY_TEST_DB_URL", &url),
+            )
+        },
+    );
 }

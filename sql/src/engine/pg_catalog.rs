@@ -398,53 +398,39 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
             with_rows(static_rows(&s.pg_attrdef, &[], |_, _| false)?, &rows)
         }
         "pg_index" => {
-            let rows: Vec<Row> = o
-                .relations
-                .iter()
-                .filter_map(|r| {
-                    let index = r.index_oid()?;
-                    let keys: Vec<String> =
-                        r.primary_key.iter().map(|k| (k + 1).to_string()).collect();
-                    let n = r.primary_key.len() as i32;
-                    Some(vec![
-                        ("indexrelid", index.into()),
-                        ("indrelid", r.oid.into()),
-                        ("indnatts", n.into()),
-                        ("indnkeyatts", n.into()),
-                        ("indisunique", true.into()),
-                        ("indisprimary", true.into()),
-                        ("indimmediate", true.into()),
-                        ("indisvalid", true.into()),
-                        ("indisready", true.into()),
-                        ("indislive", true.into()),
-                        ("indkey", keys.join(" ").into()),
-                    ])
-                })
-                .collect();
+            let rows = primary_key_rows(o, |r, index, keys| {
+                let n = r.primary_key.len() as i32;
+                vec![
+                    ("indexrelid", index.into()),
+                    ("indrelid", r.oid.into()),
+                    ("indnatts", n.into()),
+                    ("indnkeyatts", n.into()),
+                    ("indisunique", true.into()),
+                    ("indisprimary", true.into()),
+                    ("indimmediate", true.into()),
+                    ("indisvalid", true.into()),
+                    ("indisready", true.into()),
+                    ("indislive", true.into()),
+                    ("indkey", keys.join(" ").into()),
+                ]
+            });
             with_rows(system_rows(&s.pg_index, "indexrelid")?, &rows)
         }
         "pg_constraint" => {
-            let rows: Vec<Row> = o
-                .relations
-                .iter()
-                .filter_map(|r| {
-                    let index = r.index_oid()?;
-                    let keys: Vec<String> =
-                        r.primary_key.iter().map(|k| (k + 1).to_string()).collect();
-                    Some(vec![
-                        ("oid", index.into()),
-                        ("conname", r.index_name().into()),
-                        ("connamespace", r.namespace.into()),
-                        ("contype", 'p'.into()),
-                        ("convalidated", true.into()),
-                        ("conrelid", r.oid.into()),
-                        ("conindid", index.into()),
-                        ("conislocal", true.into()),
-                        ("connoinherit", true.into()),
-                        ("conkey", V::List(keys)),
-                    ])
-                })
-                .collect();
+            let rows = primary_key_rows(o, |r, index, keys| {
+                vec![
+                    ("oid", index.into()),
+                    ("conname", r.index_name().into()),
+                    ("connamespace", r.namespace.into()),
+                    ("contype", 'p'.into()),
+                    ("convalidated", true.into()),
+                    ("conrelid", r.oid.into()),
+                    ("conindid", index.into()),
+                    ("conislocal", true.into()),
+                    ("connoinherit", true.into()),
+                    ("conkey", V::List(keys)),
+                ]
+            });
             with_rows(system_rows(&s.pg_constraint, "oid")?, &rows)
         }
         "pg_database" => {
@@ -590,6 +576,19 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
         }
         _ => unreachable!("only built catalogs reach here"),
     }
+}
+
+/// One row per primary key, from its relation, its index's OID and its column numbers
+/// (1-based, as `indkey` and `conkey` hold them).
+fn primary_key_rows(o: &PgObjects, row: impl Fn(&PgRelation, i32, Vec<String>) -> Row) -> Vec<Row> {
+    o.relations
+        .iter()
+        .filter_map(|r| {
+            let index = r.index_oid()?;
+            let keys = r.primary_key.iter().map(|k| (k + 1).to_string()).collect();
+            Some(row(r, index, keys))
+        })
+        .collect()
 }
 
 fn text_array() -> DataType {

@@ -552,10 +552,16 @@ fn postgres_command(program: &Path) -> Command {
 /// Runs psql (aligned output, as a user sees it) with `commands` on stdin; returns stdout,
 /// and panics with stderr if psql fails.
 pub fn psql_session(conn: &str, commands: &str) -> String {
+    psql_with(conn, &[], commands)
+}
+
+/// psql with extra arguments (`-At`, `-v name=value`, …).
+pub fn psql_with(conn: &str, args: &[&str], commands: &str) -> String {
     use std::io::Write;
     let mut child = Command::new("psql")
         .arg(conn)
         .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
