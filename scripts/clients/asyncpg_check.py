@@ -1,5 +1,6 @@
 """asyncpg against a running Eddy: binary format for every type in both directions (asyncpg
-encodes parameters by the types the server describes), NULLs, errors with SQLSTATE,
+encodes parameters by the types the server describes), arrays (which asyncpg introspects
+through pg_type first), NULLs, errors with SQLSTATE,
 transactions, prepared statements, and a pool, which resets each connection it gets back
 with `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`.
 
@@ -61,6 +62,14 @@ async def main():
     assert [p.name for p in stmt.get_parameters()] == ["int8", "text", "int4"], stmt.get_parameters()
     assert await stmt.fetchrow(1, "!", 1) == (9_000_000_001, "héllo, wörld!")
     assert await conn.fetchval("SELECT $1::text IS NULL", None) is True
+
+    # Arrays: asyncpg learns their types with its pg_type introspection query, then reads
+    # and writes them in binary.
+    assert await conn.fetchval("SELECT ARRAY[1, 2, 3]") == [1, 2, 3]
+    assert await conn.fetchval("SELECT ARRAY['a', NULL]") == ["a", None]
+    assert await conn.fetchval("SELECT $1::int[]", [4, None, 5]) == [4, None, 5]
+    rows = await conn.fetch("SELECT typname FROM pg_type WHERE oid = any($1::oid[]) ORDER BY 1", [20, 25])
+    assert [r[0] for r in rows] == ["int8", "text"], rows
 
     # Errors carry their SQLSTATE.
     try:

@@ -374,6 +374,14 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
                 SqlType::Timestamptz
             }
             D::Custom(name, _) if custom(name) == "timestamptz" => SqlType::Timestamptz,
+            // oid: unsigned, reported to clients as oid (26) and oid[] (1028).
+            D::Custom(name, args)
+                if args.is_empty() && matches!(custom(name).as_str(), "oid" | "pg_catalog.oid") =>
+            {
+                return Ok(Some(std::sync::Arc::new(
+                    datafusion::arrow::datatypes::Field::new("", DataType::UInt32, true),
+                )));
+            }
             // regclass, oid, pg_catalog.text, ...
             _ => {
                 return datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner

@@ -29,6 +29,9 @@ pub fn pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
         Some("jsonb") => Ok(Type::JSONB),
         _ => match field.data_type() {
             DataType::Null => Ok(Type::TEXT),
+            // Eddy's `oid` type (see eddy_sql::types::PgTypePlanner).
+            DataType::UInt32 => Ok(Type::OID),
+            DataType::List(item) if item.data_type() == &DataType::UInt32 => Ok(Type::OID_ARRAY),
             DataType::Dictionary(..) => field_into_pg_type(field),
             other => into_pg_type(other),
         },
@@ -100,6 +103,32 @@ fn encode_cell(
             info.format(),
             &FormatOptions::default(),
         );
+    }
+    // oid and oid[]: arrow-pg would write them as int8.
+    match array.data_type() {
+        DataType::UInt32 => {
+            let a = array.as_primitive::<arrow::datatypes::UInt32Type>();
+            return encoder.encode_field_with_type_and_format(
+                &a.value(row),
+                ty,
+                info.format(),
+                &FormatOptions::default(),
+            );
+        }
+        DataType::List(item) if item.data_type() == &DataType::UInt32 => {
+            let list = array.as_list::<i32>().value(row);
+            let items: Vec<Option<u32>> = list
+                .as_primitive::<arrow::datatypes::UInt32Type>()
+                .iter()
+                .collect();
+            return encoder.encode_field_with_type_and_format(
+                &items,
+                ty,
+                info.format(),
+                &FormatOptions::default(),
+            );
+        }
+        _ => {}
     }
     if info.format() == FieldFormat::Binary
         && let DataType::Decimal128(_, scale) = array.data_type()

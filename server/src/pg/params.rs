@@ -61,6 +61,75 @@ pub fn from_text(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
     Ok(ScalarValue::Utf8(Some(text.to_string())))
 }
 
+/// A one-dimensional array in binary form, for the element types clients send arrays of.
+fn binary_array(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
+    use datafusion::arrow::datatypes::DataType;
+    use postgres_types::FromSql;
+    fn read<'a, T: FromSql<'a>>(raw: &'a [u8], ty: &Type) -> Result<Vec<Option<T>>, Error> {
+        Vec::<Option<T>>::from_sql(ty, raw).map_err(|e| invalid(ty, &e.to_string()))
+    }
+    let (values, element): (Vec<ScalarValue>, DataType) = match *ty {
+        Type::OID_ARRAY => (
+            read::<u32>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::UInt32)
+                .collect(),
+            DataType::UInt32,
+        ),
+        Type::INT2_ARRAY => (
+            read::<i16>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::Int16)
+                .collect(),
+            DataType::Int16,
+        ),
+        Type::INT4_ARRAY => (
+            read::<i32>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::Int32)
+                .collect(),
+            DataType::Int32,
+        ),
+        Type::INT8_ARRAY => (
+            read::<i64>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::Int64)
+                .collect(),
+            DataType::Int64,
+        ),
+        Type::FLOAT8_ARRAY => (
+            read::<f64>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::Float64)
+                .collect(),
+            DataType::Float64,
+        ),
+        Type::BOOL_ARRAY => (
+            read::<bool>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::Boolean)
+                .collect(),
+            DataType::Boolean,
+        ),
+        Type::TEXT_ARRAY | Type::VARCHAR_ARRAY | Type::NAME_ARRAY => (
+            read::<String>(raw, ty)?
+                .into_iter()
+                .map(ScalarValue::Utf8)
+                .collect(),
+            DataType::Utf8,
+        ),
+        _ => {
+            return Err(Error::not_supported(format!(
+                "binary parameters of type {}",
+                ty.name()
+            )));
+        }
+    };
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+        &values, &element,
+    )))
+}
+
 /// PostgreSQL's interval output (`1 year 2 mons 3 days 04:05:06.5`, `-00:00:01`), which
 /// drivers send back as text and Arrow's parser does not read; None for anything else.
 fn interval_text(text: &str) -> Option<IntervalMonthDayNano> {
@@ -155,6 +224,7 @@ pub fn from_binary(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
             )))
         }
         Type::NUMERIC => ScalarValue::Utf8(Some(numeric_text(raw, ty)?)),
+        _ if matches!(ty.kind(), postgres_types::Kind::Array(_)) => binary_array(raw, ty)?,
         _ => {
             return Err(Error::not_supported(format!(
                 "binary parameters of type {}",

@@ -37,7 +37,7 @@ impl SessionView {
         self.engine.catalog()
     }
 
-    fn state(&self) -> Option<SessionState> {
+    pub(crate) fn state(&self) -> Option<SessionState> {
         let weak = self.state.lock().clone();
         weak.upgrade().map(|s| s.read().clone())
     }

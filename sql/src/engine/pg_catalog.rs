@@ -12,6 +12,7 @@ mod information_schema;
 mod objects;
 mod rewrite;
 mod rows;
+mod subquery;
 
 use std::sync::{Arc, OnceLock};
 
@@ -373,7 +374,11 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                 ("attoptions", DataType::Utf8),
                 ("attfdwoptions", DataType::Utf8),
             ];
-            with_rows(crate_shape("pg_attribute", &extra).await?, &rows)
+            // atttypid is an oid: `array_agg(atttypid)` is an oid[], which drivers that
+            // introspect types (asyncpg) can read without introspecting it first.
+            let (schema, batches) = crate_shape("pg_attribute", &extra).await?;
+            let schema = rows::with_type(&schema, "atttypid", DataType::UInt32);
+            with_rows((schema, batches), &rows)
         }
         "pg_attrdef" => {
             let rows: Vec<Row> = o

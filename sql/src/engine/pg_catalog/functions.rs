@@ -168,6 +168,7 @@ pub fn register(ctx: &SessionContext, view: Arc<SessionView>, info: Arc<SessionI
     ] {
         ctx.register_udf(udf);
     }
+    super::subquery::register(ctx, view.clone());
     // generate_series over int4 bounds (array_lower, array_upper).
     crate_fns::generate_series_arg_coercion::CoerceIntArgsToBigInt::widen(ctx);
     let oid = || DataType::Int64;

@@ -712,6 +712,79 @@ fn hoist_order_by_subqueries(query: &mut Query) {
     *query = *outer;
 }
 
+/// Every name a query binds: its tables' aliases (or names) and its CTEs, at any depth.
+fn all_bound_names(query: &Query) -> std::collections::HashSet<String> {
+    let mut names = std::collections::HashSet::new();
+    struct Collect<'a>(&'a mut std::collections::HashSet<String>);
+    impl datafusion::sql::sqlparser::ast::Visitor for Collect<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            match factor {
+                TableFactor::Table { name, alias, .. } => {
+                    self.0.insert(last_name(name));
+                    if let Some(a) = alias {
+                        self.0.insert(a.name.value.to_ascii_lowercase());
+                    }
+                }
+                TableFactor::Derived { alias: Some(a), .. }
+                | TableFactor::UNNEST { alias: Some(a), .. } => {
+                    self.0.insert(a.name.value.to_ascii_lowercase());
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                for cte in &with.cte_tables {
+                    self.0.insert(cte.alias.name.value.to_ascii_lowercase());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = datafusion::sql::sqlparser::ast::Visit::visit(query, &mut Collect(&mut names));
+    names
+}
+
+/// A scalar subquery with a recursive CTE that reads the outer row becomes a call of
+/// `eddy_subquery`, which runs it per row (see `subquery.rs`).
+fn recursive_subquery_as_call(expr: &mut Expr) {
+    let Expr::Subquery(query) = expr else {
+        return;
+    };
+    if !query.with.as_ref().is_some_and(|w| w.recursive) {
+        return;
+    }
+    let inner = all_bound_names(query);
+    let mut outer: Vec<Expr> = Vec::new();
+    let mut body = query.as_ref().clone();
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(&mut body, |e| {
+        if let Expr::CompoundIdentifier(parts) = e
+            && parts.len() >= 2
+            && !inner.contains(&parts[parts.len() - 2].value.to_ascii_lowercase())
+        {
+            let n = match outer.iter().position(|o| o == e) {
+                Some(i) => i + 1,
+                None => {
+                    outer.push(e.clone());
+                    outer.len()
+                }
+            };
+            *e = Expr::Value(Value::Placeholder(format!("${n}")).into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if outer.is_empty() {
+        return;
+    }
+    let mut args = vec![Expr::Value(
+        Value::SingleQuotedString(body.to_string()).into(),
+    )];
+    args.extend(outer);
+    *expr = call(super::subquery::NAME, args);
+}
+
 struct CatalogQueryRewriter;
 
 impl VisitorMut for CatalogQueryRewriter {
@@ -771,6 +844,7 @@ impl VisitorMut for CatalogQueryRewriter {
                 };
                 let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(expr, |e| {
                     exists_as_count(e);
+                    recursive_subquery_as_call(e);
                     ControlFlow::<()>::Continue(())
                 });
                 let Expr::Subquery(sub) = expr else {

@@ -150,3 +150,17 @@ pub fn with_columns(schema: &SchemaRef, extra: &[(&str, DataType)]) -> SchemaRef
     }
     Arc::new(Schema::new(fields))
 }
+
+/// `schema` with one column's type changed.
+pub fn with_type(schema: &SchemaRef, column: &str, ty: DataType) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| match f.name() == column {
+                true => Field::new(f.name(), ty.clone(), true),
+                false => f.as_ref().clone(),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
