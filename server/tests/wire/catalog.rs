@@ -300,6 +300,15 @@ async fn catalog_functions_and_syntax_clients_use() {
         .await,
         "\"Mixed Case\"|{pg_catalog,public}|UTF8|t|on|on"
     );
+    // pg_settings shows the session's settings, as SHOW does.
+    assert_eq!(
+        text(
+            "SELECT name, setting FROM pg_catalog.pg_settings \
+             WHERE name IN ('eddy.test', 'server_version_num', 'TimeZone') ORDER BY 1"
+        )
+        .await,
+        "TimeZone|UTC\neddy.test|on\nserver_version_num|160006"
+    );
     assert_eq!(
         text("SELECT (ARRAY[10, 20, 30])[2], 20 = ANY(ARRAY[10, 20]), E'a\\tb' = 'a' || chr(9) || 'b'").await,
         "20|t|t"

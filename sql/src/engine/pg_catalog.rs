@@ -112,6 +112,7 @@ const BUILT: &[&str] = &[
     "pg_foreign_table",
     "pg_foreign_server",
     "pg_foreign_data_wrapper",
+    "pg_settings",
 ];
 
 pub struct PgCatalog {
@@ -145,6 +146,15 @@ impl SchemaProvider for PgCatalog {
         }
         if !BUILT.contains(&name.as_str()) {
             return static_provider().table(&name).await;
+        }
+        if name == "pg_settings" {
+            let schema = crate_schema("pg_settings").await?;
+            let rows = settings_rows(&self.view);
+            let batch = rows::batch(&schema, &rows)?;
+            return Ok(Some(Arc::new(MemTable::try_new(
+                schema,
+                vec![vec![batch]],
+            )?)));
         }
         let objects = PgObjects::load(&self.view).await;
         let database = self.view.database.clone();
@@ -592,6 +602,31 @@ fn primary_key_rows(o: &PgObjects, row: impl Fn(&PgRelation, i32, Vec<String>) -
             let index = r.index_oid()?;
             let keys = r.primary_key.iter().map(|k| (k + 1).to_string()).collect();
             Some(row(r, index, keys))
+        })
+        .collect()
+}
+
+/// `pg_settings`: the session's settings as SHOW reports them.
+fn settings_rows(view: &SessionView) -> Vec<Row> {
+    let Some(info) = view.info.lock().upgrade() else {
+        return Vec::new();
+    };
+    let settings = info.settings.read();
+    let mut all: Vec<(&str, &str)> = settings.all().collect();
+    all.sort_by_key(|(name, _)| name.to_ascii_lowercase());
+    all.into_iter()
+        .map(|(name, value)| {
+            vec![
+                ("name", name.into()),
+                ("setting", value.into()),
+                ("category", "Eddy".into()),
+                ("short_desc", "".into()),
+                ("context", "user".into()),
+                ("vartype", "string".into()),
+                ("source", "session".into()),
+                ("reset_val", value.into()),
+                ("pending_restart", false.into()),
+            ]
         })
         .collect()
 }

@@ -153,6 +153,7 @@ impl Session {
             dml_target: Mutex::new(None),
             state: Mutex::new(ctx.state_weak_ref()),
             database: database.to_string(),
+            info: Mutex::new(std::sync::Weak::new()),
         });
         let models = engine.models.session_lookup(Arc::downgrade(&view));
         for udf in eddy_udf::predict::model_udfs(models) {
@@ -168,6 +169,7 @@ impl Session {
             schema_exists: Box::new(move |s| exists_view.catalog().schema_exists(s)),
             superuser: std::sync::atomic::AtomicBool::new(true),
         });
+        *view.info.lock() = Arc::downgrade(&info);
         functions::register(&ctx, info.clone());
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
