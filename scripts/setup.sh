@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-# postgresql: a real server the psql tests compare Eddy with; libpostgresql-jdbc-java: pgjdbc
-# for the driver tests, run by a JDK; node and npm: node-postgres.
-for pkg in cmake clang libclang-dev libcurl4-openssl-dev postgresql-client postgresql \
+# curl: the HTTP(S) tests; postgresql: a real server the psql tests compare Eddy with;
+# libpostgresql-jdbc-java: pgjdbc for the driver tests, run by a JDK; node and npm:
+# node-postgres and dbmate.
+for pkg in cmake clang libclang-dev libcurl4-openssl-dev curl postgresql-client postgresql \
            libpostgresql-jdbc-java; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -95,8 +95,7 @@ fn encode_cell(
         );
     }
     if *ty == Type::UUID || *ty == Type::JSONB {
-        let strings = array.as_string::<i32>();
-        let value = (!strings.is_null(row)).then(|| TextAs(strings.value(row).to_string()));
+        let value = TextAs(array.as_string::<i32>().value(row).to_string());
         return encoder.encode_field_with_type_and_format(
             &value,
             ty,
@@ -134,9 +133,8 @@ fn encode_cell(
         && let DataType::Decimal128(_, scale) = array.data_type()
     {
         let a = array.as_primitive::<arrow::datatypes::Decimal128Type>();
-        let value = (!a.is_null(row)).then(|| Numeric(a.value(row), *scale));
         return encoder.encode_field_with_type_and_format(
-            &value,
+            &Numeric(a.value(row), *scale),
             ty,
             FieldFormat::Binary,
             &FormatOptions::default(),
@@ -146,7 +144,7 @@ fn encode_cell(
         && let Some(text) = postgres_text(array, row)
     {
         return encoder.encode_field_with_type_and_format(
-            &text.map(TextAs),
+            &TextAs(text),
             ty,
             FieldFormat::Text,
             &FormatOptions::default(),
@@ -155,36 +153,38 @@ fn encode_cell(
     arrow_pg::encoder::encode_value(encoder, array, row, field, info)
 }
 
-/// The text PostgreSQL prints for the types whose text form arrow-pg writes differently
-/// (floats, timestamps); `None` for the others. `Some(None)` is NULL.
-fn postgres_text(array: &ArrayRef, row: usize) -> Option<Option<String>> {
-    use arrow::datatypes::{Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
-    let text = match array.data_type() {
-        DataType::Float64 => {
-            let a = array.as_primitive::<Float64Type>();
-            (!a.is_null(row)).then(|| float_text(a.value(row), 15))
-        }
-        DataType::Float32 => {
-            let a = array.as_primitive::<Float32Type>();
-            (!a.is_null(row)).then(|| float_text(a.value(row) as f64, 6))
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-            let a = array.as_primitive::<TimestampMicrosecondType>();
-            (!a.is_null(row)).then(|| timestamp_text(a.value(row), tz.is_some()))
-        }
-        // now() and DataFusion's own timestamps: PostgreSQL keeps microseconds.
-        DataType::Timestamp(_, tz) => {
-            let micros = arrow::compute::cast(
-                &array.slice(row, 1),
-                &DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
-            )
-            .ok()?;
-            let a = micros.as_primitive::<TimestampMicrosecondType>();
-            (!a.is_null(0)).then(|| timestamp_text(a.value(0), tz.is_some()))
+/// The text PostgreSQL prints for a non-NULL value of the types whose text form arrow-pg
+/// writes differently (floats, timestamps); `None` for the others.
+fn postgres_text(array: &ArrayRef, row: usize) -> Option<String> {
+    use arrow::datatypes::{
+        Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+        TimestampNanosecondType, TimestampSecondType,
+    };
+    Some(match array.data_type() {
+        DataType::Float64 => float_text(array.as_primitive::<Float64Type>().value(row), 15),
+        DataType::Float32 => float_text(array.as_primitive::<Float32Type>().value(row) as f64, 6),
+        // PostgreSQL keeps microseconds (now() and DataFusion's own timestamps are in
+        // nanoseconds).
+        DataType::Timestamp(unit, tz) => {
+            let micros = match unit {
+                TimeUnit::Second => {
+                    array.as_primitive::<TimestampSecondType>().value(row) * 1_000_000
+                }
+                TimeUnit::Millisecond => {
+                    array.as_primitive::<TimestampMillisecondType>().value(row) * 1_000
+                }
+                TimeUnit::Microsecond => {
+                    array.as_primitive::<TimestampMicrosecondType>().value(row)
+                }
+                TimeUnit::Nanosecond => array
+                    .as_primitive::<TimestampNanosecondType>()
+                    .value(row)
+                    .div_euclid(1_000),
+            };
+            timestamp_text(micros, tz.is_some())
         }
         _ => return None,
-    };
-    Some(text)
+    })
 }
 
 /// A value held as text whose binary form is the Postgres type's own (uuid, jsonb).

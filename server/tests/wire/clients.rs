@@ -91,21 +91,6 @@ fn run_driver(what: &str, mut command: Command) {
     );
 }
 
-/// `postgresql://eddy:PASSWORD@HOST:PORT/eddy` for drivers that take URLs.
-fn url(server: &Server) -> String {
-    let password: String = server
-        .password
-        .as_deref()
-        .unwrap_or_default()
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("postgresql://eddy:{password}@{}/eddy", server.pg)
-}
-
 #[test]
 fn psycopg_3_and_psycopg2_drivers() {
     let server = Server::start_secure();
@@ -123,7 +108,7 @@ fn asyncpg_driver() {
     let server = Server::start_secure();
     let mut c = Command::new("python3");
     c.arg(repo_root().join("scripts/clients/asyncpg_check.py"))
-        .arg(url(&server));
+        .arg(server.url());
     run_driver("asyncpg", c);
 }
 
@@ -132,7 +117,7 @@ fn node_postgres_driver() {
     let server = Server::start_secure();
     let mut c = Command::new("node");
     c.arg(repo_root().join("scripts/clients/node_pg_check.js"))
-        .arg(format!("{}?sslmode=no-verify", url(&server)));
+        .arg(format!("{}?sslmode=no-verify", server.url()));
     run_driver("node-postgres", c);
 }
 

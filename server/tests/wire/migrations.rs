@@ -113,11 +113,7 @@ fn write_dbmate(dir: &Path, failing: bool) {
 fn dbmate_runs_a_folder_of_migrations() {
     let server = Server::start_secure();
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "postgres://eddy:{}@{}/eddy?sslmode=require",
-        server.password.as_deref().unwrap().replace(' ', "%20"),
-        server.pg
-    );
+    let url = format!("{}?sslmode=require", server.url());
     let dbmate = |dir: &Path| {
         run(
             "dbmate",
@@ -173,11 +169,7 @@ fn check_tool(
 #[test]
 fn sqlx_migrate_runs_a_folder_of_migrations() {
     let server = Server::start_secure();
-    let url = format!(
-        "postgres://eddy:{}@{}/eddy?sslmode=require",
-        server.password.as_deref().unwrap().replace(' ', "%20"),
-        server.pg
-    );
+    let url = format!("{}?sslmode=require", server.url());
     check_tool(
         &server,
         "SELECT version, success FROM _sqlx_migrations ORDER BY 1",
@@ -199,11 +191,7 @@ fn sqlx_migrate_runs_a_folder_of_migrations() {
 #[test]
 fn refinery_runs_a_folder_of_migrations() {
     let server = Server::start_secure();
-    let url = format!(
-        "postgres://eddy:{}@{}/eddy",
-        server.password.as_deref().unwrap().replace(' ', "%20"),
-        server.pg
-    );
+    let url = server.url();
     check_tool(
         &server,
         "SELECT version, name FROM refinery_schema_history ORDER BY 1",

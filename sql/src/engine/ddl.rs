@@ -28,7 +28,7 @@ pub fn ident(i: &Ident) -> String {
     }
 }
 
-fn name_parts(name: &ObjectName) -> Vec<String> {
+pub(super) fn name_parts(name: &ObjectName) -> Vec<String> {
     name.0
         .iter()
         .filter_map(|p| p.as_ident())

@@ -161,9 +161,7 @@ pub fn pg_literal_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
 fn pg_text_casts(plan: LogicalPlan) -> Result<LogicalPlan> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::logical_expr::ExprSchemable;
-    let Some(udf) = super::pg_catalog::pg_text_udf() else {
-        return Ok(plan);
-    };
+    let udf = super::pg_catalog::pg_text_udf();
     Ok(plan
         .transform_up_with_subqueries(|p| {
             let Some(schema) = p.inputs().first().map(|i| i.schema().clone()) else {

@@ -12,6 +12,7 @@ use datafusion::sql::sqlparser::ast::{
     self, AlterRoleOperation, CreateRole, Expr, Ident, ObjectName, Password, RoleOption, Value,
 };
 
+use super::ddl::{ident, name_parts};
 use super::session::{CommandTag, Session};
 use crate::auth::{ScramSecret, md5_secret};
 use crate::catalog::RoleDef;
@@ -20,19 +21,8 @@ use crate::error::{Error, Result, sqlstate};
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 const DUPLICATE_OBJECT: &str = "42710";
 
-fn ident(i: &Ident) -> String {
-    match i.quote_style {
-        Some(_) => i.value.clone(),
-        None => i.value.to_lowercase(),
-    }
-}
-
 fn role_name(name: &ObjectName) -> String {
-    name.0
-        .last()
-        .and_then(|p| p.as_ident())
-        .map(ident)
-        .unwrap_or_default()
+    name_parts(name).pop().unwrap_or_default()
 }
 
 /// Whether the session may create, alter or drop `target` (None: a new non-superuser).

@@ -142,6 +142,27 @@ impl Server {
         s
     }
 
+    /// `postgresql://eddy[:PASSWORD]@HOST:PORT/eddy`, for tools that take URLs.
+    pub fn url(&self) -> String {
+        let password: String = self
+            .password
+            .as_deref()
+            .map(|p| {
+                let encoded: String = p
+                    .bytes()
+                    .map(|b| match b {
+                        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                            (b as char).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                format!(":{encoded}")
+            })
+            .unwrap_or_default();
+        format!("postgresql://eddy{password}@{}/eddy", self.pg)
+    }
+
     pub async fn connect(&self) -> tokio_postgres::Client {
         let (client, conn) =
             tokio_postgres::connect(&self.plain_conn_string(), tokio_postgres::NoTls)
@@ -530,10 +551,8 @@ impl Drop for Postgres {
 }
 
 fn running_as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n")
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// A PostgreSQL program, run as the `postgres` account when we are root (PostgreSQL refuses

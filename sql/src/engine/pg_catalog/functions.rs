@@ -77,13 +77,11 @@ impl std::hash::Hash for CatalogFn {
 }
 
 /// `eddy_pg_text(x)`: a timestamp or float as the text PostgreSQL prints for it.
-pub fn pg_text_udf() -> Option<Arc<ScalarUDF>> {
+pub fn pg_text_udf() -> Arc<ScalarUDF> {
     // One instance for every session: it reads no session state.
     static UDF: std::sync::OnceLock<Arc<ScalarUDF>> = std::sync::OnceLock::new();
-    Some(
-        UDF.get_or_init(|| Arc::new(ScalarUDF::new_from_impl(PgText::default())))
-            .clone(),
-    )
+    UDF.get_or_init(|| Arc::new(ScalarUDF::new_from_impl(PgText::default())))
+        .clone()
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
