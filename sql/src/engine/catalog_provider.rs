@@ -26,6 +26,8 @@ pub struct SessionView {
     pub state: Mutex<Weak<RwLock<SessionState>>>,
     /// The database the session connected to (`pg_database` lists it).
     pub database: String,
+    /// pg_catalog's view of the catalog it was built from (see `PgObjects::load`).
+    pub pg_objects: Mutex<Option<(Arc<Catalog>, Arc<super::pg_catalog::PgObjects>)>>,
     /// The session's settings and user, for `pg_settings` (weak: the session owns both).
     pub info: Mutex<Weak<super::functions::SessionInfo>>,
 }

@@ -154,6 +154,7 @@ impl Session {
             state: Mutex::new(ctx.state_weak_ref()),
             database: database.to_string(),
             info: Mutex::new(std::sync::Weak::new()),
+            pg_objects: Mutex::new(None),
         });
         let models = engine.models.session_lookup(Arc::downgrade(&view));
         for udf in eddy_udf::predict::model_udfs(models) {

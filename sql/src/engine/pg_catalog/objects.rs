@@ -211,9 +211,15 @@ pub struct PgObjects {
 
 impl PgObjects {
     /// Reads the session's catalog (its transaction's copy inside a block). Views are planned
-    /// to learn their columns; a view that no longer plans shows without columns.
-    pub async fn load(view: &Arc<SessionView>) -> Self {
+    /// to learn their columns; a view that no longer plans shows without columns. The result
+    /// is kept until the catalog changes, so a query joining several catalogs builds it once.
+    pub async fn load(view: &Arc<SessionView>) -> Arc<Self> {
         let catalog = view.catalog();
+        if let Some((seen, objects)) = view.pg_objects.lock().as_ref()
+            && Arc::ptr_eq(seen, &catalog)
+        {
+            return objects.clone();
+        }
         let mut objects = Self::from_catalog(&catalog);
         let provider = EddyCatalog { view: view.clone() };
         for r in objects.relations.iter_mut().filter(|r| r.kind == 'v') {
@@ -233,6 +239,8 @@ impl PgObjects {
                     .collect();
             }
         }
+        let objects = Arc::new(objects);
+        *view.pg_objects.lock() = Some((catalog, objects.clone()));
         objects
     }
 
