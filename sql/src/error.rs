@@ -15,6 +15,8 @@ pub mod sqlstate {
     pub const SUCCESSFUL_COMPLETION: &str = "00000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
+    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
     pub const DIVISION_BY_ZERO: &str = "22012";
     pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
@@ -41,6 +43,9 @@ pub mod sqlstate {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const QUERY_CANCELED: &str = "57014";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const OUT_OF_MEMORY: &str = "53200";
+    pub const DISK_FULL: &str = "53100";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INTERNAL_ERROR: &str = "XX000";
 }
 
@@ -179,7 +184,7 @@ fn classify(e: &DataFusionError) -> (&'static str, String) {
         }
         DataFusionError::Plan(msg) => classify_plan(msg),
         DataFusionError::Execution(msg) => classify_execution(msg),
-        DataFusionError::ResourcesExhausted(msg) => (PROGRAM_LIMIT_EXCEEDED, msg.clone()),
+        DataFusionError::ResourcesExhausted(msg) => (OUT_OF_MEMORY, msg.clone()),
         other => (INTERNAL_ERROR, strip_prefixes(&other.to_string())),
     }
 }

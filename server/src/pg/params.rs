@@ -15,13 +15,22 @@ use pgwire::api::Type;
 const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// A binary value that breaks its type's format (PostgreSQL's "incorrect binary data format").
 fn invalid(ty: &Type, why: &str) -> Error {
     Error::user(
-        sqlstate::INVALID_TEXT_REPRESENTATION,
+        sqlstate::INVALID_BINARY_REPRESENTATION,
         format!(
-            "invalid binary value for parameter of type {}: {why}",
+            "incorrect binary data format in parameter of type {}: {why}",
             ty.name()
         ),
+    )
+}
+
+/// A well-formed binary value outside the range PostgreSQL (or Arrow) can hold.
+fn out_of_range(what: &str) -> Error {
+    Error::user(
+        sqlstate::DATETIME_FIELD_OVERFLOW,
+        format!("{what} out of range"),
     )
 }
 
@@ -66,6 +75,7 @@ fn binary_array(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
     use datafusion::arrow::datatypes::DataType;
     use postgres_types::FromSql;
     fn read<'a, T: FromSql<'a>>(raw: &'a [u8], ty: &Type) -> Result<Vec<Option<T>>, Error> {
+        check_array_header(raw, ty)?;
         Vec::<Option<T>>::from_sql(ty, raw).map_err(|e| invalid(ty, &e.to_string()))
     }
     let (values, element): (Vec<ScalarValue>, DataType) = match *ty {
@@ -128,6 +138,60 @@ fn binary_array(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
     Ok(ScalarValue::List(ScalarValue::new_list_nullable(
         &values, &element,
     )))
+}
+
+/// PostgreSQL's limit on array dimensions (MAXDIM).
+const MAX_ARRAY_DIMENSIONS: i32 = 6;
+
+/// Checks a binary array's header before anything is decoded or allocated: the number of
+/// dimensions, the flags, the element type, and that the declared element count could fit in
+/// the bytes sent (each element takes at least its 4-byte length).
+fn check_array_header(raw: &[u8], ty: &Type) -> Result<(), Error> {
+    let int = |at: usize| -> Result<i32, Error> {
+        raw.get(at..at + 4)
+            .map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| invalid(ty, "array header is truncated"))
+    };
+    let ndim = int(0)?;
+    if !(0..=MAX_ARRAY_DIMENSIONS).contains(&ndim) {
+        return Err(invalid(
+            ty,
+            &format!("invalid number of dimensions: {ndim}"),
+        ));
+    }
+    let flags = int(4)?;
+    if flags != 0 && flags != 1 {
+        return Err(invalid(ty, "invalid array flags"));
+    }
+    let element = int(8)? as u32;
+    if let postgres_types::Kind::Array(expected) = ty.kind()
+        && element != expected.oid()
+    {
+        return Err(Error::user(
+            sqlstate::DATATYPE_MISMATCH,
+            format!(
+                "binary data has array element type {element} instead of expected {}",
+                expected.name()
+            ),
+        ));
+    }
+    let mut count: u64 = if ndim == 0 { 0 } else { 1 };
+    for d in 0..ndim as usize {
+        let len = int(12 + 8 * d)?;
+        let lower = int(16 + 8 * d)?;
+        if len < 0 || lower.checked_add(len).is_none() {
+            return Err(invalid(ty, "array dimension is out of range"));
+        }
+        count = count.saturating_mul(len as u64);
+    }
+    let body = raw.len().saturating_sub(12 + 8 * ndim as usize) as u64;
+    if count.saturating_mul(4) > body {
+        return Err(invalid(
+            ty,
+            &format!("array declares {count} elements but carries {body} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// PostgreSQL's interval output (`1 year 2 mons 3 days 04:05:06.5`, `-00:00:01`), which
@@ -201,15 +265,13 @@ pub fn from_binary(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
                 &hex[20..32]
             )))
         }
-        Type::DATE => {
-            ScalarValue::Date32(Some(i32::from_be_bytes(fixed(raw, ty)?) + PG_EPOCH_DAYS))
-        }
+        Type::DATE => ScalarValue::Date32(Some(date(i32::from_be_bytes(fixed(raw, ty)?))?)),
         Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
-            Some(i64::from_be_bytes(fixed(raw, ty)?) + PG_EPOCH_MICROS),
+            Some(timestamp(i64::from_be_bytes(fixed(raw, ty)?))?),
             None,
         ),
         Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
-            Some(i64::from_be_bytes(fixed(raw, ty)?) + PG_EPOCH_MICROS),
+            Some(timestamp(i64::from_be_bytes(fixed(raw, ty)?))?),
             Some("+00:00".into()),
         ),
         Type::INTERVAL => {
@@ -217,11 +279,10 @@ pub fn from_binary(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
             let micros = i64::from_be_bytes(b[0..8].try_into().expect("8 bytes"));
             let days = i32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
             let months = i32::from_be_bytes(b[12..16].try_into().expect("4 bytes"));
-            ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
-                months,
-                days,
-                micros * 1000,
-            )))
+            let nanos = micros
+                .checked_mul(1000)
+                .ok_or_else(|| out_of_range("interval"))?;
+            ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(months, days, nanos)))
         }
         Type::NUMERIC => ScalarValue::Utf8(Some(numeric_text(raw, ty)?)),
         _ if matches!(ty.kind(), postgres_types::Kind::Array(_)) => binary_array(raw, ty)?,
@@ -234,23 +295,71 @@ pub fn from_binary(raw: &[u8], ty: &Type) -> Result<ScalarValue, Error> {
     })
 }
 
+/// Days since 2000-01-01 (PostgreSQL) to days since 1970-01-01 (Arrow), within PostgreSQL's
+/// date range (4714-11-24 BC to 5874897 AD); infinities are refused.
+fn date(pg_days: i32) -> Result<i32, Error> {
+    const MIN: i32 = -2_451_545;
+    const END: i32 = 2_147_483_494 - 2_451_545;
+    if !(MIN..END).contains(&pg_days) {
+        return Err(out_of_range("date"));
+    }
+    pg_days
+        .checked_add(PG_EPOCH_DAYS)
+        .ok_or_else(|| out_of_range("date"))
+}
+
+/// Microseconds since 2000-01-01 to microseconds since 1970-01-01, within PostgreSQL's
+/// timestamp range and Arrow's; infinities are refused.
+fn timestamp(pg_micros: i64) -> Result<i64, Error> {
+    const MIN: i64 = -211_813_488_000_000_000;
+    const END: i64 = 9_223_371_331_200_000_000;
+    if !(MIN..END).contains(&pg_micros) {
+        return Err(out_of_range("timestamp"));
+    }
+    pg_micros
+        .checked_add(PG_EPOCH_MICROS)
+        .ok_or_else(|| out_of_range("timestamp"))
+}
+
+/// PostgreSQL's limits on binary numerics (numeric_recv): at most this many base-10000 digits,
+/// a display scale within NUMERIC_DSCALE_MASK, digits below NBASE.
+const NUMERIC_MAX_DIGITS: usize = 1000 + 2000;
+const NUMERIC_DSCALE_MASK: usize = 0x3FFF;
+const NBASE: i32 = 10_000;
+const NUMERIC_POS: u16 = 0x0000;
+const NUMERIC_NEG: u16 = 0x4000;
+const NUMERIC_NAN: u16 = 0xC000;
+const NUMERIC_PINF: u16 = 0xD000;
+const NUMERIC_NINF: u16 = 0xF000;
+
 /// Decodes Postgres' binary numeric (base-10000 digits) to its decimal text.
 fn numeric_text(raw: &[u8], ty: &Type) -> Result<String, Error> {
     if raw.len() < 8 {
         return Err(invalid(ty, "short numeric"));
     }
     let word = |i: usize| i16::from_be_bytes([raw[2 * i], raw[2 * i + 1]]);
+    let uword = |i: usize| u16::from_be_bytes([raw[2 * i], raw[2 * i + 1]]);
     let (ndigits, weight, sign, dscale) = (
-        word(0) as usize,
+        uword(0) as usize,
         word(1) as i32,
-        word(2) as u16,
-        word(3) as usize,
+        uword(2),
+        uword(3) as usize,
     );
-    if raw.len() != 8 + 2 * ndigits {
-        return Err(invalid(ty, "numeric length mismatch"));
+    if ndigits > NUMERIC_MAX_DIGITS || raw.len() != 8 + 2 * ndigits {
+        return Err(invalid(ty, "invalid length in numeric value"));
     }
-    if sign == 0xC000 {
-        return Ok("NaN".into());
+    if dscale & NUMERIC_DSCALE_MASK != dscale {
+        return Err(invalid(ty, "invalid scale in numeric value"));
+    }
+    match sign {
+        NUMERIC_POS | NUMERIC_NEG => {}
+        NUMERIC_NAN => return Ok("NaN".into()),
+        NUMERIC_PINF => return Ok("Infinity".into()),
+        NUMERIC_NINF => return Ok("-Infinity".into()),
+        _ => return Err(invalid(ty, "invalid sign in numeric value")),
+    }
+    if (0..ndigits).any(|i| !(0..NBASE).contains(&(word(4 + i) as i32))) {
+        return Err(invalid(ty, "invalid digit in numeric value"));
     }
     let digits: Vec<i32> = (0..ndigits).map(|i| word(4 + i) as i32).collect();
     let mut int_part = String::new();
@@ -280,7 +389,7 @@ fn numeric_text(raw: &[u8], ty: &Type) -> Result<String, Error> {
     }
     frac.truncate(dscale);
     let mut s = String::new();
-    if sign == 0x4000 {
+    if sign == NUMERIC_NEG {
         s.push('-');
     }
     s.push_str(&int_part);
@@ -315,6 +424,112 @@ mod tests {
         // -0.5: weight -1, digits [5000]
         let raw = [0, 1, 0xff, 0xff, 0x40, 0, 0, 1, 0x13, 0x88];
         assert_eq!(numeric_text(&raw, &Type::NUMERIC).unwrap(), "-0.5");
+    }
+
+    fn code(e: Error) -> String {
+        match e {
+            Error::User { code, .. } => code.to_string(),
+            other => format!("not a user error: {other}"),
+        }
+    }
+
+    #[test]
+    fn binary_numeric_outside_postgres_limits_is_refused() {
+        // dscale 0xFFFF: once read as a scale of 65535 zeros and more.
+        let raw = [0, 1, 0, 0, 0, 0, 0xff, 0xff, 0, 1];
+        assert_eq!(
+            code(numeric_text(&raw, &Type::NUMERIC).unwrap_err()),
+            "22P03"
+        );
+        // A digit of 10000 or more, a sign that is none of PostgreSQL's, ndigits as -1.
+        let raw = [0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10];
+        assert_eq!(
+            code(numeric_text(&raw, &Type::NUMERIC).unwrap_err()),
+            "22P03"
+        );
+        let raw = [0, 1, 0, 0, 0x12, 0x34, 0, 0, 0, 1];
+        assert_eq!(
+            code(numeric_text(&raw, &Type::NUMERIC).unwrap_err()),
+            "22P03"
+        );
+        let raw = [0xff, 0xff, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            code(numeric_text(&raw, &Type::NUMERIC).unwrap_err()),
+            "22P03"
+        );
+        // The largest scale PostgreSQL allows is fine, and bounded.
+        let raw = [0, 0, 0, 0, 0, 0, 0x3f, 0xff];
+        assert_eq!(
+            numeric_text(&raw, &Type::NUMERIC).unwrap().len(),
+            2 + 0x3fff
+        );
+        let raw = [0, 0, 0, 0, 0xd0, 0, 0, 0];
+        assert_eq!(numeric_text(&raw, &Type::NUMERIC).unwrap(), "Infinity");
+    }
+
+    #[test]
+    fn binary_datetimes_outside_the_range_are_errors_not_overflows() {
+        let infinity = i64::MAX.to_be_bytes();
+        assert_eq!(
+            code(from_binary(&infinity, &Type::TIMESTAMP).unwrap_err()),
+            "22008"
+        );
+        let minus_infinity = i64::MIN.to_be_bytes();
+        assert_eq!(
+            code(from_binary(&minus_infinity, &Type::TIMESTAMPTZ).unwrap_err()),
+            "22008"
+        );
+        assert_eq!(
+            code(from_binary(&i32::MAX.to_be_bytes(), &Type::DATE).unwrap_err()),
+            "22008"
+        );
+        let mut interval = i64::MAX.to_be_bytes().to_vec();
+        interval.extend([0; 8]);
+        assert_eq!(
+            code(from_binary(&interval, &Type::INTERVAL).unwrap_err()),
+            "22008"
+        );
+    }
+
+    #[test]
+    fn binary_arrays_are_checked_before_they_are_allocated() {
+        let header = |ndim: i32, elem: u32, dims: &[(i32, i32)]| {
+            let mut v = Vec::new();
+            v.extend(ndim.to_be_bytes());
+            v.extend(0i32.to_be_bytes());
+            v.extend(elem.to_be_bytes());
+            for (len, lower) in dims {
+                v.extend(len.to_be_bytes());
+                v.extend(lower.to_be_bytes());
+            }
+            v
+        };
+        // Two billion elements declared, none sent.
+        let raw = header(1, Type::INT4.oid(), &[(i32::MAX, 1)]);
+        assert_eq!(
+            code(from_binary(&raw, &Type::INT4_ARRAY).unwrap_err()),
+            "22P03"
+        );
+        let raw = header(7, Type::INT4.oid(), &[(1, 1); 7]);
+        assert_eq!(
+            code(from_binary(&raw, &Type::INT4_ARRAY).unwrap_err()),
+            "22P03"
+        );
+        let raw = header(1, Type::TEXT.oid(), &[(0, 1)]);
+        assert_eq!(
+            code(from_binary(&raw, &Type::INT4_ARRAY).unwrap_err()),
+            "42804"
+        );
+        let mut raw = header(1, Type::INT4.oid(), &[(1, 1)]);
+        raw.extend(4i32.to_be_bytes());
+        raw.extend(7i32.to_be_bytes());
+        assert_eq!(
+            from_binary(&raw, &Type::INT4_ARRAY).unwrap(),
+            ScalarValue::List(ScalarValue::new_list_nullable(
+                &[ScalarValue::Int32(Some(7))],
+                &datafusion::arrow::datatypes::DataType::Int32
+            ))
+        );
     }
 
     #[test]
