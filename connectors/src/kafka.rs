@@ -3,8 +3,10 @@
 //! Options: `bootstrap.servers` (or `properties.bootstrap.server`), `topic`, `group.id`
 //! (default `eddy-<source>`), `startup` = `earliest` (default) | `latest` | `timestamp` with
 //! `startup.timestamp` (epoch milliseconds), `format` (json, csv) and its options,
-//! `max_event_bytes`, and any librdkafka setting as `properties.<name>` (security.protocol,
-//! sasl.mechanism, sasl.username, sasl.password, ssl.ca.location, ...), passed through as is.
+//! `max_event_bytes`, and librdkafka's security and tuning settings as `properties.<name>`
+//! (security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.location, ...;
+//! [`ALLOWED_PROPERTIES`]). Settings that load code or run commands in the server
+//! (plugin.library.paths, sasl.kerberos.kinit.cmd, ssl.engine.location, ...) are refused.
 //!
 //! The consumer is assigned every partition of the topic explicitly, at the offsets the
 //! engine's last checkpoint recorded (or the startup position for partitions it has none
@@ -24,6 +26,123 @@ use crate::format::{DEFAULT_MAX_EVENT_BYTES, EventDecoder, Format, RawEvent};
 use crate::source::{Poll, Positions, Source, SourceSpec};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The librdkafka settings a user may pass as `properties.<name>`: connection, security and
+/// tuning. Anything else is refused, because some settings load shared objects into the
+/// server (`plugin.library.paths`, `ssl.engine.location`, `ssl.providers`) or run commands
+/// (`sasl.kerberos.kinit.cmd`), and a new librdkafka may add more of that kind.
+pub const ALLOWED_PROPERTIES: &[&str] = &[
+    // Where and who.
+    "bootstrap.servers",
+    "client.id",
+    "client.rack",
+    "group.id",
+    "group.instance.id",
+    "broker.address.family",
+    "client.dns.lookup",
+    // Security.
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "sasl.kerberos.service.name",
+    "sasl.kerberos.principal",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.token.endpoint.url",
+    "sasl.oauthbearer.scope",
+    "sasl.oauthbearer.extensions",
+    "ssl.ca.location",
+    "ssl.ca.pem",
+    "ssl.certificate.location",
+    "ssl.certificate.pem",
+    "ssl.key.location",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+    "ssl.cipher.suites",
+    "ssl.curves.list",
+    "ssl.sigalgs.list",
+    // Connections and metadata.
+    "socket.timeout.ms",
+    "socket.keepalive.enable",
+    "socket.nagle.disable",
+    "socket.send.buffer.bytes",
+    "socket.receive.buffer.bytes",
+    "socket.connection.setup.timeout.ms",
+    "connections.max.idle.ms",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "retry.backoff.ms",
+    "retry.backoff.max.ms",
+    "metadata.max.age.ms",
+    "topic.metadata.refresh.interval.ms",
+    "api.version.request",
+    "api.version.request.timeout.ms",
+    "api.version.fallback.ms",
+    "broker.version.fallback",
+    "allow.auto.create.topics",
+    "message.max.bytes",
+    "receive.message.max.bytes",
+    "request.timeout.ms",
+    // Consumers.
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "group.protocol",
+    "isolation.level",
+    "auto.offset.reset",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.wait.max.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.error.backoff.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "check.crcs",
+    // Producers.
+    "acks",
+    "request.required.acks",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.num.messages",
+    "batch.size",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "transaction.timeout.ms",
+    "message.send.max.retries",
+    "retries",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+    // Refused later with a message of their own (the checkpoint or the sink owns them).
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "transactional.id",
+];
+
+/// Refuses librdkafka settings outside [`ALLOWED_PROPERTIES`] (22023, naming the key).
+pub fn check_properties(client: &BTreeMap<String, String>) -> Result<()> {
+    match client
+        .keys()
+        .find(|k| !ALLOWED_PROPERTIES.contains(&k.as_str()))
+    {
+        None => Ok(()),
+        Some(key) => Err(Error::Options(format!(
+            "option \"properties.{key}\" is not allowed: Eddy passes only librdkafka's connection, security and tuning settings"
+        ))),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Startup {
@@ -49,6 +168,7 @@ impl KafkaConfig {
         if let Some(servers) = client.remove("bootstrap.server") {
             client.insert("bootstrap.servers".into(), servers);
         }
+        check_properties(&client)?;
         if let Some(servers) = o.take("bootstrap.servers") {
             client.insert("bootstrap.servers".into(), servers);
         }

@@ -53,6 +53,7 @@ impl KafkaSinkConfig {
     /// Takes the sink's options out of `o`.
     pub fn from_options(o: &mut Options, sink: &str) -> Result<Self> {
         let mut client = o.take_prefixed("properties.");
+        crate::kafka::check_properties(&client)?;
         if let Some(servers) = o.take("bootstrap.servers") {
             client.insert("bootstrap.servers".into(), servers);
         }
