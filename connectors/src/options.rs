@@ -11,23 +11,167 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Keys whose values are credentials.
-pub fn is_secret(key: &str) -> bool {
+/// Option keys whose values are shown as given: connection targets, formats, sizes and
+/// timings. Every other key's value is shown as `***` (a new connector's credential is hidden
+/// before anyone thinks of it); URLs among the shown values lose their credentials
+/// ([`strip_url_credentials`]).
+const SHOWN: &[&str] = &[
+    "connector",
+    "topic",
+    "format",
+    "csv.delimiter",
+    "csv.header",
+    "group.id",
+    "startup",
+    "startup.timestamp",
+    "max_event_bytes",
+    "bootstrap.servers",
+    "path",
+    "watch",
+    "partition_by",
+    "rollover_size",
+    "upload_part_size",
+    "spool_limit",
+    "checkpoint_interval",
+    "retention_rows",
+    "key",
+    "delivery",
+    "transactional.id",
+    "url",
+    "batch_size",
+    "timeout",
+    "max_retries",
+    "retry_backoff",
+    "idempotency_key",
+    "rows",
+    "rows_per_second",
+    "seed",
+    "events",
+    "event_rate",
+    "events_per_second",
+    "base_time",
+    "fast",
+    "late_events",
+    "watermark.idle_timeout",
+    "table",
+    "intra_threads",
+    "features",
+    "aws_region",
+    "aws_endpoint",
+    "aws_allow_http",
+    "aws_virtual_hosted_style_request",
+    "aws_bucket",
+    "google_bucket",
+    "azure_container_name",
+    "azure_storage_account_name",
+    "azure_endpoint",
+];
+
+/// Key prefixes whose values are shown (datagen's per-field settings).
+const SHOWN_PREFIXES: &[&str] = &["fields."];
+
+/// librdkafka settings (`properties.<name>`) whose values are shown.
+const SHOWN_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "bootstrap.server",
+    "client.id",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.kerberos.service.name",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+    "isolation.level",
+    "auto.offset.reset",
+    "compression.type",
+    "compression.codec",
+    "acks",
+    "linger.ms",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "message.max.bytes",
+    "session.timeout.ms",
+    "socket.timeout.ms",
+];
+
+/// Whether an option's value may be shown (SHOW, catalogs, errors, logs): only keys known to
+/// be harmless; everything else is a possible credential.
+pub fn is_shown(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "credential",
-        "jaas",
-        "key.pem",
-        "keystore",
-        "api_key",
-        "access_key",
-        "authorization",
-    ]
-    .iter()
-    .any(|s| key.contains(s))
+    if let Some(property) = key.strip_prefix("properties.") {
+        return SHOWN_PROPERTIES.contains(&property);
+    }
+    SHOWN.contains(&key.as_str()) || SHOWN_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// Keys whose values are credentials (or may be): the complement of [`is_shown`].
+pub fn is_secret(key: &str) -> bool {
+    !is_shown(key)
+}
+
+/// An option's value as it may be displayed: `***` for keys not known to be harmless, and
+/// URLs without their credentials.
+pub fn shown_value(key: &str, value: &str) -> String {
+    if is_secret(key) {
+        "***".to_string()
+    } else {
+        strip_url_credentials(value)
+    }
+}
+
+/// Removes credentials from the URLs in `text`: the password of `user:password@host`
+/// (`user:***@host`), and every query parameter's value (`?token=***`: SAS tokens, signed
+/// URLs). Text without URLs comes back unchanged.
+pub fn strip_url_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        // The URL runs to the next whitespace, comma or quote.
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == ',' || c == '\'' || c == '"')
+            .unwrap_or(rest.len());
+        let (url, after) = rest.split_at(end);
+        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, path) = url.split_at(authority_end);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                out.push_str(user);
+                if userinfo.contains(':') {
+                    out.push_str(":***");
+                }
+                out.push('@');
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        match path.split_once('?') {
+            Some((p, query)) => {
+                out.push_str(p);
+                out.push('?');
+                let (query, fragment) = query.split_once('#').unwrap_or((query, ""));
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, _)) => format!("{k}=***"),
+                        None => kv.to_string(),
+                    })
+                    .collect();
+                out.push_str(&params.join("&"));
+                if !fragment.is_empty() {
+                    out.push('#');
+                    out.push_str(fragment);
+                }
+            }
+            None => out.push_str(path),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -57,14 +201,7 @@ impl Options {
     pub fn redacted(&self) -> Vec<(String, String)> {
         self.values
             .iter()
-            .map(|(k, v)| {
-                let v = if is_secret(k) {
-                    "***".to_string()
-                } else {
-                    v.clone()
-                };
-                (k.clone(), v)
-            })
+            .map(|(k, v)| (k.clone(), shown_value(k, v)))
             .collect()
     }
 
@@ -106,7 +243,7 @@ impl Options {
         match self.take(key) {
             None => Ok(None),
             Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                let shown = if is_secret(key) { "***" } else { v.as_str() };
+                let shown = shown_value(key, &v);
                 Error::Options(format!("invalid value for option \"{key}\": \"{shown}\""))
             }),
         }
@@ -215,6 +352,40 @@ mod tests {
         let mut o = o;
         let err = o.parse::<u32>("properties.sasl.password").unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn only_harmless_options_show_and_urls_lose_their_credentials() {
+        let o = opts(&[
+            ("azure_storage_account_key", "AZKEY"),
+            ("google_service_account_key", "GKEY"),
+            ("headers.x-api-key", "APIKEY"),
+            ("headers.cookie", "session=COOKIE"),
+            (
+                "url",
+                "https://bob:HUNTER2@hooks.example/alert?token=TOKEN&v=1",
+            ),
+            ("bootstrap.servers", "broker:9092"),
+            ("properties.security.protocol", "SASL_SSL"),
+            ("fields.device.kind", "sequence"),
+        ]);
+        let shown = format!("{:?}", o.redacted());
+        for secret in ["AZKEY", "GKEY", "APIKEY", "COOKIE", "HUNTER2", "TOKEN"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for visible in [
+            "broker:9092",
+            "SASL_SSL",
+            "sequence",
+            "https://bob:***@hooks.example/alert?token=***&v=***",
+        ] {
+            assert!(shown.contains(visible), "{visible} not in {shown}");
+        }
+        assert_eq!(
+            strip_url_credentials("s3://bucket/path and http://u:p@h:1/x, done"),
+            "s3://bucket/path and http://u:***@h:1/x, done"
+        );
+        assert_eq!(strip_url_credentials("no urls here"), "no urls here");
     }
 
     #[test]

@@ -28,6 +28,18 @@ use crate::encode;
 use crate::error::{Error, Result};
 use crate::options::Options;
 
+/// An error and its causes, `outer: inner: innermost`.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Keys of a webhook sink's options (besides `headers.*`).
 pub const OPTIONS: [&str; 6] = [
     "url",
@@ -257,7 +269,8 @@ impl Webhook {
             message: if e.is_timeout() {
                 format!("no answer within {:?}", self.config.timeout)
             } else {
-                format!("request failed: {e}")
+                // Without the URL: it may carry credentials (user:password@, ?token=).
+                format!("request failed: {}", with_causes(&e.without_url()))
             },
             retry: true,
             wait: None,

@@ -136,11 +136,7 @@ fn options_sql(options: &[(String, String)]) -> String {
     let items: Vec<String> = options
         .iter()
         .map(|(k, v)| {
-            let v = if eddy_connectors::options::is_secret(k) {
-                "***".to_string()
-            } else {
-                v.replace('\'', "''")
-            };
+            let v = eddy_connectors::options::shown_value(k, v).replace('\'', "''");
             format!("{k} = '{v}'")
         })
         .collect();

@@ -307,7 +307,10 @@ impl PgObjects {
                 server: Some("onnx".to_string()),
                 options: [
                     ("version", active.version.to_string()),
-                    ("location", active.location.clone()),
+                    (
+                        "location",
+                        eddy_connectors::options::strip_url_credentials(&active.location),
+                    ),
                     ("features", active.features.join(", ")),
                 ]
                 .into_iter()
@@ -384,11 +387,10 @@ fn table_relation(def: &TableDef) -> PgRelation {
         options
             .iter()
             .map(|(k, v)| {
-                let v = match eddy_connectors::options::is_secret(k) {
-                    true => "***".to_string(),
-                    false => v.clone(),
-                };
-                (k.to_ascii_lowercase(), v)
+                (
+                    k.to_ascii_lowercase(),
+                    eddy_connectors::options::shown_value(k, v),
+                )
             })
             .collect()
     };
