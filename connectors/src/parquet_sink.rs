@@ -315,10 +315,50 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The file that marks a directory as a sink's own: recovery lists and deletes files only in
+/// a directory that carries its sink's marker.
+fn marker_name(name: &str) -> String {
+    format!(".eddy-sink-{name}")
+}
+
+/// Whether sink `name` may write into `dir`: it does not exist yet, is empty, or carries the
+/// sink's marker (it made the directory its own before). A directory holding anything else
+/// (`/`, a home directory, another sink's files) is refused, so that recovery never lists or
+/// deletes files the sink did not write.
+pub fn check_directory(dir: &Path, name: &str) -> Result<()> {
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("list", dir, e)),
+    };
+    if dir.join(marker_name(name)).is_file() || entries.next().is_none() {
+        return Ok(());
+    }
+    Err(Error::Options(format!(
+        "directory {} holds files this sink did not write: a Parquet sink needs an empty directory of its own",
+        dir.display()
+    )))
+}
+
+/// Claims `dir` for sink `name` ([`check_directory`]), creating it and its marker.
+fn claim_directory(dir: &Path, name: &str) -> Result<()> {
+    check_directory(dir, name)?;
+    std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+    let marker = dir.join(marker_name(name));
+    if !marker.is_file() {
+        File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("create", &marker, e))?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 impl ParquetFiles {
     /// Opens the sink `name` writing into `dir` and publishing into `publish`, after the
     /// checkpoint of epoch `committed`: publishes the files of committed epochs a crash left
-    /// hidden and deletes the others.
+    /// hidden and deletes the others. Both directories must be the sink's own
+    /// ([`check_directory`]).
     pub fn open(
         dir: &Path,
         publish: &Path,
@@ -326,8 +366,10 @@ impl ParquetFiles {
         committed: u64,
         partitioning: Partitioning,
     ) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-        std::fs::create_dir_all(publish).map_err(|e| io("create", publish, e))?;
+        claim_directory(dir, name)?;
+        if publish != dir {
+            claim_directory(publish, name)?;
+        }
         let prefix = format!(".eddy-{name}-");
         let mut touched = vec![PathBuf::new()];
         for rel in walk(dir)? {
@@ -542,7 +584,7 @@ async fn put_in_parts(
     let id = store
         .create_multipart(key)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::store::describe(&e))?;
     std::fs::write(marker, format!("{key}\n{id}"))
         .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
     let result: std::result::Result<(), String> = async {
@@ -563,13 +605,13 @@ async fn put_in_parts(
             let part = store
                 .put_part(key, &id, parts.len(), buf.into())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::store::describe(&e))?;
             parts.push(part);
         }
         store
             .complete_multipart(key, &id, parts)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::store::describe(&e))?;
         Ok(())
     }
     .await;
@@ -634,7 +676,7 @@ pub async fn upload(
                         .put(&key, bytes.into())
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| crate::store::describe(&e)),
                     Err(e) => Err(format!("cannot read {}: {e}", local.display())),
                 }
             };
@@ -675,10 +717,12 @@ mod tests {
         .unwrap()
     }
 
+    /// The files in `dir` besides the sink's marker.
     fn visible(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(".eddy-sink-"))
             .collect();
         names.sort();
         names
@@ -805,6 +849,29 @@ mod tests {
         );
         assert!(Partitioning::parse("nope").unwrap().check(&schema).is_err());
         assert!(Partitioning::parse("week(ts)").is_err());
+    }
+
+    #[test]
+    fn a_sink_writes_only_into_a_directory_of_its_own() {
+        let tmp = std::env::temp_dir().join(format!("eddy-sink-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let foreign = tmp.join("home");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join(".eddy-s-1.parquet.tmp"), b"not the sink's").unwrap();
+        let e = ParquetFiles::open(&foreign, &foreign, "s", 0, Partitioning::default())
+            .expect_err("refused");
+        assert!(e.to_string().contains("did not write"), "{e}");
+        assert!(
+            foreign.join(".eddy-s-1.parquet.tmp").exists(),
+            "nothing deleted"
+        );
+        assert!(check_directory(Path::new("/"), "s").is_err());
+        // A new directory becomes the sink's; it may reopen it, another sink may not.
+        let own = tmp.join("own");
+        ParquetFiles::open(&own, &own, "s", 0, Partitioning::default()).unwrap();
+        ParquetFiles::open(&own, &own, "s", 0, Partitioning::default()).unwrap();
+        assert!(check_directory(&own, "other").is_err());
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

@@ -466,6 +466,10 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
                     .map_err(|e| invalid(e.to_string()))?;
                 match &p.target {
                     SinkTarget::Local(path) => {
+                        // Only a new, empty or already its own directory: recovery lists
+                        // and deletes files there.
+                        eddy_connectors::parquet_sink::check_directory(path, &name)
+                            .map_err(|e| invalid(e.to_string()))?;
                         std::fs::create_dir_all(path).map_err(|e| {
                             invalid(format!(
                                 "cannot create the sink directory {}: {e}",
