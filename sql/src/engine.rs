@@ -10,6 +10,7 @@ mod catalog_provider;
 mod ddl;
 mod dml;
 mod functions;
+pub mod memory;
 mod models;
 mod naming;
 mod pg_catalog;
@@ -63,24 +64,80 @@ pub struct Engine {
     /// Whether passwords set from now on also keep PostgreSQL's MD5 hash (the server enables
     /// it when MD5 authentication is configured).
     pub md5_passwords: std::sync::atomic::AtomicBool,
+    /// What one statement or client may make the server spend.
+    pub limits: crate::limits::Limits,
+    /// The memory all sessions' queries share (`limits.query_memory_bytes`).
+    pub query_memory: Arc<memory::QueryMemory>,
+}
+
+/// A file of [`RESERVE_BYTES`] kept in the data dir and deleted at every start before the
+/// store opens: room for RocksDB to replay its log and flush after the disk filled up.
+pub const RESERVE_FILE: &str = "space-reserve";
+pub const RESERVE_BYTES: usize = 64 << 20;
+
+/// Allocates the reserve file's blocks (without writing them) and syncs it.
+fn write_reserve(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(path)?;
+    // SAFETY: a valid open descriptor and a non-negative range.
+    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, RESERVE_BYTES as libc::off_t) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    f.sync_all()
+}
+
+/// Bytes free for unprivileged writers on the filesystem of `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a zeroed statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 impl Engine {
     /// Opens (or creates) the database in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Arc<Self>> {
+        Self::open_with_limits(data_dir, Default::default())
+    }
+
+    /// Opens (or creates) the database in `data_dir`, enforcing `limits`.
+    pub fn open_with_limits(data_dir: &Path, limits: crate::limits::Limits) -> Result<Arc<Self>> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", data_dir.display())))?;
+        // The reserve file gives its space back before the store opens, so a data dir whose
+        // filesystem filled up (and was then killed) can always replay its log.
+        let reserve = data_dir.join(RESERVE_FILE);
+        if free_bytes(data_dir).is_none_or(|free| free < 4 * RESERVE_BYTES as u64) {
+            let _ = std::fs::remove_file(&reserve);
+        }
         let kv: Arc<dyn KvStore> = Arc::new(RocksStore::open(&data_dir.join("db"))?);
-        Self::with_store(kv, data_dir.to_path_buf())
+        if !reserve.exists()
+            && let Err(e) = write_reserve(&reserve)
+        {
+            let _ = std::fs::remove_file(&reserve);
+            tracing::warn!(
+                "cannot keep the {RESERVE_BYTES}-byte reserve file {}: {e} (free some space)",
+                reserve.display()
+            );
+        }
+        Self::with_store(kv, data_dir.to_path_buf(), limits)
     }
 
     /// A non-durable engine for tests.
     pub fn in_memory() -> Arc<Self> {
         let dir = std::env::temp_dir().join(format!("eddy-memory-{}", std::process::id()));
-        Self::with_store(Arc::new(MemoryStore::new()), dir).expect("in-memory catalog loads")
+        Self::with_store(Arc::new(MemoryStore::new()), dir, Default::default())
+            .expect("in-memory catalog loads")
     }
 
-    fn with_store(kv: Arc<dyn KvStore>, data_dir: std::path::PathBuf) -> Result<Arc<Self>> {
+    fn with_store(
+        kv: Arc<dyn KvStore>,
+        data_dir: std::path::PathBuf,
+        limits: crate::limits::Limits,
+    ) -> Result<Arc<Self>> {
         let catalog = Catalog::load(kv.as_ref())?;
         let log = LogWriter::default();
         let streams = Arc::new(StreamManager::new(
@@ -101,6 +158,8 @@ impl Engine {
             next_backend_pid: AtomicI32::new(1000),
             advisory: Arc::default(),
             md5_passwords: Default::default(),
+            query_memory: memory::QueryMemory::new(limits.query_memory_bytes),
+            limits,
         }))
     }
 

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod storage;
 pub mod stream;
 pub mod table;

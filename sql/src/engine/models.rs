@@ -80,26 +80,18 @@ impl ModelStore {
         self.dir.join(format!("{sha256}.onnx"))
     }
 
-    /// Stores the model file (durably) and loads it; returns its hash and the session.
-    /// `source` names the file in errors.
-    fn import(&self, source: &str, bytes: &[u8], threads: usize) -> Result<(String, Arc<Model>)> {
-        let sha256: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    /// Moves a staged model file into the store (durably: the file and the directory entry
+    /// are synced before the catalog commit that names it) and loads it; returns its hash
+    /// and the session. `source` names the file in errors.
+    fn import(&self, source: &str, staged: Staged, threads: usize) -> Result<(String, Arc<Model>)> {
+        let Staged { tmp, sha256 } = staged;
         let path = self.path(&sha256);
         let model = if path.exists() {
+            let _ = std::fs::remove_file(&tmp);
             Model::load(&path, threads).map_err(|e| model_error(e.0))?
         } else {
-            // Load from a temporary copy first: a file that is not a model never lands in
-            // the data dir.
-            std::fs::create_dir_all(&self.dir).map_err(|e| {
-                Error::Storage(format!("cannot create {}: {e}", self.dir.display()))
-            })?;
-            let tmp = self.dir.join(format!("{sha256}.tmp"));
-            std::fs::File::create(&tmp)
-                .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-                .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
+            // Load from the staged copy first: a file that is not a model never lands in
+            // the store under its final name.
             let model = match Model::load(&tmp, threads) {
                 Ok(m) => m,
                 Err(e) => {
@@ -111,6 +103,7 @@ impl ModelStore {
                 }
             };
             std::fs::rename(&tmp, &path)
+                .and_then(|_| sync_dir(&self.dir))
                 .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
             model
         };
@@ -119,6 +112,17 @@ impl ModelStore {
             .lock()
             .insert((sha256.clone(), threads), model.clone());
         Ok((sha256, model))
+    }
+
+    /// A fresh temporary name in the store's directory (which is created if need be).
+    fn staging_path(&self) -> Result<PathBuf> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", self.dir.display())))?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self
+            .dir
+            .join(format!("incoming-{}-{n}.tmp", std::process::id())))
     }
 
     /// The loaded session of one version of a catalog model.
@@ -270,10 +274,123 @@ fn compatible(a: &ModelVersion, b: &ModelVersion) -> bool {
         && (a.features.is_empty() || b.features.is_empty() || a.features == b.features)
 }
 
-/// Reads a model file: a local path or `file://` URL, or an object in S3, Google Cloud Storage
-/// or Azure Blob Storage (`eddy_connectors::store`: settings from the environment and from
-/// `options`). Credentials are used for this read only: the catalog keeps the location.
-async fn fetch(location: &str, options: &[(String, String)]) -> Result<Vec<u8>> {
+/// A model file copied into the model directory under a temporary name, synced, with the
+/// SHA-256 of its bytes.
+struct Staged {
+    tmp: PathBuf,
+    sha256: String,
+}
+
+/// Syncs a directory, so that a rename into it survives a crash.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn too_large(location: &str, max: u64) -> Error {
+    Error::user(
+        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+        format!("model file {location} is larger than max_model_size ({max} bytes)"),
+    )
+    .with_detail("Raise max_model_size in the server's configuration to load larger models.")
+}
+
+/// Writes chunks to a staging file while hashing them, refusing more than `max` bytes.
+struct Stager {
+    file: std::fs::File,
+    tmp: PathBuf,
+    hasher: Sha256,
+    written: u64,
+    max: u64,
+}
+
+impl Stager {
+    fn create(tmp: PathBuf, max: u64) -> Result<Self> {
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
+        Ok(Self {
+            file,
+            tmp,
+            hasher: Sha256::new(),
+            written: 0,
+            max,
+        })
+    }
+
+    /// Appends a chunk; false (and nothing written) when it would pass the limit.
+    fn write(&mut self, chunk: &[u8]) -> Result<bool> {
+        if self.written + chunk.len() as u64 > self.max {
+            return Ok(false);
+        }
+        self.hasher.update(chunk);
+        self.written += chunk.len() as u64;
+        self.file
+            .write_all(chunk)
+            .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
+        Ok(true)
+    }
+
+    fn finish(self) -> Result<Staged> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
+        let sha256 = self
+            .hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Staged {
+            tmp: self.tmp,
+            sha256,
+        })
+    }
+}
+
+/// Copies a local model file into the store's staging area, on the calling (blocking) thread.
+fn stage_local(path: &str, tmp: PathBuf, max: u64) -> Result<Staged> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| model_error(format!("cannot read model file {path}: {e}"));
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(model_error(format!(
+            "cannot read model file {path}: not a regular file"
+        )));
+    }
+    if meta.len() > max {
+        return Err(too_large(path, max));
+    }
+    let mut stager = Stager::create(tmp.clone(), max)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let result = (|| loop {
+        let n = file.read(&mut buf).map_err(cannot)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !stager.write(&buf[..n])? {
+            return Err(too_large(path, max));
+        }
+    })();
+    match result {
+        Ok(()) => stager.finish(),
+        Err(e) => {
+            std::mem::drop(stager);
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Copies a model file into the store's staging area: a local path or `file://` URL (read on
+/// a blocking thread), or an object in S3, Google Cloud Storage or Azure Blob Storage
+/// (`eddy_connectors::store`: settings from `options`), streamed. At most `max` bytes are
+/// copied. Credentials are used for this read only: the catalog keeps the location.
+async fn fetch(
+    location: &str,
+    options: &[(String, String)],
+    tmp: PathBuf,
+    max: u64,
+) -> Result<Staged> {
     if eddy_connectors::store::scheme(location).is_none() {
         if let Some(other) = location
             .split_once("://")
@@ -289,16 +406,46 @@ async fn fetch(location: &str, options: &[(String, String)]) -> Result<Vec<u8>> 
                 "unknown option \"{k}\" (models take intra_threads and features; store settings only apply to s3://, gs:// and az:// locations)"
             )));
         }
-        let path = location.strip_prefix("file://").unwrap_or(location);
-        return std::fs::read(path)
-            .map_err(|e| model_error(format!("cannot read model file {path}: {e}")));
+        let path = location
+            .strip_prefix("file://")
+            .unwrap_or(location)
+            .to_string();
+        return tokio::task::spawn_blocking(move || stage_local(&path, tmp, max))
+            .await
+            .map_err(|e| Error::internal(format!("model copy failed: {e}")))?;
     }
     let (store, path) = eddy_connectors::store::open(location, options).map_err(model_error)?;
-    let invalid =
-        |e: object_store::Error| model_error(format!("cannot read model {location}: {e}"));
+    let invalid = |e: object_store::Error| {
+        model_error(format!(
+            "cannot read model {location}: {}",
+            eddy_connectors::store::describe(&e)
+        ))
+    };
+    use futures::StreamExt;
     use object_store::ObjectStoreExt;
     let object = store.get(&path).await.map_err(invalid)?;
-    Ok(object.bytes().await.map_err(invalid)?.to_vec())
+    if object.meta.size > max {
+        return Err(too_large(location, max));
+    }
+    let mut chunks = object.into_stream();
+    let mut stager = Stager::create(tmp.clone(), max)?;
+    let result = async {
+        while let Some(chunk) = chunks.next().await {
+            if !stager.write(&chunk.map_err(invalid)?)? {
+                return Err(too_large(location, max));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => stager.finish(),
+        Err(e) => {
+            std::mem::drop(stager);
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// CREATE MODEL's options: intra-op threads, feature names, and the object store's settings.
@@ -367,11 +514,16 @@ pub async fn create(session: &Session, m: &CreateModel) -> Result<CommandTag> {
         _ => {}
     }
     let (threads, features, store_options) = parse_options(&m.options)?;
-    let bytes = fetch(&m.location, &store_options).await?;
-    let (sha256, model) = session
-        .engine()
-        .models
-        .import(&m.location, &bytes, threads)?;
+    let engine = session.engine();
+    let tmp = engine.models.staging_path()?;
+    let staged = fetch(
+        &m.location,
+        &store_options,
+        tmp,
+        engine.limits.max_model_bytes,
+    )
+    .await?;
+    let (sha256, model) = engine.models.import(&m.location, staged, threads)?;
     let features = match features {
         Some(names) => {
             let width = model.feature_count().map_err(|e| {

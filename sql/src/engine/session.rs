@@ -139,8 +139,17 @@ impl Session {
             // Sessions run in UTC: now() is a timestamptz.
             .set_str("datafusion.execution.time_zone", "+00:00")
             .set_bool("datafusion.execution.parquet.pushdown_filters", true);
+        let pool = super::memory::SessionPool::new(
+            engine.query_memory.clone(),
+            engine.limits.session_memory_bytes,
+        );
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(pool)
+            .build_arc()
+            .expect("a runtime with a memory pool builds");
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(config)
+            .with_runtime_env(runtime)
             .with_default_features()
             .with_type_planner(Arc::new(crate::types::PgTypePlanner))
             .build();
@@ -188,6 +197,11 @@ impl Session {
     /// Sets whether the session's user is a superuser (from its role, once authenticated).
     pub fn set_superuser(&self, superuser: bool) {
         self.info.superuser.store(superuser, Ordering::Relaxed);
+        let value = if superuser { "on" } else { "off" };
+        self.info
+            .settings
+            .write()
+            .set_startup("is_superuser", value.to_string());
     }
 
     pub fn backend_pid(&self) -> i32 {

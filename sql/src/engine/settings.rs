@@ -31,6 +31,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("statement_timeout", "0"),
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
     ("max_identifier_length", "63"),
     ("client_min_messages", "notice"),
     ("extra_float_digits", "1"),
@@ -119,6 +120,13 @@ impl Settings {
         self.startup = startup;
     }
 
+    /// A timeout setting (`statement_timeout`, `idle_in_transaction_session_timeout`, ...) as
+    /// PostgreSQL reads it: a number of milliseconds, or a number with a unit (us, ms, s, min,
+    /// h, d); None when it is 0 (off) or unreadable.
+    pub fn timeout(&self, name: &str) -> Option<std::time::Duration> {
+        parse_timeout(self.get(name)?)
+    }
+
     pub fn all(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values.values().map(|(n, v)| (n.as_str(), v.as_str()))
     }
@@ -135,9 +143,40 @@ impl Settings {
     }
 }
 
+/// See [`Settings::timeout`].
+pub fn parse_timeout(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim().trim_matches('\'');
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => n,
+        "us" => n / 1000.0,
+        "s" => n * 1e3,
+        "min" => n * 60e3,
+        "h" => n * 3600e3,
+        "d" => n * 86_400e3,
+        _ => return None,
+    };
+    (ms >= 1.0 && ms.is_finite()).then(|| std::time::Duration::from_micros((ms * 1000.0) as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_read_as_postgresql_reads_them() {
+        use std::time::Duration;
+        assert_eq!(parse_timeout("0"), None);
+        assert_eq!(parse_timeout("1500"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_timeout("2min"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("'250ms'"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout("soon"), None);
+    }
 
     #[test]
     fn unknown_settings_are_remembered_and_names_are_case_insensitive() {

@@ -23,8 +23,24 @@ pub struct RocksStore {
     options: Options,
 }
 
+/// What the OS says when a filesystem is full (ENOSPC), as RocksDB passes it on in its
+/// IOError text (the C API gives no status subcode).
+const NO_SPACE: &str = "No space left on device";
+
 fn storage_err(e: rocksdb::Error) -> Error {
-    Error::Storage(e.into_string())
+    let text = e.into_string();
+    if text.contains(NO_SPACE) {
+        // RocksDB stops writing and resumes by itself once space is free again (its
+        // SstFileManager polls for it): the user only has to free space.
+        return Error::user(
+            crate::error::sqlstate::DISK_FULL,
+            "could not write to the data directory: no space left on device",
+        )
+        .with_detail(format!(
+            "Free space on the data directory's filesystem: writes resume by themselves. ({text})"
+        ));
+    }
+    Error::Storage(text)
 }
 
 impl RocksStore {
