@@ -2,6 +2,10 @@
 //! authentication (`user:password`), or a bearer token from `POST /v1/auth/token` (itself
 //! called with basic authentication), valid for an hour. `/healthz` stays open for probes.
 //! With authentication off (trust) every request passes.
+//!
+//! A remembered login (a verified password for a minute, a token for an hour) lasts only while
+//! the role exists, may log in and keeps the same password. Password checks run after the
+//! client's throttle delay, on blocking threads, at most [`VERIFY_SLOTS`] at a time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,19 +20,38 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use eddy_sql::Engine;
 use parking_lot::Mutex;
 
-use crate::pg::auth::{Method, password_matches};
+use crate::pg::auth::{Method, credential_stamp, password_matches};
 use crate::pg::handler::Authentication;
 
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// A verified password is remembered this long, so that every request does not pay for
 /// PBKDF2's 4096 rounds.
 const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Password checks (PBKDF2) running at once; more wait, up to [`VERIFY_WAIT`].
+const VERIFY_SLOTS: usize = 2;
+const VERIFY_WAIT: Duration = Duration::from_secs(10);
+/// Tokens kept at most; issuing one more drops the one that expires first.
+const MAX_TOKENS: usize = 10_000;
+/// Verified passwords remembered at most.
+const MAX_VERIFIED: usize = 10_000;
+
+/// (user, SHA-256 of the password) of a verified login; remembered with when it was verified
+/// and the credential stamp it was verified under.
+type Login = (String, Vec<u8>);
+
+/// A bearer token's user, expiry, and the credential stamp it was issued under.
+struct Token {
+    user: String,
+    expires: Instant,
+    stamp: Vec<u8>,
+}
 
 pub struct HttpAuth {
     pub engine: Arc<Engine>,
     pub auth: Arc<Authentication>,
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
-    verified: Mutex<HashMap<(String, Vec<u8>), Instant>>,
+    tokens: Mutex<HashMap<String, Token>>,
+    verified: Mutex<HashMap<Login, (Instant, Vec<u8>)>>,
+    verify_slots: tokio::sync::Semaphore,
 }
 
 impl HttpAuth {
@@ -38,6 +61,7 @@ impl HttpAuth {
             auth,
             tokens: Mutex::default(),
             verified: Mutex::default(),
+            verify_slots: tokio::sync::Semaphore::new(VERIFY_SLOTS),
         }
     }
 
@@ -59,18 +83,30 @@ impl HttpAuth {
             .to_vec();
         let key = (user.to_string(), fingerprint);
         let now = Instant::now();
+        let stamp = credential_stamp(&self.engine, user);
         {
             let mut verified = self.verified.lock();
-            verified.retain(|_, at| now.duration_since(*at) < VERIFIED_FOR);
-            if verified.contains_key(&key) {
-                return Ok(Some(user.to_string()));
+            verified.retain(|_, (at, _)| now.duration_since(*at) < VERIFIED_FOR);
+            match (verified.get(&key), &stamp) {
+                (Some((_, was)), Some(is)) if was == is => return Ok(Some(user.to_string())),
+                (Some(_), _) => {
+                    verified.remove(&key);
+                }
+                (None, _) => {}
             }
         }
-        let (engine, u, p) = (self.engine.clone(), user.to_string(), password.to_string());
-        let ok = tokio::task::spawn_blocking(move || password_matches(&engine, &u, &p))
-            .await
-            .unwrap_or(false);
         let client = format!("http:{user}");
+        // A client that keeps failing waits before its password is even checked.
+        tokio::time::sleep(self.auth.throttle.pending_delay(&client)).await;
+        let ok = match tokio::time::timeout(VERIFY_WAIT, self.verify_slots.acquire()).await {
+            Ok(Ok(_permit)) => {
+                let (engine, u, p) = (self.engine.clone(), user.to_string(), password.to_string());
+                tokio::task::spawn_blocking(move || password_matches(&engine, &u, &p))
+                    .await
+                    .unwrap_or(false)
+            }
+            _ => return Err(busy()),
+        };
         if !ok {
             let (failures, delay) = self.auth.throttle.failed(&client);
             tracing::warn!("failed HTTP login for user {user:?} ({failures} in a row)");
@@ -80,16 +116,57 @@ impl HttpAuth {
             )));
         }
         self.auth.throttle.succeeded(&client);
-        self.verified.lock().insert(key, now);
+        if let Some(stamp) = stamp {
+            let mut verified = self.verified.lock();
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+            verified.insert(key, (now, stamp));
+        }
         Ok(Some(user.to_string()))
     }
 
+    /// The user of a bearer token, while it has not expired and its role can still log in
+    /// with the password it was issued under (a token outlives neither DROP ROLE, NOLOGIN nor
+    /// a new password).
     fn token_user(&self, headers: &HeaderMap) -> Option<String> {
         let token = authorization(headers, "Bearer ")?;
         let mut tokens = self.tokens.lock();
         let now = Instant::now();
-        tokens.retain(|_, (_, expires)| *expires > now);
-        tokens.get(token).map(|(user, _)| user.clone())
+        tokens.retain(|_, t| t.expires > now);
+        let t = tokens.get(token)?;
+        if credential_stamp(&self.engine, &t.user).as_ref() != Some(&t.stamp) {
+            tokens.remove(token);
+            return None;
+        }
+        Some(t.user.clone())
+    }
+
+    fn issue(&self, user: String, stamp: Vec<u8>) -> String {
+        let mut bytes = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .expect("the system's random source works");
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock();
+        tokens.retain(|_, t| t.expires > now);
+        if tokens.len() >= MAX_TOKENS
+            && let Some(first) = tokens
+                .iter()
+                .min_by_key(|(_, t)| t.expires)
+                .map(|(k, _)| k.clone())
+        {
+            tokens.remove(&first);
+        }
+        tokens.insert(
+            token.clone(),
+            Token {
+                user,
+                expires: now + TOKEN_LIFETIME,
+                stamp,
+            },
+        );
+        token
     }
 }
 
@@ -99,6 +176,15 @@ fn authorization<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
         .get(..scheme.len())
         .filter(|s| s.eq_ignore_ascii_case(scheme))
         .map(|_| value[scheme.len()..].trim())
+}
+
+fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(serde_json::json!({ "error": "too many logins in progress; try again" })),
+    )
+        .into_response()
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -135,13 +221,10 @@ pub async fn issue_token(State(auth): State<Arc<HttpAuth>>, headers: HeaderMap) 
         Ok(None) => return unauthorized("POST /v1/auth/token needs basic credentials"),
         Err(response) => return response,
     };
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("the system's random source works");
-    let token = URL_SAFE_NO_PAD.encode(bytes);
-    auth.tokens
-        .lock()
-        .insert(token.clone(), (user, Instant::now() + TOKEN_LIFETIME));
+    let Some(stamp) = credential_stamp(&auth.engine, &user) else {
+        return unauthorized(&format!("role \"{user}\" cannot log in"));
+    };
+    let token = auth.issue(user, stamp);
     axum::Json(serde_json::json!({
         "token": token,
         "token_type": "Bearer",

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 
 /// PostgreSQL's default (`scram_iterations`).
 pub const SCRAM_ITERATIONS: u32 = 4096;
+/// The most PBKDF2 rounds a verifier may ask for. HTTP basic authentication computes them for
+/// every attempt that names the role, so a pre-hashed verifier with a huge count would cost
+/// minutes of CPU per unauthenticated request; a million rounds is about a second.
+pub const MAX_SCRAM_ITERATIONS: u32 = 1_000_000;
+/// Length of the salts Eddy makes (PostgreSQL's SCRAM_DEFAULT_SALT_LEN).
+pub const SCRAM_SALT_LEN: usize = 16;
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -78,8 +84,12 @@ impl ScramSecret {
         out
     }
 
-    /// Whether `password` is the one this verifier was made from (HTTP basic auth).
+    /// Whether `password` is the one this verifier was made from (HTTP basic auth). A
+    /// verifier whose iteration count is out of range never matches (and costs nothing).
     pub fn verify(&self, password: &str) -> bool {
+        if !(1..=MAX_SCRAM_ITERATIONS).contains(&self.iterations) {
+            return false;
+        }
         let again = Self::with_salt(password, &self.salt, self.iterations);
         same(&again.stored_key, &self.stored_key)
     }
@@ -94,6 +104,30 @@ impl ScramSecret {
             B64.encode(&self.stored_key),
             B64.encode(&self.server_key)
         )
+    }
+
+    /// A verifier whose keys match no password: what an exchange for an unknown role runs on,
+    /// with the role's deterministic mock salt, so its answer looks like a real role's.
+    pub fn mock(salt: &[u8]) -> Self {
+        Self {
+            iterations: SCRAM_ITERATIONS,
+            salt: salt.to_vec(),
+            stored_key: random_bytes::<32>().to_vec(),
+            server_key: random_bytes::<32>().to_vec(),
+        }
+    }
+
+    /// The salt an unknown role gets, the same on every attempt (PostgreSQL's
+    /// scram_mock_salt): SHA-256 of the server's secret nonce and the user name.
+    pub fn mock_salt(nonce: &[u8], user: &str) -> Vec<u8> {
+        let mut input = nonce.to_vec();
+        input.extend_from_slice(user.as_bytes());
+        sha256(&input)[..SCRAM_SALT_LEN].to_vec()
+    }
+
+    /// Whether this verifier's iteration count is within what Eddy accepts.
+    pub fn iterations_allowed(&self) -> bool {
+        (1..=MAX_SCRAM_ITERATIONS).contains(&self.iterations)
     }
 
     pub fn parse_pg_text(text: &str) -> Option<Self> {
@@ -161,12 +195,13 @@ pub struct ScramExchange {
 
 impl ScramExchange {
     /// Handles the client's first message. `secret` is the role's verifier (None when there
-    /// is none); `channel_binding` is the `tls-server-end-point` data of this connection, if
+    /// is none: then the exchange runs on a mock verifier with `mock_salt`); `channel_binding` is the `tls-server-end-point` data of this connection, if
     /// it is TLS. Returns the exchange and the server's first message.
     pub fn start(
         mechanism: &str,
         client_first: &[u8],
         secret: Option<&ScramSecret>,
+        mock_salt: &[u8],
         channel_binding: Option<&[u8]>,
     ) -> Result<(Self, String), ScramError> {
         let text = std::str::from_utf8(client_first)
@@ -214,7 +249,7 @@ impl ScramExchange {
             .ok_or_else(|| ScramError::Protocol("client-first-message has no nonce".into()))?;
         let (secret, real) = match secret {
             Some(s) => (s.clone(), true),
-            None => (ScramSecret::new(&B64.encode(random_bytes::<16>())), false),
+            None => (ScramSecret::mock(mock_salt), false),
         };
         let nonce = format!("{client_nonce}{}", B64.encode(random_bytes::<18>()));
         let server_first = format!(
@@ -298,7 +333,7 @@ mod tests {
         let secret = ScramSecret::with_salt("pencil", &salt, 4096);
         let client_first = b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
         let (mut exchange, _) =
-            ScramExchange::start("SCRAM-SHA-256", client_first, Some(&secret), None).unwrap();
+            ScramExchange::start("SCRAM-SHA-256", client_first, Some(&secret), &[], None).unwrap();
         // Replay the RFC's server nonce.
         exchange.nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into();
         exchange.server_first = format!("r={},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", exchange.nonce);
@@ -313,7 +348,8 @@ mod tests {
     fn wrong_proofs_and_unknown_users_are_rejected() {
         let secret = ScramSecret::new("right");
         let (exchange, server_first) =
-            ScramExchange::start("SCRAM-SHA-256", b"n,,n=,r=abc", Some(&secret), None).unwrap();
+            ScramExchange::start("SCRAM-SHA-256", b"n,,n=,r=abc", Some(&secret), &[], None)
+                .unwrap();
         let nonce = server_first.split(',').next().unwrap();
         let forged = format!("c=biws,{nonce},p={}", B64.encode([7u8; 32]));
         assert_eq!(
@@ -321,15 +357,45 @@ mod tests {
             Err(ScramError::Rejected)
         );
         // No such user: the exchange runs, then fails.
-        let (exchange, server_first) =
-            ScramExchange::start("SCRAM-SHA-256", b"n,,n=,r=abc", None, None).unwrap();
-        assert!(server_first.contains(",s=") && server_first.ends_with(",i=4096"));
+        let (exchange, server_first) = ScramExchange::start(
+            "SCRAM-SHA-256",
+            b"n,,n=,r=abc",
+            None,
+            b"0123456789abcdef",
+            None,
+        )
+        .unwrap();
+        assert!(
+            server_first.contains(",s=MDEyMzQ1Njc4OWFiY2RlZg==,i=4096"),
+            "{server_first}"
+        );
         let nonce = server_first.split(',').next().unwrap();
         let forged = format!("c=biws,{nonce},p={}", B64.encode([7u8; 32]));
         assert_eq!(
             exchange.finish(forged.as_bytes()),
             Err(ScramError::Rejected)
         );
+    }
+
+    #[test]
+    fn unknown_roles_get_the_same_salt_on_every_attempt() {
+        let nonce = [9u8; 32];
+        let salt = ScramSecret::mock_salt(&nonce, "mallory");
+        assert_eq!(salt, ScramSecret::mock_salt(&nonce, "mallory"));
+        assert_ne!(salt, ScramSecret::mock_salt(&nonce, "alice"));
+        assert_ne!(salt, ScramSecret::mock_salt(&[8u8; 32], "mallory"));
+        assert_eq!(salt.len(), SCRAM_SALT_LEN);
+    }
+
+    #[test]
+    fn verifiers_with_too_many_rounds_never_match_and_cost_nothing() {
+        let mut secret = ScramSecret::with_salt("pw", b"salt", 1);
+        assert!(secret.verify("pw"));
+        secret.iterations = 1_000_000_000;
+        let started = std::time::Instant::now();
+        assert!(!secret.verify("pw"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(!secret.iterations_allowed());
     }
 
     #[test]

@@ -61,15 +61,33 @@ pub fn scram_secret(engine: &Engine, user: &str) -> Option<ScramSecret> {
 }
 
 /// Whether `password` is the user's (HTTP basic authentication), by whichever verifier the
-/// role has.
+/// role has. A user that cannot log in costs the same PBKDF2 rounds as one that can, so the
+/// answer's timing does not tell which users exist.
 pub fn password_matches(engine: &Engine, user: &str, password: &str) -> bool {
+    static DECOY: std::sync::OnceLock<ScramSecret> = std::sync::OnceLock::new();
+    let decoy = || DECOY.get_or_init(|| ScramSecret::new("no role has this password"));
     let Some(role) = login_role(engine, user) else {
+        let _ = decoy().verify(password);
         return false;
     };
     match (&role.scram, &role.md5) {
         (Some(scram), _) => scram.verify(password),
         (None, Some(md5)) => *md5 == eddy_sql::auth::md5_secret(user, password),
-        (None, None) => false,
+        (None, None) => {
+            let _ = decoy().verify(password);
+            false
+        }
+    }
+}
+
+/// What a remembered login (a verified password, a bearer token) depends on: the role still
+/// exists, may log in, and has the same password verifier. None when the user cannot log in.
+pub fn credential_stamp(engine: &Engine, user: &str) -> Option<Vec<u8>> {
+    let role = login_role(engine, user)?;
+    match (&role.scram, &role.md5) {
+        (Some(scram), _) => Some(scram.stored_key.clone()),
+        (None, Some(md5)) => Some(md5.as_bytes().to_vec()),
+        (None, None) => None,
     }
 }
 
@@ -88,8 +106,18 @@ pub struct Throttle {
 
 const FREE_FAILURES: u32 = 3;
 const MAX_DELAY: Duration = Duration::from_secs(10);
+/// At most this many clients' counts are kept.
+const MAX_TRACKED: usize = 10_000;
 /// A count older than this is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// The wait after `n` failures in a row.
+fn delay_after(n: u32) -> Duration {
+    match n.checked_sub(FREE_FAILURES) {
+        None | Some(0) => Duration::ZERO,
+        Some(k) => (Duration::from_millis(250) * 2u32.saturating_pow(k - 1)).min(MAX_DELAY),
+    }
+}
 
 impl Throttle {
     /// Records a failed login and returns how long to wait before answering it.
@@ -97,15 +125,33 @@ impl Throttle {
         let mut failures = self.failures.lock();
         let now = Instant::now();
         failures.retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(client) {
+            // Many distinct names at once: forget the oldest count, not memory.
+            if let Some(oldest) = failures
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                failures.remove(&oldest);
+            }
+        }
         let entry = failures.entry(client.to_string()).or_insert((0, now));
         entry.0 += 1;
         entry.1 = now;
         let n = entry.0;
-        let delay = match n.checked_sub(FREE_FAILURES) {
-            None | Some(0) => Duration::ZERO,
-            Some(k) => (Duration::from_millis(250) * 2u32.saturating_pow(k - 1)).min(MAX_DELAY),
-        };
-        (n, delay)
+        (n, delay_after(n))
+    }
+
+    /// How long the next answer to `client` waits already, from its earlier failures; a
+    /// login is checked only after that wait, so a flood of guesses costs no CPU.
+    pub fn pending_delay(&self, client: &str) -> Duration {
+        let failures = self.failures.lock();
+        match failures.get(client) {
+            Some((n, at)) if at.elapsed() < FORGET_AFTER => {
+                delay_after(*n).saturating_sub(at.elapsed())
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     pub fn succeeded(&self, client: &str) {
@@ -116,6 +162,37 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The median time of `n` password checks.
+    fn median_check(engine: &Engine, user: &str, n: usize) -> Duration {
+        let mut times: Vec<Duration> = (0..n)
+            .map(|_| {
+                let started = Instant::now();
+                assert!(!password_matches(engine, user, "wrong"));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[n / 2]
+    }
+
+    #[tokio::test]
+    async fn unknown_users_cost_as_much_as_wrong_passwords() {
+        let engine = Engine::in_memory();
+        let session = engine.new_session("admin", "eddy");
+        eddy_sql::engine::bootstrap_admin(&session, "admin", Some("right"))
+            .await
+            .unwrap();
+        assert!(password_matches(&engine, "admin", "right"));
+        let _ = median_check(&engine, "ghost", 1);
+        let real = median_check(&engine, "admin", 5);
+        let ghost = median_check(&engine, "ghost", 5);
+        // Both run PBKDF2's 4096 rounds; without the decoy an unknown user answers at once.
+        assert!(
+            ghost * 3 > real && real * 3 > ghost,
+            "a wrong password takes {real:?}, an unknown user {ghost:?}"
+        );
+    }
 
     #[test]
     fn failures_are_slowed_down_more_and_more_and_success_resets() {

@@ -77,6 +77,16 @@ fn set_password(session: &Session, role: &mut RoleDef, password: &Password) -> R
         ));
     }
     if let Some(secret) = ScramSecret::parse_pg_text(&text) {
+        if !secret.iterations_allowed() {
+            return Err(Error::user(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "SCRAM verifier iteration count {} is out of range (1 to {})",
+                    secret.iterations,
+                    crate::auth::MAX_SCRAM_ITERATIONS
+                ),
+            ));
+        }
         role.scram = Some(secret);
         role.md5 = None;
     } else if text.len() == 35
