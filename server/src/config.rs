@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub admin_user: Option<String>,
     pub admin_password: Option<String>,
     pub insecure_allow_remote_trust: Option<bool>,
+    /// `[limits]`: see [`Limits`].
+    pub limits: Option<std::collections::BTreeMap<String, toml::Value>>,
+    /// `statement` (the default) or `environment`: see [`Config::object_store_environment`].
+    pub object_store_credentials: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +45,148 @@ pub struct Config {
     /// The bootstrap superuser, created on first start (with its password, when given).
     pub admin_user: String,
     pub admin_password: Option<Secret>,
+    pub limits: Limits,
+    /// Whether object stores (models, sinks) may use the server's own environment and
+    /// instance credentials (`object_store_credentials = 'environment'`,
+    /// EDDY_OBJECT_STORE_CREDENTIALS). Off by default: only credentials a statement gives.
+    pub object_store_environment: bool,
+}
+
+/// What clients may make the server spend. Each limit is a key of the config file's
+/// `[limits]` table and an `EDDY_<KEY>` environment variable (which wins); sizes take `kB`,
+/// `MB`, `GB` suffixes, durations `ms`, `s`, `min`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Postgres sessions at once (PostgreSQL's `max_connections`).
+    pub max_connections: usize,
+    /// Of those, the ones only superusers may take.
+    pub superuser_reserved_connections: usize,
+    /// HTTP connections at once, and from one client address.
+    pub http_max_connections: usize,
+    pub http_max_connections_per_client: usize,
+    /// How long an HTTP client may take to send its request head, and its body.
+    pub http_header_timeout: std::time::Duration,
+    pub http_body_timeout: std::time::Duration,
+    /// The engine's: `max_model_size`, `query_memory_limit`, `work_mem_limit`.
+    pub engine: eddy_sql::limits::Limits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100,
+            superuser_reserved_connections: 3,
+            http_max_connections: 256,
+            http_max_connections_per_client: 32,
+            http_header_timeout: std::time::Duration::from_secs(10),
+            http_body_timeout: std::time::Duration::from_secs(60),
+            engine: eddy_sql::limits::Limits::default(),
+        }
+    }
+}
+
+const LIMIT_KEYS: &[&str] = &[
+    "max_connections",
+    "superuser_reserved_connections",
+    "http_max_connections",
+    "http_max_connections_per_client",
+    "http_header_timeout",
+    "http_body_timeout",
+    "max_model_size",
+    "query_memory_limit",
+    "work_mem_limit",
+];
+
+/// `512MB`, `1GB`, `64kB`, or a number of bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// `500ms`, `10s`, `2min`, or a number of seconds.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1000)?,
+        "min" => n.checked_mul(60_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+impl Limits {
+    /// The defaults, then the file's `[limits]`, then `EDDY_<KEY>` variables from `env`.
+    fn resolve(
+        file: Option<std::collections::BTreeMap<String, toml::Value>>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut values: std::collections::BTreeMap<String, String> = Default::default();
+        for (k, v) in file.unwrap_or_default() {
+            if !LIMIT_KEYS.contains(&k.as_str()) {
+                anyhow::bail!(
+                    "unknown key {k:?} in [limits] (known: {})",
+                    LIMIT_KEYS.join(", ")
+                );
+            }
+            let text = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            values.insert(k, text);
+        }
+        for k in LIMIT_KEYS {
+            if let Some(v) = env(&format!("EDDY_{}", k.to_ascii_uppercase())) {
+                values.insert(k.to_string(), v);
+            }
+        }
+        let mut l = Limits::default();
+        for (k, v) in &values {
+            let bad = || anyhow::anyhow!("invalid value {v:?} for limit {k}");
+            let count = || v.trim().parse::<usize>().map_err(|_| bad());
+            let size = || parse_size(v).ok_or_else(bad);
+            let duration = || parse_duration(v).ok_or_else(bad);
+            match k.as_str() {
+                "max_connections" => l.max_connections = count()?,
+                "superuser_reserved_connections" => l.superuser_reserved_connections = count()?,
+                "http_max_connections" => l.http_max_connections = count()?,
+                "http_max_connections_per_client" => l.http_max_connections_per_client = count()?,
+                "http_header_timeout" => l.http_header_timeout = duration()?,
+                "http_body_timeout" => l.http_body_timeout = duration()?,
+                "max_model_size" => l.engine.max_model_bytes = size()?,
+                "query_memory_limit" => l.engine.query_memory_bytes = size()? as usize,
+                "work_mem_limit" => l.engine.session_memory_bytes = size()? as usize,
+                _ => unreachable!("keys were checked"),
+            }
+        }
+        if l.max_connections == 0 || l.superuser_reserved_connections >= l.max_connections {
+            anyhow::bail!(
+                "superuser_reserved_connections ({}) must be less than max_connections ({})",
+                l.superuser_reserved_connections,
+                l.max_connections
+            );
+        }
+        if l.http_max_connections == 0 || l.http_max_connections_per_client == 0 {
+            anyhow::bail!(
+                "http_max_connections and http_max_connections_per_client must be positive"
+            );
+        }
+        Ok(l)
+    }
 }
 
 /// A password from the configuration: never printed.
@@ -142,6 +288,18 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             pg_listen,
             http_listen,
+            limits: Limits::resolve(file.limits, |k| std::env::var(k).ok())?,
+            object_store_environment: match std::env::var("EDDY_OBJECT_STORE_CREDENTIALS")
+                .ok()
+                .or(file.object_store_credentials)
+                .as_deref()
+            {
+                None | Some("statement") => false,
+                Some("environment") => true,
+                Some(other) => anyhow::bail!(
+                    "object_store_credentials must be 'statement' or 'environment', got {other:?}"
+                ),
+            },
         })
     }
 }
@@ -205,6 +363,26 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("tls_key"));
+    }
+
+    #[test]
+    fn limits_come_from_the_file_and_the_environment() {
+        let file: FileConfig = toml::from_str(
+            "[limits]\nmax_connections = 20\nmax_model_size = \"64MB\"\nhttp_header_timeout = \"500ms\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "EDDY_MAX_CONNECTIONS").then(|| "30".to_string());
+        let l = Limits::resolve(file.limits, env).unwrap();
+        assert_eq!(l.max_connections, 30);
+        assert_eq!(l.engine.max_model_bytes, 64 << 20);
+        assert_eq!(l.http_header_timeout, std::time::Duration::from_millis(500));
+        let file: FileConfig = toml::from_str("[limits]\nmax_conections = 20\n").unwrap();
+        let err = Limits::resolve(file.limits, |_| None).unwrap_err();
+        assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
+        let env = |k: &str| (k == "EDDY_QUERY_MEMORY_LIMIT").then(|| "lots".to_string());
+        assert!(Limits::resolve(None, env).is_err());
+        let env = |k: &str| (k == "EDDY_SUPERUSER_RESERVED_CONNECTIONS").then(|| "100".to_string());
+        assert!(Limits::resolve(None, env).is_err());
     }
 
     #[test]

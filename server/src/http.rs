@@ -135,20 +135,157 @@ async fn ingest(
     }
 }
 
+/// The HTTP listener's limits (from [`crate::config::Limits`]).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+}
+
+impl From<&crate::config::Limits> for HttpLimits {
+    fn from(l: &crate::config::Limits) -> Self {
+        Self {
+            max_connections: l.http_max_connections,
+            max_connections_per_client: l.http_max_connections_per_client,
+            header_timeout: l.http_header_timeout,
+            body_timeout: l.http_body_timeout,
+        }
+    }
+}
+
+/// Open HTTP connections per client address; a client's entry is removed with its last one.
+#[derive(Default)]
+struct PerClient(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// A connection counted against its client's cap while it lives.
+struct ClientSlot(Arc<PerClient>, std::net::IpAddr);
+
+impl PerClient {
+    fn claim(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self.0.lock();
+        let n = open.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock();
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// What a client over a connection cap is told before the connection closes.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 32\r\n\r\n{\"error\":\"too many connections\"}";
+
+/// Reads the whole request body within the body timeout (and the size limit) before the
+/// handlers run, so a client that trickles its body is cut off (408) instead of holding a
+/// connection and a buffer forever.
+async fn read_body_in_time(
+    State(timeout): State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(request).await
+        }
+        Ok(Err(_)) => reply_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_BODY_BYTES} bytes or broken"),
+        )
+        .into_response(),
+        Err(_) => reply_error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {timeout:?}"),
+        )
+        .into_response(),
+    }
+}
+
 /// Serves the API on `listener`: HTTPS to clients that open with a TLS handshake (when `tls`
-/// is given), plain HTTP to the others, on the same port.
+/// is given), plain HTTP to the others, on the same port. At most `limits.max_connections`
+/// connections at once and `limits.max_connections_per_client` from one address (others get
+/// a 503 and are closed); a request head must arrive within `limits.header_timeout` and its
+/// body within `limits.body_timeout`.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Arc<crate::pg::handler::Authentication>,
+    limits: HttpLimits,
 ) -> std::io::Result<()> {
     let router = router(
         engine.clone(),
         Arc::new(crate::http_auth::HttpAuth::new(engine, auth)),
-    );
-    match tls {
-        None => axum::serve(listener, router).await,
-        Some(tls) => axum::serve(crate::tls::EitherListener::new(listener, tls), router).await,
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        limits.body_timeout,
+        read_body_in_time,
+    ));
+    let total = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(PerClient::default());
+    let mut backoff = crate::pg::AcceptBackoff::default();
+    loop {
+        let (mut socket, peer) = match listener.accept().await {
+            Ok(s) => {
+                backoff.reset();
+                s
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        let slots = total
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(per_client.claim(peer.ip(), limits.max_connections_per_client));
+        let Some(slots) = slots else {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = socket.write_all(BUSY).await;
+                    let _ = socket.shutdown().await;
+                })
+                .await;
+            });
+            continue;
+        };
+        let (router, tls, header_timeout) = (router.clone(), tls.clone(), limits.header_timeout);
+        tokio::spawn(async move {
+            let _slots = slots;
+            let connection = match crate::tls::sort_connection(socket, tls).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("http connection from {peer}: {e}");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(connection), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("http connection from {peer}: {e}");
+            }
+        });
     }
 }

@@ -54,13 +54,35 @@ async fn authentication(
         method: config.auth,
         end_point: Some(end_point),
         throttle: Default::default(),
+        mock_nonce: mock_nonce(&config.data_dir)?,
     }))
+}
+
+/// The server's secret for unknown roles' mock SCRAM salts: 32 random bytes made on first
+/// start and kept (owner-only) in the data dir.
+fn mock_nonce(data_dir: &std::path::Path) -> Result<Vec<u8>> {
+    let path = data_dir.join("mock_auth_nonce");
+    if let Ok(bytes) = std::fs::read(&path)
+        && bytes.len() == 32
+    {
+        return Ok(bytes);
+    }
+    let mut bytes = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
+    let tmp = data_dir.join("mock_auth_nonce.tmp");
+    tls::write_synced(&tmp, &bytes, 0o600)?;
+    std::fs::rename(&tmp, &path)
+        .and_then(|_| std::fs::File::open(data_dir)?.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Opens the database, binds both listeners, prints the ready line, and serves until `stop`
 /// resolves.
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<()> {
-    let engine = Engine::open(&config.data_dir)
+    eddy_connectors::store::set_use_environment(config.object_store_environment);
+    let engine = Engine::open_with_limits(&config.data_dir, config.limits.engine.clone())
         .with_context(|| format!("cannot open data dir {}", config.data_dir.display()))?;
     let pg = TcpListener::bind(config.pg_listen)
         .await
@@ -79,13 +101,24 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     );
     use std::io::Write;
     std::io::stdout().flush()?;
+    let slots = pg::slots::Slots::new(
+        config.limits.max_connections,
+        config.limits.superuser_reserved_connections,
+    );
     let pg_task = tokio::spawn(pg::serve(
         pg,
         engine.clone(),
         Some(tls.clone()),
         auth.clone(),
+        slots,
     ));
-    let http_task = tokio::spawn(http::serve(http, engine.clone(), Some(tls), auth));
+    let http_task = tokio::spawn(http::serve(
+        http,
+        engine.clone(),
+        Some(tls),
+        auth,
+        http::HttpLimits::from(&config.limits),
+    ));
     stop.await;
     tracing::info!("shutting down");
     pg_task.abort();

@@ -49,9 +49,15 @@ pub fn files(
     }
     let made = rcgen::generate_simple_self_signed(names)
         .context("cannot make a self-signed certificate")?;
-    write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, made.cert.pem())
-        .with_context(|| format!("cannot write {}", cert.display()))?;
+    // Each file is written under a temporary name and synced, then renamed into place, and
+    // the directory synced: after a crash both files are whole, or the pair is made again.
+    let (key_tmp, cert_tmp) = (dir.join("server.key.tmp"), dir.join("server.crt.tmp"));
+    write_synced(&key_tmp, made.key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_synced(&cert_tmp, made.cert.pem().as_bytes(), 0o644)?;
+    std::fs::rename(&key_tmp, &key)
+        .and_then(|_| std::fs::rename(&cert_tmp, &cert))
+        .and_then(|_| std::fs::File::open(&dir)?.sync_all())
+        .with_context(|| format!("cannot store the certificate in {}", dir.display()))?;
     tracing::info!(
         "made a self-signed TLS certificate {} (clients verify it with sslrootcert={})",
         cert.display(),
@@ -60,15 +66,15 @@ pub fn files(
     Ok((cert, key))
 }
 
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a file with the given permissions and syncs it.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes)?;
@@ -99,14 +105,6 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
-/// An HTTP listener that speaks TLS to clients that open with a TLS handshake and plain HTTP
-/// to the others. Connections are sorted (and TLS handshakes done) in their own tasks, so a
-/// slow client never holds up the accept loop.
-pub struct EitherListener {
-    local: std::io::Result<SocketAddr>,
-    ready: tokio::sync::mpsc::Receiver<(Connection, SocketAddr)>,
-}
-
 /// A plain or a TLS connection.
 pub type Connection = tokio_util::either::Either<
     tokio::net::TcpStream,
@@ -118,68 +116,26 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// How long a client may take to send its first byte and finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-impl EitherListener {
-    pub fn new(listener: tokio::net::TcpListener, tls: tokio_rustls::TlsAcceptor) -> Self {
-        let local = listener.local_addr();
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (socket, peer) = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("http accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (tx, tls) = (tx.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let sorted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                        let mut first = [0u8; 1];
-                        let n = socket.peek(&mut first).await?;
-                        if n == 1 && first[0] == TLS_HANDSHAKE {
-                            Ok::<_, std::io::Error>(tokio_util::either::Either::Right(
-                                tls.accept(socket).await?,
-                            ))
-                        } else {
-                            Ok(tokio_util::either::Either::Left(socket))
-                        }
-                    })
-                    .await;
-                    match sorted {
-                        Ok(Ok(connection)) => {
-                            let _ = tx.send((connection, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!("http connection from {peer}: {e}"),
-                        Err(_) => {
-                            tracing::debug!("http connection from {peer}: handshake timed out")
-                        }
-                    }
-                });
+/// Tells a client that opens with a TLS handshake (answered with `tls`, when given) from a
+/// plain one, within [`HANDSHAKE_TIMEOUT`]. Run it in the connection's own task, so a slow
+/// client never holds up the accept loop.
+pub async fn sort_connection(
+    socket: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<Connection> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out");
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut first = [0u8; 1];
+        let n = socket.peek(&mut first).await?;
+        match tls {
+            Some(tls) if n == 1 && first[0] == TLS_HANDSHAKE => {
+                Ok(tokio_util::either::Either::Right(tls.accept(socket).await?))
             }
-        });
-        Self { local, ready }
-    }
-}
-
-impl axum::serve::Listener for EitherListener {
-    type Io = Connection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task ends only with the runtime.
-            None => std::future::pending().await,
+            _ => Ok(tokio_util::either::Either::Left(socket)),
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        match &self.local {
-            Ok(a) => Ok(*a),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        }
-    }
+    })
+    .await
+    .map_err(|_| timed_out())?
 }
 
 /// The `tls-server-end-point` channel binding of the listener's certificate (SCRAM-SHA-256-PLUS).

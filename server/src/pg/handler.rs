@@ -46,6 +46,7 @@ pub struct EddyHandler {
     manager: Arc<ConnectionManager>,
     parser: Arc<EddyParser>,
     auth: Arc<Authentication>,
+    slots: Arc<super::slots::Slots>,
 }
 
 /// How the listener authenticates clients.
@@ -54,6 +55,9 @@ pub struct Authentication {
     /// The `tls-server-end-point` channel binding of the listener's certificate.
     pub end_point: Option<Vec<u8>>,
     pub throttle: Throttle,
+    /// The server's secret for the mock salts of unknown roles (kept in the data dir, so a
+    /// role that does not exist gets the same salt across restarts, as a real one does).
+    pub mock_nonce: Vec<u8>,
 }
 
 impl EddyHandler {
@@ -61,12 +65,14 @@ impl EddyHandler {
         engine: Arc<Engine>,
         manager: Arc<ConnectionManager>,
         auth: Arc<Authentication>,
+        slots: Arc<super::slots::Slots>,
     ) -> Self {
         Self {
             engine,
             manager,
             parser: Arc::new(EddyParser),
             auth,
+            slots,
         }
     }
 }
@@ -107,6 +113,33 @@ async fn guarded<T>(
     }
 }
 
+/// When the statement starting now must be done (`statement_timeout`), if there is a limit.
+fn statement_deadline(session: &Session) -> Option<tokio::time::Instant> {
+    let timeout = session.settings().timeout("statement_timeout")?;
+    Some(tokio::time::Instant::now() + timeout)
+}
+
+fn statement_timed_out() -> Error {
+    Error::user(
+        sqlstate::QUERY_CANCELED,
+        "canceling statement due to statement timeout",
+    )
+}
+
+/// Runs a statement future until its deadline: past it, the statement is dropped (as a
+/// cancel does) and fails with 57014.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    fut: impl std::future::Future<Output = eddy_sql::Result<T>>,
+) -> eddy_sql::Result<T> {
+    match deadline {
+        None => fut.await,
+        Some(at) => tokio::time::timeout_at(at, fut)
+            .await
+            .unwrap_or_else(|_| Err(statement_timed_out())),
+    }
+}
+
 fn command_response(tag: CommandTag) -> Response {
     let pg_tag = match tag.rows {
         Some(n) => Tag::new(&tag.command).with_rows(n),
@@ -125,6 +158,7 @@ async fn rows_response(
     fields: Arc<Vec<FieldInfo>>,
     mut batches: SendableRecordBatchStream,
     materialize: bool,
+    deadline: Option<tokio::time::Instant>,
 ) -> eddy_sql::Result<Response> {
     let first = batches.next().await.transpose()?;
     let mut ready = Vec::new();
@@ -148,6 +182,23 @@ async fn rows_response(
         };
         stream::iter(rows)
     });
+    let rest = match deadline {
+        None => rest.boxed(),
+        // The rows still to compute stop at the statement's deadline, with its error.
+        Some(at) => stream::unfold(
+            (rest.boxed(), Box::pin(tokio::time::sleep_until(at)), false),
+            |(mut rest, mut sleep, done)| async move {
+                if done {
+                    return None;
+                }
+                tokio::select! {
+                    row = rest.next() => row.map(|r| (r, (rest, sleep, false))),
+                    _ = &mut sleep => Some((Err(to_pgwire(statement_timed_out())), (rest, sleep, true))),
+                }
+            },
+        )
+        .boxed(),
+    };
     Ok(Response::Query(QueryResponse::new(
         fields,
         stream::iter(ready).chain(rest),
@@ -158,13 +209,14 @@ async fn output_response(
     output: QueryOutput,
     format: &Format,
     materialize: bool,
+    deadline: Option<tokio::time::Instant>,
 ) -> eddy_sql::Result<Response> {
     match output {
         QueryOutput::Command(tag) => Ok(command_response(tag)),
         QueryOutput::Rows { schema, stream } => {
             let fields = encode::fields(&schema, format)
                 .map_err(|e| Error::internal(format!("cannot describe result: {e}")))?;
-            rows_response(Arc::new(fields), stream, materialize).await
+            rows_response(Arc::new(fields), stream, materialize, deadline).await
         }
     }
 }
@@ -203,10 +255,14 @@ impl SimpleQueryHandler for EddyHandler {
         for (i, statement) in statements.into_iter().enumerate() {
             // Later statements must not run before earlier results are read.
             let materialize = i + 1 < count;
-            let result = guarded(async {
-                let output = session.run(statement).await?;
-                output_response(output, &Format::UnifiedText, materialize).await
-            })
+            let deadline = statement_deadline(&session);
+            let result = within(
+                deadline,
+                guarded(async {
+                    let output = session.run(statement).await?;
+                    output_response(output, &Format::UnifiedText, materialize, deadline).await
+                }),
+            )
             .await;
             match result {
                 Ok(r) => responses.push(r),
@@ -370,10 +426,14 @@ impl ExtendedQueryHandler for EddyHandler {
         let params = parameters(portal).inspect_err(|_| session.note_error())?;
         let prepared = portal.statement.statement.prepared.clone();
         let format = portal.result_column_format.clone();
-        let result = guarded(async {
-            let output = session.execute(&prepared, params).await?;
-            output_response(output, &format, false).await
-        })
+        let deadline = statement_deadline(&session);
+        let result = within(
+            deadline,
+            guarded(async {
+                let output = session.execute(&prepared, params).await?;
+                output_response(output, &format, false, deadline).await
+            }),
+        )
         .await;
         result.map_err(|e| {
             session.note_error();
@@ -382,10 +442,28 @@ impl ExtendedQueryHandler for EddyHandler {
     }
 }
 
+/// Under trust, whether the named role may log in (and is a superuser): an unknown role or
+/// one without LOGIN is refused with 28000, as PostgreSQL does.
+fn trusted_role(engine: &Engine, user: &str) -> PgWireResult<bool> {
+    let refuse = |message: String| {
+        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+            "FATAL".to_string(),
+            "28000".to_string(),
+            message,
+        ))))
+    };
+    match engine.catalog().role(user) {
+        None => refuse(format!("role \"{user}\" does not exist")),
+        Some(role) if !role.login => refuse(format!("role \"{user}\" is not permitted to log in")),
+        Some(role) => Ok(role.superuser),
+    }
+}
+
 /// The ParameterStatus values sent at startup (shared/CLIENTS.md, item 1).
 struct StartupParameters {
     application_name: String,
     user: String,
+    superuser: bool,
 }
 
 impl ServerParameterProvider for StartupParameters {
@@ -402,7 +480,7 @@ impl ServerParameterProvider for StartupParameters {
             ("TimeZone", "UTC"),
             ("integer_datetimes", "on"),
             ("standard_conforming_strings", "on"),
-            ("is_superuser", "on"),
+            ("is_superuser", if self.superuser { "on" } else { "off" }),
             ("default_transaction_read_only", "off"),
             ("in_hot_standby", "off"),
             ("application_name", self.application_name.as_str()),
@@ -434,7 +512,15 @@ impl StartupHandler for EddyHandler {
                 protocol_negotiation(client, &startup).await?;
                 save_startup_parameters_to_metadata(client, &startup);
                 let request = match self.auth.method {
-                    Method::Trust => return self.start_session(client, true).await,
+                    Method::Trust => {
+                        let user = client
+                            .metadata()
+                            .get(METADATA_USER)
+                            .cloned()
+                            .unwrap_or_default();
+                        let superuser = trusted_role(&self.engine, &user)?;
+                        return self.start_session(client, superuser).await;
+                    }
                     Method::ScramSha256 => {
                         let mut mechanisms = vec!["SCRAM-SHA-256".to_string()];
                         if client.is_secure() && self.auth.end_point.is_some() {
@@ -470,62 +556,66 @@ impl StartupHandler for EddyHandler {
                     .get(METADATA_USER)
                     .cloned()
                     .unwrap_or_default();
-                let outcome =
-                    match pending {
-                        Some(Pending::ScramStart) => {
-                            let initial = message.into_sasl_initial_response()?;
-                            let binding = match client.is_secure() {
-                                true => self.auth.end_point.as_deref(),
-                                false => None,
-                            };
-                            let secret = super::auth::scram_secret(&self.engine, &user);
-                            let data = initial.data.unwrap_or_default();
-                            match ScramExchange::start(
-                                &initial.auth_method,
-                                &data,
-                                secret.as_ref(),
-                                binding,
-                            ) {
-                                Ok((exchange, server_first)) => {
-                                    client.session_extensions().insert(PendingAuth(Mutex::new(
-                                        Some(Pending::ScramFinal(Box::new(exchange))),
-                                    )));
-                                    client
-                                        .send(PgWireBackendMessage::Authentication(
-                                            AuthRequest::SASLContinue(server_first.into()),
-                                        ))
-                                        .await?;
-                                    client.flush().await?;
-                                    return Ok(());
-                                }
-                                Err(e) => Err(e),
+                let outcome = match pending {
+                    Some(Pending::ScramStart) => {
+                        let initial = message.into_sasl_initial_response()?;
+                        let binding = match client.is_secure() {
+                            true => self.auth.end_point.as_deref(),
+                            false => None,
+                        };
+                        let secret = super::auth::scram_secret(&self.engine, &user);
+                        let mock_salt =
+                            eddy_sql::auth::ScramSecret::mock_salt(&self.auth.mock_nonce, &user);
+                        let data = initial.data.unwrap_or_default();
+                        match ScramExchange::start(
+                            &initial.auth_method,
+                            &data,
+                            secret.as_ref(),
+                            &mock_salt,
+                            binding,
+                        ) {
+                            Ok((exchange, server_first)) => {
+                                client
+                                    .session_extensions()
+                                    .insert(PendingAuth(Mutex::new(Some(Pending::ScramFinal(
+                                        Box::new(exchange),
+                                    )))));
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        AuthRequest::SASLContinue(server_first.into()),
+                                    ))
+                                    .await?;
+                                client.flush().await?;
+                                return Ok(());
                             }
+                            Err(e) => Err(e),
                         }
-                        Some(Pending::ScramFinal(exchange)) => {
-                            let response = message.into_sasl_response()?;
-                            match exchange.finish(&response.data) {
-                                Ok(server_final) => {
-                                    client
-                                        .send(PgWireBackendMessage::Authentication(
-                                            AuthRequest::SASLFinal(server_final.into()),
-                                        ))
-                                        .await?;
-                                    Ok(())
-                                }
-                                Err(e) => Err(e),
+                    }
+                    Some(Pending::ScramFinal(exchange)) => {
+                        let response = message.into_sasl_response()?;
+                        match exchange.finish(&response.data) {
+                            Ok(server_final) => {
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        AuthRequest::SASLFinal(server_final.into()),
+                                    ))
+                                    .await?;
+                                Ok(())
                             }
+                            Err(e) => Err(e),
                         }
-                        Some(Pending::Md5(salt)) => {
-                            let password = message.into_password()?.password;
-                            match super::auth::md5_matches(&self.engine, &user, salt, &password) {
-                                true => Ok(()),
-                                false => Err(ScramError::Rejected),
-                            }
+                    }
+                    Some(Pending::Md5(salt)) => {
+                        let password = message.into_password()?.password;
+                        match super::auth::md5_matches(&self.engine, &user, salt, &password) {
+                            true => Ok(()),
+                            false => Err(ScramError::Rejected),
                         }
-                        None => Err(ScramError::Protocol(
-                            "unexpected password message".to_string(),
-                        )),
-                    };
+                    }
+                    None => Err(ScramError::Protocol(
+                        "unexpected password message".to_string(),
+                    )),
+                };
                 let ip = client.socket_addr().ip().to_string();
                 match outcome {
                     Ok(()) => {
@@ -578,7 +668,23 @@ impl EddyHandler {
             .cloned()
             .unwrap_or_else(|| user.clone());
         let application_name = meta.get("application_name").cloned().unwrap_or_default();
+        let role_limit = self
+            .engine
+            .catalog()
+            .role(&user)
+            .map_or(-1, |r| r.connection_limit);
+        let slot = self.slots.claim(&user, superuser, role_limit).map_err(
+            |super::slots::TooMany(message)| {
+                PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_string(),
+                    "53300".to_string(),
+                    message,
+                )))
+            },
+        )?;
+        client.session_extensions().insert(Arc::new(slot));
         let session = self.engine.new_session(&user, &database);
+        session.set_startup_setting("max_connections", self.slots.max().to_string());
         session.set_superuser(superuser);
         session.set_startup_setting("application_name", application_name.clone());
         let pid = session.backend_pid();
@@ -593,6 +699,7 @@ impl EddyHandler {
         let params = StartupParameters {
             application_name,
             user,
+            superuser,
         };
         finish_authentication(client, &params).await?;
         client.flush().await?;
