@@ -8,6 +8,7 @@ mod catalog;
 mod clients;
 mod durability;
 mod grafana;
+mod hardening;
 mod lifecycle;
 mod locks;
 mod migrations;

@@ -59,12 +59,42 @@ impl Server {
         Self::start_in_with(data_dir, pg, http, &[])
     }
 
+    /// A fresh server whose process `configure` adjusts before it starts (resource limits,
+    /// a piped stderr to read with [`Server::take_stderr`]).
+    pub fn start_configured(env: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().to_str().expect("utf-8 path");
+        let (child, line) = spawn_with(
+            &[
+                "--data-dir",
+                data,
+                "--pg-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
+            env,
+            configure,
+        );
+        let mut s = Self::from_ready(child, &line, tmp.path(), env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.child.as_mut().and_then(|c| c.stderr.take())
+    }
+
     fn start_in_with(data_dir: &Path, pg: &str, http: &str, env: &[(&str, &str)]) -> Server {
         let data = data_dir.to_str().expect("utf-8 path");
         let (child, line) = spawn(
             &["--data-dir", data, "--pg-listen", pg, "--http-listen", http],
             env,
         );
+        Self::from_ready(child, &line, data_dir, env)
+    }
+
+    fn from_ready(child: Child, line: &str, data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let addr_after = |label: &str| -> SocketAddr {
             let rest = &line[line.find(label).expect("label in ready line") + label.len()..];
             rest.split([',', ' '])
@@ -178,14 +208,24 @@ impl Server {
 /// Starts `eddy serve ARGS` with extra environment, and waits (with a deadline) for the line
 /// it prints when ready. Returns the process and that line.
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+    spawn_with(args, env, |_| {})
+}
+
+/// [`spawn`], with the command adjusted by `configure` first.
+pub fn spawn_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+    configure: impl FnOnce(&mut Command),
+) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
+    command
         .arg("serve")
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn eddy");
+        .stderr(Stdio::inherit());
+    configure(&mut command);
+    let mut child = command.spawn().expect("spawn eddy");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
