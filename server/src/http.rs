@@ -241,16 +241,7 @@ pub async fn serve(
     let per_client = Arc::new(PerClient::default());
     let mut backoff = crate::pg::AcceptBackoff::default();
     loop {
-        let (mut socket, peer) = match listener.accept().await {
-            Ok(s) => {
-                backoff.reset();
-                s
-            }
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
+        let (mut socket, peer) = backoff.accept(&listener).await;
         let slots = total
             .clone()
             .try_acquire_owned()

@@ -40,16 +40,7 @@ pub async fn serve(
     let open = Arc::new(AtomicUsize::new(0));
     let mut backoff = AcceptBackoff::default();
     loop {
-        let (mut socket, peer) = match listener.accept().await {
-            Ok(s) => {
-                backoff.reset();
-                s
-            }
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
+        let (mut socket, peer) = backoff.accept(&listener).await;
         if open.load(Ordering::Relaxed) >= max_sockets {
             tokio::spawn(async move {
                 let _ = socket.write_all(&too_many_clients()).await;
@@ -144,8 +135,20 @@ impl AcceptBackoff {
         self.delay
     }
 
-    pub async fn failed(&mut self, e: &std::io::Error) {
-        tokio::time::sleep(self.next_delay(e)).await;
+    /// The next connection; failures are waited out as above.
+    pub async fn accept(
+        &mut self,
+        listener: &TcpListener,
+    ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    self.reset();
+                    return accepted;
+                }
+                Err(e) => tokio::time::sleep(self.next_delay(&e)).await,
+            }
+        }
     }
 }
 

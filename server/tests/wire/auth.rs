@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{ADMIN_PASSWORD, Server, error_text, psql_session};
+use crate::common::{ADMIN_PASSWORD, Server, connect_result, error_text, psql_session};
 
 fn login(server: &Server, user: &str, password: &str, options: &str) -> std::process::Output {
     Command::new("psql")
@@ -21,30 +21,13 @@ fn login(server: &Server, user: &str, password: &str, options: &str) -> std::pro
         .expect("psql runs")
 }
 
-async fn connect_result(
-    server: &Server,
-    user: &str,
-    password: &str,
-) -> Result<tokio_postgres::Client, String> {
-    let conn = format!(
-        "host={} port={} user={user} password='{password}' dbname=eddy",
-        server.pg.ip(),
-        server.pg.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| error_text(&e))?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 async fn connect_as(server: &Server, user: &str, password: &str) -> tokio_postgres::Client {
-    connect_result(server, user, password).await.unwrap()
+    connect_result(server, user, Some(password)).await.unwrap()
 }
 
 /// Logs in and checks whom as.
 async fn try_connect(server: &Server, user: &str, password: &str) -> Result<(), String> {
-    let client = connect_result(server, user, password).await?;
+    let client = connect_result(server, user, Some(password)).await?;
     let row = client.query_one("SELECT current_user", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), user);
     Ok(())

@@ -217,16 +217,7 @@ fn messages_before_authentication_are_small_and_expected() {
 }
 
 async fn connect_as(server: &Server, user: &str) -> Result<tokio_postgres::Client, String> {
-    let conn = format!(
-        "host={} port={} user={user} dbname=eddy",
-        server.pg.ip(),
-        server.pg.port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| error_text(&e))?;
-    tokio::spawn(connection);
-    Ok(client)
+    crate::common::connect_result(server, user, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -329,6 +329,19 @@ impl Stager {
         Ok(true)
     }
 
+    /// The staged file when `copied` is Ok; otherwise the partial copy is removed.
+    fn complete(self, copied: Result<()>) -> Result<Staged> {
+        match copied {
+            Ok(()) => self.finish(),
+            Err(e) => {
+                let tmp = self.tmp.clone();
+                std::mem::drop(self);
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
     fn finish(self) -> Result<Staged> {
         self.file
             .sync_all()
@@ -360,9 +373,9 @@ fn stage_local(path: &str, tmp: PathBuf, max: u64) -> Result<Staged> {
     if meta.len() > max {
         return Err(too_large(path, max));
     }
-    let mut stager = Stager::create(tmp.clone(), max)?;
+    let mut stager = Stager::create(tmp, max)?;
     let mut buf = vec![0u8; 1 << 20];
-    let result = (|| loop {
+    let copied = (|| loop {
         let n = file.read(&mut buf).map_err(cannot)?;
         if n == 0 {
             return Ok(());
@@ -371,14 +384,7 @@ fn stage_local(path: &str, tmp: PathBuf, max: u64) -> Result<Staged> {
             return Err(too_large(path, max));
         }
     })();
-    match result {
-        Ok(()) => stager.finish(),
-        Err(e) => {
-            std::mem::drop(stager);
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    stager.complete(copied)
 }
 
 /// Copies a model file into the store's staging area: a local path or `file://` URL (read on
@@ -428,8 +434,8 @@ async fn fetch(
         return Err(too_large(location, max));
     }
     let mut chunks = object.into_stream();
-    let mut stager = Stager::create(tmp.clone(), max)?;
-    let result = async {
+    let mut stager = Stager::create(tmp, max)?;
+    let copied = async {
         while let Some(chunk) = chunks.next().await {
             if !stager.write(&chunk.map_err(invalid)?)? {
                 return Err(too_large(location, max));
@@ -438,14 +444,7 @@ async fn fetch(
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => stager.finish(),
-        Err(e) => {
-            std::mem::drop(stager);
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    stager.complete(copied)
 }
 
 /// CREATE MODEL's options: intra-op threads, feature names, and the object store's settings.

@@ -251,6 +251,27 @@ impl Drop for Server {
     }
 }
 
+/// Logs in as `user` (with `password`, if any) without TLS; the error as [`error_text`].
+pub async fn connect_result(
+    server: &Server,
+    user: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Client, String> {
+    let mut conn = format!(
+        "host={} port={} user={user} dbname=eddy",
+        server.pg.ip(),
+        server.pg.port()
+    );
+    if let Some(p) = password {
+        conn.push_str(&format!(" password='{p}'"));
+    }
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| error_text(&e))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// The text of a database error as the tests match it: `SQLSTATE: message`.
 pub fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
