@@ -7,8 +7,9 @@ need_apt=()
 # curl: the HTTP(S) tests; postgresql: a real server the psql tests compare Eddy with;
 # libpostgresql-jdbc-java: pgjdbc for the driver tests, run by a JDK; node and npm:
 # node-postgres and dbmate.
+# strace: the test that checks files are synced before the commits that name them.
 for pkg in cmake clang libclang-dev libcurl4-openssl-dev curl postgresql-client postgresql \
-           libpostgresql-jdbc-java; do
+           libpostgresql-jdbc-java strace; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 command -v javac >/dev/null || need_apt+=(default-jdk-headless)

@@ -929,3 +929,89 @@ async fn credentials_never_show_in_listings_catalogs_or_errors() {
     assert!(shown.contains("127.0.0.1:9"), "{shown}");
     assert!(shown.contains("localhost:1"), "{shown}");
 }
+
+/// The file and directory syncs and renames of a server run under strace, in order, with
+/// the paths of their descriptors (`fsync(7</data/models>)`).
+fn traced_syscalls(trace: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("fsync(") || l.contains("fdatasync(") || l.contains("rename"))
+        .filter(|l| !l.contains("= -1"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn position(calls: &[String], what: &str, matches: impl Fn(&str) -> bool) -> usize {
+    calls
+        .iter()
+        .position(|c| matches(c))
+        .unwrap_or_else(|| panic!("no {what} in:\n{}", calls.join("\n")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_synced_with_their_directory_before_the_commit_that_names_them() {
+    let (_keep, models) = crate::models::build_models();
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace = trace_dir.path().join("trace");
+    let mut command = Command::new("strace");
+    command
+        .args([
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_eddy"));
+    let server = Server::start_wrapped(command);
+    let data = server.data_dir.display().to_string();
+    // The self-signed certificate made at first start: each file synced before it is renamed
+    // into place, the directory after.
+    let calls = traced_syscalls(&trace);
+    let cert_synced = position(&calls, "a sync of the new certificate", |c| {
+        c.contains("sync(") && c.contains("server.crt.tmp>")
+    });
+    let cert_renamed = position(&calls, "the certificate's rename", |c| {
+        c.contains("rename") && c.contains("server.crt.tmp") && c.contains("server.crt\"")
+    });
+    let tls_dir_synced = position(&calls, "a sync of the tls directory", |c| {
+        c.contains("fsync(") && c.contains(&format!("{data}/tls>"))
+    });
+    assert!(
+        cert_synced < cert_renamed && cert_renamed < tls_dir_synced,
+        "{calls:#?}"
+    );
+    // A model file: synced, renamed into the models directory, the directory synced, and only
+    // then the catalog commit that names it (the RocksDB log's sync).
+    let c = server.connect().await;
+    c.batch_execute(&format!(
+        "CREATE MODEL linear FROM '{}'",
+        models.join("linear.onnx").display()
+    ))
+    .await
+    .unwrap();
+    let calls = traced_syscalls(&trace);
+    let renamed = position(&calls, "the model's rename", |c| {
+        c.contains("rename") && c.contains("/models/incoming-")
+    });
+    let dir_synced = renamed
+        + position(&calls[renamed..], "a sync of the models directory", |c| {
+            c.contains("fsync(") && c.contains(&format!("{data}/models>"))
+        });
+    let staged_synced = position(&calls, "a sync of the staged model", |c| {
+        c.contains("sync(") && c.contains("/models/incoming-")
+    });
+    let committed = renamed
+        + position(&calls[renamed..], "the catalog commit's log sync", |c| {
+            c.contains("sync(") && c.contains("/db/") && c.contains(".log>")
+        });
+    assert!(
+        staged_synced < renamed && dir_synced < committed,
+        "{:#?}",
+        &calls[staged_synced.min(renamed)..]
+    );
+}

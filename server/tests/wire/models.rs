@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::common::{S3Server, Server, error_text, insert_rows};
 
-fn build_models() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn build_models() -> (tempfile::TempDir, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("python3")

@@ -81,6 +81,28 @@ impl Server {
         s
     }
 
+    /// A fresh server run by `command` (a wrapper that runs `eddy`, such as strace).
+    pub fn start_wrapped(command: Command) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data = tmp.path().to_str().expect("utf-8 path");
+        let (child, line) = spawn_command(
+            command,
+            &[
+                "--data-dir",
+                data,
+                "--pg-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            |_| {},
+        );
+        let mut s = Self::from_ready(child, &line, tmp.path(), &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
     pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
         self.child.as_mut().and_then(|c| c.stderr.take())
     }
@@ -217,7 +239,22 @@ pub fn spawn_with(
     env: &[(&str, &str)],
     configure: impl FnOnce(&mut Command),
 ) -> (Child, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
+    spawn_command(
+        Command::new(env!("CARGO_BIN_EXE_eddy")),
+        args,
+        env,
+        configure,
+    )
+}
+
+/// [`spawn_with`] for a command that runs `eddy` (the binary itself, or a wrapper such as
+/// strace given the binary's path).
+pub fn spawn_command(
+    mut command: Command,
+    args: &[&str],
+    env: &[(&str, &str)],
+    configure: impl FnOnce(&mut Command),
+) -> (Child, String) {
     command
         .arg("serve")
         .args(args)
