@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 /// How clients prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// No password: anyone who can connect is a superuser (PostgreSQL's `trust`).
+    /// No password: anyone who can connect logs in as any existing role with LOGIN
+    /// (PostgreSQL's `trust`).
     Trust,
     ScramSha256,
     Md5,

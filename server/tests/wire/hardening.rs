@@ -36,6 +36,50 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// A memory cgroup (v1 or v2, where the kernel lets the tests make one) that holds a server
+/// process, so a hostile input that escapes its limits kills the server, not the machine.
+struct MemoryCgroup(Option<(std::path::PathBuf, u32)>);
+
+impl MemoryCgroup {
+    const LIMIT: u64 = 1 << 30;
+
+    fn confine(server: &Server) -> MemoryCgroup {
+        let name = format!("eddy-hardening-{}", server.pid());
+        let tries = [
+            ("/sys/fs/cgroup/unified", "memory.max"),
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+            ("/sys/fs/cgroup", "memory.max"),
+        ];
+        for (root, limit_file) in tries {
+            let dir = std::path::Path::new(root).join(&name);
+            if std::fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            let confined = std::fs::write(dir.join(limit_file), Self::LIMIT.to_string())
+                .and_then(|_| std::fs::write(dir.join("cgroup.procs"), server.pid().to_string()));
+            if confined.is_ok() {
+                return MemoryCgroup(Some((dir, server.pid())));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        eprintln!("no memory cgroup could be made here: memory is checked through VmHWM only");
+        MemoryCgroup(None)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The server goes back to the parent group (it may still be running), then the
+        // group is removed.
+        if let Some((dir, pid)) = &self.0 {
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::write(parent.join("cgroup.procs"), pid.to_string());
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 async fn answers(server: &Server) {
     let c = server.connect().await;
     let rows = c.simple_query("SELECT 40 + 2").await.unwrap();
@@ -78,6 +122,7 @@ impl tokio_postgres::types::ToSql for RawBinary {
 async fn binary_parameters_outside_postgres_limits_are_refused() {
     use tokio_postgres::types::Type;
     let server = Server::start();
+    let _cgroup = MemoryCgroup::confine(&server);
     let c = server.connect().await;
     let before = peak_mb(&server);
     // NUMERIC with dscale 0xFFFF: once a fraction loop that ran until the kernel killed us.
@@ -177,6 +222,7 @@ fn refused_with(s: &mut TcpStream) -> String {
 #[test]
 fn messages_before_authentication_are_small_and_expected() {
     let server = Server::start_secure();
+    let _cgroup = MemoryCgroup::confine(&server);
     let before = peak_mb(&server);
     // Four clients that never log in but declare 1 GB query messages and start sending them:
     // each is refused from the header alone.
@@ -227,6 +273,7 @@ async fn connections_are_limited_with_slots_reserved_for_superusers() {
         ("EDDY_SUPERUSER_RESERVED_CONNECTIONS", "2"),
     ]);
     let admin = server.connect().await;
+    let before = peak_mb(&server);
     admin
         .batch_execute("CREATE ROLE app LOGIN CONNECTION LIMIT 1; CREATE ROLE viewer LOGIN")
         .await
@@ -256,6 +303,7 @@ async fn connections_are_limited_with_slots_reserved_for_superusers() {
         assert!(Instant::now() < deadline, "the slot comes back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(peak_mb(&server) < before + 64, "peak grew from {before} MB");
 }
 
 /// Raises this process's open-file limit to its hard limit (the test opens many sockets).
@@ -307,6 +355,7 @@ async fn running_out_of_file_descriptors_backs_off_and_keeps_serving() {
         }
     });
     let c = server.connect().await;
+    let before = peak_mb(&server);
     // More idle sockets than the server has descriptors for (200), fewer than it has
     // descriptors and listen backlog (128) together, so that every connect completes.
     let idle: Vec<TcpStream> = (0..250)
@@ -341,6 +390,7 @@ async fn running_out_of_file_descriptors_backs_off_and_keeps_serving() {
     assert!(
         matches!(&rows[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("2"))
     );
+    assert!(peak_mb(&server) < before + 64, "peak grew from {before} MB");
     drop(idle);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -369,6 +419,7 @@ fn http_clients_cannot_hold_connections_forever() {
         ("EDDY_HTTP_BODY_TIMEOUT", "1s"),
         ("EDDY_HTTP_MAX_CONNECTIONS_PER_CLIENT", "3"),
     ]);
+    let before = peak_mb(&server);
     // Slowloris: a request head that never ends is cut off.
     let started = Instant::now();
     http_exchange(
@@ -404,11 +455,13 @@ fn http_clients_cannot_hold_connections_forever() {
     wait_for("the slots come back", Duration::from_secs(10), || {
         http_exchange(&server, health, Duration::from_secs(5)).starts_with("HTTP/1.1 200")
     });
+    assert!(peak_mb(&server) < before + 64, "peak grew from {before} MB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_files_are_streamed_under_a_size_limit() {
     let server = Server::start_with_env(&[("EDDY_MAX_MODEL_SIZE", "1MB")]);
+    let _cgroup = MemoryCgroup::confine(&server);
     let c = server.connect().await;
     let before = peak_mb(&server);
     let e = c
@@ -450,6 +503,7 @@ async fn model_files_are_streamed_under_a_size_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_timeout_and_query_memory_end_the_query_not_the_server() {
     let server = Server::start_with_env(&[("EDDY_WORK_MEM_LIMIT", "64MB")]);
+    let _cgroup = MemoryCgroup::confine(&server);
     let c = server.connect().await;
     c.batch_execute("SET statement_timeout = '500ms'")
         .await
@@ -930,6 +984,25 @@ async fn credentials_never_show_in_listings_catalogs_or_errors() {
     assert!(shown.contains("localhost:1"), "{shown}");
 }
 
+/// Kills a process's children (SIGKILL) when dropped.
+struct KillChildren(u32);
+
+impl Drop for KillChildren {
+    fn drop(&mut self) {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.0))
+            .unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our wrapper's child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// The file and directory syncs and renames of a server run under strace, in order, with
 /// the paths of their descriptors (`fsync(7</data/models>)`).
 fn traced_syscalls(trace: &std::path::Path) -> Vec<String> {
@@ -968,6 +1041,9 @@ async fn files_are_synced_with_their_directory_before_the_commit_that_names_them
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_eddy"));
     let server = Server::start_wrapped(command);
+    // Killing strace would leave the traced server running (and holding the test runner's
+    // output open): the server itself is killed first, when this guard drops.
+    let _traced = KillChildren(server.pid());
     let data = server.data_dir.display().to_string();
     // The self-signed certificate made at first start: each file synced before it is renamed
     // into place, the directory after.
