@@ -10,7 +10,10 @@ scripts/setup.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# Into a file, not a pipe: a process a test leaves behind (a server whose stderr it
+# inherited) then cannot keep this script waiting for the pipe to close.
+cargo test --workspace "$@" > "$log" 2>&1 || status=$?
+cat "$log"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit $status
