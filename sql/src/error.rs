@@ -175,6 +175,8 @@ fn classify(e: &DataFusionError) -> (&'static str, String) {
                 (ours.sqlstate(), ours.user_message())
             } else if let Some(arrow) = inner.downcast_ref::<ArrowError>() {
                 classify_arrow(arrow)
+            } else if let Some(limit) = inner.downcast_ref::<eddy_udf::limits::LimitExceeded>() {
+                (PROGRAM_LIMIT_EXCEEDED, limit.to_string())
             } else if let Some(model) = inner.downcast_ref::<eddy_udf::predict::ModelRunError>() {
                 // PostgreSQL's class for failures inside a called routine.
                 ("38000", model.to_string())

@@ -1,7 +1,8 @@
-//! Eddy's SQL functions: JSON access, and ONNX models run in-process (`onnx`), the base of
+//! Eddy's SQL functions: JSON access, PostgreSQL's limits on one value (`limits`), and ONNX models run in-process (`onnx`), the base of
 //! PREDICT and the model registry.
 
 pub mod json;
+pub mod limits;
 pub mod onnx;
 pub mod predict;
 
@@ -16,5 +17,6 @@ pub fn register(ctx: &mut SessionContext) -> Result<()> {
     ctx.register_udf(Arc::new(json::json_get(false)))?;
     ctx.register_udf(Arc::new(json::json_get(true)))?;
     ctx.register_expr_planner(Arc::new(json::JsonOperators))?;
+    limits::register(ctx);
     Ok(())
 }

@@ -534,6 +534,20 @@ async fn statement_timeout_and_query_memory_end_the_query_not_the_server() {
         .await
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "53200", "{}", error_text(&e));
+    // One value past PostgreSQL's 1 GB, made by a function outside any pool: refused first.
+    for sql in [
+        "SELECT length(repeat('x', 1500000000))",
+        "SELECT length(lpad('x', 400000000))",
+        "SELECT cardinality(array_repeat(1, 500000000))",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            e.code().unwrap().code(),
+            "54000",
+            "{sql}: {}",
+            error_text(&e)
+        );
+    }
     assert!(
         peak_mb(&server) < before + 512,
         "peak grew from {before} MB"
