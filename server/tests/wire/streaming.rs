@@ -234,7 +234,11 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     println!("crash test seed: {seed} (set EDDY_CRASH_SEED={seed} to replay)");
     let mut rng = Rng(seed);
     let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("events", 3, 1).expect("topic");
+    // librdkafka's mock broker keeps at most 5 MB per partition and deletes older messages
+    // past that: 200,000 messages (about 20 MB) over 8 partitions stay within it, so a
+    // consumer that lags on a loaded machine never finds its offset deleted (with 3
+    // partitions it could, and then reset to the end: "Offset out of range").
+    mock.create_topic("events", 8, 1).expect("topic");
     let bootstrap = mock.bootstrap_servers();
     let p = producer(&bootstrap);
     produce(&p, "events", None, &payloads(0..MESSAGES / 2));
