@@ -233,18 +233,19 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     spawn_with(args, env, |_| {})
 }
 
+/// The binary under test: this build's `eddy`, or `EDDY_TEST_BINARY` (to run the suite
+/// against another build, such as the one before a fix).
+pub fn eddy_binary() -> String {
+    std::env::var("EDDY_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_eddy").to_string())
+}
+
 /// [`spawn`], with the command adjusted by `configure` first.
 pub fn spawn_with(
     args: &[&str],
     env: &[(&str, &str)],
     configure: impl FnOnce(&mut Command),
 ) -> (Child, String) {
-    spawn_command(
-        Command::new(env!("CARGO_BIN_EXE_eddy")),
-        args,
-        env,
-        configure,
-    )
+    spawn_command(Command::new(eddy_binary()), args, env, configure)
 }
 
 /// [`spawn_with`] for a command that runs `eddy` (the binary itself, or a wrapper such as
