@@ -70,11 +70,7 @@ fn mock_nonce(data_dir: &std::path::Path) -> Result<Vec<u8>> {
     let mut bytes = vec![0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("the system's random source failed"))?;
-    let tmp = data_dir.join("mock_auth_nonce.tmp");
-    tls::write_synced(&tmp, &bytes, 0o600)?;
-    std::fs::rename(&tmp, &path)
-        .and_then(|_| std::fs::File::open(data_dir)?.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    tls::replace_file(&path, &bytes, 0o600)?;
     Ok(bytes)
 }
 

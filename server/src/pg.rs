@@ -10,7 +10,6 @@ pub mod params;
 pub mod slots;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use eddy_sql::Engine;
@@ -37,43 +36,26 @@ pub async fn serve(
         handler: Arc::new(EddyHandler::new(engine, manager.clone(), auth, slots)),
         cancel: Arc::new(DefaultCancelHandler::new(manager)),
     });
-    let open = Arc::new(AtomicUsize::new(0));
+    let sockets = Arc::new(tokio::sync::Semaphore::new(max_sockets));
     let mut backoff = AcceptBackoff::default();
     loop {
         let (mut socket, peer) = backoff.accept(&listener).await;
-        if open.load(Ordering::Relaxed) >= max_sockets {
+        let Ok(open) = sockets.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let _ = socket.write_all(&too_many_clients()).await;
                 let _ = socket.shutdown().await;
             });
             continue;
-        }
+        };
         let _ = socket.set_nodelay(true);
         let handlers = handlers.clone();
         let tls = tls.clone();
-        let open = OpenSocket::new(open.clone());
         tokio::spawn(async move {
             if let Err(e) = connection::serve(socket, tls, handlers).await {
                 tracing::debug!("connection from {peer} ended: {e}");
             }
             drop(open);
         });
-    }
-}
-
-/// Counts an open socket while it lives.
-struct OpenSocket(Arc<AtomicUsize>);
-
-impl OpenSocket {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

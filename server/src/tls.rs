@@ -49,15 +49,10 @@ pub fn files(
     }
     let made = rcgen::generate_simple_self_signed(names)
         .context("cannot make a self-signed certificate")?;
-    // Each file is written under a temporary name and synced, then renamed into place, and
-    // the directory synced: after a crash both files are whole, or the pair is made again.
-    let (key_tmp, cert_tmp) = (dir.join("server.key.tmp"), dir.join("server.crt.tmp"));
-    write_synced(&key_tmp, made.key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write_synced(&cert_tmp, made.cert.pem().as_bytes(), 0o644)?;
-    std::fs::rename(&key_tmp, &key)
-        .and_then(|_| std::fs::rename(&cert_tmp, &cert))
-        .and_then(|_| std::fs::File::open(&dir)?.sync_all())
-        .with_context(|| format!("cannot store the certificate in {}", dir.display()))?;
+    // After a crash both files are whole, or the certificate is missing and the pair is made
+    // again.
+    replace_file(&key, made.key_pair.serialize_pem().as_bytes(), 0o600)?;
+    replace_file(&cert, made.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(
         "made a self-signed TLS certificate {} (clients verify it with sslrootcert={})",
         cert.display(),
@@ -66,20 +61,28 @@ pub fn files(
     Ok((cert, key))
 }
 
-/// Writes a file with the given permissions and syncs it.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// Puts `bytes` at `path` durably: written under `<path>.tmp` with `mode` and synced, renamed
+/// into place, and the directory synced. After a crash the file is whole or absent.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })()
+    .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The rustls server configuration for a certificate chain and key (PEM files).

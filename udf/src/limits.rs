@@ -65,36 +65,72 @@ fn max_count(v: &ColumnarValue) -> Option<i64> {
     }
 }
 
+/// The byte length of each text in an array (Utf8, LargeUtf8, Utf8View), from its offsets or
+/// views; None for other types.
+fn text_lengths(a: &dyn Array) -> Option<Vec<u64>> {
+    Some(match a.data_type() {
+        DataType::Utf8 => a
+            .as_string::<i32>()
+            .offsets()
+            .lengths()
+            .map(|n| n as u64)
+            .collect(),
+        DataType::LargeUtf8 => a
+            .as_string::<i64>()
+            .offsets()
+            .lengths()
+            .map(|n| n as u64)
+            .collect(),
+        DataType::Utf8View => a
+            .as_string_view()
+            .views()
+            .iter()
+            .map(|v| *v as u32 as u64)
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// The longest text an argument holds in this batch, in bytes.
 fn max_text_bytes(v: &ColumnarValue) -> u64 {
-    let len = |a: &dyn Array| -> u64 {
-        match a.data_type() {
-            DataType::Utf8 => (0..a.len())
-                .map(|i| a.as_string::<i32>().value(i).len() as u64)
-                .max(),
-            DataType::LargeUtf8 => (0..a.len())
-                .map(|i| a.as_string::<i64>().value(i).len() as u64)
-                .max(),
-            DataType::Utf8View => (0..a.len())
-                .map(|i| a.as_string_view().value(i).len() as u64)
-                .max(),
-            _ => None,
-        }
-        .unwrap_or(0)
+    let longest = |a: &dyn Array| {
+        text_lengths(a)
+            .and_then(|l| l.into_iter().max())
+            .unwrap_or(0)
     };
     match v {
-        ColumnarValue::Scalar(s) => s.to_array().map(|a| len(a.as_ref())).unwrap_or(0),
-        ColumnarValue::Array(a) => len(a.as_ref()),
+        ColumnarValue::Scalar(s) => s.to_array().map(|a| longest(a.as_ref())).unwrap_or(0),
+        ColumnarValue::Array(a) => longest(a.as_ref()),
     }
 }
 
+/// Whether some row's `repeat(text, n)` passes [`MAX_VALUE_BYTES`], row by row (run only when
+/// the batch's longest text times its largest count does).
+fn some_repeat_too_long(args: &[ColumnarValue], rows: usize) -> Result<bool> {
+    let (Some(text), Some(count)) = (args.first(), args.get(1)) else {
+        return Ok(false);
+    };
+    let text = text.to_array(rows)?;
+    let count = datafusion::arrow::compute::cast(&count.to_array(rows)?, &DataType::Int64)?;
+    let Some(lengths) = text_lengths(text.as_ref()) else {
+        return Ok(false);
+    };
+    let counts = count.as_primitive::<Int64Type>();
+    Ok(lengths
+        .iter()
+        .zip(counts.iter())
+        .any(|(len, n)| len.saturating_mul(n.unwrap_or(0).max(0) as u64) > MAX_VALUE_BYTES))
+}
+
 impl Limit {
-    fn check(self, args: &[ColumnarValue]) -> Result<()> {
+    fn check(self, args: &[ColumnarValue], rows: usize) -> Result<()> {
         let count = args.get(1).and_then(max_count).unwrap_or(0).max(0) as u64;
         match self {
             Limit::Repeat => {
+                // The batch's bound first; rows one by one only when it is passed.
                 let text = args.first().map(max_text_bytes).unwrap_or(0);
-                if text.saturating_mul(count) > MAX_VALUE_BYTES {
+                if text.saturating_mul(count) > MAX_VALUE_BYTES && some_repeat_too_long(args, rows)?
+                {
                     return Err(exceeded("requested length too large".into()));
                 }
             }
@@ -153,7 +189,7 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        self.limit.check(&args.args)?;
+        self.limit.check(&args.args, args.number_rows)?;
         self.inner.inner().invoke_with_args(args)
     }
 
@@ -226,6 +262,11 @@ mod tests {
         assert!(e.contains("requested length too large"), "{e}");
         let e = run("SELECT array_repeat(1, 200000000)").await.unwrap_err();
         assert!(e.contains("array size exceeds"), "{e}");
+        // Checked row by row: a long text repeated a little and a short one repeated a lot
+        // are each well under 1 GB.
+        run("SELECT length(repeat(s, n)) FROM (VALUES (repeat('a', 1000), 2), ('b', 600000)) t(s, n)")
+            .await
+            .unwrap();
         // Ordinary calls are the functions they wrap.
         run("SELECT repeat('ab', 3), lpad('7', 3, '0'), rpad('x', 2), array_repeat(1, 3)")
             .await

@@ -66,16 +66,13 @@ pub fn scram_secret(engine: &Engine, user: &str) -> Option<ScramSecret> {
 /// answer's timing does not tell which users exist.
 pub fn password_matches(engine: &Engine, user: &str, password: &str) -> bool {
     static DECOY: std::sync::OnceLock<ScramSecret> = std::sync::OnceLock::new();
-    let decoy = || DECOY.get_or_init(|| ScramSecret::new("no role has this password"));
-    let Some(role) = login_role(engine, user) else {
-        let _ = decoy().verify(password);
-        return false;
-    };
-    match (&role.scram, &role.md5) {
-        (Some(scram), _) => scram.verify(password),
-        (None, Some(md5)) => *md5 == eddy_sql::auth::md5_secret(user, password),
-        (None, None) => {
-            let _ = decoy().verify(password);
+    let role = login_role(engine, user);
+    match role.as_deref().map(|r| (&r.scram, &r.md5)) {
+        Some((Some(scram), _)) => scram.verify(password),
+        Some((None, Some(md5))) => *md5 == eddy_sql::auth::md5_secret(user, password),
+        _ => {
+            let decoy = DECOY.get_or_init(|| ScramSecret::new("no role has this password"));
+            let _ = decoy.verify(password);
             false
         }
     }

@@ -26,3 +26,13 @@ pub fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
         message.into(),
     )))
 }
+
+/// A FATAL error: the server closes the connection after sending it (failed logins, no
+/// connection slot left).
+pub fn fatal_error(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        code.to_string(),
+        message.into(),
+    )))
+}

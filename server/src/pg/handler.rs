@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::scalar::ScalarValue;
 use eddy_sql::auth::{ScramError, ScramExchange};
+use eddy_sql::catalog::RoleDef;
 use eddy_sql::engine::is_transaction_control;
 use eddy_sql::error::sqlstate;
 use eddy_sql::{CommandTag, Engine, Error, Prepared, QueryOutput, Session, TxnStatus};
@@ -31,7 +32,6 @@ use pgwire::api::{
     ClientInfo, ClientPortalStore, ConnectionHandle, ConnectionManager, METADATA_DATABASE,
     METADATA_USER, PgWireConnectionState, PgWireServerHandlers, Type,
 };
-use pgwire::error::ErrorInfo;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::extendedquery::{Bind, Describe, Execute};
 use pgwire::messages::startup::{Authentication as AuthRequest, SecretKey};
@@ -39,7 +39,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::auth::{Method, Pending, PendingAuth, Throttle};
 use super::encode;
-use super::errors::{error_info, to_pgwire, user_error};
+use super::errors::{error_info, fatal_error, to_pgwire, user_error};
 
 pub struct EddyHandler {
     engine: Arc<Engine>,
@@ -442,20 +442,19 @@ impl ExtendedQueryHandler for EddyHandler {
     }
 }
 
-/// Under trust, whether the named role may log in (and is a superuser): an unknown role or
-/// one without LOGIN is refused with 28000, as PostgreSQL does.
-fn trusted_role(engine: &Engine, user: &str) -> PgWireResult<bool> {
-    let refuse = |message: String| {
-        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-            "FATAL".to_string(),
-            "28000".to_string(),
-            message,
-        ))))
-    };
+/// Under trust, the role a connection logs in as: an unknown role or one without LOGIN is
+/// refused with 28000, as PostgreSQL does.
+fn trusted_role(engine: &Engine, user: &str) -> PgWireResult<Arc<RoleDef>> {
     match engine.catalog().role(user) {
-        None => refuse(format!("role \"{user}\" does not exist")),
-        Some(role) if !role.login => refuse(format!("role \"{user}\" is not permitted to log in")),
-        Some(role) => Ok(role.superuser),
+        None => Err(fatal_error(
+            "28000",
+            format!("role \"{user}\" does not exist"),
+        )),
+        Some(role) if !role.login => Err(fatal_error(
+            "28000",
+            format!("role \"{user}\" is not permitted to log in"),
+        )),
+        Some(role) => Ok(role),
     }
 }
 
@@ -518,8 +517,8 @@ impl StartupHandler for EddyHandler {
                             .get(METADATA_USER)
                             .cloned()
                             .unwrap_or_default();
-                        let superuser = trusted_role(&self.engine, &user)?;
-                        return self.start_session(client, superuser).await;
+                        let role = trusted_role(&self.engine, &user)?;
+                        return self.start_session(client, &role).await;
                     }
                     Method::ScramSha256 => {
                         let mut mechanisms = vec!["SCRAM-SHA-256".to_string()];
@@ -620,9 +619,16 @@ impl StartupHandler for EddyHandler {
                 match outcome {
                     Ok(()) => {
                         self.auth.throttle.succeeded(&ip);
-                        let superuser = super::auth::login_role(&self.engine, &user)
-                            .is_some_and(|r| r.superuser);
-                        self.start_session(client, superuser).await
+                        // Dropped or NOLOGIN since the exchange began: refused as a wrong
+                        // password would be.
+                        let role =
+                            super::auth::login_role(&self.engine, &user).ok_or_else(|| {
+                                fatal_error(
+                                    "28P01",
+                                    format!("password authentication failed for user \"{user}\""),
+                                )
+                            })?;
+                        self.start_session(client, &role).await
                     }
                     Err(e) => {
                         let (failures, delay) = self.auth.throttle.failed(&ip);
@@ -637,11 +643,7 @@ impl StartupHandler for EddyHandler {
                                 format!("password authentication failed for user \"{user}\""),
                             ),
                         };
-                        Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                            "FATAL".to_string(),
-                            code.to_string(),
-                            message,
-                        ))))
+                        Err(fatal_error(code, message))
                     }
                 }
             }
@@ -651,37 +653,26 @@ impl StartupHandler for EddyHandler {
 }
 
 impl EddyHandler {
-    /// Opens the session of an authenticated connection and tells the client it is ready.
-    async fn start_session<C>(&self, client: &mut C, superuser: bool) -> PgWireResult<()>
+    /// Opens the session of a connection authenticated as `role` and tells the client it is
+    /// ready, if a connection slot is left for it.
+    async fn start_session<C>(&self, client: &mut C, role: &RoleDef) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let meta = client.metadata();
-        let user = meta
-            .get(METADATA_USER)
-            .cloned()
-            .unwrap_or_else(|| "eddy".into());
+        let user = role.name.clone();
+        let superuser = role.superuser;
         let database = meta
             .get(METADATA_DATABASE)
             .cloned()
             .unwrap_or_else(|| user.clone());
         let application_name = meta.get("application_name").cloned().unwrap_or_default();
-        let role_limit = self
-            .engine
-            .catalog()
-            .role(&user)
-            .map_or(-1, |r| r.connection_limit);
-        let slot = self.slots.claim(&user, superuser, role_limit).map_err(
-            |super::slots::TooMany(message)| {
-                PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "FATAL".to_string(),
-                    "53300".to_string(),
-                    message,
-                )))
-            },
-        )?;
+        let slot = self
+            .slots
+            .claim(&user, superuser, role.connection_limit)
+            .map_err(|super::slots::TooMany(message)| fatal_error("53300", message))?;
         client.session_extensions().insert(Arc::new(slot));
         let session = self.engine.new_session(&user, &database);
         session.set_startup_setting("max_connections", self.slots.max().to_string());

@@ -1068,9 +1068,10 @@ async fn files_are_synced_with_their_directory_before_the_commit_that_names_them
     let cert_renamed = position(&calls, "the certificate's rename", |c| {
         c.contains("rename") && c.contains("server.crt.tmp") && c.contains("server.crt\"")
     });
-    let tls_dir_synced = position(&calls, "a sync of the tls directory", |c| {
-        c.contains("fsync(") && c.contains(&format!("{data}/tls>"))
-    });
+    let tls_dir_synced = cert_renamed
+        + position(&calls[cert_renamed..], "a sync of the tls directory", |c| {
+            c.contains("fsync(") && c.contains(&format!("{data}/tls>"))
+        });
     assert!(
         cert_synced < cert_renamed && cert_renamed < tls_dir_synced,
         "{calls:#?}"

@@ -68,7 +68,15 @@ fn undefined_model(name: &str) -> Error {
 }
 
 impl ModelStore {
+    /// The store in `dir`; copies a crash interrupted (`incoming-*.tmp`) are removed.
     pub fn new(dir: PathBuf, engine: Weak<Engine>) -> Self {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("incoming-") && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Self {
             dir,
             loaded: Mutex::new(HashMap::new()),
@@ -329,23 +337,17 @@ impl Stager {
         Ok(true)
     }
 
-    /// The staged file when `copied` is Ok; otherwise the partial copy is removed.
+    /// The staged file, synced, when `copied` is Ok; otherwise the partial copy is removed.
     fn complete(self, copied: Result<()>) -> Result<Staged> {
-        match copied {
-            Ok(()) => self.finish(),
-            Err(e) => {
-                let tmp = self.tmp.clone();
-                std::mem::drop(self);
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
+        let synced = copied.and_then(|()| {
+            self.file
+                .sync_all()
+                .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))
+        });
+        if let Err(e) = synced {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
         }
-    }
-
-    fn finish(self) -> Result<Staged> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::Storage(format!("cannot store the model: {e}")))?;
         let sha256 = self
             .hasher
             .finalize()
