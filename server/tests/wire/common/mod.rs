@@ -62,43 +62,32 @@ impl Server {
     /// A fresh server whose process `configure` adjusts before it starts (resource limits,
     /// a piped stderr to read with [`Server::take_stderr`]).
     pub fn start_configured(env: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Server {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let data = tmp.path().to_str().expect("utf-8 path");
-        let (child, line) = spawn_with(
-            &[
-                "--data-dir",
-                data,
-                "--pg-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ],
-            env,
-            configure,
-        );
-        let mut s = Self::from_ready(child, &line, tmp.path(), env);
-        s._tmp = Some(tmp);
-        s
+        Self::start_fresh(Command::new(eddy_binary()), env, configure)
     }
 
     /// A fresh server run by `command` (a wrapper that runs `eddy`, such as strace).
     pub fn start_wrapped(command: Command) -> Server {
+        Self::start_fresh(command, &[], |_| {})
+    }
+
+    /// A server with a new data dir, on free ports, started by `command`.
+    fn start_fresh(
+        command: Command,
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data = tmp.path().to_str().expect("utf-8 path");
-        let (child, line) = spawn_command(
-            command,
-            &[
-                "--data-dir",
-                data,
-                "--pg-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-            |_| {},
-        );
-        let mut s = Self::from_ready(child, &line, tmp.path(), &[]);
+        let args = [
+            "--data-dir",
+            data,
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ];
+        let (child, line) = spawn_command(command, &args, env, configure);
+        let mut s = Self::from_ready(child, &line, tmp.path(), env);
         s._tmp = Some(tmp);
         s
     }
