@@ -7,6 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy-target}"
 scripts/setup.sh
+# The ONNX Runtime library setup.sh installed. The binary also looks in the checkout it was
+# built from, but a target dir shared between checkouts may hold a build from another one.
+if [ -z "${EDDY_ORT_LIB:-}" ]; then
+  for lib in "$PWD"/.tools/onnx/onnxruntime/capi/libonnxruntime.so.*; do
+    [ -f "$lib" ] && export EDDY_ORT_LIB="$lib"
+  done
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

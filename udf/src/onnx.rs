@@ -516,7 +516,11 @@ mod tests {
 
     /// Builds the test models and their onnxruntime (Python) reference outputs.
     fn models(test: &str) -> PathBuf {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        // The checkout the test runs in (cargo sets the variable when it runs tests); a
+        // target dir shared between checkouts may hold a build made in another one.
+        let manifest = std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+        let root = Path::new(&manifest).join("..");
         let out = std::env::temp_dir().join(format!("eddy-models-{}-{test}", std::process::id()));
         let status = std::process::Command::new("python3")
             .arg(root.join("scripts/models/build_models.py"))
