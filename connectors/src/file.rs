@@ -41,7 +41,7 @@ pub struct FileConfig {
 impl FileConfig {
     pub fn from_spec(spec: &SourceSpec) -> Result<Self> {
         let mut o = spec.options.clone();
-        let path = PathBuf::from(o.required("path")?);
+        let path = local_path(&o.required("path")?)?;
         let format = o.get("format").unwrap_or("json").to_ascii_lowercase();
         let kind = if format == "parquet" {
             o.take("format");
@@ -77,6 +77,52 @@ impl FileConfig {
             watch,
             max_event_bytes,
         })
+    }
+}
+
+/// A `path` option as a local path: a plain path or a `file://` URL (the form CREATE MODEL
+/// and Parquet sinks take).
+fn local_path(text: &str) -> Result<PathBuf> {
+    if let Some(rest) = text.strip_prefix("file://") {
+        // file:///data/x and file://localhost/data/x name /data/x.
+        let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+        if !rest.starts_with('/') {
+            return Err(Error::Options(format!(
+                "option \"path\": {text} is not a local file URL (use file:///absolute/path)"
+            )));
+        }
+        return Ok(PathBuf::from(rest));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(Error::Options(format!(
+            "option \"path\": the file connector reads local files, not {scheme}:// URLs"
+        )));
+    }
+    Ok(PathBuf::from(text))
+}
+
+impl FileConfig {
+    /// Checks that what `path` names is there: the directory (and, for one named file
+    /// that is not watched for, the file). CREATE SOURCE runs this, so a typo fails then
+    /// and not at every restart of the pipeline.
+    pub fn check_exists(&self) -> Result<()> {
+        if !self.dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "directory \"{}\" does not exist",
+                self.dir.display()
+            )));
+        }
+        if let Some(name) = &self.pattern
+            && !name.contains('*')
+            && !self.watch
+            && !self.dir.join(name).is_file()
+        {
+            return Err(Error::NotFound(format!(
+                "file \"{}\" does not exist",
+                self.dir.join(name).display()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -227,6 +228,11 @@ impl KafkaConfig {
         c.set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
+        if !self.client.contains_key("auto.offset.reset") {
+            // An offset the broker no longer has (retention deleted it) is an error, not a
+            // silent jump to the end of the partition: the events in between would be lost.
+            c.set("auto.offset.reset", "error");
+        }
         c
     }
 }
@@ -254,10 +260,10 @@ impl KafkaSource {
         let metadata = consumer
             .fetch_metadata(Some(&config.topic), METADATA_TIMEOUT)
             .map_err(|e| {
-                external(
-                    &format!("cannot read metadata of topic {}", config.topic),
-                    e,
-                )
+                Error::Unavailable(format!(
+                    "kafka: cannot read metadata of topic {}: {e}",
+                    config.topic
+                ))
             })?;
         let topic = metadata
             .topics()
@@ -265,7 +271,7 @@ impl KafkaSource {
             .find(|t| t.name() == config.topic)
             .filter(|t| t.error().is_none() && !t.partitions().is_empty())
             .ok_or_else(|| {
-                Error::External(format!("kafka: topic \"{}\" does not exist", config.topic))
+                Error::NotFound(format!("kafka: topic \"{}\" does not exist", config.topic))
             })?;
         let mut assignment = TopicPartitionList::new();
         let mut positions = Positions::new();
@@ -323,6 +329,17 @@ impl Source for KafkaSource {
             match self.consumer.poll(wait) {
                 None => break,
                 Some(Ok(m)) => messages.push(m),
+                Some(Err(e))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) =>
+                {
+                    return Err(Error::External(format!(
+                        "kafka: a partition's checkpointed offset is no longer on the broker \
+                         (deleted by retention?), so events after the checkpoint are lost; \
+                         positions: {:?}. To accept the loss, set \
+                         properties.auto.offset.reset = 'earliest' on the source",
+                        self.positions
+                    )));
+                }
                 Some(Err(e)) => {
                     tracing::warn!("kafka: {e}");
                     if messages.is_empty() && Instant::now() >= deadline {

@@ -31,7 +31,7 @@ pub fn validate_source(connector: &str, spec: &SourceSpec) -> Result<()> {
         "kafka" => kafka::KafkaConfig::from_spec(spec).map(|_| ()),
         "nexmark" => nexmark::Nexmark::open(spec, &Positions::new()).map(|_| ()),
         "datagen" => datagen::Datagen::open(spec, &Positions::new()).map(|_| ()),
-        "file" => file::FileConfig::from_spec(spec).map(|_| ()),
+        "file" => file::FileConfig::from_spec(spec)?.check_exists(),
         other => Err(Error::Options(format!(
             "unknown connector \"{other}\" (expected one of {})",
             CONNECTORS.join(", ")

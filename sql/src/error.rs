@@ -47,6 +47,9 @@ pub mod sqlstate {
     pub const DISK_FULL: &str = "53100";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const IO_ERROR: &str = "58030";
+    pub const UNDEFINED_FILE: &str = "58P01";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,20 @@ impl Error {
             sqlstate::UNDEFINED_TABLE,
             format!("relation \"{name}\" does not exist"),
         )
+    }
+
+    /// A connector's failure, in the class of its cause: bad options 22023, a missing file
+    /// or topic 58P01, an unreachable system 08006, another external failure 58030.
+    pub fn connector(context: impl std::fmt::Display, e: eddy_connectors::Error) -> Self {
+        use eddy_connectors::Error as C;
+        let code = match &e {
+            C::Options(_) => sqlstate::INVALID_PARAMETER_VALUE,
+            C::NotFound(_) => sqlstate::UNDEFINED_FILE,
+            C::Unavailable(_) => sqlstate::CONNECTION_FAILURE,
+            C::External(_) => sqlstate::IO_ERROR,
+            C::Arrow(_) => sqlstate::INTERNAL_ERROR,
+        };
+        Error::user(code, format!("{context}: {e}"))
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

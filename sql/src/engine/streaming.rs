@@ -229,7 +229,10 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
             options: options.clone(),
             created_at_ms,
         };
-        eddy_connectors::validate_source(c, &spec).map_err(|e| invalid(e.to_string()))?;
+        eddy_connectors::validate_source(c, &spec).map_err(|e| match e {
+            eddy_connectors::Error::Options(m) => invalid(m),
+            other => Error::connector(format_args!("source \"{name}\""), other),
+        })?;
     } else {
         let mut o = options.clone();
         o.take("max_event_bytes");
