@@ -67,7 +67,7 @@ pub struct Limits {
     /// How long an HTTP client may take to send its request head, and its body.
     pub http_header_timeout: std::time::Duration,
     pub http_body_timeout: std::time::Duration,
-    /// The engine's: `max_model_size`, `query_memory_limit`, `work_mem_limit`.
+    /// The engine's: `max_model_size`, `query_memory_limit`, `work_mem_limit`, `state_cache`.
     pub engine: eddy_sql::limits::Limits,
 }
 
@@ -95,6 +95,7 @@ const LIMIT_KEYS: &[&str] = &[
     "max_model_size",
     "query_memory_limit",
     "work_mem_limit",
+    "state_cache",
 ];
 
 /// `512MB`, `1GB`, `64kB`, or a number of bytes.
@@ -170,6 +171,7 @@ impl Limits {
                 "max_model_size" => l.engine.max_model_bytes = size()?,
                 "query_memory_limit" => l.engine.query_memory_bytes = size()? as usize,
                 "work_mem_limit" => l.engine.session_memory_bytes = size()? as usize,
+                "state_cache" => l.engine.state_cache_bytes = size()? as usize,
                 _ => unreachable!("keys were checked"),
             }
         }

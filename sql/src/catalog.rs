@@ -15,15 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::key::table_prefix;
 use crate::error::{Error, Result, sqlstate};
-use crate::storage::{KvStore, WriteOp, for_each_chunk, prefix_end};
+use crate::storage::{KvStore, WriteOp, for_each_chunk};
 use crate::types::SqlType;
 
 pub const DEFAULT_SCHEMA: &str = "public";
 /// Schemas that exist in every database and hold no user objects.
 pub const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
 
-const CATALOG_PREFIX: u8 = b'c';
-const META_NEXT_TABLE_ID: &[u8] = b"m/next_table_id";
+use crate::keys::META_NEXT_TABLE_ID;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ColumnDef {
@@ -325,7 +324,7 @@ pub struct Catalog {
 }
 
 fn record_key(schema: &str, name: &str) -> Vec<u8> {
-    let mut k = vec![CATALOG_PREFIX];
+    let mut k = crate::keys::catalog_prefix();
     k.extend_from_slice(schema.as_bytes());
     k.push(0);
     k.extend_from_slice(name.as_bytes());
@@ -359,7 +358,7 @@ impl Catalog {
             next_table_id: 1,
             ..Default::default()
         };
-        for_each_chunk(kv, &[CATALOG_PREFIX], 1024, |chunk| {
+        for_each_chunk(kv, &crate::keys::catalog_prefix(), 1024, |chunk| {
             for (_, value) in chunk {
                 let record: Record = serde_json::from_slice(value)
                     .map_err(|e| Error::Storage(format!("corrupt catalog record: {e}")))?;
@@ -563,13 +562,15 @@ impl Catalog {
         Ok(vec![WriteOp::Put(record_key(schema, name), record)])
     }
 
-    /// Removes a table or view; a table's rows go with it (one range delete).
+    /// Removes a table or view; a table's rows go with it, and a pipeline's checkpoint
+    /// records and state (range deletes: ids are never reused).
     pub fn drop_relation(&mut self, schema: &str, name: &str) -> Result<Vec<WriteOp>> {
         let key = (schema.to_string(), name.to_string());
         let mut ops = vec![WriteOp::Delete(record_key(schema, name))];
         if let Some(t) = self.tables.remove(&key) {
-            let prefix = t.key_prefix();
-            ops.push(WriteOp::DeleteRange(prefix.clone(), prefix_end(&prefix)));
+            for (start, end) in crate::keys::pipeline_ranges(t.id) {
+                ops.push(WriteOp::DeleteRange(start, end));
+            }
         } else if self.views.remove(&key).is_none() {
             return Err(Error::undefined_table(name));
         }

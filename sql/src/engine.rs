@@ -139,12 +139,14 @@ impl Engine {
         limits: crate::limits::Limits,
     ) -> Result<Arc<Self>> {
         let catalog = Catalog::load(kv.as_ref())?;
+        crate::stream::state::migrate::migrate(kv.as_ref(), &catalog)?;
         let log = LogWriter::default();
         let streams = Arc::new(StreamManager::new(
             kv.clone(),
             log.signal.clone(),
             DEFAULT_CHECKPOINT_INTERVAL_MS,
             data_dir.join("sinks"),
+            limits.state_cache_bytes,
         ));
         Ok(Arc::new_cyclic(|engine| Self {
             models: models::ModelStore::new(data_dir.join("models"), engine.clone()),

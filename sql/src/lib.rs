@@ -2,6 +2,7 @@
 //! transactions.
 //!
 //! Layers, bottom up: [`storage`] (the KV seam; RocksDB lives only in `storage::rocks`),
+//! [`keys`] (the layout of every key in the store),
 //! [`codec`] (key and row encodings), [`catalog`], [`txn`] (overlay + validated commit),
 //! [`table`] (stored tables as DataFusion tables), [`engine`] (sessions and statements).
 
@@ -10,6 +11,7 @@ pub mod catalog;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod keys;
 pub mod limits;
 pub mod storage;
 pub mod stream;

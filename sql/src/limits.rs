@@ -11,6 +11,9 @@ pub struct Limits {
     pub query_memory_bytes: usize,
     /// Memory one session's query may hold (`work_mem_limit`), within the server-wide pool.
     pub session_memory_bytes: usize,
+    /// Memory for streaming operators' state before it is read from disk (`state_cache`):
+    /// the server-wide cache of state values, and each operator's groups in memory.
+    pub state_cache_bytes: usize,
 }
 
 pub const DEFAULT_MAX_MODEL_BYTES: u64 = 1 << 30;
@@ -31,6 +34,7 @@ impl Default for Limits {
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             query_memory_bytes: memory / 2,
             session_memory_bytes: memory / 4,
+            state_cache_bytes: 64 << 20,
         }
     }
 }

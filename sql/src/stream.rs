@@ -4,6 +4,7 @@
 //! - [`pipeline`]: the stages as tasks joined by bounded channels.
 //! - [`aggregate`]: the stateful grouping operator (materialized views, windows).
 //! - [`checkpoint`]: the checkpoint protocol (pure).
+//! - [`state`]: operator state tables over the store, through a bounded cache.
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
 //! - [`models`]: the model versions a pipeline scores with, switched at checkpoints.
@@ -12,6 +13,8 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+#[cfg(test)]
+pub mod harness;
 pub mod log;
 pub mod manager;
 pub mod models;
@@ -19,4 +22,5 @@ pub mod pipeline;
 pub mod plan;
 pub mod session;
 pub mod sinks;
+pub mod state;
 pub mod view;

@@ -537,8 +537,8 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic("totals", 1, 1).expect("topic");
     let bootstrap = mock.bootstrap_servers();
-    let server = Server::start();
-    let client = server.connect().await;
+    let mut server = Server::start();
+    let mut client = server.connect().await;
     client
         .batch_execute(&format!(
             "CREATE SOURCE readings (machine text, temp double precision); \
@@ -558,6 +558,17 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
         insert_rows(&client, "readings", &values).await;
         if b % 3 == 0 {
             tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        if b == 4 {
+            // Kill and restart once the sink has kept a previous checkpoint record: the
+            // restarted aggregate must read only its groups (the record once sat among them).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while sink_epoch(&client, "totals_out").await < 3 {
+                assert!(std::time::Instant::now() < deadline, "no checkpoints");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            server.restart();
+            client = server.connect().await;
         }
     }
     let messages = tokio::task::spawn_blocking(move || consume_committed(&bootstrap, "totals", 3))
@@ -583,6 +594,17 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
         Some(""),
         "a group HAVING removes ends with a tombstone: {messages:?}"
     );
+}
+
+async fn sink_epoch(client: &tokio_postgres::Client, name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT checkpoint_epoch FROM eddy_catalog.sinks WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Tansu (a real Kafka-compatible broker) has no transactions: the default exactly-once sink

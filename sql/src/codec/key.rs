@@ -13,13 +13,7 @@ use super::column::{ColumnRef, interval_parts};
 use crate::error::{Error, Result};
 use crate::types::SqlType;
 
-/// Prefix of every row key of the table with this id.
-pub fn table_prefix(table_id: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16);
-    k.push(b't');
-    k.extend_from_slice(&table_id.to_be_bytes());
-    k
-}
+pub use crate::keys::table_prefix;
 
 /// Appends the key encoding of `col[row]`.
 pub fn encode_value(col: &ColumnRef<'_>, row: usize, out: &mut Vec<u8>) {

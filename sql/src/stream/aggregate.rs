@@ -1,14 +1,17 @@
 //! The grouping aggregation of a materialized view: one set of DataFusion accumulators per
 //! group, updated batch by batch, written to the view as rows change, and checkpointed.
 //!
-//! Groups are identified by their Arrow row encoding (`RowConverter`), which is also the key
-//! of their checkpointed state. Between checkpoints the operator remembers which groups
-//! changed; a barrier turns them into state writes (accumulator state, row-encoded). Windowed
-//! groups (grouped by `window_start`/`window_end`) are closed when the watermark passes the
-//! window's end: with EMIT ON WINDOW CLOSE their row is written only then; either way their
-//! state is dropped once the window is closed.
+//! Groups are identified by their Arrow row encoding (`RowConverter`), which is also their key
+//! in the operator's state table (key group: a hash of it). Groups live in memory while they
+//! change; a barrier writes the state of those changed since the last one (accumulator state,
+//! row-encoded) into the checkpoint, and when the groups in memory hold more than the budget
+//! they are dropped and read back from the state table when touched again, so the number of
+//! groups is bounded by the disk, not by memory. Windowed groups (grouped by
+//! `window_start`/`window_end`) are closed when the watermark passes the window's end: with
+//! EMIT ON WINDOW CLOSE their row is written only then; either way their state is deleted
+//! once the window is closed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -22,51 +25,63 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::logical_expr::Accumulator;
 use datafusion::scalar::ScalarValue;
 
-use super::checkpoint::{Barrier, state_prefix};
+use super::checkpoint::Barrier;
 use super::plan::{AggregatePlan, UpperStage};
+use super::state::StateTable;
 use super::view::{Output, ViewWriter};
 use crate::error::{Error, Result};
-use crate::storage::{KvStore, WriteOp, for_each_chunk};
+use crate::keys::key_group;
 
+/// A group whose accumulators are in memory.
 struct Group {
-    key: Vec<u8>,
     accs: Vec<Box<dyn Accumulator>>,
+    /// Changed since its row was last written.
     changed: bool,
+    /// Changed since the last barrier (its state must be written).
+    unsaved: bool,
+    /// Bytes its accumulators held when last measured.
+    size: usize,
 }
 
 pub struct Aggregator {
     plan: AggregatePlan,
-    pipeline: u32,
     keys: RowConverter,
     states: RowConverter,
     /// Number of state fields of each aggregate.
     state_widths: Vec<usize>,
     state_types: Vec<DataType>,
-    index: HashMap<Vec<u8>, usize>,
-    slots: Vec<Option<Group>>,
-    free: Vec<usize>,
-    /// Groups changed since the last barrier (their state must be written).
-    unsaved: HashSet<usize>,
-    /// Groups changed since their row was last written.
-    changed: Vec<usize>,
-    /// Keys of groups removed since the last barrier (their state must be deleted).
-    removed: Vec<Vec<u8>>,
-    /// Open windows: end → groups.
-    windows: BTreeMap<i64, Vec<usize>>,
+    /// Every group's accumulator state, by the row encoding of its key.
+    state: StateTable,
+    /// Groups in memory: those changed since the last barrier, and others until the memory
+    /// they hold passes `live_budget` (then they are dropped at the next barrier and read
+    /// back from the state table when touched again).
+    live: HashMap<Vec<u8>, Group>,
+    live_bytes: usize,
+    live_budget: usize,
+    /// Keys of live groups changed since their row was written.
+    changed: Vec<Vec<u8>>,
+    /// Keys of live groups changed since the last barrier.
+    unsaved: Vec<Vec<u8>>,
+    /// Open windows: end → the keys of their groups (live or not).
+    windows: BTreeMap<i64, Vec<Vec<u8>>>,
     emit_on_close: bool,
     watermark: Option<i64>,
     view: ViewWriter,
 }
 
+/// What one group is assumed to hold before it is measured.
+const GROUP_OVERHEAD: usize = 96;
+
 impl Aggregator {
-    /// Creates the operator and loads the state committed with the last checkpoint.
+    /// Creates the operator over the state committed with the last checkpoint. Only the keys
+    /// of open windows are read now; groups are read from the state table when touched.
     pub fn restore(
         plan: AggregatePlan,
-        pipeline: u32,
+        state: StateTable,
+        live_budget: usize,
         emit_on_close: bool,
         watermark: Option<i64>,
         view: ViewWriter,
-        kv: &dyn KvStore,
     ) -> Result<Self> {
         let input = plan.schema.clone();
         let key_fields = (0..plan.group_exprs.len())
@@ -96,53 +111,49 @@ impl Aggregator {
             state_widths,
             state_types,
             plan,
-            pipeline,
-            index: HashMap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            unsaved: HashSet::new(),
+            state,
+            live: HashMap::new(),
+            live_bytes: 0,
+            live_budget,
             changed: Vec::new(),
-            removed: Vec::new(),
+            unsaved: Vec::new(),
             windows: BTreeMap::new(),
             emit_on_close,
             watermark,
             view,
         };
-        agg.load(kv)?;
+        agg.load_windows()?;
         Ok(agg)
     }
 
-    pub fn group_count(&self) -> usize {
-        self.index.len()
+    /// Groups in memory now.
+    pub fn live_groups(&self) -> usize {
+        self.live.len()
     }
 
-    fn load(&mut self, kv: &dyn KvStore) -> Result<()> {
-        let prefix = state_prefix(self.pipeline);
-        for_each_chunk(kv, &prefix, 4096, |chunk| {
-            let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
-            let mut restored =
-                decode_states(&self.plan, &self.states, &self.state_widths, &values)?.into_iter();
-            let key_columns = if self.plan.group_exprs.is_empty() {
-                Vec::new()
-            } else {
-                let key_parser = self.keys.parser();
-                let key_rows: Vec<_> = chunk
-                    .iter()
-                    .map(|(k, _)| key_parser.parse(&k[prefix.len()..]))
-                    .collect();
-                self.keys.convert_rows(key_rows)?
-            };
-            let ends = self.window_ends(&key_columns)?;
-            for (i, (k, _)) in chunk.iter().enumerate() {
-                let key = k[prefix.len()..].to_vec();
-                let window_end = self.window_end(ends.as_ref(), i);
-                let slot = self.create(key, window_end)?;
-                let group = self.slots[slot].as_mut().expect("just created");
-                group.accs = restored.next().expect("one state per row");
-                group.changed = false;
-            }
+    /// Rebuilds the index of open windows from the keys in the state table.
+    fn load_windows(&mut self) -> Result<()> {
+        if self.plan.window.is_none() {
+            return Ok(());
+        }
+        let mut keys = Vec::new();
+        self.state.scan(|_, k, _| {
+            keys.push(k.to_vec());
             Ok(())
-        })
+        })?;
+        for chunk in keys.chunks(4096) {
+            let parser = self.keys.parser();
+            let columns = self
+                .keys
+                .convert_rows(chunk.iter().map(|k| parser.parse(k)))?;
+            let ends = self.window_ends(&columns)?;
+            for (i, key) in chunk.iter().enumerate() {
+                if let Some(end) = self.window_end(ends.as_ref(), i) {
+                    self.windows.entry(end).or_default().push(key.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The window end (microseconds) of each row, when grouping by window.
@@ -163,33 +174,52 @@ impl Aggregator {
         (!col.is_null(row)).then(|| col.value(row) + w.add_us)
     }
 
-    fn create(&mut self, key: Vec<u8>, window_end: Option<i64>) -> Result<usize> {
-        let accs = self
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        Ok(self
             .plan
             .aggr_exprs
             .iter()
             .map(|a| a.create_accumulator())
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let group = Group {
-            key: key.clone(),
-            accs,
-            changed: false,
-        };
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s] = Some(group);
-                s
+            .collect::<datafusion::error::Result<Vec<_>>>()?)
+    }
+
+    /// Brings the groups `keys` into memory from the state table; returns, for each, whether
+    /// it existed (a group that did not is created empty).
+    fn make_live(&mut self, keys: &[&[u8]]) -> Result<Vec<bool>> {
+        let missing: Vec<&[u8]> = keys
+            .iter()
+            .copied()
+            .filter(|k| !self.live.contains_key(*k))
+            .collect();
+        let mut existed = HashMap::new();
+        if !missing.is_empty() {
+            let wanted: Vec<(u16, &[u8])> = missing.iter().map(|k| (key_group(k), *k)).collect();
+            let stored = self.state.get_many(&wanted)?;
+            let values: Vec<&[u8]> = stored.iter().flatten().map(|v| v.as_slice()).collect();
+            let mut restored =
+                decode_states(&self.plan, &self.states, &self.state_widths, &values)?.into_iter();
+            for (key, value) in missing.into_iter().zip(&stored) {
+                let accs = match value {
+                    Some(_) => restored.next().expect("one state per stored value"),
+                    None => self.new_accumulators()?,
+                };
+                existed.insert(key, value.is_some());
+                let size =
+                    GROUP_OVERHEAD + key.len() + accs.iter().map(|a| a.size()).sum::<usize>();
+                self.live_bytes += size;
+                let group = Group {
+                    accs,
+                    changed: false,
+                    unsaved: false,
+                    size,
+                };
+                self.live.insert(key.to_vec(), group);
             }
-            None => {
-                self.slots.push(Some(group));
-                self.slots.len() - 1
-            }
-        };
-        if let Some(end) = window_end {
-            self.windows.entry(end).or_default().push(slot);
         }
-        self.index.insert(key, slot);
-        Ok(slot)
+        Ok(keys
+            .iter()
+            .map(|k| existed.get(k).copied().unwrap_or(true))
+            .collect())
     }
 
     /// Applies one batch of the lower stage's output; returns the view writes it causes.
@@ -202,45 +232,51 @@ impl Aggregator {
         let rows = self.keys.convert_columns(&key_columns)?;
         let global = key_columns.is_empty();
         let ends = self.window_ends(&key_columns)?;
-        // Row indices of each touched group, in order of first appearance.
-        let mut touched: Vec<(usize, Vec<u32>)> = Vec::new();
-        let mut position: HashMap<usize, usize> = HashMap::new();
+        // The distinct groups of the batch in order of first appearance, with their rows.
+        let mut distinct: Vec<(&[u8], Vec<u32>, usize)> = Vec::new();
+        let mut position: HashMap<&[u8], usize> = HashMap::new();
         for i in 0..n {
             let key: &[u8] = if global { &[] } else { rows.row(i).data() };
-            let slot = match self.index.get(key) {
-                Some(s) => *s,
+            match position.get(key) {
+                Some(p) => distinct[*p].1.push(i as u32),
                 None => {
-                    let end = self.window_end(ends.as_ref(), i);
-                    if let (Some(end), Some(wm)) = (end, self.watermark)
-                        && end <= wm
-                    {
-                        // The window already closed: the event is late for it.
-                        continue;
-                    }
-                    self.create(key.to_vec(), end)?
-                }
-            };
-            match position.get(&slot) {
-                Some(p) => touched[*p].1.push(i as u32),
-                None => {
-                    position.insert(slot, touched.len());
-                    touched.push((slot, vec![i as u32]));
+                    position.insert(key, distinct.len());
+                    distinct.push((key, vec![i as u32], i));
                 }
             }
         }
+        let keys: Vec<&[u8]> = distinct.iter().map(|(k, _, _)| *k).collect();
+        let existed = self.make_live(&keys)?;
         let (args, masks) = eval_inputs(&self.plan, batch)?;
-        let whole = touched.len() == 1 && touched[0].1.len() == n;
+        let whole = distinct.len() == 1 && distinct[0].1.len() == n;
         // With EMIT ON WINDOW CLOSE rows are written when windows close, not as they change.
         let on_update = !(self.plan.window.is_some() && self.emit_on_close);
-        for (slot, idx) in touched {
+        for ((key, idx, first), existed) in distinct.into_iter().zip(existed) {
+            if !existed {
+                let end = self.window_end(ends.as_ref(), first);
+                if let (Some(end), Some(wm)) = (end, self.watermark)
+                    && end <= wm
+                {
+                    // The window already closed: the events are late for it.
+                    let group = self.live.remove(key).expect("made live");
+                    self.live_bytes -= group.size;
+                    continue;
+                }
+                if let Some(end) = end {
+                    self.windows.entry(end).or_default().push(key.to_vec());
+                }
+            }
             let indices = (!whole).then(|| UInt32Array::from(idx));
-            let group = self.slots[slot].as_mut().expect("live group");
+            let group = self.live.get_mut(key).expect("made live");
             update_accumulators(&mut group.accs, &args, &masks, indices.as_ref())?;
             if on_update && !group.changed {
                 group.changed = true;
-                self.changed.push(slot);
+                self.changed.push(key.to_vec());
             }
-            self.unsaved.insert(slot);
+            if !group.unsaved {
+                group.unsaved = true;
+                self.unsaved.push(key.to_vec());
+            }
         }
         if !on_update {
             return Ok(Output::none());
@@ -254,82 +290,94 @@ impl Aggregator {
         self.watermark = Some(watermark);
         let still_open = self.windows.split_off(&(watermark + 1));
         let closed = std::mem::replace(&mut self.windows, still_open);
-        let slots: Vec<usize> = closed.into_values().flatten().collect();
-        if slots.is_empty() {
+        // Window by window, groups in key order: the same order after a restore.
+        let keys: Vec<Vec<u8>> = closed
+            .into_values()
+            .flat_map(|mut keys| {
+                keys.sort_unstable();
+                keys
+            })
+            .collect();
+        if keys.is_empty() {
             return Ok(Output::none());
         }
         let writes = if self.emit_on_close {
-            self.emit(&slots)?
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            self.make_live(&refs)?;
+            self.emit(&keys)?
         } else {
             Output::none()
         };
-        if !self.changed.is_empty() {
-            let closed: HashSet<usize> = slots.iter().copied().collect();
-            self.changed.retain(|s| !closed.contains(s));
+        for key in keys {
+            if let Some(group) = self.live.remove(&key) {
+                self.live_bytes -= group.size;
+            }
+            self.state.delete(key_group(&key), &key);
         }
-        for slot in slots {
-            let group = self.slots[slot].take().expect("open window group");
-            self.index.remove(&group.key);
-            self.unsaved.remove(&slot);
-            self.removed.push(group.key);
-            self.free.push(slot);
-        }
+        // Keys of removed groups left in `changed` and `unsaved` are skipped.
         Ok(writes)
     }
 
     /// Adds the state writes that make the checkpoint hold every group as it is now.
     pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
-        let prefix = state_prefix(self.pipeline);
-        for key in self.removed.drain(..) {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&key);
-            barrier.writes.push(WriteOp::Delete(k));
-        }
-        if self.unsaved.is_empty() {
-            return Ok(());
-        }
-        let mut slots: Vec<usize> = self.unsaved.drain().collect();
-        slots.sort_unstable();
-        let wanted: HashSet<usize> = slots.iter().copied().collect();
+        let keys: Vec<Vec<u8>> = std::mem::take(&mut self.unsaved)
+            .into_iter()
+            .filter(|k| self.live.get(k).is_some_and(|g| g.unsaved))
+            .collect();
+        let mut groups: Vec<(Vec<u8>, Group)> = keys
+            .into_iter()
+            .map(|k| {
+                let g = self.live.remove(&k).expect("live");
+                (k, g)
+            })
+            .collect();
         let values = encode_states(
             &self.states,
             &self.state_types,
             &self.state_widths,
-            self.slots
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| wanted.contains(i))
-                .map(|(_, g)| &mut g.as_mut().expect("live group").accs),
+            groups.iter_mut().map(|(_, g)| &mut g.accs),
         )?;
-        for (slot, value) in slots.iter().zip(values) {
-            let group = self.slots[*slot].as_ref().expect("live group");
-            let mut k = prefix.clone();
-            k.extend_from_slice(&group.key);
-            barrier.writes.push(WriteOp::Put(k, value));
+        for ((key, mut group), value) in groups.into_iter().zip(values) {
+            self.state.put(key_group(&key), &key, value);
+            let size =
+                GROUP_OVERHEAD + key.len() + group.accs.iter().map(|a| a.size()).sum::<usize>();
+            self.live_bytes = self.live_bytes + size - group.size;
+            group.size = size;
+            group.unsaved = false;
+            self.live.insert(key, group);
+        }
+        self.state.flush(barrier);
+        if self.live_bytes > self.live_budget && self.changed.is_empty() {
+            // Every group is saved: memory is given back, and groups touched again are read
+            // back from the state table (through the state cache).
+            self.live = HashMap::new();
+            self.live_bytes = 0;
         }
         Ok(())
     }
 
-    /// The view writes for `slots`: their current result rows (or deletes where HAVING now
-    /// filters them out).
-    fn emit(&mut self, slots: &[usize]) -> Result<Output> {
-        if slots.is_empty() {
+    /// The view writes for the groups `keys` (live): their current result rows (or deletes
+    /// where HAVING now filters them out).
+    fn emit(&mut self, keys: &[Vec<u8>]) -> Result<Output> {
+        let keys: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| self.live.contains_key(*k))
+            .cloned()
+            .collect();
+        if keys.is_empty() {
             return Ok(Output::none());
         }
         let mut columns = if self.plan.group_exprs.is_empty() {
             Vec::new()
         } else {
             let parser = self.keys.parser();
-            let key_rows: Vec<_> = slots
-                .iter()
-                .map(|&s| parser.parse(&self.slots[s].as_ref().expect("live").key))
-                .collect();
+            let key_rows: Vec<_> = keys.iter().map(|k| parser.parse(k)).collect();
             self.keys.convert_rows(key_rows)?
         };
         for a in 0..self.plan.aggr_exprs.len() {
-            let values = slots
+            let values = keys
                 .iter()
-                .map(|&s| self.slots[s].as_mut().expect("live").accs[a].evaluate())
+                .map(|k| self.live.get_mut(k).expect("live").accs[a].evaluate())
                 .collect::<datafusion::error::Result<Vec<_>>>()?;
             let array = ScalarValue::iter_to_array(values)?;
             let field = self.plan.schema.field(self.plan.group_exprs.len() + a);
@@ -340,13 +388,9 @@ impl Aggregator {
             };
             columns.push(array);
         }
-        for &s in slots {
-            self.slots[s].as_mut().expect("live").changed = false;
+        for k in &keys {
+            self.live.get_mut(k).expect("live").changed = false;
         }
-        let keys: Vec<Vec<u8>> = slots
-            .iter()
-            .map(|&s| self.slots[s].as_ref().expect("live").key.clone())
-            .collect();
         let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
         self.view.output(&batch, keep.as_ref(), &keys)
     }
@@ -555,8 +599,11 @@ pub(super) fn apply_upper(
     Ok((batch, keep))
 }
 
+#[cfg(test)]
+mod tests;
+
 impl std::fmt::Debug for Aggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Aggregator({} groups)", self.index.len())
+        write!(f, "Aggregator({} groups in memory)", self.live.len())
     }
 }

@@ -24,9 +24,6 @@ use eddy_connectors::Positions;
 /// Partition → watermark (microseconds).
 pub type Watermarks = std::collections::BTreeMap<i32, i64>;
 
-const RECORD_PREFIX: u8 = b'p';
-const STATE_PREFIX: u8 = b's';
-
 /// What one committed checkpoint of a pipeline says.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
@@ -45,27 +42,7 @@ pub struct CheckpointRecord {
     pub models: super::models::ModelVersions,
 }
 
-pub fn record_key(pipeline: u32) -> Vec<u8> {
-    let mut k = vec![RECORD_PREFIX];
-    k.extend_from_slice(&pipeline.to_be_bytes());
-    k
-}
-
-/// Where a Kafka sink keeps the checkpoint before its last one: until Kafka has committed
-/// the last epoch's transaction, the pipeline resumes from this one. It lives under the
-/// pipeline's state prefix, so dropping the pipeline removes it.
-pub fn previous_record_key(pipeline: u32) -> Vec<u8> {
-    let mut k = state_prefix(pipeline);
-    k.extend_from_slice(b"\xffprevious-record");
-    k
-}
-
-/// Prefix of every state key of a pipeline's operators.
-pub fn state_prefix(pipeline: u32) -> Vec<u8> {
-    let mut k = vec![STATE_PREFIX];
-    k.extend_from_slice(&pipeline.to_be_bytes());
-    k
-}
+pub use crate::keys::{checkpoint_key as record_key, previous_checkpoint_key};
 
 /// A checkpoint marker flowing through the pipeline.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +55,20 @@ pub struct Barrier {
     pub models: super::models::ModelVersions,
     /// State writes added by the operators the barrier passed.
     pub writes: Vec<WriteOp>,
+}
+
+impl Barrier {
+    /// A barrier with no positions, pins or writes yet (operator tests).
+    pub fn new(epoch: u64, watermark: Option<i64>) -> Self {
+        Barrier {
+            epoch,
+            positions: Positions::new(),
+            watermark,
+            partition_watermarks: Watermarks::new(),
+            models: Default::default(),
+            writes: Vec::new(),
+        }
+    }
 }
 
 /// The source side: numbers epochs and spaces checkpoints `interval_ms` apart.
@@ -201,7 +192,7 @@ mod tests {
         k
     }
     fn state_key(k: i64) -> Vec<u8> {
-        let mut p = state_prefix(ID);
+        let mut p = crate::keys::pipeline_state_prefix(ID);
         p.extend_from_slice(&k.to_be_bytes());
         p
     }
@@ -220,7 +211,7 @@ mod tests {
     impl Running {
         fn recover(store: &Store) -> Self {
             let record = recover(store.get(&record_key(ID)).map(|v| v.as_slice())).unwrap();
-            let prefix = state_prefix(ID);
+            let prefix = crate::keys::pipeline_state_prefix(ID);
             let sums = store
                 .iter()
                 .filter(|(k, _)| k.starts_with(&prefix))

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
-use super::checkpoint::{Injector, previous_record_key, record_key, recover, state_prefix};
+use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::pipeline::{
@@ -29,10 +29,11 @@ use super::pipeline::{
 use super::plan;
 use super::session::SessionAggregator;
 use super::sinks::{SinkConfig, SinkTarget};
+use super::state::StateStore;
 use super::view::ViewWriter;
 use crate::catalog::{Catalog, TableDef, TableKind};
 use crate::error::{Error, Result};
-use crate::storage::{KvStore, WriteOp, prefix_end};
+use crate::storage::{KvStore, WriteOp};
 
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 /// Sinks write one file per checkpoint, so they checkpoint less often.
@@ -43,8 +44,12 @@ struct Running {
     supervisor: tokio::task::JoinHandle<()>,
 }
 
+/// Operator ids of a pipeline's state tables.
+pub const AGGREGATE_OPERATOR: u16 = 1;
+
 pub struct StreamManager {
     kv: Arc<dyn KvStore>,
+    state: StateStore,
     signal: Arc<LogSignal>,
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     running: Mutex<HashMap<u32, Running>>,
@@ -68,8 +73,10 @@ impl StreamManager {
         signal: Arc<LogSignal>,
         checkpoint_interval_ms: u64,
         staging: std::path::PathBuf,
+        state_cache_bytes: usize,
     ) -> Self {
         Self {
+            state: StateStore::new(kv.clone(), state_cache_bytes),
             kv,
             signal,
             runtime: Mutex::new(None),
@@ -139,11 +146,11 @@ impl StreamManager {
         })
         .await
         .map_err(|e| Error::internal(format!("kafka sink: {e}")))?
-        .map_err(|e| Error::internal(format!("sink {}: {e}", def.name)))?;
+        .map_err(|e| Error::connector(format_args!("sink {}", def.name), e))?;
         if !exactly_once {
             return Ok((sink, None));
         }
-        let previous = recover(self.kv.get(&previous_record_key(def.id))?.as_deref())?;
+        let previous = recover(self.kv.get(&previous_checkpoint_key(def.id))?.as_deref())?;
         match kafka_resume(committed, record.epoch, previous.epoch) {
             KafkaResume::Checkpoint => Ok((sink, None)),
             KafkaResume::Previous => {
@@ -209,12 +216,10 @@ impl StreamManager {
             runtime.spawn(async move {
                 let _ = r.supervisor.await;
                 // Whatever a stopping stage wrote after DROP's own delete goes too.
-                let mut ops = Vec::new();
-                for prefix in [state_prefix(id), crate::codec::key::table_prefix(id)] {
-                    let end = prefix_end(&prefix);
-                    ops.push(WriteOp::DeleteRange(prefix, end));
-                }
-                ops.push(WriteOp::Delete(record_key(id)));
+                let ops = crate::keys::pipeline_ranges(id)
+                    .into_iter()
+                    .map(|(start, end)| WriteOp::DeleteRange(start, end))
+                    .collect();
                 if let Err(e) = kv.write(ops, true) {
                     tracing::warn!("cleanup of dropped pipeline {id}: {e}");
                 }
@@ -332,18 +337,17 @@ impl StreamManager {
             let op = match agg.session {
                 Some(_) => AggregateOp::Sessions(SessionAggregator::restore(
                     agg.clone(),
-                    def.id,
+                    self.state.table(def.id, AGGREGATE_OPERATOR),
                     record.watermark,
                     view,
-                    self.kv.as_ref(),
                 )?),
                 None => AggregateOp::Groups(Aggregator::restore(
                     agg.clone(),
-                    def.id,
+                    self.state.table(def.id, AGGREGATE_OPERATOR),
+                    self.state.cache().budget(),
                     info.emit_on_close,
                     record.watermark,
                     view,
-                    self.kv.as_ref(),
                 )?),
             };
             operators.push(Box::new(op));
@@ -366,8 +370,13 @@ impl StreamManager {
                         // Committed files spool locally and upload from there.
                         let staging = self.staging.join(def.id.to_string());
                         let spool = self.spool_dir(def.id);
-                        let store = eddy_connectors::store::open_store(&url, &settings)
-                            .map_err(Error::internal)?;
+                        let store =
+                            eddy_connectors::store::open_store(&url, &settings).map_err(|e| {
+                                Error::connector(
+                                    format_args!("sink {}", def.name),
+                                    eddy_connectors::Error::Options(e),
+                                )
+                            })?;
                         let status = metrics.upload.clone();
                         uploader = Some(tokio::spawn(eddy_connectors::parquet_sink::upload(
                             spool.clone(),
@@ -390,7 +399,7 @@ impl StreamManager {
                             record.epoch,
                             config.partitioning,
                         )
-                        .map_err(|e| Error::internal(e.to_string()))?,
+                        .map_err(|e| Error::connector(format_args!("sink {}", def.name), e))?,
                     ),
                     rollover_bytes: config.rollover_bytes,
                     spool_limit,
@@ -410,7 +419,7 @@ impl StreamManager {
                 SinkKind::Webhook {
                     hook: Box::new(
                         eddy_connectors::webhook::Webhook::new(config, &def.name)
-                            .map_err(|e| Error::internal(e.to_string()))?,
+                            .map_err(|e| Error::connector(format_args!("sink {}", def.name), e))?,
                     ),
                     errors,
                 }
@@ -450,7 +459,7 @@ impl StreamManager {
                     })
                     .cloned(),
             )
-            .map_err(|e| Error::internal(e.to_string()))?,
+            .map_err(|e| Error::connector("source", e))?,
             created_at_ms: source_info.created_at_ms,
         };
         let connector = source_info.connector.clone();

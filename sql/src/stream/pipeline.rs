@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
 use super::checkpoint::{
-    Barrier, CheckpointRecord, Injector, Watermarks, commit_ops, previous_record_key,
+    Barrier, CheckpointRecord, Injector, Watermarks, commit_ops, previous_checkpoint_key,
 };
 use super::models::PinnedModels;
 use super::plan::PipelinePlan;
@@ -395,7 +395,7 @@ impl Sink {
                         // resumes from the one before (see `eddy_connectors::kafka_sink`).
                         let bytes = serde_json::to_vec(&previous)
                             .map_err(|e| Error::internal(format!("checkpoint encode: {e}")))?;
-                        ops.push(WriteOp::Put(previous_record_key(self.pipeline), bytes));
+                        ops.push(WriteOp::Put(previous_checkpoint_key(self.pipeline), bytes));
                     }
                     if let SinkKind::Stream { retention_rows } = self.kind
                         && next_seq > retention_rows
@@ -739,12 +739,9 @@ async fn wait_for_spool(spool: &std::path::Path, limit: u64, def: &TableDef) {
 }
 
 fn sink_error(def: &TableDef, e: eddy_connectors::Error) -> Error {
-    Error::internal(format!("sink {}: {e}", def.name))
+    Error::connector(format_args!("sink {}", def.name), e)
 }
 
 fn connector_error(e: eddy_connectors::Error) -> Error {
-    Error::user(
-        crate::error::sqlstate::INVALID_PARAMETER_VALUE,
-        format!("source: {e}"),
-    )
+    Error::connector("source", e)
 }

@@ -380,6 +380,30 @@ pub fn relations(query: &Query) -> Vec<String> {
         .collect()
 }
 
+/// Whether a query reads a SESSION(...) window.
+pub fn uses_session_window(query: &Query) -> bool {
+    struct Finder(bool);
+    impl Visitor for Finder {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } = factor
+                && name.to_string().eq_ignore_ascii_case("session")
+            {
+                self.0 = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut finder = Finder(false);
+    let _ = query.visit(&mut finder);
+    finder.0
+}
+
 /// A planning context where sources are feeds and streams are views of their queries.
 struct Planner<'a> {
     catalog: &'a Catalog,
@@ -731,9 +755,11 @@ impl PipelinePlan {
                 groups.join(", "),
                 aggs.join(", ")
             ));
-            lines.push(
-                "    state: accumulators per group in memory, checkpointed to RocksDB".into(),
-            );
+            lines.push(format!(
+                "    state: table {}, accumulators by group key (in memory while they change; \
+                 past state_cache, read back from RocksDB)",
+                super::manager::AGGREGATE_OPERATOR
+            ));
             match (&agg.window, emit_on_close) {
                 (Some(_), true) => lines.push(
                     "    emit: on window close (a window's row is written when the watermark passes its end)".into(),

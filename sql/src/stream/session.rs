@@ -23,11 +23,12 @@ use datafusion::scalar::ScalarValue;
 use super::aggregate::{
     apply_upper, decode_states, encode_states, eval_groups, eval_inputs, update_accumulators,
 };
-use super::checkpoint::{Barrier, state_prefix};
+use super::checkpoint::Barrier;
 use super::plan::AggregatePlan;
+use super::state::StateTable;
 use super::view::{Output, ViewWriter};
 use crate::error::{Error, Result};
-use crate::storage::{KvStore, WriteOp, for_each_chunk};
+use crate::keys::key_group;
 
 struct Session {
     start: i64,
@@ -37,7 +38,7 @@ struct Session {
 
 pub struct SessionAggregator {
     plan: AggregatePlan,
-    pipeline: u32,
+    state: StateTable,
     start_col: usize,
     end_col: usize,
     /// Group columns other than the window bounds: the session key.
@@ -67,10 +68,9 @@ fn micros(array: &ArrayRef) -> Result<Vec<i64>> {
     Ok(a.values().to_vec())
 }
 
-/// The state key of a session: pipeline prefix, key, start (order-preserving).
-fn state_key(prefix: &[u8], key: &[u8], start: i64) -> Vec<u8> {
-    let mut k = prefix.to_vec();
-    k.extend_from_slice(key);
+/// The state key of a session: key, start (order-preserving); its key group is the key's.
+fn state_key(key: &[u8], start: i64) -> Vec<u8> {
+    let mut k = key.to_vec();
     k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
     k
 }
@@ -78,10 +78,9 @@ fn state_key(prefix: &[u8], key: &[u8], start: i64) -> Vec<u8> {
 impl SessionAggregator {
     pub fn restore(
         plan: AggregatePlan,
-        pipeline: u32,
+        state: StateTable,
         watermark: Option<i64>,
         view: ViewWriter,
-        kv: &dyn KvStore,
     ) -> Result<Self> {
         let (start_col, end_col) = plan.session.expect("a session plan");
         let key_cols: Vec<usize> = (0..plan.group_exprs.len())
@@ -110,7 +109,7 @@ impl SessionAggregator {
             state_types,
             state_widths,
             plan,
-            pipeline,
+            state,
             start_col,
             end_col,
             key_cols,
@@ -121,24 +120,28 @@ impl SessionAggregator {
             watermark,
             view,
         };
-        this.load(kv)?;
+        this.load()?;
         Ok(this)
     }
 
-    fn load(&mut self, kv: &dyn KvStore) -> Result<()> {
-        let prefix = state_prefix(self.pipeline);
-        for_each_chunk(kv, &prefix, 4096, |chunk| {
-            let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| &v[8..]).collect();
-            let restored = decode_states(&self.plan, &self.states, &self.state_widths, &values)?;
-            for ((k, v), accs) in chunk.iter().zip(restored) {
-                let key = k[prefix.len()..k.len() - 8].to_vec();
-                let start = (u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8"))
-                    ^ (1 << 63)) as i64;
-                let end = i64::from_le_bytes(v[..8].try_into().expect("8"));
-                self.insert(key, Session { start, end, accs });
-            }
+    /// Loads every open session (sessions close within a gap of their last event, so open
+    /// ones are few).
+    fn load(&mut self) -> Result<()> {
+        let mut entries = Vec::new();
+        self.state.scan(|_, k, v| {
+            entries.push((k.to_vec(), v.to_vec()));
             Ok(())
-        })
+        })?;
+        let values: Vec<&[u8]> = entries.iter().map(|(_, v)| &v[8..]).collect();
+        let restored = decode_states(&self.plan, &self.states, &self.state_widths, &values)?;
+        for ((k, v), accs) in entries.iter().zip(restored) {
+            let key = k[..k.len() - 8].to_vec();
+            let start =
+                (u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8")) ^ (1 << 63)) as i64;
+            let end = i64::from_le_bytes(v[..8].try_into().expect("8"));
+            self.insert(key, Session { start, end, accs });
+        }
+        Ok(())
     }
 
     fn insert(&mut self, key: Vec<u8>, session: Session) {
@@ -318,20 +321,14 @@ impl SessionAggregator {
                 false => cast(&array, field.data_type())?,
             });
         }
-        let keys: Vec<Vec<u8>> = closed
-            .iter()
-            .map(|(k, s)| state_key(&[], k, s.start))
-            .collect();
+        let keys: Vec<Vec<u8>> = closed.iter().map(|(k, s)| state_key(k, s.start)).collect();
         let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
         self.view.output(&batch, keep.as_ref(), &keys)
     }
 
     pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
-        let prefix = state_prefix(self.pipeline);
         for (key, start) in self.removed.drain(..) {
-            barrier
-                .writes
-                .push(WriteOp::Delete(state_key(&prefix, &key, start)));
+            self.state.delete(key_group(&key), &state_key(&key, start));
         }
         let unsaved: Vec<(Vec<u8>, i64)> = self.unsaved.drain().collect();
         let mut order = Vec::new();
@@ -358,10 +355,9 @@ impl SessionAggregator {
             s.accs = a;
             let mut v = end.to_le_bytes().to_vec();
             v.extend_from_slice(&value);
-            barrier
-                .writes
-                .push(WriteOp::Put(state_key(&prefix, &key, start), v));
+            self.state.put(key_group(&key), &state_key(&key, start), v);
         }
+        self.state.flush(barrier);
         Ok(())
     }
 }

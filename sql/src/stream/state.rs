@@ -1,0 +1,270 @@
+//! Operator state, owned by the runtime: one [`StateTable`] per operator of a pipeline, keyed
+//! by (pipeline, operator, key group, key) in the layout of [`crate::keys`].
+//!
+//! Operators never open the store. They read through the table, which looks in what they
+//! staged since the last barrier, then in the server-wide [`StateCache`] (bounded by
+//! `state_cache`), then in the store; so state larger than memory works, at the cost of store
+//! reads for cold keys. Writes are staged in the table and leave it only at a barrier
+//! ([`StateTable::flush`]), as part of the checkpoint's one synced batch: the store never
+//! holds state of an epoch that did not commit, and a restart reads exactly the state of the
+//! checkpoint it resumes from.
+
+pub mod cache;
+pub mod migrate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use cache::StateCache;
+
+use super::checkpoint::Barrier;
+use crate::error::Result;
+use crate::keys;
+use crate::storage::{KvStore, WriteOp, prefix_end};
+
+/// Default `state_cache`.
+pub const DEFAULT_STATE_CACHE_BYTES: usize = 64 << 20;
+
+/// The store and the cache every state table of the server goes through.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    kv: Arc<dyn KvStore>,
+    cache: Arc<StateCache>,
+}
+
+impl StateStore {
+    pub fn new(kv: Arc<dyn KvStore>, cache_bytes: usize) -> Self {
+        Self {
+            kv,
+            cache: Arc::new(StateCache::new(cache_bytes)),
+        }
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    pub fn cache(&self) -> &Arc<StateCache> {
+        &self.cache
+    }
+
+    /// The state table of `operator` in `pipeline`, as of the last committed checkpoint.
+    pub fn table(&self, pipeline: u32, operator: u16) -> StateTable {
+        StateTable {
+            prefix: keys::operator_state_prefix(pipeline, operator),
+            kv: self.kv.clone(),
+            cache: self.cache.clone(),
+            incarnation: self.cache.incarnation(),
+            staged: BTreeMap::new(),
+        }
+    }
+}
+
+/// One operator's state: values by (key group, key).
+pub struct StateTable {
+    prefix: Vec<u8>,
+    kv: Arc<dyn KvStore>,
+    cache: Arc<StateCache>,
+    incarnation: u64,
+    /// Writes since the last barrier, by store key (`None`: deleted).
+    staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for StateTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateTable({} staged)", self.staged.len())
+    }
+}
+
+impl StateTable {
+    fn store_key(&self, group: u16, key: &[u8]) -> Vec<u8> {
+        keys::state_key(&self.prefix, group, key)
+    }
+
+    /// The value of `key` in `group`.
+    pub fn get(&self, group: u16, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_many(&[(group, key)])?.pop().flatten())
+    }
+
+    /// The values of several keys, with one store read for all those not staged or cached.
+    pub fn get_many(&self, wanted: &[(u16, &[u8])]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values = Vec::with_capacity(wanted.len());
+        let mut missing = Vec::new();
+        let mut missing_at = Vec::new();
+        for (i, (group, key)) in wanted.iter().enumerate() {
+            let k = self.store_key(*group, key);
+            if let Some(v) = self.staged.get(&k) {
+                values.push(v.clone());
+            } else if let Some(v) = self.cache.get(self.incarnation, &k) {
+                values.push(v);
+            } else {
+                values.push(None);
+                missing.push(k);
+                missing_at.push(i);
+            }
+        }
+        if !missing.is_empty() {
+            let found = self.kv.multi_get(&missing)?;
+            for ((k, v), i) in missing.into_iter().zip(found).zip(missing_at) {
+                self.cache.insert(self.incarnation, k, v.clone());
+                values[i] = v;
+            }
+        }
+        Ok(values)
+    }
+
+    pub fn put(&mut self, group: u16, key: &[u8], value: Vec<u8>) {
+        self.staged.insert(self.store_key(group, key), Some(value));
+    }
+
+    pub fn delete(&mut self, group: u16, key: &[u8]) {
+        self.staged.insert(self.store_key(group, key), None);
+    }
+
+    /// Writes staged since the last barrier.
+    pub fn staged_len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Calls `f(group, key, value)` for every entry, in (group, key) order, staged writes
+    /// included.
+    pub fn scan(&self, f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let end = prefix_end(&self.prefix);
+        self.scan_range(self.prefix.clone(), end, f)
+    }
+
+    /// Like [`StateTable::scan`], over the keys of `group` that start with `prefix`.
+    pub fn scan_prefix(
+        &self,
+        group: u16,
+        prefix: &[u8],
+        f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let start = self.store_key(group, prefix);
+        let end = prefix_end(&start);
+        self.scan_range(start, end, f)
+    }
+
+    fn scan_range(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        mut f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let split = |k: &[u8]| {
+            let g = u16::from_be_bytes([
+                k[keys::OPERATOR_PREFIX_LEN],
+                k[keys::OPERATOR_PREFIX_LEN + 1],
+            ]);
+            (g, k[keys::STATE_KEY_PREFIX_LEN..].to_vec())
+        };
+        let mut staged = self.staged.range(start.clone()..end.clone()).peekable();
+        let mut emit = |k: &[u8], v: &[u8]| {
+            let (g, key) = split(k);
+            f(g, &key, v)
+        };
+        let mut from = start;
+        loop {
+            let chunk = self.kv.scan(&from, &end, 4096)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            from = last.clone();
+            from.push(0);
+            for (k, v) in &chunk {
+                // Staged entries before this key, then this key (staged wins).
+                while let Some((sk, sv)) = staged.next_if(|(sk, _)| sk.as_slice() < k.as_slice()) {
+                    if let Some(sv) = sv {
+                        emit(sk, sv)?;
+                    }
+                }
+                match staged.next_if(|(sk, _)| sk.as_slice() == k.as_slice()) {
+                    Some((_, Some(sv))) => emit(k, sv)?,
+                    Some((_, None)) => {}
+                    None => emit(k, v)?,
+                }
+            }
+        }
+        for (sk, sv) in staged {
+            if let Some(sv) = sv {
+                emit(sk, sv)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the staged writes into the barrier's batch (committed with the checkpoint) and
+    /// into the cache.
+    pub fn flush(&mut self, barrier: &mut Barrier) {
+        for (k, v) in std::mem::take(&mut self.staged) {
+            self.cache.insert(self.incarnation, k.clone(), v.clone());
+            barrier.writes.push(match v {
+                Some(v) => WriteOp::Put(k, v),
+                None => WriteOp::Delete(k),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+
+    fn barrier() -> Barrier {
+        Barrier::new(1, None)
+    }
+
+    #[test]
+    fn staged_writes_reach_the_store_only_through_the_barrier() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let store = StateStore::new(kv.clone(), 1 << 20);
+        let mut table = store.table(1, 2);
+        table.put(3, b"a", b"1".to_vec());
+        table.put(3, b"b", b"2".to_vec());
+        assert_eq!(table.get(3, b"a").unwrap(), Some(b"1".to_vec()));
+        assert!(
+            kv.scan(&[], &[0xff], 10).unwrap().is_empty(),
+            "nothing written"
+        );
+        let mut b = barrier();
+        table.flush(&mut b);
+        kv.write(b.writes, true).unwrap();
+        // A new run of the operator reads what the checkpoint committed.
+        let mut again = store.table(1, 2);
+        assert_eq!(again.get(3, b"b").unwrap(), Some(b"2".to_vec()));
+        again.delete(3, b"a");
+        again.put(0, b"z", b"0".to_vec());
+        again.put(3, b"c", b"3".to_vec());
+        let mut seen = Vec::new();
+        again
+            .scan(|g, k, v| {
+                seen.push((g, k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (0, b"z".to_vec(), b"0".to_vec()),
+                (3, b"b".to_vec(), b"2".to_vec()),
+                (3, b"c".to_vec(), b"3".to_vec()),
+            ]
+        );
+        // Another operator's state is separate.
+        assert_eq!(store.table(1, 3).get(3, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_restarted_run_does_not_read_uncommitted_state_from_the_cache() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        let store = StateStore::new(kv, 1 << 20);
+        let mut table = store.table(1, 1);
+        table.put(0, b"k", b"uncommitted".to_vec());
+        let mut b = barrier();
+        table.flush(&mut b);
+        // The batch is never written (a crash before the checkpoint committed).
+        assert_eq!(table.get(0, b"k").unwrap(), Some(b"uncommitted".to_vec()));
+        assert_eq!(store.table(1, 1).get(0, b"k").unwrap(), None);
+    }
+}
