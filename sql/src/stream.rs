@@ -7,6 +7,7 @@
 //! - [`state`]: operator state tables over the store, through a bounded cache.
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
+//! - [`operators`]: stream operators (lookup joins so far).
 //! - [`models`]: the model versions a pipeline scores with, switched at checkpoints.
 //! - [`sinks`]: what a sink's options ask for (Parquet, Kafka, webhook).
 //! - [`manager`]: starts, supervises and stops pipelines as the catalog changes.
@@ -18,6 +19,7 @@ pub mod harness;
 pub mod log;
 pub mod manager;
 pub mod models;
+pub mod operators;
 pub mod pipeline;
 pub mod plan;
 pub mod session;

@@ -161,6 +161,7 @@ async fn eddy_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
                 .map(|i| {
                     match row.columns()[i].type_().name() {
                         "int4" => row.get::<_, Option<i32>>(i).map(|v| v.to_string()),
+                        "text" | "varchar" => row.get::<_, Option<String>>(i),
                         _ => row.get::<_, Option<i64>>(i).map(|v| v.to_string()),
                     }
                     .unwrap_or_default()
@@ -176,8 +177,25 @@ const BY_DEVICE: &str = "SELECT device, count(*) AS n, sum(value) AS total, min(
 const PER_WINDOW: &str = "SELECT window_start, window_end, count(*) AS n, sum(value) AS total \
      FROM TUMBLE(events, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end";
 
-/// The same two results, computed by DataFusion as one batch job over all messages.
-async fn reference() -> (Vec<String>, Vec<String>) {
+/// Events enriched by a lookup join with a table (devices 90 and up have no site).
+const BY_SITE: &str = "SELECT s.site, count(*) AS n, sum(e.value) AS total \
+     FROM events e JOIN sites s ON s.device = e.device GROUP BY s.site";
+const SITES: i32 = 90;
+/// A rolling feature over each device's last 4 events (OVER), emitted as the watermark passes.
+/// Rolling rows compared: those whose time is well before the final watermark (the slowest
+/// partition's last event, less the delay; with 8 partitions it is behind the last event).
+const ROLLING_IDS: i64 = MESSAGES - WATERMARK_DELAY_S * 1000 - 30_000;
+const ROLLING_REF: &str = "SELECT id, ts, sum(value) OVER (PARTITION BY device ORDER BY ts \
+     ROWS 3 PRECEDING) AS s FROM events";
+const ROLLING: &str = "SELECT id, sum(value) OVER (PARTITION BY device ORDER BY ts ROWS 3 PRECEDING) \
+     AS s FROM events";
+
+fn site(device: i32) -> String {
+    format!("site-{}", device % 7)
+}
+
+/// The same results, computed by DataFusion as one batch job over all messages.
+async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
     let events: Vec<Event> = (0..MESSAGES).map(event).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -204,6 +222,38 @@ async fn reference() -> (Vec<String>, Vec<String>) {
     .unwrap();
     let ctx = SessionContext::new();
     ctx.register_batch("events", batch).unwrap();
+    let sites = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Int32, false),
+            Field::new("site", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new((0..SITES).collect::<Int32Array>()),
+            Arc::new(
+                (0..SITES)
+                    .map(|d| Some(site(d)))
+                    .collect::<datafusion::arrow::array::StringArray>(),
+            ),
+        ],
+    )
+    .unwrap();
+    ctx.register_batch("sites", sites).unwrap();
+    let by_site = ctx
+        .sql(&format!("{BY_SITE} ORDER BY 1"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rolling = ctx
+        .sql(&format!(
+            "SELECT id, s FROM ({ROLLING_REF}) WHERE id < {ROLLING_IDS} ORDER BY id"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     let by_device = ctx
         .sql(&format!("{BY_DEVICE} ORDER BY device"))
         .await
@@ -225,7 +275,12 @@ async fn reference() -> (Vec<String>, Vec<String>) {
         .collect()
         .await
         .unwrap();
-    (reference_rows(&by_device), reference_rows(&windows))
+    (
+        reference_rows(&by_device),
+        reference_rows(&windows),
+        reference_rows(&by_site),
+        reference_rows(&rolling),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,14 +300,23 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
 
     let mut server = Server::start();
     let client = server.connect().await;
+    let sites: Vec<String> = (0..SITES)
+        .map(|d| format!("({d}, '{}')", site(d)))
+        .collect();
     client
         .batch_execute(&format!(
-            "CREATE SOURCE events (id bigint NOT NULL, device int NOT NULL, value bigint, \
+            "CREATE TABLE sites (device int PRIMARY KEY, site text NOT NULL); \
+             INSERT INTO sites VALUES {}; \
+             CREATE SOURCE events (id bigint NOT NULL, device int NOT NULL, value bigint, \
                ts timestamptz NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '{WATERMARK_DELAY_S} seconds') \
              WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'events', \
                properties.max.partition.fetch.bytes = '65536'); \
              CREATE MATERIALIZED VIEW by_device WITH (checkpoint_interval = '200ms') AS {BY_DEVICE}; \
-             CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW};"
+             CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW}; \
+             CREATE MATERIALIZED VIEW by_site WITH (checkpoint_interval = '250ms') AS {BY_SITE}; \
+             CREATE STREAM rolling WITH (checkpoint_interval = '350ms', retention_rows = 300000) \
+               AS {ROLLING};",
+            sites.join(", ")
         ))
         .await
         .expect("create source and views");
@@ -283,7 +347,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     if !produced_all {
         produce(&p, "events", None, &payloads(MESSAGES / 2..MESSAGES));
     }
-    let (by_device, windows) = reference().await;
+    let (by_device, windows, by_site, rolling) = reference().await;
     let deadline = Duration::from_secs(300);
     wait_for(&server, progress, deadline, "all events counted", |n| {
         n >= MESSAGES
@@ -297,7 +361,40 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         |n| n >= windows.len() as i64,
     )
     .await;
+    let enriched = (0..MESSAGES).filter(|i| event(*i).device < SITES).count() as i64;
+    wait_for(
+        &server,
+        "SELECT sum(n) FROM by_site",
+        deadline,
+        "all enriched events counted",
+        |n| n >= enriched,
+    )
+    .await;
+    wait_for(
+        &server,
+        &format!("SELECT count(*) FROM rolling WHERE id < {ROLLING_IDS}"),
+        deadline,
+        "all rolling rows",
+        |n| n >= rolling.len() as i64,
+    )
+    .await;
     let client = server.connect().await;
+    let got_rolling = eddy_rows(
+        &client,
+        &format!("SELECT id, s FROM rolling WHERE id < {ROLLING_IDS} ORDER BY id"),
+    )
+    .await;
+    assert_eq!(
+        got_rolling.len(),
+        rolling.len(),
+        "OVER stream row count (seed {seed})"
+    );
+    assert!(
+        got_rolling == rolling,
+        "OVER stream differs from the batch query (seed {seed})"
+    );
+    let got_sites = eddy_rows(&client, "SELECT site, n, total FROM by_site ORDER BY site").await;
+    assert_eq!(got_sites, by_site, "lookup-join view differs (seed {seed})");
     let got_devices = eddy_rows(
         &client,
         "SELECT device, n, total, lo, hi, digits FROM by_device ORDER BY device",

@@ -404,9 +404,19 @@ fn drop(
         if !dependents.is_empty() && !cascade {
             return Err(Error::user(
                 sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
-                format!("cannot drop {object} because other objects depend on it"),
+                format!(
+                    "cannot drop {} {object} because other objects depend on it",
+                    if is_table { "table" } else { "view" }
+                ),
             )
-            .with_detail(format!("view {} depends on {object}", dependents[0])));
+            .with_detail(format!(
+                "{} {} depends on {} {object}",
+                catalog
+                    .table(&schema, &dependents[0])
+                    .map_or("view", |t| t.kind.describe()),
+                dependents[0],
+                if is_table { "table" } else { "view" }
+            )));
         }
         let mut ops = Vec::new();
         for view in dependents {

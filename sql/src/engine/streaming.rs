@@ -311,6 +311,26 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
 
 /// Whether windows of this query emit only when closed.
 fn emit_on_close(q: &CreateQuery, plan: &PipelinePlan, windowed: bool) -> Result<bool> {
+    let on_close = emit_mode(q, plan, windowed)?;
+    if let Some(segment) = plan
+        .aggregate
+        .as_ref()
+        .and_then(|a| a.upper_segment.as_ref())
+    {
+        if !on_close {
+            return Err(Error::user(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "window functions over an aggregation (top-N) need windows emitted once, when \
+                 they close: GROUP BY window_start or window_end of TUMBLE or HOP, a WATERMARK, \
+                 and EMIT ON WINDOW CLOSE",
+            ));
+        }
+        plan::check_per_window(segment)?;
+    }
+    Ok(on_close)
+}
+
+fn emit_mode(q: &CreateQuery, plan: &PipelinePlan, windowed: bool) -> Result<bool> {
     let has_watermark = plan.source.source().is_some_and(|s| s.watermark.is_some());
     let session = plan.aggregate.as_ref().is_some_and(|a| a.session.is_some());
     if session && (q.emit_on_close == Some(false) || !has_watermark) {
@@ -346,6 +366,10 @@ fn emit_on_close(q: &CreateQuery, plan: &PipelinePlan, windowed: bool) -> Result
 /// Output columns that are unchanged copies of the group columns, if all of them are.
 fn group_key_columns(plan: &PipelinePlan) -> Option<Vec<usize>> {
     let agg = plan.aggregate.as_ref()?;
+    if agg.upper_segment.is_some() {
+        // Rows come out of window functions: keyed by the whole row.
+        return None;
+    }
     let groups = agg.group_exprs.len();
     if groups == 0 {
         return None;
@@ -545,9 +569,15 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     let mut depends_on: Vec<String> = plan::relations(&query)
         .into_iter()
         .filter(|n| {
-            catalog
-                .table(DEFAULT_SCHEMA, n)
-                .is_some_and(|t| matches!(t.kind, TableKind::Source(_) | TableKind::Stream(_)))
+            catalog.table(DEFAULT_SCHEMA, n).is_some_and(|t| {
+                matches!(
+                    t.kind,
+                    TableKind::Source(_)
+                        | TableKind::Stream(_)
+                        | TableKind::Table
+                        | TableKind::MaterializedView(_)
+                )
+            })
         })
         .collect();
     if let Some((view, _)) = sunk_view {

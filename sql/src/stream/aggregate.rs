@@ -126,6 +126,12 @@ impl Aggregator {
         Ok(agg)
     }
 
+    /// The plan above the aggregate (if it has window functions) and the writer of the
+    /// result's rows.
+    pub fn upper(&self) -> (Option<&super::plan::Segment>, &ViewWriter) {
+        (self.plan.upper_segment.as_ref(), &self.view)
+    }
+
     /// Groups in memory now.
     pub fn live_groups(&self) -> usize {
         self.live.len()
@@ -390,6 +396,10 @@ impl Aggregator {
         }
         for k in &keys {
             self.live.get_mut(k).expect("live").changed = false;
+        }
+        if self.plan.upper_segment.is_some() {
+            let (batch, _) = apply_upper(&[], self.plan.schema.clone(), columns)?;
+            return Ok(Output::Unfinished(batch));
         }
         let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
         self.view.output(&batch, keep.as_ref(), &keys)

@@ -76,7 +76,7 @@ impl Harness {
             Input::Batch(b) => self.op.on_batch(b.clone(), &mut out).await?,
             Input::Watermark(w) => {
                 self.watermark = Some(*w);
-                self.op.on_watermark(*w, &mut out)?
+                self.op.on_watermark(*w, &mut out).await?
             }
             Input::Barrier => {
                 let mut barrier = Barrier::new(self.record.epoch + 1, self.watermark);
@@ -166,4 +166,168 @@ pub async fn check_restores(
         );
     }
     Ok(expected)
+}
+
+/// A small deterministic generator for random inputs (tests print their seeds).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// One value as text (NULL as `NULL`).
+pub fn cell(column: &dyn datafusion::arrow::array::Array, row: usize) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    ArrayFormatter::try_new(column, &options)
+        .expect("formattable")
+        .value(row)
+        .to_string()
+}
+
+/// Every row of `batches` as text, sorted (results compared as bags of rows).
+pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows())
+                .map(|r| {
+                    (0..b.num_columns())
+                        .map(|c| cell(b.column(c).as_ref(), r))
+                        .collect()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Operators run one after the other as one (a pipeline's stages, for a test).
+pub struct Chain(pub Vec<Box<dyn Operator>>);
+
+impl Chain {
+    async fn pass(&mut self, first: Message, out: &mut Vec<Message>) -> Result<()> {
+        let mut current = vec![first];
+        for op in self.0.iter_mut() {
+            let mut next = Vec::new();
+            for m in current {
+                match m {
+                    Message::Batch(b) => op.on_batch(b, &mut next).await?,
+                    Message::Events(b, o) => op.on_events(b, o, &mut next).await?,
+                    Message::Watermark(w) => op.on_watermark(w, &mut next).await?,
+                    other => next.push(other),
+                }
+            }
+            current = next;
+        }
+        out.extend(current);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Operator for Chain {
+    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        self.pass(Message::Batch(batch), out).await
+    }
+
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
+        self.pass(Message::Watermark(watermark), out).await
+    }
+
+    fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
+        for op in self.0.iter_mut() {
+            op.on_barrier(barrier)?;
+        }
+        Ok(())
+    }
+
+    fn on_commit(&mut self, epoch: u64) {
+        for op in self.0.iter_mut() {
+            op.on_commit(epoch);
+        }
+    }
+}
+
+/// The push source the operator tests plan their queries over.
+pub const EV_SOURCE: &str = "CREATE SOURCE ev (k int, v bigint, ts timestamp, \
+     WATERMARK FOR ts AS ts - INTERVAL '1 second')";
+
+/// The columns of `ev`.
+pub fn ev_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int32, true),
+        Field::new("v", DataType::Int64, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+    ]))
+}
+
+/// Random `ev` events in event-time order (none is late): `batches` batches of up to 50,
+/// keys below `keys` (and NULLs), times `min_step` µs or more apart (1: no ties).
+pub fn ev_events(seed: u64, batches: usize, keys: u64, min_step: i64) -> Vec<RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, TimestampMicrosecondArray};
+    let mut rng = Rng(seed);
+    let mut ts = 1_700_000_000_000_000i64;
+    (0..batches)
+        .map(|_| {
+            let n = 1 + rng.below(50) as usize;
+            let (mut k, mut v, mut t) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..n {
+                ts += min_step + rng.below(400_000) as i64;
+                k.push((rng.below(5) != 0).then(|| rng.below(keys) as i32));
+                v.push((rng.below(10) != 0).then(|| rng.below(1000) as i64 - 300));
+                t.push(Some(ts));
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(Int32Array::from(k)),
+                Arc::new(Int64Array::from(v)),
+                Arc::new(TimestampMicrosecondArray::from(t)),
+            ];
+            RecordBatch::try_new(ev_schema(), columns).expect("ev columns")
+        })
+        .collect()
+}
+
+/// The input script of `ev` events: each batch through the pipeline's lower plan, then (always,
+/// or at random) a watermark a second behind the next batch's first event, a barrier every few
+/// batches, and at the end a watermark past every event and a last barrier.
+pub async fn ev_script(
+    plan: &super::plan::PipelinePlan,
+    source: &[RecordBatch],
+    rng: &mut Rng,
+    every_watermark: bool,
+) -> Vec<Input> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::TimestampMicrosecondType;
+    let mut inputs = Vec::new();
+    for (i, batch) in source.iter().enumerate() {
+        for lowered in plan.run_lower(batch.clone()).await.expect("lower plan") {
+            inputs.push(Input::Batch(lowered));
+        }
+        match source.get(i + 1) {
+            Some(next) => {
+                let ts = next.column(2).as_primitive::<TimestampMicrosecondType>();
+                if every_watermark || rng.below(2) == 0 {
+                    inputs.push(Input::Watermark(ts.value(0) - 1_000_000));
+                }
+            }
+            None => inputs.push(Input::Watermark(i64::MAX / 2)),
+        }
+        if rng.below(3) == 0 {
+            inputs.push(Input::Barrier);
+        }
+    }
+    inputs.push(Input::Barrier);
+    inputs
 }

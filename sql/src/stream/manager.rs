@@ -22,6 +22,9 @@ use super::aggregate::Aggregator;
 use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
+use super::operators::lookup_join::LookupJoin;
+use super::operators::over::Over;
+use super::pipeline::SegmentOp;
 use super::pipeline::{
     AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
     run_operator,
@@ -46,6 +49,7 @@ struct Running {
 
 /// Operator ids of a pipeline's state tables.
 pub const AGGREGATE_OPERATOR: u16 = 1;
+pub const OVER_OPERATOR: u16 = 2;
 
 pub struct StreamManager {
     kv: Arc<dyn KvStore>,
@@ -325,6 +329,25 @@ impl StreamManager {
             errors: errors.clone(),
             metrics: metrics.clone(),
         })];
+        for (join, segment) in &plan.lookups {
+            operators.push(Box::new(LookupJoin {
+                plan: join.clone(),
+                kv: self.kv.clone(),
+            }));
+            operators.push(Box::new(SegmentOp {
+                segment: segment.clone(),
+            }));
+        }
+        if let Some((over, segment)) = &plan.over {
+            operators.push(Box::new(Over::restore(
+                over.clone(),
+                self.state.table(def.id, OVER_OPERATOR),
+                record.watermark,
+            )?));
+            operators.push(Box::new(SegmentOp {
+                segment: segment.clone(),
+            }));
+        }
         if let Some(agg) = &plan.aggregate {
             let view = match &def.kind {
                 // A sink of a view gets the view's rows instead of storing them.
@@ -495,7 +518,10 @@ impl StreamManager {
             last_event: std::collections::HashMap::new(),
             per_partition: true,
             watermark_expr,
-            drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some()),
+            // Windows and OVER emit rows once the watermark passes them: later events for
+            // them are late.
+            drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
+                || plan.over.is_some(),
             errors,
             late,
             stop: stop.clone(),

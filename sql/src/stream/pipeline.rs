@@ -28,7 +28,7 @@ use super::checkpoint::{
 use super::models::PinnedModels;
 use super::plan::PipelinePlan;
 use super::session::SessionAggregator;
-use super::view::{dead_letter_rows, late_event_rows, seq_key, sequenced_rows};
+use super::view::{Output, dead_letter_rows, late_event_rows, seq_key, sequenced_rows};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result};
 use crate::storage::{KvStore, WriteOp};
@@ -89,7 +89,7 @@ pub trait Operator: Send {
         self.on_batch(batch, out).await
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Watermark(watermark));
         Ok(())
     }
@@ -179,6 +179,19 @@ impl Operator for Stateless {
     }
 }
 
+/// A stateless plan after a lookup join, one batch at a time.
+pub struct SegmentOp {
+    pub segment: super::plan::Segment,
+}
+
+#[async_trait]
+impl Operator for SegmentOp {
+    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        Stateless::push(out, self.segment.run(batch).await?);
+        Ok(())
+    }
+}
+
 /// One row as a JSON object (the payload of a dead letter).
 fn row_json(row: &RecordBatch) -> Result<Vec<u8>> {
     let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
@@ -204,16 +217,15 @@ impl Operator for AggregateOp {
             AggregateOp::Groups(a) => a.on_batch(&batch)?,
             AggregateOp::Sessions(s) => s.on_batch(&batch)?,
         };
-        push_output(out, output);
-        Ok(())
+        self.push_output(out, output).await
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
+    async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         let output = match self {
             AggregateOp::Groups(a) => a.on_watermark(watermark)?,
             AggregateOp::Sessions(s) => s.on_watermark(watermark)?,
         };
-        push_output(out, output);
+        self.push_output(out, output).await?;
         out.push(Message::Watermark(watermark));
         Ok(())
     }
@@ -226,14 +238,31 @@ impl Operator for AggregateOp {
     }
 }
 
-fn push_output(out: &mut Vec<Message>, output: super::view::Output) {
-    if output.is_empty() {
-        return;
+impl AggregateOp {
+    /// Sends the aggregate's output on; rows still to go through the plan above the
+    /// aggregate (window functions over a closed window's rows) are run through it first.
+    async fn push_output(&self, out: &mut Vec<Message>, output: Output) -> Result<()> {
+        let output = match (output, self) {
+            (Output::Unfinished(rows), AggregateOp::Groups(a)) => {
+                let (segment, view) = a.upper();
+                let segment = segment.ok_or_else(|| Error::internal("no upper plan"))?;
+                let batches = segment.run(rows).await?;
+                let rows =
+                    datafusion::arrow::compute::concat_batches(&segment.plan.schema(), &batches)?;
+                view.output_by_row(&rows)?
+            }
+            (output, _) => output,
+        };
+        if output.is_empty() {
+            return Ok(());
+        }
+        out.push(match output {
+            Output::Writes(w) => Message::Writes(w),
+            Output::Rows(b) => Message::Batch(b),
+            Output::Unfinished(_) => return Err(Error::internal("unfinished aggregate rows")),
+        });
+        Ok(())
     }
-    out.push(match output {
-        super::view::Output::Writes(w) => Message::Writes(w),
-        super::view::Output::Rows(b) => Message::Batch(b),
-    });
 }
 
 fn closed() -> Error {
@@ -255,7 +284,7 @@ pub async fn run_operator(
         match message {
             Message::Batch(b) => op.on_batch(b, &mut out).await?,
             Message::Events(b, origins) => op.on_events(b, origins, &mut out).await?,
-            Message::Watermark(w) => op.on_watermark(w, &mut out)?,
+            Message::Watermark(w) => op.on_watermark(w, &mut out).await?,
             Message::Barrier(mut b) => {
                 op.on_barrier(&mut b)?;
                 out.push(Message::Barrier(b));

@@ -25,16 +25,19 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{TableType, ViewTable};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::udaf::AggregateFunctionExpr;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{
@@ -43,6 +46,13 @@ use datafusion::sql::sqlparser::ast::{
 };
 use parking_lot::Mutex;
 
+use super::operators::lookup_join::LookupJoinPlan;
+use super::operators::over::OverPlan;
+use lookups::cut_lookups;
+use over::cut_over;
+
+mod lookups;
+mod over;
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::engine::Session;
 use crate::error::{Error, Result, sqlstate};
@@ -78,16 +88,36 @@ impl PartitionStream for FeedPartition {
     }
 }
 
-/// A source as DataFusion sees it while a streaming query is planned.
+/// A relation as DataFusion sees it while a streaming query is planned: its scan is a feed.
 #[derive(Debug)]
-struct SourceScan {
+struct FeedScan {
+    def: Arc<TableDef>,
+    role: ScanRole,
+}
+
+#[derive(Debug)]
+enum ScanRole {
+    /// A source: the runtime puts each batch it reads in `feed`; `used` lists the sources
+    /// the plan reads.
+    Source {
+        feed: Feed,
+        used: Arc<Mutex<Vec<Arc<TableDef>>>>,
+    },
+    /// A table (or materialized view) a stream joins by primary key: each scan gets a feed
+    /// the lookup join fills with the rows it read.
+    Lookup(Arc<Mutex<Vec<LookupSource>>>),
+}
+
+/// One scan of a looked-up table in a physical plan.
+#[derive(Debug, Clone)]
+struct LookupSource {
+    partition: Arc<dyn PartitionStream>,
     def: Arc<TableDef>,
     feed: Feed,
-    used: Arc<Mutex<Vec<Arc<TableDef>>>>,
 }
 
 #[async_trait::async_trait]
-impl TableProvider for SourceScan {
+impl TableProvider for FeedScan {
     fn schema(&self) -> SchemaRef {
         self.def.arrow_schema()
     }
@@ -103,20 +133,67 @@ impl TableProvider for SourceScan {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        self.used.lock().push(self.def.clone());
-        let partition = FeedPartition {
-            schema: self.def.arrow_schema(),
-            feed: self.feed.clone(),
+        let feed = match &self.role {
+            ScanRole::Source { feed, used } => {
+                used.lock().push(self.def.clone());
+                feed.clone()
+            }
+            ScanRole::Lookup(_) => Feed::default(),
         };
-        Ok(Arc::new(StreamingTableExec::try_new(
+        let partition: Arc<dyn PartitionStream> = Arc::new(FeedPartition {
+            schema: self.def.arrow_schema(),
+            feed: feed.clone(),
+        });
+        if let ScanRole::Lookup(scans) = &self.role {
+            scans.lock().push(LookupSource {
+                partition: partition.clone(),
+                def: self.def.clone(),
+                feed,
+            });
+        }
+        Ok(StreamingTableExec::try_new(
             self.def.arrow_schema(),
-            vec![Arc::new(partition)],
+            vec![partition],
             projection,
             Vec::new(),
             false,
             None,
-        )?))
+        )
+        .map(Arc::new)?)
     }
+}
+
+/// A stateless part of a pipeline after a lookup join: the plan above the join, over a feed
+/// of the join's rows.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub feed: Feed,
+    pub task_ctx: Arc<TaskContext>,
+}
+
+impl Segment {
+    pub async fn run(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.feed.put(batch);
+        let stream = self.plan.execute(0, self.task_ctx.clone())?;
+        Ok(datafusion::physical_plan::common::collect(stream).await?)
+    }
+}
+
+/// A feed as a leaf of a physical plan.
+fn feed_exec(schema: SchemaRef, feed: Feed) -> Result<Arc<dyn ExecutionPlan>> {
+    let partition = FeedPartition {
+        schema: schema.clone(),
+        feed,
+    };
+    Ok(Arc::new(StreamingTableExec::try_new(
+        schema,
+        vec![Arc::new(partition)],
+        None,
+        Vec::new(),
+        false,
+        None,
+    )?))
 }
 
 /// One step of the upper stage.
@@ -136,6 +213,9 @@ pub struct AggregatePlan {
     pub schema: SchemaRef,
     /// Applied bottom-up to the aggregate's output.
     pub upper: Vec<UpperStage>,
+    /// Instead of `upper`: the plan above the aggregate (window functions over its rows,
+    /// e.g. top-N per window), run over each batch of rows the aggregate emits.
+    pub upper_segment: Option<Segment>,
     /// Which group column bounds a window, if the grouping is by window.
     pub window: Option<WindowGroup>,
     /// Group columns `window_start` and `window_end` of SESSION windows, which the session
@@ -157,6 +237,11 @@ pub struct PipelinePlan {
     pub source: Arc<TableDef>,
     pub feed: Feed,
     pub lower: Arc<dyn ExecutionPlan>,
+    /// Lookup joins after the lower plan, in order, each followed by the stateless plan
+    /// above it.
+    pub lookups: Vec<(Arc<LookupJoinPlan>, Segment)>,
+    /// OVER functions over the events after the lookups, and the plan above them.
+    pub over: Option<(Arc<OverPlan>, Segment)>,
     pub aggregate: Option<AggregatePlan>,
     /// The result's columns with their PostgreSQL-style names.
     pub output: SchemaRef,
@@ -182,6 +267,12 @@ fn streaming_config() -> SessionConfig {
         .with_coalesce_batches(false)
         .with_round_robin_repartition(false);
     config.options_mut().sql_parser.enable_ident_normalization = true;
+    // Joins are not executed by DataFusion here (lookup joins are cut out of the plan), so
+    // nothing may wait on a filter a join would publish.
+    config
+        .options_mut()
+        .optimizer
+        .enable_join_dynamic_filter_pushdown = false;
     config
 }
 
@@ -410,6 +501,7 @@ struct Planner<'a> {
     ctx: SessionContext,
     feeds: Vec<(Arc<TableDef>, Feed)>,
     used: Arc<Mutex<Vec<Arc<TableDef>>>>,
+    lookups: Arc<Mutex<Vec<LookupSource>>>,
     windows: Vec<i64>,
     session: bool,
 }
@@ -426,6 +518,7 @@ impl<'a> Planner<'a> {
             ctx,
             feeds: Vec::new(),
             used: Arc::default(),
+            lookups: Arc::default(),
             windows: Vec::new(),
             session: false,
         })
@@ -453,10 +546,12 @@ impl<'a> Planner<'a> {
                     self.feeds.push((def.clone(), feed.clone()));
                     self.ctx.register_table(
                         name,
-                        Arc::new(SourceScan {
+                        Arc::new(FeedScan {
                             def: def.clone(),
-                            feed,
-                            used: self.used.clone(),
+                            role: ScanRole::Source {
+                                feed,
+                                used: self.used.clone(),
+                            },
                         }),
                     )?;
                 }
@@ -468,11 +563,21 @@ impl<'a> Planner<'a> {
                         Arc::new(ViewTable::new(plan, Some(q.sql.clone()))),
                     )?;
                 }
+                TableKind::Table | TableKind::MaterializedView(_) => {
+                    self.ctx.register_table(
+                        name,
+                        Arc::new(FeedScan {
+                            def: def.clone(),
+                            role: ScanRole::Lookup(self.lookups.clone()),
+                        }),
+                    )?;
+                }
                 other => {
                     return Err(Error::user(
                         sqlstate::FEATURE_NOT_SUPPORTED,
                         format!(
-                            "a streaming query reads sources and streams; \"{name}\" is a {}",
+                            "a streaming query reads sources and streams (and joins tables); \
+                             \"{name}\" is a {}",
                             other.describe()
                         ),
                     ));
@@ -521,7 +626,8 @@ pub async fn plan(
     let logical = planner.logical(query.clone()).await?;
     let names = crate::engine::output_names(&logical);
     let physical = planner.ctx.state().create_physical_plan(&logical).await?;
-    let (lower, mut aggregate) = split(&physical, &planner.windows)?;
+    let task_ctx = planner.ctx.task_ctx();
+    let (lower, mut aggregate) = split(&physical, &planner.windows, &task_ctx)?;
     if planner.session {
         let agg = aggregate.as_mut().ok_or_else(|| {
             Error::user(
@@ -540,7 +646,6 @@ pub async fn plan(
             }
         }
     }
-    check_stateless(&lower)?;
     let used = planner.used.lock().clone();
     let source = match used.as_slice() {
         [] => {
@@ -563,15 +668,31 @@ pub async fn plan(
         .find(|(d, _)| d.id == source.id)
         .map(|(_, f)| f.clone())
         .expect("a used source has a feed");
+    // OVER over events (not over an aggregate's rows, which `split` handled).
+    let (lower, over) = match aggregate {
+        None => cut_over(&lower, &source, &task_ctx)?,
+        Some(_) => (lower, None),
+    };
+    if let Some((_, segment)) = &over {
+        check_stateless(&segment.plan)?;
+    }
+    let lookup_scans = planner.lookups.lock().clone();
+    let (lower, lookups) = cut_lookups(&lower, &lookup_scans, &task_ctx)?;
+    check_stateless(&lower)?;
+    for (join, segment) in &lookups {
+        check_stateless(&join.table_side)?;
+        check_stateless(&segment.plan)?;
+    }
     let mut output: SchemaRef = physical.schema();
     if let Some(names) = names {
         output = crate::engine::rename(&output, &names);
     }
-    let task_ctx = planner.ctx.task_ctx();
     Ok(PipelinePlan {
         source,
         feed,
         lower,
+        lookups,
+        over,
         aggregate,
         output,
         physical,
@@ -594,15 +715,24 @@ fn contains_aggregate(plan: &Arc<dyn ExecutionPlan>) -> bool {
 fn split(
     root: &Arc<dyn ExecutionPlan>,
     windows: &[i64],
+    task_ctx: &Arc<TaskContext>,
 ) -> Result<(Arc<dyn ExecutionPlan>, Option<AggregatePlan>)> {
     if !contains_aggregate(root) {
         return Ok((root.clone(), None));
     }
     let mut upper = Vec::new();
     let mut node = root.clone();
+    // Window functions over the aggregate's rows (top-N per window): the plan above the
+    // aggregate runs as a whole over each batch of rows it emits.
+    let mut over = false;
     let agg = loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
             break agg;
+        }
+        if matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
+            over = true;
+            node = only_child(&node)?;
+            continue;
         }
         if let Some(p) = node.downcast_ref::<ProjectionExec>() {
             upper.push(UpperStage::Project(
@@ -627,6 +757,29 @@ fn split(
     };
     upper.reverse();
     let schema = agg.schema();
+    let upper_segment = match over {
+        false => None,
+        true => {
+            upper.clear();
+            let feed = Feed::default();
+            let leaf = feed_exec(schema.clone(), feed.clone())?;
+            let plan = root
+                .clone()
+                .transform_down(|n| {
+                    Ok(match Arc::ptr_eq(&n, &node) {
+                        true => Transformed::new(leaf.clone(), true, TreeNodeRecursion::Jump),
+                        false => Transformed::no(n),
+                    })
+                })?
+                .data;
+            check_upper_segment(&plan)?;
+            Some(Segment {
+                plan,
+                feed,
+                task_ctx: task_ctx.clone(),
+            })
+        }
+    };
     // A Final aggregation over a Partial one: the Partial holds the expressions over the input.
     let (group, aggr, filters, input) = match agg.mode() {
         AggregateMode::Single | AggregateMode::SinglePartitioned => (
@@ -676,10 +829,88 @@ fn split(
             filters,
             schema,
             upper,
+            upper_segment,
             window,
             session: None,
         }),
     ))
+}
+
+/// The plan above an aggregate with window functions runs over each batch the aggregate
+/// emits: window functions, sorts, filters and projections only.
+fn check_upper_segment(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    match plan.name() {
+        "BoundedWindowAggExec"
+        | "WindowAggExec"
+        | "SortExec"
+        | "SortPreservingMergeExec"
+        | "ProjectionExec"
+        | "FilterExec"
+        | "CoalesceBatchesExec"
+        | "CoalescePartitionsExec"
+        | "RepartitionExec"
+        | "CooperativeExec"
+        | "StreamingTableExec" => {}
+        "GlobalLimitExec" | "LocalLimitExec" => {
+            return Err(not_supported(
+                "LIMIT over a view (rank within each window instead: row_number() OVER \
+                 (PARTITION BY window_start ORDER BY ...) <= n)",
+            ));
+        }
+        other => return Err(not_supported(format!("{other} above an aggregation"))),
+    }
+    for child in plan.children() {
+        check_upper_segment(child)?;
+    }
+    Ok(())
+}
+
+/// The window functions above an aggregate each rank within a window (PARTITION BY
+/// window_start or window_end): the rows of a window are emitted together when it closes,
+/// so each emission holds every row a function needs.
+pub fn check_per_window(segment: &Segment) -> Result<()> {
+    fn visit(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+        let partitions: Option<Vec<Vec<String>>> =
+            if let Some(w) = plan.downcast_ref::<BoundedWindowAggExec>() {
+                Some(
+                    w.window_expr()
+                        .iter()
+                        .map(|e| names(e.partition_by()))
+                        .collect(),
+                )
+            } else {
+                plan.downcast_ref::<WindowAggExec>().map(|w| {
+                    w.window_expr()
+                        .iter()
+                        .map(|e| names(e.partition_by()))
+                        .collect()
+                })
+            };
+        for parts in partitions.into_iter().flatten() {
+            if !parts
+                .iter()
+                .any(|n| n == "window_start" || n == "window_end")
+            {
+                return Err(Error::user(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "window functions over an aggregation must PARTITION BY window_start or \
+                     window_end (ranking within each window); across windows, rows already \
+                     written would need retracting",
+                ));
+            }
+        }
+        for child in plan.children() {
+            visit(child)?;
+        }
+        Ok(())
+    }
+    fn names(exprs: &[Arc<dyn PhysicalExpr>]) -> Vec<String> {
+        exprs
+            .iter()
+            .filter_map(|e| e.downcast_ref::<Column>().map(|c| c.name().to_string()))
+            .collect()
+    }
+    visit(&segment.plan)
 }
 
 /// The lower plan runs once per batch, so it may hold no state across batches.
@@ -698,7 +929,9 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         }
         "GlobalLimitExec" | "LocalLimitExec" => return Err(not_supported("LIMIT")),
         "HashJoinExec" | "NestedLoopJoinExec" | "SortMergeJoinExec" | "CrossJoinExec" => {
-            return Err(not_supported("joins"));
+            return Err(not_supported(
+                "joins other than with a table or materialized view on its whole primary key",
+            ));
         }
         "BoundedWindowAggExec" | "WindowAggExec" => {
             return Err(not_supported("window functions (OVER)"));
@@ -709,6 +942,13 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         check_stateless(child)?;
     }
     Ok(())
+}
+
+/// A physical plan's lines, indented, for EXPLAIN.
+fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
+    for l in displayable(plan).indent(true).to_string().lines() {
+        lines.push(format!("    {l}"));
+    }
 }
 
 impl PipelinePlan {
@@ -740,12 +980,40 @@ impl PipelinePlan {
             source.name
         ));
         lines.push("  Stateless (DataFusion, per batch):".into());
-        for l in displayable(self.lower.as_ref())
-            .indent(true)
-            .to_string()
-            .lines()
-        {
-            lines.push(format!("    {l}"));
+        push_plan(&mut lines, self.lower.as_ref());
+        for (join, segment) in &self.lookups {
+            let key: Vec<String> = join
+                .table
+                .primary_key
+                .iter()
+                .zip(&join.key_exprs)
+                .map(|(&c, e)| format!("{} = {e}", join.table.columns[c].name))
+                .collect();
+            lines.push(format!(
+                "  Lookup join ({}): {} by primary key ({}), read per batch at processing time; no state",
+                if join.outer { "LEFT" } else { "INNER" },
+                join.table.name,
+                key.join(", ")
+            ));
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, segment.plan.as_ref());
+        }
+        if let Some((over, segment)) = &self.over {
+            let partitions: Vec<String> = over.partition_by.iter().map(|e| e.to_string()).collect();
+            lines.push(format!(
+                "  Over: partition by [{}], order by {} (event time); rows are emitted once the watermark passes them",
+                partitions.join(", "),
+                over.input.field(over.time_column).name()
+            ));
+            lines.push(format!(
+                "    state: table {}, rows per partition: pending ones and history (last {} rows, {} µs)",
+                super::manager::OVER_OPERATOR,
+                over.keep_rows,
+                over.keep_us
+            ));
+            push_plan(&mut lines, over.window.as_ref());
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, segment.plan.as_ref());
         }
         if let Some(agg) = &self.aggregate {
             let groups: Vec<&str> = agg.group_exprs.iter().map(|(_, n)| n.as_str()).collect();
@@ -766,6 +1034,11 @@ impl PipelinePlan {
                 ),
                 (Some(_), false) => lines.push("    emit: on update (windows update until they close)".into()),
                 (None, _) => lines.push("    emit: on update".into()),
+            }
+            if let Some(segment) = &agg.upper_segment {
+                lines
+                    .push("  Window functions over each closed window's rows (DataFusion):".into());
+                push_plan(&mut lines, segment.plan.as_ref());
             }
             for stage in &agg.upper {
                 match stage {

@@ -9,6 +9,7 @@ use datafusion::arrow::array::{
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::row::{RowConverter, SortField};
 use eddy_connectors::DeadLetter;
 
 use crate::catalog::TableDef;
@@ -56,6 +57,9 @@ pub enum Output {
     Writes(Vec<WriteOp>),
     /// Rows for a sink.
     Rows(RecordBatch),
+    /// The aggregate's rows before the plan above it (window functions), which the
+    /// operator runs before they become view rows or sink rows.
+    Unfinished(RecordBatch),
 }
 
 impl Output {
@@ -66,7 +70,7 @@ impl Output {
     pub fn is_empty(&self) -> bool {
         match self {
             Output::Writes(w) => w.is_empty(),
-            Output::Rows(b) => b.num_rows() == 0,
+            Output::Rows(b) | Output::Unfinished(b) => b.num_rows() == 0,
         }
     }
 }
@@ -144,6 +148,21 @@ impl ViewWriter {
             }
             _ => rows,
         }))
+    }
+
+    /// The output of rows that carry no group key (after window functions): each is keyed
+    /// by its primary-key columns, or by the encoding of the whole row.
+    pub fn output_by_row(&self, batch: &RecordBatch) -> Result<Output> {
+        let fields = batch
+            .columns()
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect();
+        let rows = RowConverter::new(fields)?.convert_columns(batch.columns())?;
+        let keys: Vec<Vec<u8>> = (0..batch.num_rows())
+            .map(|i| rows.row(i).as_ref().to_vec())
+            .collect();
+        self.output(batch, None, &keys)
     }
 
     /// Puts row `i` of `batch` (or deletes it where `keep` is false). Rows are keyed by the

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
 };
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -17,26 +16,14 @@ use crate::Engine;
 use crate::catalog::{DEFAULT_SCHEMA, TableDef};
 use crate::engine::Session;
 use crate::keys;
-use crate::stream::harness::{Factory, Harness, Input, PIPELINE, check_restores};
+use crate::stream::harness::{
+    EV_SOURCE, Factory, Harness, Input, PIPELINE, Rng, cell, check_restores, ev_events, ev_schema,
+    ev_script, sorted_rows,
+};
 use crate::stream::manager::AGGREGATE_OPERATOR;
 use crate::stream::pipeline::AggregateOp;
 use crate::stream::plan::{self, PipelinePlan};
 use crate::stream::view::{DELETED_COLUMN, ViewWriter};
-
-/// A small deterministic generator (the seed is printed by the tests that use it).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 async fn run(session: &Session, sql: &str) {
     session
@@ -49,12 +36,7 @@ async fn run(session: &Session, sql: &str) {
 async fn planned(view_sql: &str) -> (Arc<PipelinePlan>, Arc<TableDef>) {
     let engine = Engine::in_memory();
     let session = engine.new_session("eddy", "eddy");
-    run(
-        &session,
-        "CREATE SOURCE ev (k int, v bigint, ts timestamp, \
-         WATERMARK FOR ts AS ts - INTERVAL '1 second')",
-    )
-    .await;
+    run(&session, EV_SOURCE).await;
     run(
         &session,
         &format!("CREATE MATERIALIZED VIEW mv AS {view_sql}"),
@@ -65,70 +47,6 @@ async fn planned(view_sql: &str) -> (Arc<PipelinePlan>, Arc<TableDef>) {
     let query = plan::parse_query(&def.kind.query().expect("query").sql).unwrap();
     let plan = plan::plan(&catalog, &query, &[]).await.unwrap();
     (Arc::new(plan), def)
-}
-
-/// The columns of the source `ev`.
-fn ev_schema() -> datafusion::arrow::datatypes::SchemaRef {
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Int32, true),
-        Field::new("v", DataType::Int64, true),
-        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-    ]))
-}
-
-/// Random events in event-time order (so none is late), `batches` batches of up to 50.
-fn events(seed: u64, batches: usize, keys: u64) -> Vec<RecordBatch> {
-    let mut rng = Rng(seed);
-    let schema = ev_schema();
-    let mut ts = 1_700_000_000_000_000i64;
-    (0..batches)
-        .map(|_| {
-            let n = 1 + rng.below(50) as usize;
-            let mut k = Vec::new();
-            let mut v = Vec::new();
-            let mut t = Vec::new();
-            for _ in 0..n {
-                ts += rng.below(400_000) as i64;
-                k.push((rng.below(5) != 0).then(|| rng.below(keys) as i32));
-                v.push((rng.below(10) != 0).then(|| rng.below(1000) as i64 - 300));
-                t.push(Some(ts));
-            }
-            let columns: Vec<ArrayRef> = vec![
-                Arc::new(Int32Array::from(k)),
-                Arc::new(Int64Array::from(v)),
-                Arc::new(TimestampMicrosecondArray::from(t)),
-            ];
-            RecordBatch::try_new(schema.clone(), columns).unwrap()
-        })
-        .collect()
-}
-
-/// The input script: each source batch through the lower plan, with a watermark after it
-/// (the least event time to come, less a second) and a barrier every few batches.
-async fn script(plan: &PipelinePlan, source: &[RecordBatch], rng: &mut Rng) -> Vec<Input> {
-    let mut inputs = Vec::new();
-    for (i, batch) in source.iter().enumerate() {
-        for lowered in plan.run_lower(batch.clone()).await.unwrap() {
-            inputs.push(Input::Batch(lowered));
-        }
-        let next = source.get(i + 1).map(|b| {
-            let ts = b
-                .column(2)
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .unwrap();
-            ts.value(0)
-        });
-        inputs.push(Input::Watermark(
-            next.map_or(i64::MAX / 2, |t| t - 1_000_000),
-        ));
-        if rng.below(3) == 0 {
-            inputs.push(Input::Barrier);
-        }
-    }
-    inputs.push(Input::Barrier);
-    inputs
 }
 
 fn factory(
@@ -156,14 +74,6 @@ fn factory(
     })
 }
 
-fn cells(column: &dyn Array, row: usize) -> String {
-    let options = FormatOptions::default().with_null("NULL");
-    ArrayFormatter::try_new(column, &options)
-        .unwrap()
-        .value(row)
-        .to_string()
-}
-
 /// The result a sink's rows describe: each key's last row, unless it was deleted.
 fn upserted(rows: &[RecordBatch], key_columns: usize) -> Vec<Vec<String>> {
     let mut result: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
@@ -172,10 +82,10 @@ fn upserted(rows: &[RecordBatch], key_columns: usize) -> Vec<Vec<String>> {
         for r in 0..b.num_rows() {
             let values: Vec<String> = (0..b.num_columns())
                 .filter(|c| Some(*c) != deleted)
-                .map(|c| cells(b.column(c).as_ref(), r))
+                .map(|c| cell(b.column(c).as_ref(), r))
                 .collect();
             let key = values[..key_columns].to_vec();
-            let gone = deleted.is_some_and(|d| cells(b.column(d).as_ref(), r) == "true");
+            let gone = deleted.is_some_and(|d| cell(b.column(d).as_ref(), r) == "true");
             match gone {
                 true => result.remove(&key),
                 false => result.insert(key, values),
@@ -191,28 +101,15 @@ async fn batch_result(source: &[RecordBatch], sql: &str) -> Vec<Vec<String>> {
     let table = MemTable::try_new(source[0].schema(), vec![source.to_vec()]).unwrap();
     ctx.register_table("ev", Arc::new(table)).unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let mut rows: Vec<Vec<String>> = batches
-        .iter()
-        .flat_map(|b| {
-            (0..b.num_rows())
-                .map(|r| {
-                    (0..b.num_columns())
-                        .map(|c| cells(b.column(c).as_ref(), r))
-                        .collect()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    rows.sort();
-    rows
+    sorted_rows(&batches)
 }
 
 async fn compare(view_sql: &str, batch_sql: &str, keys: usize, emit_on_close: bool) {
     let (plan, def) = planned(view_sql).await;
     for seed in [7u64, 1234, 987_654_321] {
         eprintln!("seed {seed}: {view_sql}");
-        let source = events(seed, 40, 12);
-        let inputs = script(&plan, &source, &mut Rng(seed ^ 0x5eed)).await;
+        let source = ev_events(seed, 40, 12, 0);
+        let inputs = ev_script(&plan, &source, &mut Rng(seed ^ 0x5eed), true).await;
         let expected = batch_result(&source, batch_sql).await;
         // Groups kept in memory, and every group dropped and read back after each barrier.
         for budget in [64 << 20, 0] {
@@ -269,6 +166,23 @@ async fn tumbling_windows_emitted_on_close_equal_the_batch_query() {
 }
 
 #[tokio::test]
+async fn the_top_3_of_each_window_equal_the_batch_query() {
+    compare(
+        "SELECT * FROM (SELECT k, window_start, count(*) AS n, \
+           row_number() OVER (PARTITION BY window_start ORDER BY count(*) DESC, k) AS rn \
+         FROM TUMBLE(ev, ts, INTERVAL '5 seconds') GROUP BY k, window_start, window_end) \
+         WHERE rn <= 3 EMIT ON WINDOW CLOSE",
+        "SELECT * FROM (SELECT k, date_bin(INTERVAL '5 seconds', ts) AS w, count(*) AS n, \
+           row_number() OVER (PARTITION BY date_bin(INTERVAL '5 seconds', ts) \
+             ORDER BY count(*) DESC, k) AS rn \
+         FROM ev GROUP BY k, w) WHERE rn <= 3",
+        2,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_global_aggregate_survives_restores() {
     compare(
         "SELECT count(*) AS n, sum(v) AS s FROM ev",
@@ -288,8 +202,8 @@ async fn a_checkpoint_record_beside_the_state_is_not_read_as_a_group() {
          GROUP BY k, window_start, window_end EMIT ON WINDOW CLOSE",
     )
     .await;
-    let source = events(42, 10, 4);
-    let inputs = script(&plan, &source, &mut Rng(42)).await;
+    let source = ev_events(42, 10, 4, 0);
+    let inputs = ev_script(&plan, &source, &mut Rng(42), true).await;
     let mut first = Harness::new(factory(&plan, &def, true, true, 1 << 20), 1 << 20).unwrap();
     first.run(&inputs[..inputs.len() / 2]).await.unwrap();
     first.run(&[Input::Barrier]).await.unwrap();

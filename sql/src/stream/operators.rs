@@ -1,0 +1,8 @@
+//! Streaming operators, one per file (the aggregates move here as the runtime becomes a
+//! graph).
+//!
+//! - [`lookup_join`]: events joined with a table's row by primary key, at processing time.
+//! - [`over`]: OVER window functions over events, emitted as the watermark passes them.
+
+pub mod lookup_join;
+pub mod over;

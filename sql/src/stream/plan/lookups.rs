@@ -1,0 +1,219 @@
+//! Finding lookup joins in a physical plan and cutting the plan at them.
+//!
+//! A `HashJoinExec` one of whose inputs is a table (or materialized view) scan, maybe under
+//! filters and projections, joined on exactly the table's primary key, is a lookup join: the
+//! plan above it becomes a [`Segment`] over a feed of the join's rows, and the stream side
+//! below it is cut again (a stream can be enriched by several tables in turn).
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{JoinType, NullEquality};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::joins::utils::build_join_schema;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+
+use super::{Feed, LookupSource, Segment, feed_exec, not_supported};
+use crate::error::{Error, Result, sqlstate};
+use crate::stream::operators::lookup_join::LookupJoinPlan;
+
+/// Lookup joins in pipeline order, each with the stateless plan above it.
+pub type LookupChain = Vec<(Arc<LookupJoinPlan>, Segment)>;
+
+/// The plan with its topmost lookup join cut out (recursively below it): the lower plan
+/// over the source feed, and the lookup joins with the plans above each, bottom-up.
+pub(super) fn cut_lookups(
+    root: &Arc<dyn ExecutionPlan>,
+    scans: &[LookupSource],
+    ctx: &Arc<TaskContext>,
+) -> Result<(Arc<dyn ExecutionPlan>, LookupChain)> {
+    if scans.is_empty() {
+        return Ok((root.clone(), Vec::new()));
+    }
+    let feed = Feed::default();
+    let mut found: Option<(LookupJoinPlan, Arc<dyn ExecutionPlan>)> = None;
+    let above = root
+        .clone()
+        .transform_down(|node| {
+            if found.is_some() {
+                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+            }
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let external = |e: Error| DataFusionError::External(Box::new(e));
+            let Some(lookup) = lookup_join(join, scans, ctx).map_err(external)? else {
+                return Ok(Transformed::no(node));
+            };
+            let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
+            found = Some(lookup);
+            Ok(Transformed::new(leaf, true, TreeNodeRecursion::Jump))
+        })?
+        .data;
+    let Some((join, stream_side)) = found else {
+        return Ok((root.clone(), Vec::new()));
+    };
+    let (lower, mut chain) = cut_lookups(&stream_side, scans, ctx)?;
+    chain.push((
+        Arc::new(join),
+        Segment {
+            plan: above,
+            feed,
+            task_ctx: ctx.clone(),
+        },
+    ));
+    Ok((lower, chain))
+}
+
+/// The looked-up table under one input of a join: the scan (through filters and projections)
+/// and, for each output column of that input, the table column it is (if it is one).
+fn table_side(
+    plan: &Arc<dyn ExecutionPlan>,
+    scans: &[LookupSource],
+) -> Option<(LookupSource, Vec<Option<usize>>)> {
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+        let partition = scan.partitions().first()?;
+        let source = scans
+            .iter()
+            .find(|s| Arc::ptr_eq(&s.partition, partition))?
+            .clone();
+        let columns = match scan.projection() {
+            Some(p) => p.iter().map(|c| Some(*c)).collect(),
+            None => (0..source.def.columns.len()).map(Some).collect(),
+        };
+        return Some((source, columns));
+    }
+    let children = plan.children();
+    let [child] = children.as_slice() else {
+        return None;
+    };
+    let (source, below) = table_side(child, scans)?;
+    let columns = if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        p.expr()
+            .iter()
+            .map(|e| {
+                let c = e.expr.downcast_ref::<Column>()?;
+                below.get(c.index()).copied().flatten()
+            })
+            .collect()
+    } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        match f.projection() {
+            Some(p) => p.iter().map(|i| below.get(*i).copied().flatten()).collect(),
+            None => below,
+        }
+    } else {
+        match plan.name() {
+            "CoalesceBatchesExec"
+            | "RepartitionExec"
+            | "CoalescePartitionsExec"
+            | "CooperativeExec" => below,
+            _ => return None,
+        }
+    };
+    Some((source, columns))
+}
+
+/// The join as a lookup join, with its stream side, if one input is a looked-up table.
+fn lookup_join(
+    join: &HashJoinExec,
+    scans: &[LookupSource],
+    ctx: &Arc<TaskContext>,
+) -> Result<Option<(LookupJoinPlan, Arc<dyn ExecutionPlan>)>> {
+    let (stream_is_left, (source, columns)) = match (
+        table_side(join.left(), scans),
+        table_side(join.right(), scans),
+    ) {
+        (None, Some(t)) => (true, t),
+        (Some(t), None) => (false, t),
+        _ => return Ok(None),
+    };
+    let table = &source.def;
+    let outer = match (join.join_type(), stream_is_left) {
+        (JoinType::Inner, _) => false,
+        (JoinType::Left, true) | (JoinType::Right, false) => true,
+        (other, _) => {
+            return Err(not_supported(format!(
+                "a {other} join with table \"{}\" (a stream joins a table with INNER or LEFT \
+                 JOIN, the stream on the left)",
+                table.name
+            )));
+        }
+    };
+    if join.null_equality() == NullEquality::NullEqualsNull {
+        return Err(not_supported("joins where NULL equals NULL"));
+    }
+    let on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)> = join
+        .on()
+        .iter()
+        .map(|(l, r)| match stream_is_left {
+            true => (l.clone(), r.clone()),
+            false => (r.clone(), l.clone()),
+        })
+        .collect();
+    // Each primary-key column must be equated with a stream expression.
+    let mut key_exprs = Vec::new();
+    for &pk in &table.primary_key {
+        let stream_expr = on.iter().find_map(|(s, t)| {
+            let c = t.downcast_ref::<Column>()?;
+            (columns.get(c.index()).copied().flatten() == Some(pk)).then(|| s.clone())
+        });
+        match stream_expr {
+            Some(e) => key_exprs.push(e),
+            None => {
+                let key: Vec<&str> = table
+                    .primary_key
+                    .iter()
+                    .map(|&c| table.columns[c].name.as_str())
+                    .collect();
+                return Err(Error::user(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "a stream joins table \"{}\" only on its whole primary key ({}), which \
+                         is read for each event; the join does not equate column \"{}\"",
+                        table.name,
+                        key.join(", "),
+                        table.columns[pk].name
+                    ),
+                ));
+            }
+        }
+    }
+    if table.primary_key.is_empty() {
+        return Err(not_supported(format!(
+            "joins with \"{}\", which has no primary key to look rows up by",
+            table.name
+        )));
+    }
+    let (table_plan, stream_side) = match stream_is_left {
+        true => (join.right().clone(), join.left().clone()),
+        false => (join.left().clone(), join.right().clone()),
+    };
+    let schema = Arc::new(
+        build_join_schema(
+            &join.left().schema(),
+            &join.right().schema(),
+            join.join_type(),
+        )
+        .0,
+    );
+    let plan = LookupJoinPlan {
+        table: table.clone(),
+        table_side: table_plan,
+        table_feed: source.feed.clone(),
+        stream_is_left,
+        key_exprs,
+        on,
+        filter: join.filter().cloned(),
+        outer,
+        schema,
+        projection: join.projection.as_ref().map(|p| p.to_vec()),
+        task_ctx: ctx.clone(),
+    };
+    Ok(Some((plan, stream_side)))
+}
