@@ -34,7 +34,8 @@ impl Default for Limits {
             max_model_bytes: DEFAULT_MAX_MODEL_BYTES,
             query_memory_bytes: memory / 2,
             session_memory_bytes: memory / 4,
-            state_cache_bytes: 64 << 20,
+            // A sixteenth of the machine's memory, at least 64 MB.
+            state_cache_bytes: (memory / 16).max(64 << 20),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - [`state`]: operator state tables over the store, through a bounded cache.
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
-//! - [`operators`]: stream operators (lookup joins so far).
+//! - [`operators`]: stream operators (lookup joins, OVER over events).
+//! - `harness` (tests only): drives one operator in-process, restoring at every checkpoint.
 //! - [`models`]: the model versions a pipeline scores with, switched at checkpoints.
 //! - [`sinks`]: what a sink's options ask for (Parquet, Kafka, webhook).
 //! - [`manager`]: starts, supervises and stops pipelines as the catalog changes.

@@ -11,7 +11,7 @@
 //! EMIT ON WINDOW CLOSE their row is written only then; either way their state is deleted
 //! once the window is closed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -132,9 +132,13 @@ impl Aggregator {
         (self.plan.upper_segment.as_ref(), &self.view)
     }
 
-    /// Groups in memory now.
+    /// Groups in memory now, and the bytes they are estimated to hold.
     pub fn live_groups(&self) -> usize {
         self.live.len()
+    }
+
+    pub fn live_bytes(&self) -> usize {
+        self.live_bytes
     }
 
     /// Rebuilds the index of open windows from the keys in the state table.
@@ -343,6 +347,10 @@ impl Aggregator {
             &self.state_widths,
             groups.iter_mut().map(|(_, g)| &mut g.accs),
         )?;
+        let touched: HashSet<Vec<u8>> = match self.live_bytes > self.live_budget {
+            true => groups.iter().map(|(k, _)| k.clone()).collect(),
+            false => HashSet::new(),
+        };
         for ((key, mut group), value) in groups.into_iter().zip(values) {
             self.state.put(key_group(&key), &key, value);
             let size =
@@ -354,10 +362,22 @@ impl Aggregator {
         }
         self.state.flush(barrier);
         if self.live_bytes > self.live_budget && self.changed.is_empty() {
-            // Every group is saved: memory is given back, and groups touched again are read
-            // back from the state table (through the state cache).
-            self.live = HashMap::new();
-            self.live_bytes = 0;
+            // Every group is saved, so memory can be given back: first the groups this epoch
+            // did not touch, then, if those it touched still hold too much, all. Groups
+            // touched again are read back from the state table (through the state cache).
+            let mut freed = 0;
+            self.live.retain(|k, g| {
+                let keep = touched.contains(k);
+                if !keep {
+                    freed += g.size;
+                }
+                keep
+            });
+            self.live_bytes -= freed;
+            if self.live_bytes > self.live_budget {
+                self.live = HashMap::new();
+                self.live_bytes = 0;
+            }
         }
         Ok(())
     }

@@ -11,12 +11,18 @@
 //! The physical plan is then cut into stages:
 //! - *lower*: the stateless part over the feed (projections, filters, unnest), executed by
 //!   DataFusion once per input batch;
+//! - *lookup joins* with tables and materialized views (`plan/lookups.rs`), each followed by the
+//!   stateless plan above it over a feed of the join's rows;
+//! - *OVER* over events (`plan/over.rs`): DataFusion's window operator run by Eddy's operator as
+//!   the watermark seals rows, followed by the plan above it;
 //! - *aggregate*: at most one grouping aggregation, run by Eddy's own stateful operator with
 //!   DataFusion's accumulators;
-//! - *upper*: projections and HAVING filters over the aggregate's changed groups.
+//! - *upper*: projections and HAVING filters over the aggregate's changed groups, or, with
+//!   window functions over a windowed aggregate (top-N per window), the whole plan above it
+//!   run over each batch of closed windows.
 //!
-//! Anything else (joins, ORDER BY ... LIMIT, window functions, nested aggregates) is refused
-//! with 0A000 naming the operator.
+//! Anything else (joins of two streams, ORDER BY ... LIMIT, nested aggregates, unbounded
+//! OVER frames) is refused with 0A000 naming the operator.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -22,9 +22,6 @@ use crate::error::Result;
 use crate::keys;
 use crate::storage::{KvStore, WriteOp, prefix_end};
 
-/// Default `state_cache`.
-pub const DEFAULT_STATE_CACHE_BYTES: usize = 64 << 20;
-
 /// The store and the cache every state table of the server goes through.
 #[derive(Debug, Clone)]
 pub struct StateStore {

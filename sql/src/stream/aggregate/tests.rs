@@ -298,6 +298,23 @@ async fn groups_beyond_the_budget_leave_memory_at_the_barrier_and_come_back_from
     }
     barrier(&mut roomy);
     assert_eq!(roomy.live_groups(), keys as usize);
+    // Over it, the groups the last epoch did not touch go first.
+    let mut tight = make(roomy.live_bytes() * 3 / 2);
+    for b in &input {
+        tight.on_batch(b).unwrap();
+    }
+    barrier(&mut tight);
+    assert_eq!(tight.live_groups(), keys as usize, "within the budget");
+    let others = plan.run_lower(source_like(&batch(keys))).await.unwrap();
+    for b in &others {
+        tight.on_batch(b).unwrap();
+    }
+    barrier(&mut tight);
+    assert_eq!(
+        tight.live_groups(),
+        keys as usize,
+        "the groups of the first epoch left, those of the second stayed"
+    );
 }
 
 /// A batch of (k, v) as the source `ev` delivers it (with a `ts` column).
