@@ -690,3 +690,88 @@ async fn an_idle_partition_holds_windows_back_unless_an_idle_timeout_is_set() {
         "00:00-00:05 holds the partition-1 event and 5 partition-0 events"
     );
 }
+
+/// A checkpointed offset the broker has since deleted (retention) fails the source loudly:
+/// the pipeline does not jump to the end of the partition and lose the events in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_offset_the_broker_deleted_fails_the_source() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("short", 1, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let p = producer(&bootstrap);
+    produce(&p, "short", Some(0), &payloads(0..1000));
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE short_ev (id bigint NOT NULL, device int NOT NULL, value bigint, \
+               ts timestamptz NOT NULL) \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'short'); \
+             CREATE MATERIALIZED VIEW short_n WITH (checkpoint_interval = '100ms') AS \
+               SELECT count(*) AS n FROM short_ev"
+        ))
+        .await
+        .unwrap();
+    wait_for(
+        &server,
+        "SELECT n FROM short_n",
+        Duration::from_secs(60),
+        "events",
+        |n| n >= 1000,
+    )
+    .await;
+    // A checkpoint after the last event holds offset 1000: wait for two more.
+    let epoch = || show_field(&client, "short_n", "checkpoint_epoch");
+    let first: i64 = epoch().await.parse().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while epoch().await.parse::<i64>().unwrap_or(0) < first + 2 {
+        assert!(Instant::now() < deadline, "no checkpoints");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+    server.kill9();
+    // Past the mock broker's 5 MB a partition: the oldest messages, offset 1000 among them,
+    // are deleted.
+    let pad = "x".repeat(2000);
+    let big: Vec<(String, String)> = (0..6000)
+        .map(|i| ("k".to_string(), format!(r#"{{"id": {i}, "pad": "{pad}"}}"#)))
+        .collect();
+    produce(&p, "short", Some(0), &big);
+    server.restart();
+    let client = server.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = show_field(&client, "short_n", "status").await;
+        if status.starts_with("failed") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the source never failed: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.contains("no longer on the broker"), "{status}");
+    let n: i64 = client
+        .query_one("SELECT n FROM short_n", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000, "no event after the deleted offset was counted");
+}
+
+/// One field of a materialized view's row in SHOW MATERIALIZED VIEWS.
+async fn show_field(client: &tokio_postgres::Client, view: &str, field: &str) -> String {
+    let rows = client
+        .simple_query("SHOW MATERIALIZED VIEWS")
+        .await
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("name") == Some(view) => {
+                r.get(field).map(String::from)
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
