@@ -572,7 +572,7 @@ pub(super) fn decode_states(
 }
 
 /// A filter mask where NULL means "no".
-fn null_as_false(mask: &BooleanArray) -> BooleanArray {
+pub(crate) fn null_as_false(mask: &BooleanArray) -> BooleanArray {
     match mask.nulls() {
         None => mask.clone(),
         Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),

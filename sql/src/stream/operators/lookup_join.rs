@@ -11,7 +11,7 @@
 //! columns that DataFusion pushes below the join): those run over the looked-up rows, and
 //! the equi-join of the event batch with them is done here, by row-encoded key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -31,6 +31,7 @@ use crate::codec::key;
 use crate::codec::row::RowDecoder;
 use crate::error::Result;
 use crate::storage::KvStore;
+use crate::stream::aggregate::null_as_false;
 use crate::stream::pipeline::{Message, Operator, Origins};
 use crate::stream::plan::Feed;
 
@@ -55,14 +56,6 @@ pub struct LookupJoinPlan {
     pub schema: SchemaRef,
     pub projection: Option<Vec<usize>>,
     pub task_ctx: Arc<TaskContext>,
-}
-
-/// A filter mask where NULL means "no".
-fn definitely(mask: &BooleanArray) -> BooleanArray {
-    match mask.nulls() {
-        None => mask.clone(),
-        Some(nulls) => BooleanArray::new(mask.values() & nulls.inner(), None),
-    }
 }
 
 fn eval(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
@@ -106,7 +99,7 @@ impl LookupJoinPlan {
             .collect::<Result<Vec<_>>>()?;
         let prefix = self.table.key_prefix();
         let mut wanted: Vec<Vec<u8>> = Vec::new();
-        let mut seen: HashMap<Vec<u8>, ()> = HashMap::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
         for (i, is_null) in null.iter().enumerate() {
             if *is_null {
                 continue;
@@ -115,7 +108,7 @@ impl LookupJoinPlan {
             for r in &refs {
                 key::encode_value(r, i, &mut k);
             }
-            if seen.insert(k.clone(), ()).is_none() {
+            if seen.insert(k.clone()) {
                 wanted.push(k);
             }
         }
@@ -210,7 +203,7 @@ impl LookupJoinPlan {
                 .expression()
                 .evaluate(&intermediate)?
                 .into_array(events.num_rows())?;
-            let passed = definitely(passed.as_boolean());
+            let passed = null_as_false(passed.as_boolean());
             // A row that fails the condition is no match.
             indices = indices
                 .iter()
