@@ -60,6 +60,8 @@ pub enum Error {
         code: &'static str,
         message: String,
         detail: Option<String>,
+        /// What the user can do instead (PostgreSQL's HINT field).
+        hint: Option<String>,
     },
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -82,17 +84,54 @@ impl Error {
             code,
             message: message.into(),
             detail: None,
+            hint: None,
         }
     }
 
     pub fn with_detail(self, detail: impl Into<String>) -> Self {
         match self {
-            Error::User { code, message, .. } => Error::User {
+            Error::User {
+                code,
+                message,
+                hint,
+                ..
+            } => Error::User {
                 code,
                 message,
                 detail: Some(detail.into()),
+                hint,
             },
             other => other,
+        }
+    }
+
+    pub fn with_hint(self, hint: impl Into<String>) -> Self {
+        match self {
+            Error::User {
+                code,
+                message,
+                detail,
+                ..
+            } => Error::User {
+                code,
+                message,
+                detail,
+                hint: Some(hint.into()),
+            },
+            other => other,
+        }
+    }
+
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Error::User { hint, .. } => hint.as_deref(),
+            Error::DataFusion(e) => match root(e) {
+                DataFusionError::External(inner) => {
+                    inner.downcast_ref::<Error>().and_then(|e| e.hint())
+                }
+                _ => None,
+            },
+            _ => None,
         }
     }
 

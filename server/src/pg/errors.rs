@@ -12,6 +12,9 @@ pub fn error_info(e: &Error) -> ErrorInfo {
     if let Some(detail) = e.detail() {
         info.detail = Some(detail.to_string());
     }
+    if let Some(hint) = e.hint() {
+        info.hint = Some(hint.to_string());
+    }
     info
 }
 

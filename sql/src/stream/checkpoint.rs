@@ -15,6 +15,8 @@
 //! again (view rows are keyed by group, stream rows by an output sequence number that the
 //! record restores), so after catch-up the stored result equals an uninterrupted run's.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -40,6 +42,35 @@ pub struct CheckpointRecord {
     /// The model versions the epochs after this checkpoint score with.
     #[serde(default)]
     pub models: super::models::ModelVersions,
+    /// In a pipeline that reads several sources (a join), where each input stood; the fields
+    /// above then hold no positions and the minimum watermark.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<usize, InputCheckpoint>,
+}
+
+/// Where one input of a pipeline with several sources stood at a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InputCheckpoint {
+    pub positions: Positions,
+    pub watermark: Option<i64>,
+    #[serde(default)]
+    pub partition_watermarks: Watermarks,
+}
+
+impl CheckpointRecord {
+    /// Where input `input` resumes: its own entry, or the record itself when the pipeline
+    /// reads one source.
+    pub fn input(&self, input: usize) -> InputCheckpoint {
+        match self.inputs.get(&input) {
+            Some(i) => i.clone(),
+            None if self.inputs.is_empty() => InputCheckpoint {
+                positions: self.positions.clone(),
+                watermark: self.watermark,
+                partition_watermarks: self.partition_watermarks.clone(),
+            },
+            None => InputCheckpoint::default(),
+        }
+    }
 }
 
 pub use crate::keys::{checkpoint_key as record_key, previous_checkpoint_key};
@@ -55,6 +86,8 @@ pub struct Barrier {
     pub models: super::models::ModelVersions,
     /// State writes added by the operators the barrier passed.
     pub writes: Vec<WriteOp>,
+    /// Each input's position, in a pipeline with several sources.
+    pub inputs: BTreeMap<usize, InputCheckpoint>,
 }
 
 impl Barrier {
@@ -67,7 +100,37 @@ impl Barrier {
             partition_watermarks: Watermarks::new(),
             models: Default::default(),
             writes: Vec::new(),
+            inputs: BTreeMap::new(),
         }
+    }
+
+    /// The one barrier of an epoch that arrived on every input of a join: every input's
+    /// position, the minimum watermark, and the writes of every operator before the join.
+    pub fn merge(barriers: Vec<Barrier>) -> Result<Barrier> {
+        let mut barriers = barriers.into_iter();
+        let mut merged = barriers
+            .next()
+            .ok_or_else(|| Error::internal("no barrier to merge"))?;
+        for b in barriers {
+            if b.epoch != merged.epoch {
+                return Err(Error::internal(format!(
+                    "inputs sent barriers of epochs {} and {}",
+                    merged.epoch, b.epoch
+                )));
+            }
+            merged.watermark = match (merged.watermark, b.watermark) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            };
+            merged.inputs.extend(b.inputs);
+            merged.writes.extend(b.writes);
+            for (model, version) in b.models {
+                merged.models.entry(model).or_insert(version);
+            }
+        }
+        merged.positions.clear();
+        merged.partition_watermarks.clear();
+        Ok(merged)
     }
 }
 
@@ -110,6 +173,7 @@ impl Injector {
             partition_watermarks,
             models: Default::default(),
             writes: Vec::new(),
+            inputs: BTreeMap::new(),
         }
     }
 }
@@ -135,6 +199,7 @@ pub fn commit_ops(
         partition_watermarks: barrier.partition_watermarks,
         next_seq,
         models: barrier.models,
+        inputs: barrier.inputs,
     };
     let mut ops = barrier.writes;
     let bytes = serde_json::to_vec(&record)
@@ -348,6 +413,7 @@ mod tests {
             partition_watermarks: Watermarks::new(),
             models: [("m".to_string(), 2)].into(),
             writes: Vec::new(),
+            inputs: BTreeMap::new(),
         };
         assert!(commit_ops(1, 3, barrier.clone(), 0).is_err());
         let (record, ops) = commit_ops(1, 2, barrier, 5).unwrap();

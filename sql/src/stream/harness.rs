@@ -28,6 +28,8 @@ pub type Factory = Box<dyn Fn(&StateStore, &CheckpointRecord) -> Result<Box<dyn 
 #[derive(Debug, Clone)]
 pub enum Input {
     Batch(RecordBatch),
+    /// A batch of one input of a join.
+    BatchFrom(usize, RecordBatch),
     Watermark(i64),
     Barrier,
 }
@@ -74,6 +76,7 @@ impl Harness {
         let mut out = Vec::new();
         match input {
             Input::Batch(b) => self.op.on_batch(b.clone(), &mut out).await?,
+            Input::BatchFrom(i, b) => self.op.on_input(*i, b.clone(), &mut out).await?,
             Input::Watermark(w) => {
                 self.watermark = Some(*w);
                 self.op.on_watermark(*w, &mut out).await?
@@ -217,8 +220,17 @@ pub struct Chain(pub Vec<Box<dyn Operator>>);
 
 impl Chain {
     async fn pass(&mut self, first: Message, out: &mut Vec<Message>) -> Result<()> {
-        let mut current = vec![first];
-        for op in self.0.iter_mut() {
+        self.pass_from(0, vec![first], out).await
+    }
+
+    /// Passes messages from stage `from` on.
+    async fn pass_from(
+        &mut self,
+        from: usize,
+        mut current: Vec<Message>,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        for op in self.0.iter_mut().skip(from) {
             let mut next = Vec::new();
             for m in current {
                 match m {
@@ -239,6 +251,19 @@ impl Chain {
 impl Operator for Chain {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         self.pass(Message::Batch(batch), out).await
+    }
+
+    async fn on_input(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        let mut first = Vec::new();
+        if let Some(op) = self.0.first_mut() {
+            op.on_input(input, batch, &mut first).await?;
+        }
+        self.pass_from(1, first, out).await
     }
 
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {

@@ -22,12 +22,13 @@ use super::aggregate::Aggregator;
 use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
+use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
 use super::operators::over::Over;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
     AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
-    run_operator,
+    run_inputs, run_operator,
 };
 use super::plan;
 use super::session::SessionAggregator;
@@ -50,6 +51,7 @@ struct Running {
 /// Operator ids of a pipeline's state tables.
 pub const AGGREGATE_OPERATOR: u16 = 1;
 pub const OVER_OPERATOR: u16 = 2;
+pub const JOIN_OPERATOR: u16 = 3;
 
 pub struct StreamManager {
     kv: Arc<dyn KvStore>,
@@ -305,30 +307,78 @@ impl StreamManager {
         // The model versions of the checkpoint the pipeline resumes from.
         let (models, udfs) = self.model_functions(&record.models, None);
         let plan = Arc::new(plan::plan(catalog, &query, &udfs).await?);
-        let source_def = plan.source.clone();
-        let TableKind::Source(source_info) = &source_def.kind else {
-            return Err(Error::internal("pipeline source is not a source"));
-        };
         // A sink's files roll at each checkpoint: its interval defaults to 10 s.
         let default_interval = match &def.kind {
             TableKind::Sink(_) => DEFAULT_SINK_CHECKPOINT_INTERVAL_MS,
             _ => self.checkpoint_interval_ms,
         };
         let interval = option_ms(&info.options, "checkpoint_interval")?.unwrap_or(default_interval);
-        let (tx0, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(record.epoch);
         let mut tasks = tokio::task::JoinSet::new();
-        let owned = catalog.owned_by(&plan.source);
-        let errors = owned
-            .iter()
-            .find(|t| matches!(t.kind, TableKind::DeadLetters { .. }))
-            .cloned();
-        let mut operators: Vec<Box<dyn Operator>> = vec![Box::new(Stateless {
-            plan: plan.clone(),
-            name: def.name.clone(),
-            errors: errors.clone(),
-            metrics: metrics.clone(),
-        })];
+        let dead_letters = |source: &TableDef| {
+            catalog
+                .owned_by(source)
+                .into_iter()
+                .find(|t| matches!(t.kind, TableKind::DeadLetters { .. }))
+        };
+        // Each source's channel, then the rest of the pipeline after its first stage.
+        let mut source_txs = Vec::new();
+        let mut operators: Vec<Box<dyn Operator>> = Vec::new();
+        let mut rx = match &plan.join {
+            None => {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                source_txs.push(tx);
+                operators.push(Box::new(Stateless {
+                    lower: plan.lower_segment(),
+                    name: def.name.clone(),
+                    errors: dead_letters(&plan.source),
+                    metrics: metrics.clone(),
+                }));
+                rx
+            }
+            Some(join) => {
+                // Each input's stateless plan, then the join of both.
+                let mut join_inputs = Vec::new();
+                for input in &join.inputs {
+                    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                    source_txs.push(tx);
+                    let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                    let op = Box::new(Stateless {
+                        lower: input.lower.clone(),
+                        name: def.name.clone(),
+                        errors: dead_letters(&input.source),
+                        metrics: metrics.clone(),
+                    });
+                    tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
+                    join_inputs.push(next_rx);
+                }
+                let restored: Vec<Option<i64>> = (0..join.inputs.len())
+                    .map(|i| record.input(i).watermark)
+                    .collect();
+                let op = Box::new(IntervalJoin::restore(
+                    join.plan.clone(),
+                    self.state.table(def.id, JOIN_OPERATOR),
+                    restored
+                        .iter()
+                        .copied()
+                        .collect::<Option<Vec<_>>>()
+                        .and_then(|w| w.into_iter().min()),
+                )?);
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                tasks.spawn(run_inputs(
+                    op,
+                    join_inputs,
+                    tx,
+                    committed_rx.clone(),
+                    restored,
+                ));
+                // The plan over the join's rows (no source rows to send to dead letters).
+                operators.push(Box::new(SegmentOp {
+                    segment: plan.lower_segment(),
+                }));
+                rx
+            }
+        };
         for (join, segment) in &plan.lookups {
             operators.push(Box::new(LookupJoin {
                 plan: join.clone(),
@@ -459,10 +509,87 @@ impl StreamManager {
             committed: committed_tx,
         };
         tasks.spawn(sink.run(rx));
-        let late = owned
-            .iter()
-            .find(|t| matches!(t.kind, TableKind::LateEvents { .. }))
-            .cloned();
+        // Windows, OVER and joins emit rows once the watermark passes them: later events
+        // for them are late.
+        let drop_late = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
+            || plan.over.is_some()
+            || plan.join.is_some();
+        let several = source_txs.len() > 1;
+        let mut sources = tokio::task::JoinSet::new();
+        for (i, (tx, source_def)) in source_txs.into_iter().zip(plan.sources()).enumerate() {
+            let input = several.then_some(i);
+            let source = self.source_loop(SourceSetup {
+                catalog,
+                source: &source_def,
+                input,
+                record: &record,
+                interval,
+                tx,
+                drop_late,
+                stop,
+                metrics,
+                models: models.clone(),
+                committed: committed_rx.clone(),
+            })?;
+            sources.spawn_blocking(move || source.run());
+        }
+        *metrics.error.lock() = None;
+        // The first stage to fail (or a source) ends the pipeline.
+        let result = loop {
+            tokio::select! {
+                Some(r) = sources.join_next() => {
+                    break r.map_err(|e| Error::internal(format!("source thread: {e}"))).and_then(|r| r);
+                }
+                Some(r) = tasks.join_next() => {
+                    match r {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => break Err(e),
+                        Err(e) => break Err(Error::internal(format!("pipeline task: {e}"))),
+                    }
+                }
+            }
+        };
+        // Closing the channels stops the source threads too (they check before each poll).
+        tasks.abort_all();
+        if let Some(u) = uploader {
+            u.abort();
+        }
+        while tasks.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while sources.join_next().await.is_some() {}
+        })
+        .await;
+        result
+    }
+}
+
+/// What a pipeline's source thread is built from.
+struct SourceSetup<'a> {
+    catalog: &'a Catalog,
+    source: &'a Arc<TableDef>,
+    /// Which input of a join the source feeds.
+    input: Option<usize>,
+    record: &'a super::checkpoint::CheckpointRecord,
+    interval: u64,
+    tx: mpsc::Sender<super::pipeline::Message>,
+    drop_late: bool,
+    stop: &'a Arc<AtomicBool>,
+    metrics: &'a Arc<Metrics>,
+    models: Arc<PinnedModels>,
+    committed: tokio::sync::watch::Receiver<u64>,
+}
+
+impl StreamManager {
+    /// The source thread of one input, opened where the checkpoint left it.
+    fn source_loop(&self, setup: SourceSetup<'_>) -> Result<SourceLoop> {
+        let source_def = setup.source.clone();
+        let TableKind::Source(source_info) = &source_def.kind else {
+            return Err(Error::internal("pipeline source is not a source"));
+        };
+        let owned = setup.catalog.owned_by(&source_def);
+        let find = |kind: fn(&TableKind) -> bool| owned.iter().find(|t| kind(&t.kind)).cloned();
+        let errors = find(|k| matches!(k, TableKind::DeadLetters { .. }));
+        let late = find(|k| matches!(k, TableKind::LateEvents { .. }));
         let watermark_expr = match &source_info.watermark {
             Some(w) => Some(watermark_expr(&source_def, &w.expr, &w.column)?),
             None => None,
@@ -485,8 +612,9 @@ impl StreamManager {
             .map_err(|e| Error::connector("source", e))?,
             created_at_ms: source_info.created_at_ms,
         };
+        let resume = setup.record.input(setup.input.unwrap_or(0));
         let connector = source_info.connector.clone();
-        let positions = record.positions.clone();
+        let positions = resume.positions.clone();
         let kv = self.kv.clone();
         let signal = self.signal.clone();
         let log_def = source_def.clone();
@@ -504,12 +632,12 @@ impl StreamManager {
                 }
             },
         );
-        let source = SourceLoop {
+        Ok(SourceLoop {
             open,
-            tx: tx0,
-            injector: Injector::new(interval, &record, 0),
-            watermark: record.watermark,
-            marks: record.partition_watermarks.clone(),
+            tx: setup.tx,
+            injector: Injector::new(setup.interval, setup.record, 0),
+            watermark: resume.watermark,
+            marks: resume.partition_watermarks,
             idle_timeout: source_info
                 .options
                 .iter()
@@ -518,45 +646,15 @@ impl StreamManager {
             last_event: std::collections::HashMap::new(),
             per_partition: true,
             watermark_expr,
-            // Windows and OVER emit rows once the watermark passes them: later events for
-            // them are late.
-            drop_late: plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
-                || plan.over.is_some(),
+            drop_late: setup.drop_late,
             errors,
             late,
-            stop: stop.clone(),
-            metrics: metrics.clone(),
-            models,
-            committed: committed_rx,
-        };
-        let source_task = tokio::task::spawn_blocking(move || source.run());
-        *metrics.error.lock() = None;
-        // The first stage to fail (or the source) ends the pipeline.
-        let mut source_task = source_task;
-        let result = loop {
-            tokio::select! {
-                r = &mut source_task => {
-                    break r.map_err(|e| Error::internal(format!("source thread: {e}"))).and_then(|r| r);
-                }
-                Some(r) = tasks.join_next() => {
-                    match r {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => break Err(e),
-                        Err(e) => break Err(Error::internal(format!("pipeline task: {e}"))),
-                    }
-                }
-            }
-        };
-        // Closing the channels stops the source thread too (it checks before each poll).
-        tasks.abort_all();
-        if let Some(u) = uploader {
-            u.abort();
-        }
-        while tasks.join_next().await.is_some() {}
-        if !source_task.is_finished() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), source_task).await;
-        }
-        result
+            stop: setup.stop.clone(),
+            metrics: setup.metrics.clone(),
+            models: setup.models,
+            committed: setup.committed,
+            input: setup.input,
+        })
     }
 }
 

@@ -1,8 +1,10 @@
 //! Streaming operators, one per file (the aggregates move here as the runtime becomes a
 //! graph).
 //!
+//! - [`interval_join`]: two streams joined within a time bound, in event time.
 //! - [`lookup_join`]: events joined with a table's row by primary key, at processing time.
 //! - [`over`]: OVER window functions over events, emitted as the watermark passes them.
 
+pub mod interval_join;
 pub mod lookup_join;
 pub mod over;

@@ -26,7 +26,6 @@ use super::checkpoint::{
     Barrier, CheckpointRecord, Injector, Watermarks, commit_ops, previous_checkpoint_key,
 };
 use super::models::PinnedModels;
-use super::plan::PipelinePlan;
 use super::session::SessionAggregator;
 use super::view::{Output, dead_letter_rows, late_event_rows, seq_key, sequenced_rows};
 use crate::catalog::TableDef;
@@ -89,6 +88,18 @@ pub trait Operator: Send {
         self.on_batch(batch, out).await
     }
 
+    /// A batch from input `input` of an operator with several inputs (a join); operators
+    /// with one input take it as any batch.
+    async fn on_input(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        self.on_batch(batch, out).await
+    }
+
+    /// The watermark moved (for an operator with several inputs, the minimum of theirs).
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Watermark(watermark));
         Ok(())
@@ -108,7 +119,8 @@ pub trait Operator: Send {
 /// When a model fails on a batch, the batch is split until the rows the model cannot score
 /// are found; those go to the source's dead-letter table and the others go on.
 pub struct Stateless {
-    pub plan: Arc<PipelinePlan>,
+    /// The plan over the source's batches.
+    pub lower: super::plan::Segment,
     /// The pipeline's name, for dead-letter reasons.
     pub name: String,
     /// `<source>_errors`.
@@ -129,7 +141,7 @@ impl Stateless {
 #[async_trait]
 impl Operator for Stateless {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        Self::push(out, self.plan.run_lower(batch).await?);
+        Self::push(out, self.lower.run(batch).await?);
         Ok(())
     }
 
@@ -144,7 +156,7 @@ impl Operator for Stateless {
         let mut dead = Vec::new();
         while let Some((start, len)) = work.pop_front() {
             let part = batch.slice(start, len);
-            let failure = match self.plan.run_lower(part.clone()).await {
+            let failure = match self.lower.run(part.clone()).await {
                 Ok(batches) => {
                     Self::push(out, batches);
                     continue;
@@ -296,6 +308,94 @@ pub async fn run_operator(
         }
     }
     Ok(())
+}
+
+/// Runs an operator with several inputs (a join) until every input closes.
+///
+/// Batches are handed over with their input's index. Each input's watermark is tracked and
+/// the operator sees the minimum once every input has one. Barriers are aligned: after an
+/// input delivers the barrier of an epoch it is not read again until every input has
+/// delivered it; the operator then takes the merged barrier (every input's position), so its
+/// state at the barrier holds exactly the rows before it on every input.
+pub async fn run_inputs(
+    mut op: Box<dyn Operator>,
+    mut inputs: Vec<mpsc::Receiver<Message>>,
+    tx: mpsc::Sender<Message>,
+    mut committed: tokio::sync::watch::Receiver<u64>,
+    restored: Vec<Option<i64>>,
+) -> Result<()> {
+    let n = inputs.len();
+    let mut watermarks = restored;
+    watermarks.resize(n, None);
+    let mut current = min_watermark(&watermarks);
+    let mut waiting: Vec<Option<Barrier>> = vec![None; n];
+    let mut first = 0;
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            let mut closed = 0;
+            for k in 0..n {
+                let i = (first + k) % n;
+                if waiting[i].is_some() {
+                    continue;
+                }
+                match inputs[i].poll_recv(cx) {
+                    std::task::Poll::Ready(Some(m)) => return std::task::Poll::Ready(Some((i, m))),
+                    std::task::Poll::Ready(None) => closed += 1,
+                    std::task::Poll::Pending => {}
+                }
+            }
+            match closed > 0 {
+                // One input ended: the pipeline is stopping.
+                true => std::task::Poll::Ready(None),
+                false => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        let Some((input, message)) = next else {
+            return Ok(());
+        };
+        // Take turns, so a busy input does not starve the others.
+        first = (input + 1) % n;
+        if committed.has_changed().unwrap_or(false) {
+            op.on_commit(*committed.borrow_and_update());
+        }
+        let mut out = Vec::new();
+        match message {
+            Message::Batch(b) | Message::Events(b, _) => op.on_input(input, b, &mut out).await?,
+            Message::Watermark(w) => {
+                watermarks[input] = Some(w);
+                let min = min_watermark(&watermarks);
+                if min > current {
+                    current = min;
+                    if let Some(w) = min {
+                        op.on_watermark(w, &mut out).await?;
+                    }
+                }
+            }
+            Message::Barrier(b) => {
+                waiting[input] = Some(b);
+                if waiting.iter().all(Option::is_some) {
+                    let barriers = waiting.iter_mut().filter_map(Option::take).collect();
+                    let mut merged = Barrier::merge(barriers)?;
+                    op.on_barrier(&mut merged)?;
+                    out.push(Message::Barrier(merged));
+                }
+            }
+            Message::Writes(w) => out.push(Message::Writes(w)),
+        }
+        for m in out {
+            tx.send(m).await.map_err(|_| closed())?;
+        }
+    }
+}
+
+/// The minimum of the inputs' watermarks; none until every input has one.
+fn min_watermark(watermarks: &[Option<i64>]) -> Option<i64> {
+    watermarks
+        .iter()
+        .copied()
+        .collect::<Option<Vec<i64>>>()
+        .and_then(|w| w.into_iter().min())
 }
 
 /// Where a pipeline's results go.
@@ -489,6 +589,9 @@ pub struct SourceLoop {
     pub models: Arc<PinnedModels>,
     /// The last committed checkpoint epoch (the sink's).
     pub committed: tokio::sync::watch::Receiver<u64>,
+    /// Which input of a join this source feeds (its barriers then carry its position as
+    /// that input's).
+    pub input: Option<usize>,
 }
 
 fn now_ms(start: Instant) -> u64 {
@@ -590,6 +693,14 @@ impl SourceLoop {
             self.watermark,
             self.marks.clone(),
         );
+        if let Some(input) = self.input {
+            let position = super::checkpoint::InputCheckpoint {
+                positions: std::mem::take(&mut barrier.positions),
+                watermark: barrier.watermark,
+                partition_watermarks: std::mem::take(&mut barrier.partition_watermarks),
+            };
+            barrier.inputs.insert(input, position);
+        }
         let pinned = self.models.pinned();
         let wanted = self.models.wanted();
         let epoch = barrier.epoch;

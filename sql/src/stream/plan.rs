@@ -21,8 +21,11 @@
 //!   window functions over a windowed aggregate (top-N per window), the whole plan above it
 //!   run over each batch of closed windows.
 //!
-//! Anything else (joins of two streams, ORDER BY ... LIMIT, nested aggregates, unbounded
-//! OVER frames) is refused with 0A000 naming the operator.
+//! A join of two sources (`plan/joins.rs`) comes first: each of its inputs is the stateless
+//! plan over its source, and the lower plan runs over the join's rows.
+//!
+//! Anything else (unbounded joins of two streams, ORDER BY ... LIMIT, nested aggregates,
+//! unbounded OVER frames) is refused with 0A000 naming the operator.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -54,9 +57,12 @@ use parking_lot::Mutex;
 
 use super::operators::lookup_join::LookupJoinPlan;
 use super::operators::over::OverPlan;
+use joins::cut_stream_join;
+pub use joins::{JoinInput, StreamJoin};
 use lookups::cut_lookups;
 use over::cut_over;
 
+mod joins;
 mod lookups;
 mod over;
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
@@ -103,20 +109,20 @@ struct FeedScan {
 
 #[derive(Debug)]
 enum ScanRole {
-    /// A source: the runtime puts each batch it reads in `feed`; `used` lists the sources
-    /// the plan reads.
+    /// A source: the runtime puts each batch it reads in `feed`; `used` lists the scans of
+    /// sources in the plan.
     Source {
         feed: Feed,
-        used: Arc<Mutex<Vec<Arc<TableDef>>>>,
+        used: Arc<Mutex<Vec<Scan>>>,
     },
     /// A table (or materialized view) a stream joins by primary key: each scan gets a feed
     /// the lookup join fills with the rows it read.
-    Lookup(Arc<Mutex<Vec<LookupSource>>>),
+    Lookup(Arc<Mutex<Vec<Scan>>>),
 }
 
-/// One scan of a looked-up table in a physical plan.
+/// One scan of a source or looked-up table in a physical plan.
 #[derive(Debug, Clone)]
-struct LookupSource {
+struct Scan {
     partition: Arc<dyn PartitionStream>,
     def: Arc<TableDef>,
     feed: Feed,
@@ -139,24 +145,19 @@ impl TableProvider for FeedScan {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let feed = match &self.role {
-            ScanRole::Source { feed, used } => {
-                used.lock().push(self.def.clone());
-                feed.clone()
-            }
-            ScanRole::Lookup(_) => Feed::default(),
+        let (feed, scans) = match &self.role {
+            ScanRole::Source { feed, used } => (feed.clone(), used),
+            ScanRole::Lookup(scans) => (Feed::default(), scans),
         };
         let partition: Arc<dyn PartitionStream> = Arc::new(FeedPartition {
             schema: self.def.arrow_schema(),
             feed: feed.clone(),
         });
-        if let ScanRole::Lookup(scans) = &self.role {
-            scans.lock().push(LookupSource {
-                partition: partition.clone(),
-                def: self.def.clone(),
-                feed,
-            });
-        }
+        scans.lock().push(Scan {
+            partition: partition.clone(),
+            def: self.def.clone(),
+            feed,
+        });
         Ok(StreamingTableExec::try_new(
             self.def.arrow_schema(),
             vec![partition],
@@ -240,7 +241,11 @@ pub struct WindowGroup {
 
 #[derive(Debug, Clone)]
 pub struct PipelinePlan {
+    /// The source the pipeline reads (with a join of two streams, the join's left input).
     pub source: Arc<TableDef>,
+    /// A join of two streams: its inputs read the sources, and `lower` runs over its rows.
+    pub join: Option<StreamJoin>,
+    /// Where `lower`'s input batches are put: the source's, or with a join the join's.
     pub feed: Feed,
     pub lower: Arc<dyn ExecutionPlan>,
     /// Lookup joins after the lower plan, in order, each followed by the stateless plan
@@ -506,8 +511,8 @@ struct Planner<'a> {
     catalog: &'a Catalog,
     ctx: SessionContext,
     feeds: Vec<(Arc<TableDef>, Feed)>,
-    used: Arc<Mutex<Vec<Arc<TableDef>>>>,
-    lookups: Arc<Mutex<Vec<LookupSource>>>,
+    used: Arc<Mutex<Vec<Scan>>>,
+    lookups: Arc<Mutex<Vec<Scan>>>,
     windows: Vec<i64>,
     session: bool,
 }
@@ -653,32 +658,56 @@ pub async fn plan(
         }
     }
     let used = planner.used.lock().clone();
-    let source = match used.as_slice() {
-        [] => {
+    let mut sources: Vec<Arc<TableDef>> = Vec::new();
+    for scan in &used {
+        if !sources.iter().any(|d| d.id == scan.def.id) {
+            sources.push(scan.def.clone());
+        }
+    }
+    let (lower, feed, join) = match (sources.as_slice(), used.len()) {
+        ([], _) => {
             return Err(Error::user(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "a streaming query must read a source or a stream",
             ));
         }
-        [one] => one.clone(),
-        [first, rest @ ..] if rest.iter().all(|d| d.id == first.id) => {
+        ([one], 1) => {
+            let feed = planner
+                .feeds
+                .iter()
+                .find(|(d, _)| d.id == one.id)
+                .map(|(_, f)| f.clone())
+                .expect("a used source has a feed");
+            (lower, feed, None)
+        }
+        ([_], _) => {
             return Err(not_supported(
                 "reading the same source twice (self-joins and unions)",
             ));
         }
-        _ => return Err(not_supported("joins and unions of several sources")),
+        ([_, _], 2) => match cut_stream_join(&lower, &used, &task_ctx)? {
+            Some((above, feed, join)) => (above, feed, Some(join)),
+            None => return Err(not_supported("unions of several sources")),
+        },
+        _ => return Err(not_supported("joins and unions of more than two sources")),
     };
-    let feed = planner
-        .feeds
-        .iter()
-        .find(|(d, _)| d.id == source.id)
-        .map(|(_, f)| f.clone())
-        .expect("a used source has a feed");
+    let source = match &join {
+        Some(j) => j.inputs[0].source.clone(),
+        None => sources[0].clone(),
+    };
+    if let Some(j) = &join {
+        for input in &j.inputs {
+            check_stateless(&input.lower.plan)?;
+        }
+    }
     // OVER over events (not over an aggregate's rows, which `split` handled).
     let (lower, over) = match aggregate {
         None => cut_over(&lower, &source, &task_ctx)?,
         Some(_) => (lower, None),
     };
+    if over.is_some() && join.is_some() {
+        return Err(not_supported("OVER over a join of two streams"));
+    }
     if let Some((_, segment)) = &over {
         check_stateless(&segment.plan)?;
     }
@@ -695,6 +724,7 @@ pub async fn plan(
     }
     Ok(PipelinePlan {
         source,
+        join,
         feed,
         lower,
         lookups,
@@ -936,7 +966,8 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         "GlobalLimitExec" | "LocalLimitExec" => return Err(not_supported("LIMIT")),
         "HashJoinExec" | "NestedLoopJoinExec" | "SortMergeJoinExec" | "CrossJoinExec" => {
             return Err(not_supported(
-                "joins other than with a table or materialized view on its whole primary key",
+                "joins other than with a table or materialized view on its whole primary key, \
+                 or of two streams within a time bound",
             ));
         }
         "BoundedWindowAggExec" | "WindowAggExec" => {
@@ -958,6 +989,23 @@ fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
 }
 
 impl PipelinePlan {
+    /// The lower plan as a stage over `feed`.
+    pub fn lower_segment(&self) -> Segment {
+        Segment {
+            plan: self.lower.clone(),
+            feed: self.feed.clone(),
+            task_ctx: self.task_ctx.clone(),
+        }
+    }
+
+    /// Every source the pipeline reads, the join's inputs in order.
+    pub fn sources(&self) -> Vec<Arc<TableDef>> {
+        match &self.join {
+            Some(j) => j.inputs.iter().map(|i| i.source.clone()).collect(),
+            None => vec![self.source.clone()],
+        }
+    }
+
     /// Runs the lower plan over one source batch.
     pub async fn run_lower(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         self.feed.put(batch);

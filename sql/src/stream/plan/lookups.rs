@@ -19,7 +19,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
-use super::{Feed, LookupSource, Segment, feed_exec, not_supported};
+use super::{Feed, Scan, Segment, feed_exec, not_supported};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::lookup_join::LookupJoinPlan;
 
@@ -30,7 +30,7 @@ pub type LookupChain = Vec<(Arc<LookupJoinPlan>, Segment)>;
 /// over the source feed, and the lookup joins with the plans above each, bottom-up.
 pub(super) fn cut_lookups(
     root: &Arc<dyn ExecutionPlan>,
-    scans: &[LookupSource],
+    scans: &[Scan],
     ctx: &Arc<TaskContext>,
 ) -> Result<(Arc<dyn ExecutionPlan>, LookupChain)> {
     if scans.is_empty() {
@@ -71,12 +71,12 @@ pub(super) fn cut_lookups(
     Ok((lower, chain))
 }
 
-/// The looked-up table under one input of a join: the scan (through filters and projections)
-/// and, for each output column of that input, the table column it is (if it is one).
-fn table_side(
+/// The scan under one input of a join (through filters and projections)
+/// and, for each output column of that input, the scanned column it is (if it is one).
+pub(super) fn scan_columns(
     plan: &Arc<dyn ExecutionPlan>,
-    scans: &[LookupSource],
-) -> Option<(LookupSource, Vec<Option<usize>>)> {
+    scans: &[Scan],
+) -> Option<(Scan, Vec<Option<usize>>)> {
     if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
         let partition = scan.partitions().first()?;
         let source = scans
@@ -93,7 +93,7 @@ fn table_side(
     let [child] = children.as_slice() else {
         return None;
     };
-    let (source, below) = table_side(child, scans)?;
+    let (source, below) = scan_columns(child, scans)?;
     let columns = if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
         p.expr()
             .iter()
@@ -122,12 +122,12 @@ fn table_side(
 /// The join as a lookup join, with its stream side, if one input is a looked-up table.
 fn lookup_join(
     join: &HashJoinExec,
-    scans: &[LookupSource],
+    scans: &[Scan],
     ctx: &Arc<TaskContext>,
 ) -> Result<Option<(LookupJoinPlan, Arc<dyn ExecutionPlan>)>> {
     let (stream_is_left, (source, columns)) = match (
-        table_side(join.left(), scans),
-        table_side(join.right(), scans),
+        scan_columns(join.left(), scans),
+        scan_columns(join.right(), scans),
     ) {
         (None, Some(t)) => (true, t),
         (Some(t), None) => (false, t),

@@ -1,0 +1,386 @@
+//! Finding a join of two streams in a physical plan and cutting the plan at it.
+//!
+//! A `HashJoinExec` (or, without equal keys, a `NestedLoopJoinExec`) whose inputs read two
+//! different sources, each through filters and projections only, is an interval join when its
+//! condition bounds the difference of the two sides' event times (their WATERMARK columns)
+//! from below and above: `b.ts BETWEEN a.ts - x AND a.ts + y`, or `>=`/`<=` pairs, or
+//! `a.ts = b.ts`. The plan above it becomes the pipeline's lower plan over a feed of the join's
+//! rows, and each input becomes the stateless plan of its source.
+//!
+//! A join of two streams without such a bound would keep every row of both forever; it is
+//! refused with a hint.
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{JoinSide, JoinType, NullEquality};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Operator as BinOp;
+use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::utils::{JoinFilter, build_join_schema};
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+
+use super::lookups::scan_columns;
+use super::{Feed, Scan, Segment, feed_exec, interval_us, not_supported};
+use crate::catalog::TableDef;
+use crate::error::{Error, Result, sqlstate};
+use crate::stream::operators::interval_join::IntervalJoinPlan;
+
+/// One input of a join: its source and the stateless plan over the source's batches.
+#[derive(Debug, Clone)]
+pub struct JoinInput {
+    pub source: Arc<TableDef>,
+    pub lower: Segment,
+}
+
+/// A pipeline's join of two streams and its two inputs (left, right).
+#[derive(Debug, Clone)]
+pub struct StreamJoin {
+    pub plan: Arc<IntervalJoinPlan>,
+    pub inputs: [JoinInput; 2],
+}
+
+/// The plan above the topmost join of two sources (over the returned feed of the join's rows)
+/// and the join; None if the plan has no join of two sources.
+pub(super) fn cut_stream_join(
+    root: &Arc<dyn ExecutionPlan>,
+    sources: &[Scan],
+    ctx: &Arc<TaskContext>,
+) -> Result<Option<(Arc<dyn ExecutionPlan>, Feed, StreamJoin)>> {
+    let feed = Feed::default();
+    let mut found = None;
+    let above = root
+        .clone()
+        .transform_down(|node| {
+            if found.is_some() {
+                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+            }
+            let external = |e: Error| DataFusionError::External(Box::new(e));
+            let Some(join) = stream_join(&node, sources, ctx).map_err(external)? else {
+                return Ok(Transformed::no(node));
+            };
+            let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
+            found = Some(join);
+            Ok(Transformed::new(leaf, true, TreeNodeRecursion::Jump))
+        })?
+        .data;
+    Ok(found.map(|join| (above, feed, join)))
+}
+
+/// The parts of a join node the interval join needs.
+struct JoinParts<'a> {
+    left: &'a Arc<dyn ExecutionPlan>,
+    right: &'a Arc<dyn ExecutionPlan>,
+    join_type: JoinType,
+    on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    filter: Option<&'a JoinFilter>,
+    projection: Option<Vec<usize>>,
+}
+
+fn join_parts(node: &Arc<dyn ExecutionPlan>) -> Result<Option<JoinParts<'_>>> {
+    if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+        if join.null_equality() == NullEquality::NullEqualsNull {
+            return Err(not_supported("joins where NULL equals NULL"));
+        }
+        return Ok(Some(JoinParts {
+            left: join.left(),
+            right: join.right(),
+            join_type: *join.join_type(),
+            on: join.on().to_vec(),
+            filter: join.filter(),
+            projection: join.projection.as_ref().map(|p| p.to_vec()),
+        }));
+    }
+    if let Some(join) = node.downcast_ref::<NestedLoopJoinExec>() {
+        return Ok(Some(JoinParts {
+            left: join.left(),
+            right: join.right(),
+            join_type: *join.join_type(),
+            on: Vec::new(),
+            filter: join.filter(),
+            projection: join.projection().as_ref().map(|p| p.to_vec()),
+        }));
+    }
+    Ok(None)
+}
+
+/// The join as an interval join, if both its inputs read sources.
+fn stream_join(
+    node: &Arc<dyn ExecutionPlan>,
+    sources: &[Scan],
+    ctx: &Arc<TaskContext>,
+) -> Result<Option<StreamJoin>> {
+    let Some(parts) = join_parts(node)? else {
+        return Ok(None);
+    };
+    let (Some(left), Some(right)) = (
+        scan_columns(parts.left, sources),
+        scan_columns(parts.right, sources),
+    ) else {
+        return Ok(None);
+    };
+    if left.0.def.id == right.0.def.id {
+        return Err(not_supported(format!(
+            "joining source \"{}\" with itself",
+            left.0.def.name
+        )));
+    }
+    match parts.join_type {
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
+        other => {
+            return Err(not_supported(format!(
+                "{other} joins of two streams (EXISTS / IN subqueries over a stream)"
+            )));
+        }
+    }
+    // Which input columns are each source's event time (plus a constant).
+    let mut offsets: [Vec<Option<i64>>; 2] = Default::default();
+    for (i, (input, scan)) in [(parts.left, &left.0), (parts.right, &right.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let def = &scan.def;
+        let Some(watermark) = def.source().and_then(|s| s.watermark.as_ref()) else {
+            return Err(Error::user(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "a join of two streams needs a WATERMARK on source \"{}\": the join keeps \
+                     each side's rows until the watermark says no partner can still come",
+                    def.name
+                ),
+            ));
+        };
+        let column = def
+            .column_index(&watermark.column)
+            .ok_or_else(|| Error::internal("watermark column missing"))?;
+        offsets[i] = time_offsets(input, column).unwrap_or_default();
+    }
+    let bounds = time_bounds(parts.filter, &parts.on, &offsets);
+    let Some((lower_us, upper_us, time)) = bounds else {
+        let time_name = |def: &TableDef| {
+            def.source()
+                .and_then(|s| s.watermark.as_ref())
+                .map_or("ts".to_string(), |w| w.column.clone())
+        };
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "a join of streams \"{}\" and \"{}\" needs a bound on their event times \
+                 (WATERMARK columns), or it would keep every row of both forever",
+                left.0.def.name, right.0.def.name
+            ),
+        )
+        .with_hint(format!(
+            "join within an interval, e.g. ON ... AND {r}.{rt} BETWEEN {l}.{lt} - INTERVAL \
+             '1 minute' AND {l}.{lt} + INTERVAL '5 minutes'",
+            l = left.0.def.name,
+            r = right.0.def.name,
+            lt = time_name(&left.0.def),
+            rt = time_name(&right.0.def),
+        )));
+    };
+    if lower_us > upper_us {
+        return Err(Error::user(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            "the join's time bound is empty: no pair of rows can match",
+        ));
+    }
+    let schema = Arc::new(
+        build_join_schema(
+            &parts.left.schema(),
+            &parts.right.schema(),
+            &parts.join_type,
+        )
+        .0,
+    );
+    let (left_keys, right_keys) = parts.on.iter().cloned().unzip();
+    let plan = IntervalJoinPlan {
+        join_type: parts.join_type,
+        inputs: [parts.left.schema(), parts.right.schema()],
+        keys: [left_keys, right_keys],
+        time: [time[0].0, time[1].0],
+        time_offset_us: [time[0].1, time[1].1],
+        lower_us,
+        upper_us,
+        filter: parts.filter.cloned(),
+        schema,
+        projection: parts.projection,
+    };
+    let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| JoinInput {
+        source: scan.def.clone(),
+        lower: Segment {
+            plan: plan.clone(),
+            feed: scan.feed.clone(),
+            task_ctx: ctx.clone(),
+        },
+    };
+    Ok(Some(StreamJoin {
+        plan: Arc::new(plan),
+        inputs: [input(parts.left, &left.0), input(parts.right, &right.0)],
+    }))
+}
+
+/// `expr` as a column plus a constant interval: what `leaf` makes of the column, and the
+/// constant in microseconds.
+fn plus_constant<T>(
+    expr: &Arc<dyn PhysicalExpr>,
+    leaf: &dyn Fn(&Column) -> Option<T>,
+) -> Option<(T, i64)> {
+    if let Some(c) = expr.downcast_ref::<Column>() {
+        return Some((leaf(c)?, 0));
+    }
+    if let Some(c) = expr.downcast_ref::<CastExpr>() {
+        return plus_constant(c.expr(), leaf);
+    }
+    let b = expr.downcast_ref::<BinaryExpr>()?;
+    let constant = |e: &Arc<dyn PhysicalExpr>| -> Option<i64> {
+        interval_us(e.downcast_ref::<Literal>()?.value())
+    };
+    match b.op() {
+        BinOp::Plus => match constant(b.right()) {
+            Some(k) => {
+                let (t, d) = plus_constant(b.left(), leaf)?;
+                Some((t, d.checked_add(k)?))
+            }
+            None => {
+                let (t, d) = plus_constant(b.right(), leaf)?;
+                Some((t, d.checked_add(constant(b.left())?)?))
+            }
+        },
+        BinOp::Minus => {
+            let (t, d) = plus_constant(b.left(), leaf)?;
+            Some((t, d.checked_sub(constant(b.right())?)?))
+        }
+        _ => None,
+    }
+}
+
+/// For each output column of an input (a source scan under projections and filters):
+/// `Some(d)` if it is the source's column `time` plus `d` microseconds.
+fn time_offsets(plan: &Arc<dyn ExecutionPlan>, time: usize) -> Option<Vec<Option<i64>>> {
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+        let width = scan.partitions().first()?.schema().fields().len();
+        let columns: Vec<usize> = match scan.projection() {
+            Some(p) => p.to_vec(),
+            None => (0..width).collect(),
+        };
+        return Some(columns.iter().map(|&c| (c == time).then_some(0)).collect());
+    }
+    let children = plan.children();
+    let [child] = children.as_slice() else {
+        return None;
+    };
+    let below = time_offsets(child, time)?;
+    let at = |c: &Column| below.get(c.index()).copied().flatten();
+    Some(if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        p.expr()
+            .iter()
+            .map(|e| {
+                let (offset, d) = plus_constant(&e.expr, &at)?;
+                offset.checked_add(d)
+            })
+            .collect()
+    } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        match f.projection() {
+            Some(p) => p.iter().map(|i| below.get(*i).copied().flatten()).collect(),
+            None => below,
+        }
+    } else {
+        below
+    })
+}
+
+fn conjuncts<'a>(expr: &'a Arc<dyn PhysicalExpr>, out: &mut Vec<&'a Arc<dyn PhysicalExpr>>) {
+    match expr.downcast_ref::<BinaryExpr>() {
+        Some(b) if *b.op() == BinOp::And => {
+            conjuncts(b.left(), out);
+            conjuncts(b.right(), out);
+        }
+        _ => out.push(expr),
+    }
+}
+
+/// The bounds `[lower, upper]` the condition puts on `right time - left time` (the sources'
+/// event times), if it bounds both ways; and for each input a column holding its time plus a
+/// constant (the column, the constant).
+fn time_bounds(
+    filter: Option<&JoinFilter>,
+    on: &[(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)],
+    offsets: &[Vec<Option<i64>>; 2],
+) -> Option<(i64, i64, [(usize, i64); 2])> {
+    let (mut lower, mut upper) = (None::<i64>, None::<i64>);
+    let mut time: [Option<(usize, i64)>; 2] = [None, None];
+    // Equal keys that are both times (`a.ts = b.ts`).
+    for (l, r) in on {
+        let at = |input: usize| {
+            move |c: &Column| Some((c.index(), offsets[input].get(c.index()).copied().flatten()?))
+        };
+        let (Some(((lc, lo), p)), Some(((rc, ro), q))) =
+            (plus_constant(l, &at(0)), plus_constant(r, &at(1)))
+        else {
+            continue;
+        };
+        time[0].get_or_insert((lc, lo));
+        time[1].get_or_insert((rc, ro));
+        let bound = (lo + p) - (ro + q);
+        lower = Some(lower.map_or(bound, |b| b.max(bound)));
+        upper = Some(upper.map_or(bound, |b| b.min(bound)));
+    }
+    let mut all = Vec::new();
+    if let Some(filter) = filter {
+        conjuncts(filter.expression(), &mut all);
+    }
+    // A filter column as (input, the source time's offset in it), if it is a time.
+    let leaf = |c: &Column| -> Option<(usize, usize, i64)> {
+        let index = filter?.column_indices().get(c.index())?;
+        let input = match index.side {
+            JoinSide::Left => 0,
+            JoinSide::Right => 1,
+            JoinSide::None => return None,
+        };
+        let offset = offsets[input].get(index.index).copied().flatten()?;
+        Some((input, index.index, offset))
+    };
+    for expr in all {
+        let Some(b) = expr.downcast_ref::<BinaryExpr>() else {
+            continue;
+        };
+        let (Some((a, p)), Some((c, q))) = (
+            plus_constant(b.left(), &leaf),
+            plus_constant(b.right(), &leaf),
+        ) else {
+            continue;
+        };
+        if a.0 == c.0 {
+            continue;
+        }
+        for (input, column, offset) in [a, c] {
+            time[input].get_or_insert((column, offset));
+        }
+        // In source times: `a.t + (a offset + p)  op  c.t + (c offset + q)`.
+        let (p, q) = (a.2 + p, c.2 + q);
+        // As `right + p  op  left + q`: right - left  op  q - p.
+        let (op, bound) = match a.0 {
+            1 => (*b.op(), q - p),
+            _ => match b.op().swap() {
+                Some(op) => (op, p - q),
+                None => continue,
+            },
+        };
+        match op {
+            BinOp::Gt | BinOp::GtEq => lower = Some(lower.map_or(bound, |l| l.max(bound))),
+            BinOp::Lt | BinOp::LtEq => upper = Some(upper.map_or(bound, |u| u.min(bound))),
+            BinOp::Eq => {
+                lower = Some(lower.map_or(bound, |l| l.max(bound)));
+                upper = Some(upper.map_or(bound, |u| u.min(bound)));
+            }
+            _ => {}
+        }
+    }
+    Some((lower?, upper?, [time[0]?, time[1]?]))
+}
