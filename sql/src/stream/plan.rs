@@ -981,6 +981,11 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     Ok(())
 }
 
+/// Microseconds as seconds, for EXPLAIN.
+fn seconds(us: i64) -> String {
+    format!("{} s", us as f64 / 1e6)
+}
+
 /// A physical plan's lines, indented, for EXPLAIN.
 fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
     for l in displayable(plan).indent(true).to_string().lines() {
@@ -1016,25 +1021,70 @@ impl PipelinePlan {
     /// The EXPLAIN text of the pipeline.
     pub fn explain(&self, emit_on_close: bool, sink: &str) -> Vec<String> {
         let mut lines = Vec::new();
-        let source = &self.source;
-        let (connector, watermark) = match &source.kind {
-            TableKind::Source(s) => (
-                s.connector
-                    .clone()
-                    .unwrap_or_else(|| "push (INSERT / HTTP)".into()),
-                s.watermark
-                    .as_ref()
-                    .map(|w| format!("watermark {} = {}", w.column, w.expr))
-                    .unwrap_or_else(|| "no watermark".into()),
-            ),
-            _ => ("?".into(), String::new()),
+        let inputs = match &self.join {
+            Some(j) => j
+                .inputs
+                .iter()
+                .map(|i| (i.source.clone(), i.lower.plan.clone()))
+                .collect(),
+            None => vec![(self.source.clone(), self.lower.clone())],
         };
-        lines.push(format!(
-            "Source: {} (connector: {connector}; {watermark})",
-            source.name
-        ));
-        lines.push("  Stateless (DataFusion, per batch):".into());
-        push_plan(&mut lines, self.lower.as_ref());
+        for (source, lower) in inputs {
+            let (connector, watermark) = match &source.kind {
+                TableKind::Source(s) => (
+                    s.connector
+                        .clone()
+                        .unwrap_or_else(|| "push (INSERT / HTTP)".into()),
+                    s.watermark
+                        .as_ref()
+                        .map(|w| format!("watermark {} = {}", w.column, w.expr))
+                        .unwrap_or_else(|| "no watermark".into()),
+                ),
+                _ => ("?".into(), String::new()),
+            };
+            lines.push(format!(
+                "Source: {} (connector: {connector}; {watermark})",
+                source.name
+            ));
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, lower.as_ref());
+        }
+        if let Some(join) = &self.join {
+            let plan = &join.plan;
+            let keys: Vec<String> = plan.keys[0]
+                .iter()
+                .zip(&plan.keys[1])
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect();
+            let time = |i: usize| {
+                let source = &join.inputs[i].source;
+                let column = source
+                    .source()
+                    .and_then(|s| s.watermark.as_ref())
+                    .map_or("?", |w| w.column.as_str());
+                format!("{}.{column}", source.name)
+            };
+            lines.push(format!(
+                "Interval join ({}) of {} and {} on [{}]: {} - {} within [{}, {}]",
+                plan.join_type.to_string().to_uppercase(),
+                join.inputs[0].source.name,
+                join.inputs[1].source.name,
+                keys.join(", "),
+                time(1),
+                time(0),
+                seconds(plan.lower_us),
+                seconds(plan.upper_us),
+            ));
+            lines.push(format!(
+                "  state: table {}, rows of both inputs by (key, time) until the watermark (the \
+                 minimum of both inputs') passes their bound, when unmatched outer rows are \
+                 emitted; output watermark {} behind",
+                super::manager::JOIN_OPERATOR,
+                seconds(plan.delay_us()),
+            ));
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, self.lower.as_ref());
+        }
         for (join, segment) in &self.lookups {
             let key: Vec<String> = join
                 .table
