@@ -89,6 +89,35 @@ fn produce(p: &BaseProducer, topic: &str, partition: Option<i32>, payloads: &[(S
         .expect("messages delivered");
 }
 
+/// Payments of orders (events): none for every third, else one `i % 5 * 700` ms after the
+/// order, so with a 2-second bound those with `i % 5` of 3 or 4 come too late.
+const PAID: &str = "SELECT e.device, count(*) AS n, sum(p.amount) AS total \
+     FROM events e JOIN payments p \
+       ON p.order_id = e.id AND p.ts BETWEEN e.ts AND e.ts + INTERVAL '2 seconds' \
+     GROUP BY e.device";
+const UNPAID: &str = "SELECT e.id FROM events e LEFT JOIN payments p \
+       ON p.order_id = e.id AND p.ts BETWEEN e.ts AND e.ts + INTERVAL '2 seconds' \
+     WHERE p.order_id IS NULL";
+
+fn payment(i: i64) -> Option<(i64, i64, i64)> {
+    (i % 3 != 0).then(|| (i, i % 100, BASE_MS + i + (i % 5) * 700))
+}
+
+fn payment_payloads(range: std::ops::Range<i64>) -> Vec<(String, String)> {
+    range
+        .filter_map(payment)
+        .map(|(order, amount, ts_ms)| {
+            let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+            (
+                order.to_string(),
+                format!(r#"{{"order_id": {order}, "amount": {amount}, "ts": "{ts}"}}"#),
+            )
+        })
+        .collect()
+}
+
 fn payloads(range: std::ops::Range<i64>) -> Vec<(String, String)> {
     range
         .map(|i| {
@@ -283,6 +312,59 @@ async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
     )
 }
 
+/// The interval-join results, computed by DataFusion as one batch job: the paid view, and
+/// the unpaid orders the final watermark has decided (ids below `ROLLING_IDS`).
+async fn join_reference() -> (Vec<String>, Vec<String>) {
+    let events: Vec<Event> = (0..MESSAGES).map(event).collect();
+    let payments: Vec<(i64, i64, i64)> = (0..MESSAGES).filter_map(payment).collect();
+    let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
+    let times = |ms: Vec<i64>| {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(ms.into_iter().map(|t| t * 1000))
+                .with_timezone("+00:00"),
+        )
+    };
+    let events = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("device", DataType::Int32, false),
+            Field::new("ts", ts_type.clone(), false),
+        ])),
+        vec![
+            Arc::new(events.iter().map(|e| e.id).collect::<Int64Array>()),
+            Arc::new(events.iter().map(|e| e.device).collect::<Int32Array>()),
+            times(events.iter().map(|e| e.ts_ms).collect()),
+        ],
+    )
+    .unwrap();
+    let payments = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("order_id", DataType::Int64, false),
+            Field::new("amount", DataType::Int64, true),
+            Field::new("ts", ts_type, false),
+        ])),
+        vec![
+            Arc::new(payments.iter().map(|p| p.0).collect::<Int64Array>()),
+            Arc::new(payments.iter().map(|p| p.1).collect::<Int64Array>()),
+            times(payments.iter().map(|p| p.2).collect()),
+        ],
+    )
+    .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_batch("events", events).unwrap();
+    ctx.register_batch("payments", payments).unwrap();
+    let mut results = Vec::new();
+    for sql in [
+        format!("{PAID} ORDER BY device"),
+        format!("SELECT id FROM ({UNPAID}) WHERE id < {ROLLING_IDS} ORDER BY id"),
+    ] {
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        results.push(reference_rows(&batches));
+    }
+    let unpaid = results.pop().unwrap();
+    (results.pop().unwrap(), unpaid)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let seed = crash_seed();
@@ -294,9 +376,11 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     // consumer that lags on a loaded machine never finds its offset deleted (with 3
     // partitions it could, and then reset to the end: "Offset out of range").
     mock.create_topic("events", 8, 1).expect("topic");
+    mock.create_topic("payments", 4, 1).expect("topic");
     let bootstrap = mock.bootstrap_servers();
     let p = producer(&bootstrap);
     produce(&p, "events", None, &payloads(0..MESSAGES / 2));
+    produce(&p, "payments", None, &payment_payloads(0..MESSAGES / 2));
 
     let mut server = Server::start();
     let client = server.connect().await;
@@ -315,7 +399,14 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW}; \
              CREATE MATERIALIZED VIEW by_site WITH (checkpoint_interval = '250ms') AS {BY_SITE}; \
              CREATE STREAM rolling WITH (checkpoint_interval = '350ms', retention_rows = 300000) \
-               AS {ROLLING};",
+               AS {ROLLING}; \
+             CREATE SOURCE payments (order_id bigint NOT NULL, amount bigint, ts timestamptz NOT NULL, \
+               WATERMARK FOR ts AS ts - INTERVAL '{WATERMARK_DELAY_S} seconds') \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'payments', \
+               properties.max.partition.fetch.bytes = '65536'); \
+             CREATE MATERIALIZED VIEW paid WITH (checkpoint_interval = '270ms') AS {PAID}; \
+             CREATE STREAM unpaid WITH (checkpoint_interval = '330ms', retention_rows = 300000) \
+               AS {UNPAID};",
             sites.join(", ")
         ))
         .await
@@ -331,6 +422,12 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     for (k, target) in targets.iter().enumerate() {
         if *target >= MESSAGES / 2 && !produced_all {
             produce(&p, "events", None, &payloads(MESSAGES / 2..MESSAGES));
+            produce(
+                &p,
+                "payments",
+                None,
+                &payment_payloads(MESSAGES / 2..MESSAGES),
+            );
             produced_all = true;
         }
         let seen = wait_for(
@@ -346,8 +443,15 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     }
     if !produced_all {
         produce(&p, "events", None, &payloads(MESSAGES / 2..MESSAGES));
+        produce(
+            &p,
+            "payments",
+            None,
+            &payment_payloads(MESSAGES / 2..MESSAGES),
+        );
     }
     let (by_device, windows, by_site, rolling) = reference().await;
+    let (paid, unpaid) = join_reference().await;
     let deadline = Duration::from_secs(300);
     wait_for(&server, progress, deadline, "all events counted", |n| {
         n >= MESSAGES
@@ -378,7 +482,43 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         |n| n >= rolling.len() as i64,
     )
     .await;
+    let paid_total = (0..MESSAGES)
+        .filter_map(payment)
+        .filter(|(order, _, ts)| *ts <= BASE_MS + order + 2000)
+        .count() as i64;
+    wait_for(
+        &server,
+        "SELECT sum(n) FROM paid",
+        deadline,
+        "all payments joined",
+        |n| n >= paid_total,
+    )
+    .await;
+    wait_for(
+        &server,
+        &format!("SELECT count(*) FROM unpaid WHERE id < {ROLLING_IDS}"),
+        deadline,
+        "all unpaid orders",
+        |n| n >= unpaid.len() as i64,
+    )
+    .await;
     let client = server.connect().await;
+    let got_paid = eddy_rows(&client, "SELECT device, n, total FROM paid ORDER BY device").await;
+    assert_eq!(got_paid, paid, "interval-join view differs (seed {seed})");
+    let got_unpaid = eddy_rows(
+        &client,
+        &format!("SELECT id FROM unpaid WHERE id < {ROLLING_IDS} ORDER BY id"),
+    )
+    .await;
+    assert_eq!(
+        got_unpaid.len(),
+        unpaid.len(),
+        "unpaid (interval LEFT JOIN) row count (seed {seed})"
+    );
+    assert!(
+        got_unpaid == unpaid,
+        "unpaid orders differ from the batch query (seed {seed})"
+    );
     let got_rolling = eddy_rows(
         &client,
         &format!("SELECT id, s FROM rolling WHERE id < {ROLLING_IDS} ORDER BY id"),

@@ -885,3 +885,6 @@ fn sink_error(def: &TableDef, e: eddy_connectors::Error) -> Error {
 fn connector_error(e: eddy_connectors::Error) -> Error {
     Error::connector("source", e)
 }
+
+#[cfg(test)]
+mod tests;
