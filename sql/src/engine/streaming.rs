@@ -68,7 +68,7 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
                 .engine()
                 .streams
                 .model_functions(&Default::default(), Some(models));
-            let plan = plan::plan(&catalog, &query, &udfs).await?;
+            let plan = plan::plan_with(&catalog, &query, &udfs, &q.options).await?;
             let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
             let emit_on_close = emit_on_close(q, &plan, windowed)?;
             let sink = match q.kind {
@@ -448,7 +448,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         .engine()
         .streams
         .model_functions(&Default::default(), Some(source));
-    let plan = plan::plan(&catalog, &query, &udfs).await?;
+    let plan = plan::plan_with(&catalog, &query, &udfs, &q.options).await?;
     let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
     if q.kind == ObjectKind::Stream && plan.aggregate.is_some() {
         return Err(Error::user(
@@ -464,6 +464,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         Options::new(q.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
     option_ms(&q.options, "checkpoint_interval")?;
     options.take("checkpoint_interval");
+    options.take("state_ttl");
     if q.kind == ObjectKind::Stream {
         option_u64(&q.options, "retention_rows")?;
         options.take("retention_rows");

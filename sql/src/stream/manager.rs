@@ -306,7 +306,7 @@ impl StreamManager {
         }
         // The model versions of the checkpoint the pipeline resumes from.
         let (models, udfs) = self.model_functions(&record.models, None);
-        let plan = Arc::new(plan::plan(catalog, &query, &udfs).await?);
+        let plan = Arc::new(plan::plan_with(catalog, &query, &udfs, &info.options).await?);
         // A sink's files roll at each checkpoint: its interval defaults to 10 s.
         let default_interval = match &def.kind {
             TableKind::Sink(_) => DEFAULT_SINK_CHECKPOINT_INTERVAL_MS,

@@ -633,8 +633,28 @@ pub async fn plan(
     query: &Query,
     udfs: &[Arc<ScalarUDF>],
 ) -> Result<PipelinePlan> {
+    plan_with(catalog, query, udfs, &[]).await
+}
+
+/// [`plan`] with the pipeline's options (`state_ttl`).
+pub async fn plan_with(
+    catalog: &Catalog,
+    query: &Query,
+    udfs: &[Arc<ScalarUDF>],
+    options: &[(String, String)],
+) -> Result<PipelinePlan> {
     let mut planner = Planner::new(catalog, udfs)?;
-    let logical = planner.logical(query.clone()).await?;
+    let mut query = query.clone();
+    let ttl = state_ttl(options)?;
+    if let Some(ms) = ttl
+        && !joins::bound_by_ttl(&mut query, catalog, ms)?
+    {
+        return Err(Error::user(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            "state_ttl applies to joins of two sources, and this query has none",
+        ));
+    }
+    let logical = planner.logical(query).await?;
     let names = crate::engine::output_names(&logical);
     let physical = planner.ctx.state().create_physical_plan(&logical).await?;
     let task_ctx = planner.ctx.task_ctx();
@@ -979,6 +999,23 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         check_stateless(child)?;
     }
     Ok(())
+}
+
+/// The `state_ttl` option, in milliseconds.
+pub fn state_ttl(options: &[(String, String)]) -> Result<Option<u64>> {
+    let Some((_, v)) = options.iter().find(|(k, _)| k == "state_ttl") else {
+        return Ok(None);
+    };
+    eddy_connectors::options::parse_duration(v)
+        .map(|d| d.as_millis() as u64)
+        .filter(|ms| *ms > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::user(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for option \"state_ttl\": \"{v}\" (expected e.g. 10m, 1h)"),
+            )
+        })
 }
 
 /// Microseconds as seconds, for EXPLAIN.

@@ -25,9 +25,13 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, JoinConstraint, JoinOperator, Query, SetExpr, TableFactor, TableWithJoins,
+};
+
 use super::lookups::scan_columns;
 use super::{Feed, Scan, Segment, feed_exec, interval_us, not_supported};
-use crate::catalog::TableDef;
+use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::interval_join::IntervalJoinPlan;
 
@@ -177,7 +181,8 @@ fn stream_join(
         )
         .with_hint(format!(
             "join within an interval, e.g. ON ... AND {r}.{rt} BETWEEN {l}.{lt} - INTERVAL \
-             '1 minute' AND {l}.{lt} + INTERVAL '5 minutes'",
+             '1 minute' AND {l}.{lt} + INTERVAL '5 minutes', or keep rows for a while of event \
+             time: WITH (state_ttl = '1h') joins rows whose times are within it",
             l = left.0.def.name,
             r = right.0.def.name,
             lt = time_name(&left.0.def),
@@ -383,4 +388,113 @@ fn time_bounds(
         }
     }
     Some((lower?, upper?, [time[0]?, time[1]?]))
+}
+
+/// With `state_ttl`: adds to each join of two sources (with WATERMARKs) the bound that their
+/// event times are within the TTL of each other, so the join keeps each row that long (in
+/// event time). Returns whether there was such a join.
+pub(super) fn bound_by_ttl(query: &mut Query, catalog: &Catalog, ttl_ms: u64) -> Result<bool> {
+    let mut found = false;
+    bound_query(query, catalog, ttl_ms, &mut found)?;
+    Ok(found)
+}
+
+fn bound_query(query: &mut Query, catalog: &Catalog, ttl_ms: u64, found: &mut bool) -> Result<()> {
+    bound_set(&mut query.body, catalog, ttl_ms, found)
+}
+
+fn bound_set(body: &mut SetExpr, catalog: &Catalog, ttl_ms: u64, found: &mut bool) -> Result<()> {
+    match body {
+        SetExpr::Select(select) => {
+            for from in select.from.iter_mut() {
+                bound_joins(from, catalog, ttl_ms, found)?;
+            }
+        }
+        SetExpr::Query(q) => bound_query(q, catalog, ttl_ms, found)?,
+        SetExpr::SetOperation { left, right, .. } => {
+            bound_set(left, catalog, ttl_ms, found)?;
+            bound_set(right, catalog, ttl_ms, found)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `(qualifier, event-time column)` of a FROM item that is a source with a WATERMARK.
+fn timed_source(factor: &TableFactor, catalog: &Catalog) -> Option<(String, String)> {
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    let table = name.to_string().trim_matches('"').to_ascii_lowercase();
+    let def = catalog.table(DEFAULT_SCHEMA, &table)?;
+    let TableKind::Source(info) = &def.kind else {
+        return None;
+    };
+    let column = info.watermark.as_ref()?.column.clone();
+    let qualifier = alias
+        .as_ref()
+        .map(|a| a.name.to_string())
+        .unwrap_or_else(|| name.to_string());
+    Some((qualifier, format!("\"{}\"", column.replace('"', "\"\""))))
+}
+
+fn bound_joins(
+    from: &mut TableWithJoins,
+    catalog: &Catalog,
+    ttl_ms: u64,
+    found: &mut bool,
+) -> Result<()> {
+    if let TableFactor::Derived { subquery, .. } = &mut from.relation {
+        bound_query(subquery, catalog, ttl_ms, found)?;
+    }
+    let left = timed_source(&from.relation, catalog);
+    for join in from.joins.iter_mut() {
+        if let TableFactor::Derived { subquery, .. } = &mut join.relation {
+            bound_query(subquery, catalog, ttl_ms, found)?;
+        }
+        let (Some((l, lt)), Some((r, rt))) = (&left, timed_source(&join.relation, catalog)) else {
+            continue;
+        };
+        let constraint = match &mut join.join_operator {
+            JoinOperator::Join(c)
+            | JoinOperator::Inner(c)
+            | JoinOperator::Left(c)
+            | JoinOperator::LeftOuter(c)
+            | JoinOperator::Right(c)
+            | JoinOperator::RightOuter(c)
+            | JoinOperator::FullOuter(c) => c,
+            _ => continue,
+        };
+        let JoinConstraint::On(on) = constraint else {
+            continue;
+        };
+        let bound = format!(
+            "{r}.{rt} BETWEEN {l}.{lt} - INTERVAL '{ttl_ms} milliseconds' \
+             AND {l}.{lt} + INTERVAL '{ttl_ms} milliseconds'"
+        );
+        let parsed = super::parse_query(&format!("SELECT 1 WHERE {bound}"))?;
+        let SetExpr::Select(select) = *parsed.body else {
+            return Err(Error::internal("state_ttl bound is not a SELECT"));
+        };
+        let bound = select
+            .selection
+            .ok_or_else(|| Error::internal("state_ttl bound has no WHERE"))?;
+        let original = std::mem::replace(
+            on,
+            SqlExpr::value(datafusion::sql::sqlparser::ast::Value::Null),
+        );
+        *on = SqlExpr::BinaryOp {
+            left: Box::new(SqlExpr::Nested(Box::new(original))),
+            op: datafusion::sql::sqlparser::ast::BinaryOperator::And,
+            right: Box::new(bound),
+        };
+        *found = true;
+    }
+    Ok(())
 }

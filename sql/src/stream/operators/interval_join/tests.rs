@@ -35,6 +35,13 @@ const SOURCES: [&str; 2] = [
 ];
 
 async fn planned(sql: &str) -> std::result::Result<Arc<PipelinePlan>, Error> {
+    planned_with(sql, &[]).await
+}
+
+async fn planned_with(
+    sql: &str,
+    options: &[(String, String)],
+) -> std::result::Result<Arc<PipelinePlan>, Error> {
     let engine = Engine::in_memory();
     let session = engine.new_session("eddy", "eddy");
     for source in SOURCES {
@@ -42,7 +49,9 @@ async fn planned(sql: &str) -> std::result::Result<Arc<PipelinePlan>, Error> {
     }
     let catalog = engine.catalog();
     let query = plan::parse_query(sql)?;
-    Ok(Arc::new(plan::plan(&catalog, &query, &[]).await?))
+    Ok(Arc::new(
+        plan::plan_with(&catalog, &query, &[], options).await?,
+    ))
 }
 
 fn first_ts(batch: &RecordBatch) -> i64 {
@@ -109,8 +118,19 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
         "SELECT o.v, p.v AS pv FROM payments p JOIN orders o \
          ON o.k = p.k AND o.ts = p.ts - INTERVAL '0 seconds' WHERE o.v > 0",
     ];
-    for sql in cases {
-        let plan = planned(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    // With state_ttl, a join without a time bound joins rows within the TTL of each other.
+    let ttl = "SELECT o.v, p.v AS pv, o.k FROM orders o LEFT JOIN payments p ON o.k = p.k";
+    let ttl_batch = "SELECT o.v, p.v AS pv, o.k FROM orders o LEFT JOIN payments p ON o.k = p.k \
+         AND p.ts BETWEEN o.ts - INTERVAL '1500 milliseconds' AND o.ts + INTERVAL '1500 milliseconds'";
+    let cases = cases.map(|sql| (sql, sql, Vec::new())).into_iter().chain([(
+        ttl,
+        ttl_batch,
+        vec![("state_ttl".to_string(), "1500ms".to_string())],
+    )]);
+    for (sql, batch_sql, options) in cases {
+        let plan = planned_with(sql, &options)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let join = plan.join.clone().expect("a join of two streams");
         for seed in [5u64, 808, 31_337] {
             eprintln!("seed {seed}: {sql}");
@@ -144,7 +164,7 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
                 let table = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
                 ctx.register_table(name, Arc::new(table)).unwrap();
             }
-            let expected = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            let expected = ctx.sql(batch_sql).await.unwrap().collect().await.unwrap();
             let expected_rows = sorted_rows(&expected);
             assert!(
                 !expected_rows.is_empty(),
@@ -221,6 +241,11 @@ async fn joins_of_two_streams_without_a_time_bound_are_refused_with_a_hint() {
     ] {
         let e = planned(sql).await.expect_err(sql);
         assert!(e.to_string().contains(message), "{sql}: {e}");
+        if message.contains("bound on") {
+            // Accepted with a TTL.
+            let ttl = [("state_ttl".to_string(), "1h".to_string())];
+            planned_with(sql, &ttl).await.unwrap();
+        }
         if message.contains("bound on") {
             assert_eq!(e.sqlstate(), "0A000");
             assert!(e.hint().is_some_and(|h| h.contains("BETWEEN")), "{e:?}");
