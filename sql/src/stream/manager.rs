@@ -435,6 +435,11 @@ impl StreamManager {
             (TableKind::Stream(q), _) => SinkKind::Stream {
                 retention_rows: option_u64(&q.options, "retention_rows")?.unwrap_or(100_000),
             },
+            // A view without an aggregation holds every row of its query, in order (its rows
+            // are only ever inserted).
+            (TableKind::MaterializedView(_), _) if plan.aggregate.is_none() => SinkKind::Stream {
+                retention_rows: u64::MAX,
+            },
             (_, Some(SinkConfig::Parquet(config))) => {
                 let mut spool_limit = None;
                 let (dir, publish) = match config.target {
