@@ -77,8 +77,54 @@ pub fn query(name: &str) -> Result<(bool, &'static str)> {
             "SELECT auction, bidder, price, channel, split_part(url, '/', 4) AS dir1, \
                split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3 FROM bid",
         ),
-        other => bail!("unknown query {other} (expected q0, q1, q2, q14, q15, q17 or q22)"),
+        // Joins of two sources: rows within `JOIN_TTL` of event time of each other join (at
+        // the standard rate, 10 M events span one second of event time, so every pair does,
+        // as in the batch join).
+        "q3" => (
+            false,
+            "SELECT p.name, p.city, p.state, a.id FROM auction a JOIN person p ON a.seller = p.id \
+             WHERE a.category = 10 AND (p.state = 'OR' OR p.state = 'ID' OR p.state = 'CA')",
+        ),
+        "q20" => (
+            false,
+            "SELECT b.auction, b.bidder, b.price, b.channel, b.url, b.date_time AS bid_time, \
+               a.item_name, a.description, a.initial_bid, a.reserve, a.date_time AS auction_time, \
+               a.expires, a.seller, a.category \
+             FROM bid b JOIN auction a ON b.auction = a.id WHERE a.category = 10",
+        ),
+        other => {
+            bail!("unknown query {other} (expected q0, q1, q2, q3, q14, q15, q17, q20 or q22)")
+        }
     })
+}
+
+/// How long joined sources keep rows (`state_ttl`) in the join queries.
+const JOIN_TTL: &str = "10s";
+
+/// The Nexmark tables a query reads.
+fn tables(select: &str) -> Vec<Table> {
+    let mut tables = Vec::new();
+    for (name, table) in [
+        ("bid", Table::Bid),
+        ("auction", Table::Auction),
+        ("person", Table::Person),
+    ] {
+        if select.contains(&format!("FROM {name} "))
+            || select.contains(&format!("JOIN {name} "))
+            || select.ends_with(&format!("FROM {name}"))
+        {
+            tables.push(table);
+        }
+    }
+    tables
+}
+
+fn table_name(table: Table) -> &'static str {
+    match table {
+        Table::Bid => "bid",
+        Table::Auction => "auction",
+        Table::Person => "person",
+    }
 }
 
 /// User + system CPU seconds of this process so far.
@@ -120,24 +166,36 @@ async fn run_sql(session: &Session, sql: &str) -> Result<()> {
 /// Runs the query as a continuous query until the source is exhausted and its end is
 /// checkpointed; returns (CPU seconds, wall seconds).
 async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f64)> {
+    let tables = tables(select);
+    let ttl = match tables.len() {
+        1 => String::new(),
+        _ => format!(", state_ttl = '{JOIN_TTL}'"),
+    };
     let ddl = if mv {
         format!(
-            "CREATE MATERIALIZED VIEW {} WITH (checkpoint_interval = '{}ms') AS {select}",
+            "CREATE MATERIALIZED VIEW {} WITH (checkpoint_interval = '{}ms'{ttl}) AS {select}",
             args.query, args.checkpoint_interval_ms
         )
     } else {
         format!(
-            "CREATE STREAM {} WITH (checkpoint_interval = '{}ms', retention_rows = 0) AS {select}",
+            "CREATE STREAM {} WITH (checkpoint_interval = '{}ms', retention_rows = 0{ttl}) AS {select}",
             args.query, args.checkpoint_interval_ms
         )
     };
-    run_pipeline(args.events, args.rate, &args.query, &ddl).await
+    run_pipeline(args.events, args.rate, &tables, &args.query, &ddl).await
 }
 
-/// Creates a Nexmark `bid` source of `events` events in a fresh engine, then the pipeline
-/// `name` with `ddl`, and runs it until the source's end is checkpointed; returns (CPU
-/// seconds, wall seconds) from the pipeline's creation.
-async fn run_pipeline(events: u64, rate: u64, name: &str, ddl: &str) -> Result<(f64, f64)> {
+/// Creates a Nexmark source per table of `events` events in a fresh engine (with Flink's
+/// 4-second watermark when several are joined), then the pipeline `name` with `ddl`, and
+/// runs it until every source's end is checkpointed; returns (CPU seconds, wall seconds)
+/// from the pipeline's creation.
+async fn run_pipeline(
+    events: u64,
+    rate: u64,
+    tables: &[Table],
+    name: &str,
+    ddl: &str,
+) -> Result<(f64, f64)> {
     // A pipeline of an earlier run may still hold its engine's files for a moment.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -146,13 +204,21 @@ async fn run_pipeline(events: u64, rate: u64, name: &str, ddl: &str) -> Result<(
     let engine = Engine::open(&dir).context("open bench data dir")?;
     engine.start_streams(tokio::runtime::Handle::current());
     let session = engine.new_session("eddy", "eddy");
-    run_sql(
-        &session,
-        &format!(
-            "CREATE SOURCE bid WITH (connector = 'nexmark', table = 'bid', events = '{events}', event_rate = '{rate}')"
-        ),
-    )
-    .await?;
+    for table in tables {
+        let table = table_name(*table);
+        let watermark = match tables.len() {
+            1 => "",
+            _ => "(WATERMARK FOR date_time AS date_time - INTERVAL '4 seconds') ",
+        };
+        run_sql(
+            &session,
+            &format!(
+                "CREATE SOURCE {table} {watermark}WITH (connector = 'nexmark', table = '{table}', \
+                 events = '{events}', event_rate = '{rate}')"
+            ),
+        )
+        .await?;
+    }
     let cpu0 = cpu_seconds();
     let wall0 = Instant::now();
     run_sql(&session, ddl).await?;
@@ -163,7 +229,9 @@ async fn run_pipeline(events: u64, rate: u64, name: &str, ddl: &str) -> Result<(
         .id;
     loop {
         let record = recover(engine.kv().get(&record_key(id))?.as_deref())?;
-        if record.positions.get(&0).copied().unwrap_or(0) as u64 >= events {
+        let done = (0..tables.len())
+            .all(|i| record.input(i).positions.get(&0).copied().unwrap_or(0) as u64 >= events);
+        if done {
             break;
         }
         if let Some(e) = engine
@@ -177,32 +245,52 @@ async fn run_pipeline(events: u64, rate: u64, name: &str, ddl: &str) -> Result<(
     }
     let wall = wall0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
+    if let Some(m) = engine.streams.metrics(id) {
+        let rows = m.rows.load(std::sync::atomic::Ordering::Relaxed);
+        println!("{name}: the pipeline wrote {rows} rows");
+    }
     // Stop the pipeline, so that it costs nothing while later runs are measured.
-    run_sql(&session, "DROP SOURCE bid CASCADE").await?;
+    for table in tables {
+        run_sql(
+            &session,
+            &format!("DROP SOURCE {} CASCADE", table_name(*table)),
+        )
+        .await?;
+    }
     drop(session);
     drop(engine);
     let _ = std::fs::remove_dir_all(&dir);
     Ok((cpu, wall))
 }
 
-/// The same events in memory as Arrow batches.
+/// The same events in memory as Arrow batches (bids).
 fn generate(events: u64, rate: u64) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+    generate_table(Table::Bid, events, rate)
+}
+
+fn generate_table(
+    table: Table,
+    events: u64,
+    rate: u64,
+) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
     let mut batches = Vec::new();
-    generate_with(events, rate, |b| batches.push(b))?;
+    generate_with(table, events, rate, |b| batches.push(b))?;
     Ok(batches)
 }
 
 fn generate_with(
+    table: Table,
     events: u64,
     rate: u64,
     mut each: impl FnMut(datafusion::arrow::array::RecordBatch),
 ) -> Result<()> {
     let spec = SourceSpec {
-        name: "bid".into(),
-        schema: table_schema(Table::Bid),
+        name: table_name(table).into(),
+        schema: table_schema(table),
         options: Options::new([
             ("events".to_string(), events.to_string()),
             ("event_rate".to_string(), rate.to_string()),
+            ("table".to_string(), table_name(table).to_string()),
         ])?,
         created_at_ms: 0,
     };
@@ -216,21 +304,23 @@ fn generate_with(
     }
 }
 
-/// The query as a DataFusion batch job; returns CPU seconds.
+/// The query as a DataFusion batch job over each table's batches; returns CPU seconds.
 async fn batch(
     select: &str,
-    batches: Vec<datafusion::arrow::array::RecordBatch>,
+    tables: Vec<(Table, Vec<datafusion::arrow::array::RecordBatch>)>,
 ) -> Result<(f64, u64)> {
-    let schema = batches[0].schema();
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    let partitions: Vec<Vec<_>> = {
-        let mut p = vec![Vec::new(), Vec::new()];
+    for (table, batches) in tables {
+        let schema = batches[0].schema();
+        let mut partitions = vec![Vec::new(), Vec::new()];
         for (i, b) in batches.into_iter().enumerate() {
-            p[i % 2].push(b);
+            partitions[i % 2].push(b);
         }
-        p
-    };
-    ctx.register_table("bid", Arc::new(MemTable::try_new(schema, partitions)?))?;
+        ctx.register_table(
+            table_name(table),
+            Arc::new(MemTable::try_new(schema, partitions)?),
+        )?;
+    }
     let cpu0 = cpu_seconds();
     let mut stream = ctx.sql(select).await?.execute_stream().await?;
     let mut rows = 0u64;
@@ -253,9 +343,14 @@ pub async fn nexmark(args: NexmarkArgs) -> Result<()> {
     let (cpu, wall) = streaming(&args, mv, select).await?;
     // What producing the events costs by itself (batches dropped as they come).
     let generate_cpu0 = cpu_seconds();
-    generate_with(args.events, args.rate, |_| {})?;
+    for table in tables(select) {
+        generate_with(table, args.events, args.rate, |_| {})?;
+    }
     let generate_cpu = cpu_seconds() - generate_cpu0;
-    let data = generate(args.events, args.rate)?;
+    let data = tables(select)
+        .into_iter()
+        .map(|t| Ok((t, generate_table(t, args.events, args.rate)?)))
+        .collect::<Result<Vec<_>>>()?;
     let (batch_cpu, batch_rows) = batch(select, data).await?;
     let events = args.events as f64;
     println!(

@@ -15,6 +15,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
 use super::{cpu_seconds, generate, generate_with, run_pipeline};
+use eddy_connectors::nexmark::Table;
 
 pub struct SinkArgs {
     pub events: u64,
@@ -67,6 +68,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
         let (_, wall) = run_pipeline(
             args.events,
             rate,
+            &[Table::Bid],
             "export",
             &format!(
                 "CREATE SINK export FROM bid WITH (connector = 'parquet', path = '{}', checkpoint_interval = '10s')",
@@ -79,6 +81,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
         let (cpu, _) = run_pipeline(
             args.events,
             rate,
+            &[Table::Bid],
             "to_kafka",
             &format!(
                 "CREATE SINK to_kafka FROM bid WITH (connector = 'kafka', bootstrap.servers = '{}', topic = 'bids', checkpoint_interval = '1s')",
@@ -98,7 +101,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&out);
     let generate_cpu0 = cpu_seconds();
-    generate_with(args.events, rate, |_| {})?;
+    generate_with(Table::Bid, args.events, rate, |_| {})?;
     let generate_cpu = cpu_seconds() - generate_cpu0;
     println!(
         "median: parquet_sink_mb_per_s={:.1} bare_writer_mb_per_s={:.1} ratio={:.2} kafka_sink_rows_per_cpu_second={:.0} (generating the events alone: {generate_cpu:.2} CPU-s)",
