@@ -206,6 +206,12 @@ const BY_DEVICE: &str = "SELECT device, count(*) AS n, sum(value) AS total, min(
 const PER_WINDOW: &str = "SELECT window_start, window_end, count(*) AS n, sum(value) AS total \
      FROM TUMBLE(events, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end";
 
+/// The three devices with the highest total in each closed window (top-N per window).
+const TOP3: &str = "SELECT * FROM (SELECT window_start, device, sum(value) AS total, \
+       row_number() OVER (PARTITION BY window_start ORDER BY sum(value) DESC, device) AS pos \
+     FROM TUMBLE(events, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end, device) \
+     WHERE pos <= 3";
+
 /// Events enriched by a lookup join with a table (devices 90 and up have no site).
 const BY_SITE: &str = "SELECT s.site, count(*) AS n, sum(e.value) AS total \
      FROM events e JOIN sites s ON s.device = e.device GROUP BY s.site";
@@ -312,6 +318,46 @@ async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
     )
 }
 
+/// The top 3 devices of each window the final watermark has closed, by DataFusion as one
+/// batch job.
+async fn top3_reference() -> Vec<String> {
+    let events: Vec<Event> = (0..MESSAGES).map(event).collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Int32, false),
+            Field::new("value", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                false,
+            ),
+        ])),
+        vec![
+            Arc::new(events.iter().map(|e| e.device).collect::<Int32Array>()),
+            Arc::new(events.iter().map(|e| e.value).collect::<Int64Array>()),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts_ms * 1000))
+                    .with_timezone("+00:00"),
+            ),
+        ],
+    )
+    .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_batch("events", batch).unwrap();
+    let sql = format!(
+        "SELECT CAST(to_unixtime(ws) AS BIGINT), device, total, CAST(pos AS BIGINT) FROM ( \
+           SELECT ws, device, total, \
+             row_number() OVER (PARTITION BY ws ORDER BY total DESC, device) AS pos FROM ( \
+               SELECT date_bin(INTERVAL '{WINDOW_S} seconds', ts) AS ws, device, sum(value) AS total \
+               FROM events GROUP BY 1, 2)) \
+         WHERE pos <= 3 AND ws + INTERVAL '{WINDOW_S} seconds' <= \
+           (SELECT max(ts) - INTERVAL '{WATERMARK_DELAY_S} seconds' FROM events) \
+         ORDER BY 1, 4"
+    );
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    reference_rows(&batches)
+}
+
 /// The interval-join results, computed by DataFusion as one batch job: the paid view, and
 /// the unpaid orders the final watermark has decided (ids below `ROLLING_IDS`).
 async fn join_reference() -> (Vec<String>, Vec<String>) {
@@ -397,6 +443,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
                properties.max.partition.fetch.bytes = '65536'); \
              CREATE MATERIALIZED VIEW by_device WITH (checkpoint_interval = '200ms') AS {BY_DEVICE}; \
              CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW}; \
+             CREATE MATERIALIZED VIEW top3 WITH (checkpoint_interval = '310ms') AS {TOP3}; \
              CREATE MATERIALIZED VIEW by_site WITH (checkpoint_interval = '250ms') AS {BY_SITE}; \
              CREATE STREAM rolling WITH (checkpoint_interval = '350ms', retention_rows = 300000) \
                AS {ROLLING}; \
@@ -452,6 +499,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     }
     let (by_device, windows, by_site, rolling) = reference().await;
     let (paid, unpaid) = join_reference().await;
+    let top3 = top3_reference().await;
     let deadline = Duration::from_secs(300);
     wait_for(&server, progress, deadline, "all events counted", |n| {
         n >= MESSAGES
@@ -502,7 +550,22 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         |n| n >= unpaid.len() as i64,
     )
     .await;
+    wait_for(
+        &server,
+        "SELECT count(*) FROM top3",
+        deadline,
+        "all closed windows' top 3",
+        |n| n >= top3.len() as i64,
+    )
+    .await;
     let client = server.connect().await;
+    let got_top3 = eddy_rows(
+        &client,
+        "SELECT CAST(to_unixtime(window_start) AS BIGINT), device, total, CAST(pos AS BIGINT) \
+         FROM top3 ORDER BY 1, 4",
+    )
+    .await;
+    assert_eq!(got_top3, top3, "top-N per window differs (seed {seed})");
     let got_paid = eddy_rows(&client, "SELECT device, n, total FROM paid ORDER BY device").await;
     assert_eq!(got_paid, paid, "interval-join view differs (seed {seed})");
     let got_unpaid = eddy_rows(
