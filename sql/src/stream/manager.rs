@@ -25,12 +25,14 @@ use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
 use super::operators::over::Over;
+use super::operators::union::Union;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
     AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
     run_inputs, run_operator,
 };
 use super::plan;
+use super::plan::Combine;
 use super::session::SessionAggregator;
 use super::sinks::{SinkConfig, SinkTarget};
 use super::state::StateStore;
@@ -324,7 +326,7 @@ impl StreamManager {
         // Each source's channel, then the rest of the pipeline after its first stage.
         let mut source_txs = Vec::new();
         let mut operators: Vec<Box<dyn Operator>> = Vec::new();
-        let mut rx = match &plan.join {
+        let mut rx = match &plan.combined {
             None => {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 source_txs.push(tx);
@@ -355,15 +357,20 @@ impl StreamManager {
                 let restored: Vec<Option<i64>> = (0..join.inputs.len())
                     .map(|i| record.input(i).watermark)
                     .collect();
-                let op = Box::new(IntervalJoin::restore(
-                    join.plan.clone(),
-                    self.state.table(def.id, JOIN_OPERATOR),
-                    restored
-                        .iter()
-                        .copied()
-                        .collect::<Option<Vec<_>>>()
-                        .and_then(|w| w.into_iter().min()),
-                )?);
+                let op: Box<dyn Operator> = match &join.op {
+                    Combine::Join(plan) => Box::new(IntervalJoin::restore(
+                        plan.clone(),
+                        self.state.table(def.id, JOIN_OPERATOR),
+                        restored
+                            .iter()
+                            .copied()
+                            .collect::<Option<Vec<_>>>()
+                            .and_then(|w| w.into_iter().min()),
+                    )?),
+                    Combine::Union(schema) => Box::new(Union {
+                        schema: schema.clone(),
+                    }),
+                };
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 tasks.spawn(run_inputs(
                     op,
@@ -518,7 +525,7 @@ impl StreamManager {
         // for them are late.
         let drop_late = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
             || plan.over.is_some()
-            || plan.join.is_some();
+            || plan.combined.as_ref().is_some_and(|c| c.join().is_some());
         let several = source_txs.len() > 1;
         let mut sources = tokio::task::JoinSet::new();
         for (i, (tx, source_def)) in source_txs.into_iter().zip(plan.sources()).enumerate() {

@@ -57,8 +57,8 @@ use parking_lot::Mutex;
 
 use super::operators::lookup_join::LookupJoinPlan;
 use super::operators::over::OverPlan;
-use joins::cut_stream_join;
-pub use joins::{JoinInput, StreamJoin};
+use joins::cut_combined;
+pub use joins::{Combine, Combined, InputPlan};
 use lookups::cut_lookups;
 use over::cut_over;
 
@@ -243,8 +243,9 @@ pub struct WindowGroup {
 pub struct PipelinePlan {
     /// The source the pipeline reads (with a join of two streams, the join's left input).
     pub source: Arc<TableDef>,
-    /// A join of two streams: its inputs read the sources, and `lower` runs over its rows.
-    pub join: Option<StreamJoin>,
+    /// A join or union of two sources: its inputs read the sources, and `lower` runs over its
+    /// rows.
+    pub combined: Option<Combined>,
     /// Where `lower`'s input batches are put: the source's, or with a join the join's.
     pub feed: Feed,
     pub lower: Arc<dyn ExecutionPlan>,
@@ -705,9 +706,13 @@ pub async fn plan_with(
                 "reading the same source twice (self-joins and unions)",
             ));
         }
-        ([_, _], 2) => match cut_stream_join(&lower, &used, &task_ctx)? {
-            Some((above, feed, join)) => (above, feed, Some(join)),
-            None => return Err(not_supported("unions of several sources")),
+        ([_, _], 2) => match cut_combined(&lower, &used, &task_ctx)? {
+            Some((above, feed, combined)) => (above, feed, Some(combined)),
+            None => {
+                return Err(not_supported(
+                    "combining two sources other than by a join or UNION ALL",
+                ));
+            }
         },
         _ => return Err(not_supported("joins and unions of more than two sources")),
     };
@@ -725,7 +730,7 @@ pub async fn plan_with(
         None => cut_over(&lower, &source, &task_ctx)?,
         Some(_) => (lower, None),
     };
-    if over.is_some() && join.is_some() {
+    if over.is_some() && join.as_ref().is_some_and(|c| c.join().is_some()) {
         return Err(not_supported("OVER over a join of two streams"));
     }
     if let Some((_, segment)) = &over {
@@ -744,7 +749,7 @@ pub async fn plan_with(
     }
     Ok(PipelinePlan {
         source,
-        join,
+        combined: join,
         feed,
         lower,
         lookups,
@@ -1042,7 +1047,7 @@ impl PipelinePlan {
 
     /// Every source the pipeline reads, the join's inputs in order.
     pub fn sources(&self) -> Vec<Arc<TableDef>> {
-        match &self.join {
+        match &self.combined {
             Some(j) => j.inputs.iter().map(|i| i.source.clone()).collect(),
             None => vec![self.source.clone()],
         }
@@ -1058,7 +1063,7 @@ impl PipelinePlan {
     /// The EXPLAIN text of the pipeline.
     pub fn explain(&self, emit_on_close: bool, sink: &str) -> Vec<String> {
         let mut lines = Vec::new();
-        let inputs = match &self.join {
+        let inputs = match &self.combined {
             Some(j) => j
                 .inputs
                 .iter()
@@ -1086,8 +1091,19 @@ impl PipelinePlan {
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, lower.as_ref());
         }
-        if let Some(join) = &self.join {
-            let plan = &join.plan;
+        if let Some(Combined {
+            op: Combine::Union(_),
+            inputs,
+        }) = &self.combined
+        {
+            lines.push(format!(
+                "Union all of {} and {}: rows of both inputs as they come; watermark the minimum of both",
+                inputs[0].source.name, inputs[1].source.name
+            ));
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, self.lower.as_ref());
+        }
+        if let Some((join, plan)) = self.combined.as_ref().and_then(|c| Some((c, c.join()?))) {
             let keys: Vec<String> = plan.keys[0]
                 .iter()
                 .zip(&plan.keys[1])

@@ -1,4 +1,7 @@
-//! Finding a join of two streams in a physical plan and cutting the plan at it.
+//! Finding a join (or UNION ALL) of two streams in a physical plan and cutting the plan at it.
+//!
+//! A `UnionExec` of two inputs that each read one source is a union: each input becomes the
+//! stateless plan of its source and the rows of both go on as the union's.
 //!
 //! A `HashJoinExec` (or, without equal keys, a `NestedLoopJoinExec`) whose inputs read two
 //! different sources, each through filters and projections only, is an interval join when its
@@ -12,6 +15,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinSide, JoinType, NullEquality};
 use datafusion::error::DataFusionError;
@@ -35,27 +39,45 @@ use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::interval_join::IntervalJoinPlan;
 
-/// One input of a join: its source and the stateless plan over the source's batches.
+/// One input of a join or union: its source and the stateless plan over the source's batches.
 #[derive(Debug, Clone)]
-pub struct JoinInput {
+pub struct InputPlan {
     pub source: Arc<TableDef>,
     pub lower: Segment,
 }
 
-/// A pipeline's join of two streams and its two inputs (left, right).
+/// How a pipeline's two sources are combined.
 #[derive(Debug, Clone)]
-pub struct StreamJoin {
-    pub plan: Arc<IntervalJoinPlan>,
-    pub inputs: [JoinInput; 2],
+pub enum Combine {
+    /// An interval join (input 0 its left side).
+    Join(Arc<IntervalJoinPlan>),
+    /// UNION ALL: both inputs' rows, as the union's columns.
+    Union(SchemaRef),
 }
 
-/// The plan above the topmost join of two sources (over the returned feed of the join's rows)
-/// and the join; None if the plan has no join of two sources.
-pub(super) fn cut_stream_join(
+/// Two sources combined at the start of a pipeline, and the plans over each.
+#[derive(Debug, Clone)]
+pub struct Combined {
+    pub op: Combine,
+    pub inputs: [InputPlan; 2],
+}
+
+impl Combined {
+    pub fn join(&self) -> Option<&Arc<IntervalJoinPlan>> {
+        match &self.op {
+            Combine::Join(j) => Some(j),
+            Combine::Union(_) => None,
+        }
+    }
+}
+
+/// The plan above the topmost join (or UNION ALL) of two sources, over the returned feed of its
+/// rows, and the join; None if the plan combines no two sources.
+pub(super) fn cut_combined(
     root: &Arc<dyn ExecutionPlan>,
     sources: &[Scan],
     ctx: &Arc<TaskContext>,
-) -> Result<Option<(Arc<dyn ExecutionPlan>, Feed, StreamJoin)>> {
+) -> Result<Option<(Arc<dyn ExecutionPlan>, Feed, Combined)>> {
     let feed = Feed::default();
     let mut found = None;
     let above = root
@@ -65,7 +87,11 @@ pub(super) fn cut_stream_join(
                 return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
             }
             let external = |e: Error| DataFusionError::External(Box::new(e));
-            let Some(join) = stream_join(&node, sources, ctx).map_err(external)? else {
+            let combined = match union(&node, sources, ctx).map_err(external)? {
+                Some(u) => Some(u),
+                None => stream_join(&node, sources, ctx).map_err(external)?,
+            };
+            let Some(join) = combined else {
                 return Ok(Transformed::no(node));
             };
             let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
@@ -113,12 +139,69 @@ fn join_parts(node: &Arc<dyn ExecutionPlan>) -> Result<Option<JoinParts<'_>>> {
     Ok(None)
 }
 
+/// A UNION ALL of two inputs that each read one source.
+fn union(
+    node: &Arc<dyn ExecutionPlan>,
+    sources: &[Scan],
+    ctx: &Arc<TaskContext>,
+) -> Result<Option<Combined>> {
+    if node.name() != "UnionExec" {
+        return Ok(None);
+    }
+    let children = node.children();
+    let [left, right] = children.as_slice() else {
+        return Err(not_supported("UNION ALL of more than two sources"));
+    };
+    let (Some(l), Some(r)) = (read_source(left, sources), read_source(right, sources)) else {
+        return Ok(None);
+    };
+    if l.def.id == r.def.id {
+        return Err(not_supported(format!(
+            "UNION ALL of source \"{}\" with itself",
+            l.def.name
+        )));
+    }
+    let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| InputPlan {
+        source: scan.def.clone(),
+        lower: Segment {
+            plan: plan.clone(),
+            feed: scan.feed.clone(),
+            task_ctx: ctx.clone(),
+        },
+    };
+    Ok(Some(Combined {
+        op: Combine::Union(node.schema()),
+        inputs: [input(left, &l), input(right, &r)],
+    }))
+}
+
+/// The one source scan under a plan, if it reads exactly one.
+fn read_source(plan: &Arc<dyn ExecutionPlan>, sources: &[Scan]) -> Option<Scan> {
+    let mut found: Vec<Scan> = Vec::new();
+    let mut stack = vec![plan.clone()];
+    while let Some(node) = stack.pop() {
+        if let Some(scan) = node.downcast_ref::<StreamingTableExec>()
+            && let Some(partition) = scan.partitions().first()
+            && let Some(s) = sources
+                .iter()
+                .find(|s| Arc::ptr_eq(&s.partition, partition))
+        {
+            found.push(s.clone());
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    match found.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
 /// The join as an interval join, if both its inputs read sources.
 fn stream_join(
     node: &Arc<dyn ExecutionPlan>,
     sources: &[Scan],
     ctx: &Arc<TaskContext>,
-) -> Result<Option<StreamJoin>> {
+) -> Result<Option<Combined>> {
     let Some(parts) = join_parts(node)? else {
         return Ok(None);
     };
@@ -216,7 +299,7 @@ fn stream_join(
         schema,
         projection: parts.projection,
     };
-    let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| JoinInput {
+    let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| InputPlan {
         source: scan.def.clone(),
         lower: Segment {
             plan: plan.clone(),
@@ -224,8 +307,8 @@ fn stream_join(
             task_ctx: ctx.clone(),
         },
     };
-    Ok(Some(StreamJoin {
-        plan: Arc::new(plan),
+    Ok(Some(Combined {
+        op: Combine::Join(Arc::new(plan)),
         inputs: [input(parts.left, &left.0), input(parts.right, &right.0)],
     }))
 }

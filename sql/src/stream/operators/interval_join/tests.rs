@@ -65,7 +65,7 @@ fn first_ts(batch: &RecordBatch) -> i64 {
 /// batch the input's watermark (a second behind its next batch) and, once both inputs have
 /// one, their minimum as the join's; barriers at random.
 async fn script(plan: &PipelinePlan, sources: [&[RecordBatch]; 2], rng: &mut Rng) -> Vec<Input> {
-    let join = plan.join.as_ref().expect("a join");
+    let join = plan.combined.as_ref().expect("a join");
     let mut next = [0usize; 2];
     let mut marks: [Option<i64>; 2] = [None, None];
     let mut sent = None;
@@ -131,7 +131,7 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
         let plan = planned_with(sql, &options)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let join = plan.join.clone().expect("a join of two streams");
+        let join = plan.combined.clone().expect("a join of two streams");
         for seed in [5u64, 808, 31_337] {
             eprintln!("seed {seed}: {sql}");
             let orders = ev_events(seed, 20, 4, 1);
@@ -143,7 +143,7 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
             let inputs = script(&plan, [&orders, &payments], &mut Rng(seed ^ 0xabc)).await;
             let lower = plan.lower_segment();
             let make = || -> Factory {
-                let join = join.plan.clone();
+                let join = join.join().expect("a join").clone();
                 let lower = lower.clone();
                 Box::new(move |state, record| {
                     Ok(Box::new(Chain(vec![
@@ -180,13 +180,13 @@ async fn the_state_holds_only_rows_that_can_still_match() {
     let sql = "SELECT o.v, p.v AS pv FROM orders o LEFT JOIN payments p \
                ON p.k = o.k AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '2 seconds'";
     let plan = planned(sql).await.unwrap();
-    let join = plan.join.clone().unwrap();
+    let join = plan.combined.clone().unwrap();
     let state = crate::stream::state::StateStore::new(
         Arc::new(crate::storage::memory::MemoryStore::new()),
         1 << 20,
     );
     let mut op = IntervalJoin::restore(
-        join.plan.clone(),
+        join.join().unwrap().clone(),
         state.table(PIPELINE, JOIN_OPERATOR),
         None,
     )
