@@ -9,12 +9,12 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
-use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::expressions::{Column, Literal};
 use datafusion::physical_expr::window::{StandardWindowExpr, WindowExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec, WindowUDFExpr};
 
 use super::{Feed, Segment, feed_exec, interval_us, not_supported};
 use crate::catalog::TableDef;
@@ -71,6 +71,39 @@ fn window_exprs(node: &Arc<dyn ExecutionPlan>) -> Vec<Arc<dyn WindowExpr>> {
         .unwrap_or_default()
 }
 
+/// The offset of `lag(x, n)` (n rows back); other ranking and offset functions are refused.
+fn lag_offset(e: &StandardWindowExpr) -> Result<usize> {
+    let refused = || {
+        not_supported(
+            "ranking and offset functions other than lag (row_number, rank, lead, ...) OVER \
+             events; aggregates over a bounded frame and lag(x, n) are supported",
+        )
+    };
+    let udf = e
+        .get_standard_func_expr()
+        .as_any()
+        .downcast_ref::<WindowUDFExpr>()
+        .filter(|u| u.fun().name() == "lag")
+        .ok_or_else(refused)?;
+    let offset = match udf.args().get(1) {
+        None => 1,
+        Some(arg) => match arg.downcast_ref::<Literal>().map(|l| l.value()) {
+            Some(v) => v
+                .cast_to(&datafusion::arrow::datatypes::DataType::Int64)
+                .ok()
+                .and_then(|v| match v {
+                    ScalarValue::Int64(Some(n)) => Some(n),
+                    _ => None,
+                })
+                .ok_or_else(refused)?,
+            None => return Err(refused()),
+        },
+    };
+    usize::try_from(offset).map_err(|_| {
+        unsupported("lag with a negative offset reads later rows (lead), which are not known yet")
+    })
+}
+
 fn unsupported(message: impl Into<String>) -> Error {
     Error::user(sqlstate::FEATURE_NOT_SUPPORTED, message)
 }
@@ -117,11 +150,10 @@ fn over_plan(
                 "OVER functions of one continuous query must share PARTITION BY and ORDER BY",
             ));
         }
-        if e.as_any().is::<StandardWindowExpr>() {
-            return Err(not_supported(
-                "ranking and offset functions (row_number, rank, lag, lead, ...) OVER events; \
-                 aggregates over a bounded frame are supported",
-            ));
+        if let Some(standard) = e.as_any().downcast_ref::<StandardWindowExpr>() {
+            // lag(x, n) reads the n rows before: history of n rows; its frame does not matter.
+            keep_rows = keep_rows.max(lag_offset(standard)?);
+            continue;
         }
         let frame = e.get_window_frame();
         if !matches!(frame.end_bound, WindowFrameBound::CurrentRow) {

@@ -45,6 +45,10 @@ async fn rolling_aggregates_equal_the_batch_query_across_restores() {
          count(v) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) AS c \
          FROM ev WHERE v IS NULL OR v > 10",
         "SELECT ts, max(v) OVER (ORDER BY ts ROWS 4 PRECEDING) AS m, v * 2 AS d FROM ev",
+        "SELECT k, ts, v, lag(v) OVER (PARTITION BY k ORDER BY ts) AS prev, \
+           v - lag(v, 3) OVER (PARTITION BY k ORDER BY ts) AS d3, \
+           avg(v) OVER (PARTITION BY k ORDER BY ts ROWS 2 PRECEDING) AS a \
+         FROM ev",
     ];
     for sql in cases {
         let plan = planned(sql).await;
