@@ -99,6 +99,11 @@ const UNPAID: &str = "SELECT e.id FROM events e LEFT JOIN payments p \
        ON p.order_id = e.id AND p.ts BETWEEN e.ts AND e.ts + INTERVAL '2 seconds' \
      WHERE p.order_id IS NULL";
 
+/// A self-join (one reader feeds both sides): each event with the device's next one, 97 ms
+/// later (devices take turns), so every event but the last 97 has exactly one.
+const SELF_JOIN: &str = "SELECT count(*) AS n, sum(b.id - a.id) AS gaps FROM events a JOIN events b \
+       ON a.device = b.device AND b.ts > a.ts AND b.ts <= a.ts + INTERVAL '100 milliseconds'";
+
 fn payment(i: i64) -> Option<(i64, i64, i64)> {
     (i % 3 != 0).then(|| (i, i % 100, BASE_MS + i + (i % 5) * 700))
 }
@@ -452,6 +457,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'payments', \
                properties.max.partition.fetch.bytes = '65536'); \
              CREATE MATERIALIZED VIEW paid WITH (checkpoint_interval = '270ms') AS {PAID}; \
+             CREATE MATERIALIZED VIEW next_of_device WITH (checkpoint_interval = '290ms') AS {SELF_JOIN}; \
              CREATE STREAM unpaid WITH (checkpoint_interval = '330ms', retention_rows = 300000) \
                AS {UNPAID};",
             sites.join(", ")
@@ -558,7 +564,22 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         |n| n >= top3.len() as i64,
     )
     .await;
+    let pairs = MESSAGES - 97;
+    wait_for(
+        &server,
+        "SELECT n FROM next_of_device",
+        deadline,
+        "all self-join pairs",
+        |n| n >= pairs,
+    )
+    .await;
     let client = server.connect().await;
+    let got_pairs = eddy_rows(&client, "SELECT n, gaps FROM next_of_device").await;
+    assert_eq!(
+        got_pairs,
+        vec![format!("{pairs},{}", pairs * 97)],
+        "self-join view differs (seed {seed})"
+    );
     let got_top3 = eddy_rows(
         &client,
         "SELECT CAST(to_unixtime(window_start) AS BIGINT), device, total, CAST(pos AS BIGINT) \

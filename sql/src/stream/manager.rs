@@ -29,7 +29,7 @@ use super::operators::union::Union;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
     AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
-    run_inputs, run_operator,
+    run_inputs, run_operator, run_tee,
 };
 use super::plan;
 use super::plan::Combine;
@@ -339,11 +339,16 @@ impl StreamManager {
                 rx
             }
             Some(join) => {
-                // Each input's stateless plan, then the join of both.
+                // Each input's stateless plan, then the join of both. A source read by both
+                // inputs has one reader, whose messages go to both.
                 let mut join_inputs = Vec::new();
+                let mut tee = Vec::new();
                 for input in &join.inputs {
                     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                    source_txs.push(tx);
+                    match join.shared() {
+                        true => tee.push(tx),
+                        false => source_txs.push(tx),
+                    }
                     let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
                     let op = Box::new(Stateless {
                         lower: input.lower.clone(),
@@ -354,8 +359,13 @@ impl StreamManager {
                     tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
                     join_inputs.push(next_rx);
                 }
+                if !tee.is_empty() {
+                    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                    source_txs.push(tx);
+                    tasks.spawn(run_tee(rx, tee));
+                }
                 let restored: Vec<Option<i64>> = (0..join.inputs.len())
-                    .map(|i| record.input(i).watermark)
+                    .map(|i| record.input(if join.shared() { 0 } else { i }).watermark)
                     .collect();
                 let op: Box<dyn Operator> = match &join.op {
                     Combine::Join(plan) => Box::new(IntervalJoin::restore(
@@ -526,7 +536,8 @@ impl StreamManager {
         let drop_late = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
             || plan.over.is_some()
             || plan.combined.as_ref().is_some_and(|c| c.join().is_some());
-        let several = source_txs.len() > 1;
+        // A source of a join (or union) reports its position as its input's.
+        let several = plan.combined.is_some();
         let mut sources = tokio::task::JoinSet::new();
         for (i, (tx, source_def)) in source_txs.into_iter().zip(plan.sources()).enumerate() {
             let input = several.then_some(i);

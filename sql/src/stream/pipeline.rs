@@ -389,6 +389,29 @@ pub async fn run_inputs(
     }
 }
 
+/// Sends what one source reads to every input that reads it (a self-join): batches,
+/// watermarks and barriers to each; writes (dead letters, late events) once.
+pub async fn run_tee(
+    mut rx: mpsc::Receiver<Message>,
+    outputs: Vec<mpsc::Sender<Message>>,
+) -> Result<()> {
+    while let Some(message) = rx.recv().await {
+        let (last, rest) = outputs.split_last().ok_or_else(closed)?;
+        for tx in rest {
+            let copy = match &message {
+                Message::Batch(b) => Message::Batch(b.clone()),
+                Message::Events(b, o) => Message::Events(b.clone(), o.clone()),
+                Message::Watermark(w) => Message::Watermark(*w),
+                Message::Barrier(b) => Message::Barrier(b.clone()),
+                Message::Writes(_) => continue,
+            };
+            tx.send(copy).await.map_err(|_| closed())?;
+        }
+        last.send(message).await.map_err(|_| closed())?;
+    }
+    Ok(())
+}
+
 /// The minimum of the inputs' watermarks; none until every input has one.
 fn min_watermark(watermarks: &[Option<i64>]) -> Option<i64> {
     watermarks

@@ -109,12 +109,9 @@ struct FeedScan {
 
 #[derive(Debug)]
 enum ScanRole {
-    /// A source: the runtime puts each batch it reads in `feed`; `used` lists the scans of
-    /// sources in the plan.
-    Source {
-        feed: Feed,
-        used: Arc<Mutex<Vec<Scan>>>,
-    },
+    /// A source: each scan gets a feed the runtime puts each batch it reads in (a source
+    /// read twice, as in a self-join, feeds both); `used` lists the scans of sources.
+    Source { used: Arc<Mutex<Vec<Scan>>> },
     /// A table (or materialized view) a stream joins by primary key: each scan gets a feed
     /// the lookup join fills with the rows it read.
     Lookup(Arc<Mutex<Vec<Scan>>>),
@@ -146,7 +143,7 @@ impl TableProvider for FeedScan {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let (feed, scans) = match &self.role {
-            ScanRole::Source { feed, used } => (feed.clone(), used),
+            ScanRole::Source { used } => (Feed::default(), used),
             ScanRole::Lookup(scans) => (Feed::default(), scans),
         };
         let partition: Arc<dyn PartitionStream> = Arc::new(FeedPartition {
@@ -511,7 +508,6 @@ pub fn uses_session_window(query: &Query) -> bool {
 struct Planner<'a> {
     catalog: &'a Catalog,
     ctx: SessionContext,
-    feeds: Vec<(Arc<TableDef>, Feed)>,
     used: Arc<Mutex<Vec<Scan>>>,
     lookups: Arc<Mutex<Vec<Scan>>>,
     windows: Vec<i64>,
@@ -528,7 +524,6 @@ impl<'a> Planner<'a> {
         Ok(Self {
             catalog,
             ctx,
-            feeds: Vec::new(),
             used: Arc::default(),
             lookups: Arc::default(),
             windows: Vec::new(),
@@ -554,14 +549,11 @@ impl<'a> Planner<'a> {
             };
             match &def.kind {
                 TableKind::Source(_) => {
-                    let feed = Feed::default();
-                    self.feeds.push((def.clone(), feed.clone()));
                     self.ctx.register_table(
                         name,
                         Arc::new(FeedScan {
                             def: def.clone(),
                             role: ScanRole::Source {
-                                feed,
                                 used: self.used.clone(),
                             },
                         }),
@@ -692,25 +684,13 @@ pub async fn plan_with(
                 "a streaming query must read a source or a stream",
             ));
         }
-        ([one], 1) => {
-            let feed = planner
-                .feeds
-                .iter()
-                .find(|(d, _)| d.id == one.id)
-                .map(|(_, f)| f.clone())
-                .expect("a used source has a feed");
-            (lower, feed, None)
-        }
-        ([_], _) => {
-            return Err(not_supported(
-                "reading the same source twice (self-joins and unions)",
-            ));
-        }
-        ([_, _], 2) => match cut_combined(&lower, &used, &task_ctx)? {
+        ([_], 1) => (lower, used[0].feed.clone(), None),
+        ([_], 2) | ([_, _], 2) => match cut_combined(&lower, &used, &task_ctx)? {
             Some((above, feed, combined)) => (above, feed, Some(combined)),
             None => {
                 return Err(not_supported(
-                    "combining two sources other than by a join or UNION ALL",
+                    "combining two sources, or a source with itself, other than by a join \
+                     within a time bound or UNION ALL",
                 ));
             }
         },
@@ -1045,11 +1025,11 @@ impl PipelinePlan {
         }
     }
 
-    /// Every source the pipeline reads, the join's inputs in order.
+    /// Every source the pipeline reads (once), the join's inputs in order.
     pub fn sources(&self) -> Vec<Arc<TableDef>> {
         match &self.combined {
-            Some(j) => j.inputs.iter().map(|i| i.source.clone()).collect(),
-            None => vec![self.source.clone()],
+            Some(c) if !c.shared() => c.inputs.iter().map(|i| i.source.clone()).collect(),
+            _ => vec![self.source.clone()],
         }
     }
 

@@ -63,6 +63,12 @@ pub struct Combined {
 }
 
 impl Combined {
+    /// Whether both inputs read the same source (a self-join or self-union): one reader then
+    /// feeds both.
+    pub fn shared(&self) -> bool {
+        self.inputs[0].source.id == self.inputs[1].source.id
+    }
+
     pub fn join(&self) -> Option<&Arc<IntervalJoinPlan>> {
         match &self.op {
             Combine::Join(j) => Some(j),
@@ -155,12 +161,6 @@ fn union(
     let (Some(l), Some(r)) = (read_source(left, sources), read_source(right, sources)) else {
         return Ok(None);
     };
-    if l.def.id == r.def.id {
-        return Err(not_supported(format!(
-            "UNION ALL of source \"{}\" with itself",
-            l.def.name
-        )));
-    }
     let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| InputPlan {
         source: scan.def.clone(),
         lower: Segment {
@@ -211,12 +211,6 @@ fn stream_join(
     ) else {
         return Ok(None);
     };
-    if left.0.def.id == right.0.def.id {
-        return Err(not_supported(format!(
-            "joining source \"{}\" with itself",
-            left.0.def.name
-        )));
-    }
     match parts.join_type {
         JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
         other => {
