@@ -405,10 +405,7 @@ impl IntervalJoin {
         let mut out = Vec::new();
         for input in 0..2 {
             let mut unmatched = Vec::new();
-            loop {
-                let Some((&(ts, seq), _)) = self.buffers[input].by_time.first_key_value() else {
-                    break;
-                };
+            while let Some((&(ts, seq), _)) = self.buffers[input].by_time.first_key_value() {
                 if self.plan.done_after(input, ts) >= watermark {
                     break;
                 }

@@ -77,13 +77,23 @@ impl Combined {
     }
 }
 
+/// A plan cut at a join or union: the plan above it, the feed of its rows, and the join.
+pub(super) type Cut = (Arc<dyn ExecutionPlan>, Feed, Combined);
+
+/// Equal pairs of a join: (over the left input, over the right).
+type EquiKeys = [(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)];
+
+/// `right time - left time` within `[lower, upper]`, and each input's time column with the
+/// constant added to its source time (column, constant).
+type TimeBounds = (i64, i64, [(usize, i64); 2]);
+
 /// The plan above the topmost join (or UNION ALL) of two sources, over the returned feed of its
 /// rows, and the join; None if the plan combines no two sources.
 pub(super) fn cut_combined(
     root: &Arc<dyn ExecutionPlan>,
     sources: &[Scan],
     ctx: &Arc<TaskContext>,
-) -> Result<Option<(Arc<dyn ExecutionPlan>, Feed, Combined)>> {
+) -> Result<Option<Cut>> {
     let feed = Feed::default();
     let mut found = None;
     let above = root
@@ -392,9 +402,9 @@ fn conjuncts<'a>(expr: &'a Arc<dyn PhysicalExpr>, out: &mut Vec<&'a Arc<dyn Phys
 /// constant (the column, the constant).
 fn time_bounds(
     filter: Option<&JoinFilter>,
-    on: &[(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)],
+    on: &EquiKeys,
     offsets: &[Vec<Option<i64>>; 2],
-) -> Option<(i64, i64, [(usize, i64); 2])> {
+) -> Option<TimeBounds> {
     let (mut lower, mut upper) = (None::<i64>, None::<i64>);
     let mut time: [Option<(usize, i64)>; 2] = [None, None];
     // Equal keys that are both times (`a.ts = b.ts`).
