@@ -184,6 +184,32 @@ impl Segment {
     }
 }
 
+/// Replaces the topmost node for which `find` gives a value by a leaf over a new feed: returns
+/// the plan above it (reading that feed), the feed and the value; None if no node matched.
+fn cut_first<T>(
+    root: &Arc<dyn ExecutionPlan>,
+    mut find: impl FnMut(&Arc<dyn ExecutionPlan>) -> Result<Option<T>>,
+) -> Result<Option<(Arc<dyn ExecutionPlan>, Feed, T)>> {
+    let feed = Feed::default();
+    let mut found = None;
+    let above = root
+        .clone()
+        .transform_down(|node| {
+            if found.is_some() {
+                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
+            }
+            let external = |e: Error| datafusion::error::DataFusionError::External(Box::new(e));
+            let Some(value) = find(&node).map_err(external)? else {
+                return Ok(Transformed::no(node));
+            };
+            let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
+            found = Some(value);
+            Ok(Transformed::new(leaf, true, TreeNodeRecursion::Jump))
+        })?
+        .data;
+    Ok(found.map(|value| (above, feed, value)))
+}
+
 /// A feed as a leaf of a physical plan.
 fn feed_exec(schema: SchemaRef, feed: Feed) -> Result<Arc<dyn ExecutionPlan>> {
     let partition = FeedPartition {

@@ -16,9 +16,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinSide, JoinType, NullEquality};
-use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator as BinOp;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
@@ -34,7 +32,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::lookups::scan_columns;
-use super::{Feed, Scan, Segment, feed_exec, interval_us, not_supported};
+use super::{Feed, Scan, Segment, cut_first, interval_us, not_supported};
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::interval_join::IntervalJoinPlan;
@@ -44,6 +42,20 @@ use crate::stream::operators::interval_join::IntervalJoinPlan;
 pub struct InputPlan {
     pub source: Arc<TableDef>,
     pub lower: Segment,
+}
+
+impl InputPlan {
+    /// `plan` (an input of the join or union) over the feed of the source `scan` reads.
+    fn new(plan: &Arc<dyn ExecutionPlan>, scan: &Scan, ctx: &Arc<TaskContext>) -> Self {
+        InputPlan {
+            source: scan.def.clone(),
+            lower: Segment {
+                plan: plan.clone(),
+                feed: scan.feed.clone(),
+                task_ctx: ctx.clone(),
+            },
+        }
+    }
 }
 
 /// How a pipeline's two sources are combined.
@@ -94,28 +106,10 @@ pub(super) fn cut_combined(
     sources: &[Scan],
     ctx: &Arc<TaskContext>,
 ) -> Result<Option<Cut>> {
-    let feed = Feed::default();
-    let mut found = None;
-    let above = root
-        .clone()
-        .transform_down(|node| {
-            if found.is_some() {
-                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
-            }
-            let external = |e: Error| DataFusionError::External(Box::new(e));
-            let combined = match union(&node, sources, ctx).map_err(external)? {
-                Some(u) => Some(u),
-                None => stream_join(&node, sources, ctx).map_err(external)?,
-            };
-            let Some(join) = combined else {
-                return Ok(Transformed::no(node));
-            };
-            let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
-            found = Some(join);
-            Ok(Transformed::new(leaf, true, TreeNodeRecursion::Jump))
-        })?
-        .data;
-    Ok(found.map(|join| (above, feed, join)))
+    cut_first(root, |node| match union(node, sources, ctx)? {
+        Some(u) => Ok(Some(u)),
+        None => stream_join(node, sources, ctx),
+    })
 }
 
 /// The parts of a join node the interval join needs.
@@ -171,17 +165,12 @@ fn union(
     let (Some(l), Some(r)) = (read_source(left, sources), read_source(right, sources)) else {
         return Ok(None);
     };
-    let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| InputPlan {
-        source: scan.def.clone(),
-        lower: Segment {
-            plan: plan.clone(),
-            feed: scan.feed.clone(),
-            task_ctx: ctx.clone(),
-        },
-    };
     Ok(Some(Combined {
         op: Combine::Union(node.schema()),
-        inputs: [input(left, &l), input(right, &r)],
+        inputs: [
+            InputPlan::new(left, &l, ctx),
+            InputPlan::new(right, &r, ctx),
+        ],
     }))
 }
 
@@ -303,17 +292,12 @@ fn stream_join(
         schema,
         projection: parts.projection,
     };
-    let input = |plan: &Arc<dyn ExecutionPlan>, scan: &Scan| InputPlan {
-        source: scan.def.clone(),
-        lower: Segment {
-            plan: plan.clone(),
-            feed: scan.feed.clone(),
-            task_ctx: ctx.clone(),
-        },
-    };
     Ok(Some(Combined {
         op: Combine::Join(Arc::new(plan)),
-        inputs: [input(parts.left, &left.0), input(parts.right, &right.0)],
+        inputs: [
+            InputPlan::new(parts.left, &left.0, ctx),
+            InputPlan::new(parts.right, &right.0, ctx),
+        ],
     }))
 }
 

@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality};
-use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::filter::FilterExec;
@@ -19,7 +17,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
-use super::{Feed, Scan, Segment, feed_exec, not_supported};
+use super::{Scan, Segment, cut_first, not_supported};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::lookup_join::LookupJoinPlan;
 
@@ -36,27 +34,11 @@ pub(super) fn cut_lookups(
     if scans.is_empty() {
         return Ok((root.clone(), Vec::new()));
     }
-    let feed = Feed::default();
-    let mut found: Option<(LookupJoinPlan, Arc<dyn ExecutionPlan>)> = None;
-    let above = root
-        .clone()
-        .transform_down(|node| {
-            if found.is_some() {
-                return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
-            }
-            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            let external = |e: Error| DataFusionError::External(Box::new(e));
-            let Some(lookup) = lookup_join(join, scans, ctx).map_err(external)? else {
-                return Ok(Transformed::no(node));
-            };
-            let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
-            found = Some(lookup);
-            Ok(Transformed::new(leaf, true, TreeNodeRecursion::Jump))
-        })?
-        .data;
-    let Some((join, stream_side)) = found else {
+    let found = cut_first(root, |node| match node.downcast_ref::<HashJoinExec>() {
+        Some(join) => lookup_join(join, scans, ctx),
+        None => Ok(None),
+    })?;
+    let Some((above, feed, (join, stream_side))) = found else {
         return Ok((root.clone(), Vec::new()));
     };
     let (lower, mut chain) = cut_lookups(&stream_side, scans, ctx)?;

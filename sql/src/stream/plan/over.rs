@@ -5,8 +5,6 @@
 use std::sync::Arc;
 
 use datafusion::common::ScalarValue;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{WindowFrameBound, WindowFrameUnits};
 use datafusion::physical_expr::expressions::{Column, Literal};
@@ -16,7 +14,7 @@ use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec, WindowUDFExpr};
 
-use super::{Feed, Segment, feed_exec, interval_us, not_supported};
+use super::{Feed, Segment, cut_first, feed_exec, interval_us, not_supported};
 use crate::catalog::TableDef;
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::over::OverPlan;
@@ -31,24 +29,15 @@ pub(super) fn cut_over(
     source: &TableDef,
     ctx: &Arc<TaskContext>,
 ) -> Result<(Arc<dyn ExecutionPlan>, Option<OverStage>)> {
-    let feed = Feed::default();
-    let mut found: Option<(OverPlan, Arc<dyn ExecutionPlan>)> = None;
-    let above = root
-        .clone()
-        .transform_down(|node| {
-            if found.is_some() || !matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
-                return Ok(Transformed::no(node));
-            }
-            let external = |e: Error| DataFusionError::External(Box::new(e));
-            let over = over_plan(&node, source, ctx).map_err(external)?;
-            let leaf = feed_exec(node.schema(), feed.clone()).map_err(external)?;
-            found = Some(over);
-            Ok(Transformed::new(leaf, true, TreeNodeRecursion::Jump))
-        })?
-        .data;
+    let found = cut_first(root, |node| {
+        match matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
+            true => over_plan(node, source, ctx).map(Some),
+            false => Ok(None),
+        }
+    })?;
     match found {
         None => Ok((root.clone(), None)),
-        Some((over, below)) => Ok((
+        Some((above, feed, (over, below))) => Ok((
             below,
             Some((
                 Arc::new(over),
