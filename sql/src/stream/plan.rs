@@ -184,12 +184,16 @@ impl Segment {
     }
 }
 
+/// A plan cut at a node: the plan above it (over a feed of the node's rows), the feed, and
+/// what the node became.
+type Cut<T> = (Arc<dyn ExecutionPlan>, Feed, T);
+
 /// Replaces the topmost node for which `find` gives a value by a leaf over a new feed: returns
 /// the plan above it (reading that feed), the feed and the value; None if no node matched.
 fn cut_first<T>(
     root: &Arc<dyn ExecutionPlan>,
     mut find: impl FnMut(&Arc<dyn ExecutionPlan>) -> Result<Option<T>>,
-) -> Result<Option<(Arc<dyn ExecutionPlan>, Feed, T)>> {
+) -> Result<Option<Cut<T>>> {
     let feed = Feed::default();
     let mut found = None;
     let above = root

@@ -20,10 +20,8 @@ use datafusion::common::{JoinSide, JoinType, NullEquality};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator as BinOp;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
-use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::utils::{JoinFilter, build_join_schema};
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
@@ -31,8 +29,8 @@ use datafusion::sql::sqlparser::ast::{
     Expr as SqlExpr, JoinConstraint, JoinOperator, Query, SetExpr, TableFactor, TableWithJoins,
 };
 
-use super::lookups::scan_columns;
-use super::{Feed, Scan, Segment, cut_first, interval_us, not_supported};
+use super::lookups::{lineage, scan_columns};
+use super::{Cut, Scan, Segment, cut_first, interval_us, not_supported};
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::stream::operators::interval_join::IntervalJoinPlan;
@@ -89,9 +87,6 @@ impl Combined {
     }
 }
 
-/// A plan cut at a join or union: the plan above it, the feed of its rows, and the join.
-pub(super) type Cut = (Arc<dyn ExecutionPlan>, Feed, Combined);
-
 /// Equal pairs of a join: (over the left input, over the right).
 type EquiKeys = [(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)];
 
@@ -105,7 +100,7 @@ pub(super) fn cut_combined(
     root: &Arc<dyn ExecutionPlan>,
     sources: &[Scan],
     ctx: &Arc<TaskContext>,
-) -> Result<Option<Cut>> {
+) -> Result<Option<Cut<Combined>>> {
     cut_first(root, |node| match union(node, sources, ctx)? {
         Some(u) => Ok(Some(u)),
         None => stream_join(node, sources, ctx),
@@ -339,36 +334,23 @@ fn plus_constant<T>(
 /// For each output column of an input (a source scan under projections and filters):
 /// `Some(d)` if it is the source's column `time` plus `d` microseconds.
 fn time_offsets(plan: &Arc<dyn ExecutionPlan>, time: usize) -> Option<Vec<Option<i64>>> {
-    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+    let leaf = |scan: &StreamingTableExec| {
         let width = scan.partitions().first()?.schema().fields().len();
         let columns: Vec<usize> = match scan.projection() {
             Some(p) => p.to_vec(),
             None => (0..width).collect(),
         };
-        return Some(columns.iter().map(|&c| (c == time).then_some(0)).collect());
-    }
-    let children = plan.children();
-    let [child] = children.as_slice() else {
-        return None;
+        Some((
+            (),
+            columns.iter().map(|&c| (c == time).then_some(0)).collect(),
+        ))
     };
-    let below = time_offsets(child, time)?;
-    let at = |c: &Column| below.get(c.index()).copied().flatten();
-    Some(if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
-        p.expr()
-            .iter()
-            .map(|e| {
-                let (offset, d) = plus_constant(&e.expr, &at)?;
-                offset.checked_add(d)
-            })
-            .collect()
-    } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
-        match f.projection() {
-            Some(p) => p.iter().map(|i| below.get(*i).copied().flatten()).collect(),
-            None => below,
-        }
-    } else {
-        below
-    })
+    let shifted = |e: &Arc<dyn PhysicalExpr>, below: &[Option<i64>]| {
+        let at = |c: &Column| below.get(c.index()).copied().flatten();
+        let (offset, d) = plus_constant(e, &at)?;
+        offset.checked_add(d)
+    };
+    lineage(plan, &leaf, &shifted).map(|(_, offsets)| offsets)
 }
 
 fn conjuncts<'a>(expr: &'a Arc<dyn PhysicalExpr>, out: &mut Vec<&'a Arc<dyn PhysicalExpr>>) {

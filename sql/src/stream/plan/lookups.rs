@@ -59,7 +59,7 @@ pub(super) fn scan_columns(
     plan: &Arc<dyn ExecutionPlan>,
     scans: &[Scan],
 ) -> Option<(Scan, Vec<Option<usize>>)> {
-    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+    let leaf = |scan: &StreamingTableExec| {
         let partition = scan.partitions().first()?;
         let source = scans
             .iter()
@@ -69,24 +69,43 @@ pub(super) fn scan_columns(
             Some(p) => p.iter().map(|c| Some(*c)).collect(),
             None => (0..source.def.columns.len()).map(Some).collect(),
         };
-        return Some((source, columns));
+        Some((source, columns))
+    };
+    let column = |e: &Arc<dyn PhysicalExpr>, below: &[Option<usize>]| {
+        let c = e.downcast_ref::<Column>()?;
+        below.get(c.index()).copied().flatten()
+    };
+    lineage(plan, &leaf, &column)
+}
+
+/// What a scan's columns are, for [`lineage`] (and which scan it is).
+pub(super) type LeafColumns<'a, L, T> =
+    dyn Fn(&StreamingTableExec) -> Option<(L, Vec<Option<T>>)> + 'a;
+/// What a projected expression is, given what the columns below are.
+pub(super) type ExprColumn<'a, T> = dyn Fn(&Arc<dyn PhysicalExpr>, &[Option<T>]) -> Option<T> + 'a;
+
+/// Follows columns from a scan up through filters and projections (and nodes that pass
+/// rows through unchanged): `leaf` gives the scan's columns a value (and says which scan it
+/// is), `expr` gives a projected expression one from the values of the columns below. None
+/// if the plan holds any other node.
+pub(super) fn lineage<L, T: Clone>(
+    plan: &Arc<dyn ExecutionPlan>,
+    leaf: &LeafColumns<'_, L, T>,
+    expr: &ExprColumn<'_, T>,
+) -> Option<(L, Vec<Option<T>>)> {
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+        return leaf(scan);
     }
     let children = plan.children();
     let [child] = children.as_slice() else {
         return None;
     };
-    let (source, below) = scan_columns(child, scans)?;
+    let (found, below) = lineage(child, leaf, expr)?;
     let columns = if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
-        p.expr()
-            .iter()
-            .map(|e| {
-                let c = e.expr.downcast_ref::<Column>()?;
-                below.get(c.index()).copied().flatten()
-            })
-            .collect()
+        p.expr().iter().map(|e| expr(&e.expr, &below)).collect()
     } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
         match f.projection() {
-            Some(p) => p.iter().map(|i| below.get(*i).copied().flatten()).collect(),
+            Some(p) => p.iter().map(|i| below.get(*i).cloned().flatten()).collect(),
             None => below,
         }
     } else {
@@ -98,7 +117,7 @@ pub(super) fn scan_columns(
             _ => return None,
         }
     };
-    Some((source, columns))
+    Some((found, columns))
 }
 
 /// The join as a lookup join, with its stream side, if one input is a looked-up table.
