@@ -234,8 +234,8 @@ fn site(device: i32) -> String {
     format!("site-{}", device % 7)
 }
 
-/// The same results, computed by DataFusion as one batch job over all messages.
-async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+/// All messages as one batch (id, device, value, ts).
+fn events_batch() -> RecordBatch {
     let events: Vec<Event> = (0..MESSAGES).map(event).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -247,7 +247,7 @@ async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
             false,
         ),
     ]));
-    let batch = RecordBatch::try_new(
+    RecordBatch::try_new(
         schema,
         vec![
             Arc::new(events.iter().map(|e| e.id).collect::<Int64Array>()),
@@ -259,7 +259,12 @@ async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
             ),
         ],
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The same results, computed by DataFusion as one batch job over all messages.
+async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+    let batch = events_batch();
     let ctx = SessionContext::new();
     ctx.register_batch("events", batch).unwrap();
     let sites = RecordBatch::try_new(
@@ -326,27 +331,7 @@ async fn reference() -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
 /// The top 3 devices of each window the final watermark has closed, by DataFusion as one
 /// batch job.
 async fn top3_reference() -> Vec<String> {
-    let events: Vec<Event> = (0..MESSAGES).map(event).collect();
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("device", DataType::Int32, false),
-            Field::new("value", DataType::Int64, true),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-                false,
-            ),
-        ])),
-        vec![
-            Arc::new(events.iter().map(|e| e.device).collect::<Int32Array>()),
-            Arc::new(events.iter().map(|e| e.value).collect::<Int64Array>()),
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(events.iter().map(|e| e.ts_ms * 1000))
-                    .with_timezone("+00:00"),
-            ),
-        ],
-    )
-    .unwrap();
+    let batch = events_batch();
     let ctx = SessionContext::new();
     ctx.register_batch("events", batch).unwrap();
     let sql = format!(
@@ -366,7 +351,6 @@ async fn top3_reference() -> Vec<String> {
 /// The interval-join results, computed by DataFusion as one batch job: the paid view, and
 /// the unpaid orders the final watermark has decided (ids below `ROLLING_IDS`).
 async fn join_reference() -> (Vec<String>, Vec<String>) {
-    let events: Vec<Event> = (0..MESSAGES).map(event).collect();
     let payments: Vec<(i64, i64, i64)> = (0..MESSAGES).filter_map(payment).collect();
     let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
     let times = |ms: Vec<i64>| {
@@ -375,19 +359,6 @@ async fn join_reference() -> (Vec<String>, Vec<String>) {
                 .with_timezone("+00:00"),
         )
     };
-    let events = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, false),
-            Field::new("device", DataType::Int32, false),
-            Field::new("ts", ts_type.clone(), false),
-        ])),
-        vec![
-            Arc::new(events.iter().map(|e| e.id).collect::<Int64Array>()),
-            Arc::new(events.iter().map(|e| e.device).collect::<Int32Array>()),
-            times(events.iter().map(|e| e.ts_ms).collect()),
-        ],
-    )
-    .unwrap();
     let payments = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("order_id", DataType::Int64, false),
@@ -402,7 +373,7 @@ async fn join_reference() -> (Vec<String>, Vec<String>) {
     )
     .unwrap();
     let ctx = SessionContext::new();
-    ctx.register_batch("events", events).unwrap();
+    ctx.register_batch("events", events_batch()).unwrap();
     ctx.register_batch("payments", payments).unwrap();
     let mut results = Vec::new();
     for sql in [
@@ -507,72 +478,54 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let (paid, unpaid) = join_reference().await;
     let top3 = top3_reference().await;
     let deadline = Duration::from_secs(300);
-    wait_for(&server, progress, deadline, "all events counted", |n| {
-        n >= MESSAGES
-    })
-    .await;
-    wait_for(
-        &server,
-        "SELECT count(*) FROM per_window",
-        deadline,
-        "all closed windows",
-        |n| n >= windows.len() as i64,
-    )
-    .await;
     let enriched = (0..MESSAGES).filter(|i| event(*i).device < SITES).count() as i64;
-    wait_for(
-        &server,
-        "SELECT sum(n) FROM by_site",
-        deadline,
-        "all enriched events counted",
-        |n| n >= enriched,
-    )
-    .await;
-    wait_for(
-        &server,
-        &format!("SELECT count(*) FROM rolling WHERE id < {ROLLING_IDS}"),
-        deadline,
-        "all rolling rows",
-        |n| n >= rolling.len() as i64,
-    )
-    .await;
     let paid_total = (0..MESSAGES)
         .filter_map(payment)
         .filter(|(order, _, ts)| *ts <= BASE_MS + order + 2000)
         .count() as i64;
-    wait_for(
-        &server,
-        "SELECT sum(n) FROM paid",
-        deadline,
-        "all payments joined",
-        |n| n >= paid_total,
-    )
-    .await;
-    wait_for(
-        &server,
-        &format!("SELECT count(*) FROM unpaid WHERE id < {ROLLING_IDS}"),
-        deadline,
-        "all unpaid orders",
-        |n| n >= unpaid.len() as i64,
-    )
-    .await;
-    wait_for(
-        &server,
-        "SELECT count(*) FROM top3",
-        deadline,
-        "all closed windows' top 3",
-        |n| n >= top3.len() as i64,
-    )
-    .await;
     let pairs = MESSAGES - 97;
-    wait_for(
-        &server,
-        "SELECT n FROM next_of_device",
-        deadline,
-        "all self-join pairs",
-        |n| n >= pairs,
-    )
-    .await;
+    // Each view has caught up once its count reaches the batch result's.
+    let caught_up: [(String, &str, i64); 8] = [
+        (progress.to_string(), "all events counted", MESSAGES),
+        (
+            "SELECT count(*) FROM per_window".into(),
+            "all closed windows",
+            windows.len() as i64,
+        ),
+        (
+            "SELECT sum(n) FROM by_site".into(),
+            "all enriched events counted",
+            enriched,
+        ),
+        (
+            format!("SELECT count(*) FROM rolling WHERE id < {ROLLING_IDS}"),
+            "all rolling rows",
+            rolling.len() as i64,
+        ),
+        (
+            "SELECT sum(n) FROM paid".into(),
+            "all payments joined",
+            paid_total,
+        ),
+        (
+            format!("SELECT count(*) FROM unpaid WHERE id < {ROLLING_IDS}"),
+            "all unpaid orders",
+            unpaid.len() as i64,
+        ),
+        (
+            "SELECT count(*) FROM top3".into(),
+            "all closed windows' top 3",
+            top3.len() as i64,
+        ),
+        (
+            "SELECT n FROM next_of_device".into(),
+            "all self-join pairs",
+            pairs,
+        ),
+    ];
+    for (sql, what, want) in &caught_up {
+        wait_for(&server, sql, deadline, what, |n| n >= *want).await;
+    }
     let client = server.connect().await;
     let got_pairs = eddy_rows(&client, "SELECT n, gaps FROM next_of_device").await;
     assert_eq!(
