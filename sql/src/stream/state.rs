@@ -53,6 +53,7 @@ impl StateStore {
             cache: self.cache.clone(),
             incarnation: self.cache.incarnation(),
             staged: BTreeMap::new(),
+            cached: true,
         }
     }
 }
@@ -65,6 +66,9 @@ pub struct StateTable {
     incarnation: u64,
     /// Writes since the last barrier, by store key (`None`: deleted).
     staged: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Whether flushed writes go to the cache (not for operators that hold their state in
+    /// memory and read it back only by a scan at restore).
+    cached: bool,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -74,6 +78,14 @@ impl std::fmt::Debug for StateTable {
 }
 
 impl StateTable {
+    /// A table whose writes skip the cache: the operator keeps its state in memory and reads
+    /// the table only by a scan when it is restored (joins, OVER), so caching its writes
+    /// would hold a second copy.
+    pub fn write_through(mut self) -> Self {
+        self.cached = false;
+        self
+    }
+
     fn store_key(&self, group: u16, key: &[u8]) -> Vec<u8> {
         keys::state_key(&self.prefix, group, key)
     }
@@ -194,7 +206,9 @@ impl StateTable {
     /// into the cache.
     pub fn flush(&mut self, barrier: &mut Barrier) {
         for (k, v) in std::mem::take(&mut self.staged) {
-            self.cache.insert(self.incarnation, k.clone(), v.clone());
+            if self.cached {
+                self.cache.insert(self.incarnation, k.clone(), v.clone());
+            }
             barrier.writes.push(match v {
                 Some(v) => WriteOp::Put(k, v),
                 None => WriteOp::Delete(k),

@@ -15,7 +15,9 @@
 //! 5 minutes" is a LEFT JOIN with `WHERE p.id IS NULL`, emitted 5 minutes (of event time)
 //! after each order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -192,7 +194,8 @@ impl IntervalJoin {
             ],
             keys: RowConverter::new(key_fields)?,
             plan,
-            state,
+            // Rows live in `buffers`; the table is read only by the scan below.
+            state: state.write_through(),
             buffers: Default::default(),
             watermark,
             next_seq: 0,
@@ -249,30 +252,36 @@ impl IntervalJoin {
             .into_iter()
             .map(|t| t.map(|t| t.saturating_sub(offset)))
             .collect();
-        // Candidate pairs: (row of the batch, buffered row of the other input).
+        // Candidate pairs: (row of the batch, time and sequence of a buffered row of the
+        // other input with the same key), and the buffered rows decoded.
         let mut probe = Vec::new();
-        let mut found: Vec<(Vec<u8>, (i64, u64))> = Vec::new();
-        let mut encoded: Vec<Vec<u8>> = Vec::new();
-        for i in 0..n {
-            let (Some(key), Some(ts)) = (&keys[i], times[i]) else {
-                continue;
-            };
-            let Some(held) = self.buffers[other].by_key.get(key) else {
-                continue;
-            };
-            let (from, to) = self.plan.partner_times(input, ts);
-            for (at, h) in held.range((from, 0)..=(to, u64::MAX)) {
-                probe.push(i as u32);
-                found.push((key.clone(), *at));
-                encoded.push(h.row.clone());
+        let mut found: Vec<(i64, u64)> = Vec::new();
+        let mut partners = None;
+        {
+            let mut encoded: Vec<&[u8]> = Vec::new();
+            for i in 0..n {
+                let (Some(key), Some(ts)) = (&keys[i], times[i]) else {
+                    continue;
+                };
+                let Some(held) = self.buffers[other].by_key.get(key) else {
+                    continue;
+                };
+                let (from, to) = self.plan.partner_times(input, ts);
+                for (at, h) in held.range((from, 0)..=(to, u64::MAX)) {
+                    probe.push(i as u32);
+                    found.push(*at);
+                    encoded.push(&h.row);
+                }
+            }
+            if !encoded.is_empty() {
+                let parser = self.rows[other].parser();
+                partners =
+                    Some(self.rows[other].convert_rows(encoded.iter().map(|b| parser.parse(b)))?);
             }
         }
         let mut matched_here = vec![false; n];
         let mut out = Vec::new();
-        if !probe.is_empty() {
-            let parser = self.rows[other].parser();
-            let partners =
-                self.rows[other].convert_rows(encoded.iter().map(|b| parser.parse(b)))?;
+        if let Some(partners) = partners {
             let probe = UInt32Array::from(probe);
             let here: Vec<ArrayRef> = batch
                 .columns()
@@ -287,8 +296,10 @@ impl IntervalJoin {
             let passed = self.condition(&left, &right, pairs)?;
             let keep: Vec<u32> = (0..pairs as u32).filter(|&p| passed[p as usize]).collect();
             for &p in &keep {
-                matched_here[probe.value(p as usize) as usize] = true;
-                let (key, at) = &found[p as usize];
+                let row = probe.value(p as usize) as usize;
+                matched_here[row] = true;
+                let at = &found[p as usize];
+                let key = keys[row].as_ref().expect("a probing row has a key");
                 let held = self.buffers[other]
                     .by_key
                     .get_mut(key)

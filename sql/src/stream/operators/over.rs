@@ -122,7 +122,8 @@ impl Over {
             rows: RowConverter::new(fields)?,
             keys: RowConverter::new(key_fields)?,
             plan,
-            state,
+            // Rows live in `partitions`; the table is read only by the scan below.
+            state: state.write_through(),
             partitions: HashMap::new(),
             emitted_to: watermark,
             next_seq: 0,
