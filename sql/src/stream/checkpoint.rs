@@ -1,8 +1,11 @@
 //! The checkpoint protocol: pure (no I/O), so every step can be tested and crashed.
 //!
-//! A pipeline is one chain: source → operators → sink. The source side numbers epochs and
-//! decides when a checkpoint is due ([`Injector`]); it then sends a [`Barrier`] down the chain
-//! carrying the source positions and watermark *after* the last event sent before it. Each
+//! A pipeline is a chain source → operators → sink, or two sources joined (or united) by a
+//! two-input operator. Each source side numbers epochs and decides when a checkpoint is due
+//! ([`Injector`]); it then sends a [`Barrier`] down its channel carrying the source positions
+//! and watermark *after* the last event sent before it. A two-input operator waits for the
+//! barrier of an epoch on both inputs and merges them ([`Barrier::merge`]): the record then
+//! keeps each input's position ([`CheckpointRecord::inputs`]). Each
 //! stateful operator adds the writes that bring its persisted state up to the barrier to
 //! `barrier.writes`. The sink, which has written every output up to the barrier, turns the
 //! barrier into one atomic batch ([`commit_ops`]): the state writes plus the pipeline's

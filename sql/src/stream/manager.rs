@@ -29,7 +29,7 @@ use super::operators::union::Union;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
     AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
-    run_inputs, run_operator, run_tee,
+    min_watermark, run_inputs, run_operator, run_tee,
 };
 use super::plan;
 use super::plan::Combine;
@@ -371,11 +371,7 @@ impl StreamManager {
                     Combine::Join(plan) => Box::new(IntervalJoin::restore(
                         plan.clone(),
                         self.state.table(def.id, JOIN_OPERATOR),
-                        restored
-                            .iter()
-                            .copied()
-                            .collect::<Option<Vec<_>>>()
-                            .and_then(|w| w.into_iter().min()),
+                        min_watermark(&restored),
                     )?),
                     Combine::Union(schema) => Box::new(Union {
                         schema: schema.clone(),

@@ -6,7 +6,31 @@
 //! - [`union`]: UNION ALL of two sources.
 //! - [`over`]: OVER window functions over events, emitted as the watermark passes them.
 
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+
+use crate::error::Result;
+
 pub mod interval_join;
 pub mod lookup_join;
 pub mod over;
 pub mod union;
+
+/// A time column as microseconds (NULL stays None).
+pub(crate) fn micros(array: &dyn Array) -> Result<Vec<Option<i64>>> {
+    let a = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    Ok(a.as_primitive::<TimestampMicrosecondType>()
+        .iter()
+        .collect())
+}
+
+/// A time (microseconds) as 8 key bytes that sort as the times do.
+pub(crate) fn time_key(ts: i64) -> [u8; 8] {
+    ((ts as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The time [`time_key`] encoded.
+pub(crate) fn time_from_key(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}

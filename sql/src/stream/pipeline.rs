@@ -1,10 +1,15 @@
-//! A running pipeline: a source thread, operator tasks and a sink task joined by bounded
+//! A running pipeline: source threads, operator tasks and a sink task joined by bounded
 //! channels (a slow stage fills its input channel and so slows everything before it).
 //!
 //! ```text
-//! source thread ──► stateless (DataFusion) ──► [aggregate] ──► sink (RocksDB)
-//!   batches, dead letters, watermarks and barriers flow down the same channel
+//! source thread ──► stateless ─┐
+//!                              ├─► [join | union] ──► stateless ──► … ──► [aggregate] ──► sink
+//! source thread ──► stateless ─┘   (run_inputs: input index, aligned barriers, min watermark)
+//!   batches, dead letters, watermarks and barriers flow down the same channels
 //! ```
+//!
+//! One-input stages run under [`run_operator`], two-input ones under [`run_inputs`]; a source
+//! read by both inputs has one thread whose messages [`run_tee`] copies to both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,20 +133,20 @@ pub struct Stateless {
     pub metrics: Arc<Metrics>,
 }
 
-impl Stateless {
-    fn push(out: &mut Vec<Message>, batches: Vec<RecordBatch>) {
-        for b in batches {
-            if b.num_rows() > 0 {
-                out.push(Message::Batch(b));
-            }
-        }
-    }
+/// Sends the non-empty batches on.
+pub(crate) fn push_batches(out: &mut Vec<Message>, batches: Vec<RecordBatch>) {
+    out.extend(
+        batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(Message::Batch),
+    );
 }
 
 #[async_trait]
 impl Operator for Stateless {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        Self::push(out, self.lower.run(batch).await?);
+        push_batches(out, self.lower.run(batch).await?);
         Ok(())
     }
 
@@ -158,7 +163,7 @@ impl Operator for Stateless {
             let part = batch.slice(start, len);
             let failure = match self.lower.run(part.clone()).await {
                 Ok(batches) => {
-                    Self::push(out, batches);
+                    push_batches(out, batches);
                     continue;
                 }
                 Err(Error::DataFusion(e)) => match eddy_udf::predict::model_run_error(&e) {
@@ -199,7 +204,7 @@ pub struct SegmentOp {
 #[async_trait]
 impl Operator for SegmentOp {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
-        Stateless::push(out, self.segment.run(batch).await?);
+        push_batches(out, self.segment.run(batch).await?);
         Ok(())
     }
 }
@@ -413,7 +418,7 @@ pub async fn run_tee(
 }
 
 /// The minimum of the inputs' watermarks; none until every input has one.
-fn min_watermark(watermarks: &[Option<i64>]) -> Option<i64> {
+pub(crate) fn min_watermark(watermarks: &[Option<i64>]) -> Option<i64> {
     watermarks
         .iter()
         .copied()

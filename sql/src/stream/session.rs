@@ -24,6 +24,7 @@ use super::aggregate::{
     apply_upper, decode_states, encode_states, eval_groups, eval_inputs, update_accumulators,
 };
 use super::checkpoint::Barrier;
+use super::operators::{time_from_key, time_key};
 use super::plan::AggregatePlan;
 use super::state::StateTable;
 use super::view::{Output, ViewWriter};
@@ -71,7 +72,7 @@ fn micros(array: &ArrayRef) -> Result<Vec<i64>> {
 /// The state key of a session: key, start (order-preserving); its key group is the key's.
 fn state_key(key: &[u8], start: i64) -> Vec<u8> {
     let mut k = key.to_vec();
-    k.extend_from_slice(&((start as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&time_key(start));
     k
 }
 
@@ -136,8 +137,7 @@ impl SessionAggregator {
         let restored = decode_states(&self.plan, &self.states, &self.state_widths, &values)?;
         for ((k, v), accs) in entries.iter().zip(restored) {
             let key = k[..k.len() - 8].to_vec();
-            let start =
-                (u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8")) ^ (1 << 63)) as i64;
+            let start = time_from_key(k[k.len() - 8..].try_into().expect("8"));
             let end = i64::from_le_bytes(v[..8].try_into().expect("8"));
             self.insert(key, Session { start, end, accs });
         }

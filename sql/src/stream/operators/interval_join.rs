@@ -24,7 +24,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, UInt32Array, new_null_array,
 };
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::{JoinSide, JoinType};
 use datafusion::physical_plan::PhysicalExpr;
@@ -34,7 +34,8 @@ use crate::error::{Error, Result};
 use crate::keys::key_group;
 use crate::stream::aggregate::null_as_false;
 use crate::stream::checkpoint::Barrier;
-use crate::stream::pipeline::{Message, Operator};
+use crate::stream::operators::{micros, time_key};
+use crate::stream::pipeline::{Message, Operator, push_batches};
 use crate::stream::state::StateTable;
 
 /// An interval join as planned. Input 0 is the join's left side, input 1 its right.
@@ -122,19 +123,12 @@ pub struct IntervalJoin {
     next_seq: u64,
 }
 
-fn micros(array: &dyn Array) -> Result<Vec<Option<i64>>> {
-    let a = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-    Ok(a.as_primitive::<TimestampMicrosecondType>()
-        .iter()
-        .collect())
-}
-
 /// State key of a row: input, join key, time (order-preserving), sequence.
 fn state_key(input: usize, key: &[u8], ts: i64, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len() + 16);
     k.push(input as u8);
     k.extend_from_slice(key);
-    k.extend_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&time_key(ts));
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -453,15 +447,6 @@ impl IntervalJoin {
 #[cfg(test)]
 mod tests;
 
-fn push(out: &mut Vec<Message>, batches: Vec<RecordBatch>) {
-    out.extend(
-        batches
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(Message::Batch),
-    );
-}
-
 #[async_trait::async_trait]
 impl Operator for IntervalJoin {
     async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
@@ -480,7 +465,7 @@ impl Operator for IntervalJoin {
             )));
         }
         let batches = self.on_input_batch(input, &batch)?;
-        push(out, batches);
+        push_batches(out, batches);
         Ok(())
     }
 
@@ -488,7 +473,7 @@ impl Operator for IntervalJoin {
         if self.watermark.is_none_or(|w| watermark > w) {
             self.watermark = Some(watermark);
             let batches = self.expire(watermark)?;
-            push(out, batches);
+            push_batches(out, batches);
         }
         out.push(Message::Watermark(
             watermark.saturating_sub(self.plan.delay_us()),

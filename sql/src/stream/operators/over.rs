@@ -13,9 +13,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{and, cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{and, filter_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
@@ -23,6 +23,7 @@ use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use crate::error::{Error, Result};
 use crate::keys::key_group;
 use crate::stream::checkpoint::Barrier;
+use crate::stream::operators::{micros, time_key};
 use crate::stream::pipeline::{Message, Operator};
 use crate::stream::plan::Feed;
 use crate::stream::state::StateTable;
@@ -69,16 +70,10 @@ pub struct Over {
     next_seq: u64,
 }
 
-fn micros(array: &dyn Array) -> Result<Vec<Option<i64>>> {
-    let a = cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-    let a = a.as_primitive::<TimestampMicrosecondType>();
-    Ok(a.iter().collect())
-}
-
 /// State key of a row: partition, time (order-preserving), sequence.
 fn state_key(partition: &[u8], ts: i64, seq: u64) -> Vec<u8> {
     let mut k = partition.to_vec();
-    k.extend_from_slice(&((ts as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&time_key(ts));
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
