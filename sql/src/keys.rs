@@ -9,6 +9,9 @@
 //! p <pipeline u32>                             a pipeline's last checkpoint record
 //! q <pipeline u32>                             the checkpoint before it (Kafka sinks only)
 //! s <pipeline u32> <operator u16> <group u16> <key>   operator state
+//! l <view u32> <seq u64>                       a view's changelog (upserts of its rows)
+//! r <view u32> <subscriber u32>                where a pipeline reading the view's changelog
+//!                                              stands (the log is kept from the lowest)
 //! ```
 //!
 //! Invariants: the first byte alone tells the kind of a key, so the prefixes of different
@@ -22,6 +25,8 @@ const TABLE: u8 = b't';
 const CHECKPOINT: u8 = b'p';
 const PREVIOUS_CHECKPOINT: u8 = b'q';
 const STATE: u8 = b's';
+const CHANGELOG: u8 = b'l';
+const SUBSCRIPTION: u8 = b'r';
 
 /// Key groups per operator: the unit state is partitioned in (fixed, so the number of
 /// partitions can change without moving state between groups).
@@ -101,6 +106,45 @@ pub fn key_group(partition_key: &[u8]) -> u16 {
     ((hash ^ (hash >> 32)) % KEY_GROUPS as u64) as u16
 }
 
+/// Prefix of a view's changelog entries.
+pub fn changelog_prefix(view: u32) -> Vec<u8> {
+    let mut k = vec![CHANGELOG];
+    k.extend_from_slice(&view.to_be_bytes());
+    k
+}
+
+/// The key of entry `seq` of a view's changelog.
+pub fn changelog_key(view: u32, seq: u64) -> Vec<u8> {
+    let mut k = changelog_prefix(view);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of the subscriptions to a view's changelog.
+pub fn subscription_prefix(view: u32) -> Vec<u8> {
+    let mut k = vec![SUBSCRIPTION];
+    k.extend_from_slice(&view.to_be_bytes());
+    k
+}
+
+/// The key of pipeline `subscriber`'s position in a view's changelog.
+pub fn subscription_key(view: u32, subscriber: u32) -> Vec<u8> {
+    let mut k = subscription_prefix(view);
+    k.extend_from_slice(&subscriber.to_be_bytes());
+    k
+}
+
+/// Prefix of every subscription key.
+pub fn subscriptions_prefix() -> Vec<u8> {
+    vec![SUBSCRIPTION]
+}
+
+/// The subscriber a subscription key names.
+pub fn subscriber_of(key: &[u8]) -> Option<u32> {
+    (key.len() == 9 && key[0] == SUBSCRIPTION)
+        .then(|| u32::from_be_bytes(key[5..9].try_into().expect("4 bytes")))
+}
+
 /// Every key range a pipeline owns: its rows, its checkpoint records and its state.
 pub fn pipeline_ranges(pipeline: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
     [
@@ -108,6 +152,8 @@ pub fn pipeline_ranges(pipeline: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
         checkpoint_key(pipeline),
         previous_checkpoint_key(pipeline),
         pipeline_state_prefix(pipeline),
+        changelog_prefix(pipeline),
+        subscription_prefix(pipeline),
     ]
     .into_iter()
     .map(|p| {
@@ -132,6 +178,8 @@ mod tests {
             catalog_prefix(),
             META_NEXT_TABLE_ID.to_vec(),
             META_STATE_FORMAT.to_vec(),
+            changelog_prefix(id),
+            subscription_prefix(id),
         ] {
             assert!(!other.starts_with(&state) && !state.starts_with(&other));
         }

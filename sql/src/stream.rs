@@ -14,6 +14,7 @@
 //! - [`manager`]: starts, supervises and stops pipelines as the catalog changes.
 
 pub mod aggregate;
+pub mod changelog;
 pub mod checkpoint;
 #[cfg(test)]
 pub mod harness;

@@ -408,6 +408,7 @@ fn key_description(plan: &PipelinePlan) -> String {
             format!("primary key ({})", names.join(", "))
         }
         (None, Some(_)) => "rows keyed by group".into(),
+        (None, None) if plan.updates() => "rows keyed by their values (a multiset)".into(),
         (None, None) => "rows keyed by output sequence".into(),
     }
 }
@@ -450,6 +451,15 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         .model_functions(&Default::default(), Some(source));
     let plan = plan::plan_with(&catalog, &query, &udfs, &q.options).await?;
     let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
+    if q.kind == ObjectKind::Stream && plan.updates() && plan.aggregate.is_none() {
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "a stream is append-only, and \"{}\" is a view whose rows change: use CREATE MATERIALIZED VIEW",
+                plan.source.name
+            ),
+        ));
+    }
     if q.kind == ObjectKind::Stream && plan.aggregate.is_some() {
         return Err(Error::user(
             sqlstate::FEATURE_NOT_SUPPORTED,

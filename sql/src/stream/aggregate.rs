@@ -87,13 +87,7 @@ impl Aggregator {
         let key_fields = (0..plan.group_exprs.len())
             .map(|i| SortField::new(input.field(i).data_type().clone()))
             .collect();
-        let mut state_types = Vec::new();
-        let mut state_widths = Vec::new();
-        for a in &plan.aggr_exprs {
-            let fields = a.state_fields()?;
-            state_widths.push(fields.len());
-            state_types.extend(fields.iter().map(|f| f.data_type().clone()));
-        }
+        let (state_widths, state_types) = plan.state_layout()?;
         let state_fields = state_types
             .iter()
             .map(|t| SortField::new(t.clone()))
@@ -185,12 +179,7 @@ impl Aggregator {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        Ok(self
-            .plan
-            .aggr_exprs
-            .iter()
-            .map(|a| a.create_accumulator())
-            .collect::<datafusion::error::Result<Vec<_>>>()?)
+        self.plan.accumulators()
     }
 
     /// Brings the groups `keys` into memory from the state table; returns, for each, whether
@@ -234,9 +223,39 @@ impl Aggregator {
 
     /// Applies one batch of the lower stage's output; returns the view writes it causes.
     pub fn on_batch(&mut self, batch: &RecordBatch) -> Result<Output> {
+        self.apply(batch, false)?;
+        self.emit_changed()
+    }
+
+    /// Applies a changelog batch (the aggregate of an updating view): retracts its deleted
+    /// rows and adds its inserted ones; returns the view writes it causes.
+    pub fn on_changes(&mut self, changes: &RecordBatch) -> Result<Output> {
+        if !self.plan.retract {
+            return Err(Error::internal(
+                "a changelog reached an appending aggregate",
+            ));
+        }
+        let (retracted, inserted) = super::changelog::split(changes)?;
+        self.apply(&retracted, true)?;
+        self.apply(&inserted, false)?;
+        self.emit_changed()
+    }
+
+    /// The rows of groups changed since they were last written, unless they are written
+    /// when their window closes.
+    fn emit_changed(&mut self) -> Result<Output> {
+        if self.plan.window.is_some() && self.emit_on_close {
+            return Ok(Output::none());
+        }
+        let changed = std::mem::take(&mut self.changed);
+        self.emit(&changed)
+    }
+
+    /// Adds (or with `retract`, takes back) the rows of `batch` in their groups.
+    fn apply(&mut self, batch: &RecordBatch, retract: bool) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
-            return Ok(Output::none());
+            return Ok(());
         }
         let key_columns = eval_groups(&self.plan, batch)?;
         let rows = self.keys.convert_columns(&key_columns)?;
@@ -257,7 +276,15 @@ impl Aggregator {
         }
         let keys: Vec<&[u8]> = distinct.iter().map(|(k, _, _)| *k).collect();
         let existed = self.make_live(&keys)?;
-        let (args, masks) = eval_inputs(&self.plan, batch)?;
+        let (mut args, mut masks) = eval_inputs(&self.plan, batch)?;
+        if self.plan.retract {
+            // The group's row count.
+            args.push(vec![datafusion::arrow::array::new_null_array(
+                &DataType::Null,
+                n,
+            )]);
+            masks.push(None);
+        }
         let whole = distinct.len() == 1 && distinct[0].1.len() == n;
         // With EMIT ON WINDOW CLOSE rows are written when windows close, not as they change.
         let on_update = !(self.plan.window.is_some() && self.emit_on_close);
@@ -278,7 +305,7 @@ impl Aggregator {
             }
             let indices = (!whole).then(|| UInt32Array::from(idx));
             let group = self.live.get_mut(key).expect("made live");
-            update_accumulators(&mut group.accs, &args, &masks, indices.as_ref())?;
+            update_accumulators(&mut group.accs, &args, &masks, indices.as_ref(), retract)?;
             if on_update && !group.changed {
                 group.changed = true;
                 self.changed.push(key.to_vec());
@@ -288,11 +315,7 @@ impl Aggregator {
                 self.unsaved.push(key.to_vec());
             }
         }
-        if !on_update {
-            return Ok(Output::none());
-        }
-        let changed = std::mem::take(&mut self.changed);
-        self.emit(&changed)
+        Ok(())
     }
 
     /// Closes the windows that end at or before `watermark`.
@@ -421,8 +444,74 @@ impl Aggregator {
             let (batch, _) = apply_upper(&[], self.plan.schema.clone(), columns)?;
             return Ok(Output::Unfinished(batch));
         }
-        let (batch, keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
+        let (batch, mut keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
+        if self.plan.retract {
+            // A group whose rows were all retracted is gone: its row is deleted, and so is
+            // its state.
+            let rows = self.plan.aggr_exprs.len();
+            let mut alive = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let count = self.live.get_mut(k).expect("live").accs[rows].evaluate()?;
+                alive.push(!matches!(count, ScalarValue::Int64(Some(n)) if n <= 0));
+            }
+            let alive = BooleanArray::from(alive);
+            for (k, _) in keys
+                .iter()
+                .zip(alive.iter())
+                .filter(|(_, a)| *a == Some(false))
+            {
+                if let Some(group) = self.live.remove(k) {
+                    self.live_bytes -= group.size;
+                }
+                self.state.delete(key_group(k), k);
+            }
+            keep = Some(match keep {
+                Some(k) => datafusion::arrow::compute::and(&k, &alive)?,
+                None => alive,
+            });
+        }
         self.view.output(&batch, keep.as_ref(), &keys)
+    }
+}
+
+impl AggregatePlan {
+    /// Fresh accumulators for one group: DataFusion's, or for the aggregate of an updating
+    /// view ones that retract, followed by the group's row count.
+    pub fn accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        if !self.retract {
+            return Ok(self
+                .aggr_exprs
+                .iter()
+                .map(|a| a.create_accumulator())
+                .collect::<datafusion::error::Result<Vec<_>>>()?);
+        }
+        let mut accs = self
+            .aggr_exprs
+            .iter()
+            .map(|a| retract::accumulator(a))
+            .collect::<Result<Vec<_>>>()?;
+        accs.push(Box::new(retract::RowCount::default()));
+        Ok(accs)
+    }
+
+    /// How many state fields each accumulator has, and all their types in order.
+    pub fn state_layout(&self) -> Result<(Vec<usize>, Vec<DataType>)> {
+        let mut widths = Vec::new();
+        let mut types = Vec::new();
+        if self.retract {
+            for mut acc in self.accumulators()? {
+                let t = retract::state_types(acc.as_mut())?;
+                widths.push(t.len());
+                types.extend(t);
+            }
+            return Ok((widths, types));
+        }
+        for a in &self.aggr_exprs {
+            let fields = a.state_fields()?;
+            widths.push(fields.len());
+            types.extend(fields.iter().map(|f| f.data_type().clone()));
+        }
+        Ok((widths, types))
     }
 }
 
@@ -466,12 +555,14 @@ pub(super) fn eval_inputs(plan: &AggregatePlan, batch: &RecordBatch) -> Result<I
     Ok((args, masks))
 }
 
-/// Feeds rows `indices` (all rows when `None`) of the inputs to one group's accumulators.
+/// Feeds rows `indices` (all rows when `None`) of the inputs to one group's accumulators
+/// (with `retract`, takes them back).
 pub(super) fn update_accumulators(
     accs: &mut [Box<dyn Accumulator>],
     args: &[Vec<ArrayRef>],
     masks: &[Option<BooleanArray>],
     indices: Option<&UInt32Array>,
+    retract: bool,
 ) -> Result<()> {
     for (a, acc) in accs.iter_mut().enumerate() {
         let mut values: Vec<ArrayRef> = match indices {
@@ -492,7 +583,10 @@ pub(super) fn update_accumulators(
                 .map(|v| filter(v.as_ref(), &mask))
                 .collect::<std::result::Result<_, _>>()?;
         }
-        acc.update_batch(&values)?;
+        match retract {
+            true => acc.retract_batch(&values)?,
+            false => acc.update_batch(&values)?,
+        }
     }
     Ok(())
 }
@@ -552,11 +646,7 @@ pub(super) fn decode_states(
     let columns = converter.convert_rows(values.iter().map(|v| parser.parse(v)))?;
     (0..values.len())
         .map(|i| {
-            let mut accs = plan
-                .aggr_exprs
-                .iter()
-                .map(|a| a.create_accumulator())
-                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let mut accs = plan.accumulators()?;
             let mut at = 0;
             for (a, acc) in accs.iter_mut().enumerate() {
                 let state: Vec<ArrayRef> = columns[at..at + widths[a]]
@@ -629,6 +719,7 @@ pub(super) fn apply_upper(
     Ok((batch, keep))
 }
 
+mod retract;
 #[cfg(test)]
 mod tests;
 

@@ -19,11 +19,14 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
+use super::changelog::ViewLog;
 use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
+use super::operators::materialize::Materialize;
+use super::operators::normalize::Normalize;
 use super::operators::over::Over;
 use super::operators::union::Union;
 use super::pipeline::SegmentOp;
@@ -32,7 +35,7 @@ use super::pipeline::{
     min_watermark, run_inputs, run_operator, run_tee,
 };
 use super::plan;
-use super::plan::Combine;
+use super::plan::{Combine, ViewInput};
 use super::session::SessionAggregator;
 use super::sinks::{SinkConfig, SinkTarget};
 use super::state::StateStore;
@@ -54,6 +57,10 @@ struct Running {
 pub const AGGREGATE_OPERATOR: u16 = 1;
 pub const OVER_OPERATOR: u16 = 2;
 pub const JOIN_OPERATOR: u16 = 3;
+/// The rows last seen of an updating view a pipeline reads.
+pub const NORMALIZE_OPERATOR: u16 = 4;
+/// The copies of each row of a view that stores a changelog without aggregating it.
+pub const MATERIALIZE_OPERATOR: u16 = 5;
 
 pub struct StreamManager {
     kv: Arc<dyn KvStore>,
@@ -67,6 +74,8 @@ pub struct StreamManager {
     models: Mutex<Option<Arc<dyn ModelSource>>>,
     /// Where remote sinks stage and spool their files (`<data dir>/sinks`).
     staging: std::path::PathBuf,
+    /// Per grouping view: the lock its checkpoints and new readers of its changelog take.
+    log_locks: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -93,7 +102,13 @@ impl StreamManager {
             checkpoint_interval_ms,
             models: Mutex::new(None),
             staging,
+            log_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The lock of a view's changelog.
+    fn log_lock(&self, view: u32) -> Arc<Mutex<()>> {
+        self.log_locks.lock().entry(view).or_default().clone()
     }
 
     pub fn set_models(&self, models: Arc<dyn ModelSource>) {
@@ -223,11 +238,22 @@ impl StreamManager {
             let kv = self.kv.clone();
             runtime.spawn(async move {
                 let _ = r.supervisor.await;
-                // Whatever a stopping stage wrote after DROP's own delete goes too.
-                let ops = crate::keys::pipeline_ranges(id)
+                // Whatever a stopping stage wrote after DROP's own delete goes too, and the
+                // pipeline's positions in the changelogs of views it read.
+                let mut ops: Vec<WriteOp> = crate::keys::pipeline_ranges(id)
                     .into_iter()
                     .map(|(start, end)| WriteOp::DeleteRange(start, end))
                     .collect();
+                let subs = crate::keys::subscriptions_prefix();
+                match kv.scan(&subs, &crate::storage::prefix_end(&subs), usize::MAX) {
+                    Ok(pairs) => ops.extend(
+                        pairs
+                            .into_iter()
+                            .filter(|(k, _)| crate::keys::subscriber_of(k) == Some(id))
+                            .map(|(k, _)| WriteOp::Delete(k)),
+                    ),
+                    Err(e) => tracing::warn!("cleanup of dropped pipeline {id}: {e}"),
+                }
                 if let Err(e) = kv.write(ops, true) {
                     tracing::warn!("cleanup of dropped pipeline {id}: {e}");
                 }
@@ -330,6 +356,12 @@ impl StreamManager {
             None => {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 source_txs.push(tx);
+                if plan.view_input == Some(ViewInput::Updates) {
+                    operators.push(Box::new(Normalize::new(
+                        plan.source.clone(),
+                        self.state.table(def.id, NORMALIZE_OPERATOR),
+                    )));
+                }
                 operators.push(Box::new(Stateless {
                     lower: plan.lower_segment(),
                     name: def.name.clone(),
@@ -437,6 +469,11 @@ impl StreamManager {
                 )?),
             };
             operators.push(Box::new(op));
+        } else if plan.view_input == Some(ViewInput::Updates) {
+            operators.push(Box::new(Materialize::new(
+                ViewWriter::new(def.clone()),
+                self.state.table(def.id, MATERIALIZE_OPERATOR),
+            )));
         }
         for op in operators {
             let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -450,7 +487,7 @@ impl StreamManager {
             },
             // A view without an aggregation holds every row of its query, in order (its rows
             // are only ever inserted).
-            (TableKind::MaterializedView(_), _) if plan.aggregate.is_none() => SinkKind::Stream {
+            (TableKind::MaterializedView(_), _) if !plan.updates() => SinkKind::Stream {
                 retention_rows: u64::MAX,
             },
             (_, Some(SinkConfig::Parquet(config))) => {
@@ -525,6 +562,13 @@ impl StreamManager {
             record: record.clone(),
             metrics: metrics.clone(),
             committed: committed_tx,
+            log: match &def.kind {
+                TableKind::MaterializedView(_) if plan.updates() => {
+                    Some(ViewLog::new(def, self.log_lock(def.id), self.kv.as_ref())?)
+                }
+                _ => None,
+            },
+            reads_view: (plan.view_input == Some(ViewInput::Updates)).then_some(plan.source.id),
         };
         tasks.spawn(sink.run(rx));
         // Windows, OVER and joins emit rows once the watermark passes them: later events
@@ -534,6 +578,21 @@ impl StreamManager {
             || plan.combined.as_ref().is_some_and(|c| c.join().is_some());
         // A source of a join (or union) reports its position as its input's.
         let several = plan.combined.is_some();
+        // A new reader of an updating view registers in its changelog, from its next entry,
+        // and starts with a snapshot of the view's rows.
+        let mut record = record;
+        if plan.view_input == Some(ViewInput::Updates) && !record.positions.contains_key(&0) {
+            let view = plan.source.id;
+            let kv = self.kv.clone();
+            let lock = self.log_lock(view);
+            let reader = def.id;
+            let position = tokio::task::spawn_blocking(move || {
+                super::changelog::subscribe(kv.as_ref(), &lock, view, reader)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("changelog subscription: {e}")))??;
+            record.positions = eddy_connectors::Positions::from([(0, position as i64), (1, 0)]);
+        }
         let mut sources = tokio::task::JoinSet::new();
         for (i, (tx, source_def)) in source_txs.into_iter().zip(plan.sources()).enumerate() {
             let input = several.then_some(i);
@@ -549,6 +608,7 @@ impl StreamManager {
                 metrics,
                 models: models.clone(),
                 committed: committed_rx.clone(),
+                updates: plan.view_input == Some(ViewInput::Updates),
             })?;
             sources.spawn_blocking(move || source.run());
         }
@@ -596,11 +656,16 @@ struct SourceSetup<'a> {
     metrics: &'a Arc<Metrics>,
     models: Arc<PinnedModels>,
     committed: tokio::sync::watch::Receiver<u64>,
+    /// The source is an updating view (read as its changelog).
+    updates: bool,
 }
 
 impl StreamManager {
     /// The source thread of one input, opened where the checkpoint left it.
     fn source_loop(&self, setup: SourceSetup<'_>) -> Result<SourceLoop> {
+        if let TableKind::MaterializedView(_) = &setup.source.kind {
+            return self.view_source_loop(setup);
+        }
         let source_def = setup.source.clone();
         let TableKind::Source(source_info) = &source_def.kind else {
             return Err(Error::internal("pipeline source is not a source"));
@@ -668,6 +733,51 @@ impl StreamManager {
             drop_late: setup.drop_late,
             errors,
             late,
+            stop: setup.stop.clone(),
+            metrics: setup.metrics.clone(),
+            models: setup.models,
+            committed: setup.committed,
+            input: setup.input,
+        })
+    }
+}
+
+impl StreamManager {
+    /// The source thread of a pipeline that reads a materialized view: an updating view's
+    /// snapshot and changelog, or an appending view's rows in order.
+    fn view_source_loop(&self, setup: SourceSetup<'_>) -> Result<SourceLoop> {
+        let view = setup.source.clone();
+        let positions = setup.record.positions.clone();
+        let kv = self.kv.clone();
+        let signal = self.signal.clone();
+        let updates = setup.updates;
+        let open = Box::new(
+            move || -> eddy_connectors::Result<Box<dyn eddy_connectors::Source>> {
+                Ok(match updates {
+                    true => Box::new(super::changelog::ViewLogSource::open(view, kv, &positions)),
+                    false => Box::new(LogSource::open(
+                        view.clone(),
+                        view.arrow_schema(),
+                        kv,
+                        signal,
+                        &positions,
+                    )),
+                })
+            },
+        );
+        Ok(SourceLoop {
+            open,
+            tx: setup.tx,
+            injector: Injector::new(setup.interval, setup.record, 0),
+            watermark: None,
+            marks: Default::default(),
+            idle_timeout: None,
+            last_event: std::collections::HashMap::new(),
+            per_partition: false,
+            watermark_expr: None,
+            drop_late: false,
+            errors: None,
+            late: None,
             stop: setup.stop.clone(),
             metrics: setup.metrics.clone(),
             models: setup.models,

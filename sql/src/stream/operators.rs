@@ -5,6 +5,8 @@
 //! - [`lookup_join`]: events joined with a table's row by primary key, at processing time.
 //! - [`union`]: UNION ALL of two sources.
 //! - [`over`]: OVER window functions over events, emitted as the watermark passes them.
+//! - [`materialize`]: a changelog stored as a view's rows (a multiset).
+//! - [`normalize`]: a view's upserts as changes (deletes of old rows, inserts of new ones).
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
@@ -14,6 +16,8 @@ use crate::error::Result;
 
 pub mod interval_join;
 pub mod lookup_join;
+pub mod materialize;
+pub mod normalize;
 pub mod over;
 pub mod union;
 

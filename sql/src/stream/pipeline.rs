@@ -49,6 +49,9 @@ pub enum Message {
     Barrier(Barrier),
     /// Output rows already encoded (view rows, dead letters).
     Writes(Vec<WriteOp>),
+    /// Rows that change a result: a changelog batch, whose last column is the operation
+    /// (`changelog::OP_COLUMN`).
+    Changes(RecordBatch),
 }
 
 /// Each row's (partition, offset) in its source.
@@ -104,6 +107,14 @@ pub trait Operator: Send {
         self.on_batch(batch, out).await
     }
 
+    /// A changelog batch (deletes and inserts) from an updating input. Operators that only
+    /// take appends refuse it; the planner keeps them off changelog edges.
+    async fn on_changes(&mut self, _changes: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
+        Err(Error::internal(
+            "an operator that takes only appends received a changelog",
+        ))
+    }
+
     /// The watermark moved (for an operator with several inputs, the minimum of theirs).
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Watermark(watermark));
@@ -143,11 +154,35 @@ pub(crate) fn push_batches(out: &mut Vec<Message>, batches: Vec<RecordBatch>) {
     );
 }
 
+/// Runs a stateless plan over a changelog batch: over its retracted rows and its added rows
+/// apart (the plan works row by row, so each output row keeps its input row's sign).
+pub(crate) async fn run_changes(
+    segment: &super::plan::Segment,
+    changes: RecordBatch,
+    out: &mut Vec<Message>,
+) -> Result<()> {
+    let (retracted, inserted) = super::changelog::split(&changes)?;
+    let mut parts = [Vec::new(), Vec::new()];
+    for (part, rows) in parts.iter_mut().zip([retracted, inserted]) {
+        if rows.num_rows() > 0 {
+            *part = segment.run(rows).await?;
+        }
+    }
+    if let Some(c) = super::changelog::changes(&parts[0], &parts[1])? {
+        out.push(Message::Changes(c));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Operator for Stateless {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         push_batches(out, self.lower.run(batch).await?);
         Ok(())
+    }
+
+    async fn on_changes(&mut self, changes: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        run_changes(&self.lower, changes, out).await
     }
 
     async fn on_events(
@@ -207,6 +242,10 @@ impl Operator for SegmentOp {
         push_batches(out, self.segment.run(batch).await?);
         Ok(())
     }
+
+    async fn on_changes(&mut self, changes: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        run_changes(&self.segment, changes, out).await
+    }
 }
 
 /// One row as a JSON object (the payload of a dead letter).
@@ -233,6 +272,16 @@ impl Operator for AggregateOp {
         let output = match self {
             AggregateOp::Groups(a) => a.on_batch(&batch)?,
             AggregateOp::Sessions(s) => s.on_batch(&batch)?,
+        };
+        self.push_output(out, output).await
+    }
+
+    async fn on_changes(&mut self, changes: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        let output = match self {
+            AggregateOp::Groups(a) => a.on_changes(&changes)?,
+            AggregateOp::Sessions(_) => {
+                return Err(Error::internal("session windows over a changelog"));
+            }
         };
         self.push_output(out, output).await
     }
@@ -301,6 +350,7 @@ pub async fn run_operator(
         match message {
             Message::Batch(b) => op.on_batch(b, &mut out).await?,
             Message::Events(b, origins) => op.on_events(b, origins, &mut out).await?,
+            Message::Changes(c) => op.on_changes(c, &mut out).await?,
             Message::Watermark(w) => op.on_watermark(w, &mut out).await?,
             Message::Barrier(mut b) => {
                 op.on_barrier(&mut b)?;
@@ -367,6 +417,11 @@ pub async fn run_inputs(
         let mut out = Vec::new();
         match message {
             Message::Batch(b) | Message::Events(b, _) => op.on_input(input, b, &mut out).await?,
+            Message::Changes(_) => {
+                return Err(Error::internal(
+                    "a changelog reached an operator with several inputs",
+                ));
+            }
             Message::Watermark(w) => {
                 watermarks[input] = Some(w);
                 let min = min_watermark(&watermarks);
@@ -406,6 +461,7 @@ pub async fn run_tee(
             let copy = match &message {
                 Message::Batch(b) => Message::Batch(b.clone()),
                 Message::Events(b, o) => Message::Events(b.clone(), o.clone()),
+                Message::Changes(c) => Message::Changes(c.clone()),
                 Message::Watermark(w) => Message::Watermark(*w),
                 Message::Barrier(b) => Message::Barrier(b.clone()),
                 Message::Writes(_) => continue,
@@ -459,6 +515,11 @@ pub struct Sink {
     pub record: CheckpointRecord,
     pub metrics: Arc<Metrics>,
     pub committed: tokio::sync::watch::Sender<u64>,
+    /// A grouping view's changelog, for the pipelines that read the view.
+    pub log: Option<super::changelog::ViewLog>,
+    /// The view whose changelog this pipeline reads: its position there is stored with each
+    /// checkpoint.
+    pub reads_view: Option<u32>,
 }
 
 impl Sink {
@@ -513,7 +574,13 @@ impl Sink {
                         next_seq += b.num_rows() as u64;
                     }
                 }
+                Message::Changes(_) => {
+                    return Err(Error::internal("a changelog reached the sink"));
+                }
                 Message::Writes(ops) => {
+                    if let Some(log) = &mut self.log {
+                        log.record(&ops);
+                    }
                     if matches!(self.kind, SinkKind::View) {
                         self.metrics
                             .rows
@@ -545,8 +612,22 @@ impl Sink {
                         }
                         _ => None,
                     };
+                    let read_position = barrier.positions.get(&0).copied();
+                    // The view's changelog entries of this epoch take the next numbers.
+                    let log_commit = self.log.as_mut().map(|log| {
+                        let first = next_seq;
+                        next_seq += log.pending();
+                        log.take(first)
+                    });
                     let (record, mut ops) =
                         commit_ops(self.pipeline, last_epoch, barrier, next_seq)?;
+                    if let (Some(view), Some(position)) = (self.reads_view, read_position) {
+                        ops.push(super::changelog::position_write(
+                            view,
+                            self.pipeline,
+                            position.max(0) as u64,
+                        ));
+                    }
                     if matches!(self.kind, SinkKind::Kafka(_)) {
                         // Kafka commits after this checkpoint: until it has, a restart
                         // resumes from the one before (see `eddy_connectors::kafka_sink`).
@@ -564,9 +645,15 @@ impl Sink {
                         ));
                     }
                     let kv = self.kv.clone();
-                    tokio::task::spawn_blocking(move || kv.write(ops, true))
-                        .await
-                        .map_err(|e| Error::internal(format!("checkpoint task: {e}")))??;
+                    let written = tokio::task::spawn_blocking(move || match log_commit {
+                        Some(commit) => commit.write(kv.as_ref(), ops).map(Some),
+                        None => kv.write(ops, true).map(|()| None),
+                    })
+                    .await
+                    .map_err(|e| Error::internal(format!("checkpoint task: {e}")))??;
+                    if let (Some(log), Some(range)) = (&mut self.log, written) {
+                        log.committed(range);
+                    }
                     match (&mut self.kind, pending) {
                         (SinkKind::Parquet { files, .. }, Some(pending)) => {
                             tokio::task::block_in_place(|| files.publish(pending))

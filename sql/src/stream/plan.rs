@@ -255,6 +255,9 @@ pub struct AggregatePlan {
     /// Group columns `window_start` and `window_end` of SESSION windows, which the session
     /// operator merges per key instead of grouping by them.
     pub session: Option<(usize, usize)>,
+    /// The input is a changelog (an updating view): accumulators retract deleted rows, and a
+    /// group whose rows are all gone is deleted.
+    pub retract: bool,
 }
 
 /// How the end of a group's window is found from its group columns.
@@ -266,10 +269,23 @@ pub struct WindowGroup {
     pub add_us: i64,
 }
 
+/// How a pipeline reads a materialized view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewInput {
+    /// The view only ever adds rows (no aggregation): its rows are read in order, as a
+    /// push source's log is.
+    Appends,
+    /// The view's rows change (it groups): a snapshot of its rows, then its changelog,
+    /// turned into changes (`operators/normalize.rs`).
+    Updates,
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelinePlan {
     /// The source the pipeline reads (with a join of two streams, the join's left input).
     pub source: Arc<TableDef>,
+    /// When `source` is a materialized view: how it is read.
+    pub view_input: Option<ViewInput>,
     /// A join or union of two sources: its inputs read the sources, and `lower` runs over its
     /// rows.
     pub combined: Option<Combined>,
@@ -537,6 +553,9 @@ pub fn uses_session_window(query: &Query) -> bool {
 /// A planning context where sources are feeds and streams are views of their queries.
 struct Planner<'a> {
     catalog: &'a Catalog,
+    /// A query that reads no source or stream reads materialized views as its input (their
+    /// rows, then their changes); otherwise they are tables it looks rows up in.
+    views_as_sources: bool,
     ctx: SessionContext,
     used: Arc<Mutex<Vec<Scan>>>,
     lookups: Arc<Mutex<Vec<Scan>>>,
@@ -553,6 +572,7 @@ impl<'a> Planner<'a> {
         }
         Ok(Self {
             catalog,
+            views_as_sources: false,
             ctx,
             used: Arc::default(),
             lookups: Arc::default(),
@@ -595,6 +615,17 @@ impl<'a> Planner<'a> {
                     self.ctx.register_table(
                         name,
                         Arc::new(ViewTable::new(plan, Some(q.sql.clone()))),
+                    )?;
+                }
+                TableKind::MaterializedView(_) if self.views_as_sources => {
+                    self.ctx.register_table(
+                        name,
+                        Arc::new(FeedScan {
+                            def: def.clone(),
+                            role: ScanRole::Source {
+                                used: self.used.clone(),
+                            },
+                        }),
                     )?;
                 }
                 TableKind::Table | TableKind::MaterializedView(_) => {
@@ -667,6 +698,11 @@ pub async fn plan_with(
     options: &[(String, String)],
 ) -> Result<PipelinePlan> {
     let mut planner = Planner::new(catalog, udfs)?;
+    planner.views_as_sources = relations(query).iter().all(|name| {
+        !catalog
+            .table(DEFAULT_SCHEMA, name)
+            .is_some_and(|t| matches!(t.kind, TableKind::Source(_) | TableKind::Stream(_)))
+    });
     let mut query = query.clone();
     let ttl = state_ttl(options)?;
     if let Some(ms) = ttl
@@ -707,6 +743,16 @@ pub async fn plan_with(
             sources.push(scan.def.clone());
         }
     }
+    if used.len() > 1
+        && sources
+            .iter()
+            .any(|d| matches!(d.kind, TableKind::MaterializedView(_)))
+    {
+        return Err(not_supported(
+            "joins and unions of materialized views (a view that reads a source can join \
+             tables and views by primary key)",
+        ));
+    }
     let (lower, feed, join) = match (sources.as_slice(), used.len()) {
         ([], _) => {
             return Err(Error::user(
@@ -729,6 +775,20 @@ pub async fn plan_with(
     let source = match &join {
         Some(j) => j.inputs[0].source.clone(),
         None => sources[0].clone(),
+    };
+    let view_input = match &source.kind {
+        TableKind::MaterializedView(info) => {
+            if used.len() > 1 {
+                return Err(not_supported(
+                    "joins and unions of materialized views (a view can join tables and other                      views by primary key when it reads a source)",
+                ));
+            }
+            Some(match view_updates(catalog, &info.sql, udfs).await? {
+                true => ViewInput::Updates,
+                false => ViewInput::Appends,
+            })
+        }
+        _ => None,
     };
     if let Some(j) = &join {
         for input in &j.inputs {
@@ -753,12 +813,16 @@ pub async fn plan_with(
         check_stateless(&join.table_side)?;
         check_stateless(&segment.plan)?;
     }
+    if view_input == Some(ViewInput::Updates) {
+        check_over_updates(&source, &lookups, over.is_some(), aggregate.as_mut())?;
+    }
     let mut output: SchemaRef = physical.schema();
     if let Some(names) = names {
         output = crate::engine::rename(&output, &names);
     }
     Ok(PipelinePlan {
         source,
+        view_input,
         combined: join,
         feed,
         lower,
@@ -769,6 +833,62 @@ pub async fn plan_with(
         physical,
         task_ctx,
     })
+}
+
+/// Whether a materialized view's query updates its rows (it aggregates). Boxed: planning
+/// a view plans the views it reads.
+fn view_updates<'a>(
+    catalog: &'a Catalog,
+    sql: &'a str,
+    udfs: &'a [Arc<ScalarUDF>],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
+    Box::pin(async move {
+        let query = parse_query(sql)?;
+        let plan = plan_with(catalog, &query, udfs, &[]).await?;
+        Ok(plan.updates())
+    })
+}
+
+/// What may follow an updating view: stateless operators and one aggregation (no window),
+/// whose accumulators must retract.
+fn check_over_updates(
+    view: &TableDef,
+    lookups: &[(Arc<LookupJoinPlan>, Segment)],
+    over: bool,
+    aggregate: Option<&mut AggregatePlan>,
+) -> Result<()> {
+    let name = &view.name;
+    if !lookups.is_empty() {
+        return Err(not_supported(format!(
+            "joins of the updating view \"{name}\" (its rows change; a lookup join reads a table \
+             as it is when each row arrives)"
+        )));
+    }
+    if over {
+        return Err(not_supported(format!(
+            "window functions (OVER) over the updating view \"{name}\""
+        )));
+    }
+    // Without an aggregation the changes are stored as they are (`operators/materialize.rs`).
+    let Some(aggregate) = aggregate else {
+        return Ok(());
+    };
+    if aggregate.session.is_some() {
+        return Err(not_supported(format!(
+            "SESSION windows over the updating view \"{name}\" (it has no event time)"
+        )));
+    }
+    // A view's rows carry no watermark: a window column of the view is a plain group column,
+    // and its groups update as the view does.
+    aggregate.window = None;
+    if aggregate.upper_segment.is_some() {
+        return Err(not_supported(format!(
+            "window functions over an aggregation of the updating view \"{name}\""
+        )));
+    }
+    aggregate.retract = true;
+    aggregate.accumulators()?;
+    Ok(())
 }
 
 fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -903,6 +1023,7 @@ fn split(
             upper_segment,
             window,
             session: None,
+            retract: false,
         }),
     ))
 }
@@ -1046,6 +1167,12 @@ fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
 }
 
 impl PipelinePlan {
+    /// Whether the result's rows change after they are written (it aggregates, or reads an
+    /// updating view): readers of such a view read its changelog.
+    pub fn updates(&self) -> bool {
+        self.aggregate.is_some() || self.view_input == Some(ViewInput::Updates)
+    }
+
     /// The lower plan as a stage over `feed`.
     pub fn lower_segment(&self) -> Segment {
         Segment {
@@ -1092,12 +1219,28 @@ impl PipelinePlan {
                         .map(|w| format!("watermark {} = {}", w.column, w.expr))
                         .unwrap_or_else(|| "no watermark".into()),
                 ),
-                _ => ("?".into(), String::new()),
+                _ => (String::new(), String::new()),
             };
-            lines.push(format!(
-                "Source: {} (connector: {connector}; {watermark})",
-                source.name
-            ));
+            match self.view_input {
+                Some(ViewInput::Updates) => {
+                    lines.push(format!(
+                        "View: {} (updating: a snapshot of its rows, then its changelog; no watermark)",
+                        source.name
+                    ));
+                    lines.push(format!(
+                        "  Changes: upserts to deletes and inserts; state: table {}, the view's rows last seen by key",
+                        super::manager::NORMALIZE_OPERATOR
+                    ));
+                }
+                Some(ViewInput::Appends) => lines.push(format!(
+                    "View: {} (appending: its rows in order; no watermark)",
+                    source.name
+                )),
+                None => lines.push(format!(
+                    "Source: {} (connector: {connector}; {watermark})",
+                    source.name
+                )),
+            }
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, lower.as_ref());
         }
@@ -1195,6 +1338,13 @@ impl PipelinePlan {
                  past state_cache, read back from RocksDB)",
                 super::manager::AGGREGATE_OPERATOR
             ));
+            if agg.retract {
+                lines.push(
+                    "    retracts: deleted input rows are taken back (MIN/MAX keep their values); \
+                     a group with no rows left is deleted"
+                        .into(),
+                );
+            }
             match (&agg.window, emit_on_close) {
                 (Some(_), true) => lines.push(
                     "    emit: on window close (a window's row is written when the watermark passes its end)".into(),

@@ -238,7 +238,7 @@ impl SessionAggregator {
             }
         }
         let indices = UInt32Array::from(rows.to_vec());
-        update_accumulators(&mut accs, args, masks, Some(&indices))?;
+        update_accumulators(&mut accs, args, masks, Some(&indices), false)?;
         self.unsaved.insert((key.to_vec(), start));
         self.insert(key.to_vec(), Session { start, end, accs });
         Ok(())
