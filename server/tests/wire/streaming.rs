@@ -211,6 +211,13 @@ const BY_DEVICE: &str = "SELECT device, count(*) AS n, sum(value) AS total, min(
 const PER_WINDOW: &str = "SELECT window_start, window_end, count(*) AS n, sum(value) AS total \
      FROM TUMBLE(events, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end";
 
+/// Views over views: how many devices have each count (an aggregate of an aggregate, whose
+/// groups move as devices count up), and the devices' counts by last digit (a filter of an
+/// updating view, stored as a multiset).
+const DEVICE_HISTOGRAM: &str = "SELECT n, count(*) AS devices, sum(total) AS total, max(hi) AS hi \
+     FROM by_device GROUP BY n";
+const DIGIT_COUNTS: &str = "SELECT device % 10 AS digit, n FROM by_device WHERE total > 0";
+
 /// The three devices with the highest total in each closed window (top-N per window).
 const TOP3: &str = "SELECT * FROM (SELECT window_start, device, sum(value) AS total, \
        row_number() OVER (PARTITION BY window_start ORDER BY sum(value) DESC, device) AS pos \
@@ -348,6 +355,32 @@ async fn top3_reference() -> Vec<String> {
     reference_rows(&batches)
 }
 
+/// The views over `by_device`, by DataFusion as one batch job: the histogram of counts, the
+/// counts by digit, and the sum of those counts.
+async fn views_over_views_reference() -> (Vec<String>, Vec<String>, i64) {
+    let ctx = SessionContext::new();
+    ctx.register_batch("events", events_batch()).unwrap();
+    let run = |sql: String| {
+        let ctx = ctx.clone();
+        async move { ctx.sql(&sql).await.unwrap().collect().await.unwrap() }
+    };
+    let histogram = run(format!(
+        "SELECT n, count(*) AS devices, sum(total) AS total, max(hi) AS hi \
+         FROM ({BY_DEVICE}) GROUP BY n ORDER BY n"
+    ))
+    .await;
+    let digits = run(format!(
+        "SELECT device % 10 AS digit, n FROM ({BY_DEVICE}) WHERE total > 0 ORDER BY 1, 2"
+    ))
+    .await;
+    let total = run(format!(
+        "SELECT CAST(sum(n) AS BIGINT) FROM ({BY_DEVICE}) WHERE total > 0"
+    ))
+    .await;
+    let total = reference_rows(&total)[0].parse().unwrap();
+    (reference_rows(&histogram), reference_rows(&digits), total)
+}
+
 /// The interval-join results, computed by DataFusion as one batch job: the paid view, and
 /// the unpaid orders the final watermark has decided (ids below `ROLLING_IDS`).
 async fn join_reference() -> (Vec<String>, Vec<String>) {
@@ -418,6 +451,8 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'events', \
                properties.max.partition.fetch.bytes = '65536'); \
              CREATE MATERIALIZED VIEW by_device WITH (checkpoint_interval = '200ms') AS {BY_DEVICE}; \
+             CREATE MATERIALIZED VIEW device_histogram WITH (checkpoint_interval = '230ms') AS {DEVICE_HISTOGRAM}; \
+             CREATE MATERIALIZED VIEW digit_counts WITH (checkpoint_interval = '260ms') AS {DIGIT_COUNTS}; \
              CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW}; \
              CREATE MATERIALIZED VIEW top3 WITH (checkpoint_interval = '310ms') AS {TOP3}; \
              CREATE MATERIALIZED VIEW by_site WITH (checkpoint_interval = '250ms') AS {BY_SITE}; \
@@ -477,6 +512,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let (by_device, windows, by_site, rolling) = reference().await;
     let (paid, unpaid) = join_reference().await;
     let top3 = top3_reference().await;
+    let (histogram, digits, digits_total) = views_over_views_reference().await;
     let deadline = Duration::from_secs(300);
     let enriched = (0..MESSAGES).filter(|i| event(*i).device < SITES).count() as i64;
     let paid_total = (0..MESSAGES)
@@ -485,8 +521,18 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         .count() as i64;
     let pairs = MESSAGES - 97;
     // Each view has caught up once its count reaches the batch result's.
-    let caught_up: [(String, &str, i64); 8] = [
+    let caught_up: [(String, &str, i64); 10] = [
         (progress.to_string(), "all events counted", MESSAGES),
+        (
+            "SELECT sum(n * devices) FROM device_histogram".into(),
+            "all events in the histogram of counts",
+            MESSAGES,
+        ),
+        (
+            "SELECT sum(n) FROM digit_counts".into(),
+            "all counts by digit",
+            digits_total,
+        ),
         (
             "SELECT count(*) FROM per_window".into(),
             "all closed windows",
@@ -527,6 +573,20 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         wait_for(&server, sql, deadline, what, |n| n >= *want).await;
     }
     let client = server.connect().await;
+    let got_histogram = eddy_rows(
+        &client,
+        "SELECT n, devices, total, hi FROM device_histogram ORDER BY n",
+    )
+    .await;
+    assert_eq!(
+        got_histogram, histogram,
+        "view over a view (aggregate of an aggregate) differs (seed {seed})"
+    );
+    let got_digits = eddy_rows(&client, "SELECT digit, n FROM digit_counts ORDER BY 1, 2").await;
+    assert_eq!(
+        got_digits, digits,
+        "filter of an updating view differs (seed {seed})"
+    );
     let got_pairs = eddy_rows(&client, "SELECT n, gaps FROM next_of_device").await;
     assert_eq!(
         got_pairs,

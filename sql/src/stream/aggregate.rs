@@ -353,17 +353,15 @@ impl Aggregator {
 
     /// Adds the state writes that make the checkpoint hold every group as it is now.
     pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
-        let keys: Vec<Vec<u8>> = std::mem::take(&mut self.unsaved)
-            .into_iter()
-            .filter(|k| self.live.get(k).is_some_and(|g| g.unsaved))
-            .collect();
-        let mut groups: Vec<(Vec<u8>, Group)> = keys
-            .into_iter()
-            .map(|k| {
+        // A key can be listed twice (a group of an updating view's aggregate deleted and made
+        // again in one epoch): the first takes the group.
+        let mut groups: Vec<(Vec<u8>, Group)> = Vec::new();
+        for k in std::mem::take(&mut self.unsaved) {
+            if self.live.get(&k).is_some_and(|g| g.unsaved) {
                 let g = self.live.remove(&k).expect("live");
-                (k, g)
-            })
-            .collect();
+                groups.push((k, g));
+            }
+        }
         let values = encode_states(
             &self.states,
             &self.state_types,
@@ -408,9 +406,10 @@ impl Aggregator {
     /// The view writes for the groups `keys` (live): their current result rows (or deletes
     /// where HAVING now filters them out).
     fn emit(&mut self, keys: &[Vec<u8>]) -> Result<Output> {
+        let mut listed = HashSet::new();
         let keys: Vec<Vec<u8>> = keys
             .iter()
-            .filter(|k| self.live.contains_key(*k))
+            .filter(|k| self.live.contains_key(*k) && listed.insert(*k))
             .cloned()
             .collect();
         if keys.is_empty() {

@@ -89,7 +89,9 @@ impl Harness {
         }
         for message in out {
             match message {
-                Message::Batch(b) | Message::Events(b, _) => self.rows.push(b),
+                Message::Batch(b) | Message::Events(b, _) | Message::Changes(b) => {
+                    self.rows.push(b)
+                }
                 Message::Writes(w) => self.kv.write(w, false)?,
                 Message::Watermark(_) => {}
                 Message::Barrier(b) => {
@@ -236,6 +238,7 @@ impl Chain {
                 match m {
                     Message::Batch(b) => op.on_batch(b, &mut next).await?,
                     Message::Events(b, o) => op.on_events(b, o, &mut next).await?,
+                    Message::Changes(c) => op.on_changes(c, &mut next).await?,
                     Message::Watermark(w) => op.on_watermark(w, &mut next).await?,
                     other => next.push(other),
                 }

@@ -99,3 +99,6 @@ impl Operator for Normalize {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
