@@ -33,6 +33,7 @@ use crate::catalog::TableDef;
 use crate::error::{Error, Result};
 use crate::keys::{changelog_key, changelog_prefix, subscription_key, subscription_prefix};
 use crate::storage::{KvStore, WriteOp, prefix_end};
+use std::sync::atomic::Ordering::SeqCst;
 
 /// The operation column of a changelog batch (always its last column).
 pub const OP_COLUMN: &str = "__op";
@@ -128,6 +129,16 @@ fn decode_entry(entry: &[u8]) -> Result<(&[u8], Option<&[u8]>)> {
     Ok((key, value))
 }
 
+/// What a view's sink and the pipelines that start reading the view share.
+#[derive(Debug, Default)]
+pub struct LogShared {
+    /// Held while a checkpoint decides which entries to write and keep, and while a reader
+    /// registers.
+    lock: parking_lot::Mutex<()>,
+    /// Whether the view has readers: only then does its sink keep each epoch's changes.
+    readers: std::sync::atomic::AtomicBool,
+}
+
 /// The sink side of a view's changelog: the row keys an epoch changed, appended to the log
 /// at the checkpoint when the view has readers.
 #[derive(Debug)]
@@ -136,8 +147,7 @@ pub struct ViewLog {
     /// The view's row key prefix (writes to other tables, such as dead letters, are not
     /// part of the log).
     prefix: Vec<u8>,
-    /// Held while a checkpoint decides which entries to keep, and while a reader registers.
-    lock: Arc<parking_lot::Mutex<()>>,
+    shared: Arc<LogShared>,
     /// Row key (after the prefix) → its stored row now (None: deleted), for this epoch.
     pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// The entries that may exist in the store: `[start, end)`.
@@ -146,11 +156,11 @@ pub struct ViewLog {
 }
 
 impl ViewLog {
-    pub fn new(
-        def: &TableDef,
-        lock: Arc<parking_lot::Mutex<()>>,
-        kv: &dyn KvStore,
-    ) -> Result<Self> {
+    pub fn new(def: &TableDef, shared: Arc<LogShared>, kv: &dyn KvStore) -> Result<Self> {
+        let subs = subscription_prefix(def.id);
+        if !kv.scan(&subs, &prefix_end(&subs), 1)?.is_empty() {
+            shared.readers.store(true, SeqCst);
+        }
         let prefix = changelog_prefix(def.id);
         let end = prefix_end(&prefix);
         let (start, end) = match kv.scan(&prefix, &end, 1)?.first() {
@@ -163,15 +173,20 @@ impl ViewLog {
         Ok(Self {
             view: def.id,
             prefix: def.key_prefix(),
-            lock,
+            shared,
             pending: Default::default(),
             start,
             end,
         })
     }
 
-    /// Notes the view rows among `ops`.
+    /// Notes the view rows among `ops` (written already) if the view has readers. A reader
+    /// that registers after this check reads the rows in its snapshot, which it takes once
+    /// this epoch has committed.
     pub fn record(&mut self, ops: &[WriteOp]) {
+        if !self.shared.readers.load(SeqCst) {
+            return;
+        }
         for op in ops {
             match op {
                 WriteOp::Put(k, v) if k.starts_with(&self.prefix) => {
@@ -196,7 +211,7 @@ impl ViewLog {
     pub fn take(&mut self, first_seq: u64) -> LogCommit {
         LogCommit {
             view: self.view,
-            lock: self.lock.clone(),
+            shared: self.shared.clone(),
             entries: std::mem::take(&mut self.pending),
             first_seq,
             start: self.start,
@@ -214,7 +229,7 @@ impl ViewLog {
 #[derive(Debug)]
 pub struct LogCommit {
     view: u32,
-    lock: Arc<parking_lot::Mutex<()>>,
+    shared: Arc<LogShared>,
     entries: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     first_seq: u64,
     start: u64,
@@ -227,7 +242,7 @@ impl LogCommit {
     /// log's lock, so a reader registering meanwhile sees the batch either whole or not at
     /// all. Returns the range of entries that may exist now.
     pub fn write(self, kv: &dyn KvStore, mut ops: Vec<WriteOp>) -> Result<(u64, u64)> {
-        let _guard = self.lock.lock();
+        let _guard = self.shared.lock.lock();
         let subs = subscription_prefix(self.view);
         let positions: Vec<u64> = kv
             .scan(&subs, &prefix_end(&subs), usize::MAX)?
@@ -257,6 +272,7 @@ impl LogCommit {
             start = keep_from.min(end);
         }
         kv.write(ops, true)?;
+        self.shared.readers.store(!positions.is_empty(), SeqCst);
         Ok((start, end))
     }
 }
@@ -267,13 +283,9 @@ fn seq_of(key: &[u8]) -> u64 {
 
 /// Registers pipeline `reader` as a reader of the view's changelog from the view's next entry
 /// (its last checkpoint's `next_seq`); returns that position.
-pub fn subscribe(
-    kv: &dyn KvStore,
-    lock: &parking_lot::Mutex<()>,
-    view: u32,
-    reader: u32,
-) -> Result<u64> {
-    let _guard = lock.lock();
+pub fn subscribe(kv: &dyn KvStore, shared: &LogShared, view: u32, reader: u32) -> Result<u64> {
+    let _guard = shared.lock.lock();
+    shared.readers.store(true, SeqCst);
     let record =
         super::checkpoint::recover(kv.get(&super::checkpoint::record_key(view))?.as_deref())?;
     kv.write(
@@ -307,26 +319,41 @@ pub fn upsert_schema() -> SchemaRef {
 ///
 /// Positions: partition 0 is the next log entry; partition 1 is 1 once the snapshot has been
 /// read. A reader restarted before its snapshot was complete reads it again (from its start:
-/// the upserts it repeats change nothing).
+/// the upserts it repeats change nothing). The snapshot is read once the view has committed
+/// a checkpoint after the reader opened: the view's sink keeps changes for the log only from
+/// when it learns of the reader, and rows it wrote before are in the table by then.
 pub struct ViewLogSource {
     view: Arc<TableDef>,
     kv: Arc<dyn KvStore>,
     next: u64,
     /// Where the snapshot continues (a row key), while it is being read.
     snapshot: Option<Vec<u8>>,
+    /// The view's checkpoint epoch when the reader opened, until one after it is seen.
+    wait_past: Option<u64>,
+}
+
+fn committed_epoch(kv: &dyn KvStore, view: u32) -> Result<u64> {
+    let record =
+        super::checkpoint::recover(kv.get(&super::checkpoint::record_key(view))?.as_deref())?;
+    Ok(record.epoch)
 }
 
 impl ViewLogSource {
-    pub fn open(view: Arc<TableDef>, kv: Arc<dyn KvStore>, start: &Positions) -> Self {
+    pub fn open(view: Arc<TableDef>, kv: Arc<dyn KvStore>, start: &Positions) -> Result<Self> {
         let next = start.get(&0).copied().unwrap_or(0).max(0) as u64;
         let snapshot_done = start.get(&1).copied().unwrap_or(0) == 1;
         let snapshot = (!snapshot_done).then(|| view.key_prefix());
-        Self {
+        let wait_past = match snapshot_done {
+            true => None,
+            false => Some(committed_epoch(kv.as_ref(), view.id)?),
+        };
+        Ok(Self {
             view,
             kv,
             next,
             snapshot,
-        }
+            wait_past,
+        })
     }
 
     fn batch(pairs: Vec<(Vec<u8>, Option<Vec<u8>>)>, origins: Vec<(i32, i64)>) -> Result<Poll> {
@@ -341,6 +368,13 @@ impl ViewLogSource {
     }
 
     fn poll_inner(&mut self, max_rows: usize, timeout: Duration) -> Result<Poll> {
+        if let Some(epoch) = self.wait_past {
+            if committed_epoch(self.kv.as_ref(), self.view.id)? <= epoch {
+                std::thread::sleep(timeout.min(Duration::from_millis(20)));
+                return Ok(Poll::Idle);
+            }
+            self.wait_past = None;
+        }
         let prefix = self.view.key_prefix();
         if let Some(from) = self.snapshot.take() {
             let chunk = self.kv.scan(&from, &prefix_end(&prefix), max_rows)?;

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
-use super::changelog::ViewLog;
+use super::changelog::{LogShared, ViewLog};
 use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
@@ -74,8 +74,8 @@ pub struct StreamManager {
     models: Mutex<Option<Arc<dyn ModelSource>>>,
     /// Where remote sinks stage and spool their files (`<data dir>/sinks`).
     staging: std::path::PathBuf,
-    /// Per grouping view: the lock its checkpoints and new readers of its changelog take.
-    log_locks: Mutex<HashMap<u32, Arc<Mutex<()>>>>,
+    /// Per updating view: what its sink and new readers of its changelog share.
+    logs: Mutex<HashMap<u32, Arc<LogShared>>>,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -102,13 +102,13 @@ impl StreamManager {
             checkpoint_interval_ms,
             models: Mutex::new(None),
             staging,
-            log_locks: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The lock of a view's changelog.
-    fn log_lock(&self, view: u32) -> Arc<Mutex<()>> {
-        self.log_locks.lock().entry(view).or_default().clone()
+    /// What a view's sink and the readers of its changelog share.
+    fn log_shared(&self, view: u32) -> Arc<LogShared> {
+        self.logs.lock().entry(view).or_default().clone()
     }
 
     pub fn set_models(&self, models: Arc<dyn ModelSource>) {
@@ -563,9 +563,11 @@ impl StreamManager {
             metrics: metrics.clone(),
             committed: committed_tx,
             log: match &def.kind {
-                TableKind::MaterializedView(_) if plan.updates() => {
-                    Some(ViewLog::new(def, self.log_lock(def.id), self.kv.as_ref())?)
-                }
+                TableKind::MaterializedView(_) if plan.updates() => Some(ViewLog::new(
+                    def,
+                    self.log_shared(def.id),
+                    self.kv.as_ref(),
+                )?),
                 _ => None,
             },
             reads_view: (plan.view_input == Some(ViewInput::Updates)).then_some(plan.source.id),
@@ -584,10 +586,10 @@ impl StreamManager {
         if plan.view_input == Some(ViewInput::Updates) && !record.positions.contains_key(&0) {
             let view = plan.source.id;
             let kv = self.kv.clone();
-            let lock = self.log_lock(view);
+            let shared = self.log_shared(view);
             let reader = def.id;
             let position = tokio::task::spawn_blocking(move || {
-                super::changelog::subscribe(kv.as_ref(), &lock, view, reader)
+                super::changelog::subscribe(kv.as_ref(), &shared, view, reader)
             })
             .await
             .map_err(|e| Error::internal(format!("changelog subscription: {e}")))??;
@@ -754,7 +756,10 @@ impl StreamManager {
         let open = Box::new(
             move || -> eddy_connectors::Result<Box<dyn eddy_connectors::Source>> {
                 Ok(match updates {
-                    true => Box::new(super::changelog::ViewLogSource::open(view, kv, &positions)),
+                    true => Box::new(
+                        super::changelog::ViewLogSource::open(view, kv, &positions)
+                            .map_err(|e| eddy_connectors::Error::External(e.to_string()))?,
+                    ),
                     false => Box::new(LogSource::open(
                         view.clone(),
                         view.arrow_schema(),
