@@ -582,7 +582,6 @@ impl StreamManager {
         let several = plan.combined.is_some();
         // A new reader of an updating view registers in its changelog, from its next entry,
         // and starts with a snapshot of the view's rows.
-        let mut record = record;
         if plan.view_input == Some(ViewInput::Updates) && !record.positions.contains_key(&0) {
             let view = plan.source.id;
             let kv = self.kv.clone();

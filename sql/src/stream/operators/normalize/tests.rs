@@ -67,31 +67,30 @@ fn script(up: &TableDef, seed: u64) -> (Vec<Input>, BTreeMap<i32, (i64, i64)>) {
     let prefix = up.key_prefix();
     let mut inputs = Vec::new();
     for _ in 0..50 {
-        let (mut ks, mut ss, mut ns, mut keep) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut rows: Vec<(i32, i64, i64, bool)> = Vec::new();
         for _ in 0..1 + rng.below(8) {
             let k = rng.below(10) as i32;
             match current.get(&k) {
                 Some(&(s, n)) if rng.below(5) == 0 => {
                     current.remove(&k);
-                    (ks.push(k), ss.push(s), ns.push(n), keep.push(false));
+                    rows.push((k, s, n, false));
                 }
                 _ => {
                     let (s, n) = (rng.below(400) as i64 - 100, 1 + rng.below(4) as i64);
                     current.insert(k, (s, n));
-                    (ks.push(k), ss.push(s), ns.push(n), keep.push(true));
+                    rows.push((k, s, n, true));
                 }
             }
         }
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from(ks)),
-            Arc::new(Int64Array::from(ss)),
-            Arc::new(Int64Array::from(ns)),
+            Arc::new(rows.iter().map(|r| r.0).collect::<Int32Array>()),
+            Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.2).collect::<Int64Array>()),
         ];
+        let keep = BooleanArray::from(rows.iter().map(|r| r.3).collect::<Vec<_>>());
         let rows = RecordBatch::try_new(up.arrow_schema(), columns).unwrap();
         let groups = vec![Vec::new(); rows.num_rows()];
-        let ops = writer
-            .rows(&rows, Some(&BooleanArray::from(keep)), &groups)
-            .unwrap();
+        let ops = writer.rows(&rows, Some(&keep), &groups).unwrap();
         let (keys, values): (Vec<Vec<u8>>, Vec<Option<Vec<u8>>>) = ops
             .into_iter()
             .map(|op| match op {
