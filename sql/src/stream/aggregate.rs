@@ -406,10 +406,12 @@ impl Aggregator {
     /// The view writes for the groups `keys` (live): their current result rows (or deletes
     /// where HAVING now filters them out).
     fn emit(&mut self, keys: &[Vec<u8>]) -> Result<Output> {
+        // A key is listed twice only when a group of an updating view's aggregate was
+        // deleted and made again since its row was last written.
         let mut listed = HashSet::new();
         let keys: Vec<Vec<u8>> = keys
             .iter()
-            .filter(|k| self.live.contains_key(*k) && listed.insert(*k))
+            .filter(|k| self.live.contains_key(*k) && (!self.plan.retract || listed.insert(*k)))
             .cloned()
             .collect();
         if keys.is_empty() {

@@ -518,7 +518,7 @@ pub struct Sink {
     /// A grouping view's changelog, for the pipelines that read the view.
     pub log: Option<super::changelog::ViewLog>,
     /// The view whose changelog this pipeline reads: its position there is stored with each
-    /// checkpoint.
+    /// checkpoint, and its own rows are written with each checkpoint (not ahead of it).
     pub reads_view: Option<u32>,
 }
 
@@ -527,6 +527,8 @@ impl Sink {
         let mut next_seq = self.record.next_seq;
         let mut last_epoch = self.record.epoch;
         let mut previous = self.record.clone();
+        // Rows held until the checkpoint (see `reads_view`).
+        let mut deferred: Vec<WriteOp> = Vec::new();
         while let Some(message) = rx.recv().await {
             match message {
                 Message::Batch(b) | Message::Events(b, _) => {
@@ -586,7 +588,13 @@ impl Sink {
                             .rows
                             .fetch_add(ops.len() as u64, Ordering::Relaxed);
                     }
-                    self.kv.write(ops, false)?;
+                    match self.reads_view {
+                        // A replay of an updating view's changelog may start from another
+                        // snapshot and touch other rows than the run it repeats: its rows are
+                        // written with the checkpoint, never ahead of it.
+                        Some(_) => deferred.extend(ops),
+                        None => self.kv.write(ops, false)?,
+                    }
                 }
                 Message::Watermark(w) => *self.metrics.watermark.lock() = Some(w),
                 Message::Barrier(barrier) => {
@@ -621,6 +629,7 @@ impl Sink {
                     });
                     let (record, mut ops) =
                         commit_ops(self.pipeline, last_epoch, barrier, next_seq)?;
+                    ops.append(&mut deferred);
                     if let (Some(view), Some(position)) = (self.reads_view, read_position) {
                         ops.push(super::changelog::position_write(
                             view,
