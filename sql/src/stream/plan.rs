@@ -597,8 +597,11 @@ impl<'a> Planner<'a> {
                 // Unknown names are left for DataFusion to report (42P01).
                 return Ok(());
             };
+            let view = matches!(def.kind, TableKind::MaterializedView(_));
             match &def.kind {
-                TableKind::Source(_) => {
+                TableKind::Source(_) | TableKind::MaterializedView(_)
+                    if !view || self.views_as_sources =>
+                {
                     self.ctx.register_table(
                         name,
                         Arc::new(FeedScan {
@@ -615,17 +618,6 @@ impl<'a> Planner<'a> {
                     self.ctx.register_table(
                         name,
                         Arc::new(ViewTable::new(plan, Some(q.sql.clone()))),
-                    )?;
-                }
-                TableKind::MaterializedView(_) if self.views_as_sources => {
-                    self.ctx.register_table(
-                        name,
-                        Arc::new(FeedScan {
-                            def: def.clone(),
-                            role: ScanRole::Source {
-                                used: self.used.clone(),
-                            },
-                        }),
                     )?;
                 }
                 TableKind::Table | TableKind::MaterializedView(_) => {
