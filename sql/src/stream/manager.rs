@@ -23,6 +23,7 @@ use super::changelog::{LogShared, ViewLog};
 use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
+use super::operators::change_join::ChangeJoin;
 use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
 use super::operators::materialize::Materialize;
@@ -59,6 +60,8 @@ pub const OVER_OPERATOR: u16 = 2;
 pub const JOIN_OPERATOR: u16 = 3;
 /// The rows last seen of an updating view a pipeline reads.
 pub const NORMALIZE_OPERATOR: u16 = 4;
+/// The normalizers of the two inputs of a join of views.
+pub const NORMALIZE_OPERATORS: [u16; 2] = [NORMALIZE_OPERATOR, 6];
 /// The copies of each row of a view that stores a changelog without aggregating it.
 pub const MATERIALIZE_OPERATOR: u16 = 5;
 
@@ -375,11 +378,20 @@ impl StreamManager {
                 // inputs has one reader, whose messages go to both.
                 let mut join_inputs = Vec::new();
                 let mut tee = Vec::new();
-                for input in &join.inputs {
-                    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                for (i, input) in join.inputs.iter().enumerate() {
+                    let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
                     match join.shared() {
                         true => tee.push(tx),
                         false => source_txs.push(tx),
+                    }
+                    if input.view == Some(ViewInput::Updates) {
+                        let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                        let op = Box::new(Normalize::new(
+                            input.source.clone(),
+                            self.state.table(def.id, NORMALIZE_OPERATORS[i]),
+                        ));
+                        tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
+                        rx = next_rx;
                     }
                     let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
                     let op = Box::new(Stateless {
@@ -408,6 +420,10 @@ impl StreamManager {
                     Combine::Union(schema) => Box::new(Union {
                         schema: schema.clone(),
                     }),
+                    Combine::ViewJoin(plan) => Box::new(ChangeJoin::restore(
+                        plan.clone(),
+                        self.state.table(def.id, JOIN_OPERATOR),
+                    )?),
                 };
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 tasks.spawn(run_inputs(
@@ -469,7 +485,7 @@ impl StreamManager {
                 )?),
             };
             operators.push(Box::new(op));
-        } else if plan.view_input == Some(ViewInput::Updates) {
+        } else if plan.updates() {
             operators.push(Box::new(Materialize::new(
                 ViewWriter::new(def.clone()),
                 self.state.table(def.id, MATERIALIZE_OPERATOR),
@@ -570,7 +586,7 @@ impl StreamManager {
                 )?),
                 _ => None,
             },
-            reads_view: (plan.view_input == Some(ViewInput::Updates)).then_some(plan.source.id),
+            reads_views: plan.reads_views(),
         };
         tasks.spawn(sink.run(rx));
         // Windows, OVER and joins emit rows once the watermark passes them: later events
@@ -582,8 +598,12 @@ impl StreamManager {
         let several = plan.combined.is_some();
         // A new reader of an updating view registers in its changelog, from its next entry,
         // and starts with a snapshot of the view's rows.
-        if plan.view_input == Some(ViewInput::Updates) && !record.positions.contains_key(&0) {
-            let view = plan.source.id;
+        let reads_views = plan.reads_views();
+        for &(view, input) in &reads_views {
+            let resume = record.input(input.unwrap_or(0));
+            if resume.positions.contains_key(&0) {
+                continue;
+            }
             let kv = self.kv.clone();
             let shared = self.log_shared(view);
             let reader = def.id;
@@ -592,7 +612,19 @@ impl StreamManager {
             })
             .await
             .map_err(|e| Error::internal(format!("changelog subscription: {e}")))??;
-            record.positions = eddy_connectors::Positions::from([(0, position as i64), (1, 0)]);
+            let positions = eddy_connectors::Positions::from([(0, position as i64), (1, 0)]);
+            match input {
+                None => record.positions = positions,
+                Some(i) => {
+                    record.inputs.insert(
+                        i,
+                        super::checkpoint::InputCheckpoint {
+                            positions,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
         }
         let mut sources = tokio::task::JoinSet::new();
         for (i, (tx, source_def)) in source_txs.into_iter().zip(plan.sources()).enumerate() {
@@ -609,7 +641,7 @@ impl StreamManager {
                 metrics,
                 models: models.clone(),
                 committed: committed_rx.clone(),
-                updates: plan.view_input == Some(ViewInput::Updates),
+                updates: reads_views.iter().any(|(v, _)| *v == source_def.id),
             })?;
             sources.spawn_blocking(move || source.run());
         }
@@ -748,7 +780,7 @@ impl StreamManager {
     /// snapshot and changelog, or an appending view's rows in order.
     fn view_source_loop(&self, setup: SourceSetup<'_>) -> Result<SourceLoop> {
         let view = setup.source.clone();
-        let positions = setup.record.positions.clone();
+        let positions = setup.record.input(setup.input.unwrap_or(0)).positions;
         let kv = self.kv.clone();
         let signal = self.signal.clone();
         let updates = setup.updates;

@@ -1,6 +1,7 @@
 //! Streaming operators, one per file (the aggregates move here as the runtime becomes a
 //! graph).
 //!
+//! - [`change_join`]: equi-join of two materialized views, changelog in and out.
 //! - [`interval_join`]: two streams joined within a time bound, in event time.
 //! - [`lookup_join`]: events joined with a table's row by primary key, at processing time.
 //! - [`union`]: UNION ALL of two sources.
@@ -14,6 +15,7 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType}
 
 use crate::error::Result;
 
+pub mod change_join;
 pub mod interval_join;
 pub mod lookup_join;
 pub mod materialize;

@@ -115,6 +115,18 @@ pub trait Operator: Send {
         ))
     }
 
+    /// A changelog batch from input `input` of an operator with several inputs.
+    async fn on_input_changes(
+        &mut self,
+        _input: usize,
+        _changes: RecordBatch,
+        _out: &mut Vec<Message>,
+    ) -> Result<()> {
+        Err(Error::internal(
+            "a join that takes only appends received a changelog",
+        ))
+    }
+
     /// The watermark moved (for an operator with several inputs, the minimum of theirs).
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         out.push(Message::Watermark(watermark));
@@ -417,11 +429,7 @@ pub async fn run_inputs(
         let mut out = Vec::new();
         match message {
             Message::Batch(b) | Message::Events(b, _) => op.on_input(input, b, &mut out).await?,
-            Message::Changes(_) => {
-                return Err(Error::internal(
-                    "a changelog reached an operator with several inputs",
-                ));
-            }
+            Message::Changes(c) => op.on_input_changes(input, c, &mut out).await?,
             Message::Watermark(w) => {
                 watermarks[input] = Some(w);
                 let min = min_watermark(&watermarks);
@@ -517,9 +525,10 @@ pub struct Sink {
     pub committed: tokio::sync::watch::Sender<u64>,
     /// A grouping view's changelog, for the pipelines that read the view.
     pub log: Option<super::changelog::ViewLog>,
-    /// The view whose changelog this pipeline reads: its position there is stored with each
-    /// checkpoint, and its own rows are written with each checkpoint (not ahead of it).
-    pub reads_view: Option<u32>,
+    /// The updating views whose changelogs this pipeline reads, with the input each feeds
+    /// (None: the pipeline's one source): its position there is stored with each checkpoint,
+    /// and its own rows are written with each checkpoint (not ahead of it).
+    pub reads_views: Vec<(u32, Option<usize>)>,
 }
 
 impl Sink {
@@ -527,7 +536,7 @@ impl Sink {
         let mut next_seq = self.record.next_seq;
         let mut last_epoch = self.record.epoch;
         let mut previous = self.record.clone();
-        // Rows held until the checkpoint (see `reads_view`).
+        // Rows held until the checkpoint (see `reads_views`).
         let mut deferred: Vec<WriteOp> = Vec::new();
         while let Some(message) = rx.recv().await {
             match message {
@@ -588,12 +597,12 @@ impl Sink {
                             .rows
                             .fetch_add(ops.len() as u64, Ordering::Relaxed);
                     }
-                    match self.reads_view {
+                    match self.reads_views.is_empty() {
+                        true => self.kv.write(ops, false)?,
                         // A replay of an updating view's changelog may start from another
                         // snapshot and touch other rows than the run it repeats: its rows are
                         // written with the checkpoint, never ahead of it.
-                        Some(_) => deferred.extend(ops),
-                        None => self.kv.write(ops, false)?,
+                        false => deferred.extend(ops),
                     }
                 }
                 Message::Watermark(w) => *self.metrics.watermark.lock() = Some(w),
@@ -620,7 +629,17 @@ impl Sink {
                         }
                         _ => None,
                     };
-                    let read_position = barrier.positions.get(&0).copied();
+                    let read_positions: Vec<(u32, i64)> = self
+                        .reads_views
+                        .iter()
+                        .filter_map(|&(view, input)| {
+                            let positions = match input {
+                                None => &barrier.positions,
+                                Some(i) => &barrier.inputs.get(&i)?.positions,
+                            };
+                            Some((view, *positions.get(&0)?))
+                        })
+                        .collect();
                     // The view's changelog entries of this epoch take the next numbers.
                     let log_commit = self.log.as_mut().map(|log| {
                         let first = next_seq;
@@ -630,7 +649,7 @@ impl Sink {
                     let (record, mut ops) =
                         commit_ops(self.pipeline, last_epoch, barrier, next_seq)?;
                     ops.append(&mut deferred);
-                    if let (Some(view), Some(position)) = (self.reads_view, read_position) {
+                    for (view, position) in read_positions {
                         ops.push(super::changelog::position_write(
                             view,
                             self.pipeline,

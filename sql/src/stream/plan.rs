@@ -735,16 +735,6 @@ pub async fn plan_with(
             sources.push(scan.def.clone());
         }
     }
-    if used.len() > 1
-        && sources
-            .iter()
-            .any(|d| matches!(d.kind, TableKind::MaterializedView(_)))
-    {
-        return Err(not_supported(
-            "joins and unions of materialized views (a view that reads a source can join \
-             tables and views by primary key)",
-        ));
-    }
     let (lower, feed, join) = match (sources.as_slice(), used.len()) {
         ([], _) => {
             return Err(Error::user(
@@ -768,19 +758,32 @@ pub async fn plan_with(
         Some(j) => j.inputs[0].source.clone(),
         None => sources[0].clone(),
     };
-    let view_input = match &source.kind {
-        TableKind::MaterializedView(info) => {
-            if used.len() > 1 {
+    let view_kind = |def: Arc<TableDef>| async move {
+        match &def.kind {
+            TableKind::MaterializedView(info) => {
+                Ok::<_, Error>(Some(match view_updates(catalog, &info.sql, udfs).await? {
+                    true => ViewInput::Updates,
+                    false => ViewInput::Appends,
+                }))
+            }
+            _ => Ok(None),
+        }
+    };
+    let mut join = join;
+    let view_input = match &mut join {
+        None => view_kind(source.clone()).await?,
+        Some(combined) => {
+            for input in combined.inputs.iter_mut() {
+                input.view = view_kind(input.source.clone()).await?;
+            }
+            let views = combined.inputs.iter().filter(|i| i.view.is_some()).count();
+            if views > 0 && !matches!(combined.op, Combine::ViewJoin(_)) {
                 return Err(not_supported(
-                    "joins and unions of materialized views (a view can join tables and other                      views by primary key when it reads a source)",
+                    "unions of materialized views, and joins of a view with a source",
                 ));
             }
-            Some(match view_updates(catalog, &info.sql, udfs).await? {
-                true => ViewInput::Updates,
-                false => ViewInput::Appends,
-            })
+            None
         }
-        _ => None,
     };
     if let Some(j) = &join {
         for input in &j.inputs {
@@ -805,7 +808,10 @@ pub async fn plan_with(
         check_stateless(&join.table_side)?;
         check_stateless(&segment.plan)?;
     }
-    if view_input == Some(ViewInput::Updates) {
+    let view_join = join
+        .as_ref()
+        .is_some_and(|c| matches!(c.op, Combine::ViewJoin(_)));
+    if view_input == Some(ViewInput::Updates) || view_join {
         check_over_updates(&source, &lookups, over.is_some(), aggregate.as_mut())?;
     }
     let mut output: SchemaRef = physical.schema();
@@ -1162,7 +1168,30 @@ impl PipelinePlan {
     /// Whether the result's rows change after they are written (it aggregates, or reads an
     /// updating view): readers of such a view read its changelog.
     pub fn updates(&self) -> bool {
-        self.aggregate.is_some() || self.view_input == Some(ViewInput::Updates)
+        self.aggregate.is_some()
+            || self.view_input == Some(ViewInput::Updates)
+            || self
+                .combined
+                .as_ref()
+                .is_some_and(|c| matches!(c.op, Combine::ViewJoin(_)))
+    }
+
+    /// The updating views the pipeline reads the changelogs of, with the input each feeds
+    /// (None: the pipeline's one source). A view read by both inputs of a join has one reader.
+    pub fn reads_views(&self) -> Vec<(u32, Option<usize>)> {
+        match &self.combined {
+            None if self.view_input == Some(ViewInput::Updates) => vec![(self.source.id, None)],
+            None => Vec::new(),
+            Some(c) => c
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(i, input)| {
+                    input.view == Some(ViewInput::Updates) && (*i == 0 || !c.shared())
+                })
+                .map(|(i, input)| (input.source.id, Some(i)))
+                .collect(),
+        }
     }
 
     /// The lower plan as a stage over `feed`.
@@ -1196,11 +1225,11 @@ impl PipelinePlan {
             Some(j) => j
                 .inputs
                 .iter()
-                .map(|i| (i.source.clone(), i.lower.plan.clone()))
+                .map(|i| (i.source.clone(), i.lower.plan.clone(), i.view))
                 .collect(),
-            None => vec![(self.source.clone(), self.lower.clone())],
+            None => vec![(self.source.clone(), self.lower.clone(), self.view_input)],
         };
-        for (source, lower) in inputs {
+        for (i, (source, lower, view_input)) in inputs.into_iter().enumerate() {
             let (connector, watermark) = match &source.kind {
                 TableKind::Source(s) => (
                     s.connector
@@ -1213,7 +1242,7 @@ impl PipelinePlan {
                 ),
                 _ => (String::new(), String::new()),
             };
-            match self.view_input {
+            match view_input {
                 Some(ViewInput::Updates) => {
                     lines.push(format!(
                         "View: {} (updating: a snapshot of its rows, then its changelog; no watermark)",
@@ -1221,7 +1250,7 @@ impl PipelinePlan {
                     ));
                     lines.push(format!(
                         "  Changes: upserts to deletes and inserts; state: table {}, the view's rows last seen by key",
-                        super::manager::NORMALIZE_OPERATOR
+                        super::manager::NORMALIZE_OPERATORS[i]
                     ));
                 }
                 Some(ViewInput::Appends) => lines.push(format!(
@@ -1244,6 +1273,29 @@ impl PipelinePlan {
             lines.push(format!(
                 "Union all of {} and {}: rows of both inputs as they come; watermark the minimum of both",
                 inputs[0].source.name, inputs[1].source.name
+            ));
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, self.lower.as_ref());
+        }
+        if let Some(Combined {
+            op: Combine::ViewJoin(plan),
+            inputs,
+        }) = &self.combined
+        {
+            let keys: Vec<String> = plan.keys[0]
+                .iter()
+                .zip(&plan.keys[1])
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect();
+            lines.push(format!(
+                "Join (INNER) of views {} and {} on [{}]: changes in, changes out",
+                inputs[0].source.name,
+                inputs[1].source.name,
+                keys.join(", ")
+            ));
+            lines.push(format!(
+                "  state: table {}, each side's rows by join key (a multiset), in memory and written at each checkpoint",
+                super::manager::JOIN_OPERATOR
             ));
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, self.lower.as_ref());

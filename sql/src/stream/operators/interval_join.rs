@@ -359,36 +359,17 @@ impl IntervalJoin {
 
     /// Which candidate pairs satisfy the join's condition.
     fn condition(&self, left: &[ArrayRef], right: &[ArrayRef], pairs: usize) -> Result<Vec<bool>> {
-        let Some(filter) = &self.plan.filter else {
-            return Ok(vec![true; pairs]);
-        };
-        let columns = filter
-            .column_indices()
-            .iter()
-            .map(|c| match c.side {
-                JoinSide::Left => left[c.index].clone(),
-                _ => right[c.index].clone(),
-            })
-            .collect();
-        let options = RecordBatchOptions::new().with_row_count(Some(pairs));
-        let intermediate =
-            RecordBatch::try_new_with_options(filter.schema().clone(), columns, &options)?;
-        let passed = filter
-            .expression()
-            .evaluate(&intermediate)?
-            .into_array(pairs)?;
-        let passed = null_as_false(passed.as_boolean());
-        Ok((0..pairs).map(|i| passed.value(i)).collect())
+        join_condition(self.plan.filter.as_ref(), left, right, pairs)
     }
 
     /// Rows of the join's output schema, with its projection.
     fn output(&self, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
-        let options = RecordBatchOptions::new().with_row_count(Some(rows));
-        let batch = RecordBatch::try_new_with_options(self.plan.schema.clone(), columns, &options)?;
-        Ok(match &self.plan.projection {
-            Some(p) => batch.project(p)?,
-            None => batch,
-        })
+        join_output(
+            &self.plan.schema,
+            self.plan.projection.as_ref(),
+            columns,
+            rows,
+        )
     }
 
     /// Rows of `input` without a match, the other input's columns NULL.
@@ -490,4 +471,48 @@ impl Operator for IntervalJoin {
             .map(|w| w.saturating_sub(self.plan.delay_us()));
         Ok(())
     }
+}
+
+/// Which candidate pairs (left and right columns, row by row) satisfy a join's condition.
+pub(crate) fn join_condition(
+    filter: Option<&JoinFilter>,
+    left: &[ArrayRef],
+    right: &[ArrayRef],
+    pairs: usize,
+) -> Result<Vec<bool>> {
+    let Some(filter) = filter else {
+        return Ok(vec![true; pairs]);
+    };
+    let columns = filter
+        .column_indices()
+        .iter()
+        .map(|c| match c.side {
+            JoinSide::Left => left[c.index].clone(),
+            _ => right[c.index].clone(),
+        })
+        .collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(pairs));
+    let intermediate =
+        RecordBatch::try_new_with_options(filter.schema().clone(), columns, &options)?;
+    let passed = filter
+        .expression()
+        .evaluate(&intermediate)?
+        .into_array(pairs)?;
+    let passed = null_as_false(passed.as_boolean());
+    Ok((0..pairs).map(|i| passed.value(i)).collect())
+}
+
+/// Rows of a join's output schema (left columns, then right), with its projection.
+pub(crate) fn join_output(
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+    columns: Vec<ArrayRef>,
+    rows: usize,
+) -> Result<RecordBatch> {
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
+    Ok(match projection {
+        Some(p) => batch.project(p)?,
+        None => batch,
+    })
 }

@@ -33,6 +33,7 @@ use super::lookups::{lineage, scan_columns};
 use super::{Cut, Scan, Segment, cut_first, interval_us, not_supported};
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::error::{Error, Result, sqlstate};
+use crate::stream::operators::change_join::ChangeJoinPlan;
 use crate::stream::operators::interval_join::IntervalJoinPlan;
 
 /// One input of a join or union: its source and the stateless plan over the source's batches.
@@ -40,6 +41,8 @@ use crate::stream::operators::interval_join::IntervalJoinPlan;
 pub struct InputPlan {
     pub source: Arc<TableDef>,
     pub lower: Segment,
+    /// When the source is a materialized view: how it is read.
+    pub view: Option<super::ViewInput>,
 }
 
 impl InputPlan {
@@ -52,6 +55,7 @@ impl InputPlan {
                 feed: scan.feed.clone(),
                 task_ctx: ctx.clone(),
             },
+            view: None,
         }
     }
 }
@@ -63,6 +67,8 @@ pub enum Combine {
     Join(Arc<IntervalJoinPlan>),
     /// UNION ALL: both inputs' rows, as the union's columns.
     Union(SchemaRef),
+    /// An equi-join of two materialized views (changelog in, changelog out).
+    ViewJoin(Arc<ChangeJoinPlan>),
 }
 
 /// Two sources combined at the start of a pipeline, and the plans over each.
@@ -82,7 +88,7 @@ impl Combined {
     pub fn join(&self) -> Option<&Arc<IntervalJoinPlan>> {
         match &self.op {
             Combine::Join(j) => Some(j),
-            Combine::Union(_) => None,
+            Combine::Union(_) | Combine::ViewJoin(_) => None,
         }
     }
 }
@@ -205,6 +211,10 @@ fn stream_join(
     ) else {
         return Ok(None);
     };
+    let view = |d: &TableDef| matches!(d.kind, TableKind::MaterializedView(_));
+    if view(&left.0.def) && view(&right.0.def) {
+        return view_join(&parts, &left.0, &right.0, ctx).map(Some);
+    }
     match parts.join_type {
         JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
         other => {
@@ -294,6 +304,50 @@ fn stream_join(
             InputPlan::new(parts.right, &right.0, ctx),
         ],
     }))
+}
+
+/// An equi-join of two materialized views.
+fn view_join(
+    parts: &JoinParts<'_>,
+    left: &Scan,
+    right: &Scan,
+    ctx: &Arc<TaskContext>,
+) -> Result<Combined> {
+    let names = format!("\"{}\" and \"{}\"", left.def.name, right.def.name);
+    if parts.join_type != JoinType::Inner {
+        return Err(not_supported(format!(
+            "{} joins of materialized views {names} (INNER joins are)",
+            parts.join_type
+        )));
+    }
+    if parts.on.is_empty() {
+        return Err(not_supported(format!(
+            "joins of materialized views {names} without an equality of their columns"
+        )));
+    }
+    let schema = Arc::new(
+        build_join_schema(
+            &parts.left.schema(),
+            &parts.right.schema(),
+            &parts.join_type,
+        )
+        .0,
+    );
+    let (left_keys, right_keys) = parts.on.iter().cloned().unzip();
+    let plan = ChangeJoinPlan {
+        inputs: [parts.left.schema(), parts.right.schema()],
+        keys: [left_keys, right_keys],
+        filter: parts.filter.cloned(),
+        schema,
+        projection: parts.projection.clone(),
+    };
+    Ok(Combined {
+        op: Combine::ViewJoin(Arc::new(plan)),
+        inputs: [
+            InputPlan::new(parts.left, left, ctx),
+            InputPlan::new(parts.right, right, ctx),
+        ],
+    })
 }
 
 /// `expr` as a column plus a constant interval: what `leaf` makes of the column, and the

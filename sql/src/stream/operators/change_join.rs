@@ -1,0 +1,266 @@
+//! Equi-join of two materialized views: changelog in, changelog out.
+//!
+//! Each side's rows are kept by join key, as a multiset (row encoding → copies). A change on
+//! one side meets the other side's rows of its key: an inserted row adds a joined row per
+//! matching row (and copy), a deleted row takes the same joined rows back. The sides' rows
+//! are in memory and in the operator's state table (written at each barrier, read back only
+//! by a scan at restore), keyed by (side, join key, row).
+//!
+//! INNER only: an outer join would also have to retract a NULL-padded row when a side's
+//! first match arrives, which is not built yet.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::datatypes::{Int8Type, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::physical_plan::joins::utils::JoinFilter;
+
+use super::interval_join::{join_condition, join_output};
+use crate::error::{Error, Result};
+use crate::keys::key_group;
+use crate::stream::changelog::{self, OP_COLUMN, Op};
+use crate::stream::checkpoint::Barrier;
+use crate::stream::pipeline::{Message, Operator};
+use crate::stream::state::StateTable;
+
+/// An equi-join of two views as planned.
+#[derive(Debug, Clone)]
+pub struct ChangeJoinPlan {
+    /// The two inputs' columns (without the op column).
+    pub inputs: [SchemaRef; 2],
+    /// Each input's key expressions, pairwise equal.
+    pub keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    pub filter: Option<JoinFilter>,
+    /// Left columns, then right columns (before `projection`).
+    pub schema: SchemaRef,
+    pub projection: Option<Vec<usize>>,
+}
+
+/// One side's rows: join key → row encoding → copies.
+type Side = HashMap<Vec<u8>, HashMap<Vec<u8>, u64>>;
+
+pub struct ChangeJoin {
+    plan: Arc<ChangeJoinPlan>,
+    keys: RowConverter,
+    rows: [RowConverter; 2],
+    sides: [Side; 2],
+    state: StateTable,
+    /// (side, key, row) changed since the last barrier.
+    dirty: BTreeSet<(usize, Vec<u8>, Vec<u8>)>,
+}
+
+fn state_key(side: usize, key: &[u8], row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len() + row.len());
+    k.push(side as u8);
+    k.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    k.extend_from_slice(key);
+    k.extend_from_slice(row);
+    k
+}
+
+fn parse_key(k: &[u8]) -> Option<(usize, Vec<u8>, Vec<u8>)> {
+    let side = *k.first()? as usize;
+    let len = u32::from_be_bytes(k.get(1..5)?.try_into().ok()?) as usize;
+    let key = k.get(5..5 + len)?.to_vec();
+    Some((side, key, k[5 + len..].to_vec()))
+}
+
+fn converter(schema: &SchemaRef) -> Result<RowConverter> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    Ok(RowConverter::new(fields)?)
+}
+
+impl ChangeJoin {
+    /// The join over the rows its state table holds (those of the last checkpoint).
+    pub fn restore(plan: Arc<ChangeJoinPlan>, state: StateTable) -> Result<Self> {
+        let key_fields = plan.keys[0]
+            .iter()
+            .map(|e| Ok(SortField::new(e.data_type(&plan.inputs[0])?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut this = Self {
+            keys: RowConverter::new(key_fields)?,
+            rows: [converter(&plan.inputs[0])?, converter(&plan.inputs[1])?],
+            plan,
+            sides: Default::default(),
+            state: state.write_through(),
+            dirty: BTreeSet::new(),
+        };
+        let mut held = Vec::new();
+        this.state.scan(|_, k, v| {
+            let (side, key, row) =
+                parse_key(k).ok_or_else(|| Error::internal("corrupt join state"))?;
+            let copies = u64::from_be_bytes(
+                v.try_into()
+                    .map_err(|_| Error::internal("corrupt join state"))?,
+            );
+            held.push((side, key, row, copies));
+            Ok(())
+        })?;
+        for (side, key, row, copies) in held {
+            let side = this
+                .sides
+                .get_mut(side)
+                .ok_or_else(|| Error::internal("corrupt join state"))?;
+            side.entry(key).or_default().insert(row, copies);
+        }
+        Ok(this)
+    }
+
+    /// Each row's join key, row-encoded (None where a key column is NULL: it equals nothing).
+    fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
+        let n = batch.num_rows();
+        let mut columns = Vec::with_capacity(self.plan.keys[input].len());
+        for (expr, left) in self.plan.keys[input].iter().zip(&self.plan.keys[0]) {
+            let mut column = expr.evaluate(batch)?.into_array(n)?;
+            let want = left.data_type(&self.plan.inputs[0])?;
+            if column.data_type() != &want {
+                column = cast(&column, &want)?;
+            }
+            columns.push(column);
+        }
+        let encoded = self.keys.convert_columns(&columns)?;
+        Ok((0..n)
+            .map(|i| {
+                let null = columns.iter().any(|c| c.is_null(i));
+                (!null).then(|| encoded.row(i).as_ref().to_vec())
+            })
+            .collect())
+    }
+
+    /// Joins a changelog batch of `input` with the other side's rows, then applies it to its
+    /// own side; returns the joined changes.
+    fn apply(&mut self, input: usize, changes: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let last = changes.num_columns() - 1;
+        if changes.schema().field(last).name() != OP_COLUMN {
+            return Err(Error::internal("a join input without an op column"));
+        }
+        let ops = changes.column(last).as_primitive::<Int8Type>().clone();
+        let rows = changes.project(&(0..last).collect::<Vec<_>>())?;
+        let keys = self.keys_of(input, &rows)?;
+        let encoded = self.rows[input].convert_columns(rows.columns())?;
+        let other = 1 - input;
+        // Joined pairs: this batch's row, the other side's row encoding, and the op.
+        let mut mine: Vec<u32> = Vec::new();
+        let mut theirs: Vec<Vec<u8>> = Vec::new();
+        let mut pair_ops: Vec<i8> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let Some(key) = key else { continue };
+            let retract = Op::retracts(ops.value(i));
+            if let Some(matches) = self.sides[other].get(key) {
+                for (row, copies) in matches {
+                    for _ in 0..*copies {
+                        mine.push(i as u32);
+                        theirs.push(row.clone());
+                        pair_ops.push(match retract {
+                            true => Op::Delete as i8,
+                            false => Op::Insert as i8,
+                        });
+                    }
+                }
+            }
+            let row = encoded.row(i).as_ref().to_vec();
+            let side = self.sides[input].entry(key.clone()).or_default();
+            let copies = side.entry(row.clone()).or_insert(0);
+            match retract {
+                true => *copies = copies.saturating_sub(1),
+                false => *copies += 1,
+            }
+            if *copies == 0 {
+                side.remove(&row);
+                if side.is_empty() {
+                    self.sides[input].remove(key);
+                }
+            }
+            self.dirty.insert((input, key.clone(), row));
+        }
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let indices = UInt32Array::from(mine);
+        let this_columns: Vec<ArrayRef> = rows
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<_, _>>()?;
+        let parser = self.rows[other].parser();
+        let other_columns =
+            self.rows[other].convert_rows(theirs.iter().map(|r| parser.parse(r)))?;
+        let (left, right) = match input {
+            0 => (this_columns, other_columns),
+            _ => (other_columns, this_columns),
+        };
+        let pairs = indices.len();
+        let passed = join_condition(self.plan.filter.as_ref(), &left, &right, pairs)?;
+        let all: Vec<ArrayRef> = left.into_iter().chain(right).collect();
+        let joined = join_output(&self.plan.schema, self.plan.projection.as_ref(), all, pairs)?;
+        let joined = changelog::with_ops(&joined, pair_ops)?;
+        let passed = datafusion::arrow::array::BooleanArray::from(passed);
+        let joined = filter_record_batch(&joined, &passed)?;
+        Ok((joined.num_rows() > 0).then_some(joined))
+    }
+
+    /// Rows held per side.
+    pub fn held(&self) -> [usize; 2] {
+        [0, 1].map(|s| {
+            self.sides[s]
+                .values()
+                .flat_map(|m| m.values())
+                .map(|c| *c as usize)
+                .sum()
+        })
+    }
+}
+
+#[async_trait]
+impl Operator for ChangeJoin {
+    async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
+        Err(Error::internal("a join takes batches with their input"))
+    }
+
+    async fn on_input(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        // An appending view's rows: inserts.
+        let n = batch.num_rows();
+        let changes = changelog::with_ops(&batch, vec![Op::Insert as i8; n])?;
+        self.on_input_changes(input, changes, out).await
+    }
+
+    async fn on_input_changes(
+        &mut self,
+        input: usize,
+        changes: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        if let Some(joined) = self.apply(input, &changes)? {
+            out.push(Message::Changes(joined));
+        }
+        Ok(())
+    }
+
+    fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
+        for (side, key, row) in std::mem::take(&mut self.dirty) {
+            let k = state_key(side, &key, &row);
+            match self.sides[side].get(&key).and_then(|m| m.get(&row)) {
+                Some(copies) => self
+                    .state
+                    .put(key_group(&key), &k, copies.to_be_bytes().to_vec()),
+                None => self.state.delete(key_group(&key), &k),
+            }
+        }
+        self.state.flush(barrier);
+        Ok(())
+    }
+}
