@@ -217,6 +217,9 @@ const PER_WINDOW: &str = "SELECT window_start, window_end, count(*) AS n, sum(va
 const DEVICE_HISTOGRAM: &str = "SELECT n, count(*) AS devices, sum(total) AS total, max(hi) AS hi \
      FROM by_device GROUP BY n";
 const DIGIT_COUNTS: &str = "SELECT device % 10 AS digit, n FROM by_device WHERE total > 0";
+/// A join of two updating views (each device with its bucket of the histogram), aggregated.
+const BUCKET_SIZES: &str = "SELECT h.n, count(*) AS devices, max(h.devices) AS bucket \
+     FROM by_device d JOIN device_histogram h ON d.n = h.n GROUP BY h.n";
 
 /// The three devices with the highest total in each closed window (top-N per window).
 const TOP3: &str = "SELECT * FROM (SELECT window_start, device, sum(value) AS total, \
@@ -453,6 +456,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE MATERIALIZED VIEW by_device WITH (checkpoint_interval = '200ms') AS {BY_DEVICE}; \
              CREATE MATERIALIZED VIEW device_histogram WITH (checkpoint_interval = '230ms') AS {DEVICE_HISTOGRAM}; \
              CREATE MATERIALIZED VIEW digit_counts WITH (checkpoint_interval = '260ms') AS {DIGIT_COUNTS}; \
+             CREATE MATERIALIZED VIEW bucket_sizes WITH (checkpoint_interval = '280ms') AS {BUCKET_SIZES}; \
              CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW}; \
              CREATE MATERIALIZED VIEW top3 WITH (checkpoint_interval = '310ms') AS {TOP3}; \
              CREATE MATERIALIZED VIEW by_site WITH (checkpoint_interval = '250ms') AS {BY_SITE}; \
@@ -521,7 +525,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         .count() as i64;
     let pairs = MESSAGES - 97;
     // Each view has caught up once its count reaches the batch result's.
-    let caught_up: [(String, &str, i64); 10] = [
+    let caught_up: [(String, &str, i64); 11] = [
         (progress.to_string(), "all events counted", MESSAGES),
         (
             "SELECT sum(n * devices) FROM device_histogram".into(),
@@ -532,6 +536,11 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
             "SELECT sum(n) FROM digit_counts".into(),
             "all counts by digit",
             digits_total,
+        ),
+        (
+            "SELECT sum(n * devices) FROM bucket_sizes".into(),
+            "all events in the join of two views",
+            MESSAGES,
         ),
         (
             "SELECT count(*) FROM per_window".into(),
@@ -581,6 +590,22 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     assert_eq!(
         got_histogram, histogram,
         "view over a view (aggregate of an aggregate) differs (seed {seed})"
+    );
+    let got_buckets = eddy_rows(
+        &client,
+        "SELECT n, devices, bucket FROM bucket_sizes ORDER BY n",
+    )
+    .await;
+    let buckets: Vec<String> = histogram
+        .iter()
+        .map(|row| {
+            let cells: Vec<&str> = row.split(',').collect();
+            format!("{},{},{}", cells[0], cells[1], cells[1])
+        })
+        .collect();
+    assert_eq!(
+        got_buckets, buckets,
+        "join of two updating views differs (seed {seed})"
     );
     let got_digits = eddy_rows(&client, "SELECT digit, n FROM digit_counts ORDER BY 1, 2").await;
     assert_eq!(

@@ -30,6 +30,8 @@ pub enum Input {
     Batch(RecordBatch),
     /// A batch of one input of a join.
     BatchFrom(usize, RecordBatch),
+    /// A changelog batch of one input of a join.
+    ChangesFrom(usize, RecordBatch),
     Watermark(i64),
     Barrier,
 }
@@ -77,6 +79,7 @@ impl Harness {
         match input {
             Input::Batch(b) => self.op.on_batch(b.clone(), &mut out).await?,
             Input::BatchFrom(i, b) => self.op.on_input(*i, b.clone(), &mut out).await?,
+            Input::ChangesFrom(i, c) => self.op.on_input_changes(*i, c.clone(), &mut out).await?,
             Input::Watermark(w) => {
                 self.watermark = Some(*w);
                 self.op.on_watermark(*w, &mut out).await?

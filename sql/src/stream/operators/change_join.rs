@@ -9,7 +9,7 @@
 //! INNER only: an outer join would also have to retract a NULL-padded row when a side's
 //! first match arrives, which is not built yet.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -41,8 +41,9 @@ pub struct ChangeJoinPlan {
     pub projection: Option<Vec<usize>>,
 }
 
-/// One side's rows: join key → row encoding → copies.
-type Side = HashMap<Vec<u8>, HashMap<Vec<u8>, u64>>;
+/// One side's rows: join key → row encoding → copies (in row order, so a restored join
+/// emits its rows in the order the original did).
+type Side = HashMap<Vec<u8>, BTreeMap<Vec<u8>, u64>>;
 
 pub struct ChangeJoin {
     plan: Arc<ChangeJoinPlan>,
@@ -264,3 +265,6 @@ impl Operator for ChangeJoin {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
