@@ -74,6 +74,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
                 "CREATE SINK export FROM bid WITH (connector = 'parquet', path = '{}', checkpoint_interval = '10s')",
                 out.display()
             ),
+            false,
         )
         .await?;
         let bare = bare_writer(&batches)?;
@@ -87,6 +88,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
                 "CREATE SINK to_kafka FROM bid WITH (connector = 'kafka', bootstrap.servers = '{}', topic = 'bids', checkpoint_interval = '1s')",
                 mock.bootstrap_servers()
             ),
+            false,
         )
         .await?;
         let k = args.events as f64 / cpu;
