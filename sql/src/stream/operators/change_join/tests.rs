@@ -39,10 +39,13 @@ fn plan() -> Arc<ChangeJoinPlan> {
     })
 }
 
+/// Each side's rows: (key, value).
+type Sides = [Vec<(Option<i32>, i64)>; 2];
+
 /// Random changes to both sides; returns the script and each side's final rows.
-fn script(seed: u64) -> (Vec<Input>, [Vec<(Option<i32>, i64)>; 2]) {
+fn script(seed: u64) -> (Vec<Input>, Sides) {
     let mut rng = Rng(seed);
-    let mut rows: [Vec<(Option<i32>, i64)>; 2] = Default::default();
+    let mut rows: Sides = Default::default();
     let mut inputs = Vec::new();
     for _ in 0..60 {
         let input = rng.below(2) as usize;
@@ -108,7 +111,7 @@ fn summed(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     out
 }
 
-async fn batch_join(rows: &[Vec<(Option<i32>, i64)>; 2]) -> Vec<Vec<String>> {
+async fn batch_join(rows: &Sides) -> Vec<Vec<String>> {
     let ctx = SessionContext::new();
     for (i, name) in ["l", "r"].into_iter().enumerate() {
         let batch = RecordBatch::try_new(
