@@ -6,8 +6,9 @@
 //! are in memory and in the operator's state table (written at each barrier, read back only
 //! by a scan at restore), keyed by (side, join key, row).
 //!
-//! INNER only: an outer join would also have to retract a NULL-padded row when a side's
-//! first match arrives, which is not built yet.
+//! LEFT, RIGHT and FULL joins pad a preserved row that matches nothing with NULLs, and take
+//! the padded row back when its key's first match arrives (and emit it again when the last
+//! match leaves).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Arra
 use datafusion::arrow::compute::{cast, filter_record_batch, take};
 use datafusion::arrow::datatypes::{Int8Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::JoinType;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::physical_plan::joins::utils::JoinFilter;
 
@@ -31,6 +33,8 @@ use crate::stream::state::StateTable;
 /// An equi-join of two views as planned.
 #[derive(Debug, Clone)]
 pub struct ChangeJoinPlan {
+    /// INNER, LEFT, RIGHT or FULL (outer joins have no condition beyond the keys).
+    pub join_type: JoinType,
     /// The two inputs' columns (without the op column).
     pub inputs: [SchemaRef; 2],
     /// Each input's key expressions, pairwise equal.
@@ -137,8 +141,27 @@ impl ChangeJoin {
             .collect())
     }
 
+    /// Whether the join keeps the rows of `side` that match nothing (NULL-padded).
+    fn preserves(&self, side: usize) -> bool {
+        matches!(
+            (self.plan.join_type, side),
+            (JoinType::Left, 0) | (JoinType::Right, 1) | (JoinType::Full, _)
+        )
+    }
+
+    /// Copies of rows `side` holds under `key`.
+    fn total(&self, side: usize, key: &[u8]) -> u64 {
+        self.sides[side]
+            .get(key)
+            .map_or(0, |rows| rows.values().sum())
+    }
+
     /// Joins a changelog batch of `input` with the other side's rows, then applies it to its
     /// own side; returns the joined changes.
+    ///
+    /// Outer joins: a preserved row without a match goes out padded with NULLs; when the first
+    /// row of its key arrives on the other side the padded row is taken back (and the joined
+    /// rows added), and when the last one leaves the padded row comes back.
     fn apply(&mut self, input: usize, changes: &RecordBatch) -> Result<Option<RecordBatch>> {
         let last = changes.num_columns() - 1;
         if changes.schema().field(last).name() != OP_COLUMN {
@@ -149,25 +172,35 @@ impl ChangeJoin {
         let keys = self.keys_of(input, &rows)?;
         let encoded = self.rows[input].convert_columns(rows.columns())?;
         let other = 1 - input;
-        // Joined pairs: this batch's row, the other side's row encoding, and the op.
-        let mut mine: Vec<u32> = Vec::new();
-        let mut theirs: Vec<Vec<u8>> = Vec::new();
-        let mut pair_ops: Vec<i8> = Vec::new();
+        // Output rows: this batch's row (None: NULLs), the other side's row (None: NULLs),
+        // and the op.
+        let mut out: Vec<(Option<u32>, Option<Vec<u8>>, i8)> = Vec::new();
+        let sign = |retract: bool| match retract {
+            true => Op::Delete as i8,
+            false => Op::Insert as i8,
+        };
         for (i, key) in keys.iter().enumerate() {
-            let Some(key) = key else { continue };
             let retract = Op::retracts(ops.value(i));
-            if let Some(matches) = self.sides[other].get(key) {
-                for (row, copies) in matches {
-                    for _ in 0..*copies {
-                        mine.push(i as u32);
-                        theirs.push(row.clone());
-                        pair_ops.push(match retract {
-                            true => Op::Delete as i8,
-                            false => Op::Insert as i8,
-                        });
-                    }
+            let Some(key) = key else {
+                // A NULL key equals nothing: the row is only ever padded.
+                if self.preserves(input) {
+                    out.push((Some(i as u32), None, sign(retract)));
+                }
+                continue;
+            };
+            let matches: Vec<(Vec<u8>, u64)> = self.sides[other]
+                .get(key)
+                .map(|m| m.iter().map(|(r, c)| (r.clone(), *c)).collect())
+                .unwrap_or_default();
+            if matches.is_empty() && self.preserves(input) {
+                out.push((Some(i as u32), None, sign(retract)));
+            }
+            for (row, copies) in &matches {
+                for _ in 0..*copies {
+                    out.push((Some(i as u32), Some(row.clone()), sign(retract)));
                 }
             }
+            let before = self.total(input, key);
             let row = encoded.row(i).as_ref().to_vec();
             let side = self.sides[input].entry(key.clone()).or_default();
             let copies = side.entry(row.clone()).or_insert(0);
@@ -182,28 +215,59 @@ impl ChangeJoin {
                 }
             }
             self.dirty.insert((input, key.clone(), row));
+            let after = self.total(input, key);
+            if self.preserves(other) && (before == 0) != (after == 0) {
+                // The other side's rows of this key lose (or regain) their padded rows.
+                for (row, copies) in &matches {
+                    for _ in 0..*copies {
+                        out.push((None, Some(row.clone()), sign(before == 0)));
+                    }
+                }
+            }
         }
-        if mine.is_empty() {
+        if out.is_empty() {
             return Ok(None);
         }
-        let indices = UInt32Array::from(mine);
+        let rows_out = out.len();
+        let indices: UInt32Array = out.iter().map(|o| o.0).collect();
+        let out_ops: Vec<i8> = out.iter().map(|o| o.2).collect();
+        let theirs: Vec<Option<Vec<u8>>> = out.into_iter().map(|o| o.1).collect();
         let this_columns: Vec<ArrayRef> = rows
             .columns()
             .iter()
             .map(|c| take(c.as_ref(), &indices, None))
             .collect::<std::result::Result<_, _>>()?;
+        // The other side's rows, decoded once each place they are used.
+        let present: Vec<&Vec<u8>> = theirs.iter().flatten().collect();
         let parser = self.rows[other].parser();
-        let other_columns =
-            self.rows[other].convert_rows(theirs.iter().map(|r| parser.parse(r)))?;
+        let decoded = self.rows[other].convert_rows(present.iter().map(|r| parser.parse(r)))?;
+        let mut next = 0u32;
+        let other_indices: UInt32Array = theirs
+            .iter()
+            .map(|r| {
+                r.as_ref().map(|_| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        let other_columns: Vec<ArrayRef> = decoded
+            .iter()
+            .map(|c| take(c.as_ref(), &other_indices, None))
+            .collect::<std::result::Result<_, _>>()?;
         let (left, right) = match input {
             0 => (this_columns, other_columns),
             _ => (other_columns, this_columns),
         };
-        let pairs = indices.len();
-        let passed = join_condition(self.plan.filter.as_ref(), &left, &right, pairs)?;
+        let passed = join_condition(self.plan.filter.as_ref(), &left, &right, rows_out)?;
         let all: Vec<ArrayRef> = left.into_iter().chain(right).collect();
-        let joined = join_output(&self.plan.schema, self.plan.projection.as_ref(), all, pairs)?;
-        let joined = changelog::with_ops(&joined, pair_ops)?;
+        let joined = join_output(
+            &self.plan.schema,
+            self.plan.projection.as_ref(),
+            all,
+            rows_out,
+        )?;
+        let joined = changelog::with_ops(&joined, out_ops)?;
         let passed = datafusion::arrow::array::BooleanArray::from(passed);
         let joined = filter_record_batch(&joined, &passed)?;
         Ok((joined.num_rows() > 0).then_some(joined))

@@ -314,11 +314,21 @@ fn view_join(
     ctx: &Arc<TaskContext>,
 ) -> Result<Combined> {
     let names = format!("\"{}\" and \"{}\"", left.def.name, right.def.name);
-    if parts.join_type != JoinType::Inner {
-        return Err(not_supported(format!(
-            "{} joins of materialized views {names} (INNER joins are)",
-            parts.join_type
-        )));
+    match parts.join_type {
+        JoinType::Inner => {}
+        JoinType::Left | JoinType::Right | JoinType::Full if parts.filter.is_none() => {}
+        JoinType::Left | JoinType::Right | JoinType::Full => {
+            return Err(not_supported(format!(
+                "{} joins of materialized views {names} with conditions other than equal \
+                 columns (filter the views first, or join INNER)",
+                parts.join_type
+            )));
+        }
+        other => {
+            return Err(not_supported(format!(
+                "{other} joins of materialized views {names} (EXISTS / IN subqueries)"
+            )));
+        }
     }
     if parts.on.is_empty() {
         return Err(not_supported(format!(
@@ -335,6 +345,7 @@ fn view_join(
     );
     let (left_keys, right_keys) = parts.on.iter().cloned().unzip();
     let plan = ChangeJoinPlan {
+        join_type: parts.join_type,
         inputs: [parts.left.schema(), parts.right.schema()],
         keys: [left_keys, right_keys],
         filter: parts.filter.cloned(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, Int32Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::physical_expr::expressions::Column;
@@ -24,10 +24,11 @@ fn side(value: &str) -> SchemaRef {
     ]))
 }
 
-fn plan() -> Arc<ChangeJoinPlan> {
+fn plan(join_type: JoinType) -> Arc<ChangeJoinPlan> {
     let inputs = [side("a"), side("b")];
-    let schema = Arc::new(build_join_schema(&inputs[0], &inputs[1], &JoinType::Inner).0);
+    let schema = Arc::new(build_join_schema(&inputs[0], &inputs[1], &join_type).0);
     Arc::new(ChangeJoinPlan {
+        join_type,
         keys: [
             vec![Arc::new(Column::new("k", 0))],
             vec![Arc::new(Column::new("k", 0))],
@@ -111,7 +112,7 @@ fn summed(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     out
 }
 
-async fn batch_join(rows: &Sides) -> Vec<Vec<String>> {
+async fn batch_join(rows: &Sides, join: &str) -> Vec<Vec<String>> {
     let ctx = SessionContext::new();
     for (i, name) in ["l", "r"].into_iter().enumerate() {
         let batch = RecordBatch::try_new(
@@ -125,7 +126,9 @@ async fn batch_join(rows: &Sides) -> Vec<Vec<String>> {
         ctx.register_batch(name, batch).unwrap();
     }
     let batches = ctx
-        .sql("SELECT l.k, l.a, r.k, r.b FROM l JOIN r ON l.k = r.k")
+        .sql(&format!(
+            "SELECT l.k, l.a, r.k, r.b FROM l {join} JOIN r ON l.k = r.k"
+        ))
         .await
         .unwrap()
         .collect()
@@ -135,28 +138,33 @@ async fn batch_join(rows: &Sides) -> Vec<Vec<String>> {
 }
 
 #[tokio::test]
-async fn a_join_of_two_changelogs_equals_the_batch_join_across_restores() {
-    for seed in [11u64, 2024, 77_777] {
-        eprintln!("seed {seed}");
-        let (inputs, rows) = script(seed);
-        let make = || -> Factory {
-            Box::new(|state, _record| {
-                Ok(Box::new(ChangeJoin::restore(
-                    plan(),
-                    state.table(PIPELINE, JOIN_OPERATOR),
-                )?))
-            })
-        };
-        let (_, emitted) = check_restores(make, &inputs, &[], 1 << 20).await.unwrap();
-        let mut got = summed(&emitted);
-        got.sort();
-        let expected = batch_join(&rows).await;
-        assert!(
-            !expected.is_empty(),
-            "seed {seed}: the script joins some rows"
-        );
-        assert_eq!(got, expected, "seed {seed}");
-        // Every joined row carries a NULL-free key.
-        assert!(emitted.iter().all(|b| b.column(0).null_count() == 0));
+async fn joins_of_two_changelogs_equal_the_batch_join_across_restores() {
+    for (join_type, sql) in [
+        (JoinType::Inner, "INNER"),
+        (JoinType::Left, "LEFT"),
+        (JoinType::Right, "RIGHT"),
+        (JoinType::Full, "FULL"),
+    ] {
+        for seed in [11u64, 2024, 77_777] {
+            eprintln!("{sql}, seed {seed}");
+            let (inputs, rows) = script(seed);
+            let make = || -> Factory {
+                Box::new(move |state, _record| {
+                    Ok(Box::new(ChangeJoin::restore(
+                        plan(join_type),
+                        state.table(PIPELINE, JOIN_OPERATOR),
+                    )?))
+                })
+            };
+            let (_, emitted) = check_restores(make, &inputs, &[], 1 << 20).await.unwrap();
+            let mut got = summed(&emitted);
+            got.sort();
+            let expected = batch_join(&rows, sql).await;
+            assert!(
+                !expected.is_empty(),
+                "seed {seed}: the script joins some rows"
+            );
+            assert_eq!(got, expected, "{sql} join, seed {seed}");
+        }
     }
 }
