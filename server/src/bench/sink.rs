@@ -75,6 +75,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
                 out.display()
             ),
             false,
+            None,
         )
         .await?;
         let bare = bare_writer(&batches)?;
@@ -89,6 +90,7 @@ pub async fn sink(args: SinkArgs) -> Result<()> {
                 mock.bootstrap_servers()
             ),
             false,
+            None,
         )
         .await?;
         let k = args.events as f64 / cpu;

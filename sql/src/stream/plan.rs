@@ -761,7 +761,7 @@ pub async fn plan_with(
     let view_kind = |def: Arc<TableDef>| async move {
         match &def.kind {
             TableKind::MaterializedView(info) => {
-                Ok::<_, Error>(Some(match view_updates(catalog, &info.sql, udfs).await? {
+                Ok::<_, Error>(Some(match view_updates(catalog, info, udfs).await? {
                     true => ViewInput::Updates,
                     false => ViewInput::Appends,
                 }))
@@ -837,12 +837,12 @@ pub async fn plan_with(
 /// a view plans the views it reads.
 fn view_updates<'a>(
     catalog: &'a Catalog,
-    sql: &'a str,
+    view: &'a crate::catalog::QueryInfo,
     udfs: &'a [Arc<ScalarUDF>],
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
     Box::pin(async move {
-        let query = parse_query(sql)?;
-        let plan = plan_with(catalog, &query, udfs, &[]).await?;
+        let query = parse_query(&view.sql)?;
+        let plan = plan_with(catalog, &query, udfs, &view.options).await?;
         Ok(plan.updates())
     })
 }
