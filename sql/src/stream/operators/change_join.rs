@@ -14,15 +14,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, filter_record_batch, take};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{Int8Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::JoinType;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::physical_plan::joins::utils::JoinFilter;
 
-use super::interval_join::{join_condition, join_output};
+use super::interval_join::{encode_keys, join_condition, join_output, key_converter};
 use crate::error::{Error, Result};
 use crate::keys::key_group;
 use crate::stream::changelog::{self, OP_COLUMN, Op};
@@ -87,12 +87,8 @@ fn converter(schema: &SchemaRef) -> Result<RowConverter> {
 impl ChangeJoin {
     /// The join over the rows its state table holds (those of the last checkpoint).
     pub fn restore(plan: Arc<ChangeJoinPlan>, state: StateTable) -> Result<Self> {
-        let key_fields = plan.keys[0]
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(&plan.inputs[0])?)))
-            .collect::<Result<Vec<_>>>()?;
         let mut this = Self {
-            keys: RowConverter::new(key_fields)?,
+            keys: key_converter(&plan.keys[0], &plan.inputs[0])?,
             rows: [converter(&plan.inputs[0])?, converter(&plan.inputs[1])?],
             plan,
             sides: Default::default(),
@@ -122,23 +118,13 @@ impl ChangeJoin {
 
     /// Each row's join key, row-encoded (None where a key column is NULL: it equals nothing).
     fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
-        let n = batch.num_rows();
-        let mut columns = Vec::with_capacity(self.plan.keys[input].len());
-        for (expr, left) in self.plan.keys[input].iter().zip(&self.plan.keys[0]) {
-            let mut column = expr.evaluate(batch)?.into_array(n)?;
-            let want = left.data_type(&self.plan.inputs[0])?;
-            if column.data_type() != &want {
-                column = cast(&column, &want)?;
-            }
-            columns.push(column);
-        }
-        let encoded = self.keys.convert_columns(&columns)?;
-        Ok((0..n)
-            .map(|i| {
-                let null = columns.iter().any(|c| c.is_null(i));
-                (!null).then(|| encoded.row(i).as_ref().to_vec())
-            })
-            .collect())
+        encode_keys(
+            &self.keys,
+            &self.plan.keys,
+            &self.plan.inputs[0],
+            input,
+            batch,
+        )
     }
 
     /// Whether the join keeps the rows of `side` that match nothing (NULL-padded).

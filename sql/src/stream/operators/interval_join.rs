@@ -177,16 +177,12 @@ impl IntervalJoin {
         state: StateTable,
         watermark: Option<i64>,
     ) -> Result<Self> {
-        let key_fields = plan.keys[0]
-            .iter()
-            .map(|e| Ok(SortField::new(e.data_type(&plan.inputs[0])?)))
-            .collect::<Result<Vec<_>>>()?;
         let mut this = Self {
             rows: [
                 row_converter(&plan.inputs[0])?,
                 row_converter(&plan.inputs[1])?,
             ],
-            keys: RowConverter::new(key_fields)?,
+            keys: key_converter(&plan.keys[0], &plan.inputs[0])?,
             plan,
             // Rows live in `buffers`; the table is read only by the scan below.
             state: state.write_through(),
@@ -213,26 +209,16 @@ impl IntervalJoin {
 
     /// Each row's join key, row-encoded (None where a key column is NULL: it equals nothing).
     fn keys_of(&self, input: usize, batch: &RecordBatch) -> Result<Vec<Option<Vec<u8>>>> {
-        let n = batch.num_rows();
         if self.plan.keys[input].is_empty() {
-            return Ok(vec![Some(Vec::new()); n]);
+            return Ok(vec![Some(Vec::new()); batch.num_rows()]);
         }
-        let mut columns = Vec::with_capacity(self.plan.keys[input].len());
-        for (expr, left) in self.plan.keys[input].iter().zip(&self.plan.keys[0]) {
-            let mut column = expr.evaluate(batch)?.into_array(n)?;
-            let want = left.data_type(&self.plan.inputs[0])?;
-            if column.data_type() != &want {
-                column = cast(&column, &want)?;
-            }
-            columns.push(column);
-        }
-        let encoded = self.keys.convert_columns(&columns)?;
-        Ok((0..n)
-            .map(|i| {
-                let null = columns.iter().any(|c| c.is_null(i));
-                (!null).then(|| encoded.row(i).as_ref().to_vec())
-            })
-            .collect())
+        encode_keys(
+            &self.keys,
+            &self.plan.keys,
+            &self.plan.inputs[0],
+            input,
+            batch,
+        )
     }
 
     /// Joins a batch of `input` with the other input's buffered rows, then buffers it.
@@ -515,4 +501,44 @@ pub(crate) fn join_output(
         Some(p) => batch.project(p)?,
         None => batch,
     })
+}
+
+/// A converter for a join's keys, typed as the left input's key expressions.
+pub(crate) fn key_converter(
+    keys: &[Arc<dyn PhysicalExpr>],
+    left: &SchemaRef,
+) -> Result<RowConverter> {
+    let fields = keys
+        .iter()
+        .map(|e| Ok(SortField::new(e.data_type(left)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RowConverter::new(fields)?)
+}
+
+/// Each row's join key on `input` (cast to the left input's key types), row-encoded; None
+/// where a key column is NULL (it equals nothing).
+pub(crate) fn encode_keys(
+    converter: &RowConverter,
+    keys: &[Vec<Arc<dyn PhysicalExpr>>; 2],
+    left: &SchemaRef,
+    input: usize,
+    batch: &RecordBatch,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    let n = batch.num_rows();
+    let mut columns = Vec::with_capacity(keys[input].len());
+    for (expr, left_expr) in keys[input].iter().zip(&keys[0]) {
+        let mut column = expr.evaluate(batch)?.into_array(n)?;
+        let want = left_expr.data_type(left)?;
+        if column.data_type() != &want {
+            column = cast(&column, &want)?;
+        }
+        columns.push(column);
+    }
+    let encoded = converter.convert_columns(&columns)?;
+    Ok((0..n)
+        .map(|i| {
+            let null = columns.iter().any(|c| c.is_null(i));
+            (!null).then(|| encoded.row(i).as_ref().to_vec())
+        })
+        .collect())
 }

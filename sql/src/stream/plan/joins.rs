@@ -123,6 +123,16 @@ struct JoinParts<'a> {
     projection: Option<Vec<usize>>,
 }
 
+impl JoinParts<'_> {
+    /// The join's output columns (left, then right), and each side's key expressions.
+    fn schema_and_keys(&self) -> (SchemaRef, [Vec<Arc<dyn PhysicalExpr>>; 2]) {
+        let schema =
+            build_join_schema(&self.left.schema(), &self.right.schema(), &self.join_type).0;
+        let (left_keys, right_keys) = self.on.iter().cloned().unzip();
+        (Arc::new(schema), [left_keys, right_keys])
+    }
+}
+
 fn join_parts(node: &Arc<dyn ExecutionPlan>) -> Result<Option<JoinParts<'_>>> {
     if let Some(join) = node.downcast_ref::<HashJoinExec>() {
         if join.null_equality() == NullEquality::NullEqualsNull {
@@ -276,19 +286,11 @@ fn stream_join(
             "the join's time bound is empty: no pair of rows can match",
         ));
     }
-    let schema = Arc::new(
-        build_join_schema(
-            &parts.left.schema(),
-            &parts.right.schema(),
-            &parts.join_type,
-        )
-        .0,
-    );
-    let (left_keys, right_keys) = parts.on.iter().cloned().unzip();
+    let (schema, keys) = parts.schema_and_keys();
     let plan = IntervalJoinPlan {
         join_type: parts.join_type,
         inputs: [parts.left.schema(), parts.right.schema()],
-        keys: [left_keys, right_keys],
+        keys,
         time: [time[0].0, time[1].0],
         time_offset_us: [time[0].1, time[1].1],
         lower_us,
@@ -335,19 +337,11 @@ fn view_join(
             "joins of materialized views {names} without an equality of their columns"
         )));
     }
-    let schema = Arc::new(
-        build_join_schema(
-            &parts.left.schema(),
-            &parts.right.schema(),
-            &parts.join_type,
-        )
-        .0,
-    );
-    let (left_keys, right_keys) = parts.on.iter().cloned().unzip();
+    let (schema, keys) = parts.schema_and_keys();
     let plan = ChangeJoinPlan {
         join_type: parts.join_type,
         inputs: [parts.left.schema(), parts.right.schema()],
-        keys: [left_keys, right_keys],
+        keys,
         filter: parts.filter.cloned(),
         schema,
         projection: parts.projection.clone(),
