@@ -566,6 +566,9 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     fn new(catalog: &'a Catalog, udfs: &[Arc<ScalarUDF>]) -> Result<Self> {
         let mut ctx = SessionContext::new_with_config(streaming_config());
+        // A lone COUNT(DISTINCT x) would become a GROUP BY x under another aggregation, which
+        // a stream cannot run as one operator; its accumulator keeps the distinct values.
+        ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         eddy_udf::register(&mut ctx)?;
         for udf in udfs {
             ctx.register_udf(udf.as_ref().clone());
