@@ -694,52 +694,65 @@ struct SourceSetup<'a> {
 }
 
 impl StreamManager {
-    /// The source thread of one input, opened where the checkpoint left it.
+    /// The source thread of one input, opened where the checkpoint left it: a source's
+    /// connector (or push log), an updating view's snapshot and changelog, or an appending
+    /// view's rows in order.
     fn source_loop(&self, setup: SourceSetup<'_>) -> Result<SourceLoop> {
-        if let TableKind::MaterializedView(_) = &setup.source.kind {
-            return self.view_source_loop(setup);
-        }
         let source_def = setup.source.clone();
-        let TableKind::Source(source_info) = &source_def.kind else {
-            return Err(Error::internal("pipeline source is not a source"));
+        let source_info = match &source_def.kind {
+            TableKind::Source(info) => Some(info),
+            TableKind::MaterializedView(_) => None,
+            _ => return Err(Error::internal("pipeline source is not a source or view")),
         };
         let owned = setup.catalog.owned_by(&source_def);
         let find = |kind: fn(&TableKind) -> bool| owned.iter().find(|t| kind(&t.kind)).cloned();
         let errors = find(|k| matches!(k, TableKind::DeadLetters { .. }));
         let late = find(|k| matches!(k, TableKind::LateEvents { .. }));
-        let watermark_expr = match &source_info.watermark {
+        let watermark_expr = match source_info.and_then(|s| s.watermark.as_ref()) {
             Some(w) => Some(watermark_expr(&source_def, &w.expr, &w.column)?),
             None => None,
         };
-        let spec = SourceSpec {
-            name: source_def.name.clone(),
-            schema: declared_schema(&source_def),
-            options: Options::new(
-                source_info
-                    .options
-                    .iter()
-                    .filter(|(k, _)| {
-                        !matches!(
-                            k.as_str(),
-                            "connector" | "late_events" | "watermark.idle_timeout"
-                        )
-                    })
-                    .cloned(),
-            )
-            .map_err(|e| Error::connector("source", e))?,
-            created_at_ms: source_info.created_at_ms,
-        };
         let resume = setup.record.input(setup.input.unwrap_or(0));
-        let connector = source_info.connector.clone();
         let positions = resume.positions.clone();
         let kv = self.kv.clone();
         let signal = self.signal.clone();
         let log_def = source_def.clone();
+        let connector = match source_info {
+            Some(info) => info.connector.clone().map(|c| {
+                let options = Options::new(
+                    info.options
+                        .iter()
+                        .filter(|(k, _)| {
+                            !matches!(
+                                k.as_str(),
+                                "connector" | "late_events" | "watermark.idle_timeout"
+                            )
+                        })
+                        .cloned(),
+                )
+                .map_err(|e| Error::connector("source", e))?;
+                let spec = SourceSpec {
+                    name: source_def.name.clone(),
+                    schema: declared_schema(&source_def),
+                    options,
+                    created_at_ms: info.created_at_ms,
+                };
+                Ok::<_, Error>((c, spec))
+            }),
+            None => None,
+        }
+        .transpose()?;
+        let updates = setup.updates;
         let open = Box::new(
             move || -> eddy_connectors::Result<Box<dyn eddy_connectors::Source>> {
-                match connector {
-                    Some(c) => eddy_connectors::open_source(&c, &spec, &positions),
-                    None => Ok(Box::new(LogSource::open(
+                match (connector, updates) {
+                    (Some((c, spec)), _) => eddy_connectors::open_source(&c, &spec, &positions),
+                    (None, true) => Ok(Box::new(
+                        super::changelog::ViewLogSource::open(log_def, kv, &positions)
+                            .map_err(|e| eddy_connectors::Error::External(e.to_string()))?,
+                    )),
+                    // A push source's log, or an appending view's rows (keyed alike).
+                    (None, false) => Ok(Box::new(LogSource::open(
                         log_def.clone(),
                         log_def.arrow_schema(),
                         kv,
@@ -755,65 +768,18 @@ impl StreamManager {
             injector: Injector::new(setup.interval, setup.record, 0),
             watermark: resume.watermark,
             marks: resume.partition_watermarks,
-            idle_timeout: source_info
-                .options
-                .iter()
-                .find(|(k, _)| k == "watermark.idle_timeout")
-                .and_then(|(_, v)| eddy_connectors::options::parse_duration(v)),
+            idle_timeout: source_info.and_then(|info| {
+                info.options
+                    .iter()
+                    .find(|(k, _)| k == "watermark.idle_timeout")
+                    .and_then(|(_, v)| eddy_connectors::options::parse_duration(v))
+            }),
             last_event: std::collections::HashMap::new(),
-            per_partition: true,
+            per_partition: source_info.is_some(),
             watermark_expr,
             drop_late: setup.drop_late,
             errors,
             late,
-            stop: setup.stop.clone(),
-            metrics: setup.metrics.clone(),
-            models: setup.models,
-            committed: setup.committed,
-            input: setup.input,
-        })
-    }
-}
-
-impl StreamManager {
-    /// The source thread of a pipeline that reads a materialized view: an updating view's
-    /// snapshot and changelog, or an appending view's rows in order.
-    fn view_source_loop(&self, setup: SourceSetup<'_>) -> Result<SourceLoop> {
-        let view = setup.source.clone();
-        let positions = setup.record.input(setup.input.unwrap_or(0)).positions;
-        let kv = self.kv.clone();
-        let signal = self.signal.clone();
-        let updates = setup.updates;
-        let open = Box::new(
-            move || -> eddy_connectors::Result<Box<dyn eddy_connectors::Source>> {
-                Ok(match updates {
-                    true => Box::new(
-                        super::changelog::ViewLogSource::open(view, kv, &positions)
-                            .map_err(|e| eddy_connectors::Error::External(e.to_string()))?,
-                    ),
-                    false => Box::new(LogSource::open(
-                        view.clone(),
-                        view.arrow_schema(),
-                        kv,
-                        signal,
-                        &positions,
-                    )),
-                })
-            },
-        );
-        Ok(SourceLoop {
-            open,
-            tx: setup.tx,
-            injector: Injector::new(setup.interval, setup.record, 0),
-            watermark: None,
-            marks: Default::default(),
-            idle_timeout: None,
-            last_event: std::collections::HashMap::new(),
-            per_partition: false,
-            watermark_expr: None,
-            drop_late: false,
-            errors: None,
-            late: None,
             stop: setup.stop.clone(),
             metrics: setup.metrics.clone(),
             models: setup.models,
