@@ -16,7 +16,10 @@
 //! Outputs written between checkpoints (view rows, stream rows) are visible before the
 //! checkpoint commits. That is safe because they are idempotent: a replay writes the same keys
 //! again (view rows are keyed by group, stream rows by an output sequence number that the
-//! record restores), so after catch-up the stored result equals an uninterrupted run's.
+//! record restores), so after catch-up the stored result equals an uninterrupted run's. A
+//! pipeline that reads an updating view is the exception: its replay may start from a newer
+//! snapshot of that view, so its rows go into the checkpoint's batch instead, and an updating
+//! view's changelog entries are only ever written there (`changelog.rs`).
 
 use std::collections::BTreeMap;
 

@@ -24,8 +24,13 @@
 //! A join of two sources (`plan/joins.rs`) comes first: each of its inputs is the stateless
 //! plan over its source, and the lower plan runs over the join's rows.
 //!
-//! Anything else (unbounded joins of two streams, ORDER BY ... LIMIT, nested aggregates,
-//! unbounded OVER frames) is refused with 0A000 naming the operator.
+//! A query that reads no source or stream reads the materialized views it names
+//! ([`ViewInput`]): an appending view's rows in order, an updating view's snapshot and
+//! changelog (`changelog.rs`), after which the aggregate retracts and two views may be joined
+//! (`plan/joins.rs::view_join`, changelog in and out).
+//!
+//! Anything else (unbounded joins of two streams, ORDER BY ... LIMIT, nested aggregates in one
+//! query, unbounded OVER frames) is refused with 0A000 naming the operator.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
