@@ -190,6 +190,19 @@ pub struct NexmarkArgs {
     pub events: u64,
     pub rate: u64,
     pub checkpoint_interval_ms: u64,
+    /// Partitions of keyed operators (None: the server's default, the machine's cores).
+    pub parallelism: Option<usize>,
+}
+
+impl NexmarkArgs {
+    /// The WITH options every pipeline of the run gets.
+    fn options(&self) -> String {
+        let mut o = format!("checkpoint_interval = '{}ms'", self.checkpoint_interval_ms);
+        if let Some(n) = self.parallelism {
+            o.push_str(&format!(", parallelism = {n}"));
+        }
+        o
+    }
 }
 
 async fn run_sql(session: &Session, sql: &str) -> Result<()> {
@@ -216,13 +229,15 @@ async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f
     };
     let ddl = if mv {
         format!(
-            "CREATE MATERIALIZED VIEW {} WITH (checkpoint_interval = '{}ms'{ttl}) AS {select}",
-            args.query, args.checkpoint_interval_ms
+            "CREATE MATERIALIZED VIEW {} WITH ({}{ttl}) AS {select}",
+            args.query,
+            args.options()
         )
     } else {
         format!(
-            "CREATE STREAM {} WITH (checkpoint_interval = '{}ms', retention_rows = 0{ttl}) AS {select}",
-            args.query, args.checkpoint_interval_ms
+            "CREATE STREAM {} WITH ({}, retention_rows = 0{ttl}) AS {select}",
+            args.query,
+            args.options()
         )
     };
     // Windows close (and top-N per window is emitted) as the watermark passes them.
@@ -244,12 +259,13 @@ async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f
 async fn streaming_stacked(args: &NexmarkArgs, first: &str, second: &str) -> Result<(f64, f64)> {
     let tables = tables(first);
     let ddl = format!(
-        "CREATE MATERIALIZED VIEW winning WITH (checkpoint_interval = '{ms}ms', state_ttl = '{JOIN_TTL}') AS {first}",
-        ms = args.checkpoint_interval_ms
+        "CREATE MATERIALIZED VIEW winning WITH ({}, state_ttl = '{JOIN_TTL}') AS {first}",
+        args.options()
     );
     let over = format!(
-        "CREATE MATERIALIZED VIEW {} WITH (checkpoint_interval = '{}ms') AS {second}",
-        args.query, args.checkpoint_interval_ms
+        "CREATE MATERIALIZED VIEW {} WITH ({}) AS {second}",
+        args.query,
+        args.options()
     );
     run_pipeline(
         args.events,
@@ -444,11 +460,13 @@ pub async fn nexmark(args: NexmarkArgs) -> Result<()> {
         None => query(&args.query)?,
     };
     println!(
-        "nexmark {}: {} events, event rate {}/s, checkpoint interval {} ms, revision {}",
+        "nexmark {}: {} events, event rate {}/s, checkpoint interval {} ms, parallelism {}, revision {}",
         args.query,
         args.events,
         args.rate,
         args.checkpoint_interval_ms,
+        args.parallelism
+            .map_or_else(|| "default (cores)".to_string(), |n| n.to_string()),
         option_env!("EDDY_GIT_REVISION").unwrap_or("unknown")
     );
     let (cpu, wall) = match stacked {

@@ -67,7 +67,8 @@ pub struct Limits {
     /// How long an HTTP client may take to send its request head, and its body.
     pub http_header_timeout: std::time::Duration,
     pub http_body_timeout: std::time::Duration,
-    /// The engine's: `max_model_size`, `query_memory_limit`, `work_mem_limit`, `state_cache`.
+    /// The engine's: `max_model_size`, `query_memory_limit`, `work_mem_limit`, `state_cache`,
+    /// `parallelism`.
     pub engine: eddy_sql::limits::Limits,
 }
 
@@ -96,6 +97,7 @@ const LIMIT_KEYS: &[&str] = &[
     "query_memory_limit",
     "work_mem_limit",
     "state_cache",
+    "parallelism",
 ];
 
 /// `512MB`, `1GB`, `64kB`, or a number of bytes.
@@ -172,6 +174,13 @@ impl Limits {
                 "query_memory_limit" => l.engine.query_memory_bytes = size()? as usize,
                 "work_mem_limit" => l.engine.session_memory_bytes = size()? as usize,
                 "state_cache" => l.engine.state_cache_bytes = size()? as usize,
+                "parallelism" => match count()? {
+                    n @ 1..=eddy_sql::limits::MAX_PARALLELISM => l.engine.parallelism = n,
+                    _ => anyhow::bail!(
+                        "parallelism must be between 1 and {}",
+                        eddy_sql::limits::MAX_PARALLELISM
+                    ),
+                },
                 _ => unreachable!("keys were checked"),
             }
         }

@@ -38,6 +38,9 @@ enum BenchCommand {
         rate: u64,
         #[arg(long, default_value_t = 1000)]
         checkpoint_interval: u64,
+        /// Partitions of the keyed operators (default: the machine's cores).
+        #[arg(long)]
+        parallelism: Option<usize>,
     },
     /// JSON decoding rate of the Kafka source's decoder, on Nexmark bids.
     JsonDecode {
@@ -146,11 +149,13 @@ fn run_bench(bench: BenchCommand) -> Result<()> {
             events,
             rate,
             checkpoint_interval,
+            parallelism,
         } => runtime.block_on(eddy::bench::nexmark(eddy::bench::NexmarkArgs {
             query,
             events,
             rate,
             checkpoint_interval_ms: checkpoint_interval,
+            parallelism,
         })),
         BenchCommand::JsonDecode { rows } => eddy::bench::json_decode(rows),
         BenchCommand::Sink { events, runs } => {

@@ -147,6 +147,7 @@ impl Engine {
             DEFAULT_CHECKPOINT_INTERVAL_MS,
             data_dir.join("sinks"),
             limits.state_cache_bytes,
+            limits.parallelism,
         ));
         Ok(Arc::new_cyclic(|engine| Self {
             models: models::ModelStore::new(data_dir.join("models"), engine.clone()),

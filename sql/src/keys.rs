@@ -106,6 +106,18 @@ pub fn key_group(partition_key: &[u8]) -> u16 {
     ((hash ^ (hash >> 32)) % KEY_GROUPS as u64) as u16
 }
 
+/// The partition, of `partitions`, that owns key group `group`: partitions own contiguous
+/// ranges of groups, so each one's state is one range of keys per operator.
+pub fn partition_of(group: u16, partitions: usize) -> usize {
+    group as usize * partitions / KEY_GROUPS as usize
+}
+
+/// The key groups partition `partition` of `partitions` owns (see [`partition_of`]).
+pub fn partition_groups(partition: usize, partitions: usize) -> std::ops::Range<u16> {
+    let first = |p: usize| (p * KEY_GROUPS as usize).div_ceil(partitions) as u16;
+    first(partition)..first(partition + 1)
+}
+
 /// Prefix of a view's changelog entries.
 pub fn changelog_prefix(view: u32) -> Vec<u8> {
     let mut k = vec![CHANGELOG];
@@ -188,6 +200,23 @@ mod tests {
         let k = state_key(&op, key_group(b"abc"), b"abc");
         assert_eq!(&k[STATE_KEY_PREFIX_LEN..], b"abc");
         assert!(k.starts_with(&state));
+    }
+
+    #[test]
+    fn partitions_own_contiguous_ranges_of_groups() {
+        for n in 1..=7 {
+            let mut next = 0;
+            for p in 0..n {
+                let groups = partition_groups(p, n);
+                assert_eq!(groups.start, next, "ranges of {n} partitions touch");
+                assert!(!groups.is_empty());
+                for g in groups.clone() {
+                    assert_eq!(partition_of(g, n), p, "group {g} of {n} partitions");
+                }
+                next = groups.end;
+            }
+            assert_eq!(next, KEY_GROUPS, "{n} partitions own every group");
+        }
     }
 
     #[test]

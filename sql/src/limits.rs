@@ -14,7 +14,13 @@ pub struct Limits {
     /// Memory for streaming operators' state before it is read from disk (`state_cache`):
     /// the server-wide cache of state values, and each operator's groups in memory.
     pub state_cache_bytes: usize,
+    /// Partitions of each keyed operator of a pipeline (`parallelism`; a view's own
+    /// `parallelism` option overrides it): the machine's cores by default.
+    pub parallelism: usize,
 }
+
+/// The most partitions a keyed operator runs in: one per key group.
+pub const MAX_PARALLELISM: usize = crate::keys::KEY_GROUPS as usize;
 
 pub const DEFAULT_MAX_MODEL_BYTES: u64 = 1 << 30;
 
@@ -36,6 +42,7 @@ impl Default for Limits {
             session_memory_bytes: memory / 4,
             // A sixteenth of the machine's memory, at least 64 MB.
             state_cache_bytes: (memory / 16).max(64 << 20),
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`pipeline`]: the stages as tasks joined by bounded channels.
 //! - [`aggregate`]: the stateful grouping operator (materialized views, windows).
 //! - [`checkpoint`]: the checkpoint protocol (pure).
+//! - [`exchange`]: parallel pipelines: rows spread over the partitions of a keyed operator.
 //! - [`state`]: operator state tables over the store, through a bounded cache.
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
@@ -16,6 +17,7 @@
 pub mod aggregate;
 pub mod changelog;
 pub mod checkpoint;
+pub mod exchange;
 #[cfg(test)]
 pub mod harness;
 pub mod log;

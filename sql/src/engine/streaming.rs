@@ -75,7 +75,10 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
                 ObjectKind::Stream => format!("stream {} (rows keyed by output sequence)", q.name),
                 _ => format!("materialized view {} ({})", q.name, key_description(&plan)),
             };
-            return text_rows("QUERY PLAN", plan.explain(emit_on_close, &sink));
+            let requested = crate::stream::manager::option_parallelism(&q.options)?
+                .unwrap_or(session.engine().streams.parallelism());
+            let partitions = plan.partitions(requested);
+            return text_rows("QUERY PLAN", plan.explain(emit_on_close, &sink, partitions));
         }
     }))
 }
@@ -475,6 +478,8 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     option_ms(&q.options, "checkpoint_interval")?;
     options.take("checkpoint_interval");
     options.take("state_ttl");
+    crate::stream::manager::option_parallelism(&q.options)?;
+    options.take("parallelism");
     if q.kind == ObjectKind::Stream {
         option_u64(&q.options, "retention_rows")?;
         options.take("retention_rows");

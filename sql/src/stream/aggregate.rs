@@ -83,6 +83,29 @@ impl Aggregator {
         watermark: Option<i64>,
         view: ViewWriter,
     ) -> Result<Self> {
+        let all = 0..crate::keys::KEY_GROUPS;
+        Self::restore_partition(
+            plan,
+            state,
+            live_budget,
+            emit_on_close,
+            watermark,
+            view,
+            all,
+        )
+    }
+
+    /// Like [`Aggregator::restore`], for the partition of a parallel aggregate that owns the
+    /// key groups `groups` (the exchange before it sends it only their rows).
+    pub fn restore_partition(
+        plan: AggregatePlan,
+        state: StateTable,
+        live_budget: usize,
+        emit_on_close: bool,
+        watermark: Option<i64>,
+        view: ViewWriter,
+        groups: std::ops::Range<u16>,
+    ) -> Result<Self> {
         let input = plan.schema.clone();
         let key_fields = (0..plan.group_exprs.len())
             .map(|i| SortField::new(input.field(i).data_type().clone()))
@@ -116,14 +139,8 @@ impl Aggregator {
             watermark,
             view,
         };
-        agg.load_windows()?;
+        agg.load_windows(groups)?;
         Ok(agg)
-    }
-
-    /// The plan above the aggregate (if it has window functions) and the writer of the
-    /// result's rows.
-    pub fn upper(&self) -> (Option<&super::plan::Segment>, &ViewWriter) {
-        (self.plan.upper_segment.as_ref(), &self.view)
     }
 
     /// Groups in memory now, and the bytes they are estimated to hold.
@@ -135,13 +152,13 @@ impl Aggregator {
         self.live_bytes
     }
 
-    /// Rebuilds the index of open windows from the keys in the state table.
-    fn load_windows(&mut self) -> Result<()> {
+    /// Rebuilds the index of open windows from the keys of `groups` in the state table.
+    fn load_windows(&mut self, groups: std::ops::Range<u16>) -> Result<()> {
         if self.plan.window.is_none() {
             return Ok(());
         }
         let mut keys = Vec::new();
-        self.state.scan(|_, k, _| {
+        self.state.scan_groups(groups, |_, k, _| {
             keys.push(k.to_vec());
             Ok(())
         })?;

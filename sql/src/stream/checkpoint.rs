@@ -110,6 +110,38 @@ impl Barrier {
         }
     }
 
+    /// The barrier without the writes operators added to it (a copy for another partition).
+    pub fn clone_without_writes(&self) -> Barrier {
+        Barrier {
+            epoch: self.epoch,
+            positions: self.positions.clone(),
+            watermark: self.watermark,
+            partition_watermarks: self.partition_watermarks.clone(),
+            models: self.models.clone(),
+            writes: Vec::new(),
+            inputs: self.inputs.clone(),
+        }
+    }
+
+    /// Merges the copies of one barrier that passed the partitions of a parallel operator:
+    /// the positions once, the writes of every partition.
+    pub fn merge_copies(copies: Vec<Barrier>) -> Result<Barrier> {
+        let mut copies = copies.into_iter();
+        let mut merged = copies
+            .next()
+            .ok_or_else(|| Error::internal("no barrier to merge"))?;
+        for b in copies {
+            if b.epoch != merged.epoch {
+                return Err(Error::internal(format!(
+                    "partitions sent barriers of epochs {} and {}",
+                    merged.epoch, b.epoch
+                )));
+            }
+            merged.writes.extend(b.writes);
+        }
+        Ok(merged)
+    }
+
     /// The one barrier of an epoch that arrived on every input of a join: every input's
     /// position, the minimum watermark, and the writes of every operator before the join.
     pub fn merge(barriers: Vec<Barrier>) -> Result<Barrier> {

@@ -176,6 +176,34 @@ pub async fn check_restores(
     Ok(expected)
 }
 
+/// For each barrier of `inputs`: the operator built for `before` partitions runs up to it,
+/// and one built for `after` partitions is restored from its checkpoint and runs the rest
+/// (a restart with another parallelism). Returns the rows each such pair emitted; the
+/// caller compares them as a result (the order of rows differs between partitionings).
+pub async fn check_rescales(
+    make: impl Fn(usize) -> Factory,
+    inputs: &[Input],
+    cache_bytes: usize,
+    before: usize,
+    after: usize,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let mut runs = Vec::new();
+    for (i, _) in inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, Input::Barrier))
+    {
+        let mut first = Harness::new(make(before), cache_bytes)?;
+        first.run(&inputs[..=i]).await?;
+        let mut rest = Harness::restore(make(after), &first.snapshot(), cache_bytes)?;
+        rest.run(&inputs[i + 1..]).await?;
+        let mut rows = first.rows;
+        rows.extend(rest.rows);
+        runs.push(rows);
+    }
+    Ok(runs)
+}
+
 /// A small deterministic generator for random inputs (tests print their seeds).
 pub struct Rng(pub u64);
 

@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 
 use super::aggregate::Aggregator;
 use super::changelog::{LogShared, ViewLog};
-use super::checkpoint::{Injector, previous_checkpoint_key, record_key, recover};
+use super::checkpoint::{Barrier, Injector, previous_checkpoint_key, record_key, recover};
+use super::exchange::{Gather, Router, run_exchange, run_spread};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::operators::change_join::ChangeJoin;
@@ -29,11 +30,12 @@ use super::operators::lookup_join::LookupJoin;
 use super::operators::materialize::Materialize;
 use super::operators::normalize::Normalize;
 use super::operators::over::Over;
+use super::operators::per_window::PerWindow;
 use super::operators::union::Union;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
-    AggregateOp, CHANNEL_CAPACITY, Metrics, Operator, Sink, SinkKind, SourceLoop, Stateless,
-    min_watermark, run_inputs, run_operator, run_tee,
+    AggregateOp, CHANNEL_CAPACITY, Message, Metrics, Operator, Sink, SinkKind, SourceLoop,
+    Stateless, min_watermark, run_inputs, run_operator, run_tee,
 };
 use super::plan;
 use super::plan::{Combine, ViewInput};
@@ -73,6 +75,8 @@ pub struct StreamManager {
     running: Mutex<HashMap<u32, Running>>,
     metrics: Mutex<HashMap<u32, Arc<Metrics>>>,
     checkpoint_interval_ms: u64,
+    /// Partitions of a keyed operator unless its pipeline says otherwise.
+    parallelism: usize,
     /// The catalog's models (PREDICT in pipelines).
     models: Mutex<Option<Arc<dyn ModelSource>>>,
     /// Where remote sinks stage and spool their files (`<data dir>/sinks`).
@@ -94,6 +98,7 @@ impl StreamManager {
         checkpoint_interval_ms: u64,
         staging: std::path::PathBuf,
         state_cache_bytes: usize,
+        parallelism: usize,
     ) -> Self {
         Self {
             state: StateStore::new(kv.clone(), state_cache_bytes),
@@ -103,10 +108,31 @@ impl StreamManager {
             running: Mutex::new(HashMap::new()),
             metrics: Mutex::new(HashMap::new()),
             checkpoint_interval_ms,
+            parallelism,
             models: Mutex::new(None),
             staging,
             logs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Partitions of a keyed operator unless its pipeline says otherwise.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
+    }
+
+    /// The lookup joins of a pipeline, each with the plan over its rows.
+    fn lookup_operators(&self, plan: &plan::PipelinePlan) -> Vec<Box<dyn Operator>> {
+        let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+        for (join, segment) in &plan.lookups {
+            ops.push(Box::new(LookupJoin {
+                plan: join.clone(),
+                kv: self.kv.clone(),
+            }));
+            ops.push(Box::new(SegmentOp {
+                segment: segment.clone(),
+            }));
+        }
+        ops
     }
 
     /// What a view's sink and the readers of its changelog share.
@@ -355,7 +381,58 @@ impl StreamManager {
         // Each source's channel, then the rest of the pipeline after its first stage.
         let mut source_txs = Vec::new();
         let mut operators: Vec<Box<dyn Operator>> = Vec::new();
+        let requested = option_parallelism(&info.options)?.unwrap_or(self.parallelism);
+        let partitions = plan.partitions(requested);
+        // A parallel aggregate over one appending source also runs copies of the stages
+        // before it, each fed batches in turn; otherwise those stages run once and an
+        // exchange after them spreads their rows.
+        let spread = partitions > 1
+            && plan.combined.is_none()
+            && plan.view_input != Some(ViewInput::Updates)
+            && plan.over.is_none();
+        let mut partition_inputs: Vec<Vec<mpsc::Receiver<Message>>> =
+            (0..partitions).map(|_| Vec::new()).collect();
+        let router = || -> Result<Router> {
+            let agg = plan
+                .aggregate
+                .as_ref()
+                .expect("partitions need an aggregate");
+            Router::new(agg, partitions)
+        };
+        let stateless = |source: &TableDef, lower: plan::Segment| Stateless {
+            lower,
+            name: def.name.clone(),
+            errors: dead_letters(source),
+            metrics: metrics.clone(),
+        };
         let mut rx = match &plan.combined {
+            None if spread => {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                source_txs.push(tx);
+                let mut copies = Vec::new();
+                for _ in 0..partitions {
+                    let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+                    copies.push(tx);
+                    let mut chain: Vec<Box<dyn Operator>> =
+                        vec![Box::new(stateless(&plan.source, plan.lower_segment()))];
+                    chain.extend(self.lookup_operators(&plan));
+                    for op in chain {
+                        let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                        tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
+                        rx = next_rx;
+                    }
+                    let mut outputs = Vec::new();
+                    for inputs in &mut partition_inputs {
+                        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                        outputs.push(tx);
+                        inputs.push(rx);
+                    }
+                    tasks.spawn(run_exchange(rx, router()?, outputs));
+                }
+                tasks.spawn(run_spread(rx, copies));
+                // Not read: the partitions' inputs replace it.
+                mpsc::channel(1).1
+            }
             None => {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 source_txs.push(tx);
@@ -365,12 +442,8 @@ impl StreamManager {
                         self.state.table(def.id, NORMALIZE_OPERATOR),
                     )));
                 }
-                operators.push(Box::new(Stateless {
-                    lower: plan.lower_segment(),
-                    name: def.name.clone(),
-                    errors: dead_letters(&plan.source),
-                    metrics: metrics.clone(),
-                }));
+                operators.push(Box::new(stateless(&plan.source, plan.lower_segment())));
+                operators.extend(self.lookup_operators(&plan));
                 rx
             }
             Some(join) => {
@@ -394,12 +467,7 @@ impl StreamManager {
                         rx = next_rx;
                     }
                     let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
-                    let op = Box::new(Stateless {
-                        lower: input.lower.clone(),
-                        name: def.name.clone(),
-                        errors: dead_letters(&input.source),
-                        metrics: metrics.clone(),
-                    });
+                    let op = Box::new(stateless(&input.source, input.lower.clone()));
                     tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
                     join_inputs.push(next_rx);
                 }
@@ -432,23 +500,16 @@ impl StreamManager {
                     tx,
                     committed_rx.clone(),
                     restored,
+                    Barrier::merge,
                 ));
                 // The plan over the join's rows (no source rows to send to dead letters).
                 operators.push(Box::new(SegmentOp {
                     segment: plan.lower_segment(),
                 }));
+                operators.extend(self.lookup_operators(&plan));
                 rx
             }
         };
-        for (join, segment) in &plan.lookups {
-            operators.push(Box::new(LookupJoin {
-                plan: join.clone(),
-                kv: self.kv.clone(),
-            }));
-            operators.push(Box::new(SegmentOp {
-                segment: segment.clone(),
-            }));
-        }
         if let Some((over, segment)) = &plan.over {
             operators.push(Box::new(Over::restore(
                 over.clone(),
@@ -459,6 +520,22 @@ impl StreamManager {
                 segment: segment.clone(),
             }));
         }
+        if partitions > 1 && !spread {
+            // The stages before the aggregate run once; an exchange spreads their rows.
+            for op in operators.drain(..) {
+                let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                tasks.spawn(run_operator(op, rx, tx, committed_rx.clone()));
+                rx = next_rx;
+            }
+            let mut outputs = Vec::new();
+            for inputs in &mut partition_inputs {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                outputs.push(tx);
+                inputs.push(rx);
+            }
+            tasks.spawn(run_exchange(rx, router()?, outputs));
+            rx = mpsc::channel(1).1;
+        }
         if let Some(agg) = &plan.aggregate {
             let view = match &def.kind {
                 // A sink of a view gets the view's rows instead of storing them.
@@ -468,23 +545,65 @@ impl StreamManager {
                 ),
                 _ => ViewWriter::new(def.clone()),
             };
-            let op = match agg.session {
-                Some(_) => AggregateOp::Sessions(SessionAggregator::restore(
-                    agg.clone(),
-                    self.state.table(def.id, AGGREGATE_OPERATOR),
-                    record.watermark,
-                    view,
-                )?),
-                None => AggregateOp::Groups(Aggregator::restore(
-                    agg.clone(),
-                    self.state.table(def.id, AGGREGATE_OPERATOR),
-                    self.state.cache().budget(),
-                    info.emit_on_close,
-                    record.watermark,
-                    view,
-                )?),
+            // Each partition keeps its share of the groups in memory.
+            let budget = self.state.cache().budget() / partitions;
+            let aggregate = |groups| -> Result<AggregateOp> {
+                Ok(match agg.session {
+                    Some(_) => AggregateOp::Sessions(SessionAggregator::restore(
+                        agg.clone(),
+                        self.state.table(def.id, AGGREGATE_OPERATOR),
+                        record.watermark,
+                        view.clone(),
+                    )?),
+                    None => AggregateOp::Groups(Aggregator::restore_partition(
+                        agg.clone(),
+                        self.state.table(def.id, AGGREGATE_OPERATOR),
+                        budget,
+                        info.emit_on_close,
+                        record.watermark,
+                        view.clone(),
+                        groups,
+                    )?),
+                })
             };
-            operators.push(Box::new(op));
+            match partitions {
+                1 => operators.push(Box::new(aggregate(0..crate::keys::KEY_GROUPS)?)),
+                n => {
+                    // Each partition takes the rows of its key groups from every exchange;
+                    // a gather stage aligns their barriers and watermarks again.
+                    let mut outputs = Vec::new();
+                    for (p, inputs) in std::mem::take(&mut partition_inputs)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let op = Box::new(aggregate(crate::keys::partition_groups(p, n))?);
+                        let (tx, out_rx) = mpsc::channel(CHANNEL_CAPACITY);
+                        let restored = vec![record.watermark; inputs.len()];
+                        tasks.spawn(run_inputs(
+                            op,
+                            inputs,
+                            tx,
+                            committed_rx.clone(),
+                            restored,
+                            Barrier::merge_copies,
+                        ));
+                        outputs.push(out_rx);
+                    }
+                    let (tx, gathered) = mpsc::channel(CHANNEL_CAPACITY);
+                    tasks.spawn(run_inputs(
+                        Box::new(Gather),
+                        outputs,
+                        tx,
+                        committed_rx.clone(),
+                        vec![record.watermark; n],
+                        Barrier::merge_copies,
+                    ));
+                    rx = gathered;
+                }
+            }
+            if agg.upper_segment.is_some() {
+                operators.push(Box::new(PerWindow::new(agg, view.clone(), partitions)?));
+            }
         } else if plan.updates() {
             operators.push(Box::new(Materialize::new(
                 ViewWriter::new(def.clone()),
@@ -843,6 +962,20 @@ fn option<'a>(options: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
+}
+
+/// A pipeline's `parallelism` option: the partitions of its keyed operators.
+pub fn option_parallelism(options: &[(String, String)]) -> Result<Option<usize>> {
+    let max = crate::limits::MAX_PARALLELISM;
+    option_u64(options, "parallelism")?
+        .map(|n| match n as usize {
+            n @ 1..=crate::limits::MAX_PARALLELISM => Ok(n),
+            _ => Err(Error::user(
+                crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+                format!("option \"parallelism\" must be between 1 and {max}, not {n}"),
+            )),
+        })
+        .transpose()
 }
 
 pub fn option_u64(options: &[(String, String)], key: &str) -> Result<Option<u64>> {

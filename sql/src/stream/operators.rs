@@ -8,6 +8,7 @@
 //! - [`over`]: OVER window functions over events, emitted as the watermark passes them.
 //! - [`materialize`]: a changelog stored as a view's rows (a multiset).
 //! - [`normalize`]: a view's upserts as changes (deletes of old rows, inserts of new ones).
+//! - [`per_window`]: window functions over the rows of closed windows (top-N per window).
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
@@ -21,6 +22,7 @@ pub mod lookup_join;
 pub mod materialize;
 pub mod normalize;
 pub mod over;
+pub mod per_window;
 pub mod union;
 
 /// A time column as microseconds (NULL stays None).

@@ -298,6 +298,16 @@ impl Operator for AggregateOp {
         self.push_output(out, output).await
     }
 
+    /// A partition of a parallel aggregate takes its rows from every exchange.
+    async fn on_input_changes(
+        &mut self,
+        _input: usize,
+        changes: RecordBatch,
+        out: &mut Vec<Message>,
+    ) -> Result<()> {
+        self.on_changes(changes, out).await
+    }
+
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
         let output = match self {
             AggregateOp::Groups(a) => a.on_watermark(watermark)?,
@@ -317,27 +327,16 @@ impl Operator for AggregateOp {
 }
 
 impl AggregateOp {
-    /// Sends the aggregate's output on; rows still to go through the plan above the
-    /// aggregate (window functions over a closed window's rows) are run through it first.
+    /// Sends the aggregate's output on. Rows still to go through the plan above the aggregate
+    /// (window functions over closed windows) go on as a batch to the operator that runs it
+    /// (`operators/per_window.rs`).
     async fn push_output(&self, out: &mut Vec<Message>, output: Output) -> Result<()> {
-        let output = match (output, self) {
-            (Output::Unfinished(rows), AggregateOp::Groups(a)) => {
-                let (segment, view) = a.upper();
-                let segment = segment.ok_or_else(|| Error::internal("no upper plan"))?;
-                let batches = segment.run(rows).await?;
-                let rows =
-                    datafusion::arrow::compute::concat_batches(&segment.plan.schema(), &batches)?;
-                view.output_by_row(&rows)?
-            }
-            (output, _) => output,
-        };
         if output.is_empty() {
             return Ok(());
         }
         out.push(match output {
             Output::Writes(w) => Message::Writes(w),
-            Output::Rows(b) => Message::Batch(b),
-            Output::Unfinished(_) => return Err(Error::internal("unfinished aggregate rows")),
+            Output::Rows(b) | Output::Unfinished(b) => Message::Batch(b),
         });
         Ok(())
     }
@@ -382,14 +381,17 @@ pub async fn run_operator(
 /// Batches are handed over with their input's index. Each input's watermark is tracked and
 /// the operator sees the minimum once every input has one. Barriers are aligned: after an
 /// input delivers the barrier of an epoch it is not read again until every input has
-/// delivered it; the operator then takes the merged barrier (every input's position), so its
-/// state at the barrier holds exactly the rows before it on every input.
+/// delivered it; the operator then takes the merged barrier (`merge`: every input's position
+/// for a join, [`Barrier::merge`]; one position for copies that passed the partitions of a
+/// parallel stage, [`Barrier::merge_copies`]), so its state at the barrier holds exactly the
+/// rows before it on every input.
 pub async fn run_inputs(
     mut op: Box<dyn Operator>,
     mut inputs: Vec<mpsc::Receiver<Message>>,
     tx: mpsc::Sender<Message>,
     mut committed: tokio::sync::watch::Receiver<u64>,
     restored: Vec<Option<i64>>,
+    merge: fn(Vec<Barrier>) -> Result<Barrier>,
 ) -> Result<()> {
     let n = inputs.len();
     let mut watermarks = restored;
@@ -444,7 +446,7 @@ pub async fn run_inputs(
                 waiting[input] = Some(b);
                 if waiting.iter().all(Option::is_some) {
                     let barriers = waiting.iter_mut().filter_map(Option::take).collect();
-                    let mut merged = Barrier::merge(barriers)?;
+                    let mut merged = merge(barriers)?;
                     op.on_barrier(&mut merged)?;
                     out.push(Message::Barrier(merged));
                 }

@@ -1173,6 +1173,18 @@ fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
 }
 
 impl PipelinePlan {
+    /// The partitions its aggregate runs in when `requested` are asked for: a grouping by
+    /// key is partitioned by its key; a global aggregate (one group) and SESSION windows
+    /// (their partition key leaves out the session columns; not routed yet) run in one.
+    pub fn partitions(&self, requested: usize) -> usize {
+        match &self.aggregate {
+            Some(a) if a.session.is_none() && !a.group_exprs.is_empty() => {
+                requested.clamp(1, crate::limits::MAX_PARALLELISM)
+            }
+            _ => 1,
+        }
+    }
+
     /// Whether the result's rows change after they are written (it aggregates, or reads an
     /// updating view): readers of such a view read its changelog.
     pub fn updates(&self) -> bool {
@@ -1227,7 +1239,7 @@ impl PipelinePlan {
     }
 
     /// The EXPLAIN text of the pipeline.
-    pub fn explain(&self, emit_on_close: bool, sink: &str) -> Vec<String> {
+    pub fn explain(&self, emit_on_close: bool, sink: &str, partitions: usize) -> Vec<String> {
         let mut lines = Vec::new();
         let inputs = match &self.combined {
             Some(j) => j
@@ -1390,6 +1402,12 @@ impl PipelinePlan {
                  past state_cache, read back from RocksDB)",
                 super::manager::AGGREGATE_OPERATOR
             ));
+            if partitions > 1 {
+                lines.push(format!(
+                    "    partitions: {partitions} (rows exchanged by a hash of the group key; \
+                     each partition owns a range of its key groups)"
+                ));
+            }
             if agg.retract {
                 lines.push(
                     "    retracts: deleted input rows are taken back (MIN/MAX keep their values); \

@@ -142,6 +142,20 @@ impl StateTable {
         self.scan_range(self.prefix.clone(), end, f)
     }
 
+    /// Like [`StateTable::scan`], over the key groups `groups` (a partition's).
+    pub fn scan_groups(
+        &self,
+        groups: std::ops::Range<u16>,
+        f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let start = self.store_key(groups.start, &[]);
+        let end = match groups.end {
+            keys::KEY_GROUPS => prefix_end(&self.prefix),
+            end => self.store_key(end, &[]),
+        };
+        self.scan_range(start, end, f)
+    }
+
     /// Like [`StateTable::scan`], over the keys of `group` that start with `prefix`.
     pub fn scan_prefix(
         &self,

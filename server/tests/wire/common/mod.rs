@@ -139,11 +139,18 @@ impl Server {
 
     /// SIGKILL, then start again on the same ports and data dir.
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// [`Server::restart`] with `extra` environment variables for this run (a setting that
+    /// changes between runs, such as the parallelism).
+    pub fn restart_with(&mut self, extra: &[(&str, &str)]) {
         self.kill9();
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(extra.iter().copied())
             .collect();
         let fresh = Server::start_in_with(
             &self.data_dir,
@@ -245,9 +252,12 @@ pub fn spawn_command(
     env: &[(&str, &str)],
     configure: impl FnOnce(&mut Command),
 ) -> (Child, String) {
+    // Keyed operators run in two partitions whatever the machine's cores (a test's own
+    // environment may ask for another number).
     command
         .arg("serve")
         .args(args)
+        .env("EDDY_PARALLELISM", "2")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

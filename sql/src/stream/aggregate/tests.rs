@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
 };
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
@@ -16,12 +17,14 @@ use crate::Engine;
 use crate::catalog::{DEFAULT_SCHEMA, TableDef};
 use crate::engine::Session;
 use crate::keys;
+use crate::stream::exchange::{Partitioned, Router};
 use crate::stream::harness::{
-    EV_SOURCE, Factory, Harness, Input, PIPELINE, Rng, cell, check_restores, ev_events, ev_schema,
-    ev_script, sorted_rows,
+    Chain, EV_SOURCE, Factory, Harness, Input, PIPELINE, Rng, cell, check_rescales, check_restores,
+    ev_events, ev_schema, ev_script, sorted_rows,
 };
 use crate::stream::manager::AGGREGATE_OPERATOR;
-use crate::stream::pipeline::AggregateOp;
+use crate::stream::operators::per_window::PerWindow;
+use crate::stream::pipeline::{AggregateOp, Message, Operator};
 use crate::stream::plan::{self, PipelinePlan};
 use crate::stream::view::{DELETED_COLUMN, ViewWriter};
 
@@ -49,12 +52,15 @@ async fn planned(view_sql: &str) -> (Arc<PipelinePlan>, Arc<TableDef>) {
     (Arc::new(plan), def)
 }
 
+/// The aggregate in `partitions` (run one after the other, as the exchange would feed them),
+/// followed by the plan above it if it has one.
 fn factory(
     plan: &Arc<PipelinePlan>,
     def: &Arc<TableDef>,
     emit_on_close: bool,
     sink: bool,
     budget: usize,
+    partitions: usize,
 ) -> Factory {
     let agg = plan.aggregate.clone().expect("an aggregate");
     let def = def.clone();
@@ -63,14 +69,34 @@ fn factory(
             true => ViewWriter::for_sink(def.clone(), !emit_on_close),
             false => ViewWriter::new(def.clone()),
         };
-        Ok(Box::new(AggregateOp::Groups(Aggregator::restore(
-            agg.clone(),
-            state.table(PIPELINE, AGGREGATE_OPERATOR),
-            budget,
-            emit_on_close,
-            record.watermark,
-            view,
-        )?)))
+        let mut parts: Vec<Box<dyn Operator>> = Vec::new();
+        for p in 0..partitions {
+            parts.push(Box::new(AggregateOp::Groups(
+                Aggregator::restore_partition(
+                    agg.clone(),
+                    state.table(PIPELINE, AGGREGATE_OPERATOR),
+                    budget,
+                    emit_on_close,
+                    record.watermark,
+                    view.clone(),
+                    keys::partition_groups(p, partitions),
+                )?,
+            )));
+        }
+        let op: Box<dyn Operator> = match partitions {
+            1 => parts.pop().expect("one"),
+            n => Box::new(Partitioned {
+                router: Router::new(&agg, n)?,
+                partitions: parts,
+            }),
+        };
+        Ok(match agg.upper_segment {
+            None => op,
+            Some(_) => Box::new(Chain(vec![
+                op,
+                Box::new(PerWindow::new(&agg, view, partitions)?),
+            ])),
+        })
     })
 }
 
@@ -111,20 +137,41 @@ async fn compare(view_sql: &str, batch_sql: &str, keys: usize, emit_on_close: bo
         let source = ev_events(seed, 40, 12, 0);
         let inputs = ev_script(&plan, &source, &mut Rng(seed ^ 0x5eed), true).await;
         let expected = batch_result(&source, batch_sql).await;
-        // Groups kept in memory, and every group dropped and read back after each barrier.
-        for budget in [64 << 20, 0] {
-            let make = || factory(&plan, &def, emit_on_close, true, budget);
+        // Groups kept in memory, and every group dropped and read back after each barrier;
+        // in one partition and in three.
+        let mut stored_by_partitions = Vec::new();
+        for (budget, partitions) in [(64 << 20, 1), (0, 1), (64 << 20, 3), (0, 3)] {
+            let make = || factory(&plan, &def, emit_on_close, true, budget, partitions);
             let (_, rows) = check_restores(make, &inputs, &[], 1 << 20).await.unwrap();
             assert_eq!(
                 upserted(&rows, keys),
                 expected,
-                "seed {seed}, budget {budget}"
+                "seed {seed}, budget {budget}, {partitions} partitions"
             );
             // Stored as the view's rows, restored at every barrier.
-            let make = || factory(&plan, &def, emit_on_close, false, budget);
+            let make = || factory(&plan, &def, emit_on_close, false, budget, partitions);
             let prefix = keys::table_prefix(def.id);
             let (stored, _) = check_restores(make, &inputs, &prefix, 0).await.unwrap();
             assert!(!stored.is_empty() || expected.is_empty());
+            stored_by_partitions.push(stored);
+        }
+        assert!(
+            stored_by_partitions.windows(2).all(|w| w[0] == w[1]),
+            "seed {seed}: the view's rows are the same in one partition and in three"
+        );
+        // A checkpoint of three partitions restored into two, and of one into three.
+        for (before, after) in [(3, 2), (1, 3)] {
+            let make = |n| factory(&plan, &def, emit_on_close, true, 64 << 20, n);
+            for rows in check_rescales(make, &inputs, 1 << 20, before, after)
+                .await
+                .unwrap()
+            {
+                assert_eq!(
+                    upserted(&rows, keys),
+                    expected,
+                    "seed {seed}: {before} partitions restored as {after}"
+                );
+            }
         }
     }
 }
@@ -204,7 +251,7 @@ async fn a_checkpoint_record_beside_the_state_is_not_read_as_a_group() {
     .await;
     let source = ev_events(42, 10, 4, 0);
     let inputs = ev_script(&plan, &source, &mut Rng(42), true).await;
-    let mut first = Harness::new(factory(&plan, &def, true, true, 1 << 20), 1 << 20).unwrap();
+    let mut first = Harness::new(factory(&plan, &def, true, true, 1 << 20, 1), 1 << 20).unwrap();
     first.run(&inputs[..inputs.len() / 2]).await.unwrap();
     first.run(&[Input::Barrier]).await.unwrap();
     let mut snapshot = first.snapshot();
@@ -213,7 +260,7 @@ async fn a_checkpoint_record_beside_the_state_is_not_read_as_a_group() {
         br#"{"epoch":1,"positions":{},"watermark":null,"next_seq":0}"#.to_vec(),
     );
     let mut rest = Harness::restore(
-        factory(&plan, &def, true, true, 1 << 20),
+        factory(&plan, &def, true, true, 1 << 20, 1),
         &snapshot,
         1 << 20,
     )
@@ -324,4 +371,90 @@ fn source_like(kv: &RecordBatch) -> RecordBatch {
     let mut columns = kv.columns().to_vec();
     columns.push(ts);
     RecordBatch::try_new(ev_schema(), columns).unwrap()
+}
+
+#[tokio::test]
+async fn windows_that_partitions_close_at_different_watermarks_are_ranked_whole() {
+    // In a pipeline, partitions read several exchanges and may pass a watermark at different
+    // moments: one partition can send a window's rows while another still holds its share.
+    // The plan above the aggregate must rank only windows every partition has closed.
+    let view = "SELECT * FROM (SELECT k, window_start, count(*) AS n, \
+           row_number() OVER (PARTITION BY window_start ORDER BY count(*) DESC, k) AS rn \
+         FROM TUMBLE(ev, ts, INTERVAL '2 seconds') GROUP BY k, window_start, window_end) \
+         WHERE rn <= 2 EMIT ON WINDOW CLOSE";
+    let batch = "SELECT * FROM (SELECT k, date_bin(INTERVAL '2 seconds', ts) AS w, \
+           count(*) AS n, row_number() OVER (PARTITION BY date_bin(INTERVAL '2 seconds', ts) \
+             ORDER BY count(*) DESC, k) AS rn \
+         FROM ev GROUP BY k, w) WHERE rn <= 2";
+    let (plan, def) = planned(view).await;
+    let agg = plan.aggregate.clone().unwrap();
+    for seed in [3u64, 77, 4242] {
+        let source = ev_events(seed, 30, 9, 0);
+        let expected = batch_result(&source, batch).await;
+        let state = crate::stream::state::StateStore::new(
+            Arc::new(crate::storage::memory::MemoryStore::new()),
+            1 << 20,
+        );
+        let writer = ViewWriter::for_sink(def.clone(), false);
+        let mut parts: Vec<AggregateOp> = (0..2)
+            .map(|p| {
+                AggregateOp::Groups(
+                    Aggregator::restore_partition(
+                        agg.clone(),
+                        state.table(PIPELINE, AGGREGATE_OPERATOR),
+                        1 << 20,
+                        true,
+                        None,
+                        writer.clone(),
+                        keys::partition_groups(p, 2),
+                    )
+                    .unwrap(),
+                )
+            })
+            .collect();
+        let router = Router::new(&agg, 2).unwrap();
+        let mut upper = PerWindow::new(&agg, writer, 2).unwrap();
+        let mut times = Vec::new();
+        for b in &source {
+            let ts = b.column(2).as_primitive::<TimestampMicrosecondType>();
+            times.extend(ts.values().iter().copied());
+            for lowered in plan.run_lower(b.clone()).await.unwrap() {
+                for (op, part) in parts.iter_mut().zip(router.split(&lowered).unwrap()) {
+                    if let Some(part) = part {
+                        op.on_batch(part, &mut Vec::new()).await.unwrap();
+                    }
+                }
+            }
+        }
+        // Partition 0 passes the last watermark before partition 1 passes the middle one.
+        let middle = times[times.len() / 2];
+        let last = i64::MAX / 2;
+        let mut early = Vec::new();
+        parts[0].on_watermark(last, &mut early).await.unwrap();
+        parts[1].on_watermark(middle, &mut early).await.unwrap();
+        let mut late = Vec::new();
+        parts[1].on_watermark(last, &mut late).await.unwrap();
+        // What the gather stage forwards: the rows, and the minimum of the partitions'
+        // watermarks (the middle one, then the last).
+        let mut out = Vec::new();
+        for b in batches(early) {
+            upper.on_batch(b, &mut out).await.unwrap();
+        }
+        upper.on_watermark(middle, &mut out).await.unwrap();
+        for b in batches(late) {
+            upper.on_batch(b, &mut out).await.unwrap();
+        }
+        upper.on_watermark(last, &mut out).await.unwrap();
+        assert_eq!(upserted(&batches(out), 4), expected, "seed {seed}");
+    }
+}
+
+fn batches(messages: Vec<Message>) -> Vec<RecordBatch> {
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Batch(b) => Some(b),
+            _ => None,
+        })
+        .collect()
 }

@@ -107,9 +107,16 @@ async fn barriers_are_aligned_and_the_watermark_is_the_minimum() {
     }
     drop((tx0, tx1));
     let op = Box::new(Recorder(log.clone()));
-    run_inputs(op, vec![rx0, rx1], out_tx, committed_rx, vec![None, None])
-        .await
-        .unwrap();
+    run_inputs(
+        op,
+        vec![rx0, rx1],
+        out_tx,
+        committed_rx,
+        vec![None, None],
+        Barrier::merge,
+    )
+    .await
+    .unwrap();
     let log = log.lock().clone();
     let at = |s: &str| {
         log.iter()
