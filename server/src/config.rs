@@ -397,6 +397,28 @@ mod tests {
     }
 
     #[test]
+    fn parallelism_defaults_to_the_cores_and_is_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            Limits::resolve(None, |_| None).unwrap().engine.parallelism,
+            cores
+        );
+        let file: FileConfig = toml::from_str("[limits]\nparallelism = 3\n").unwrap();
+        assert_eq!(
+            Limits::resolve(file.limits, |_| None)
+                .unwrap()
+                .engine
+                .parallelism,
+            3
+        );
+        for bad in ["0", "257", "two"] {
+            let env = |k: &str| (k == "EDDY_PARALLELISM").then(|| bad.to_string());
+            let err = Limits::resolve(None, env).unwrap_err();
+            assert!(format!("{err:#}").contains("parallelism"), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
     fn authentication_is_off_only_on_loopback_unless_allowed() {
         let c = Config::resolve(Overrides::default()).unwrap();
         assert_eq!(c.auth, Method::Trust);

@@ -30,3 +30,8 @@ pub mod session;
 pub mod sinks;
 pub mod state;
 pub mod view;
+
+/// Hash maps of the hot paths (group keys, cached state): a fast keyed hash instead of std's
+/// SipHash, which showed as 6% of a windowed aggregation's time.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;

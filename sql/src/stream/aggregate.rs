@@ -11,7 +11,9 @@
 //! EMIT ON WINDOW CLOSE their row is written only then; either way their state is deleted
 //! once the window is closed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::stream::{FastMap as HashMap, FastSet as HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -129,7 +131,7 @@ impl Aggregator {
             state_types,
             plan,
             state,
-            live: HashMap::new(),
+            live: HashMap::default(),
             live_bytes: 0,
             live_budget,
             changed: Vec::new(),
@@ -207,7 +209,7 @@ impl Aggregator {
             .copied()
             .filter(|k| !self.live.contains_key(*k))
             .collect();
-        let mut existed = HashMap::new();
+        let mut existed = HashMap::default();
         if !missing.is_empty() {
             let wanted: Vec<(u16, &[u8])> = missing.iter().map(|k| (key_group(k), *k)).collect();
             let stored = self.state.get_many(&wanted)?;
@@ -280,7 +282,7 @@ impl Aggregator {
         let ends = self.window_ends(&key_columns)?;
         // The distinct groups of the batch in order of first appearance, with their rows.
         let mut distinct: Vec<(&[u8], Vec<u32>, usize)> = Vec::new();
-        let mut position: HashMap<&[u8], usize> = HashMap::new();
+        let mut position: HashMap<&[u8], usize> = HashMap::default();
         for i in 0..n {
             let key: &[u8] = if global { &[] } else { rows.row(i).data() };
             match position.get(key) {
@@ -387,7 +389,7 @@ impl Aggregator {
         )?;
         let touched: HashSet<Vec<u8>> = match self.live_bytes > self.live_budget {
             true => groups.iter().map(|(k, _)| k.clone()).collect(),
-            false => HashSet::new(),
+            false => HashSet::default(),
         };
         for ((key, mut group), value) in groups.into_iter().zip(values) {
             self.state.put(key_group(&key), &key, value);
@@ -413,7 +415,7 @@ impl Aggregator {
             });
             self.live_bytes -= freed;
             if self.live_bytes > self.live_budget {
-                self.live = HashMap::new();
+                self.live = HashMap::default();
                 self.live_bytes = 0;
             }
         }
@@ -425,7 +427,7 @@ impl Aggregator {
     fn emit(&mut self, keys: &[Vec<u8>]) -> Result<Output> {
         // A key is listed twice only when a group of an updating view's aggregate was
         // deleted and made again since its row was last written.
-        let mut listed = HashSet::new();
+        let mut listed = HashSet::default();
         let keys: Vec<Vec<u8>> = keys
             .iter()
             .filter(|k| self.live.contains_key(*k) && (!self.plan.retract || listed.insert(*k)))

@@ -22,12 +22,15 @@
 //! Watermarks and barriers go to every output; a barrier's writes (and other writes, such as
 //! dead letters) go to the first only, so they are committed once.
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_plan::PhysicalExpr;
 use tokio::sync::mpsc;
 
-use super::aggregate::eval_groups;
 use super::checkpoint::Barrier;
 use super::pipeline::{Message, Operator};
 use super::plan::AggregatePlan;
@@ -36,7 +39,8 @@ use crate::keys::{key_group, partition_of};
 
 /// Which partition each row of a batch goes to.
 pub struct Router {
-    plan: AggregatePlan,
+    /// The partitioning key (no expression: every row has the empty key).
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
     keys: RowConverter,
     partitions: usize,
 }
@@ -44,11 +48,23 @@ pub struct Router {
 impl Router {
     /// Routes the input rows of `plan` by its group key over `partitions`.
     pub fn new(plan: &AggregatePlan, partitions: usize) -> Result<Self> {
-        let fields = (0..plan.group_exprs.len())
-            .map(|i| SortField::new(plan.schema.field(i).data_type().clone()))
+        let exprs = plan.group_exprs.iter().map(|(e, _)| e.clone()).collect();
+        let types = (0..plan.group_exprs.len())
+            .map(|i| plan.schema.field(i).data_type().clone())
             .collect();
+        Self::by(exprs, types, partitions)
+    }
+
+    /// Routes rows by the values of `exprs` (of types `types`), encoded as the operator
+    /// behind the exchange encodes its keys.
+    pub fn by(
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        types: Vec<DataType>,
+        partitions: usize,
+    ) -> Result<Self> {
+        let fields = types.into_iter().map(SortField::new).collect();
         Ok(Self {
-            plan: plan.clone(),
+            exprs,
             keys: RowConverter::new(fields)?,
             partitions,
         })
@@ -61,14 +77,17 @@ impl Router {
         if n == 0 {
             return Ok(parts);
         }
-        if self.plan.group_exprs.is_empty() {
+        if self.exprs.is_empty() {
             // One group, keyed by no bytes.
             parts[partition_of(key_group(&[]), self.partitions)] = Some(batch.clone());
             return Ok(parts);
         }
-        let rows = self
-            .keys
-            .convert_columns(&eval_groups(&self.plan, batch)?)?;
+        let columns = self
+            .exprs
+            .iter()
+            .map(|e| e.evaluate(batch)?.into_array(n))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let rows = self.keys.convert_columns(&columns)?;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); self.partitions];
         for i in 0..n {
             let p = partition_of(key_group(rows.row(i).data()), self.partitions);

@@ -392,12 +392,24 @@ impl StreamManager {
             && plan.over.is_none();
         let mut partition_inputs: Vec<Vec<mpsc::Receiver<Message>>> =
             (0..partitions).map(|_| Vec::new()).collect();
+        // Copies of a stage that run at once each need their own plan: a plan reads its rows
+        // from a feed, one slot that a concurrent copy would overwrite.
+        let mut copies = vec![plan.clone()];
+        if partitions > 1 && (spread || plan.aggregate.is_none()) {
+            for _ in 1..partitions {
+                copies.push(Arc::new(
+                    plan::plan_with(catalog, &query, &udfs, &info.options).await?,
+                ));
+            }
+        }
+        // The keyed stage that runs partitioned: the aggregate, or else OVER.
+        let over_partitioned = partitions > 1 && plan.aggregate.is_none();
         let router = || -> Result<Router> {
-            let agg = plan
-                .aggregate
-                .as_ref()
-                .expect("partitions need an aggregate");
-            Router::new(agg, partitions)
+            match (&plan.aggregate, &plan.over) {
+                (Some(agg), _) => Router::new(agg, partitions),
+                (None, Some((over, _))) => Over::router(over, partitions),
+                (None, None) => Err(Error::internal("partitions without a keyed operator")),
+            }
         };
         let stateless = |source: &TableDef, lower: plan::Segment| Stateless {
             lower,
@@ -409,13 +421,13 @@ impl StreamManager {
             None if spread => {
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 source_txs.push(tx);
-                let mut copies = Vec::new();
-                for _ in 0..partitions {
+                let mut spread_txs = Vec::new();
+                for copy in &copies {
                     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
-                    copies.push(tx);
+                    spread_txs.push(tx);
                     let mut chain: Vec<Box<dyn Operator>> =
-                        vec![Box::new(stateless(&plan.source, plan.lower_segment()))];
-                    chain.extend(self.lookup_operators(&plan));
+                        vec![Box::new(stateless(&copy.source, copy.lower_segment()))];
+                    chain.extend(self.lookup_operators(copy));
                     for op in chain {
                         let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
                         tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
@@ -429,7 +441,7 @@ impl StreamManager {
                     }
                     tasks.spawn(run_exchange(rx, router()?, outputs));
                 }
-                tasks.spawn(run_spread(rx, copies));
+                tasks.spawn(run_spread(rx, spread_txs));
                 // Not read: the partitions' inputs replace it.
                 mpsc::channel(1).1
             }
@@ -510,7 +522,9 @@ impl StreamManager {
                 rx
             }
         };
-        if let Some((over, segment)) = &plan.over {
+        if let Some((over, segment)) = &plan.over
+            && !over_partitioned
+        {
             operators.push(Box::new(Over::restore(
                 over.clone(),
                 self.state.table(def.id, OVER_OPERATOR),
@@ -535,6 +549,33 @@ impl StreamManager {
             }
             tasks.spawn(run_exchange(rx, router()?, outputs));
             rx = mpsc::channel(1).1;
+        }
+        if over_partitioned {
+            // Each partition buffers and seals the rows of its PARTITION BY keys, and runs
+            // the plan over its results (PREDICT included) before the gather.
+            rx = spawn_partitions(
+                &mut tasks,
+                std::mem::take(&mut partition_inputs),
+                |p, n| {
+                    let (over, segment) = copies[p]
+                        .over
+                        .as_ref()
+                        .ok_or_else(|| Error::internal("a partitioned OVER without OVER"))?;
+                    Ok(vec![
+                        Box::new(Over::restore_partition(
+                            over.clone(),
+                            self.state.table(def.id, OVER_OPERATOR),
+                            record.watermark,
+                            crate::keys::partition_groups(p, n),
+                        )?),
+                        Box::new(SegmentOp {
+                            segment: segment.clone(),
+                        }),
+                    ])
+                },
+                &committed_rx,
+                record.watermark,
+            )?;
         }
         if let Some(agg) = &plan.aggregate {
             let view = match &def.kind {
@@ -568,37 +609,18 @@ impl StreamManager {
             };
             match partitions {
                 1 => operators.push(Box::new(aggregate(0..crate::keys::KEY_GROUPS)?)),
-                n => {
-                    // Each partition takes the rows of its key groups from every exchange;
-                    // a gather stage aligns their barriers and watermarks again.
-                    let mut outputs = Vec::new();
-                    for (p, inputs) in std::mem::take(&mut partition_inputs)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let op = Box::new(aggregate(crate::keys::partition_groups(p, n))?);
-                        let (tx, out_rx) = mpsc::channel(CHANNEL_CAPACITY);
-                        let restored = vec![record.watermark; inputs.len()];
-                        tasks.spawn(run_inputs(
-                            op,
-                            inputs,
-                            tx,
-                            committed_rx.clone(),
-                            restored,
-                            Barrier::merge_copies,
-                        ));
-                        outputs.push(out_rx);
-                    }
-                    let (tx, gathered) = mpsc::channel(CHANNEL_CAPACITY);
-                    tasks.spawn(run_inputs(
-                        Box::new(Gather),
-                        outputs,
-                        tx,
-                        committed_rx.clone(),
-                        vec![record.watermark; n],
-                        Barrier::merge_copies,
-                    ));
-                    rx = gathered;
+                _ => {
+                    rx = spawn_partitions(
+                        &mut tasks,
+                        std::mem::take(&mut partition_inputs),
+                        |p, n| {
+                            Ok(vec![Box::new(aggregate(crate::keys::partition_groups(
+                                p, n,
+                            ))?)])
+                        },
+                        &committed_rx,
+                        record.watermark,
+                    )?;
                 }
             }
             if agg.upper_segment.is_some() {
@@ -962,6 +984,53 @@ fn option<'a>(options: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
+}
+
+/// Runs the partitions of a keyed stage and a gather stage after them; returns the gathered
+/// output. Partition `p` of `n` is the operators `make(p, n)` in a chain, the first taking
+/// the rows of its key groups from every exchange (`inputs[p]`); the partitions' barriers and
+/// watermarks are aligned again by the gather stage.
+fn spawn_partitions(
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+    inputs: Vec<Vec<mpsc::Receiver<Message>>>,
+    mut make: impl FnMut(usize, usize) -> Result<Vec<Box<dyn Operator>>>,
+    committed: &tokio::sync::watch::Receiver<u64>,
+    watermark: Option<i64>,
+) -> Result<mpsc::Receiver<Message>> {
+    let n = inputs.len();
+    let mut outputs = Vec::with_capacity(n);
+    for (p, from) in inputs.into_iter().enumerate() {
+        let mut chain = make(p, n)?.into_iter();
+        let first = chain
+            .next()
+            .ok_or_else(|| Error::internal("an empty partition"))?;
+        let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let restored = vec![watermark; from.len()];
+        tasks.spawn(run_inputs(
+            first,
+            from,
+            tx,
+            committed.clone(),
+            restored,
+            Barrier::merge_copies,
+        ));
+        for op in chain {
+            let (tx, next) = mpsc::channel(CHANNEL_CAPACITY);
+            tasks.spawn(run_operator(op, rx, tx, committed.clone()));
+            rx = next;
+        }
+        outputs.push(rx);
+    }
+    let (tx, gathered) = mpsc::channel(CHANNEL_CAPACITY);
+    tasks.spawn(run_inputs(
+        Box::new(Gather),
+        outputs,
+        tx,
+        committed.clone(),
+        vec![watermark; n],
+        Barrier::merge_copies,
+    ));
+    Ok(gathered)
 }
 
 /// A pipeline's `parallelism` option: the partitions of its keyed operators.

@@ -1173,15 +1173,20 @@ fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
 }
 
 impl PipelinePlan {
-    /// The partitions its aggregate runs in when `requested` are asked for: a grouping by
-    /// key is partitioned by its key; a global aggregate (one group) and SESSION windows
-    /// (their partition key leaves out the session columns; not routed yet) run in one.
+    /// The partitions its keyed stage runs in when `requested` are asked for: a grouping by
+    /// key is partitioned by its key, OVER (in a pipeline without an aggregate) by its
+    /// PARTITION BY key; a global aggregate (one group), SESSION windows (their partition key
+    /// leaves out the session columns; not routed yet) and OVER without PARTITION BY run in
+    /// one.
     pub fn partitions(&self, requested: usize) -> usize {
-        match &self.aggregate {
-            Some(a) if a.session.is_none() && !a.group_exprs.is_empty() => {
-                requested.clamp(1, crate::limits::MAX_PARALLELISM)
-            }
-            _ => 1,
+        let keyed = match (&self.aggregate, &self.over) {
+            (Some(a), _) => a.session.is_none() && !a.group_exprs.is_empty(),
+            (None, Some((over, _))) => !over.partition_by.is_empty(),
+            (None, None) => false,
+        };
+        match keyed {
+            true => requested.clamp(1, crate::limits::MAX_PARALLELISM),
+            false => 1,
         }
     }
 
@@ -1373,10 +1378,10 @@ impl PipelinePlan {
             push_plan(&mut lines, segment.plan.as_ref());
         }
         if let Some((over, segment)) = &self.over {
-            let partitions: Vec<String> = over.partition_by.iter().map(|e| e.to_string()).collect();
+            let keys: Vec<String> = over.partition_by.iter().map(|e| e.to_string()).collect();
             lines.push(format!(
                 "  Over: partition by [{}], order by {} (event time); rows are emitted once the watermark passes them",
-                partitions.join(", "),
+                keys.join(", "),
                 over.input.field(over.time_column).name()
             ));
             lines.push(format!(
@@ -1385,6 +1390,12 @@ impl PipelinePlan {
                 over.keep_rows,
                 over.keep_us
             ));
+            if partitions > 1 && self.aggregate.is_none() {
+                lines.push(format!(
+                    "    partitions: {partitions} (rows exchanged by a hash of the PARTITION BY key; \
+                     each partition also runs the plan after it)"
+                ));
+            }
             push_plan(&mut lines, over.window.as_ref());
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, segment.plan.as_ref());

@@ -102,6 +102,17 @@ impl Over {
     /// The operator over the rows its state table holds (those of the last checkpoint, whose
     /// watermark is `watermark`).
     pub fn restore(plan: Arc<OverPlan>, state: StateTable, watermark: Option<i64>) -> Result<Self> {
+        Self::restore_partition(plan, state, watermark, 0..crate::keys::KEY_GROUPS)
+    }
+
+    /// Like [`Over::restore`], for the partition of a parallel OVER that owns the key groups
+    /// `groups` of its PARTITION BY key (the exchange before it sends it only their rows).
+    pub fn restore_partition(
+        plan: Arc<OverPlan>,
+        state: StateTable,
+        watermark: Option<i64>,
+        groups: std::ops::Range<u16>,
+    ) -> Result<Self> {
         let fields = plan
             .input
             .fields()
@@ -124,7 +135,9 @@ impl Over {
             next_seq: 0,
         };
         let mut rows = Vec::new();
-        this.state.scan(|_, _, v| {
+        // Sequences only order the rows of one PARTITION BY key, which belongs to one
+        // partition: the largest of its own rows keeps them increasing after a rescale.
+        this.state.scan_groups(groups, |_, _, v| {
             rows.push(parse_value(v).ok_or_else(|| Error::internal("corrupt OVER state"))?);
             Ok(())
         })?;
@@ -182,6 +195,16 @@ impl Over {
                 .insert((ts, seq), row.to_vec());
         }
         Ok(())
+    }
+
+    /// The router that sends each row to the partition that owns its PARTITION BY key.
+    pub fn router(plan: &OverPlan, partitions: usize) -> Result<crate::stream::exchange::Router> {
+        let types = plan
+            .partition_by
+            .iter()
+            .map(|e| Ok(e.data_type(&plan.input)?))
+            .collect::<Result<Vec<_>>>()?;
+        crate::stream::exchange::Router::by(plan.partition_by.clone(), types, partitions)
     }
 
     /// Emits the rows the watermark has passed; returns their results.

@@ -10,7 +10,7 @@
 //! of every key): values a run staged for a checkpoint that never committed must not be seen
 //! by the run that restarts from the checkpoint before.
 
-use std::collections::HashMap;
+use crate::stream::FastMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;

@@ -10,11 +10,14 @@ use super::Over;
 use crate::Engine;
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::engine::Session;
+use crate::keys;
+use crate::stream::exchange::Partitioned;
 use crate::stream::harness::{
-    Chain, EV_SOURCE, Factory, PIPELINE, Rng, check_restores, ev_events, ev_script, sorted_rows,
+    Chain, EV_SOURCE, Factory, PIPELINE, Rng, check_rescales, check_restores, ev_events, ev_script,
+    sorted_rows,
 };
 use crate::stream::manager::OVER_OPERATOR;
-use crate::stream::pipeline::SegmentOp;
+use crate::stream::pipeline::{Operator, SegmentOp};
 use crate::stream::plan::{self, PipelinePlan};
 
 async fn run(session: &Session, sql: &str) {
@@ -57,32 +60,67 @@ async fn rolling_aggregates_equal_the_batch_query_across_restores() {
             eprintln!("seed {seed}: {sql}");
             let source = ev_events(seed, 30, 4, 1);
             let inputs = ev_script(&plan, &source, &mut Rng(seed ^ 0xabc), false).await;
-            let make = || -> Factory {
+            // In one partition, and (with PARTITION BY) in three, each running the plan over
+            // its results, as the runtime runs them.
+            let partitionings: &[usize] = match over.partition_by.is_empty() {
+                true => &[1],
+                false => &[1, 3],
+            };
+            let make = |n: usize| -> Factory {
                 let over = over.clone();
                 let segment = segment.clone();
                 Box::new(move |state, record| {
-                    Ok(Box::new(Chain(vec![
-                        Box::new(Over::restore(
-                            over.clone(),
-                            state.table(PIPELINE, OVER_OPERATOR),
-                            record.watermark,
-                        )?),
-                        Box::new(SegmentOp {
-                            segment: segment.clone(),
+                    let mut parts: Vec<Box<dyn Operator>> = Vec::new();
+                    for p in 0..n {
+                        parts.push(Box::new(Chain(vec![
+                            Box::new(Over::restore_partition(
+                                over.clone(),
+                                state.table(PIPELINE, OVER_OPERATOR),
+                                record.watermark,
+                                keys::partition_groups(p, n),
+                            )?),
+                            Box::new(SegmentOp {
+                                segment: segment.clone(),
+                            }),
+                        ])));
+                    }
+                    Ok(match n {
+                        1 => parts.pop().expect("one"),
+                        n => Box::new(Partitioned {
+                            router: Over::router(&over, n)?,
+                            partitions: parts,
                         }),
-                    ])))
+                    })
                 })
             };
-            let (_, rows) = check_restores(make, &inputs, &[], 1 << 20).await.unwrap();
+            let mut results = Vec::new();
+            for &n in partitionings {
+                let (_, rows) = check_restores(|| make(n), &inputs, &[], 1 << 20)
+                    .await
+                    .unwrap();
+                results.push((n, rows));
+            }
+            if partitionings.len() > 1 {
+                for (before, after) in [(3, 2), (1, 3)] {
+                    for rows in check_rescales(&make, &inputs, 1 << 20, before, after)
+                        .await
+                        .unwrap()
+                    {
+                        results.push((after, rows));
+                    }
+                }
+            }
             let ctx = SessionContext::new();
             let table = MemTable::try_new(source[0].schema(), vec![source.clone()]).unwrap();
             ctx.register_table("ev", Arc::new(table)).unwrap();
             let expected = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-            assert_eq!(
-                sorted_rows(&rows),
-                sorted_rows(&expected),
-                "seed {seed}: {sql}"
-            );
+            for (n, rows) in results {
+                assert_eq!(
+                    sorted_rows(&rows),
+                    sorted_rows(&expected),
+                    "seed {seed}, {n} partitions: {sql}"
+                );
+            }
         }
     }
 }
