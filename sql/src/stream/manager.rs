@@ -428,18 +428,8 @@ impl StreamManager {
                     let mut chain: Vec<Box<dyn Operator>> =
                         vec![Box::new(stateless(&copy.source, copy.lower_segment()))];
                     chain.extend(self.lookup_operators(copy));
-                    for op in chain {
-                        let (next_tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
-                        tasks.spawn(run_operator(op, rx, next_tx, committed_rx.clone()));
-                        rx = next_rx;
-                    }
-                    let mut outputs = Vec::new();
-                    for inputs in &mut partition_inputs {
-                        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                        outputs.push(tx);
-                        inputs.push(rx);
-                    }
-                    tasks.spawn(run_exchange(rx, router()?, outputs));
+                    rx = spawn_chain(&mut tasks, chain, rx, &committed_rx);
+                    spawn_exchange(&mut tasks, rx, router()?, &mut partition_inputs);
                 }
                 tasks.spawn(run_spread(rx, spread_txs));
                 // Not read: the partitions' inputs replace it.
@@ -536,18 +526,8 @@ impl StreamManager {
         }
         if partitions > 1 && !spread {
             // The stages before the aggregate run once; an exchange spreads their rows.
-            for op in operators.drain(..) {
-                let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
-                tasks.spawn(run_operator(op, rx, tx, committed_rx.clone()));
-                rx = next_rx;
-            }
-            let mut outputs = Vec::new();
-            for inputs in &mut partition_inputs {
-                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                outputs.push(tx);
-                inputs.push(rx);
-            }
-            tasks.spawn(run_exchange(rx, router()?, outputs));
+            rx = spawn_chain(&mut tasks, operators.drain(..), rx, &committed_rx);
+            spawn_exchange(&mut tasks, rx, router()?, &mut partition_inputs);
             rx = mpsc::channel(1).1;
         }
         if over_partitioned {
@@ -632,11 +612,7 @@ impl StreamManager {
                 self.state.table(def.id, MATERIALIZE_OPERATOR),
             )));
         }
-        for op in operators {
-            let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
-            tasks.spawn(run_operator(op, rx, tx, committed_rx.clone()));
-            rx = next_rx;
-        }
+        let rx = spawn_chain(&mut tasks, operators, rx, &committed_rx);
         let mut uploader: Option<tokio::task::JoinHandle<()>> = None;
         let sink_kind = match (&def.kind, sink_config) {
             (TableKind::Stream(q), _) => SinkKind::Stream {
@@ -986,6 +962,37 @@ fn option<'a>(options: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Runs `ops` one after the other after `rx`; returns the last one's output.
+fn spawn_chain(
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+    ops: impl IntoIterator<Item = Box<dyn Operator>>,
+    mut rx: mpsc::Receiver<Message>,
+    committed: &tokio::sync::watch::Receiver<u64>,
+) -> mpsc::Receiver<Message> {
+    for op in ops {
+        let (tx, next) = mpsc::channel(CHANNEL_CAPACITY);
+        tasks.spawn(run_operator(op, rx, tx, committed.clone()));
+        rx = next;
+    }
+    rx
+}
+
+/// Sends `rx`'s rows to the partitions that own them: one more input for each partition.
+fn spawn_exchange(
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+    rx: mpsc::Receiver<Message>,
+    router: Router,
+    partition_inputs: &mut [Vec<mpsc::Receiver<Message>>],
+) {
+    let mut outputs = Vec::with_capacity(partition_inputs.len());
+    for inputs in partition_inputs.iter_mut() {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        outputs.push(tx);
+        inputs.push(rx);
+    }
+    tasks.spawn(run_exchange(rx, router, outputs));
+}
+
 /// Runs the partitions of a keyed stage and a gather stage after them; returns the gathered
 /// output. Partition `p` of `n` is the operators `make(p, n)` in a chain, the first taking
 /// the rows of its key groups from every exchange (`inputs[p]`); the partitions' barriers and
@@ -1004,7 +1011,7 @@ fn spawn_partitions(
         let first = chain
             .next()
             .ok_or_else(|| Error::internal("an empty partition"))?;
-        let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let restored = vec![watermark; from.len()];
         tasks.spawn(run_inputs(
             first,
@@ -1014,12 +1021,7 @@ fn spawn_partitions(
             restored,
             Barrier::merge_copies,
         ));
-        for op in chain {
-            let (tx, next) = mpsc::channel(CHANNEL_CAPACITY);
-            tasks.spawn(run_operator(op, rx, tx, committed.clone()));
-            rx = next;
-        }
-        outputs.push(rx);
+        outputs.push(spawn_chain(tasks, chain, rx, committed));
     }
     let (tx, gathered) = mpsc::channel(CHANNEL_CAPACITY);
     tasks.spawn(run_inputs(
