@@ -197,16 +197,6 @@ impl Operator for Gather {
         out.push(Message::Changes(changes));
         Ok(())
     }
-
-    async fn on_input_changes(
-        &mut self,
-        _input: usize,
-        changes: RecordBatch,
-        out: &mut Vec<Message>,
-    ) -> Result<()> {
-        out.push(Message::Changes(changes));
-        Ok(())
-    }
 }
 
 /// Runs partitions of a keyed operator one after the other in one operator: what the

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! One-input stages run under [`run_operator`], two-input ones under [`run_inputs`]; a source
-//! read by both inputs has one thread whose messages [`run_tee`] copies to both.
+//! read by both inputs has one thread whose messages [`run_tee`] copies to both. A keyed stage
+//! in several partitions sits between an exchange and a gather (`exchange.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,16 +116,15 @@ pub trait Operator: Send {
         ))
     }
 
-    /// A changelog batch from input `input` of an operator with several inputs.
+    /// A changelog batch from input `input` of an operator with several inputs; operators
+    /// whose inputs are alike (partitions, gather) take it as any changelog.
     async fn on_input_changes(
         &mut self,
         _input: usize,
-        _changes: RecordBatch,
-        _out: &mut Vec<Message>,
+        changes: RecordBatch,
+        out: &mut Vec<Message>,
     ) -> Result<()> {
-        Err(Error::internal(
-            "a join that takes only appends received a changelog",
-        ))
+        self.on_changes(changes, out).await
     }
 
     /// The watermark moved (for an operator with several inputs, the minimum of theirs).
@@ -296,16 +296,6 @@ impl Operator for AggregateOp {
             }
         };
         self.push_output(out, output).await
-    }
-
-    /// A partition of a parallel aggregate takes its rows from every exchange.
-    async fn on_input_changes(
-        &mut self,
-        _input: usize,
-        changes: RecordBatch,
-        out: &mut Vec<Message>,
-    ) -> Result<()> {
-        self.on_changes(changes, out).await
     }
 
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {
