@@ -637,6 +637,10 @@ pub(super) fn encode_states<'a>(
     if count == 0 {
         return Ok(Vec::new());
     }
+    if types.is_empty() {
+        // GROUP BY without aggregates (DISTINCT): a group has no state beyond its key.
+        return Ok(vec![Vec::new(); count]);
+    }
     let arrays = columns
         .into_iter()
         .zip(types)
@@ -659,8 +663,8 @@ pub(super) fn decode_states(
     widths: &[usize],
     values: &[&[u8]],
 ) -> Result<Vec<Vec<Box<dyn Accumulator>>>> {
-    if values.is_empty() {
-        return Ok(Vec::new());
+    if values.is_empty() || widths.iter().all(|w| *w == 0) {
+        return (0..values.len()).map(|_| plan.accumulators()).collect();
     }
     let parser = converter.parser();
     let columns = converter.convert_rows(values.iter().map(|v| parser.parse(v)))?;

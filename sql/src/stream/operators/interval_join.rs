@@ -66,12 +66,29 @@ impl IntervalJoinPlan {
         self.upper_us.abs().max(self.lower_us.abs())
     }
 
-    /// Whether rows of `input` without a match are kept (padded with NULLs).
+    /// Whether rows of `input` without a match are emitted (padded with NULLs in an outer
+    /// join, as they are in an anti join).
     pub fn preserves(&self, input: usize) -> bool {
         matches!(
             (self.join_type, input),
-            (JoinType::Full, _) | (JoinType::Left, 0) | (JoinType::Right, 1)
+            (JoinType::Full, _)
+                | (JoinType::Left | JoinType::LeftAnti, 0)
+                | (JoinType::Right | JoinType::RightAnti, 1)
         )
+    }
+
+    /// The input a semi or anti join returns rows of (None: a join that returns pairs).
+    pub fn returns(&self) -> Option<usize> {
+        match self.join_type {
+            JoinType::LeftSemi | JoinType::LeftAnti => Some(0),
+            JoinType::RightSemi | JoinType::RightAnti => Some(1),
+            _ => None,
+        }
+    }
+
+    /// A semi join: each row of [`Self::returns`] once, when its first match arrives.
+    fn semi(&self) -> bool {
+        matches!(self.join_type, JoinType::LeftSemi | JoinType::RightSemi)
     }
 
     /// A row of `input` at time `ts` can match no row of the other input at or after
@@ -261,6 +278,8 @@ impl IntervalJoin {
         }
         let mut matched_here = vec![false; n];
         let mut out = Vec::new();
+        // Semi join: buffered rows of the returned input that matched for the first time.
+        let mut first_matches: Vec<(Vec<u8>, (i64, u64))> = Vec::new();
         if let Some(partners) = partners {
             let probe = UInt32Array::from(probe);
             let here: Vec<ArrayRef> = batch
@@ -287,14 +306,16 @@ impl IntervalJoin {
                     .expect("candidate is buffered");
                 if !held.matched {
                     held.matched = true;
-                    if self.plan.preserves(other) {
+                    if self.plan.semi() && self.plan.returns() == Some(other) {
+                        first_matches.push((key.clone(), *at));
+                    } else if self.plan.preserves(other) {
                         let value = state_value(other, key, at.0, at.1, held);
                         self.state
                             .put(key_group(key), &state_key(other, key, at.0, at.1), value);
                     }
                 }
             }
-            if !keep.is_empty() {
+            if !keep.is_empty() && self.plan.returns().is_none() {
                 let keep = UInt32Array::from(keep);
                 let columns = left
                     .iter()
@@ -304,7 +325,33 @@ impl IntervalJoin {
                 out.push(self.output(columns, keep.len())?);
             }
         }
-        // Rows that can never match: padded now on a preserved side, dropped otherwise.
+        match self.plan.returns() {
+            // A semi join returns each row once, at its first match: the batch's rows that
+            // matched, and the buffered ones that did now (which are done with).
+            Some(r) if self.plan.semi() => {
+                if r == input {
+                    let matched: Vec<u32> = (0..n as u32)
+                        .filter(|&i| matched_here[i as usize])
+                        .collect();
+                    if !matched.is_empty() {
+                        out.push(self.rows_of(input, batch, matched)?);
+                    }
+                } else if !first_matches.is_empty() {
+                    let mut rows = Vec::with_capacity(first_matches.len());
+                    for (key, at) in &first_matches {
+                        rows.push(self.remove(other, key, *at).row);
+                    }
+                    let parser = self.rows[other].parser();
+                    let columns =
+                        self.rows[other].convert_rows(rows.iter().map(|b| parser.parse(b)))?;
+                    out.push(self.output(columns, rows.len())?);
+                }
+            }
+            _ => {}
+        }
+        // Rows that can never match: emitted now on a preserved side, dropped otherwise. A row
+        // of the returned input of a semi or anti join that matched needs no keeping either.
+        let done_if_matched = self.plan.returns() == Some(input);
         let mut unmatchable = Vec::new();
         let rows = self.rows[input].convert_columns(batch.columns())?;
         for i in 0..n {
@@ -312,6 +359,9 @@ impl IntervalJoin {
                 unmatchable.push(i as u32);
                 continue;
             };
+            if done_if_matched && matched_here[i] {
+                continue;
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             let held = Held {
@@ -332,15 +382,34 @@ impl IntervalJoin {
                 .insert((ts, seq), held);
         }
         if self.plan.preserves(input) && !unmatchable.is_empty() {
-            let indices = UInt32Array::from(unmatchable);
-            let columns = batch
-                .columns()
-                .iter()
-                .map(|c| take(c.as_ref(), &indices, None))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            out.push(self.padded(input, columns, indices.len())?);
+            out.push(self.rows_of(input, batch, unmatchable)?);
         }
         Ok(out)
+    }
+
+    /// Rows `indices` of a batch of `input`, as output rows without a partner.
+    fn rows_of(&self, input: usize, batch: &RecordBatch, indices: Vec<u32>) -> Result<RecordBatch> {
+        let indices = UInt32Array::from(indices);
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| take(c.as_ref(), &indices, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        self.padded(input, columns, indices.len())
+    }
+
+    /// Takes a buffered row out of the join's buffers and state.
+    fn remove(&mut self, input: usize, key: &[u8], at: (i64, u64)) -> Held {
+        let buffer = &mut self.buffers[input];
+        buffer.by_time.remove(&at);
+        let rows = buffer.by_key.get_mut(key).expect("indexed");
+        let held = rows.remove(&at).expect("indexed");
+        if rows.is_empty() {
+            buffer.by_key.remove(key);
+        }
+        self.state
+            .delete(key_group(key), &state_key(input, key, at.0, at.1));
+        held
     }
 
     /// Which candidate pairs satisfy the join's condition.
@@ -358,8 +427,12 @@ impl IntervalJoin {
         )
     }
 
-    /// Rows of `input` without a match, the other input's columns NULL.
+    /// Rows of `input` without a match, the other input's columns NULL (a semi or anti
+    /// join's rows have only their own input's columns).
     fn padded(&self, input: usize, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+        if self.plan.returns().is_some() {
+            return self.output(columns, rows);
+        }
         let nulls: Vec<ArrayRef> = self.plan.inputs[1 - input]
             .fields()
             .iter()
@@ -381,15 +454,8 @@ impl IntervalJoin {
                 if self.plan.done_after(input, ts) >= watermark {
                     break;
                 }
-                let buffer = &mut self.buffers[input];
-                let (_, key) = buffer.by_time.pop_first().expect("non-empty");
-                let rows = buffer.by_key.get_mut(&key).expect("indexed");
-                let held = rows.remove(&(ts, seq)).expect("indexed");
-                if rows.is_empty() {
-                    buffer.by_key.remove(&key);
-                }
-                self.state
-                    .delete(key_group(&key), &state_key(input, &key, ts, seq));
+                let key = self.buffers[input].by_time[&(ts, seq)].clone();
+                let held = self.remove(input, &key, (ts, seq));
                 if !held.matched && self.plan.preserves(input) {
                     unmatched.push(held.row);
                 }

@@ -19,7 +19,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{JoinSide, JoinType, NullEquality};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator as BinOp;
+use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_plan::joins::utils::{JoinFilter, build_join_schema};
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
 use datafusion::physical_plan::streaming::StreamingTableExec;
@@ -121,6 +123,8 @@ struct JoinParts<'a> {
     on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
     filter: Option<&'a JoinFilter>,
     projection: Option<Vec<usize>>,
+    /// NOT IN: no row passes once the other side has a NULL.
+    null_aware: bool,
 }
 
 impl JoinParts<'_> {
@@ -145,6 +149,7 @@ fn join_parts(node: &Arc<dyn ExecutionPlan>) -> Result<Option<JoinParts<'_>>> {
             on: join.on().to_vec(),
             filter: join.filter(),
             projection: join.projection.as_ref().map(|p| p.to_vec()),
+            null_aware: join.null_aware,
         }));
     }
     if let Some(join) = node.downcast_ref::<NestedLoopJoinExec>() {
@@ -155,6 +160,7 @@ fn join_parts(node: &Arc<dyn ExecutionPlan>) -> Result<Option<JoinParts<'_>>> {
             on: Vec::new(),
             filter: join.filter(),
             projection: join.projection().as_ref().map(|p| p.to_vec()),
+            null_aware: false,
         }));
     }
     Ok(None)
@@ -226,15 +232,27 @@ fn stream_join(
         return view_join(&parts, &left.0, &right.0, ctx).map(Some);
     }
     match parts.join_type {
-        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {}
+        JoinType::Inner
+        | JoinType::Left
+        | JoinType::Right
+        | JoinType::Full
+        | JoinType::LeftSemi
+        | JoinType::RightSemi
+        | JoinType::LeftAnti
+        | JoinType::RightAnti => {}
         other => {
             return Err(not_supported(format!(
-                "{other} joins of two streams (EXISTS / IN subqueries over a stream)"
+                "{other} joins of two streams (a subquery over a stream in a condition)"
             )));
         }
     }
+    if parts.null_aware {
+        return Err(not_supported(
+            "NOT IN over a stream (its answer changes when a NULL arrives); write NOT EXISTS",
+        ));
+    }
     // Which input columns are each source's event time (plus a constant).
-    let mut offsets: [Vec<Option<i64>>; 2] = Default::default();
+    let mut offsets: [Vec<Option<Timed>>; 2] = Default::default();
     for (i, (input, scan)) in [(parts.left, &left.0), (parts.right, &right.0)]
         .into_iter()
         .enumerate()
@@ -253,7 +271,7 @@ fn stream_join(
         let column = def
             .column_index(&watermark.column)
             .ok_or_else(|| Error::internal("watermark column missing"))?;
-        offsets[i] = time_offsets(input, column).unwrap_or_default();
+        offsets[i] = timed_columns(input, column).unwrap_or_default();
     }
     let bounds = time_bounds(parts.filter, &parts.on, &offsets);
     let Some((lower_us, upper_us, time)) = bounds else {
@@ -355,61 +373,104 @@ fn view_join(
     })
 }
 
-/// `expr` as a column plus a constant interval: what `leaf` makes of the column, and the
-/// constant in microseconds.
-fn plus_constant<T>(
-    expr: &Arc<dyn PhysicalExpr>,
-    leaf: &dyn Fn(&Column) -> Option<T>,
-) -> Option<(T, i64)> {
-    if let Some(c) = expr.downcast_ref::<Column>() {
-        return Some((leaf(c)?, 0));
+/// A column computed from its source's event time `ts`: its value lies in `[ts + offset -
+/// width, ts + offset]`. The time itself has width 0, `ts + INTERVAL '5 seconds'` offset 5 s;
+/// a window's start (`date_bin(size, ts)`, or each start HOP unnests) lies within its size
+/// before `ts`, so it has the size as width. `list`: a list each of whose elements does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timed {
+    offset: i64,
+    width: i64,
+    list: bool,
+}
+
+impl Timed {
+    fn shifted(self, by: i64) -> Option<Timed> {
+        Some(Timed {
+            offset: self.offset.checked_add(by)?,
+            ..self
+        })
     }
-    if let Some(c) = expr.downcast_ref::<CastExpr>() {
-        return plus_constant(c.expr(), leaf);
-    }
-    let b = expr.downcast_ref::<BinaryExpr>()?;
+}
+
+/// What `expr` is in terms of event time, given what the columns it reads are.
+fn timed(expr: &Arc<dyn PhysicalExpr>, column: &dyn Fn(&Column) -> Option<Timed>) -> Option<Timed> {
     let constant = |e: &Arc<dyn PhysicalExpr>| -> Option<i64> {
         interval_us(e.downcast_ref::<Literal>()?.value())
     };
+    if let Some(c) = expr.downcast_ref::<Column>() {
+        return column(c);
+    }
+    if let Some(c) = expr.downcast_ref::<CastExpr>() {
+        return timed(c.expr(), column);
+    }
+    if let Some(f) = expr.downcast_ref::<ScalarFunctionExpr>() {
+        let args = f.args();
+        return match (f.name(), args) {
+            // Within `stride` at or before the time, whatever the origin.
+            ("date_bin", [stride, time, ..]) => {
+                let stride = constant(stride).filter(|s| *s > 0)?;
+                let t = timed(time, column).filter(|t| !t.list)?;
+                Some(Timed {
+                    width: t.width.checked_add(stride)?,
+                    ..t
+                })
+            }
+            // Every element lies between the first and the last.
+            ("generate_series" | "range", [first, last, _step]) => {
+                let (a, b) = (timed(first, column)?, timed(last, column)?);
+                if a.list || b.list {
+                    return None;
+                }
+                let high = a.offset.max(b.offset);
+                let low = (a.offset.checked_sub(a.width)?).min(b.offset.checked_sub(b.width)?);
+                Some(Timed {
+                    offset: high,
+                    width: high.checked_sub(low)?,
+                    list: true,
+                })
+            }
+            _ => None,
+        };
+    }
+    let b = expr.downcast_ref::<BinaryExpr>()?;
     match b.op() {
         BinOp::Plus => match constant(b.right()) {
-            Some(k) => {
-                let (t, d) = plus_constant(b.left(), leaf)?;
-                Some((t, d.checked_add(k)?))
-            }
-            None => {
-                let (t, d) = plus_constant(b.right(), leaf)?;
-                Some((t, d.checked_add(constant(b.left())?)?))
-            }
+            Some(k) => timed(b.left(), column)?.shifted(k),
+            None => timed(b.right(), column)?.shifted(constant(b.left())?),
         },
-        BinOp::Minus => {
-            let (t, d) = plus_constant(b.left(), leaf)?;
-            Some((t, d.checked_sub(constant(b.right())?)?))
-        }
+        BinOp::Minus => timed(b.left(), column)?.shifted(constant(b.right())?.checked_neg()?),
         _ => None,
     }
 }
 
-/// For each output column of an input (a source scan under projections and filters):
-/// `Some(d)` if it is the source's column `time` plus `d` microseconds.
-fn time_offsets(plan: &Arc<dyn ExecutionPlan>, time: usize) -> Option<Vec<Option<i64>>> {
+/// For each output column of an input (a source scan under projections, filters and
+/// unnests): what it is in terms of the source's event time (column `time`), if anything.
+fn timed_columns(plan: &Arc<dyn ExecutionPlan>, time: usize) -> Option<Vec<Option<Timed>>> {
     let leaf = |scan: &StreamingTableExec| {
         let width = scan.partitions().first()?.schema().fields().len();
         let columns: Vec<usize> = match scan.projection() {
             Some(p) => p.to_vec(),
             None => (0..width).collect(),
         };
+        let exact = Timed {
+            offset: 0,
+            width: 0,
+            list: false,
+        };
         Some((
             (),
-            columns.iter().map(|&c| (c == time).then_some(0)).collect(),
+            columns
+                .iter()
+                .map(|&c| (c == time).then_some(exact))
+                .collect(),
         ))
     };
-    let shifted = |e: &Arc<dyn PhysicalExpr>, below: &[Option<i64>]| {
-        let at = |c: &Column| below.get(c.index()).copied().flatten();
-        let (offset, d) = plus_constant(e, &at)?;
-        offset.checked_add(d)
+    let expr = |e: &Arc<dyn PhysicalExpr>, below: &[Option<Timed>]| {
+        timed(e, &|c: &Column| below.get(c.index()).copied().flatten())
     };
-    lineage(plan, &leaf, &shifted).map(|(_, offsets)| offsets)
+    let unnest = |t: &Timed| t.list.then_some(Timed { list: false, ..*t });
+    lineage(plan, &leaf, &expr, &unnest).map(|(_, columns)| columns)
 }
 
 fn conjuncts<'a>(expr: &'a Arc<dyn PhysicalExpr>, out: &mut Vec<&'a Arc<dyn PhysicalExpr>>) {
@@ -422,84 +483,126 @@ fn conjuncts<'a>(expr: &'a Arc<dyn PhysicalExpr>, out: &mut Vec<&'a Arc<dyn Phys
     }
 }
 
+/// Bounds on `right time - left time` (the sources' event times), narrowed by conditions.
+#[derive(Default)]
+struct Bounds {
+    lower: Option<i64>,
+    upper: Option<i64>,
+}
+
+impl Bounds {
+    /// Narrows by `right op left`, the right expression a value `r` and the left one `l`.
+    fn narrow(&mut self, op: BinOp, r: Timed, l: Timed) -> Option<()> {
+        // r in [ts_r + r.offset - r.width, ts_r + r.offset], l likewise, so `r >= l` means
+        // ts_r - ts_l >= l.offset - l.width - r.offset, and `r <= l` means
+        // ts_r - ts_l <= l.offset - r.offset + r.width.
+        let base = l.offset.checked_sub(r.offset)?;
+        let lower = base.checked_sub(l.width)?;
+        let upper = base.checked_add(r.width)?;
+        let (at_least, at_most) = match op {
+            BinOp::Gt | BinOp::GtEq => (true, false),
+            BinOp::Lt | BinOp::LtEq => (false, true),
+            BinOp::Eq => (true, true),
+            _ => return None,
+        };
+        if at_least {
+            self.lower = Some(self.lower.map_or(lower, |b| b.max(lower)));
+        }
+        if at_most {
+            self.upper = Some(self.upper.map_or(upper, |b| b.min(upper)));
+        }
+        Some(())
+    }
+}
+
 /// The bounds `[lower, upper]` the condition puts on `right time - left time` (the sources'
 /// event times), if it bounds both ways; and for each input a column holding its time plus a
-/// constant (the column, the constant).
+/// constant (the column, the constant). Where an input has only columns near its time (a
+/// window's start), the bounds are widened to hold for them.
 fn time_bounds(
     filter: Option<&JoinFilter>,
     on: &EquiKeys,
-    offsets: &[Vec<Option<i64>>; 2],
+    offsets: &[Vec<Option<Timed>>; 2],
 ) -> Option<TimeBounds> {
-    let (mut lower, mut upper) = (None::<i64>, None::<i64>);
-    let mut time: [Option<(usize, i64)>; 2] = [None, None];
-    // Equal keys that are both times (`a.ts = b.ts`).
+    let mut bounds = Bounds::default();
+    let at = |input: usize| move |c: &Column| offsets[input].get(c.index()).copied().flatten();
+    // Equal keys that are both times (`a.ts = b.ts`, `a.window_start = b.window_start`).
     for (l, r) in on {
-        let at = |input: usize| {
-            move |c: &Column| Some((c.index(), offsets[input].get(c.index()).copied().flatten()?))
-        };
-        let (Some(((lc, lo), p)), Some(((rc, ro), q))) =
-            (plus_constant(l, &at(0)), plus_constant(r, &at(1)))
-        else {
-            continue;
-        };
-        time[0].get_or_insert((lc, lo));
-        time[1].get_or_insert((rc, ro));
-        let bound = (lo + p) - (ro + q);
-        lower = Some(lower.map_or(bound, |b| b.max(bound)));
-        upper = Some(upper.map_or(bound, |b| b.min(bound)));
+        if let (Some(l), Some(r)) = (timed(l, &at(0)), timed(r, &at(1)))
+            && !l.list
+            && !r.list
+        {
+            bounds.narrow(BinOp::Eq, r, l);
+        }
     }
     let mut all = Vec::new();
     if let Some(filter) = filter {
         conjuncts(filter.expression(), &mut all);
     }
-    // A filter column as (input, the source time's offset in it), if it is a time.
-    let leaf = |c: &Column| -> Option<(usize, usize, i64)> {
-        let index = filter?.column_indices().get(c.index())?;
-        let input = match index.side {
-            JoinSide::Left => 0,
-            JoinSide::Right => 1,
-            JoinSide::None => return None,
+    // The input a filter expression reads (only one), and what it is in terms of time.
+    let side = |e: &Arc<dyn PhysicalExpr>| -> Option<(usize, Timed)> {
+        let filter = filter?;
+        let mut input = None;
+        for c in collect_columns(e) {
+            let side = match filter.column_indices().get(c.index())?.side {
+                JoinSide::Left => 0,
+                JoinSide::Right => 1,
+                JoinSide::None => return None,
+            };
+            if *input.get_or_insert(side) != side {
+                return None;
+            }
+        }
+        let input = input?;
+        let column = |c: &Column| {
+            let index = filter.column_indices().get(c.index())?;
+            offsets[input].get(index.index).copied().flatten()
         };
-        let offset = offsets[input].get(index.index).copied().flatten()?;
-        Some((input, index.index, offset))
+        Some((input, timed(e, &column).filter(|t| !t.list)?))
     };
     for expr in all {
         let Some(b) = expr.downcast_ref::<BinaryExpr>() else {
             continue;
         };
-        let (Some((a, p)), Some((c, q))) = (
-            plus_constant(b.left(), &leaf),
-            plus_constant(b.right(), &leaf),
-        ) else {
+        let (Some((a, p)), Some((c, q))) = (side(b.left()), side(b.right())) else {
             continue;
         };
-        if a.0 == c.0 {
-            continue;
-        }
-        for (input, column, offset) in [a, c] {
-            time[input].get_or_insert((column, offset));
-        }
-        // In source times: `a.t + (a offset + p)  op  c.t + (c offset + q)`.
-        let (p, q) = (a.2 + p, c.2 + q);
-        // As `right + p  op  left + q`: right - left  op  q - p.
-        let (op, bound) = match a.0 {
-            1 => (*b.op(), q - p),
-            _ => match b.op().swap() {
-                Some(op) => (op, p - q),
-                None => continue,
-            },
+        // As `right op left`.
+        match (a, c) {
+            (1, 0) => bounds.narrow(*b.op(), p, q),
+            (0, 1) => b.op().swap().and_then(|op| bounds.narrow(op, q, p)),
+            _ => None,
         };
-        match op {
-            BinOp::Gt | BinOp::GtEq => lower = Some(lower.map_or(bound, |l| l.max(bound))),
-            BinOp::Lt | BinOp::LtEq => upper = Some(upper.map_or(bound, |u| u.min(bound))),
-            BinOp::Eq => {
-                lower = Some(lower.map_or(bound, |l| l.max(bound)));
-                upper = Some(upper.map_or(bound, |u| u.min(bound)));
-            }
-            _ => {}
-        }
     }
-    Some((lower?, upper?, [time[0]?, time[1]?]))
+    let (lower, upper) = (bounds.lower?, bounds.upper?);
+    // Each input's closest column to its time.
+    let mut time = [(
+        0,
+        Timed {
+            offset: 0,
+            width: 0,
+            list: false,
+        },
+    ); 2];
+    for (input, columns) in offsets.iter().enumerate() {
+        time[input] = columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, (*t)?)))
+            .filter(|(_, t)| !t.list)
+            .min_by_key(|(_, t)| t.width)?;
+    }
+    // The operator takes `column - offset` as a row's time, up to the column's width before
+    // the real one: widen the bounds to hold for those times.
+    let [(left, l), (right, r)] = time;
+    if lower > upper {
+        return Some((lower, upper, [(left, l.offset), (right, r.offset)]));
+    }
+    Some((
+        lower.checked_sub(r.width)?,
+        upper.checked_add(l.width)?,
+        [(left, l.offset), (right, r.offset)],
+    ))
 }
 
 /// With `state_ttl`: adds to each join of two sources (with WATERMARKs) the bound that their

@@ -15,6 +15,7 @@ use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::joins::utils::build_join_schema;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use super::{Scan, Segment, cut_first, not_supported};
@@ -75,7 +76,7 @@ pub(super) fn scan_columns(
         let c = e.downcast_ref::<Column>()?;
         below.get(c.index()).copied().flatten()
     };
-    lineage(plan, &leaf, &column)
+    lineage(plan, &leaf, &column, &|_| None)
 }
 
 /// What a scan's columns are, for [`lineage`] (and which scan it is).
@@ -84,14 +85,16 @@ pub(super) type LeafColumns<'a, L, T> =
 /// What a projected expression is, given what the columns below are.
 pub(super) type ExprColumn<'a, T> = dyn Fn(&Arc<dyn PhysicalExpr>, &[Option<T>]) -> Option<T> + 'a;
 
-/// Follows columns from a scan up through filters and projections (and nodes that pass
-/// rows through unchanged): `leaf` gives the scan's columns a value (and says which scan it
-/// is), `expr` gives a projected expression one from the values of the columns below. None
-/// if the plan holds any other node.
+/// Follows columns from a scan up through filters, projections and unnests (and nodes that
+/// pass rows through unchanged): `leaf` gives the scan's columns a value (and says which scan
+/// it is), `expr` gives a projected expression one from the values of the columns below, and
+/// `unnest` gives an element of an unnested list column one from the list's. None if the plan
+/// holds any other node.
 pub(super) fn lineage<L, T: Clone>(
     plan: &Arc<dyn ExecutionPlan>,
     leaf: &LeafColumns<'_, L, T>,
     expr: &ExprColumn<'_, T>,
+    unnest: &dyn Fn(&T) -> Option<T>,
 ) -> Option<(L, Vec<Option<T>>)> {
     if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
         return leaf(scan);
@@ -100,8 +103,28 @@ pub(super) fn lineage<L, T: Clone>(
     let [child] = children.as_slice() else {
         return None;
     };
-    let (found, below) = lineage(child, leaf, expr)?;
-    let columns = if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+    let (found, below) = lineage(child, leaf, expr, unnest)?;
+    let columns = if let Some(u) = plan.downcast_ref::<UnnestExec>() {
+        // Unnesting lists one level deep keeps the columns in place, each list column
+        // replaced by its elements.
+        let lists = u.list_column_indices();
+        let one_level = lists.iter().all(|l| l.depth == 1)
+            && u.struct_column_indices().is_empty()
+            && plan.schema().fields().len() == below.len();
+        if !one_level {
+            return None;
+        }
+        below
+            .iter()
+            .enumerate()
+            .map(
+                |(i, value)| match lists.iter().any(|l| l.index_in_input_schema == i) {
+                    true => value.as_ref().and_then(unnest),
+                    false => value.clone(),
+                },
+            )
+            .collect()
+    } else if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
         p.expr().iter().map(|e| expr(&e.expr, &below)).collect()
     } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
         match f.projection() {

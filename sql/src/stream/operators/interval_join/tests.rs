@@ -1,6 +1,7 @@
 //! Interval joins against DataFusion's batch join of the same events: INNER, LEFT (the
-//! "no payment within" form), RIGHT, FULL and a join on time alone, with batches of the two
-//! inputs interleaved at random and restored at every checkpoint.
+//! "no payment within" form), RIGHT, FULL, a join on time alone, EXISTS / NOT EXISTS / IN
+//! (semi and anti joins) and window joins (TUMBLE, HOP), with batches of the two inputs
+//! interleaved at random and restored at every checkpoint.
 
 use std::sync::Arc;
 
@@ -121,16 +122,84 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
         "SELECT a.v, b.v AS bv, a.ts FROM orders a LEFT JOIN orders b ON a.k = b.k \
          AND b.ts BETWEEN a.ts + INTERVAL '1 millisecond' AND a.ts + INTERVAL '1 second'",
     ];
+    // Window joins: both rows in the same window (the batch query spells the windows out as
+    // TUMBLE and HOP are rewritten).
+    let tumble = |t: &str| {
+        format!("(SELECT k, v, date_bin(INTERVAL '2 seconds', ts) AS window_start FROM {t})")
+    };
+    let hop = |t: &str| {
+        format!(
+            "(SELECT k, v, unnest(generate_series(date_bin(INTERVAL '1 second', ts) - \
+             INTERVAL '2 seconds', date_bin(INTERVAL '1 second', ts), INTERVAL '1 second')) \
+             AS window_start FROM {t})"
+        )
+    };
+    let windowed = [
+        (
+            "SELECT o.k, o.v, p.v AS pv, o.window_start FROM TUMBLE(orders, ts, INTERVAL '2 \
+             seconds') o JOIN TUMBLE(payments, ts, INTERVAL '2 seconds') p \
+             ON o.k = p.k AND o.window_start = p.window_start"
+                .to_string(),
+            format!(
+                "SELECT o.k, o.v, p.v AS pv, o.window_start FROM {} o JOIN {} p \
+                 ON o.k = p.k AND o.window_start = p.window_start",
+                tumble("orders"),
+                tumble("payments")
+            ),
+        ),
+        (
+            "SELECT o.k, o.v, p.v AS pv, o.window_start, p.window_start AS pw \
+             FROM HOP(orders, ts, INTERVAL '1 second', INTERVAL '3 seconds') o \
+             FULL JOIN HOP(payments, ts, INTERVAL '1 second', INTERVAL '3 seconds') p \
+             ON o.k = p.k AND o.window_start = p.window_start"
+                .to_string(),
+            format!(
+                "SELECT o.k, o.v, p.v AS pv, o.window_start, p.window_start AS pw FROM {} o \
+                 FULL JOIN {} p ON o.k = p.k AND o.window_start = p.window_start",
+                hop("orders"),
+                hop("payments")
+            ),
+        ),
+        // Orders with no payment of their key in their window.
+        (
+            "SELECT o.k, o.v, o.window_start FROM TUMBLE(orders, ts, INTERVAL '2 seconds') o \
+             WHERE NOT EXISTS (SELECT 1 FROM TUMBLE(payments, ts, INTERVAL '2 seconds') p \
+             WHERE p.k = o.k AND p.window_start = o.window_start)"
+                .to_string(),
+            format!(
+                "SELECT o.k, o.v, o.window_start FROM {} o WHERE NOT EXISTS (SELECT 1 FROM {} p \
+                 WHERE p.k = o.k AND p.window_start = o.window_start)",
+                tumble("orders"),
+                tumble("payments")
+            ),
+        ),
+    ];
+    // Semi and anti joins: EXISTS and NOT EXISTS within an interval.
+    let semi = [
+        "SELECT o.k, o.v, o.ts FROM orders o WHERE EXISTS (SELECT 1 FROM payments p \
+         WHERE p.k = o.k AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '2 seconds')",
+        "SELECT o.k, o.v, o.ts FROM orders o WHERE NOT EXISTS (SELECT 1 FROM payments p \
+         WHERE p.k = o.k AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '2 seconds' AND p.v > o.v)",
+        "SELECT p.k, p.v FROM payments p WHERE p.k IN (SELECT o.k FROM orders o \
+         WHERE o.ts BETWEEN p.ts - INTERVAL '1 second' AND p.ts)",
+    ];
+    let cases: Vec<(String, String, Vec<(String, String)>)> = cases
+        .iter()
+        .chain(&semi)
+        .map(|sql| (sql.to_string(), sql.to_string(), Vec::new()))
+        .chain(windowed.into_iter().map(|(s, b)| (s, b, Vec::new())))
+        .collect();
     // With state_ttl, a join without a time bound joins rows within the TTL of each other.
     let ttl = "SELECT o.v, p.v AS pv, o.k FROM orders o LEFT JOIN payments p ON o.k = p.k";
     let ttl_batch = "SELECT o.v, p.v AS pv, o.k FROM orders o LEFT JOIN payments p ON o.k = p.k \
          AND p.ts BETWEEN o.ts - INTERVAL '1500 milliseconds' AND o.ts + INTERVAL '1500 milliseconds'";
-    let cases = cases.map(|sql| (sql, sql, Vec::new())).into_iter().chain([(
-        ttl,
-        ttl_batch,
+    let cases = cases.into_iter().chain([(
+        ttl.to_string(),
+        ttl_batch.to_string(),
         vec![("state_ttl".to_string(), "1500ms".to_string())],
     )]);
     for (sql, batch_sql, options) in cases {
+        let (sql, batch_sql) = (sql.as_str(), batch_sql.as_str());
         let plan = planned_with(sql, &options)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -143,12 +212,12 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
                 true => ev_events(seed, 20, 4, 1),
                 false => ev_events(seed ^ 0x5eed, 20, 4, 1),
             };
-            // A self-join reads the orders on both inputs.
-            let second = match join.shared() {
-                true => &orders,
-                false => &payments,
+            // Each input reads its source's events (a self-join the orders on both).
+            let events = |i: usize| match join.inputs[i].source.name.as_str() {
+                "orders" => &orders,
+                _ => &payments,
             };
-            let inputs = script(&plan, [&orders, second], &mut Rng(seed ^ 0xabc)).await;
+            let inputs = script(&plan, [events(0), events(1)], &mut Rng(seed ^ 0xabc)).await;
             let lower = plan.lower_segment();
             let make = || -> Factory {
                 let join = join.join().expect("a join").clone();
