@@ -21,6 +21,7 @@ mod session;
 mod settings;
 mod statement;
 mod streaming;
+mod system_time;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -35,7 +35,7 @@ use super::naming;
 use super::point_get::PointGet;
 use super::scalar_select::ScalarSelect;
 use super::settings::Settings;
-use super::statement::{Stmt, parse_eddy};
+use super::statement::{EddyStatement, Stmt, parse_eddy};
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::error::{Error, Result, sqlstate};
 use crate::table::SharedTxn;
@@ -260,14 +260,26 @@ impl Session {
     /// Splits and parses a query string. An empty or comment-only string gives no statements.
     pub fn parse(sql: &str) -> Result<Vec<Stmt>> {
         let dialect = PostgreSqlDialect {};
+        // Temporal joins' `FOR SYSTEM_TIME AS OF`, which this dialect does not parse.
+        let temporal = super::system_time::strip(sql);
+        let text = temporal.as_ref().map_or(sql, |(text, _)| text.as_str());
         Parser::new(&dialect)
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
             .with_options(ParserOptions::new().with_trailing_commas(false))
-            .try_with_sql(sql)
+            .try_with_sql(text)
             .and_then(|mut p| parse_statements(&mut p))
             .map_err(|e| Error::user(sqlstate::SYNTAX_ERROR, syntax_message(&e.to_string())))
-            .and_then(|statements| {
-                for s in &statements {
+            .and_then(|mut statements| {
+                for s in statements.iter_mut() {
+                    if let Some((_, clauses)) = &temporal {
+                        match s {
+                            Stmt::Sql(s) => super::system_time::restore(s, clauses),
+                            Stmt::Eddy(
+                                EddyStatement::CreateQuery(q) | EddyStatement::Explain(q),
+                            ) => super::system_time::restore(&mut q.query, clauses),
+                            Stmt::Eddy(_) => {}
+                        }
+                    }
                     if let Stmt::Sql(s) = s {
                         check_depth(s)?;
                     }
@@ -303,6 +315,7 @@ impl Session {
         if let Some(reason) = refuse_in_failed_txn(self.status(), &stmt) {
             return Err(reason);
         }
+        super::system_time::check_batch(statement)?;
         let plan = self.plan(statement).await?;
         let param_types = parameter_types(&plan)?;
         let schema = match &plan {

@@ -24,6 +24,7 @@ use super::checkpoint::{Barrier, Injector, previous_checkpoint_key, record_key, 
 use super::exchange::{Gather, Router, run_exchange, run_spread};
 use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
+use super::operators::asof_join::AsofJoin;
 use super::operators::change_join::ChangeJoin;
 use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
@@ -494,6 +495,11 @@ impl StreamManager {
                         plan.clone(),
                         self.state.table(def.id, JOIN_OPERATOR),
                     )?),
+                    Combine::Asof(plan) => Box::new(AsofJoin::restore(
+                        plan.clone(),
+                        self.state.table(def.id, JOIN_OPERATOR),
+                        min_watermark(&restored),
+                    )?),
                 };
                 let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
                 tasks.spawn(run_inputs(
@@ -710,7 +716,7 @@ impl StreamManager {
         // for them are late.
         let drop_late = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
             || plan.over.is_some()
-            || plan.combined.as_ref().is_some_and(|c| c.join().is_some());
+            || plan.combined.as_ref().is_some_and(|c| c.in_event_time());
         // A source of a join (or union) reports its position as its input's.
         let several = plan.combined.is_some();
         // A new reader of an updating view registers in its changelog, from its next entry,

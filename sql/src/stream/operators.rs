@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType}
 
 use crate::error::Result;
 
+pub mod asof_join;
 pub mod change_join;
 pub mod interval_join;
 pub mod lookup_join;

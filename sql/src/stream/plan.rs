@@ -67,6 +67,7 @@ pub use joins::{Combine, Combined, InputPlan};
 use lookups::cut_lookups;
 use over::cut_over;
 
+pub mod asof;
 mod joins;
 mod lookups;
 mod over;
@@ -575,6 +576,7 @@ impl<'a> Planner<'a> {
         // a stream cannot run as one operator; its accumulator keeps the distinct values.
         ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         eddy_udf::register(&mut ctx)?;
+        ctx.register_udf(asof::marker());
         for udf in udfs {
             ctx.register_udf(udf.as_ref().clone());
         }
@@ -656,6 +658,7 @@ impl<'a> Planner<'a> {
         for name in relations(&query) {
             self.register(&name).await?;
         }
+        asof::rewrite(&mut query, self.catalog)?;
         for (size_sql, kind) in rewrite_windows(&mut query, self.catalog)? {
             let us = eval_interval(&self.ctx, &size_sql).await?;
             self.windows.push(us);
@@ -803,7 +806,7 @@ pub async fn plan_with(
         None => cut_over(&lower, &source, &task_ctx)?,
         Some(_) => (lower, None),
     };
-    if over.is_some() && join.as_ref().is_some_and(|c| c.join().is_some()) {
+    if over.is_some() && join.as_ref().is_some_and(|c| c.in_event_time()) {
         return Err(not_supported("OVER over a join of two streams"));
     }
     if let Some((_, segment)) = &over {
@@ -1321,6 +1324,43 @@ impl PipelinePlan {
             lines.push(format!(
                 "  state: table {}, each side's rows by join key (a multiset), in memory and written at each checkpoint",
                 super::manager::JOIN_OPERATOR
+            ));
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, self.lower.as_ref());
+        }
+        if let Some(Combined {
+            op: Combine::Asof(plan),
+            inputs,
+        }) = &self.combined
+        {
+            let keys: Vec<String> = plan.keys[0]
+                .iter()
+                .zip(&plan.keys[1])
+                .map(|(l, r)| format!("{l} = {r}"))
+                .collect();
+            let time = |i: usize| {
+                let source = &inputs[i].source;
+                let column = source
+                    .source()
+                    .and_then(|s| s.watermark.as_ref())
+                    .map_or("?", |w| w.column.as_str());
+                format!("{}.{column}", source.name)
+            };
+            lines.push(format!(
+                "ASOF join ({}) of {} and {} on [{}]: each {} row with the latest {} row at {} {}",
+                plan.join_type.to_string().to_uppercase(),
+                inputs[0].source.name,
+                inputs[1].source.name,
+                keys.join(", "),
+                inputs[0].source.name,
+                inputs[1].source.name,
+                if plan.strict { "<" } else { "<=" },
+                time(0),
+            ));
+            lines.push(format!(
+                "  state: table {}, left rows until the watermark (the minimum of both inputs') \
+                 passes them, right rows ahead of it and the latest behind it per key",
+                super::manager::JOIN_OPERATOR,
             ));
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, self.lower.as_ref());

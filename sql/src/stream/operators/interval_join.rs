@@ -116,9 +116,9 @@ impl IntervalJoinPlan {
 }
 
 /// A buffered row.
-struct Held {
-    row: Vec<u8>,
-    matched: bool,
+pub(crate) struct Held {
+    pub(crate) row: Vec<u8>,
+    pub(crate) matched: bool,
 }
 
 /// One input's buffered rows.
@@ -141,7 +141,7 @@ pub struct IntervalJoin {
 }
 
 /// State key of a row: input, join key, time (order-preserving), sequence.
-fn state_key(input: usize, key: &[u8], ts: i64, seq: u64) -> Vec<u8> {
+pub(crate) fn state_key(input: usize, key: &[u8], ts: i64, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len() + 16);
     k.push(input as u8);
     k.extend_from_slice(key);
@@ -151,7 +151,7 @@ fn state_key(input: usize, key: &[u8], ts: i64, seq: u64) -> Vec<u8> {
 }
 
 /// State value of a row: input, matched, key length, key, time, sequence, row.
-fn state_value(input: usize, key: &[u8], ts: i64, seq: u64, held: &Held) -> Vec<u8> {
+pub(crate) fn state_value(input: usize, key: &[u8], ts: i64, seq: u64, held: &Held) -> Vec<u8> {
     let mut v = Vec::with_capacity(2 + 4 + key.len() + 16 + held.row.len());
     v.push(input as u8);
     v.push(held.matched as u8);
@@ -163,9 +163,9 @@ fn state_value(input: usize, key: &[u8], ts: i64, seq: u64, held: &Held) -> Vec<
     v
 }
 
-type Parsed = (usize, Vec<u8>, i64, u64, Held);
+pub(crate) type Parsed = (usize, Vec<u8>, i64, u64, Held);
 
-fn parse_value(v: &[u8]) -> Option<Parsed> {
+pub(crate) fn parse_value(v: &[u8]) -> Option<Parsed> {
     let input = *v.first()? as usize;
     let matched = *v.get(1)? != 0;
     let len = u32::from_le_bytes(v.get(2..6)?.try_into().ok()?) as usize;
@@ -177,7 +177,7 @@ fn parse_value(v: &[u8]) -> Option<Parsed> {
     Some((input, key, ts, seq, Held { row, matched }))
 }
 
-fn row_converter(schema: &SchemaRef) -> Result<RowConverter> {
+pub(crate) fn row_converter(schema: &SchemaRef) -> Result<RowConverter> {
     let fields = schema
         .fields()
         .iter()
@@ -478,7 +478,7 @@ impl IntervalJoin {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[async_trait::async_trait]
 impl Operator for IntervalJoin {

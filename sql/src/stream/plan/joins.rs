@@ -35,6 +35,7 @@ use super::lookups::{lineage, scan_columns};
 use super::{Cut, Scan, Segment, cut_first, interval_us, not_supported};
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::error::{Error, Result, sqlstate};
+use crate::stream::operators::asof_join::AsofJoinPlan;
 use crate::stream::operators::change_join::ChangeJoinPlan;
 use crate::stream::operators::interval_join::IntervalJoinPlan;
 
@@ -71,6 +72,8 @@ pub enum Combine {
     Union(SchemaRef),
     /// An equi-join of two materialized views (changelog in, changelog out).
     ViewJoin(Arc<ChangeJoinPlan>),
+    /// An ASOF (or temporal) join: each left row with the latest right row at or before it.
+    Asof(Arc<AsofJoinPlan>),
 }
 
 /// Two sources combined at the start of a pipeline, and the plans over each.
@@ -90,8 +93,14 @@ impl Combined {
     pub fn join(&self) -> Option<&Arc<IntervalJoinPlan>> {
         match &self.op {
             Combine::Join(j) => Some(j),
-            Combine::Union(_) | Combine::ViewJoin(_) => None,
+            Combine::Union(_) | Combine::ViewJoin(_) | Combine::Asof(_) => None,
         }
+    }
+
+    /// Whether the combination emits rows as the watermark passes them (an interval or ASOF
+    /// join), so events behind it are late.
+    pub fn in_event_time(&self) -> bool {
+        matches!(self.op, Combine::Join(_) | Combine::Asof(_))
     }
 }
 
@@ -116,20 +125,20 @@ pub(super) fn cut_combined(
 }
 
 /// The parts of a join node the interval join needs.
-struct JoinParts<'a> {
-    left: &'a Arc<dyn ExecutionPlan>,
-    right: &'a Arc<dyn ExecutionPlan>,
-    join_type: JoinType,
-    on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
-    filter: Option<&'a JoinFilter>,
-    projection: Option<Vec<usize>>,
+pub(super) struct JoinParts<'a> {
+    pub(super) left: &'a Arc<dyn ExecutionPlan>,
+    pub(super) right: &'a Arc<dyn ExecutionPlan>,
+    pub(super) join_type: JoinType,
+    pub(super) on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    pub(super) filter: Option<&'a JoinFilter>,
+    pub(super) projection: Option<Vec<usize>>,
     /// NOT IN: no row passes once the other side has a NULL.
     null_aware: bool,
 }
 
 impl JoinParts<'_> {
     /// The join's output columns (left, then right), and each side's key expressions.
-    fn schema_and_keys(&self) -> (SchemaRef, [Vec<Arc<dyn PhysicalExpr>>; 2]) {
+    pub(super) fn schema_and_keys(&self) -> (SchemaRef, [Vec<Arc<dyn PhysicalExpr>>; 2]) {
         let schema =
             build_join_schema(&self.left.schema(), &self.right.schema(), &self.join_type).0;
         let (left_keys, right_keys) = self.on.iter().cloned().unzip();
@@ -228,6 +237,12 @@ fn stream_join(
         return Ok(None);
     };
     let view = |d: &TableDef| matches!(d.kind, TableKind::MaterializedView(_));
+    let asof = super::asof::is_asof(parts.filter);
+    if asof && (view(&left.0.def) || view(&right.0.def)) {
+        return Err(not_supported(
+            "ASOF and temporal joins of materialized views (they join two sources)",
+        ));
+    }
     if view(&left.0.def) && view(&right.0.def) {
         return view_join(&parts, &left.0, &right.0, ctx).map(Some);
     }
@@ -272,6 +287,19 @@ fn stream_join(
             .column_index(&watermark.column)
             .ok_or_else(|| Error::internal("watermark column missing"))?;
         offsets[i] = timed_columns(input, column).unwrap_or_default();
+    }
+    if asof {
+        let exact = offsets
+            .clone()
+            .map(|columns| columns.iter().map(|t| *t == Some(Timed::EXACT)).collect());
+        let plan = super::asof::plan(&parts, &exact)?;
+        return Ok(Some(Combined {
+            op: Combine::Asof(Arc::new(plan)),
+            inputs: [
+                InputPlan::new(parts.left, &left.0, ctx),
+                InputPlan::new(parts.right, &right.0, ctx),
+            ],
+        }));
     }
     let bounds = time_bounds(parts.filter, &parts.on, &offsets);
     let Some((lower_us, upper_us, time)) = bounds else {
@@ -385,6 +413,13 @@ struct Timed {
 }
 
 impl Timed {
+    /// The event time itself.
+    const EXACT: Timed = Timed {
+        offset: 0,
+        width: 0,
+        list: false,
+    };
+
     fn shifted(self, by: i64) -> Option<Timed> {
         Some(Timed {
             offset: self.offset.checked_add(by)?,
@@ -473,7 +508,10 @@ fn timed_columns(plan: &Arc<dyn ExecutionPlan>, time: usize) -> Option<Vec<Optio
     lineage(plan, &leaf, &expr, &unnest).map(|(_, columns)| columns)
 }
 
-fn conjuncts<'a>(expr: &'a Arc<dyn PhysicalExpr>, out: &mut Vec<&'a Arc<dyn PhysicalExpr>>) {
+pub(super) fn conjuncts<'a>(
+    expr: &'a Arc<dyn PhysicalExpr>,
+    out: &mut Vec<&'a Arc<dyn PhysicalExpr>>,
+) {
     match expr.downcast_ref::<BinaryExpr>() {
         Some(b) if *b.op() == BinOp::And => {
             conjuncts(b.left(), out);

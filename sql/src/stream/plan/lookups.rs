@@ -158,6 +158,13 @@ fn lookup_join(
         _ => return Ok(None),
     };
     let table = &source.def;
+    if super::asof::is_asof(join.filter()) {
+        return Err(not_supported(format!(
+            "ASOF and temporal joins with table \"{}\" (they join two sources; a stream looks \
+             a table's rows up by primary key as they are when each event is processed)",
+            table.name
+        )));
+    }
     let outer = match (join.join_type(), stream_is_left) {
         (JoinType::Inner, _) => false,
         (JoinType::Left, true) | (JoinType::Right, false) => true,

@@ -39,7 +39,7 @@ async fn planned(sql: &str) -> std::result::Result<Arc<PipelinePlan>, Error> {
     planned_with(sql, &[]).await
 }
 
-async fn planned_with(
+pub(crate) async fn planned_with(
     sql: &str,
     options: &[(String, String)],
 ) -> std::result::Result<Arc<PipelinePlan>, Error> {
@@ -65,7 +65,11 @@ fn first_ts(batch: &RecordBatch) -> i64 {
 /// Both sources' batches through their inputs' plans, interleaved at random; after each
 /// batch the input's watermark (a second behind its next batch) and, once both inputs have
 /// one, their minimum as the join's; barriers at random.
-async fn script(plan: &PipelinePlan, sources: [&[RecordBatch]; 2], rng: &mut Rng) -> Vec<Input> {
+pub(crate) async fn script(
+    plan: &PipelinePlan,
+    sources: [&[RecordBatch]; 2],
+    rng: &mut Rng,
+) -> Vec<Input> {
     let join = plan.combined.as_ref().expect("a join");
     let mut next = [0usize; 2];
     let mut marks: [Option<i64>; 2] = [None, None];
@@ -101,6 +105,9 @@ async fn script(plan: &PipelinePlan, sources: [&[RecordBatch]; 2], rng: &mut Rng
     inputs.push(Input::Barrier);
     inputs
 }
+
+/// A case: the streaming query, the batch query it must equal, its WITH options.
+type Case = (String, String, Vec<(String, String)>);
 
 #[tokio::test]
 async fn interval_joins_equal_the_batch_join_across_restores() {
@@ -183,7 +190,7 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
         "SELECT p.k, p.v FROM payments p WHERE p.k IN (SELECT o.k FROM orders o \
          WHERE o.ts BETWEEN p.ts - INTERVAL '1 second' AND p.ts)",
     ];
-    let cases: Vec<(String, String, Vec<(String, String)>)> = cases
+    let cases: Vec<Case> = cases
         .iter()
         .chain(&semi)
         .map(|sql| (sql.to_string(), sql.to_string(), Vec::new()))
