@@ -53,6 +53,9 @@ pub struct AsofJoinPlan {
     pub projection: Option<Vec<usize>>,
 }
 
+/// A key's right rows: (time, sequence) → row.
+type Versions = BTreeMap<(i64, u64), Vec<u8>>;
+
 pub struct AsofJoin {
     plan: Arc<AsofJoinPlan>,
     state: StateTable,
@@ -61,7 +64,7 @@ pub struct AsofJoin {
     /// Left rows waiting for the watermark: (time, sequence) → (key, row).
     pending: BTreeMap<(i64, u64), (Vec<u8>, Vec<u8>)>,
     /// Right rows by key, then (time, sequence).
-    versions: FastMap<Vec<u8>, BTreeMap<(i64, u64), Vec<u8>>>,
+    versions: FastMap<Vec<u8>, Versions>,
     /// Right rows not yet behind the watermark: (time, sequence) → key.
     ahead: BTreeMap<(i64, u64), Vec<u8>>,
     watermark: Option<i64>,
