@@ -104,6 +104,63 @@ const UNPAID: &str = "SELECT e.id FROM events e LEFT JOIN payments p \
 const SELF_JOIN: &str = "SELECT count(*) AS n, sum(b.id - a.id) AS gaps FROM events a JOIN events b \
        ON a.device = b.device AND b.ts > a.ts AND b.ts <= a.ts + INTERVAL '100 milliseconds'";
 
+/// An ASOF join: each event (of the first `ROLLING_IDS`) with the latest payment at or before
+/// it among its device's orders (order_id % 97 = device), counted and summed.
+fn latest_payment_sql() -> String {
+    format!(
+        "SELECT count(*) AS n, count(p.amount) AS matched, sum(p.amount) AS total \
+         FROM events e ASOF JOIN payments p MATCH_CONDITION (e.ts >= p.ts) \
+           ON e.device = p.order_id % 97 \
+         WHERE e.id < {ROLLING_IDS}"
+    )
+}
+
+/// A window join: payments in the same 5-second window as their order (of the first
+/// `ROLLING_IDS`).
+fn same_window_sql() -> String {
+    format!(
+        "SELECT count(*) AS n, sum(p.amount) AS total \
+         FROM TUMBLE(events, ts, INTERVAL '{WINDOW_S} seconds') e \
+         JOIN TUMBLE(payments, ts, INTERVAL '{WINDOW_S} seconds') p \
+           ON p.order_id = e.id AND p.window_start = e.window_start \
+         WHERE e.id < {ROLLING_IDS}"
+    )
+}
+
+/// [`latest_payment_sql`] and [`same_window_sql`] computed directly: "n,matched,total" and
+/// "n,total".
+fn asof_and_window_reference() -> (String, String) {
+    let payments: Vec<(i64, i64, i64)> = (0..MESSAGES).filter_map(payment).collect();
+    // Per device, its orders' payments by time.
+    let mut by_device: Vec<Vec<(i64, i64)>> = vec![Vec::new(); 97];
+    for &(order, amount, ts) in &payments {
+        by_device[(order % 97) as usize].push((ts, amount));
+    }
+    for list in by_device.iter_mut() {
+        list.sort();
+    }
+    let (mut matched, mut total) = (0i64, 0i64);
+    for i in 0..ROLLING_IDS {
+        let e = event(i);
+        let list = &by_device[e.device as usize];
+        let before = list.partition_point(|(ts, _)| *ts <= e.ts_ms);
+        if before > 0 {
+            matched += 1;
+            total += list[before - 1].1;
+        }
+    }
+    let window = |ms: i64| ms.div_euclid(WINDOW_S * 1000);
+    let same: Vec<i64> = payments
+        .iter()
+        .filter(|(order, _, ts)| *order < ROLLING_IDS && window(*ts) == window(event(*order).ts_ms))
+        .map(|(_, amount, _)| *amount)
+        .collect();
+    (
+        format!("{ROLLING_IDS},{matched},{total}"),
+        format!("{},{}", same.len(), same.iter().sum::<i64>()),
+    )
+}
+
 fn payment(i: i64) -> Option<(i64, i64, i64)> {
     (i % 3 != 0).then(|| (i, i % 100, BASE_MS + i + (i % 5) * 700))
 }
@@ -469,8 +526,12 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE MATERIALIZED VIEW paid WITH (checkpoint_interval = '270ms') AS {PAID}; \
              CREATE MATERIALIZED VIEW next_of_device WITH (checkpoint_interval = '290ms') AS {SELF_JOIN}; \
              CREATE STREAM unpaid WITH (checkpoint_interval = '330ms', retention_rows = 300000) \
-               AS {UNPAID};",
-            sites.join(", ")
+               AS {UNPAID}; \
+             CREATE MATERIALIZED VIEW latest_payment WITH (checkpoint_interval = '340ms') AS {}; \
+             CREATE MATERIALIZED VIEW same_window WITH (checkpoint_interval = '360ms') AS {};",
+            sites.join(", "),
+            latest_payment_sql(),
+            same_window_sql(),
         ))
         .await
         .expect("create source and views");
@@ -522,6 +583,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let (by_device, windows, by_site, rolling) = reference().await;
     let (paid, unpaid) = join_reference().await;
     let top3 = top3_reference().await;
+    let (latest_payment, same_window) = asof_and_window_reference();
     let (histogram, digits, digits_total) = views_over_views_reference().await;
     let deadline = Duration::from_secs(300);
     let enriched = (0..MESSAGES).filter(|i| event(*i).device < SITES).count() as i64;
@@ -531,7 +593,18 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         .count() as i64;
     let pairs = MESSAGES - 97;
     // Each view has caught up once its count reaches the batch result's.
-    let caught_up: [(String, &str, i64); 11] = [
+    let same_window_n: i64 = same_window.split(',').next().unwrap().parse().unwrap();
+    let caught_up: [(String, &str, i64); 13] = [
+        (
+            "SELECT n FROM latest_payment".into(),
+            "all events answered by the ASOF join",
+            ROLLING_IDS,
+        ),
+        (
+            "SELECT n FROM same_window".into(),
+            "all window-join pairs",
+            same_window_n,
+        ),
         (progress.to_string(), "all events counted", MESSAGES),
         (
             "SELECT sum(n * devices) FROM device_histogram".into(),
@@ -660,6 +733,18 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     assert!(
         got_rolling == rolling,
         "OVER stream differs from the batch query (seed {seed})"
+    );
+    let got_latest = eddy_rows(&client, "SELECT n, matched, total FROM latest_payment").await;
+    assert_eq!(
+        got_latest,
+        vec![latest_payment],
+        "ASOF-join view differs (seed {seed})"
+    );
+    let got_same = eddy_rows(&client, "SELECT n, total FROM same_window").await;
+    assert_eq!(
+        got_same,
+        vec![same_window],
+        "window-join view differs (seed {seed})"
     );
     let got_sites = eddy_rows(&client, "SELECT site, n, total FROM by_site ORDER BY site").await;
     assert_eq!(got_sites, by_site, "lookup-join view differs (seed {seed})");
