@@ -16,7 +16,7 @@ use super::{KvPair, KvStore, WriteOp};
 use crate::error::{Error, Result};
 
 /// Block cache for table data, index and filter blocks.
-const BLOCK_CACHE_BYTES: usize = 128 << 20;
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 pub struct RocksStore {
     db: DB,
