@@ -1168,6 +1168,25 @@ fn seconds(us: i64) -> String {
     format!("{} s", us as f64 / 1e6)
 }
 
+/// A join's equal keys for EXPLAIN: `l = r, ...`.
+fn equal_keys(keys: &[Vec<Arc<dyn PhysicalExpr>>; 2]) -> String {
+    let pairs: Vec<String> = keys[0]
+        .iter()
+        .zip(&keys[1])
+        .map(|(l, r)| format!("{l} = {r}"))
+        .collect();
+    pairs.join(", ")
+}
+
+/// A source's event-time column for EXPLAIN: `source.column`.
+fn event_time(source: &TableDef) -> String {
+    let column = source
+        .source()
+        .and_then(|s| s.watermark.as_ref())
+        .map_or("?", |w| w.column.as_str());
+    format!("{}.{column}", source.name)
+}
+
 /// A physical plan's lines, indented, for EXPLAIN.
 fn push_plan(lines: &mut Vec<String>, plan: &dyn ExecutionPlan) {
     for l in displayable(plan).indent(true).to_string().lines() {
@@ -1310,16 +1329,10 @@ impl PipelinePlan {
             inputs,
         }) = &self.combined
         {
-            let keys: Vec<String> = plan.keys[0]
-                .iter()
-                .zip(&plan.keys[1])
-                .map(|(l, r)| format!("{l} = {r}"))
-                .collect();
+            let keys = equal_keys(&plan.keys);
             lines.push(format!(
                 "Join (INNER) of views {} and {} on [{}]: changes in, changes out",
-                inputs[0].source.name,
-                inputs[1].source.name,
-                keys.join(", ")
+                inputs[0].source.name, inputs[1].source.name, keys
             ));
             lines.push(format!(
                 "  state: table {}, each side's rows by join key (a multiset), in memory and written at each checkpoint",
@@ -1333,25 +1346,14 @@ impl PipelinePlan {
             inputs,
         }) = &self.combined
         {
-            let keys: Vec<String> = plan.keys[0]
-                .iter()
-                .zip(&plan.keys[1])
-                .map(|(l, r)| format!("{l} = {r}"))
-                .collect();
-            let time = |i: usize| {
-                let source = &inputs[i].source;
-                let column = source
-                    .source()
-                    .and_then(|s| s.watermark.as_ref())
-                    .map_or("?", |w| w.column.as_str());
-                format!("{}.{column}", source.name)
-            };
+            let keys = equal_keys(&plan.keys);
+            let time = |i: usize| event_time(&inputs[i].source);
             lines.push(format!(
                 "ASOF join ({}) of {} and {} on [{}]: each {} row with the latest {} row at {} {}",
                 plan.join_type.to_string().to_uppercase(),
                 inputs[0].source.name,
                 inputs[1].source.name,
-                keys.join(", "),
+                keys,
                 inputs[0].source.name,
                 inputs[1].source.name,
                 if plan.strict { "<" } else { "<=" },
@@ -1366,25 +1368,14 @@ impl PipelinePlan {
             push_plan(&mut lines, self.lower.as_ref());
         }
         if let Some((join, plan)) = self.combined.as_ref().and_then(|c| Some((c, c.join()?))) {
-            let keys: Vec<String> = plan.keys[0]
-                .iter()
-                .zip(&plan.keys[1])
-                .map(|(l, r)| format!("{l} = {r}"))
-                .collect();
-            let time = |i: usize| {
-                let source = &join.inputs[i].source;
-                let column = source
-                    .source()
-                    .and_then(|s| s.watermark.as_ref())
-                    .map_or("?", |w| w.column.as_str());
-                format!("{}.{column}", source.name)
-            };
+            let keys = equal_keys(&plan.keys);
+            let time = |i: usize| event_time(&join.inputs[i].source);
             lines.push(format!(
                 "Interval join ({}) of {} and {} on [{}]: {} - {} within [{}, {}]",
                 plan.join_type.to_string().to_uppercase(),
                 join.inputs[0].source.name,
                 join.inputs[1].source.name,
-                keys.join(", "),
+                keys,
                 time(1),
                 time(0),
                 seconds(plan.lower_us),
