@@ -160,8 +160,9 @@ fn lookup_join(
     let table = &source.def;
     if super::asof::is_asof(join.filter()) {
         return Err(not_supported(format!(
-            "ASOF and temporal joins with table \"{}\" (they join two sources; a stream looks \
-             a table's rows up by primary key as they are when each event is processed)",
+            "ASOF and temporal joins with {} \"{}\" (they join two sources; a stream looks \
+             a table's or view's rows up by primary key as they are when each event is processed)",
+            table.kind.describe(),
             table.name
         )));
     }
