@@ -422,7 +422,7 @@ fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, 
                 return Err(Error::user(sqlstate::SYNTAX_ERROR, usage));
             }
             let src = arg_expr(&args.args[0])?.to_string();
-            let src_name = src.trim_matches('"').to_string();
+            let src_name = unqualified(&src);
             let ts = arg_expr(&args.args[1])?.to_string();
             let def = self
                 .catalog
@@ -525,11 +525,18 @@ pub fn relations(query: &Query) -> Vec<String> {
     }
     let mut names = Names(Vec::new());
     let _ = query.visit(&mut names);
-    names
-        .0
-        .into_iter()
-        .map(|n| n.trim_matches('"').to_ascii_lowercase())
-        .collect()
+    names.0.into_iter().map(|n| unqualified(&n)).collect()
+}
+
+/// A relation's name as the catalog knows it: `public.x` (the schema streaming queries read)
+/// is `x`.
+pub(crate) fn unqualified(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let bare = lower
+        .strip_prefix("public.")
+        .or_else(|| lower.strip_prefix("\"public\"."))
+        .unwrap_or(&lower);
+    bare.trim_matches('"').to_string()
 }
 
 /// Whether a query reads a SESSION(...) window.

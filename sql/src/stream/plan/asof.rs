@@ -158,7 +158,7 @@ fn version_time(factor: &TableFactor, catalog: &Catalog) -> Result<SqlExpr> {
             "FOR SYSTEM_TIME AS OF on anything but a source",
         ));
     };
-    let table = name.to_string().trim_matches('"').to_ascii_lowercase();
+    let table = super::unqualified(&name.to_string());
     let def: Arc<TableDef> = catalog
         .table(DEFAULT_SCHEMA, &table)
         .ok_or_else(|| Error::undefined_table(&table))?;

@@ -684,7 +684,7 @@ fn timed_source(factor: &TableFactor, catalog: &Catalog) -> Option<(String, Stri
     else {
         return None;
     };
-    let table = name.to_string().trim_matches('"').to_ascii_lowercase();
+    let table = super::unqualified(&name.to_string());
     let def = catalog.table(DEFAULT_SCHEMA, &table)?;
     let TableKind::Source(info) = &def.kind else {
         return None;
