@@ -270,19 +270,26 @@ impl Session {
             .and_then(|mut p| parse_statements(&mut p))
             .map_err(|e| Error::user(sqlstate::SYNTAX_ERROR, syntax_message(&e.to_string())))
             .and_then(|mut statements| {
+                let mut placed = 0;
                 for s in statements.iter_mut() {
                     if let Some((_, clauses)) = &temporal {
-                        match s {
+                        placed += match s {
                             Stmt::Sql(s) => super::system_time::restore(s, clauses),
                             Stmt::Eddy(
                                 EddyStatement::CreateQuery(q) | EddyStatement::Explain(q),
                             ) => super::system_time::restore(&mut q.query, clauses),
-                            Stmt::Eddy(_) => {}
-                        }
+                            Stmt::Eddy(_) => 0,
+                        };
                     }
                     if let Stmt::Sql(s) = s {
                         check_depth(s)?;
                     }
+                }
+                if temporal.as_ref().is_some_and(|(_, c)| placed < c.len()) {
+                    return Err(Error::user(
+                        sqlstate::SYNTAX_ERROR,
+                        "FOR SYSTEM_TIME AS OF <column> must follow a table's name or alias",
+                    ));
                 }
                 Ok(statements)
             })

@@ -49,7 +49,9 @@ pub(super) fn strip(sql: &str) -> Option<(String, Clauses)> {
         if !matches!(tokens[solid[end]].token, Token::Word(_)) {
             return None;
         }
+        // Parts joined by periods with no space between (`o. ON` is not a column).
         while end + 2 < solid.len()
+            && solid[end + 2] == solid[end] + 2
             && tokens[solid[end + 1]].token == Token::Period
             && matches!(tokens[solid[end + 2]].token, Token::Word(_))
         {
@@ -107,9 +109,10 @@ fn offset(sql: &str, at: Location) -> Option<usize> {
     (line == at.line && column == at.column).then_some(sql.len())
 }
 
-/// Puts the clauses back into the table references whose names start where they did.
-pub(super) fn restore<T: VisitMut>(node: &mut T, clauses: &Clauses) {
-    struct Restore<'a>(&'a Clauses);
+/// Puts the clauses back into the table references whose names start where they did;
+/// returns how many it placed.
+pub(super) fn restore<T: VisitMut>(node: &mut T, clauses: &Clauses) -> usize {
+    struct Restore<'a>(&'a Clauses, usize);
     impl VisitorMut for Restore<'_> {
         type Break = ();
         fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
@@ -133,11 +136,14 @@ pub(super) fn restore<T: VisitMut>(node: &mut T, clauses: &Clauses) {
                     return ControlFlow::Continue(());
                 };
                 *version = Some(TableVersion::ForSystemTimeAsOf(expr.clone()));
+                self.1 += 1;
             }
             ControlFlow::Continue(())
         }
     }
-    let _ = node.visit(&mut Restore(clauses));
+    let mut restore = Restore(clauses, 0);
+    let _ = node.visit(&mut restore);
+    restore.1
 }
 
 /// Refuses ASOF and temporal joins outside continuous queries (they are planned only over
@@ -180,5 +186,77 @@ pub(super) fn check_batch(statement: &Statement) -> Result<()> {
              views over sources; queries over tables do not support them yet",
         )),
         ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::Session;
+    use crate::engine::statement::{EddyStatement, Stmt};
+    use datafusion::sql::sqlparser::ast::{SetExpr, Statement, TableFactor, TableVersion};
+
+    /// The AS OF expression of each joined table of a parsed SELECT or CREATE STREAM.
+    fn versions(sql: &str) -> Vec<Option<String>> {
+        let statement = Session::parse(sql).unwrap().remove(0);
+        let query = match statement {
+            Stmt::Sql(Statement::Query(q)) => q,
+            Stmt::Eddy(EddyStatement::CreateQuery(q)) => q.query,
+            other => panic!("{other:?}"),
+        };
+        let SetExpr::Select(select) = *query.body else {
+            panic!("not a SELECT");
+        };
+        select.from[0]
+            .joins
+            .iter()
+            .map(|j| match &j.relation {
+                TableFactor::Table {
+                    version: Some(TableVersion::ForSystemTimeAsOf(e)),
+                    ..
+                } => Some(e.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_clause_goes_back_to_the_table_it_followed() {
+        // Flink's order, PostgreSQL's order, an unaliased table, two temporal joins and a plain
+        // one, over lines.
+        assert_eq!(
+            versions("SELECT 1 FROM o JOIN r FOR SYSTEM_TIME AS OF o.ts AS x ON x.k = o.k"),
+            vec![Some("o.ts".to_string())]
+        );
+        assert_eq!(
+            versions("SELECT 1 FROM o JOIN r AS x FOR SYSTEM_TIME AS OF o.ts ON x.k = o.k"),
+            vec![Some("o.ts".to_string())]
+        );
+        assert_eq!(
+            versions(
+                "CREATE STREAM s AS SELECT 1 FROM o\n  JOIN public.r FOR system_time as of o.ts\n  \
+                 ON r.k = o.k JOIN t ON t.k = o.k\n  LEFT JOIN u FOR SYSTEM_TIME AS OF o.\"Ts\" \
+                 ON u.k = o.k"
+            ),
+            vec![Some("o.ts".to_string()), None, Some("o.\"Ts\"".to_string())]
+        );
+        // Inside a string it is text.
+        assert_eq!(
+            versions("SELECT 'r FOR SYSTEM_TIME AS OF o.ts' FROM o JOIN r ON r.k = o.k"),
+            vec![None]
+        );
+    }
+
+    #[test]
+    fn a_clause_without_its_parts_is_a_syntax_error() {
+        for sql in [
+            "FOR SYSTEM_TIME AS OF o.ts",
+            "SELECT 1 FROM o JOIN r FOR SYSTEM_TIME AS OF",
+            "SELECT 1 FROM o JOIN r FOR SYSTEM_TIME AS OF 3 ON true",
+            "SELECT 1 FROM o JOIN (SELECT 1) FOR SYSTEM_TIME AS OF o.ts ON true",
+            "SELECT 1 FROM o JOIN r FOR SYSTEM_TIME AS OF o. ON true",
+        ] {
+            let e = Session::parse(sql).expect_err(sql);
+            assert_eq!(e.sqlstate(), "42601", "{sql}: {e}");
+        }
     }
 }
