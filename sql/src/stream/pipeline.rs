@@ -85,7 +85,13 @@ pub struct Metrics {
 /// One stage of a pipeline.
 #[async_trait]
 pub trait Operator: Send {
-    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()>;
+    /// A batch of an operator's one input. Operators with several inputs (joins, unions)
+    /// take batches only by input ([`Operator::on_input`]).
+    async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
+        Err(Error::internal(
+            "an operator with several inputs received a batch without its input",
+        ))
+    }
 
     /// Source rows with their origins; most stages only need the rows.
     async fn on_events(

@@ -276,10 +276,6 @@ mod tests;
 
 #[async_trait::async_trait]
 impl Operator for AsofJoin {
-    async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
-        Err(Error::internal("an ASOF join takes batches by input"))
-    }
-
     async fn on_input(
         &mut self,
         input: usize,

@@ -273,10 +273,6 @@ impl ChangeJoin {
 
 #[async_trait]
 impl Operator for ChangeJoin {
-    async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
-        Err(Error::internal("a join takes batches with their input"))
-    }
-
     async fn on_input(
         &mut self,
         input: usize,

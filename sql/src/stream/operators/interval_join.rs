@@ -482,10 +482,6 @@ pub(crate) mod tests;
 
 #[async_trait::async_trait]
 impl Operator for IntervalJoin {
-    async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
-        Err(Error::internal("an interval join takes batches by input"))
-    }
-
     async fn on_input(
         &mut self,
         input: usize,

@@ -5,7 +5,7 @@
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::stream::pipeline::{Message, Operator};
 
 pub struct Union {
@@ -15,10 +15,6 @@ pub struct Union {
 
 #[async_trait::async_trait]
 impl Operator for Union {
-    async fn on_batch(&mut self, _batch: RecordBatch, _out: &mut Vec<Message>) -> Result<()> {
-        Err(Error::internal("a union takes batches by input"))
-    }
-
     async fn on_input(
         &mut self,
         _input: usize,

@@ -4,16 +4,13 @@
 
 use std::sync::Arc;
 
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
-
 use super::AsofJoin;
-use crate::stream::harness::{
-    Chain, Factory, PIPELINE, Rng, check_restores, ev_events, sorted_rows,
-};
+use crate::stream::harness::{PIPELINE, Rng, check_restores, ev_events, sorted_rows};
 use crate::stream::manager::JOIN_OPERATOR;
-use crate::stream::operators::interval_join::tests::{planned_with, script};
-use crate::stream::pipeline::{Operator, SegmentOp};
+use crate::stream::operators::interval_join::tests::{
+    batch_rows, join_then_lower, planned_with, script,
+};
+use crate::stream::pipeline::Operator;
 use crate::stream::plan::Combine;
 
 /// The latest payment (of the order's key, when `keyed`) at or before each order (`<`
@@ -91,30 +88,18 @@ async fn asof_joins_equal_the_batch_query_across_restores() {
             };
             let inputs = script(&plan, [&orders, &payments], &mut Rng(seed ^ 0x51)).await;
             let lower = plan.lower_segment();
-            let make = || -> Factory {
+            let make = || {
                 let join = join.clone();
-                let lower = lower.clone();
-                Box::new(move |state, record| {
-                    Ok(Box::new(Chain(vec![
-                        Box::new(AsofJoin::restore(
-                            join.clone(),
-                            state.table(PIPELINE, JOIN_OPERATOR),
-                            record.watermark,
-                        )?),
-                        Box::new(SegmentOp {
-                            segment: lower.clone(),
-                        }),
-                    ])))
-                })
+                join_then_lower(
+                    move |state, watermark| {
+                        Ok(Box::new(AsofJoin::restore(join.clone(), state, watermark)?)
+                            as Box<dyn Operator>)
+                    },
+                    lower.clone(),
+                )
             };
             let (_, rows) = check_restores(make, &inputs, &[], 1 << 20).await.unwrap();
-            let ctx = SessionContext::new();
-            for (name, batches) in [("orders", &orders), ("payments", &payments)] {
-                let table = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
-                ctx.register_table(name, Arc::new(table)).unwrap();
-            }
-            let expected = ctx.sql(&batch_sql).await.unwrap().collect().await.unwrap();
-            let expected_rows = sorted_rows(&expected);
+            let expected_rows = batch_rows(&batch_sql, &orders, &payments).await;
             assert!(
                 expected_rows.iter().any(|r| r[3] != "NULL"),
                 "seed {seed}: {sql} matches nothing"

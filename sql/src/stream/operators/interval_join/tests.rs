@@ -18,8 +18,9 @@ use crate::stream::harness::{
     Chain, Factory, Input, PIPELINE, Rng, check_restores, ev_events, sorted_rows,
 };
 use crate::stream::manager::JOIN_OPERATOR;
-use crate::stream::pipeline::SegmentOp;
-use crate::stream::plan::{self, PipelinePlan};
+use crate::stream::pipeline::{Operator, SegmentOp};
+use crate::stream::plan::{self, PipelinePlan, Segment};
+use crate::stream::state::StateTable;
 
 async fn run(session: &Session, sql: &str) {
     session
@@ -104,6 +105,37 @@ pub(crate) async fn script(
     inputs.push(Input::Watermark(i64::MAX / 2));
     inputs.push(Input::Barrier);
     inputs
+}
+
+/// A factory for check_restores: the join `restore` makes from the pipeline's join state and
+/// the restored watermark, then the stateless plan above the join.
+pub(crate) fn join_then_lower<J>(restore: J, lower: Segment) -> Factory
+where
+    J: Fn(StateTable, Option<i64>) -> crate::error::Result<Box<dyn Operator>> + Clone + 'static,
+{
+    Box::new(move |state, record| {
+        Ok(Box::new(Chain(vec![
+            restore(state.table(PIPELINE, JOIN_OPERATOR), record.watermark)?,
+            Box::new(SegmentOp {
+                segment: lower.clone(),
+            }),
+        ])))
+    })
+}
+
+/// `sql` as a DataFusion batch query over the orders and payments events, its rows sorted.
+pub(crate) async fn batch_rows(
+    sql: &str,
+    orders: &[RecordBatch],
+    payments: &[RecordBatch],
+) -> Vec<Vec<String>> {
+    let ctx = SessionContext::new();
+    for (name, batches) in [("orders", orders), ("payments", payments)] {
+        let table = MemTable::try_new(batches[0].schema(), vec![batches.to_vec()]).unwrap();
+        ctx.register_table(name, Arc::new(table)).unwrap();
+    }
+    let expected = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    sorted_rows(&expected)
 }
 
 /// A case: the streaming query, the batch query it must equal, its WITH options.
@@ -226,30 +258,21 @@ async fn interval_joins_equal_the_batch_join_across_restores() {
             };
             let inputs = script(&plan, [events(0), events(1)], &mut Rng(seed ^ 0xabc)).await;
             let lower = plan.lower_segment();
-            let make = || -> Factory {
-                let join = join.join().expect("a join").clone();
-                let lower = lower.clone();
-                Box::new(move |state, record| {
-                    Ok(Box::new(Chain(vec![
-                        Box::new(IntervalJoin::restore(
-                            join.clone(),
-                            state.table(PIPELINE, JOIN_OPERATOR),
-                            record.watermark,
-                        )?),
-                        Box::new(SegmentOp {
-                            segment: lower.clone(),
-                        }),
-                    ])))
-                })
+            let join = join.join().expect("a join").clone();
+            let make = || {
+                let join = join.clone();
+                join_then_lower(
+                    move |state, watermark| {
+                        Ok(
+                            Box::new(IntervalJoin::restore(join.clone(), state, watermark)?)
+                                as Box<dyn Operator>,
+                        )
+                    },
+                    lower.clone(),
+                )
             };
             let (_, rows) = check_restores(make, &inputs, &[], 1 << 20).await.unwrap();
-            let ctx = SessionContext::new();
-            for (name, batches) in [("orders", &orders), ("payments", &payments)] {
-                let table = MemTable::try_new(batches[0].schema(), vec![batches.clone()]).unwrap();
-                ctx.register_table(name, Arc::new(table)).unwrap();
-            }
-            let expected = ctx.sql(batch_sql).await.unwrap().collect().await.unwrap();
-            let expected_rows = sorted_rows(&expected);
+            let expected_rows = batch_rows(batch_sql, &orders, &payments).await;
             assert!(
                 !expected_rows.is_empty(),
                 "seed {seed}: {sql} matches nothing"
