@@ -315,20 +315,25 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
 /// Whether windows of this query emit only when closed.
 fn emit_on_close(q: &CreateQuery, plan: &PipelinePlan, windowed: bool) -> Result<bool> {
     let on_close = emit_mode(q, plan, windowed)?;
-    if let Some(segment) = plan
-        .aggregate
-        .as_ref()
-        .and_then(|a| a.upper_segment.as_ref())
+    if let Some(agg) = &plan.aggregate
+        && let Some(segment) = &agg.upper_segment
     {
-        if !on_close {
-            return Err(Error::user(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "window functions over an aggregation (top-N) need windows emitted once, when \
-                 they close: GROUP BY window_start or window_end of TUMBLE or HOP, a WATERMARK, \
-                 and EMIT ON WINDOW CLOSE",
-            ));
+        match (on_close, &agg.top) {
+            // Closed windows' rows, ranked per window once.
+            (true, _) => plan::check_per_window(segment)?,
+            // A top-N over the groups' changes.
+            (false, Some(_)) => {}
+            (false, None) => {
+                return Err(Error::user(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "window functions over an aggregation rank its rows within a bound (WHERE \
+                     rn <= n around row_number(), rank() or dense_rank(), or ORDER BY ... \
+                     LIMIT n), or run over windows emitted once, when they close: GROUP BY \
+                     window_start or window_end of TUMBLE or HOP, a WATERMARK, and EMIT ON \
+                     WINDOW CLOSE",
+                ));
+            }
         }
-        plan::check_per_window(segment)?;
     }
     Ok(on_close)
 }
@@ -454,6 +459,13 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         .model_functions(&Default::default(), Some(source));
     let plan = plan::plan_with(&catalog, &query, &udfs, &q.options).await?;
     let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
+    if q.kind == ObjectKind::Stream && plan.top.is_some() {
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a stream is append-only, and a top-N's rows change (a better row pushes one out): \
+             use CREATE MATERIALIZED VIEW, or rank within windows of an aggregate",
+        ));
+    }
     if q.kind == ObjectKind::Stream && plan.updates() && plan.aggregate.is_none() {
         return Err(Error::user(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -461,6 +473,14 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
                 "a stream is append-only, and \"{}\" is a view whose rows change: use CREATE MATERIALIZED VIEW",
                 plan.source.name
             ),
+        ));
+    }
+    if q.kind == ObjectKind::Sink && plan.updates() && plan.aggregate.is_none() {
+        // Only an aggregate's updates have a key a sink can send them by.
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "sinks do not take rows that change without a GROUP BY key yet (a top-N, or a \
+             query over an updating view): query the materialized view instead",
         ));
     }
     if q.kind == ObjectKind::Stream && plan.aggregate.is_some() {
@@ -473,6 +493,14 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         Some((_, on_close)) => *on_close,
         None => emit_on_close(q, &plan, windowed)?,
     };
+    let ranks_groups = plan.aggregate.as_ref().is_some_and(|a| a.top.is_some());
+    if q.kind == ObjectKind::Sink && ranks_groups && !emit_on_close {
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "sinks do not take a top-N of groups that update yet: query the materialized \
+             view instead, or rank windows emitted when they close",
+        ));
+    }
     let mut options =
         Options::new(q.options.iter().cloned()).map_err(|e| invalid(e.to_string()))?;
     option_ms(&q.options, "checkpoint_interval")?;

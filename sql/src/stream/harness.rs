@@ -248,6 +248,34 @@ pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     rows
 }
 
+/// Changelog batches summed: each row as many times as it is in the result, sorted. Panics
+/// if a row is retracted more often than it was added.
+pub fn summed(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int8Type;
+    let mut counts: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+    for b in batches {
+        let last = b.num_columns() - 1;
+        let ops = b.column(last).as_primitive::<Int8Type>();
+        for r in 0..b.num_rows() {
+            let row: Vec<String> = (0..last).map(|c| cell(b.column(c).as_ref(), r)).collect();
+            let n = counts.entry(row).or_default();
+            *n += match super::changelog::Op::retracts(ops.value(r)) {
+                true => -1,
+                false => 1,
+            };
+        }
+    }
+    let mut out = Vec::new();
+    for (row, n) in counts {
+        assert!(n >= 0, "a row was retracted more often than added: {row:?}");
+        for _ in 0..n {
+            out.push(row.clone());
+        }
+    }
+    out
+}
+
 /// Operators run one after the other as one (a pipeline's stages, for a test).
 pub struct Chain(pub Vec<Box<dyn Operator>>);
 
@@ -298,6 +326,10 @@ impl Operator for Chain {
             op.on_input(input, batch, &mut first).await?;
         }
         self.pass_from(1, first, out).await
+    }
+
+    async fn on_changes(&mut self, changes: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
+        self.pass(Message::Changes(changes), out).await
     }
 
     async fn on_watermark(&mut self, watermark: i64, out: &mut Vec<Message>) -> Result<()> {

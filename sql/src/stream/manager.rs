@@ -26,12 +26,14 @@ use super::log::{LogSignal, LogSource};
 use super::models::{ModelSource, ModelVersions, PinnedModels};
 use super::operators::asof_join::AsofJoin;
 use super::operators::change_join::ChangeJoin;
+use super::operators::group_changes::GroupChanges;
 use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
 use super::operators::materialize::Materialize;
 use super::operators::normalize::Normalize;
 use super::operators::over::Over;
 use super::operators::per_window::PerWindow;
+use super::operators::top_n::TopN;
 use super::operators::union::Union;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
@@ -67,6 +69,10 @@ pub const NORMALIZE_OPERATOR: u16 = 4;
 pub const NORMALIZE_OPERATORS: [u16; 2] = [NORMALIZE_OPERATOR, 6];
 /// The copies of each row of a view that stores a changelog without aggregating it.
 pub const MATERIALIZE_OPERATOR: u16 = 5;
+/// The state table of a top-N.
+pub const TOP_OPERATOR: u16 = 7;
+/// The rows last passed on of an aggregate whose groups a top-N ranks.
+pub const GROUP_CHANGES_OPERATOR: u16 = 8;
 
 pub struct StreamManager {
     kv: Arc<dyn KvStore>,
@@ -530,6 +536,15 @@ impl StreamManager {
                 segment: segment.clone(),
             }));
         }
+        if let Some((top, segment)) = &plan.top {
+            operators.push(Box::new(TopN::new(
+                top.clone(),
+                self.state.table(def.id, TOP_OPERATOR),
+            )?));
+            operators.push(Box::new(SegmentOp {
+                segment: segment.clone(),
+            }));
+        }
         if partitions > 1 && !spread {
             // The stages before the aggregate run once; an exchange spreads their rows.
             rx = spawn_chain(&mut tasks, operators.drain(..), rx, &committed_rx);
@@ -609,8 +624,34 @@ impl StreamManager {
                     )?;
                 }
             }
-            if agg.upper_segment.is_some() {
-                operators.push(Box::new(PerWindow::new(agg, view.clone(), partitions)?));
+            match (&agg.top, info.emit_on_close) {
+                // A top-N over the groups as they change: their changes, ranked, stored as
+                // the view's rows.
+                (Some(top), false) => {
+                    operators.push(Box::new(GroupChanges::new(
+                        agg.schema.clone(),
+                        agg.group_exprs.len(),
+                        self.state.table(def.id, GROUP_CHANGES_OPERATOR),
+                    )?));
+                    operators.push(Box::new(SegmentOp {
+                        segment: top.below.clone(),
+                    }));
+                    operators.push(Box::new(TopN::new(
+                        top.top.clone(),
+                        self.state.table(def.id, TOP_OPERATOR),
+                    )?));
+                    operators.push(Box::new(SegmentOp {
+                        segment: top.above.clone(),
+                    }));
+                    operators.push(Box::new(Materialize::new(
+                        ViewWriter::new(def.clone()),
+                        self.state.table(def.id, MATERIALIZE_OPERATOR),
+                    )));
+                }
+                _ if agg.upper_segment.is_some() => {
+                    operators.push(Box::new(PerWindow::new(agg, view.clone(), partitions)?));
+                }
+                _ => {}
             }
         } else if plan.updates() {
             operators.push(Box::new(Materialize::new(

@@ -2,6 +2,7 @@
 //! graph).
 //!
 //! - [`change_join`]: equi-join of two materialized views, changelog in and out.
+//! - [`group_changes`]: an aggregate's changed groups as changes (for a top-N after it).
 //! - [`interval_join`]: two streams joined within a time bound, in event time.
 //! - [`lookup_join`]: events joined with a table's row by primary key, at processing time.
 //! - [`union`]: UNION ALL of two sources.
@@ -9,6 +10,7 @@
 //! - [`materialize`]: a changelog stored as a view's rows (a multiset).
 //! - [`normalize`]: a view's upserts as changes (deletes of old rows, inserts of new ones).
 //! - [`per_window`]: window functions over the rows of closed windows (top-N per window).
+//! - [`top_n`]: ranked rows within a bound, or ORDER BY ... LIMIT, changes out.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
@@ -18,12 +20,14 @@ use crate::error::Result;
 
 pub mod asof_join;
 pub mod change_join;
+pub mod group_changes;
 pub mod interval_join;
 pub mod lookup_join;
 pub mod materialize;
 pub mod normalize;
 pub mod over;
 pub mod per_window;
+pub mod top_n;
 pub mod union;
 
 /// A time column as microseconds (NULL stays None).

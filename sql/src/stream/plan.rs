@@ -49,6 +49,7 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::udaf::AggregateFunctionExpr;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
@@ -62,15 +63,18 @@ use parking_lot::Mutex;
 
 use super::operators::lookup_join::LookupJoinPlan;
 use super::operators::over::OverPlan;
+use super::operators::top_n::TopPlan;
 use joins::cut_combined;
 pub use joins::{Combine, Combined, InputPlan};
 use lookups::cut_lookups;
 use over::cut_over;
+use top::cut_top;
 
 pub mod asof;
 mod joins;
 mod lookups;
 mod over;
+mod top;
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
 use crate::engine::Session;
 use crate::error::{Error, Result, sqlstate};
@@ -146,8 +150,14 @@ impl TableProvider for FeedScan {
         _state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if limit.is_some() {
+            // A LIMIT pushed into the scan: the rows it would keep are whichever came first.
+            return Err(datafusion::error::DataFusionError::External(Box::new(
+                not_supported("LIMIT without ORDER BY (which rows it keeps would be arbitrary)"),
+            )));
+        }
         let (feed, scans) = match &self.role {
             ScanRole::Source { used } => (Feed::default(), used),
             ScanRole::Lookup(scans) => (Feed::default(), scans),
@@ -256,6 +266,9 @@ pub struct AggregatePlan {
     /// Instead of `upper`: the plan above the aggregate (window functions over its rows,
     /// e.g. top-N per window), run over each batch of rows the aggregate emits.
     pub upper_segment: Option<Segment>,
+    /// The plan above the aggregate as a top-N over its changes, when `upper_segment` ranks
+    /// its rows within a bound: how an aggregate that emits on update is ranked.
+    pub top: Option<AggregateTop>,
     /// Which group column bounds a window, if the grouping is by window.
     pub window: Option<WindowGroup>,
     /// Group columns `window_start` and `window_end` of SESSION windows, which the session
@@ -264,6 +277,15 @@ pub struct AggregatePlan {
     /// The input is a changelog (an updating view): accumulators retract deleted rows, and a
     /// group whose rows are all gone is deleted.
     pub retract: bool,
+}
+
+/// A top-N over an aggregate's changed groups: the plan below it (over the groups' changes),
+/// the top-N, and the plan above it.
+#[derive(Debug, Clone)]
+pub struct AggregateTop {
+    pub below: Segment,
+    pub top: Arc<TopPlan>,
+    pub above: Segment,
 }
 
 /// How the end of a group's window is found from its group columns.
@@ -303,6 +325,9 @@ pub struct PipelinePlan {
     pub lookups: Vec<(Arc<LookupJoinPlan>, Segment)>,
     /// OVER functions over the events after the lookups, and the plan above them.
     pub over: Option<(Arc<OverPlan>, Segment)>,
+    /// Top-N (ranked rows within a bound, or ORDER BY ... LIMIT) after the lookups, and the
+    /// plan above it: its result updates.
+    pub top: Option<(Arc<TopPlan>, Segment)>,
     pub aggregate: Option<AggregatePlan>,
     /// The result's columns with their PostgreSQL-style names.
     pub output: SchemaRef,
@@ -746,6 +771,9 @@ pub async fn plan_with(
             }
         }
     }
+    if let Some(agg) = aggregate.as_mut() {
+        agg.top = aggregate_top(agg, &task_ctx);
+    }
     let used = planner.used.lock().clone();
     let mut sources: Vec<Arc<TableDef>> = Vec::new();
     for scan in &used {
@@ -808,15 +836,34 @@ pub async fn plan_with(
             check_stateless(&input.lower.plan)?;
         }
     }
+    let view_join = join
+        .as_ref()
+        .is_some_and(|c| matches!(c.op, Combine::ViewJoin(_)));
+    let input_updates = view_input == Some(ViewInput::Updates) || view_join;
+    // Top-N over events or an updating view's rows (top-N over an aggregate's rows is in
+    // `split`'s plan above the aggregate).
+    let (lower, top) = match aggregate {
+        None => cut_top(&lower, &task_ctx, input_updates)?,
+        Some(_) => (lower, None),
+    };
     // OVER over events (not over an aggregate's rows, which `split` handled).
     let (lower, over) = match aggregate {
         None => cut_over(&lower, &source, &task_ctx)?,
         Some(_) => (lower, None),
     };
+    if over.is_some() && top.is_some() {
+        return Err(not_supported(
+            "OVER and a top-N in one query (rank a view of the OVER's rows)",
+        ));
+    }
     if over.is_some() && join.as_ref().is_some_and(|c| c.in_event_time()) {
         return Err(not_supported("OVER over a join of two streams"));
     }
-    if let Some((_, segment)) = &over {
+    let above = over
+        .iter()
+        .map(|(_, s)| s)
+        .chain(top.iter().map(|(_, s)| s));
+    for segment in above {
         check_stateless(&segment.plan)?;
     }
     let lookup_scans = planner.lookups.lock().clone();
@@ -826,10 +873,7 @@ pub async fn plan_with(
         check_stateless(&join.table_side)?;
         check_stateless(&segment.plan)?;
     }
-    let view_join = join
-        .as_ref()
-        .is_some_and(|c| matches!(c.op, Combine::ViewJoin(_)));
-    if view_input == Some(ViewInput::Updates) || view_join {
+    if input_updates {
         check_over_updates(&source, &lookups, over.is_some(), aggregate.as_mut())?;
     }
     let mut output: SchemaRef = physical.schema();
@@ -844,11 +888,50 @@ pub async fn plan_with(
         lower,
         lookups,
         over,
+        top,
         aggregate,
         output,
         physical,
         task_ctx,
     })
+}
+
+/// The plan above an aggregate as a top-N over the aggregate's changes, if it is one (ranking
+/// functions within a bound, or ORDER BY ... LIMIT, with stateless plans around them).
+fn aggregate_top(agg: &AggregatePlan, ctx: &Arc<TaskContext>) -> Option<AggregateTop> {
+    let segment = agg.upper_segment.as_ref()?;
+    let (below, (top, above)) = match cut_top(&segment.plan, ctx, true) {
+        Ok((below, Some(top))) => (below, top),
+        _ => return None,
+    };
+    if check_stateless(&below).is_err() || check_stateless(&above.plan).is_err() {
+        return None;
+    }
+    Some(AggregateTop {
+        below: Segment {
+            plan: below,
+            feed: segment.feed.clone(),
+            task_ctx: ctx.clone(),
+        },
+        top,
+        above,
+    })
+}
+
+/// EXPLAIN lines of a top-N and the plan above it.
+fn push_top(lines: &mut Vec<String>, top: &TopPlan, above: &Segment) {
+    lines.push(format!("  Top-N: {}", top.describe()));
+    lines.push(format!(
+        "    state: table {}, {}; changes out (rows whose rank changes are deleted and inserted \
+         again)",
+        super::manager::TOP_OPERATOR,
+        match top.updates {
+            true => "every input row by (partition, order) and each partition's top rows",
+            false => "each partition's top rows (a row pushed out cannot come back)",
+        }
+    ));
+    lines.push("  Stateless (DataFusion, per batch):".into());
+    push_plan(lines, above.plan.as_ref());
 }
 
 /// Whether a materialized view's query updates its rows (it aggregates). Boxed: planning
@@ -936,7 +1019,12 @@ fn split(
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
             break agg;
         }
-        if matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
+        // A top-N (ORDER BY ... LIMIT) over the aggregate's rows also runs as the plan above.
+        let limited = node
+            .downcast_ref::<SortExec>()
+            .is_some_and(|s| s.fetch().is_some())
+            || matches!(node.name(), "GlobalLimitExec" | "LocalLimitExec");
+        if limited || matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
             over = true;
             node = only_child(&node)?;
             continue;
@@ -1037,6 +1125,7 @@ fn split(
             schema,
             upper,
             upper_segment,
+            top: None,
             window,
             session: None,
             retract: false,
@@ -1058,13 +1147,10 @@ fn check_upper_segment(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         | "CoalescePartitionsExec"
         | "RepartitionExec"
         | "CooperativeExec"
+        | "GlobalLimitExec"
+        | "LocalLimitExec"
+        | "SortExec(TopK)"
         | "StreamingTableExec" => {}
-        "GlobalLimitExec" | "LocalLimitExec" => {
-            return Err(not_supported(
-                "LIMIT over a view (rank within each window instead: row_number() OVER \
-                 (PARTITION BY window_start ORDER BY ...) <= n)",
-            ));
-        }
         other => return Err(not_supported(format!("{other} above an aggregation"))),
     }
     for child in plan.children() {
@@ -1078,6 +1164,19 @@ fn check_upper_segment(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
 /// so each emission holds every row a function needs.
 pub fn check_per_window(segment: &Segment) -> Result<()> {
     fn visit(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+        let limited = plan
+            .downcast_ref::<SortExec>()
+            .is_some_and(|s| s.fetch().is_some())
+            || matches!(plan.name(), "GlobalLimitExec" | "LocalLimitExec");
+        if limited {
+            return Err(Error::user(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "ORDER BY ... LIMIT over windows emitted when they close would apply to each \
+                 batch of closed windows: rank within each window instead (row_number() OVER \
+                 (PARTITION BY window_start ORDER BY ...) <= n), or add EMIT ON UPDATE to rank \
+                 all groups as they change",
+            ));
+        }
         let partitions: Option<Vec<Vec<String>>> =
             if let Some(w) = plan.downcast_ref::<BoundedWindowAggExec>() {
                 Some(
@@ -1133,9 +1232,16 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         | "CoalescePartitionsExec"
         | "CooperativeExec" => {}
         "SortExec" | "SortPreservingMergeExec" => {
-            return Err(not_supported("ORDER BY (a stream has no end to sort to)"));
+            return Err(not_supported(
+                "ORDER BY without LIMIT (a stream has no end to sort to; ORDER BY ... LIMIT n \
+                 in a materialized view keeps the first n rows)",
+            ));
         }
-        "GlobalLimitExec" | "LocalLimitExec" => return Err(not_supported("LIMIT")),
+        "GlobalLimitExec" | "LocalLimitExec" => {
+            return Err(not_supported(
+                "LIMIT without ORDER BY (which rows it keeps would be arbitrary)",
+            ));
+        }
         "HashJoinExec" | "NestedLoopJoinExec" | "SortMergeJoinExec" | "CrossJoinExec" => {
             return Err(not_supported(
                 "joins other than with a table or materialized view on its whole primary key, \
@@ -1223,6 +1329,7 @@ impl PipelinePlan {
     /// updating view): readers of such a view read its changelog.
     pub fn updates(&self) -> bool {
         self.aggregate.is_some()
+            || self.top.is_some()
             || self.view_input == Some(ViewInput::Updates)
             || self
                 .combined
@@ -1438,6 +1545,9 @@ impl PipelinePlan {
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, segment.plan.as_ref());
         }
+        if let Some((top, segment)) = &self.top {
+            push_top(&mut lines, top, segment);
+        }
         if let Some(agg) = &self.aggregate {
             let groups: Vec<&str> = agg.group_exprs.iter().map(|(_, n)| n.as_str()).collect();
             let aggs: Vec<&str> = agg.aggr_exprs.iter().map(|a| a.name()).collect();
@@ -1471,10 +1581,26 @@ impl PipelinePlan {
                 (Some(_), false) => lines.push("    emit: on update (windows update until they close)".into()),
                 (None, _) => lines.push("    emit: on update".into()),
             }
-            if let Some(segment) = &agg.upper_segment {
-                lines
-                    .push("  Window functions over each closed window's rows (DataFusion):".into());
-                push_plan(&mut lines, segment.plan.as_ref());
+            match (&agg.top, emit_on_close) {
+                (Some(top), false) => {
+                    lines.push(format!(
+                        "  Group changes: each changed group's old row deleted, its new row \
+                         inserted; state: table {}, each group's row last passed on",
+                        super::manager::GROUP_CHANGES_OPERATOR
+                    ));
+                    lines.push("  Stateless (DataFusion, per batch):".into());
+                    push_plan(&mut lines, top.below.plan.as_ref());
+                    push_top(&mut lines, &top.top, &top.above);
+                }
+                _ => {
+                    if let Some(segment) = &agg.upper_segment {
+                        lines.push(
+                            "  Window functions over each closed window's rows (DataFusion):"
+                                .into(),
+                        );
+                        push_plan(&mut lines, segment.plan.as_ref());
+                    }
+                }
             }
             for stage in &agg.upper {
                 match stage {

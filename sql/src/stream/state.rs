@@ -137,23 +137,25 @@ impl StateTable {
 
     /// Calls `f(group, key, value)` for every entry, in (group, key) order, staged writes
     /// included.
-    pub fn scan(&self, f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>) -> Result<()> {
+    pub fn scan(&self, mut f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>) -> Result<()> {
         let end = prefix_end(&self.prefix);
-        self.scan_range(self.prefix.clone(), end, f)
+        self.scan_range(self.prefix.clone(), end, 4096, |g, k, v| {
+            f(g, k, v).map(|_| true)
+        })
     }
 
     /// Like [`StateTable::scan`], over the key groups `groups` (a partition's).
     pub fn scan_groups(
         &self,
         groups: std::ops::Range<u16>,
-        f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
+        mut f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
         let start = self.store_key(groups.start, &[]);
         let end = match groups.end {
             keys::KEY_GROUPS => prefix_end(&self.prefix),
             end => self.store_key(end, &[]),
         };
-        self.scan_range(start, end, f)
+        self.scan_range(start, end, 4096, |g, k, v| f(g, k, v).map(|_| true))
     }
 
     /// Like [`StateTable::scan`], over the keys of `group` that start with `prefix`.
@@ -161,18 +163,34 @@ impl StateTable {
         &self,
         group: u16,
         prefix: &[u8],
-        f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
+        mut f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
         let start = self.store_key(group, prefix);
         let end = prefix_end(&start);
-        self.scan_range(start, end, f)
+        self.scan_range(start, end, 4096, |g, k, v| f(g, k, v).map(|_| true))
     }
 
+    /// Like [`StateTable::scan_prefix`], until `f` returns false (reading the store in small
+    /// chunks, for scans that usually stop early).
+    pub fn scan_prefix_until(
+        &self,
+        group: u16,
+        prefix: &[u8],
+        f: impl FnMut(u16, &[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let start = self.store_key(group, prefix);
+        let end = prefix_end(&start);
+        self.scan_range(start, end, 16, f)
+    }
+
+    /// Calls `f` on the entries in `start..end` in order while it returns true; reads the
+    /// store `chunk` entries at a time at first, doubling up to 4096.
     fn scan_range(
         &self,
         start: Vec<u8>,
         end: Vec<u8>,
-        mut f: impl FnMut(u16, &[u8], &[u8]) -> Result<()>,
+        mut chunk_len: usize,
+        mut f: impl FnMut(u16, &[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let split = |k: &[u8]| {
             let g = u16::from_be_bytes([
@@ -188,7 +206,8 @@ impl StateTable {
         };
         let mut from = start;
         loop {
-            let chunk = self.kv.scan(&from, &end, 4096)?;
+            let chunk = self.kv.scan(&from, &end, chunk_len)?;
+            chunk_len = (chunk_len * 2).min(4096);
             let Some((last, _)) = chunk.last() else {
                 break;
             };
@@ -197,20 +216,27 @@ impl StateTable {
             for (k, v) in &chunk {
                 // Staged entries before this key, then this key (staged wins).
                 while let Some((sk, sv)) = staged.next_if(|(sk, _)| sk.as_slice() < k.as_slice()) {
-                    if let Some(sv) = sv {
-                        emit(sk, sv)?;
+                    if let Some(sv) = sv
+                        && !emit(sk, sv)?
+                    {
+                        return Ok(());
                     }
                 }
-                match staged.next_if(|(sk, _)| sk.as_slice() == k.as_slice()) {
+                let go_on = match staged.next_if(|(sk, _)| sk.as_slice() == k.as_slice()) {
                     Some((_, Some(sv))) => emit(k, sv)?,
-                    Some((_, None)) => {}
+                    Some((_, None)) => true,
                     None => emit(k, v)?,
+                };
+                if !go_on {
+                    return Ok(());
                 }
             }
         }
         for (sk, sv) in staged {
-            if let Some(sv) = sv {
-                emit(sk, sv)?;
+            if let Some(sv) = sv
+                && !emit(sk, sv)?
+            {
+                return Ok(());
             }
         }
         Ok(())

@@ -2,11 +2,10 @@
 //! and deletes on both sides (rows repeat, keys repeat, NULL keys), restored at every
 //! checkpoint; the changes it emits, summed, must equal the batch join.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Int8Type, Schema, SchemaRef};
+use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::joins::utils::build_join_schema;
@@ -14,7 +13,7 @@ use datafusion::prelude::SessionContext;
 
 use super::{ChangeJoin, ChangeJoinPlan};
 use crate::stream::changelog::{self, Op};
-use crate::stream::harness::{Factory, Input, PIPELINE, Rng, cell, check_restores, sorted_rows};
+use crate::stream::harness::{Factory, Input, PIPELINE, Rng, check_restores, sorted_rows, summed};
 use crate::stream::manager::JOIN_OPERATOR;
 
 fn side(value: &str) -> SchemaRef {
@@ -85,31 +84,6 @@ fn script(seed: u64) -> (Vec<Input>, Sides) {
     }
     inputs.push(Input::Barrier);
     (inputs, rows)
-}
-
-/// The changes emitted, summed: each joined row as many times as it is in the result.
-fn summed(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let mut counts: BTreeMap<Vec<String>, i64> = BTreeMap::new();
-    for b in batches {
-        let last = b.num_columns() - 1;
-        let ops = b.column(last).as_primitive::<Int8Type>();
-        for r in 0..b.num_rows() {
-            let row: Vec<String> = (0..last).map(|c| cell(b.column(c).as_ref(), r)).collect();
-            let n = counts.entry(row).or_default();
-            *n += if Op::retracts(ops.value(r)) { -1 } else { 1 };
-        }
-    }
-    let mut out = Vec::new();
-    for (row, n) in counts {
-        assert!(
-            n >= 0,
-            "a joined row was retracted more often than added: {row:?}"
-        );
-        for _ in 0..n {
-            out.push(row.clone());
-        }
-    }
-    out
 }
 
 async fn batch_join(rows: &Sides, join: &str) -> Vec<Vec<String>> {
