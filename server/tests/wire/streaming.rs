@@ -278,6 +278,61 @@ const DIGIT_COUNTS: &str = "SELECT device % 10 AS digit, n FROM by_device WHERE 
 const BUCKET_SIZES: &str = "SELECT h.n, count(*) AS devices, max(h.devices) AS bucket \
      FROM by_device d JOIN device_histogram h ON d.n = h.n GROUP BY h.n";
 
+/// Top-N that updates: the five devices with the highest totals (ranked as the groups change),
+/// and each device's two highest values, the latest first on ties (over events).
+const TOP_DEVICES: &str = "SELECT device, sum(value) AS total FROM events GROUP BY device \
+     ORDER BY total DESC, device LIMIT 5";
+const HIGHEST: &str = "SELECT device, id, value FROM (SELECT device, id, value, \
+       row_number() OVER (PARTITION BY device ORDER BY value DESC, id DESC) AS n FROM events) \
+     WHERE n <= 2";
+
+/// [`TOP_DEVICES`] and [`HIGHEST`] by DataFusion as batch jobs, rows sorted.
+async fn top_n_reference() -> (Vec<String>, Vec<String>) {
+    let ctx = SessionContext::new();
+    ctx.register_batch("events", events_batch()).unwrap();
+    let mut results = Vec::new();
+    for sql in [TOP_DEVICES, HIGHEST] {
+        let batches = ctx
+            .sql(&format!("SELECT * FROM ({sql}) ORDER BY 1, 2"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        results.push(reference_rows(&batches));
+    }
+    let highest = results.pop().unwrap();
+    (results.pop().unwrap(), highest)
+}
+
+/// Polls `sql` until its rows equal `want`, failing after `deadline` with the last rows.
+async fn wait_for_rows(server: &Server, sql: &str, want: &[String], deadline: Duration) {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    loop {
+        if let Ok((client, conn)) =
+            tokio_postgres::connect(&server.conn_string(), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            if let Ok(rows) = client.query(sql, &[]).await
+                && !rows.is_empty()
+            {
+                last = eddy_rows(&client, sql).await;
+                if last == want {
+                    return;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{sql}: rows not equal to the batch query's within {deadline:?}: got {last:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The three devices with the highest total in each closed window (top-N per window).
 const TOP3: &str = "SELECT * FROM (SELECT window_start, device, sum(value) AS total, \
        row_number() OVER (PARTITION BY window_start ORDER BY sum(value) DESC, device) AS pos \
@@ -528,7 +583,9 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE STREAM unpaid WITH (checkpoint_interval = '330ms', retention_rows = 300000) \
                AS {UNPAID}; \
              CREATE MATERIALIZED VIEW latest_payment WITH (checkpoint_interval = '340ms') AS {}; \
-             CREATE MATERIALIZED VIEW same_window WITH (checkpoint_interval = '360ms') AS {};",
+             CREATE MATERIALIZED VIEW same_window WITH (checkpoint_interval = '360ms') AS {}; \
+             CREATE MATERIALIZED VIEW top_devices WITH (checkpoint_interval = '370ms') AS {TOP_DEVICES}; \
+             CREATE MATERIALIZED VIEW highest WITH (checkpoint_interval = '380ms') AS {HIGHEST};",
             sites.join(", "),
             latest_payment_sql(),
             same_window_sql(),
@@ -584,6 +641,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let (paid, unpaid) = join_reference().await;
     let top3 = top3_reference().await;
     let (latest_payment, same_window) = asof_and_window_reference();
+    let (top_devices, highest) = top_n_reference().await;
     let (histogram, digits, digits_total) = views_over_views_reference().await;
     let deadline = Duration::from_secs(300);
     let enriched = (0..MESSAGES).filter(|i| event(*i).device < SITES).count() as i64;
@@ -660,6 +718,22 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     for (sql, what, want) in &caught_up {
         wait_for(&server, sql, deadline, what, |n| n >= *want).await;
     }
+    // The top-N views update until their last row is in: they must settle on the batch
+    // result (a state that equals it cannot change again: later rows could only be better).
+    wait_for_rows(
+        &server,
+        "SELECT device, total FROM top_devices ORDER BY 1, 2",
+        &top_devices,
+        deadline,
+    )
+    .await;
+    wait_for_rows(
+        &server,
+        "SELECT device, id, value FROM highest ORDER BY 1, 2",
+        &highest,
+        deadline,
+    )
+    .await;
     let client = server.connect().await;
     let got_histogram = eddy_rows(
         &client,

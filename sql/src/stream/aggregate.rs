@@ -371,6 +371,11 @@ impl Aggregator {
     }
 
     /// Adds the state writes that make the checkpoint hold every group as it is now.
+    /// The checkpoint `epoch` is durable (its state writes go to the cache).
+    pub fn committed(&mut self, epoch: u64) {
+        self.state.committed(epoch);
+    }
+
     pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
         // A key can be listed twice (a group of an updating view's aggregate deleted and made
         // again in one epoch): the first takes the group.

@@ -44,6 +44,11 @@ pub struct Harness {
     op: Box<dyn Operator>,
     record: CheckpointRecord,
     watermark: Option<i64>,
+    /// A barrier that has passed the operator and whose checkpoint is not committed yet: as
+    /// the sink does, the harness commits it later, after the operator has taken the next
+    /// input, so an operator that reads its state back before its checkpoint lands is tested
+    /// for it.
+    pending: Option<Barrier>,
     /// Rows the operator emitted, in order.
     pub rows: Vec<RecordBatch>,
 }
@@ -70,8 +75,20 @@ impl Harness {
             op,
             watermark: record.watermark,
             record,
+            pending: None,
             rows: Vec::new(),
         })
+    }
+
+    /// Commits the pending barrier's checkpoint, as the sink would.
+    fn commit(&mut self) -> Result<()> {
+        if let Some(b) = self.pending.take() {
+            let (record, ops) = commit_ops(PIPELINE, self.record.epoch, b, 0)?;
+            self.kv.write(ops, true)?;
+            self.op.on_commit(record.epoch);
+            self.record = record;
+        }
+        Ok(())
     }
 
     pub async fn push(&mut self, input: &Input) -> Result<()> {
@@ -85,11 +102,15 @@ impl Harness {
                 self.op.on_watermark(*w, &mut out).await?
             }
             Input::Barrier => {
+                // Checkpoints commit in order.
+                self.commit()?;
                 let mut barrier = Barrier::new(self.record.epoch + 1, self.watermark);
                 self.op.on_barrier(&mut barrier)?;
                 out.push(Message::Barrier(barrier));
             }
         }
+        // The checkpoint of the barrier before this input lands now.
+        self.commit()?;
         for message in out {
             match message {
                 Message::Batch(b) | Message::Events(b, _) | Message::Changes(b) => {
@@ -97,22 +118,18 @@ impl Harness {
                 }
                 Message::Writes(w) => self.kv.write(w, false)?,
                 Message::Watermark(_) => {}
-                Message::Barrier(b) => {
-                    let (record, ops) = commit_ops(PIPELINE, self.record.epoch, b, 0)?;
-                    self.kv.write(ops, true)?;
-                    self.op.on_commit(record.epoch);
-                    self.record = record;
-                }
+                Message::Barrier(b) => self.pending = Some(b),
             }
         }
         Ok(())
     }
 
+    /// Runs the inputs; the last barrier's checkpoint is committed at the end.
     pub async fn run(&mut self, inputs: &[Input]) -> Result<()> {
         for input in inputs {
             self.push(input).await?;
         }
-        Ok(())
+        self.commit()
     }
 
     /// Everything the store holds now.

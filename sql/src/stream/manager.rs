@@ -659,6 +659,11 @@ impl StreamManager {
                 self.state.table(def.id, MATERIALIZE_OPERATOR),
             )));
         }
+        // A view stored as a multiset (`Materialize`) is written with its checkpoints.
+        let stores_multiset = match &plan.aggregate {
+            Some(agg) => agg.top.is_some() && !info.emit_on_close,
+            None => plan.updates(),
+        };
         let rx = spawn_chain(&mut tasks, operators, rx, &committed_rx);
         let mut uploader: Option<tokio::task::JoinHandle<()>> = None;
         let sink_kind = match (&def.kind, sink_config) {
@@ -751,6 +756,7 @@ impl StreamManager {
                 _ => None,
             },
             reads_views: plan.reads_views(),
+            defer_writes: stores_multiset,
         };
         tasks.spawn(sink.run(rx));
         // Windows, OVER and joins emit rows once the watermark passes them: later events

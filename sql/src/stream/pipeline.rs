@@ -320,6 +320,13 @@ impl Operator for AggregateOp {
             AggregateOp::Sessions(s) => s.on_barrier(barrier),
         }
     }
+
+    fn on_commit(&mut self, epoch: u64) {
+        match self {
+            AggregateOp::Groups(a) => a.committed(epoch),
+            AggregateOp::Sessions(s) => s.committed(epoch),
+        }
+    }
 }
 
 impl AggregateOp {
@@ -527,6 +534,11 @@ pub struct Sink {
     /// (None: the pipeline's one source): its position there is stored with each checkpoint,
     /// and its own rows are written with each checkpoint (not ahead of it).
     pub reads_views: Vec<(u32, Option<usize>)>,
+    /// The view's rows are written with each checkpoint, not ahead of it: they are a multiset
+    /// (`operators/materialize.rs`) whose row keys depend on the order of the changes, and a
+    /// replay after a crash may order them differently (Kafka partitions interleave, batches
+    /// split elsewhere), so a row written ahead could never be taken back.
+    pub defer_writes: bool,
 }
 
 impl Sink {
@@ -534,8 +546,9 @@ impl Sink {
         let mut next_seq = self.record.next_seq;
         let mut last_epoch = self.record.epoch;
         let mut previous = self.record.clone();
-        // Rows held until the checkpoint (see `reads_views`).
+        // Rows held until the checkpoint (see `reads_views` and `defer_writes`).
         let mut deferred: Vec<WriteOp> = Vec::new();
+        let defer = self.defer_writes || !self.reads_views.is_empty();
         while let Some(message) = rx.recv().await {
             match message {
                 Message::Batch(b) | Message::Events(b, _) => {
@@ -595,12 +608,12 @@ impl Sink {
                             .rows
                             .fetch_add(ops.len() as u64, Ordering::Relaxed);
                     }
-                    match self.reads_views.is_empty() {
-                        true => self.kv.write(ops, false)?,
+                    match defer {
+                        false => self.kv.write(ops, false)?,
                         // A replay of an updating view's changelog may start from another
                         // snapshot and touch other rows than the run it repeats: its rows are
                         // written with the checkpoint, never ahead of it.
-                        false => deferred.extend(ops),
+                        true => deferred.extend(ops),
                     }
                 }
                 Message::Watermark(w) => *self.metrics.watermark.lock() = Some(w),

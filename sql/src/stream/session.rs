@@ -326,6 +326,11 @@ impl SessionAggregator {
         self.view.output(&batch, keep.as_ref(), &keys)
     }
 
+    /// The checkpoint `epoch` is durable (its state writes go to the cache).
+    pub fn committed(&mut self, epoch: u64) {
+        self.state.committed(epoch);
+    }
+
     pub fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
         for (key, start) in self.removed.drain(..) {
             self.state.delete(key_group(&key), &state_key(&key, start));

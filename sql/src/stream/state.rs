@@ -53,6 +53,7 @@ impl StateStore {
             cache: self.cache.clone(),
             incarnation: self.cache.incarnation(),
             staged: BTreeMap::new(),
+            uncommitted: Vec::new(),
             cached: true,
         }
     }
@@ -69,7 +70,16 @@ pub struct StateTable {
     /// Whether flushed writes go to the cache (not for operators that hold their state in
     /// memory and read it back only by a scan at restore).
     cached: bool,
+    /// Writes flushed into barriers whose checkpoints have not committed yet, by epoch (for
+    /// cached tables). The sink commits a checkpoint after the barrier has passed, while the
+    /// operator goes on: until then the store does not have them, and reads and scans must
+    /// still see them. When the checkpoint commits ([`StateTable::committed`]) they move into
+    /// the cache, where the budget may drop them (the store has them by then).
+    uncommitted: Vec<(u64, Staged)>,
 }
+
+/// Writes by store key (`None`: deleted).
+type Staged = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 impl std::fmt::Debug for StateTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,6 +94,25 @@ impl StateTable {
     pub fn write_through(mut self) -> Self {
         self.cached = false;
         self
+    }
+
+    /// The checkpoint `epoch` is durable: its writes are in the store, and go to the cache.
+    /// Operators with a cached table call this from their `on_commit`.
+    pub fn committed(&mut self, epoch: u64) {
+        while self.uncommitted.first().is_some_and(|(e, _)| *e <= epoch) {
+            let (_, writes) = self.uncommitted.remove(0);
+            for (k, v) in writes {
+                self.cache.insert(self.incarnation, k, v);
+            }
+        }
+    }
+
+    /// A flushed write not committed yet, latest first.
+    fn uncommitted_value(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.uncommitted
+            .iter()
+            .rev()
+            .find_map(|(_, writes)| writes.get(key).cloned())
     }
 
     fn store_key(&self, group: u16, key: &[u8]) -> Vec<u8> {
@@ -104,6 +133,8 @@ impl StateTable {
             let k = self.store_key(*group, key);
             if let Some(v) = self.staged.get(&k) {
                 values.push(v.clone());
+            } else if let Some(v) = self.uncommitted_value(&k) {
+                values.push(v);
             } else if let Some(v) = self.cache.get(self.incarnation, &k) {
                 values.push(v);
             } else {
@@ -199,7 +230,27 @@ impl StateTable {
             ]);
             (g, k[keys::STATE_KEY_PREFIX_LEN..].to_vec())
         };
-        let mut staged = self.staged.range(start.clone()..end.clone()).peekable();
+        // Writes not in the store: those of uncommitted checkpoints, then those staged.
+        let mut overlay: Staged = BTreeMap::new();
+        for (_, writes) in &self.uncommitted {
+            for (k, v) in writes.range(start.clone()..end.clone()) {
+                overlay.insert(k.clone(), v.clone());
+            }
+        }
+        let overlay = match overlay.is_empty() {
+            true => None,
+            false => {
+                for (k, v) in self.staged.range(start.clone()..end.clone()) {
+                    overlay.insert(k.clone(), v.clone());
+                }
+                Some(overlay)
+            }
+        };
+        let mut staged = overlay
+            .as_ref()
+            .unwrap_or(&self.staged)
+            .range(start.clone()..end.clone())
+            .peekable();
         let mut emit = |k: &[u8], v: &[u8]| {
             let (g, key) = split(k);
             f(g, &key, v)
@@ -242,17 +293,25 @@ impl StateTable {
         Ok(())
     }
 
-    /// Moves the staged writes into the barrier's batch (committed with the checkpoint) and
-    /// into the cache.
+    /// Moves the staged writes into the barrier's batch (committed with the checkpoint); a
+    /// cached table keeps a copy until the checkpoint commits ([`StateTable::committed`]).
     pub fn flush(&mut self, barrier: &mut Barrier) {
-        for (k, v) in std::mem::take(&mut self.staged) {
-            if self.cached {
-                self.cache.insert(self.incarnation, k.clone(), v.clone());
+        if self.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let op = |(k, v): (Vec<u8>, Option<Vec<u8>>)| match v {
+            Some(v) => WriteOp::Put(k, v),
+            None => WriteOp::Delete(k),
+        };
+        match self.cached {
+            true => {
+                barrier
+                    .writes
+                    .extend(staged.iter().map(|(k, v)| op((k.clone(), v.clone()))));
+                self.uncommitted.push((barrier.epoch, staged));
             }
-            barrier.writes.push(match v {
-                Some(v) => WriteOp::Put(k, v),
-                None => WriteOp::Delete(k),
-            });
+            false => barrier.writes.extend(staged.into_iter().map(op)),
         }
     }
 }

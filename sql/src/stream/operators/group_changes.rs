@@ -103,4 +103,8 @@ impl Operator for GroupChanges {
         self.state.flush(barrier);
         Ok(())
     }
+
+    fn on_commit(&mut self, epoch: u64) {
+        self.state.committed(epoch);
+    }
 }

@@ -117,4 +117,8 @@ impl Operator for Materialize {
         self.state.flush(barrier);
         Ok(())
     }
+
+    fn on_commit(&mut self, epoch: u64) {
+        self.state.committed(epoch);
+    }
 }

@@ -98,6 +98,10 @@ impl Operator for Normalize {
         self.state.flush(barrier);
         Ok(())
     }
+
+    fn on_commit(&mut self, epoch: u64) {
+        self.state.committed(epoch);
+    }
 }
 
 #[cfg(test)]

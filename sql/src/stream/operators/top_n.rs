@@ -605,6 +605,10 @@ impl Operator for TopN {
         self.state.flush(barrier);
         Ok(())
     }
+
+    fn on_commit(&mut self, epoch: u64) {
+        self.state.committed(epoch);
+    }
 }
 
 #[cfg(test)]
