@@ -367,6 +367,14 @@ impl Operator for Chain {
     }
 }
 
+/// Runs one SQL statement in a test's engine, panicking with the statement on failure.
+pub async fn run_sql(session: &crate::engine::Session, sql: &str) {
+    session
+        .run(crate::engine::Session::parse(sql).unwrap().remove(0))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// The push source the operator tests plan their queries over.
 pub const EV_SOURCE: &str = "CREATE SOURCE ev (k int, v bigint, ts timestamp, \
      WATERMARK FOR ts AS ts - INTERVAL '1 second')";

@@ -15,9 +15,9 @@ use datafusion::prelude::SessionContext;
 use super::Aggregator;
 use crate::Engine;
 use crate::catalog::{DEFAULT_SCHEMA, TableDef};
-use crate::engine::Session;
 use crate::keys;
 use crate::stream::exchange::{Partitioned, Router};
+use crate::stream::harness::run_sql as run;
 use crate::stream::harness::{
     Chain, EV_SOURCE, Factory, Harness, Input, PIPELINE, Rng, cell, check_rescales, check_restores,
     ev_events, ev_schema, ev_script, sorted_rows,
@@ -27,13 +27,6 @@ use crate::stream::operators::per_window::PerWindow;
 use crate::stream::pipeline::{AggregateOp, Message, Operator};
 use crate::stream::plan::{self, PipelinePlan};
 use crate::stream::view::{DELETED_COLUMN, ViewWriter};
-
-async fn run(session: &Session, sql: &str) {
-    session
-        .run(Session::parse(sql).unwrap().remove(0))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// Plans `view_sql` over the push source `ev (k int, v bigint, ts timestamp)`.
 async fn planned(view_sql: &str) -> (Arc<PipelinePlan>, Arc<TableDef>) {

@@ -164,6 +164,9 @@ impl Selector {
 /// Each partition's key and the indexes of its rows in a batch.
 type Partitions<'a> = Vec<(&'a [u8], Vec<usize>)>;
 
+/// A partition's key, its old candidates and its new ones.
+type Top = (Vec<u8>, Vec<Entry>, Vec<Entry>);
+
 /// A row of the output: the input row and its ranks.
 type Ranked = (Vec<u8>, Vec<u64>);
 
@@ -465,8 +468,7 @@ impl TopN {
         let groups = Self::by_partition(&encoded, batch.num_rows());
         let partitions: Vec<&[u8]> = groups.iter().map(|(p, _)| *p).collect();
         let stored = self.stored_candidates(&partitions)?;
-        let (mut retract, mut insert) = (Vec::new(), Vec::new());
-        let mut updates = Vec::new();
+        let mut tops = Vec::new();
         for ((partition, rows), old) in groups.iter().zip(stored) {
             let mut merged = old.clone();
             for i in rows {
@@ -490,13 +492,18 @@ impl TopN {
                     break;
                 }
             }
-            if selector.kept != old {
-                self.diff(&old, &selector.kept, &mut retract, &mut insert);
-                updates.push((partition.to_vec(), selector.kept));
-            }
+            tops.push((partition.to_vec(), old, selector.kept));
         }
-        for (partition, list) in updates {
-            self.store_candidates(&partition, &list);
+        self.replace_candidates(tops, out)
+    }
+
+    /// Stores each partition's new candidates and emits the changes from its old output to
+    /// its new one.
+    fn replace_candidates(&mut self, tops: Vec<Top>, out: &mut Vec<Message>) -> Result<()> {
+        let (mut retract, mut insert) = (Vec::new(), Vec::new());
+        for (partition, old, new) in tops.into_iter().filter(|(_, old, new)| old != new) {
+            self.diff(&old, &new, &mut retract, &mut insert);
+            self.store_candidates(&partition, &new);
         }
         self.emit(&retract, &insert, out)
     }
@@ -542,8 +549,7 @@ impl TopN {
         }
         let partitions: Vec<&[u8]> = groups.iter().map(|(p, _)| *p).collect();
         let stored = self.stored_candidates(&partitions)?;
-        let (mut retract, mut insert) = (Vec::new(), Vec::new());
-        let mut updates = Vec::new();
+        let mut tops = Vec::new();
         for (partition, old) in partitions.iter().zip(stored) {
             let prefix = rows_prefix(partition);
             let mut selector = Selector::new(self.plan.by, self.plan.limit);
@@ -565,15 +571,9 @@ impl TopN {
             if let Some(e) = failed {
                 return Err(e);
             }
-            if selector.kept != old {
-                self.diff(&old, &selector.kept, &mut retract, &mut insert);
-                updates.push((partition.to_vec(), selector.kept));
-            }
+            tops.push((partition.to_vec(), old, selector.kept));
         }
-        for (partition, list) in updates {
-            self.store_candidates(&partition, &list);
-        }
-        self.emit(&retract, &insert, out)
+        self.replace_candidates(tops, out)
     }
 }
 

@@ -12,8 +12,8 @@ use datafusion::prelude::SessionContext;
 
 use super::IntervalJoin;
 use crate::Engine;
-use crate::engine::Session;
 use crate::error::Error;
+use crate::stream::harness::run_sql as run;
 use crate::stream::harness::{
     Chain, Factory, Input, PIPELINE, Rng, check_restores, ev_events, sorted_rows,
 };
@@ -21,13 +21,6 @@ use crate::stream::manager::JOIN_OPERATOR;
 use crate::stream::pipeline::{Operator, SegmentOp};
 use crate::stream::plan::{self, PipelinePlan, Segment};
 use crate::stream::state::StateTable;
-
-async fn run(session: &Session, sql: &str) {
-    session
-        .run(Session::parse(sql).unwrap().remove(0))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 const SOURCES: [&str; 2] = [
     "CREATE SOURCE orders (k int, v bigint, ts timestamp, \

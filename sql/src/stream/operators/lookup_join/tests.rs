@@ -12,19 +12,12 @@ use datafusion::prelude::SessionContext;
 use super::LookupJoin;
 use crate::Engine;
 use crate::catalog::DEFAULT_SCHEMA;
-use crate::engine::Session;
+use crate::stream::harness::run_sql as run;
 use crate::stream::harness::{Rng, sorted_rows};
 use crate::stream::pipeline::{Message, Operator, SegmentOp};
 use crate::stream::plan;
 
 const LETTERS: [&str; 3] = ["x", "y", "z"];
-
-async fn run(session: &Session, sql: &str) {
-    session
-        .run(Session::parse(sql).unwrap().remove(0))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// Random table rows (a, b, label, score): keys (0..8, x|y|z), some missing.
 fn dim_rows(rng: &mut Rng) -> Vec<(i32, &'static str, String, Option<i32>)> {

@@ -15,11 +15,11 @@ use super::Normalize;
 use crate::Engine;
 use crate::catalog::{DEFAULT_SCHEMA, TableDef};
 use crate::codec::row::RowDecoder;
-use crate::engine::Session;
 use crate::keys;
 use crate::storage::WriteOp;
 use crate::stream::aggregate::Aggregator;
 use crate::stream::changelog::upsert_schema;
+use crate::stream::harness::run_sql as run;
 use crate::stream::harness::{
     EV_SOURCE, Factory, Input, PIPELINE, Rng, check_restores, sorted_rows,
 };
@@ -30,13 +30,6 @@ use crate::stream::plan::{self, PipelinePlan, ViewInput};
 use crate::stream::view::ViewWriter;
 
 const UP: &str = "SELECT k, sum(v) AS s, count(*) AS n FROM ev GROUP BY k";
-
-async fn run(session: &Session, sql: &str) {
-    session
-        .run(Session::parse(sql).unwrap().remove(0))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// The view `up` and, planned over it, the view `down` of `down_sql`.
 async fn planned(down_sql: &str) -> (Arc<TableDef>, Arc<TableDef>, Arc<PipelinePlan>) {

@@ -9,9 +9,9 @@ use datafusion::prelude::SessionContext;
 use super::Over;
 use crate::Engine;
 use crate::catalog::DEFAULT_SCHEMA;
-use crate::engine::Session;
 use crate::keys;
 use crate::stream::exchange::Partitioned;
+use crate::stream::harness::run_sql as run;
 use crate::stream::harness::{
     Chain, EV_SOURCE, Factory, PIPELINE, Rng, check_rescales, check_restores, ev_events, ev_script,
     sorted_rows,
@@ -19,13 +19,6 @@ use crate::stream::harness::{
 use crate::stream::manager::OVER_OPERATOR;
 use crate::stream::pipeline::{Operator, SegmentOp};
 use crate::stream::plan::{self, PipelinePlan};
-
-async fn run(session: &Session, sql: &str) {
-    session
-        .run(Session::parse(sql).unwrap().remove(0))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 async fn planned(sql: &str) -> Arc<PipelinePlan> {
     let engine = Engine::in_memory();

@@ -11,8 +11,8 @@ use datafusion::prelude::SessionContext;
 
 use super::TopN;
 use crate::Engine;
-use crate::engine::Session;
 use crate::stream::changelog::{self, Op};
+use crate::stream::harness::run_sql as run;
 use crate::stream::harness::{
     Chain, EV_SOURCE, Factory, Input, PIPELINE, Rng, check_restores, ev_events, ev_script,
     sorted_rows, summed,
@@ -20,13 +20,6 @@ use crate::stream::harness::{
 use crate::stream::manager::TOP_OPERATOR;
 use crate::stream::pipeline::{Operator, SegmentOp};
 use crate::stream::plan::{self, PipelinePlan};
-
-async fn run(session: &Session, sql: &str) {
-    session
-        .run(Session::parse(sql).unwrap().remove(0))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// The plan of `sql` over `ev` and the updating view `u (k int, c bigint)`.
 async fn planned(sql: &str) -> Arc<PipelinePlan> {
