@@ -415,6 +415,10 @@ fn key_description(plan: &PipelinePlan) -> String {
                 .collect();
             format!("primary key ({})", names.join(", "))
         }
+        // Ranked rows (per window, or a top-N of groups) are stored by their values.
+        (None, Some(a)) if a.upper_segment.is_some() => {
+            "rows keyed by their values (a multiset)".into()
+        }
         (None, Some(_)) => "rows keyed by group".into(),
         (None, None) if plan.updates() => "rows keyed by their values (a multiset)".into(),
         (None, None) => "rows keyed by output sequence".into(),
