@@ -33,7 +33,7 @@ use super::operators::materialize::Materialize;
 use super::operators::normalize::Normalize;
 use super::operators::over::Over;
 use super::operators::per_window::PerWindow;
-use super::operators::top_n::TopN;
+use super::operators::top_n::{TopN, TopPlan};
 use super::operators::union::Union;
 use super::pipeline::SegmentOp;
 use super::pipeline::{
@@ -536,14 +536,20 @@ impl StreamManager {
                 segment: segment.clone(),
             }));
         }
-        if let Some((top, segment)) = &plan.top {
-            operators.push(Box::new(TopN::new(
-                top.clone(),
-                self.state.table(def.id, TOP_OPERATOR),
-            )?));
-            operators.push(Box::new(SegmentOp {
-                segment: segment.clone(),
-            }));
+        // A top-N and the plan above it.
+        let top_n = |top: &Arc<TopPlan>, above: &plan::Segment| -> Result<[Box<dyn Operator>; 2]> {
+            Ok([
+                Box::new(TopN::new(
+                    top.clone(),
+                    self.state.table(def.id, TOP_OPERATOR),
+                )?),
+                Box::new(SegmentOp {
+                    segment: above.clone(),
+                }),
+            ])
+        };
+        if let Some((top, above)) = &plan.top {
+            operators.extend(top_n(top, above)?);
         }
         if partitions > 1 && !spread {
             // The stages before the aggregate run once; an exchange spreads their rows.
@@ -636,13 +642,7 @@ impl StreamManager {
                     operators.push(Box::new(SegmentOp {
                         segment: top.below.clone(),
                     }));
-                    operators.push(Box::new(TopN::new(
-                        top.top.clone(),
-                        self.state.table(def.id, TOP_OPERATOR),
-                    )?));
-                    operators.push(Box::new(SegmentOp {
-                        segment: top.above.clone(),
-                    }));
+                    operators.extend(top_n(&top.top, &top.above)?);
                     operators.push(Box::new(Materialize::new(
                         ViewWriter::new(def.clone()),
                         self.state.table(def.id, MATERIALIZE_OPERATOR),

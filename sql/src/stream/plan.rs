@@ -15,11 +15,14 @@
 //!   stateless plan above it over a feed of the join's rows;
 //! - *OVER* over events (`plan/over.rs`): DataFusion's window operator run by Eddy's operator as
 //!   the watermark seals rows, followed by the plan above it;
+//! - *top-N* (`plan/top.rs`): ranking functions within a bound, or ORDER BY ... LIMIT, over
+//!   events or an updating view's rows, followed by the plan above it (changes out);
 //! - *aggregate*: at most one grouping aggregation, run by Eddy's own stateful operator with
 //!   DataFusion's accumulators;
 //! - *upper*: projections and HAVING filters over the aggregate's changed groups, or, with
-//!   window functions over a windowed aggregate (top-N per window), the whole plan above it
-//!   run over each batch of closed windows.
+//!   window functions or ORDER BY ... LIMIT over the aggregate, the whole plan above it: run
+//!   over each batch of closed windows (top-N per window), or, when the groups emit on update,
+//!   as a top-N over their changes (`AggregatePlan::top`).
 //!
 //! A join of two sources (`plan/joins.rs`) comes first: each of its inputs is the stateless
 //! plan over its source, and the lower plan runs over the join's rows.
@@ -29,8 +32,8 @@
 //! changelog (`changelog.rs`), after which the aggregate retracts and two views may be joined
 //! (`plan/joins.rs::view_join`, changelog in and out).
 //!
-//! Anything else (unbounded joins of two streams, ORDER BY ... LIMIT, nested aggregates in one
-//! query, unbounded OVER frames) is refused with 0A000 naming the operator.
+//! Anything else (unbounded joins of two streams, LIMIT without ORDER BY, nested aggregates in
+//! one query, unbounded OVER frames) is refused with 0A000 naming the operator.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -990,6 +993,13 @@ fn check_over_updates(
     Ok(())
 }
 
+/// Whether the node keeps only some rows: a LIMIT, or a sort with a fetch (ORDER BY ... LIMIT).
+fn limits(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.downcast_ref::<SortExec>()
+        .is_some_and(|s| s.fetch().is_some())
+        || matches!(node.name(), "GlobalLimitExec" | "LocalLimitExec")
+}
+
 fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     match plan.children().as_slice() {
         [one] => Ok((*one).clone()),
@@ -1020,11 +1030,7 @@ fn split(
             break agg;
         }
         // A top-N (ORDER BY ... LIMIT) over the aggregate's rows also runs as the plan above.
-        let limited = node
-            .downcast_ref::<SortExec>()
-            .is_some_and(|s| s.fetch().is_some())
-            || matches!(node.name(), "GlobalLimitExec" | "LocalLimitExec");
-        if limited || matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
+        if limits(&node) || matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
             over = true;
             node = only_child(&node)?;
             continue;
@@ -1164,11 +1170,7 @@ fn check_upper_segment(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
 /// so each emission holds every row a function needs.
 pub fn check_per_window(segment: &Segment) -> Result<()> {
     fn visit(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
-        let limited = plan
-            .downcast_ref::<SortExec>()
-            .is_some_and(|s| s.fetch().is_some())
-            || matches!(plan.name(), "GlobalLimitExec" | "LocalLimitExec");
-        if limited {
+        if limits(plan) {
             return Err(Error::user(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "ORDER BY ... LIMIT over windows emitted when they close would apply to each \

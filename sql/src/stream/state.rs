@@ -2,8 +2,9 @@
 //! by (pipeline, operator, key group, key) in the layout of [`crate::keys`].
 //!
 //! Operators never open the store. They read through the table, which looks in what they
-//! staged since the last barrier, then in the server-wide [`StateCache`] (bounded by
-//! `state_cache`), then in the store; so state larger than memory works, at the cost of store
+//! staged since the last barrier, then in what they flushed for checkpoints that have not
+//! committed yet, then in the server-wide [`StateCache`] (bounded by `state_cache`), then in
+//! the store; so state larger than memory works, at the cost of store
 //! reads for cold keys. Writes are staged in the table and leave it only at a barrier
 //! ([`StateTable::flush`]), as part of the checkpoint's one synced batch: the store never
 //! holds state of an epoch that did not commit, and a restart reads exactly the state of the

@@ -6,17 +6,15 @@
 //! the group columns) and turns each new row into the delete of that row and the insert of
 //! the new one (nothing when they are equal).
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::error::Result;
-use crate::keys::key_group;
 use crate::stream::changelog;
 use crate::stream::checkpoint::Barrier;
+use crate::stream::operators::normalize::upserts_to_changes;
 use crate::stream::pipeline::{Message, Operator};
 use crate::stream::state::StateTable;
 
@@ -71,26 +69,8 @@ impl Operator for GroupChanges {
         };
         let key = |i: usize| keys.as_ref().map_or(&[][..], |k| k.row(i).data());
         let rows = self.rows.convert_columns(batch.columns())?;
-        // Each group's last row in the batch, groups in order of first appearance.
-        let mut last: HashMap<&[u8], usize> = HashMap::new();
-        let mut order: Vec<&[u8]> = Vec::new();
-        for i in 0..batch.num_rows() {
-            if last.insert(key(i), i).is_none() {
-                order.push(key(i));
-            }
-        }
-        let wanted: Vec<(u16, &[u8])> = order.iter().map(|k| (key_group(k), *k)).collect();
-        let stored = self.state.get_many(&wanted)?;
-        let (mut retracted, mut inserted) = (Vec::new(), Vec::new());
-        for (k, old) in order.into_iter().zip(stored) {
-            let new = rows.row(last[k]).data();
-            if old.as_deref() == Some(new) {
-                continue;
-            }
-            retracted.extend(old);
-            inserted.push(new.to_vec());
-            self.state.put(key_group(k), k, new.to_vec());
-        }
+        let upserts = (0..batch.num_rows()).map(|i| (key(i), Some(rows.row(i).data())));
+        let (retracted, inserted) = upserts_to_changes(&mut self.state, upserts)?;
         let retracted = self.decode(&retracted)?;
         let inserted = self.decode(&inserted)?;
         if let Some(c) = changelog::changes(&[retracted], &[inserted])? {

@@ -51,41 +51,52 @@ impl Normalize {
     }
 }
 
+/// Encoded rows to retract, and encoded rows to insert.
+pub(crate) type RowChanges = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Upserts (a key and its new encoded row, None: deleted) against the rows last seen per key
+/// in `state`: returns the rows to retract and the rows to insert (nothing for a key whose
+/// row did not change; only a key's last upsert counts), and records the new rows.
+pub(crate) fn upserts_to_changes<'a>(
+    state: &mut StateTable,
+    upserts: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> Result<RowChanges> {
+    // Each key's last upsert, keys in order of first appearance.
+    let mut last: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+    let mut order: Vec<&[u8]> = Vec::new();
+    for (key, value) in upserts {
+        if last.insert(key, value).is_none() {
+            order.push(key);
+        }
+    }
+    let wanted: Vec<(u16, &[u8])> = order.iter().map(|k| (key_group(k), *k)).collect();
+    let stored = state.get_many(&wanted)?;
+    let (mut retracted, mut inserted) = (Vec::new(), Vec::new());
+    for (key, old) in order.into_iter().zip(stored) {
+        let new = last[key];
+        if old.as_deref() == new {
+            continue;
+        }
+        retracted.extend(old);
+        match new {
+            Some(v) => {
+                inserted.push(v.to_vec());
+                state.put(key_group(key), key, v.to_vec());
+            }
+            None => state.delete(key_group(key), key),
+        }
+    }
+    Ok((retracted, inserted))
+}
+
 #[async_trait]
 impl Operator for Normalize {
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Vec<Message>) -> Result<()> {
         let keys = batch.column(0).as_binary::<i32>();
         let values = batch.column(1).as_binary::<i32>();
-        // Each key's last upsert in the batch, keys in order of first appearance.
-        let mut last: HashMap<&[u8], usize> = HashMap::new();
-        let mut order: Vec<&[u8]> = Vec::new();
-        for i in 0..batch.num_rows() {
-            let key = keys.value(i);
-            if last.insert(key, i).is_none() {
-                order.push(key);
-            }
-        }
-        let wanted: Vec<(u16, &[u8])> = order.iter().map(|k| (key_group(k), *k)).collect();
-        let stored = self.state.get_many(&wanted)?;
-        let mut retracted = Vec::new();
-        let mut inserted = Vec::new();
-        for (key, old) in order.into_iter().zip(stored) {
-            let i = last[key];
-            let new = (!values.is_null(i)).then(|| values.value(i));
-            if old.as_deref() == new {
-                continue;
-            }
-            if let Some(old) = old {
-                retracted.push(old);
-            }
-            match new {
-                Some(v) => {
-                    inserted.push(v.to_vec());
-                    self.state.put(key_group(key), key, v.to_vec());
-                }
-                None => self.state.delete(key_group(key), key),
-            }
-        }
+        let upserts = (0..batch.num_rows())
+            .map(|i| (keys.value(i), (!values.is_null(i)).then(|| values.value(i))));
+        let (retracted, inserted) = upserts_to_changes(&mut self.state, upserts)?;
         let retracted = self.rows(&retracted)?;
         let inserted = self.rows(&inserted)?;
         if let Some(c) = changelog::changes(&[retracted], &[inserted])? {

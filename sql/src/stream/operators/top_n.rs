@@ -357,9 +357,6 @@ impl TopN {
         retract: &mut Vec<Ranked>,
         insert: &mut Vec<Ranked>,
     ) {
-        if old == new {
-            return;
-        }
         let mut counts: HashMap<Ranked, i64> = HashMap::new();
         for r in self.ranked(old) {
             *counts.entry(r).or_default() -= 1;
