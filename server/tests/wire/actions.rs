@@ -560,10 +560,20 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         if b == 4 {
-            // Kill and restart once the sink has kept a previous checkpoint record: the
-            // restarted aggregate must read only its groups (the record once sat among them).
+            // Kill and restart once the sink has sent every machine's row (it reads the
+            // view's changelog, from a snapshot) and kept a previous checkpoint record: the
+            // restarted pipelines must read only their state (the record once sat among an
+            // aggregate's groups).
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while sink_epoch(&client, "totals_out").await < 3 {
+            while sink_rows(&client, "totals_out").await < 3 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the sink sends no rows"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let sent = sink_epoch(&client, "totals_out").await;
+            while sink_epoch(&client, "totals_out").await < sent.max(1) + 2 {
                 assert!(std::time::Instant::now() < deadline, "no checkpoints");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -594,6 +604,17 @@ async fn an_updating_view_goes_to_a_keyed_kafka_topic_as_upserts() {
         Some(""),
         "a group HAVING removes ends with a tombstone: {messages:?}"
     );
+}
+
+async fn sink_rows(client: &tokio_postgres::Client, name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT rows FROM eddy_catalog.sinks WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 async fn sink_epoch(client: &tokio_postgres::Client, name: &str) -> i64 {

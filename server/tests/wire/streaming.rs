@@ -306,6 +306,25 @@ async fn top_n_reference() -> (Vec<String>, Vec<String>) {
 }
 
 /// Polls `sql` until its rows equal `want`, failing after `deadline` with the last rows.
+/// The rows of `sql` over the Parquet files in `dir` as table `t` (none before the first).
+async fn parquet_rows(dir: &std::path::Path, sql: &str) -> Vec<String> {
+    let has_files = std::fs::read_dir(dir).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".parquet")
+    });
+    if !has_files {
+        return Vec::new();
+    }
+    let ctx = SessionContext::new();
+    ctx.register_parquet("t", dir.to_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    reference_rows(&batches)
+}
+
 async fn wait_for_rows(server: &Server, sql: &str, want: &[String], deadline: Duration) {
     let start = Instant::now();
     let mut last = Vec::new();
@@ -554,6 +573,9 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
 
     let mut server = Server::start();
     let client = server.connect().await;
+    // A sink of the windowed view reads the view's changelog: each closed window reaches
+    // the Parquet files once, across the kills.
+    let windows_out = tempfile::tempdir().unwrap();
     let sites: Vec<String> = (0..SITES)
         .map(|d| format!("({d}, '{}')", site(d)))
         .collect();
@@ -585,10 +607,13 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE MATERIALIZED VIEW latest_payment WITH (checkpoint_interval = '340ms') AS {}; \
              CREATE MATERIALIZED VIEW same_window WITH (checkpoint_interval = '360ms') AS {}; \
              CREATE MATERIALIZED VIEW top_devices WITH (checkpoint_interval = '370ms') AS {TOP_DEVICES}; \
-             CREATE MATERIALIZED VIEW highest WITH (checkpoint_interval = '380ms') AS {HIGHEST};",
+             CREATE MATERIALIZED VIEW highest WITH (checkpoint_interval = '380ms') AS {HIGHEST}; \
+             CREATE SINK windows_out FROM per_window WITH (connector = 'parquet', path = '{}', \
+               checkpoint_interval = '390ms');",
             sites.join(", "),
             latest_payment_sql(),
             same_window_sql(),
+            windows_out.path().display(),
         ))
         .await
         .expect("create source and views");
@@ -734,6 +759,27 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
         deadline,
     )
     .await;
+    // The sink's files hold each closed window once.
+    let sunk_sql = "SELECT CAST(to_unixtime(window_start) AS BIGINT), n, total FROM t \
+                    ORDER BY window_start";
+    let start = Instant::now();
+    loop {
+        let sunk = parquet_rows(windows_out.path(), sunk_sql).await;
+        if sunk.len() >= windows.len() {
+            assert_eq!(
+                sunk, windows,
+                "Parquet sink of the TUMBLE view differs (seed {seed})"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "the sink of the TUMBLE view wrote {} of {} windows (seed {seed})",
+            sunk.len(),
+            windows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let client = server.connect().await;
     let got_histogram = eddy_rows(
         &client,

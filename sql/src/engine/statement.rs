@@ -275,12 +275,7 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
         },
         Some("EXPLAIN") if word(parser, 1).as_deref() == Some("CREATE") => {
             match object_kind(parser, 2) {
-                Some((kind, n))
-                    if !matches!(
-                        kind,
-                        ObjectKind::Source | ObjectKind::Model | ObjectKind::Sink
-                    ) =>
-                {
+                Some((kind, n)) if !matches!(kind, ObjectKind::Source | ObjectKind::Model) => {
                     skip(parser, 2 + n);
                     match create(parser, kind)? {
                         EddyStatement::CreateQuery(q) => EddyStatement::Explain(q),

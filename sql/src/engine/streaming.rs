@@ -73,6 +73,12 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
             let emit_on_close = emit_on_close(q, &plan, windowed)?;
             let sink = match q.kind {
                 ObjectKind::Stream => format!("stream {} (rows keyed by output sequence)", q.name),
+                ObjectKind::Sink if plan.updates() && plan.aggregate.is_none() => format!(
+                    "sink {} (the view's changes: inserted rows; to a keyed Kafka topic also \
+                     deleted rows, as tombstones)",
+                    q.name
+                ),
+                ObjectKind::Sink => format!("sink {}", q.name),
                 _ => format!("materialized view {} ({})", q.name, key_description(&plan)),
             };
             let requested = crate::stream::manager::option_parallelism(&q.options)?
@@ -425,6 +431,38 @@ fn key_description(plan: &PipelinePlan) -> String {
     }
 }
 
+/// Whether the rows of `view` change after they are written (upserts by the view's key, for
+/// a keyed Kafka topic) rather than being appended once (rows of a query over events, or
+/// windows written when they close), for a sink that reads the view. Views whose changing rows
+/// have no key are refused: a sink could not say which row a change replaces.
+async fn view_rows_change(
+    catalog: &crate::catalog::Catalog,
+    view: &TableDef,
+    udfs: &[Arc<datafusion::logical_expr::ScalarUDF>],
+) -> Result<bool> {
+    let TableKind::MaterializedView(info) = &view.kind else {
+        return Ok(false);
+    };
+    let plan =
+        plan::plan_with(catalog, &plan::parse_query(&info.sql)?, udfs, &info.options).await?;
+    let changes = match &plan.aggregate {
+        Some(agg) => crate::stream::sinks::emits_updates(agg, info.emit_on_close),
+        None => plan.updates(),
+    };
+    if changes && view.primary_key.is_empty() {
+        return Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "sinks do not take the rows of \"{}\" yet: they change without a GROUP BY key \
+                 (a top-N, or a join or query over an updating view); query the materialized \
+                 view instead",
+                view.name
+            ),
+        ));
+    }
+    Ok(changes)
+}
+
 async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> {
     let tag = CommandTag::new(format!("CREATE {}", q.kind.sql()));
     let (schema, name) = session.qualify(&q.name)?;
@@ -435,24 +473,22 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
     }
     // Named PREDICT features are resolved now, so the stored query keeps this order.
     let mut query = q.query.clone();
-    // A sink of a materialized view runs the view's query itself (from the source's start)
-    // and sends its rows instead of storing them.
-    let mut sunk_view: Option<(String, bool)> = None;
+    // A sink of a materialized view reads the view: its rows in order, or its changelog.
+    let mut sunk_view: Option<Arc<TableDef>> = None;
     if q.kind == ObjectKind::Sink {
         for relation in plan::relations(&query) {
             let Some(view) = catalog.table(&schema, &relation) else {
                 continue;
             };
-            let TableKind::MaterializedView(info) = &view.kind else {
+            if !matches!(view.kind, TableKind::MaterializedView(_)) {
                 continue;
-            };
+            }
             if query.to_string() != format!("SELECT * FROM {relation}") {
                 return Err(Error::not_supported(format!(
                     "a query over materialized view \"{relation}\" in a sink (sink the whole view: CREATE SINK {name} FROM {relation} WITH (...))"
                 )));
             }
-            *query = plan::parse_query(&info.sql)?;
-            sunk_view = Some((relation.clone(), info.emit_on_close));
+            sunk_view = Some(view);
         }
     }
     super::models::resolve_named_features(&mut query, &catalog)?;
@@ -479,7 +515,16 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             ),
         ));
     }
-    if q.kind == ObjectKind::Sink && plan.updates() && plan.aggregate.is_none() {
+    // Whether the rows a sink of a view gets change (upserts by the view's key).
+    let view_rows_change = match &sunk_view {
+        Some(view) => Some(view_rows_change(&catalog, view, &udfs).await?),
+        None => None,
+    };
+    if q.kind == ObjectKind::Sink
+        && sunk_view.is_none()
+        && plan.updates()
+        && plan.aggregate.is_none()
+    {
         // Only an aggregate's updates have a key a sink can send them by.
         return Err(Error::user(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -493,9 +538,9 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             "a stream is append-only: use CREATE MATERIALIZED VIEW for GROUP BY and aggregates",
         ));
     }
-    let emit_on_close = match &sunk_view {
-        Some((_, on_close)) => *on_close,
-        None => emit_on_close(q, &plan, windowed)?,
+    let emit_on_close = match sunk_view.as_ref().map(|v| &v.kind) {
+        Some(TableKind::MaterializedView(info)) => info.emit_on_close,
+        _ => emit_on_close(q, &plan, windowed)?,
     };
     let ranks_groups = plan.aggregate.as_ref().is_some_and(|a| a.top.is_some());
     if q.kind == ObjectKind::Sink && ranks_groups && !emit_on_close {
@@ -523,10 +568,11 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         options = Options::default();
         // An aggregate that updates its rows (not windows emitted when they close) needs a
         // target that can take updates: a keyed Kafka topic.
-        let updating = plan
-            .aggregate
-            .as_ref()
-            .is_some_and(|a| crate::stream::sinks::emits_updates(a, emit_on_close));
+        let updating = view_rows_change.unwrap_or_else(|| {
+            plan.aggregate
+                .as_ref()
+                .is_some_and(|a| crate::stream::sinks::emits_updates(a, emit_on_close))
+        });
         let config = SinkConfig::from_options(&name, &q.options)?;
         if updating && !matches!(config, SinkConfig::Kafka(_)) {
             return Err(Error::not_supported(format!(
@@ -614,7 +660,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         });
     }
     let primary_key = group_key_columns(&plan).unwrap_or_default();
-    let mut depends_on: Vec<String> = plan::relations(&query)
+    let depends_on: Vec<String> = plan::relations(&query)
         .into_iter()
         .filter(|n| {
             catalog.table(DEFAULT_SCHEMA, n).is_some_and(|t| {
@@ -628,9 +674,6 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             })
         })
         .collect();
-    if let Some((view, _)) = sunk_view {
-        depends_on.push(view);
-    }
     let info = QueryInfo {
         sql: query.to_string(),
         depends_on,

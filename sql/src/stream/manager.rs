@@ -33,6 +33,7 @@ use super::operators::materialize::Materialize;
 use super::operators::normalize::Normalize;
 use super::operators::over::Over;
 use super::operators::per_window::PerWindow;
+use super::operators::sink_changes::SinkChanges;
 use super::operators::top_n::{TopN, TopPlan};
 use super::operators::union::Union;
 use super::pipeline::SegmentOp;
@@ -653,6 +654,17 @@ impl StreamManager {
                 }
                 _ => {}
             }
+        } else if let (TableKind::Sink(_), true) = (&def.kind, plan.updates()) {
+            // A sink of an updating view sends its changes: as upserts to a keyed Kafka
+            // topic, as appended rows elsewhere.
+            let upsert_key = match &sink_config {
+                Some(SinkConfig::Kafka(k)) => k
+                    .key_column
+                    .as_ref()
+                    .and_then(|c| plan.output.index_of(c).ok()),
+                _ => None,
+            };
+            operators.push(Box::new(SinkChanges::new(def.clone(), upsert_key)));
         } else if plan.updates() {
             operators.push(Box::new(Materialize::new(
                 ViewWriter::new(def.clone()),
@@ -662,7 +674,7 @@ impl StreamManager {
         // A view stored as a multiset (`Materialize`) is written with its checkpoints.
         let stores_multiset = match &plan.aggregate {
             Some(agg) => agg.top.is_some() && !info.emit_on_close,
-            None => plan.updates(),
+            None => plan.updates() && !matches!(def.kind, TableKind::Sink(_)),
         };
         let rx = spawn_chain(&mut tasks, operators, rx, &committed_rx);
         let mut uploader: Option<tokio::task::JoinHandle<()>> = None;

@@ -9,6 +9,7 @@
 //! - [`over`]: OVER window functions over events, emitted as the watermark passes them.
 //! - [`materialize`]: a changelog stored as a view's rows (a multiset).
 //! - [`normalize`]: a view's upserts as changes (deletes of old rows, inserts of new ones).
+//! - [`sink_changes`]: an updating view's changes as the rows a sink sends.
 //! - [`per_window`]: window functions over the rows of closed windows (top-N per window).
 //! - [`top_n`]: ranked rows within a bound, or ORDER BY ... LIMIT, changes out.
 
@@ -27,6 +28,7 @@ pub mod materialize;
 pub mod normalize;
 pub mod over;
 pub mod per_window;
+pub mod sink_changes;
 pub mod top_n;
 pub mod union;
 
