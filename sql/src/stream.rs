@@ -27,6 +27,7 @@ pub mod operators;
 pub mod pipeline;
 pub mod plan;
 pub mod session;
+pub mod shared_source;
 pub mod sinks;
 pub mod state;
 pub mod view;

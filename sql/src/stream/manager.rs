@@ -91,6 +91,8 @@ pub struct StreamManager {
     staging: std::path::PathBuf,
     /// Per updating view: what its sink and new readers of its changelog share.
     logs: Mutex<HashMap<u32, Arc<LogShared>>>,
+    /// The connector sources being read, one reader each for every pipeline.
+    hubs: Arc<super::shared_source::SourceHubs>,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -120,6 +122,7 @@ impl StreamManager {
             models: Mutex::new(None),
             staging,
             logs: Mutex::new(HashMap::new()),
+            hubs: Default::default(),
         }
     }
 
@@ -925,10 +928,17 @@ impl StreamManager {
         }
         .transpose()?;
         let updates = setup.updates;
+        let (hubs, source_id) = (self.hubs.clone(), source_def.id);
         let open = Box::new(
             move || -> eddy_connectors::Result<Box<dyn eddy_connectors::Source>> {
                 match (connector, updates) {
-                    (Some((c, spec)), _) => eddy_connectors::open_source(&c, &spec, &positions),
+                    (Some((c, spec)), _) => hubs.open(
+                        source_id,
+                        &positions,
+                        Arc::new(move |at: &eddy_connectors::Positions| {
+                            eddy_connectors::open_source(&c, &spec, at)
+                        }),
+                    ),
                     (None, true) => Ok(Box::new(
                         super::changelog::ViewLogSource::open(log_def, kv, &positions)
                             .map_err(|e| eddy_connectors::Error::External(e.to_string()))?,
