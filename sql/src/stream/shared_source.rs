@@ -11,14 +11,15 @@
 //! A pipeline joins the hub only where the hub's next batch cannot skip a row it has not read:
 //! when its positions are at or past the hub's in every partition the hub reads. Until then it
 //! reads on its own connector, from its own positions (a new view over an old topic, a
-//! pipeline restored from an older checkpoint), and joins as soon as it has caught up. The
-//! hub never waits for a pipeline: one whose queue is full (a slow sink, a join waiting for
-//! its other input's barrier) is let go and reads on its own again from where it stands, so
-//! one pipeline cannot hold back the others (and pipelines that wait for each other's inputs
-//! cannot wait in a circle). The hub closes when its last pipeline leaves.
+//! pipeline restored from an older checkpoint), and joins as soon as it has caught up. While
+//! no pipeline takes a batch the hub waits (the source goes at its pipelines' pace); a
+//! pipeline whose queue stays full while others take the batches (a slow sink, a join waiting
+//! for its other input's barrier) is let go and reads on its own again from where it stands,
+//! so one pipeline cannot hold back the others (and pipelines that wait for each other's
+//! inputs cannot wait in a circle). The hub closes when its last pipeline leaves.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -33,6 +34,10 @@ pub type OpenSource = Arc<dyn Fn(&Positions) -> Result<Box<dyn Source>> + Send +
 
 /// Batches a pipeline may have waiting before the hub lets it go.
 const QUEUE_BATCHES: usize = 16;
+
+/// How long a reader's queue may stay full while other readers take the hub's batches
+/// before the hub lets it go.
+const LET_GO_AFTER: Duration = Duration::from_millis(200);
 
 /// How long the hub waits for events per poll.
 const HUB_POLL: Duration = Duration::from_millis(20);
@@ -56,9 +61,17 @@ pub struct Hub {
     per_partition: bool,
 }
 
+struct Subscriber {
+    id: u64,
+    tx: SyncSender<HubMessage>,
+    /// Alive while the reader is open.
+    token: Weak<()>,
+}
+
 struct HubState {
-    /// Each reader's queue, and a token it holds while it is open.
-    subscribers: Vec<(SyncSender<HubMessage>, Weak<()>)>,
+    subscribers: Vec<Subscriber>,
+    /// The next subscriber's id.
+    next_id: u64,
     /// Where the hub's next batch starts.
     positions: Positions,
     partitions: Vec<i32>,
@@ -130,26 +143,12 @@ impl Hub {
                 Err(e) => Some(HubMessage::Failed(e.to_string())),
             };
             let ends = matches!(message, Some(HubMessage::Finished | HubMessage::Failed(_)));
+            if let Some(message) = message {
+                self.deliver(&message, source.as_ref());
+            }
             let mut state = self.state.lock();
             // Readers that closed leave (an idle hub sends nothing that would notice).
-            state
-                .subscribers
-                .retain(|(_, token)| token.strong_count() > 0);
-            if let Some(message) = message {
-                if let HubMessage::Batch(_, positions) = &message {
-                    state.positions = (**positions).clone();
-                    state.partitions = source.partitions();
-                }
-                state.subscribers.retain(|(tx, _)| {
-                    let copy = match &message {
-                        HubMessage::Batch(b, p) => HubMessage::Batch(b.clone(), p.clone()),
-                        HubMessage::Finished => HubMessage::Finished,
-                        HubMessage::Failed(e) => HubMessage::Failed(e.clone()),
-                    };
-                    // A full queue lets the reader go: it reads on its own from where it is.
-                    tx.try_send(copy).is_ok()
-                });
-            }
+            state.subscribers.retain(|s| s.token.strong_count() > 0);
             if ends || state.subscribers.is_empty() {
                 state.closed = true;
                 state.subscribers.clear();
@@ -160,6 +159,59 @@ impl Hub {
                 }
                 return;
             }
+        }
+    }
+
+    /// Hands `message` to every reader subscribed now. A reader whose queue is full is
+    /// waited for while no reader has taken the message (the source's pace is then the
+    /// pipelines'), and let go once it has stayed full for `LET_GO_AFTER` while others took
+    /// it: it then reads on its own from where it stands.
+    fn deliver(&self, message: &HubMessage, source: &dyn Source) {
+        let copy = || match message {
+            HubMessage::Batch(b, p) => HubMessage::Batch(b.clone(), p.clone()),
+            HubMessage::Finished => HubMessage::Finished,
+            HubMessage::Failed(e) => HubMessage::Failed(e.clone()),
+        };
+        let audience = {
+            let mut state = self.state.lock();
+            if let HubMessage::Batch(_, positions) = message {
+                // Readers that join from now on start after this batch.
+                state.positions = (**positions).clone();
+                state.partitions = source.partitions();
+            }
+            state.next_id
+        };
+        let mut delivered: Vec<u64> = Vec::new();
+        let mut full_since: Option<std::time::Instant> = None;
+        loop {
+            let mut state = self.state.lock();
+            let mut full = Vec::new();
+            state.subscribers.retain(|s| {
+                if s.id >= audience || delivered.contains(&s.id) {
+                    return true;
+                }
+                match s.tx.try_send(copy()) {
+                    Ok(()) => {
+                        delivered.push(s.id);
+                        true
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        full.push(s.id);
+                        true
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
+                }
+            });
+            if full.is_empty() {
+                return;
+            }
+            let since = *full_since.get_or_insert_with(std::time::Instant::now);
+            if !delivered.is_empty() && since.elapsed() >= LET_GO_AFTER {
+                state.subscribers.retain(|s| !full.contains(&s.id));
+                return;
+            }
+            drop(state);
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
@@ -191,7 +243,13 @@ impl SharedSource {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_BATCHES);
         let token = Arc::new(());
-        state.subscribers.push((tx, Arc::downgrade(&token)));
+        let id = state.next_id;
+        state.next_id += 1;
+        state.subscribers.push(Subscriber {
+            id,
+            tx,
+            token: Arc::downgrade(&token),
+        });
         self.token = Some(token);
         drop(state);
         self.schema = Some(hub.schema.clone());
@@ -221,6 +279,7 @@ impl SharedSource {
             per_partition: source.watermark_per_partition(),
             state: Mutex::new(HubState {
                 subscribers: Vec::new(),
+                next_id: 0,
                 positions: source.positions(),
                 partitions: source.partitions(),
                 closed: false,
@@ -260,27 +319,56 @@ impl SharedSource {
     }
 
     /// The rows of a hub batch this reader has not read yet.
-    fn unread(&self, batch: &SourceBatch) -> Result<SourceBatch> {
-        let fresh = |(p, o): &(i32, i64)| self.own.get(p).is_none_or(|own| o >= own);
-        let dead_letters: Vec<_> = batch
+    fn unread(&self, batch: Arc<SourceBatch>) -> Result<SourceBatch> {
+        // Rows of one partition come together: look each partition's position up once.
+        let mut last: Option<(i32, Option<i64>)> = None;
+        let mut fresh = |&(p, o): &(i32, i64)| {
+            let own = match last {
+                Some((q, own)) if q == p => own,
+                _ => {
+                    let own = self.own.get(&p).copied();
+                    last = Some((p, own));
+                    own
+                }
+            };
+            own.is_none_or(|own| o >= own)
+        };
+        let keep: Vec<bool> = batch.origins.iter().map(&mut fresh).collect();
+        let dead_fresh: Vec<bool> = batch
             .dead_letters
             .iter()
-            .filter(|d| fresh(&(d.partition, d.offset)))
-            .cloned()
+            .map(|d| fresh(&(d.partition, d.offset)))
             .collect();
-        if batch.origins.iter().all(fresh) {
+        // The last reader to get a batch takes it without a copy.
+        let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| SourceBatch {
+            rows: shared.rows.clone(),
+            dead_letters: shared.dead_letters.clone(),
+            origins: shared.origins.clone(),
+        });
+        let mut dead = dead_fresh.into_iter();
+        let dead_letters = batch
+            .dead_letters
+            .into_iter()
+            .filter(|_| dead.next().unwrap_or(true))
+            .collect();
+        if keep.iter().all(|k| *k) {
             return Ok(SourceBatch {
-                rows: batch.rows.clone(),
+                rows: batch.rows,
                 dead_letters,
-                origins: batch.origins.clone(),
+                origins: batch.origins,
             });
         }
-        let keep: BooleanArray = batch.origins.iter().map(|o| Some(fresh(o))).collect();
+        let mask: BooleanArray = keep.iter().map(|k| Some(*k)).collect();
+        let mut flags = keep.into_iter();
         Ok(SourceBatch {
-            rows: filter_record_batch(&batch.rows, &keep)
+            rows: filter_record_batch(&batch.rows, &mask)
                 .map_err(|e| Error::External(e.to_string()))?,
             dead_letters,
-            origins: batch.origins.iter().filter(|o| fresh(o)).copied().collect(),
+            origins: batch
+                .origins
+                .into_iter()
+                .filter(|_| flags.next().unwrap_or(false))
+                .collect(),
         })
     }
 
@@ -313,7 +401,7 @@ impl Source for SharedSource {
         };
         match rx.recv_timeout(timeout) {
             Ok(HubMessage::Batch(batch, positions)) => {
-                let unread = self.unread(&batch)?;
+                let unread = self.unread(batch)?;
                 self.advance(&positions);
                 Ok(Poll::Batch(unread))
             }

@@ -249,3 +249,24 @@ fn a_failing_connector_fails_its_readers() {
         }
     }
 }
+
+#[test]
+fn a_lone_slow_reader_holds_the_source_back_instead_of_reading_on_its_own() {
+    let events = Events::new(1, 0);
+    let hubs = Arc::new(SourceHubs::default());
+    let mut only = hubs
+        .open(5, &Positions::from([(0, 0)]), events.opener())
+        .unwrap();
+    let total = (QUEUE_BATCHES as i64 + 8) * crate::stream::pipeline::SOURCE_BATCH_ROWS as i64;
+    events.available.store(total, Ordering::SeqCst);
+    // The reader's queue fills and stays full longer than LET_GO_AFTER: with no other
+    // reader to serve, the hub waits for it (backpressure).
+    std::thread::sleep(LET_GO_AFTER * 2);
+    let got = read(only.as_mut(), 1, total);
+    assert_eq!(got[&0], offsets(0, total));
+    assert_eq!(
+        events.opened.load(Ordering::SeqCst),
+        1,
+        "one connector throughout"
+    );
+}
