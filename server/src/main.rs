@@ -12,12 +12,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed pages go back to the OS at once rather than after mimalloc's delay: at the edge the
-/// peak resident memory is what counts, and the delay kept about 140 MB of freed pages at the
-/// GROUP BY state benchmark's peak (docs/benchmarks.md), for a few percent more CPU.
+/// How long freed pages stay with the allocator before they go back to the OS.
+const PURGE_DELAY_MS: std::os::raw::c_long = 10;
+
+/// Freed pages go back to the OS after 10 ms rather than mimalloc's 1 s: at the edge the peak
+/// resident memory is what counts, and the 1 s delay kept about 140 MB of freed pages at the
+/// GROUP BY state benchmark's peak (docs/benchmarks.md). Returning them at once (0) cost far
+/// more than it saved: the kernel zeroed every page the next batch faulted in again (45 % of
+/// Nexmark q1's CPU), and q1 ran 1.8x faster at 10 ms with a peak within the GROUP BY
+/// benchmark's run-to-run spread. `MIMALLOC_PURGE_DELAY` in the environment overrides it.
 fn return_freed_memory_promptly() {
+    // mimalloc's own variable, when set, decides.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: sets a process-wide allocator option; any value is valid for this option.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 /// Eddy: a SQL-first streaming database for edge AI.
