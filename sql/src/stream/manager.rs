@@ -500,6 +500,7 @@ impl StreamManager {
                     )?),
                     Combine::Union(schema) => Box::new(Union {
                         schema: schema.clone(),
+                        changes: join.updates(),
                     }),
                     Combine::ViewJoin(plan) => Box::new(ChangeJoin::restore(
                         plan.clone(),

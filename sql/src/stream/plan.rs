@@ -826,10 +826,8 @@ pub async fn plan_with(
                 input.view = view_kind(input.source.clone()).await?;
             }
             let views = combined.inputs.iter().filter(|i| i.view.is_some()).count();
-            if views > 0 && !matches!(combined.op, Combine::ViewJoin(_)) {
-                return Err(not_supported(
-                    "unions of materialized views, and joins of a view with a source",
-                ));
+            if views > 0 && !matches!(combined.op, Combine::ViewJoin(_) | Combine::Union(_)) {
+                return Err(not_supported("joins of a materialized view with a source"));
             }
             None
         }
@@ -839,9 +837,7 @@ pub async fn plan_with(
             check_stateless(&input.lower.plan)?;
         }
     }
-    let view_join = join
-        .as_ref()
-        .is_some_and(|c| matches!(c.op, Combine::ViewJoin(_)));
+    let view_join = join.as_ref().is_some_and(|c| c.updates());
     let input_updates = view_input == Some(ViewInput::Updates) || view_join;
     // Top-N over events or an updating view's rows (top-N over an aggregate's rows is in
     // `split`'s plan above the aggregate).
@@ -1253,6 +1249,12 @@ fn check_stateless(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
         "BoundedWindowAggExec" | "WindowAggExec" => {
             return Err(not_supported("window functions (OVER)"));
         }
+        "UnionExec" | "InterleaveExec" => {
+            return Err(not_supported(
+                "UNION ALL other than of two sources or streams, or of two materialized views \
+                 (a view and a source: make a view of the source's rows first)",
+            ));
+        }
         other => return Err(not_supported(other)),
     }
     for child in plan.children() {
@@ -1333,10 +1335,7 @@ impl PipelinePlan {
         self.aggregate.is_some()
             || self.top.is_some()
             || self.view_input == Some(ViewInput::Updates)
-            || self
-                .combined
-                .as_ref()
-                .is_some_and(|c| matches!(c.op, Combine::ViewJoin(_)))
+            || self.combined.as_ref().is_some_and(|c| c.updates())
     }
 
     /// The updating views the pipeline reads the changelogs of, with the input each feeds

@@ -86,6 +86,19 @@ pub struct Combined {
 impl Combined {
     /// Whether both inputs read the same source (a self-join or self-union): one reader then
     /// feeds both.
+    /// Whether the combination's rows change: a join of views, or a union with an updating
+    /// view among its inputs.
+    pub fn updates(&self) -> bool {
+        match self.op {
+            Combine::ViewJoin(_) => true,
+            Combine::Union(_) => self
+                .inputs
+                .iter()
+                .any(|i| i.view == Some(super::ViewInput::Updates)),
+            Combine::Join(_) | Combine::Asof(_) => false,
+        }
+    }
+
     pub fn shared(&self) -> bool {
         self.inputs[0].source.id == self.inputs[1].source.id
     }
