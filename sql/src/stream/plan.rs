@@ -996,6 +996,42 @@ fn limits(node: &Arc<dyn ExecutionPlan>) -> bool {
         || matches!(node.name(), "GlobalLimitExec" | "LocalLimitExec")
 }
 
+/// Whether the plan under a limit is an aggregate without GROUP BY (one row), through
+/// stateless nodes.
+fn global_aggregate_below(limit: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut node = limit.clone();
+    loop {
+        let children = node.children();
+        let [child] = children.as_slice() else {
+            return false;
+        };
+        if let Some(agg) = child.downcast_ref::<AggregateExec>() {
+            return agg.group_expr().is_empty();
+        }
+        if !matches!(
+            child.name(),
+            "ProjectionExec" | "CoalescePartitionsExec" | "CoalesceBatchesExec" | "SortExec"
+        ) {
+            return false;
+        }
+        node = (*child).clone();
+    }
+}
+
+/// Whether a limit keeps the first row (no OFFSET, a LIMIT of at least one).
+fn one_row_kept(limit: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+    if let Some(l) = limit.downcast_ref::<GlobalLimitExec>() {
+        return l.skip() == 0 && l.fetch() != Some(0);
+    }
+    if let Some(l) = limit.downcast_ref::<LocalLimitExec>() {
+        return l.fetch() != 0;
+    }
+    limit
+        .downcast_ref::<SortExec>()
+        .is_some_and(|s| s.fetch() != Some(0))
+}
+
 fn only_child(plan: &Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     match plan.children().as_slice() {
         [one] => Ok((*one).clone()),
@@ -1024,6 +1060,17 @@ fn split(
     let agg = loop {
         if let Some(agg) = node.downcast_ref::<AggregateExec>() {
             break agg;
+        }
+        // An aggregate without GROUP BY has one row: ORDER BY ... LIMIT n (n >= 1) keeps it.
+        if limits(&node) && global_aggregate_below(&node) {
+            if one_row_kept(&node) {
+                node = only_child(&node)?;
+                continue;
+            }
+            return Err(not_supported(
+                "OFFSET or LIMIT 0 over an aggregate without GROUP BY (its one row would \
+                 never be kept)",
+            ));
         }
         // A top-N (ORDER BY ... LIMIT) over the aggregate's rows also runs as the plan above.
         if limits(&node) || matches!(node.name(), "BoundedWindowAggExec" | "WindowAggExec") {
