@@ -1248,3 +1248,90 @@ async fn show_field(client: &tokio_postgres::Client, view: &str, field: &str) ->
         })
         .unwrap_or_default()
 }
+
+/// Views over one Kafka source share its reader: a view created after the first has read
+/// the topic reads it from the start on its own, catches up, and both count every message
+/// once, including those produced after, across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_created_later_over_a_kafka_source_count_every_message_once() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("shared", 3, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let p = producer(&bootstrap);
+    produce(&p, "shared", None, &payloads(0..3000));
+    let mut server = Server::start();
+    let client = server.connect().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE events (id bigint NOT NULL, device int NOT NULL, value bigint, \
+               ts timestamptz NOT NULL) \
+             WITH (connector = 'kafka', bootstrap.servers = '{bootstrap}', topic = 'shared'); \
+             CREATE MATERIALIZED VIEW first_count AS SELECT count(*) AS n, sum(value) AS total FROM events"
+        ))
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(120);
+    wait_for(
+        &server,
+        "SELECT n FROM first_count",
+        deadline,
+        "first view",
+        |n| n >= 3000,
+    )
+    .await;
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW second_count AS SELECT count(*) AS n, sum(value) AS total FROM events; \
+             CREATE MATERIALIZED VIEW per_device AS SELECT device, count(*) AS n FROM events GROUP BY device",
+        )
+        .await
+        .unwrap();
+    produce(&p, "shared", None, &payloads(3000..6000));
+    wait_for(
+        &server,
+        "SELECT n FROM second_count",
+        deadline,
+        "second view",
+        |n| n >= 6000,
+    )
+    .await;
+    server.restart();
+    produce(&p, "shared", None, &payloads(6000..9000));
+    let want_total: i64 = (0..9000).map(|i| event(i).value).sum();
+    for view in ["first_count", "second_count"] {
+        wait_for(
+            &server,
+            &format!("SELECT n FROM {view}"),
+            deadline,
+            view,
+            |n| n >= 9000,
+        )
+        .await;
+        let client = server.connect().await;
+        let row = client
+            .query_one(&format!("SELECT n, total FROM {view}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 9000, "{view}: every message once");
+        assert_eq!(
+            row.get::<_, i64>(1),
+            want_total,
+            "{view}: the same messages"
+        );
+    }
+    wait_for(
+        &server,
+        "SELECT sum(n) FROM per_device",
+        deadline,
+        "per device",
+        |n| n >= 9000,
+    )
+    .await;
+    let client = server.connect().await;
+    let n: i64 = client
+        .query_one("SELECT sum(n) FROM per_device", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 9000, "the grouped view counts every message once");
+}
