@@ -10,13 +10,7 @@ use crate::common::{Rng, S3Server, Server, crash_seed, error_text, insert_rows};
 
 /// (rows, distinct ids, rows whose v2 is not 2 * id) over the visible Parquet files of `dir`.
 async fn exported(dir: &Path) -> (i64, i64, i64) {
-    let has_files = std::fs::read_dir(dir).unwrap().any(|e| {
-        e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .ends_with(".parquet")
-    });
-    if !has_files {
+    if !crate::common::has_parquet_files(dir) {
         return (0, 0, 0);
     }
     let ctx = SessionContext::new();

@@ -305,16 +305,9 @@ async fn top_n_reference() -> (Vec<String>, Vec<String>) {
     (results.pop().unwrap(), highest)
 }
 
-/// Polls `sql` until its rows equal `want`, failing after `deadline` with the last rows.
 /// The rows of `sql` over the Parquet files in `dir` as table `t` (none before the first).
 async fn parquet_rows(dir: &std::path::Path, sql: &str) -> Vec<String> {
-    let has_files = std::fs::read_dir(dir).unwrap().any(|e| {
-        e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .ends_with(".parquet")
-    });
-    if !has_files {
+    if !crate::common::has_parquet_files(dir) {
         return Vec::new();
     }
     let ctx = SessionContext::new();
@@ -325,6 +318,7 @@ async fn parquet_rows(dir: &std::path::Path, sql: &str) -> Vec<String> {
     reference_rows(&batches)
 }
 
+/// Polls `sql` until its rows equal `want`, failing after `deadline` with the last rows.
 async fn wait_for_rows(server: &Server, sql: &str, want: &[String], deadline: Duration) {
     let start = Instant::now();
     let mut last = Vec::new();

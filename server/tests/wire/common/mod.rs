@@ -336,6 +336,16 @@ impl Rng {
 }
 
 /// The crash-test seed: EDDY_CRASH_SEED if set, else the clock.
+/// Whether a sink's directory holds a Parquet file yet.
+pub fn has_parquet_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".parquet")
+    })
+}
+
 pub fn crash_seed() -> u64 {
     match std::env::var("EDDY_CRASH_SEED") {
         Ok(s) => s.parse().expect("EDDY_CRASH_SEED is a number"),
