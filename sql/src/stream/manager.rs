@@ -944,14 +944,22 @@ impl StreamManager {
                         super::changelog::ViewLogSource::open(log_def, kv, &positions)
                             .map_err(|e| eddy_connectors::Error::External(e.to_string()))?,
                     )),
-                    // A push source's log, or an appending view's rows (keyed alike).
-                    (None, false) => Ok(Box::new(LogSource::open(
-                        log_def.clone(),
-                        log_def.arrow_schema(),
-                        kv,
-                        signal,
+                    // A push source's log, or an appending view's rows (keyed alike),
+                    // shared like a connector.
+                    (None, false) => hubs.open(
+                        source_id,
                         &positions,
-                    ))),
+                        Arc::new(move |at: &eddy_connectors::Positions| {
+                            Ok(Box::new(LogSource::open(
+                                log_def.clone(),
+                                log_def.arrow_schema(),
+                                kv.clone(),
+                                signal.clone(),
+                                at,
+                            ))
+                                as Box<dyn eddy_connectors::Source>)
+                        }),
+                    ),
                 }
             },
         );

@@ -1,5 +1,5 @@
-//! One reader per source: the pipelines that read a connector source (Kafka, files,
-//! generators) share one connector.
+//! One reader per source: the pipelines that read a source (a connector: Kafka, files,
+//! generators; or the log of a push source or an appending view) share one reader.
 //!
 //! A [`Hub`] owns the connector and a thread that polls it and hands each batch, with the
 //! connector's positions after it, to every subscribed pipeline. Each pipeline still keeps its
