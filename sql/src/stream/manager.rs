@@ -498,10 +498,7 @@ impl StreamManager {
                         self.state.table(def.id, JOIN_OPERATOR),
                         min_watermark(&restored),
                     )?),
-                    Combine::Union(schema) => Box::new(Union {
-                        schema: schema.clone(),
-                        changes: join.updates(),
-                    }),
+                    Combine::Union(schema) => Box::new(Union::new(schema.clone(), join.updates())),
                     Combine::ViewJoin(plan) => Box::new(ChangeJoin::restore(
                         plan.clone(),
                         self.state.table(def.id, JOIN_OPERATOR),

@@ -4,8 +4,10 @@
 //! union's output is a changelog: the view's changes go on as they are, and the other input's
 //! rows as inserts.
 
+use std::sync::Arc;
+
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::Result;
 use crate::stream::changelog;
@@ -13,20 +15,34 @@ use crate::stream::pipeline::{Message, Operator};
 
 pub struct Union {
     /// The union's columns (each input's rows have the same types).
-    pub schema: SchemaRef,
-    /// The output is a changelog (an input is an updating view).
-    pub changes: bool,
+    schema: SchemaRef,
+    /// With the op column: the union's changes, when an input is an updating view.
+    changes: Option<SchemaRef>,
 }
 
 impl Union {
-    fn rows(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        Ok(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            batch.columns().to_vec(),
-            &options,
-        )?)
+    pub fn new(schema: SchemaRef, changes: bool) -> Self {
+        let changes = changes.then(|| {
+            let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new(
+                changelog::OP_COLUMN,
+                DataType::Int8,
+                false,
+            )));
+            Arc::new(Schema::new(fields))
+        });
+        Self { schema, changes }
     }
+}
+
+/// `batch`'s columns as `schema`'s (the union renames its inputs' columns).
+fn renamed(schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        batch.columns().to_vec(),
+        &options,
+    )?)
 }
 
 #[async_trait::async_trait]
@@ -40,10 +56,10 @@ impl Operator for Union {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let rows = self.rows(&batch)?;
+        let rows = renamed(&self.schema, &batch)?;
         out.push(match self.changes {
-            false => Message::Batch(rows),
-            true => Message::Changes(changelog::with_ops(
+            None => Message::Batch(rows),
+            Some(_) => Message::Changes(changelog::with_ops(
                 &rows,
                 vec![changelog::Op::Insert as i8; rows.num_rows()],
             )?),
@@ -57,28 +73,22 @@ impl Operator for Union {
         changes: RecordBatch,
         out: &mut Vec<Message>,
     ) -> Result<()> {
-        if changes.num_rows() == 0 {
-            return Ok(());
+        let Some(schema) = &self.changes else {
+            return Err(crate::error::Error::internal(
+                "a union of appends received a changelog",
+            ));
+        };
+        if changes.num_rows() > 0 {
+            out.push(Message::Changes(renamed(schema, &changes)?));
         }
-        let last = changes.num_columns() - 1;
-        let rows = self.rows(&changes.project(&(0..last).collect::<Vec<_>>())?)?;
-        let ops = changes
-            .column(last)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int8Array>()
-            .map(|a| a.values().to_vec())
-            .ok_or_else(|| crate::error::Error::internal("a changelog without its op column"))?;
-        out.push(Message::Changes(changelog::with_ops(&rows, ops)?));
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use datafusion::arrow::array::{AsArray, Int64Array};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::datatypes::Int64Type;
 
     use super::*;
 
@@ -89,10 +99,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_updating_input_makes_the_union_a_changelog() {
-        let mut union = Union {
-            schema: rows("x", vec![]).schema(),
-            changes: true,
-        };
+        let mut union = Union::new(rows("x", vec![]).schema(), true);
         let mut out = Vec::new();
         // A view's change (1 replaced by 2) on input 0, appended rows on input 1.
         let change = changelog::changes(&[rows("a", vec![1])], &[rows("a", vec![2])])
@@ -120,10 +127,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_union_of_appends_sends_rows() {
-        let mut union = Union {
-            schema: rows("x", vec![]).schema(),
-            changes: false,
-        };
+        let mut union = Union::new(rows("x", vec![]).schema(), false);
         let mut out = Vec::new();
         union
             .on_input(0, rows("a", vec![1]), &mut out)
