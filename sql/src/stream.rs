@@ -8,6 +8,8 @@
 //! - [`state`]: operator state tables over the store, through a bounded cache.
 //! - [`view`]: output rows and dead letters as stored rows.
 //! - [`log`]: push sources (INSERT / HTTP) and their durable event log.
+//! - [`shared_source`]: one reader per source for every pipeline that reads it.
+//! - [`changelog`]: changelog batches and a view's changelog, read by views and sinks over it.
 //! - [`operators`]: stream operators (lookup joins, OVER over events).
 //! - `harness` (tests only): drives one operator in-process, restoring at every checkpoint.
 //! - [`models`]: the model versions a pipeline scores with, switched at checkpoints.

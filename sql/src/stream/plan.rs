@@ -29,8 +29,8 @@
 //!
 //! A query that reads no source or stream reads the materialized views it names
 //! ([`ViewInput`]): an appending view's rows in order, an updating view's snapshot and
-//! changelog (`changelog.rs`), after which the aggregate retracts and two views may be joined
-//! (`plan/joins.rs::view_join`, changelog in and out).
+//! changelog (`changelog.rs`), after which the aggregate retracts, and two views may be joined
+//! (`plan/joins.rs::view_join`) or united (UNION ALL), changelog in and out.
 //!
 //! Anything else (unbounded joins of two streams, LIMIT without ORDER BY, nested aggregates in
 //! one query, unbounded OVER frames) is refused with 0A000 naming the operator.

@@ -1,7 +1,8 @@
 //! Finding a join (or UNION ALL) of two streams in a physical plan and cutting the plan at it.
 //!
-//! A `UnionExec` of two inputs that each read one source is a union: each input becomes the
-//! stateless plan of its source and the rows of both go on as the union's.
+//! A `UnionExec` of two inputs that each read one source (or each one materialized view) is a
+//! union: each input becomes the stateless plan of its source and the rows of both go on as
+//! the union's (as changes when an input is an updating view).
 //!
 //! A `HashJoinExec` (or, without equal keys, a `NestedLoopJoinExec`) whose inputs read two
 //! different sources, each through filters and projections only, is an interval join when its
