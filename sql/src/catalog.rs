@@ -108,6 +108,10 @@ pub struct QueryInfo {
     /// Windowed results appear only when the window closes (EMIT ON WINDOW CLOSE).
     pub emit_on_close: bool,
     pub options: Vec<(String, String)>,
+    /// Its HOP windows are aggregated in panes (`stream/plan/hop.rs`); false for views
+    /// created before panes, whose state holds a group per window.
+    #[serde(default)]
+    pub panes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -352,6 +352,41 @@ const TOP3: &str = "SELECT * FROM (SELECT window_start, device, sum(value) AS to
      FROM TUMBLE(events, ts, INTERVAL '5 seconds') GROUP BY window_start, window_end, device) \
      WHERE pos <= 3";
 
+/// The two devices with the highest total in each HOP window of 6 s sliding by 2 s (the
+/// aggregate combines each window from its three 2-second panes).
+const HOP_TOP2: &str = "SELECT * FROM (SELECT window_start, device, count(*) AS n, \
+       sum(value) AS total, \
+       row_number() OVER (PARTITION BY window_start ORDER BY sum(value) DESC, device) AS pos \
+     FROM HOP(events, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') \
+     GROUP BY window_start, window_end, device) WHERE pos <= 2";
+/// The HOP windows compared: those that end a second or more before the final watermark.
+const HOP_LAST_START_S: i64 =
+    (BASE_MS + MESSAGES - 1 - (WATERMARK_DELAY_S + 1) * 1000 - 6000) / 1000;
+const HOP_ROWS: &str = "SELECT CAST(to_unixtime(window_start) AS BIGINT) AS ws, device, n, total, \
+     CAST(pos AS BIGINT) FROM hop_top2";
+
+/// [`HOP_TOP2`] by DataFusion as one batch job, from the definition of the windows: an event
+/// is in the windows starting at its 2-second slice and at the two slices before it.
+async fn hop_reference() -> Vec<String> {
+    let ctx = SessionContext::new();
+    ctx.register_batch("events", events_batch()).unwrap();
+    let pane = "date_bin(INTERVAL '2 seconds', ts)";
+    let sql = format!(
+        "SELECT CAST(to_unixtime(ws) AS BIGINT) AS s, device, n, total, CAST(pos AS BIGINT) FROM ( \
+           SELECT ws, device, n, total, \
+             row_number() OVER (PARTITION BY ws ORDER BY total DESC, device) AS pos FROM ( \
+               SELECT ws, device, count(*) AS n, sum(value) AS total FROM ( \
+                 SELECT device, value, {pane} AS ws FROM events \
+                 UNION ALL SELECT device, value, {pane} - INTERVAL '2 seconds' FROM events \
+                 UNION ALL SELECT device, value, {pane} - INTERVAL '4 seconds' FROM events) \
+               GROUP BY 1, 2)) \
+         WHERE pos <= 2 AND CAST(to_unixtime(ws) AS BIGINT) <= {HOP_LAST_START_S} \
+         ORDER BY 1, 5"
+    );
+    let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+    reference_rows(&batches)
+}
+
 /// Events enriched by a lookup join with a table (devices 90 and up have no site).
 const BY_SITE: &str = "SELECT s.site, count(*) AS n, sum(e.value) AS total \
      FROM events e JOIN sites s ON s.device = e.device GROUP BY s.site";
@@ -587,6 +622,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE MATERIALIZED VIEW bucket_sizes WITH (checkpoint_interval = '280ms') AS {BUCKET_SIZES}; \
              CREATE MATERIALIZED VIEW per_window WITH (checkpoint_interval = '300ms') AS {PER_WINDOW}; \
              CREATE MATERIALIZED VIEW top3 WITH (checkpoint_interval = '310ms') AS {TOP3}; \
+             CREATE MATERIALIZED VIEW hop_top2 WITH (checkpoint_interval = '320ms') AS {HOP_TOP2}; \
              CREATE MATERIALIZED VIEW by_site WITH (checkpoint_interval = '250ms') AS {BY_SITE}; \
              CREATE STREAM rolling WITH (checkpoint_interval = '350ms', retention_rows = 300000) \
                AS {ROLLING}; \
@@ -659,6 +695,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let (by_device, windows, by_site, rolling) = reference().await;
     let (paid, unpaid) = join_reference().await;
     let top3 = top3_reference().await;
+    let hop_top2 = hop_reference().await;
     let (latest_payment, same_window) = asof_and_window_reference();
     let (top_devices, highest) = top_n_reference().await;
     let (histogram, digits, digits_total) = views_over_views_reference().await;
@@ -671,7 +708,7 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let pairs = MESSAGES - 97;
     // Each view has caught up once its count reaches the batch result's.
     let same_window_n: i64 = same_window.split(',').next().unwrap().parse().unwrap();
-    let caught_up: [(String, &str, i64); 13] = [
+    let caught_up: [(String, &str, i64); 14] = [
         (
             "SELECT n FROM latest_payment".into(),
             "all events answered by the ASOF join",
@@ -727,6 +764,11 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
             "SELECT count(*) FROM top3".into(),
             "all closed windows' top 3",
             top3.len() as i64,
+        ),
+        (
+            format!("SELECT count(*) FROM ({HOP_ROWS}) WHERE ws <= {HOP_LAST_START_S}"),
+            "all closed HOP windows' top 2",
+            hop_top2.len() as i64,
         ),
         (
             "SELECT n FROM next_of_device".into(),
@@ -877,6 +919,15 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     )
     .await;
     assert_eq!(got_windows, windows, "TUMBLE view differs (seed {seed})");
+    let got_hop = eddy_rows(
+        &client,
+        &format!("SELECT * FROM ({HOP_ROWS}) WHERE ws <= {HOP_LAST_START_S} ORDER BY 1, 5"),
+    )
+    .await;
+    assert_eq!(
+        got_hop, hop_top2,
+        "HOP view (windows from panes, top 2 of each) differs (seed {seed})"
+    );
     let late = client
         .query_one("SELECT count(*) FROM events_errors", &[])
         .await

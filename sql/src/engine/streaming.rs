@@ -71,6 +71,10 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
             let plan = plan::plan_with(&catalog, &query, &udfs, &q.options).await?;
             let windowed = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some());
             let emit_on_close = emit_on_close(q, &plan, windowed)?;
+            let plan = match emit_on_close {
+                true => plan.with_panes()?,
+                false => plan,
+            };
             let sink = match q.kind {
                 ObjectKind::Stream => format!("stream {} (rows keyed by output sequence)", q.name),
                 ObjectKind::Sink if plan.updates() && plan.aggregate.is_none() => format!(
@@ -680,6 +684,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
         models: models.pinned().into_keys().collect(),
         emit_on_close,
         options: q.options.clone(),
+        panes: emit_on_close && plan.allows_panes(),
     };
     let kind = match q.kind {
         ObjectKind::Stream => TableKind::Stream(info),

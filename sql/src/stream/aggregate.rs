@@ -69,6 +69,9 @@ pub struct Aggregator {
     emit_on_close: bool,
     watermark: Option<i64>,
     view: ViewWriter,
+    /// HOP windows combined from panes (`panes.rs`): the groups are panes, keyed with their
+    /// window columns last.
+    panes: Option<Panes>,
 }
 
 /// What one group is assumed to hold before it is measured.
@@ -109,9 +112,25 @@ impl Aggregator {
         groups: std::ops::Range<u16>,
     ) -> Result<Self> {
         let input = plan.schema.clone();
-        let key_fields = (0..plan.group_exprs.len())
-            .map(|i| SortField::new(input.field(i).data_type().clone()))
+        let group_types: Vec<DataType> = (0..plan.group_exprs.len())
+            .map(|i| input.field(i).data_type().clone())
             .collect();
+        let panes = match plan.hop.as_ref().filter(|h| h.panes) {
+            Some(_) if !emit_on_close => {
+                return Err(Error::internal(
+                    "HOP windows in panes are written when they close",
+                ));
+            }
+            Some(hop) => Some(Panes::new(hop, &group_types)?),
+            None => None,
+        };
+        let key_fields = match &panes {
+            Some(p) => p.order.iter().map(|&c| group_types[c].clone()).collect(),
+            None => group_types,
+        }
+        .into_iter()
+        .map(SortField::new)
+        .collect();
         let (state_widths, state_types) = plan.state_layout()?;
         let state_fields = state_types
             .iter()
@@ -140,6 +159,7 @@ impl Aggregator {
             emit_on_close,
             watermark,
             view,
+            panes,
         };
         agg.load_windows(groups)?;
         Ok(agg)
@@ -154,6 +174,38 @@ impl Aggregator {
         self.live_bytes
     }
 
+    /// The keys of groups with GROUP BY columns `columns`.
+    fn encode_keys(&self, columns: &[ArrayRef]) -> Result<datafusion::arrow::row::Rows> {
+        Ok(match &self.panes {
+            None => self.keys.convert_columns(columns)?,
+            Some(p) => {
+                let ordered: Vec<ArrayRef> = p.order.iter().map(|&c| columns[c].clone()).collect();
+                self.keys.convert_columns(&ordered)?
+            }
+        })
+    }
+
+    /// The GROUP BY columns of the groups `keys`.
+    fn decode_keys(&self, keys: &[Vec<u8>]) -> Result<Vec<ArrayRef>> {
+        let parser = self.keys.parser();
+        let columns = self
+            .keys
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))?;
+        Ok(match &self.panes {
+            None => columns,
+            Some(p) => p.unordered(columns),
+        })
+    }
+
+    /// The key group of a group's key: its hash, or for a pane the hash of its columns
+    /// other than the window's, so all panes of a window share one.
+    fn group_of(&self, key: &[u8]) -> u16 {
+        match &self.panes {
+            None => key_group(key),
+            Some(p) => p.group_of(key),
+        }
+    }
+
     /// Rebuilds the index of open windows from the keys of `groups` in the state table.
     fn load_windows(&mut self, groups: std::ops::Range<u16>) -> Result<()> {
         if self.plan.window.is_none() {
@@ -165,10 +217,7 @@ impl Aggregator {
             Ok(())
         })?;
         for chunk in keys.chunks(4096) {
-            let parser = self.keys.parser();
-            let columns = self
-                .keys
-                .convert_rows(chunk.iter().map(|k| parser.parse(k)))?;
+            let columns = self.decode_keys(chunk)?;
             let ends = self.window_ends(&columns)?;
             for (i, key) in chunk.iter().enumerate() {
                 if let Some(end) = self.window_end(ends.as_ref(), i) {
@@ -211,7 +260,8 @@ impl Aggregator {
             .collect();
         let mut existed = HashMap::default();
         if !missing.is_empty() {
-            let wanted: Vec<(u16, &[u8])> = missing.iter().map(|k| (key_group(k), *k)).collect();
+            let wanted: Vec<(u16, &[u8])> =
+                missing.iter().map(|k| (self.group_of(k), *k)).collect();
             let stored = self.state.get_many(&wanted)?;
             let values: Vec<&[u8]> = stored.iter().flatten().map(|v| v.as_slice()).collect();
             let mut restored =
@@ -277,7 +327,7 @@ impl Aggregator {
             return Ok(());
         }
         let key_columns = eval_groups(&self.plan, batch)?;
-        let rows = self.keys.convert_columns(&key_columns)?;
+        let rows = self.encode_keys(&key_columns)?;
         let global = key_columns.is_empty();
         let ends = self.window_ends(&key_columns)?;
         // The distinct groups of the batch in order of first appearance, with their rows.
@@ -339,7 +389,10 @@ impl Aggregator {
 
     /// Closes the windows that end at or before `watermark`.
     pub fn on_watermark(&mut self, watermark: i64) -> Result<Output> {
-        self.watermark = Some(watermark);
+        let previous = self.watermark.replace(watermark);
+        if self.panes.is_some() {
+            return self.close_panes(previous, watermark);
+        }
         let still_open = self.windows.split_off(&(watermark + 1));
         let closed = std::mem::replace(&mut self.windows, still_open);
         // Window by window, groups in key order: the same order after a restore.
@@ -364,7 +417,7 @@ impl Aggregator {
             if let Some(group) = self.live.remove(&key) {
                 self.live_bytes -= group.size;
             }
-            self.state.delete(key_group(&key), &key);
+            self.state.delete(self.group_of(&key), &key);
         }
         // Keys of removed groups left in `changed` and `unsaved` are skipped.
         Ok(writes)
@@ -397,7 +450,7 @@ impl Aggregator {
             false => HashSet::default(),
         };
         for ((key, mut group), value) in groups.into_iter().zip(values) {
-            self.state.put(key_group(&key), &key, value);
+            self.state.put(self.group_of(&key), &key, value);
             let size =
                 GROUP_OVERHEAD + key.len() + group.accs.iter().map(|a| a.size()).sum::<usize>();
             self.live_bytes = self.live_bytes + size - group.size;
@@ -441,62 +494,86 @@ impl Aggregator {
         if keys.is_empty() {
             return Ok(Output::none());
         }
-        let mut columns = if self.plan.group_exprs.is_empty() {
-            Vec::new()
-        } else {
-            let parser = self.keys.parser();
-            let key_rows: Vec<_> = keys.iter().map(|k| parser.parse(k)).collect();
-            self.keys.convert_rows(key_rows)?
-        };
-        for a in 0..self.plan.aggr_exprs.len() {
-            let values = keys
-                .iter()
-                .map(|k| self.live.get_mut(k).expect("live").accs[a].evaluate())
-                .collect::<datafusion::error::Result<Vec<_>>>()?;
-            let array = ScalarValue::iter_to_array(values)?;
-            let field = self.plan.schema.field(self.plan.group_exprs.len() + a);
-            let array = if array.data_type() != field.data_type() {
-                cast(&array, field.data_type())?
-            } else {
-                array
-            };
-            columns.push(array);
-        }
+        let live = &mut self.live;
+        let values = evaluate(&self.plan, keys.len(), |i, a| {
+            live.get_mut(&keys[i]).expect("live").accs[a].evaluate()
+        })?;
         for k in &keys {
             self.live.get_mut(k).expect("live").changed = false;
         }
+        let alive = match self.plan.retract {
+            true => Some(self.retract_empty(&keys)?),
+            false => None,
+        };
+        self.write(&keys, values, alive)
+    }
+
+    /// Groups whose rows were all retracted are gone: their state is deleted, and false in
+    /// the result marks their rows for deletion.
+    fn retract_empty(&mut self, keys: &[Vec<u8>]) -> Result<BooleanArray> {
+        let rows = self.plan.aggr_exprs.len();
+        let mut alive = Vec::with_capacity(keys.len());
+        for k in keys {
+            let count = self.live.get_mut(k).expect("live").accs[rows].evaluate()?;
+            alive.push(!matches!(count, ScalarValue::Int64(Some(n)) if n <= 0));
+        }
+        for (k, _) in keys.iter().zip(&alive).filter(|(_, a)| !**a) {
+            if let Some(group) = self.live.remove(k) {
+                self.live_bytes -= group.size;
+            }
+            self.state.delete(self.group_of(k), k);
+        }
+        Ok(BooleanArray::from(alive))
+    }
+
+    /// The view writes for the groups `keys` with aggregate columns `values`: their result
+    /// rows, deleted where HAVING filters them out or `alive` is false.
+    fn write(
+        &self,
+        keys: &[Vec<u8>],
+        values: Vec<ArrayRef>,
+        alive: Option<BooleanArray>,
+    ) -> Result<Output> {
+        let mut columns = match self.plan.group_exprs.is_empty() {
+            true => Vec::new(),
+            false => self.decode_keys(keys)?,
+        };
+        columns.extend(values);
         if self.plan.upper_segment.is_some() {
             let (batch, _) = apply_upper(&[], self.plan.schema.clone(), columns)?;
             return Ok(Output::Unfinished(batch));
         }
         let (batch, mut keep) = apply_upper(&self.plan.upper, self.plan.schema.clone(), columns)?;
-        if self.plan.retract {
-            // A group whose rows were all retracted is gone: its row is deleted, and so is
-            // its state.
-            let rows = self.plan.aggr_exprs.len();
-            let mut alive = Vec::with_capacity(keys.len());
-            for k in &keys {
-                let count = self.live.get_mut(k).expect("live").accs[rows].evaluate()?;
-                alive.push(!matches!(count, ScalarValue::Int64(Some(n)) if n <= 0));
-            }
-            let alive = BooleanArray::from(alive);
-            for (k, _) in keys
-                .iter()
-                .zip(alive.iter())
-                .filter(|(_, a)| *a == Some(false))
-            {
-                if let Some(group) = self.live.remove(k) {
-                    self.live_bytes -= group.size;
-                }
-                self.state.delete(key_group(k), k);
-            }
+        if let Some(alive) = alive {
             keep = Some(match keep {
                 Some(k) => datafusion::arrow::compute::and(&k, &alive)?,
                 None => alive,
             });
         }
-        self.view.output(&batch, keep.as_ref(), &keys)
+        self.view.output(&batch, keep.as_ref(), keys)
     }
+}
+
+/// The aggregate columns of `n` groups: `value(i, a)` is aggregate `a` of group `i`, cast to
+/// the aggregate's output type.
+fn evaluate(
+    plan: &AggregatePlan,
+    n: usize,
+    mut value: impl FnMut(usize, usize) -> datafusion::error::Result<ScalarValue>,
+) -> Result<Vec<ArrayRef>> {
+    let mut columns = Vec::with_capacity(plan.aggr_exprs.len());
+    for a in 0..plan.aggr_exprs.len() {
+        let values = (0..n)
+            .map(|i| value(i, a))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let array = ScalarValue::iter_to_array(values)?;
+        let field = plan.schema.field(plan.group_exprs.len() + a);
+        columns.push(match array.data_type() != field.data_type() {
+            true => cast(&array, field.data_type())?,
+            false => array,
+        });
+    }
+    Ok(columns)
 }
 
 impl AggregatePlan {
@@ -748,9 +825,12 @@ pub(super) fn apply_upper(
     Ok((batch, keep))
 }
 
+mod panes;
 mod retract;
 #[cfg(test)]
 mod tests;
+
+use panes::Panes;
 
 impl std::fmt::Debug for Aggregator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -46,11 +46,24 @@ pub struct Router {
 }
 
 impl Router {
-    /// Routes the input rows of `plan` by its group key over `partitions`.
+    /// Routes the input rows of `plan` by its group key over `partitions` (HOP windows in
+    /// panes: by the key's other columns, so every pane of a window meets in one partition).
     pub fn new(plan: &AggregatePlan, partitions: usize) -> Result<Self> {
-        let exprs = plan.group_exprs.iter().map(|(e, _)| e.clone()).collect();
-        let types = (0..plan.group_exprs.len())
-            .map(|i| plan.schema.field(i).data_type().clone())
+        let window = |i: usize| {
+            plan.hop
+                .as_ref()
+                .is_some_and(|h| h.panes && h.columns.iter().any(|(c, _)| *c == i))
+        };
+        let columns: Vec<usize> = (0..plan.group_exprs.len())
+            .filter(|&i| !window(i))
+            .collect();
+        let exprs = columns
+            .iter()
+            .map(|&i| plan.group_exprs[i].0.clone())
+            .collect();
+        let types = columns
+            .iter()
+            .map(|&i| plan.schema.field(i).data_type().clone())
             .collect();
         Self::by(exprs, types, partitions)
     }

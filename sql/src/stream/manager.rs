@@ -47,7 +47,7 @@ use super::session::SessionAggregator;
 use super::sinks::{SinkConfig, SinkTarget};
 use super::state::StateStore;
 use super::view::ViewWriter;
-use crate::catalog::{Catalog, TableDef, TableKind};
+use crate::catalog::{Catalog, QueryInfo, TableDef, TableKind};
 use crate::error::{Error, Result};
 use crate::storage::{KvStore, WriteOp};
 
@@ -374,7 +374,7 @@ impl StreamManager {
         }
         // The model versions of the checkpoint the pipeline resumes from.
         let (models, udfs) = self.model_functions(&record.models, None);
-        let plan = Arc::new(plan::plan_with(catalog, &query, &udfs, &info.options).await?);
+        let plan = Arc::new(pipeline_plan(catalog, &query, &udfs, &info).await?);
         // A sink's files roll at each checkpoint: its interval defaults to 10 s.
         let default_interval = match &def.kind {
             TableKind::Sink(_) => DEFAULT_SINK_CHECKPOINT_INTERVAL_MS,
@@ -409,7 +409,7 @@ impl StreamManager {
         if partitions > 1 && (spread || plan.aggregate.is_none()) {
             for _ in 1..partitions {
                 copies.push(Arc::new(
-                    plan::plan_with(catalog, &query, &udfs, &info.options).await?,
+                    pipeline_plan(catalog, &query, &udfs, &info).await?,
                 ));
             }
         }
@@ -1033,6 +1033,21 @@ impl ModelSource for NoModels {
         _version: u32,
     ) -> std::result::Result<eddy_udf::predict::Resolved, String> {
         Err(format!("model \"{name}\" does not exist"))
+    }
+}
+
+/// The plan a pipeline runs: its HOP windows in panes if it was created so (views created
+/// before panes keep a group per window in their state).
+async fn pipeline_plan(
+    catalog: &Catalog,
+    query: &datafusion::sql::sqlparser::ast::Query,
+    udfs: &[Arc<ScalarUDF>],
+    info: &QueryInfo,
+) -> Result<plan::PipelinePlan> {
+    let plan = plan::plan_with(catalog, query, udfs, &info.options).await?;
+    match info.panes && info.emit_on_close {
+        true => plan.with_panes(),
+        false => Ok(plan),
     }
 }
 

@@ -67,6 +67,7 @@ use parking_lot::Mutex;
 use super::operators::lookup_join::LookupJoinPlan;
 use super::operators::over::OverPlan;
 use super::operators::top_n::TopPlan;
+pub use hop::HopGroups;
 use joins::cut_combined;
 pub use joins::{Combine, Combined, InputPlan};
 use lookups::cut_lookups;
@@ -74,6 +75,7 @@ use over::cut_over;
 use top::cut_top;
 
 pub mod asof;
+mod hop;
 mod joins;
 mod lookups;
 mod over;
@@ -274,6 +276,8 @@ pub struct AggregatePlan {
     pub top: Option<AggregateTop>,
     /// Which group column bounds a window, if the grouping is by window.
     pub window: Option<WindowGroup>,
+    /// HOP windows that the aggregate may combine from panes, or does (`hop/panes`).
+    pub hop: Option<HopGroups>,
     /// Group columns `window_start` and `window_end` of SESSION windows, which the session
     /// operator merges per key instead of grouping by them.
     pub session: Option<(usize, usize)>,
@@ -366,7 +370,7 @@ fn streaming_config() -> SessionConfig {
 }
 
 /// Interval literal → microseconds (months are refused: their length varies).
-fn interval_us(value: &ScalarValue) -> Option<i64> {
+pub(super) fn interval_us(value: &ScalarValue) -> Option<i64> {
     match value {
         ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
             Some(v.days as i64 * 86_400_000_000 + v.nanoseconds / 1000)
@@ -483,8 +487,9 @@ fn rewrite_windows(query: &mut Query, catalog: &Catalog) -> Result<Vec<(String, 
                 self.found.push((slide.clone(), kind));
                 format!(
                     "SELECT {cols}, __eddy_w AS window_start, __eddy_w + {size} AS window_end \
-                     FROM (SELECT {cols}, unnest(generate_series(date_bin({slide}, {ts}) - {size} + {slide}, \
-                     date_bin({slide}, {ts}), {slide})) AS __eddy_w FROM {table}) AS __eddy_hop"
+                     FROM (SELECT {cols}, unnest({}({ts}, {slide}, {size})) AS __eddy_w \
+                     FROM {table}) AS __eddy_hop",
+                    hop::HOP_WINDOWS
                 )
             } else {
                 let size = arg_expr(&args.args[2])?.to_string();
@@ -612,6 +617,9 @@ impl<'a> Planner<'a> {
         ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         eddy_udf::register(&mut ctx)?;
         ctx.register_udf(asof::marker());
+        for f in hop::functions() {
+            ctx.register_udf(f);
+        }
         for udf in udfs {
             ctx.register_udf(udf.as_ref().clone());
         }
@@ -979,6 +987,7 @@ fn check_over_updates(
     // A view's rows carry no watermark: a window column of the view is a plain group column,
     // and its groups update as the view does.
     aggregate.window = None;
+    aggregate.hop = None;
     if aggregate.upper_segment.is_some() {
         return Err(not_supported(format!(
             "window functions over an aggregation of the updating view \"{name}\""
@@ -1165,6 +1174,15 @@ fn split(
                 add_us: size,
             })
         });
+    let hop = window.and_then(|w| {
+        let groups: Vec<_> = group_exprs.iter().map(|(e, _)| e.clone()).collect();
+        let args: Vec<_> = aggr
+            .iter()
+            .flat_map(|a| a.expressions())
+            .chain(filters.iter().flatten().cloned())
+            .collect();
+        hop::panes(&input, &groups, &args, (w.column, w.add_us))
+    });
     Ok((
         input,
         Some(AggregatePlan {
@@ -1176,6 +1194,7 @@ fn split(
             upper_segment,
             top: None,
             window,
+            hop,
             session: None,
             retract: false,
         }),
@@ -1374,6 +1393,25 @@ impl PipelinePlan {
             true => requested.clamp(1, crate::limits::MAX_PARALLELISM),
             false => 1,
         }
+    }
+
+    /// Whether its aggregate of HOP windows may combine them from panes (`plan/hop.rs`).
+    pub fn allows_panes(&self) -> bool {
+        self.aggregate.as_ref().is_some_and(|a| a.hop.is_some())
+    }
+
+    /// The plan with its aggregate of HOP windows combining them from panes, one row per
+    /// event instead of one per window (for windows written when they close). Unchanged if
+    /// it has none, or [`PipelinePlan::allows_panes`] is false.
+    pub fn with_panes(&self) -> Result<PipelinePlan> {
+        let mut plan = self.clone();
+        if let Some(hop) = plan.aggregate.as_mut().and_then(|a| a.hop.as_mut())
+            && !hop.panes
+        {
+            plan.lower = hop::to_panes(&plan.lower)?;
+            hop.panes = true;
+        }
+        Ok(plan)
     }
 
     /// Whether the result's rows change after they are written (it aggregates, or reads an
@@ -1609,9 +1647,22 @@ impl PipelinePlan {
                  past state_cache, read back from RocksDB)",
                 super::manager::AGGREGATE_OPERATOR
             ));
-            if partitions > 1 {
+            if let Some(hop) = agg.hop.as_ref().filter(|h| h.panes) {
                 lines.push(format!(
-                    "    partitions: {partitions} (rows exchanged by a hash of the group key; \
+                    "    panes: a group per key and {} s slide of event time; each window of \
+                     {} s is merged from its {} panes when it closes",
+                    hop.slide as f64 / 1e6,
+                    hop.size as f64 / 1e6,
+                    hop.size / hop.slide
+                ));
+            }
+            if partitions > 1 {
+                let key = match agg.hop.as_ref().is_some_and(|h| h.panes) {
+                    true => "the group key without the window",
+                    false => "the group key",
+                };
+                lines.push(format!(
+                    "    partitions: {partitions} (rows exchanged by a hash of {key}; \
                      each partition owns a range of its key groups)"
                 ));
             }

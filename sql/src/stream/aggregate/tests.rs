@@ -30,6 +30,11 @@ use crate::stream::view::{DELETED_COLUMN, ViewWriter};
 
 /// Plans `view_sql` over the push source `ev (k int, v bigint, ts timestamp)`.
 async fn planned(view_sql: &str) -> (Arc<PipelinePlan>, Arc<TableDef>) {
+    planned_as(view_sql, None).await
+}
+
+/// [`planned`], with HOP windows in panes or not (`None`: as the view was created).
+async fn planned_as(view_sql: &str, panes: Option<bool>) -> (Arc<PipelinePlan>, Arc<TableDef>) {
     let engine = Engine::in_memory();
     let session = engine.new_session("eddy", "eddy");
     run(&session, EV_SOURCE).await;
@@ -40,8 +45,14 @@ async fn planned(view_sql: &str) -> (Arc<PipelinePlan>, Arc<TableDef>) {
     .await;
     let catalog = engine.catalog();
     let def = catalog.table(DEFAULT_SCHEMA, "mv").expect("view");
-    let query = plan::parse_query(&def.kind.query().expect("query").sql).unwrap();
+    let info = def.kind.query().expect("query");
+    let query = plan::parse_query(&info.sql).unwrap();
     let plan = plan::plan(&catalog, &query, &[]).await.unwrap();
+    // As the manager runs it: HOP windows in panes when the view was created so.
+    let plan = match panes.unwrap_or(info.panes) {
+        true => plan.with_panes().unwrap(),
+        false => plan,
+    };
     (Arc::new(plan), def)
 }
 
@@ -125,6 +136,18 @@ async fn batch_result(source: &[RecordBatch], sql: &str) -> Vec<Vec<String>> {
 
 async fn compare(view_sql: &str, batch_sql: &str, keys: usize, emit_on_close: bool) {
     let (plan, def) = planned(view_sql).await;
+    compare_plan(&plan, &def, view_sql, batch_sql, keys, emit_on_close).await;
+}
+
+async fn compare_plan(
+    plan: &Arc<PipelinePlan>,
+    def: &Arc<TableDef>,
+    view_sql: &str,
+    batch_sql: &str,
+    keys: usize,
+    emit_on_close: bool,
+) {
+    let (plan, def) = (plan.clone(), def.clone());
     for seed in [7u64, 1234, 987_654_321] {
         eprintln!("seed {seed}: {view_sql}");
         let source = ev_events(seed, 40, 12, 0);
@@ -203,6 +226,108 @@ async fn tumbling_windows_emitted_on_close_equal_the_batch_query() {
         true,
     )
     .await;
+}
+
+/// `HOP(ev, ts, 2 s, 6 s)` written out for DataFusion from its definition: every window
+/// starting at a multiple of 2 s whose 6 s hold the event (a join with all window starts).
+const HOP_BATCH: &str = "(SELECT ev.k, ev.v, ev.ts, w.ws AS window_start, \
+       w.ws + INTERVAL '6 seconds' AS window_end \
+     FROM ev JOIN (SELECT unnest(generate_series( \
+         date_bin(INTERVAL '2 seconds', min(ts)) - INTERVAL '6 seconds', max(ts), \
+         INTERVAL '2 seconds')) AS ws FROM ev) AS w \
+       ON ev.ts >= w.ws AND ev.ts < w.ws + INTERVAL '6 seconds') AS hop";
+
+#[tokio::test]
+async fn hop_windows_from_panes_equal_the_batch_query() {
+    let view = "SELECT k, window_start, window_end, count(*) AS n, sum(v) AS s, min(v) AS lo, \
+           max(v) AS hi, avg(v) AS a, count(DISTINCT v % 7) AS d, \
+           count(*) FILTER (WHERE v > 100) AS big \
+         FROM HOP(ev, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') \
+         GROUP BY k, window_start, window_end EMIT ON WINDOW CLOSE";
+    let batch = format!(
+        "SELECT k, window_start, window_end, count(*), sum(v), min(v), max(v), avg(v), \
+           count(DISTINCT v % 7), count(*) FILTER (WHERE v > 100) \
+         FROM {HOP_BATCH} GROUP BY k, window_start, window_end"
+    );
+    let (plan, def) = planned(view).await;
+    let hop = plan.aggregate.as_ref().and_then(|a| a.hop.clone());
+    assert!(hop.is_some_and(|h| h.panes), "the view runs in panes");
+    compare_plan(&plan, &def, view, &batch, 3, true).await;
+    // The same view with a group per window, as views created before panes run.
+    let (plain, def) = planned_as(view, Some(false)).await;
+    assert!(
+        plain
+            .aggregate
+            .as_ref()
+            .unwrap()
+            .hop
+            .as_ref()
+            .is_some_and(|h| !h.panes)
+    );
+    compare_plan(&plain, &def, view, &batch, 3, true).await;
+}
+
+#[tokio::test]
+async fn hop_windows_per_window_equal_the_batch_query() {
+    // Windows read below the aggregate (a filter on the window, a window in an expression)
+    // or emitted on update keep a group per window.
+    let batch = format!(
+        "SELECT k, window_start, count(*), sum(v) FROM {HOP_BATCH} \
+         WHERE window_start >= TIMESTAMP '2023-11-14 22:14:00' GROUP BY k, window_start"
+    );
+    let view = "SELECT k, window_start, count(*) AS n, sum(v) AS s \
+         FROM HOP(ev, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') \
+         WHERE window_start >= TIMESTAMP '2023-11-14 22:14:00' \
+         GROUP BY k, window_start, window_end EMIT ON WINDOW CLOSE";
+    let (plan, def) = planned(view).await;
+    assert!(plan.aggregate.as_ref().unwrap().hop.is_none());
+    compare_plan(&plan, &def, view, &batch, 2, true).await;
+    let batch = format!(
+        "SELECT k, window_start, count(*), sum(v) FROM {HOP_BATCH} GROUP BY k, window_start"
+    );
+    let view = "SELECT k, window_start, count(*) AS n, sum(v) AS s \
+         FROM HOP(ev, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') \
+         GROUP BY k, window_start, window_end EMIT ON UPDATE";
+    let (plan, def) = planned(view).await;
+    assert!(!plan.aggregate.as_ref().unwrap().hop.as_ref().unwrap().panes);
+    compare_plan(&plan, &def, view, &batch, 2, false).await;
+}
+
+#[tokio::test]
+async fn hop_windows_whose_size_is_not_a_multiple_of_the_slide_start_at_multiples_of_it() {
+    let batch = "SELECT k, w.ws, count(*), sum(v) FROM ev JOIN (SELECT unnest(generate_series( \
+           date_bin(INTERVAL '2 seconds', min(ts)) - INTERVAL '6 seconds', max(ts), \
+           INTERVAL '2 seconds')) AS ws FROM ev) AS w \
+         ON ev.ts >= w.ws AND ev.ts < w.ws + INTERVAL '5 seconds' GROUP BY k, w.ws";
+    let view = "SELECT k, window_start, count(*) AS n, sum(v) AS s \
+         FROM HOP(ev, ts, INTERVAL '2 seconds', INTERVAL '5 seconds') \
+         GROUP BY k, window_start, window_end EMIT ON WINDOW CLOSE";
+    let (plan, def) = planned(view).await;
+    assert!(plan.aggregate.as_ref().unwrap().hop.is_none(), "no panes");
+    compare_plan(&plan, &def, view, batch, 2, true).await;
+}
+
+#[tokio::test]
+async fn the_top_2_of_each_hop_window_from_panes_equal_the_batch_query() {
+    let view = "SELECT * FROM (SELECT k, window_start, count(*) AS n, \
+           row_number() OVER (PARTITION BY window_start ORDER BY count(*) DESC, k) AS rn \
+         FROM HOP(ev, ts, INTERVAL '2 seconds', INTERVAL '6 seconds') \
+         GROUP BY k, window_start, window_end) WHERE rn <= 2 EMIT ON WINDOW CLOSE";
+    let batch = format!(
+        "SELECT * FROM (SELECT k, window_start, count(*) AS n, \
+           row_number() OVER (PARTITION BY window_start ORDER BY count(*) DESC, k) AS rn \
+         FROM {HOP_BATCH} GROUP BY k, window_start) WHERE rn <= 2"
+    );
+    let (plan, def) = planned(view).await;
+    assert!(
+        plan.aggregate
+            .as_ref()
+            .unwrap()
+            .hop
+            .as_ref()
+            .is_some_and(|h| h.panes)
+    );
+    compare_plan(&plan, &def, view, &batch, 2, true).await;
 }
 
 #[tokio::test]

@@ -465,6 +465,16 @@ fn timed(expr: &Arc<dyn PhysicalExpr>, column: &dyn Fn(&Column) -> Option<Timed>
                     ..t
                 })
             }
+            // Each window's start lies within its size at or before the time.
+            (super::hop::HOP_WINDOWS, [time, _slide, size]) => {
+                let size = constant(size).filter(|s| *s > 0)?;
+                let t = timed(time, column).filter(|t| !t.list)?;
+                Some(Timed {
+                    width: t.width.checked_add(size)?,
+                    list: true,
+                    ..t
+                })
+            }
             // Every element lies between the first and the last.
             ("generate_series" | "range", [first, last, _step]) => {
                 let (a, b) = (timed(first, column)?, timed(last, column)?);
