@@ -95,7 +95,8 @@ pub fn query(name: &str) -> Result<(bool, &'static str)> {
         // Hot items: per 10-second window sliding by 2 seconds, the auctions with the most
         // bids (rank 1, so ties are all kept), emitted when each window closes. The HOP
         // windows are spelled out for the batch job; the stream runs `streaming_text`.
-        "q5" => (
+        // `q5_windows`: the stream runs this text too, a group per window (no panes).
+        "q5" | "q5_windows" => (
             true,
             "SELECT window_start, auction, num FROM ( \
                SELECT window_start, auction, count(*) AS num, \
@@ -149,8 +150,8 @@ pub fn query(name: &str) -> Result<(bool, &'static str)> {
         ),
         other => {
             bail!(
-                "unknown query {other} (expected q0, q1, q2, q3, q4, q5, q7, q8, q9, q14, q15, \
-                 q17, q20 or q22)"
+                "unknown query {other} (expected q0, q1, q2, q3, q4, q5, q5_windows, q7, q8, q9, \
+                 q14, q15, q17, q20 or q22)"
             )
         }
     })

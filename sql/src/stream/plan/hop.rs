@@ -201,24 +201,16 @@ fn columns(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<Lineage>> {
     };
     let below = columns(child)?;
     if let Some(u) = plan.downcast_ref::<UnnestExec>() {
-        let lists = u.list_column_indices();
-        let one_level = lists.iter().all(|l| l.depth == 1)
-            && u.struct_column_indices().is_empty()
-            && plan.schema().fields().len() == below.len();
-        if !one_level {
-            return None;
-        }
+        let lists = super::lookups::unnested_lists(u, below.len())?;
         return Some(
             below
                 .iter()
                 .enumerate()
-                .map(|(i, value)| {
-                    match (lists.iter().any(|l| l.index_in_input_schema == i), value) {
-                        (false, v) => *v,
-                        (true, Lineage::Starts(slide, size)) => Lineage::Start(*slide, *size, 0),
-                        (true, Lineage::Plain) => Lineage::Plain,
-                        (true, _) => Lineage::Other,
-                    }
+                .map(|(i, value)| match (lists.contains(&i), value) {
+                    (false, v) => *v,
+                    (true, Lineage::Starts(slide, size)) => Lineage::Start(*slide, *size, 0),
+                    (true, Lineage::Plain) => Lineage::Plain,
+                    (true, _) => Lineage::Other,
                 })
                 .collect(),
         );

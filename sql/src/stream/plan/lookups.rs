@@ -105,24 +105,14 @@ pub(super) fn lineage<L, T: Clone>(
     };
     let (found, below) = lineage(child, leaf, expr, unnest)?;
     let columns = if let Some(u) = plan.downcast_ref::<UnnestExec>() {
-        // Unnesting lists one level deep keeps the columns in place, each list column
-        // replaced by its elements.
-        let lists = u.list_column_indices();
-        let one_level = lists.iter().all(|l| l.depth == 1)
-            && u.struct_column_indices().is_empty()
-            && plan.schema().fields().len() == below.len();
-        if !one_level {
-            return None;
-        }
+        let lists = unnested_lists(u, below.len())?;
         below
             .iter()
             .enumerate()
-            .map(
-                |(i, value)| match lists.iter().any(|l| l.index_in_input_schema == i) {
-                    true => value.as_ref().and_then(unnest),
-                    false => value.clone(),
-                },
-            )
+            .map(|(i, value)| match lists.contains(&i) {
+                true => value.as_ref().and_then(unnest),
+                false => value.clone(),
+            })
             .collect()
     } else if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
         p.expr().iter().map(|e| expr(&e.expr, &below)).collect()
@@ -141,6 +131,16 @@ pub(super) fn lineage<L, T: Clone>(
         }
     };
     Some((found, columns))
+}
+
+/// The list columns an unnest replaces by their elements, if it unnests lists one level deep
+/// (which keeps the columns in place) and nothing else; `columns`: its input's width.
+pub(super) fn unnested_lists(unnest: &UnnestExec, columns: usize) -> Option<Vec<usize>> {
+    let lists = unnest.list_column_indices();
+    let one_level = lists.iter().all(|l| l.depth == 1)
+        && unnest.struct_column_indices().is_empty()
+        && unnest.schema().fields().len() == columns;
+    one_level.then(|| lists.iter().map(|l| l.index_in_input_schema).collect())
 }
 
 /// The join as a lookup join, with its stream side, if one input is a looked-up table.
