@@ -9,7 +9,8 @@
 //! groups is bounded by the disk, not by memory. Windowed groups (grouped by
 //! `window_start`/`window_end`) are closed when the watermark passes the window's end: with
 //! EMIT ON WINDOW CLOSE their row is written only then; either way their state is deleted
-//! once the window is closed.
+//! once the window is closed. HOP windows written on close may instead be kept as panes, a
+//! group per key and slide, merged into each window's row when it closes (`panes.rs`).
 
 use std::collections::BTreeMap;
 
@@ -115,7 +116,7 @@ impl Aggregator {
         let group_types: Vec<DataType> = (0..plan.group_exprs.len())
             .map(|i| input.field(i).data_type().clone())
             .collect();
-        let panes = match plan.hop.as_ref().filter(|h| h.panes) {
+        let panes = match plan.panes() {
             Some(_) if !emit_on_close => {
                 return Err(Error::internal(
                     "HOP windows in panes are written when they close",

@@ -49,14 +49,11 @@ impl Router {
     /// Routes the input rows of `plan` by its group key over `partitions` (HOP windows in
     /// panes: by the key's other columns, so every pane of a window meets in one partition).
     pub fn new(plan: &AggregatePlan, partitions: usize) -> Result<Self> {
-        let window = |i: usize| {
-            plan.hop
-                .as_ref()
-                .is_some_and(|h| h.panes && h.columns.iter().any(|(c, _)| *c == i))
+        let groups = plan.group_exprs.len();
+        let columns: Vec<usize> = match plan.panes() {
+            Some(hop) => hop.key_order(groups)[..groups - hop.columns.len()].to_vec(),
+            None => (0..groups).collect(),
         };
-        let columns: Vec<usize> = (0..plan.group_exprs.len())
-            .filter(|&i| !window(i))
-            .collect();
         let exprs = columns
             .iter()
             .map(|&i| plan.group_exprs[i].0.clone())

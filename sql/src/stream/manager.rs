@@ -1045,7 +1045,7 @@ async fn pipeline_plan(
     info: &QueryInfo,
 ) -> Result<plan::PipelinePlan> {
     let plan = plan::plan_with(catalog, query, udfs, &info.options).await?;
-    match info.panes && info.emit_on_close {
+    match info.panes {
         true => plan.with_panes(),
         false => Ok(plan),
     }

@@ -6,7 +6,8 @@
 //! stream's operators. Window table functions are rewritten to subqueries first:
 //! `TUMBLE(src, ts, size)` adds `window_start = date_bin(size, ts)` and `window_end =
 //! window_start + size`; `HOP(src, ts, slide, size)` gives each event one row per window it
-//! falls in.
+//! falls in, or, for an aggregate that only groups by the windows and writes them on close,
+//! one row per event in its pane (`plan/hop.rs`).
 //!
 //! The physical plan is then cut into stages:
 //! - *lower*: the stateless part over the feed (projections, filters, unnest), executed by
@@ -284,6 +285,13 @@ pub struct AggregatePlan {
     /// The input is a changelog (an updating view): accumulators retract deleted rows, and a
     /// group whose rows are all gone is deleted.
     pub retract: bool,
+}
+
+impl AggregatePlan {
+    /// Its HOP windows, when it combines them from panes.
+    pub fn panes(&self) -> Option<&HopGroups> {
+        self.hop.as_ref().filter(|h| h.panes)
+    }
 }
 
 /// A top-N over an aggregate's changed groups: the plan below it (over the groups' changes),
@@ -1647,7 +1655,7 @@ impl PipelinePlan {
                  past state_cache, read back from RocksDB)",
                 super::manager::AGGREGATE_OPERATOR
             ));
-            if let Some(hop) = agg.hop.as_ref().filter(|h| h.panes) {
+            if let Some(hop) = agg.panes() {
                 lines.push(format!(
                     "    panes: a group per key and {} s slide of event time; each window of \
                      {} s is merged from its {} panes when it closes",
@@ -1657,7 +1665,7 @@ impl PipelinePlan {
                 ));
             }
             if partitions > 1 {
-                let key = match agg.hop.as_ref().is_some_and(|h| h.panes) {
+                let key = match agg.panes().is_some() {
                     true => "the group key without the window",
                     false => "the group key",
                 };

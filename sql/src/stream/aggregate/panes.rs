@@ -46,9 +46,8 @@ pub(super) struct Panes {
 
 impl Panes {
     pub(super) fn new(hop: &HopGroups, types: &[DataType]) -> Result<Self> {
-        let window: Vec<usize> = hop.columns.iter().map(|(c, _)| *c).collect();
-        let mut order: Vec<usize> = (0..types.len()).filter(|c| !window.contains(c)).collect();
-        order.extend(&window);
+        let order = hop.key_order(types.len());
+        let window = &order[types.len() - hop.columns.len()..];
         // Timestamps encode at a fixed width, NULL or not.
         let fields = window
             .iter()

@@ -28,10 +28,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::utils::collect_columns;
-use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::streaming::StreamingTableExec;
-use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
 use super::interval_us;
@@ -175,6 +173,17 @@ pub struct HopGroups {
     pub panes: bool,
 }
 
+impl HopGroups {
+    /// The order a pane's key holds the `groups` group columns in: the others, then the
+    /// window's (so a key's group, the hash of the others, is the hash of a prefix).
+    pub fn key_order(&self, groups: usize) -> Vec<usize> {
+        let window = |c: &usize| self.columns.iter().any(|(w, _)| w == c);
+        let (mut order, windows): (Vec<usize>, Vec<usize>) = (0..groups).partition(|c| !window(c));
+        order.extend(windows);
+        order
+    }
+}
+
 /// What a column below the aggregate is in terms of the HOP windows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Lineage {
@@ -191,53 +200,27 @@ enum Lineage {
 /// What each output column of `plan` is, following columns up from the scan through
 /// projections, filters and unnests. None if a filter reads the windows (it would filter
 /// panes, not windows) or the plan holds any other node.
-fn columns(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<Lineage>> {
-    if plan.is::<StreamingTableExec>() {
-        return Some(vec![Lineage::Plain; plan.schema().fields().len()]);
-    }
-    let children = plan.children();
-    let [child] = children.as_slice() else {
-        return None;
+fn columns(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<Option<Lineage>>> {
+    let leaf = |scan: &StreamingTableExec| {
+        Some(((), vec![Some(Lineage::Plain); scan.schema().fields().len()]))
     };
-    let below = columns(child)?;
-    if let Some(u) = plan.downcast_ref::<UnnestExec>() {
-        let lists = super::lookups::unnested_lists(u, below.len())?;
-        return Some(
-            below
-                .iter()
-                .enumerate()
-                .map(|(i, value)| match (lists.contains(&i), value) {
-                    (false, v) => *v,
-                    (true, Lineage::Starts(slide, size)) => Lineage::Start(*slide, *size, 0),
-                    (true, Lineage::Plain) => Lineage::Plain,
-                    (true, _) => Lineage::Other,
-                })
-                .collect(),
-        );
-    }
-    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
-        return Some(p.expr().iter().map(|e| lineage(&e.expr, &below)).collect());
-    }
-    if let Some(f) = plan.downcast_ref::<FilterExec>() {
-        if lineage(f.predicate(), &below) != Lineage::Plain {
-            return None;
-        }
-        return Some(match f.projection() {
-            Some(p) => p.iter().map(|i| below[*i]).collect(),
-            None => below,
-        });
-    }
-    match plan.name() {
-        "CoalesceBatchesExec"
-        | "RepartitionExec"
-        | "CoalescePartitionsExec"
-        | "CooperativeExec" => Some(below),
-        _ => None,
-    }
+    let expr = |e: &Arc<dyn PhysicalExpr>, below: &[Option<Lineage>]| Some(lineage(e, below));
+    let unnest = |list: &Lineage| {
+        Some(match *list {
+            Lineage::Starts(slide, size) => Lineage::Start(slide, size, 0),
+            Lineage::Plain => Lineage::Plain,
+            _ => Lineage::Other,
+        })
+    };
+    let filter = |predicate: &Arc<dyn PhysicalExpr>, below: &[Option<Lineage>]| {
+        lineage(predicate, below) == Lineage::Plain
+    };
+    super::lookups::lineage(plan, &leaf, &expr, &unnest, &filter).map(|(_, columns)| columns)
 }
 
 /// What `expr` is, given what the columns it reads are.
-fn lineage(expr: &Arc<dyn PhysicalExpr>, below: &[Lineage]) -> Lineage {
+fn lineage(expr: &Arc<dyn PhysicalExpr>, below: &[Option<Lineage>]) -> Lineage {
+    let column = |c: &Column| below.get(c.index()).copied().flatten();
     let interval = |e: &Arc<dyn PhysicalExpr>| interval_us(e.downcast_ref::<Literal>()?.value());
     if let Some(f) = expr.downcast_ref::<ScalarFunctionExpr>()
         && f.name() == HOP_WINDOWS
@@ -248,11 +231,11 @@ fn lineage(expr: &Arc<dyn PhysicalExpr>, below: &[Lineage]) -> Lineage {
         return Lineage::Starts(slide, size);
     }
     if let Some(c) = expr.downcast_ref::<Column>() {
-        return below.get(c.index()).copied().unwrap_or(Lineage::Other);
+        return column(c).unwrap_or(Lineage::Other);
     }
     if collect_columns(expr)
         .iter()
-        .all(|c| below.get(c.index()) == Some(&Lineage::Plain))
+        .all(|c| column(c) == Some(Lineage::Plain))
     {
         return Lineage::Plain;
     }

@@ -529,7 +529,7 @@ fn timed_columns(plan: &Arc<dyn ExecutionPlan>, time: usize) -> Option<Vec<Optio
         timed(e, &|c: &Column| below.get(c.index()).copied().flatten())
     };
     let unnest = |t: &Timed| t.list.then_some(Timed { list: false, ..*t });
-    lineage(plan, &leaf, &expr, &unnest).map(|(_, columns)| columns)
+    lineage(plan, &leaf, &expr, &unnest, &|_, _| true).map(|(_, columns)| columns)
 }
 
 pub(super) fn conjuncts<'a>(

@@ -76,7 +76,7 @@ pub(super) fn scan_columns(
         let c = e.downcast_ref::<Column>()?;
         below.get(c.index()).copied().flatten()
     };
-    lineage(plan, &leaf, &column, &|_| None)
+    lineage(plan, &leaf, &column, &|_| None, &|_, _| true)
 }
 
 /// What a scan's columns are, for [`lineage`] (and which scan it is).
@@ -85,16 +85,21 @@ pub(super) type LeafColumns<'a, L, T> =
 /// What a projected expression is, given what the columns below are.
 pub(super) type ExprColumn<'a, T> = dyn Fn(&Arc<dyn PhysicalExpr>, &[Option<T>]) -> Option<T> + 'a;
 
+/// Whether a filter whose predicate reads columns with the given values may stand.
+pub(super) type FilterAllowed<'a, T> = dyn Fn(&Arc<dyn PhysicalExpr>, &[Option<T>]) -> bool + 'a;
+
 /// Follows columns from a scan up through filters, projections and unnests (and nodes that
 /// pass rows through unchanged): `leaf` gives the scan's columns a value (and says which scan
 /// it is), `expr` gives a projected expression one from the values of the columns below, and
-/// `unnest` gives an element of an unnested list column one from the list's. None if the plan
-/// holds any other node.
+/// `unnest` gives an element of an unnested list column one from the list's, and `filter` says
+/// whether a filter with a predicate over the columns below may stand. None if the plan holds
+/// any other node, or a filter that may not.
 pub(super) fn lineage<L, T: Clone>(
     plan: &Arc<dyn ExecutionPlan>,
     leaf: &LeafColumns<'_, L, T>,
     expr: &ExprColumn<'_, T>,
     unnest: &dyn Fn(&T) -> Option<T>,
+    filter: &FilterAllowed<'_, T>,
 ) -> Option<(L, Vec<Option<T>>)> {
     if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
         return leaf(scan);
@@ -103,7 +108,7 @@ pub(super) fn lineage<L, T: Clone>(
     let [child] = children.as_slice() else {
         return None;
     };
-    let (found, below) = lineage(child, leaf, expr, unnest)?;
+    let (found, below) = lineage(child, leaf, expr, unnest, filter)?;
     let columns = if let Some(u) = plan.downcast_ref::<UnnestExec>() {
         let lists = unnested_lists(u, below.len())?;
         below
@@ -117,6 +122,9 @@ pub(super) fn lineage<L, T: Clone>(
     } else if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
         p.expr().iter().map(|e| expr(&e.expr, &below)).collect()
     } else if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        if !filter(f.predicate(), &below) {
+            return None;
+        }
         match f.projection() {
             Some(p) => p.iter().map(|i| below.get(*i).cloned().flatten()).collect(),
             None => below,
@@ -135,7 +143,7 @@ pub(super) fn lineage<L, T: Clone>(
 
 /// The list columns an unnest replaces by their elements, if it unnests lists one level deep
 /// (which keeps the columns in place) and nothing else; `columns`: its input's width.
-pub(super) fn unnested_lists(unnest: &UnnestExec, columns: usize) -> Option<Vec<usize>> {
+fn unnested_lists(unnest: &UnnestExec, columns: usize) -> Option<Vec<usize>> {
     let lists = unnest.list_column_indices();
     let one_level = lists.iter().all(|l| l.depth == 1)
         && unnest.struct_column_indices().is_empty()
