@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod cep;
 pub mod codec;
 pub mod engine;
 pub mod error;
