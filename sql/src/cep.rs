@@ -8,9 +8,12 @@
 //! - `reference.rs`: the standard's definition (backtracking over the pattern as written), for
 //!   tests.
 
+pub mod expr;
 pub mod matcher;
 pub mod pattern;
 pub mod reference;
+pub mod run;
+pub mod syntax;
 
 pub use matcher::{Define, Found, MatchConfig, Matcher, Partition, Path, Skip};
 pub use pattern::{Pattern, Program, Var};

@@ -10,6 +10,7 @@ mod catalog_provider;
 mod ddl;
 mod dml;
 mod functions;
+mod match_recognize;
 pub mod memory;
 mod models;
 mod naming;

@@ -35,7 +35,8 @@ use super::naming;
 use super::point_get::PointGet;
 use super::scalar_select::ScalarSelect;
 use super::settings::Settings;
-use super::statement::{EddyStatement, Stmt, parse_eddy};
+pub(super) use super::statement::Stmt;
+use super::statement::{EddyStatement, parse_eddy};
 use crate::catalog::DEFAULT_SCHEMA;
 use crate::error::{Error, Result, sqlstate};
 use crate::table::SharedTxn;
@@ -114,6 +115,8 @@ pub struct Session {
     status: Mutex<TxnStatus>,
     /// Set when a row stream of this session failed after its statement returned.
     stream_failed: Arc<AtomicBool>,
+    /// MATCH_RECOGNIZE clauses compiled for the statement being planned.
+    match_tables: super::match_recognize::Prepared,
 }
 
 /// A session's advisory locks end with it (the client disconnected).
@@ -183,6 +186,13 @@ impl Session {
         functions::register(&ctx, info.clone());
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
+        let match_tables = super::match_recognize::Prepared::default();
+        ctx.register_udtf(
+            crate::cep::syntax::MARKER,
+            Arc::new(super::match_recognize::MarkerFunction {
+                prepared: match_tables.clone(),
+            }),
+        );
         Self {
             engine,
             ctx,
@@ -191,6 +201,7 @@ impl Session {
             txn,
             status: Mutex::new(TxnStatus::Idle),
             stream_failed: Arc::new(AtomicBool::new(false)),
+            match_tables,
         }
     }
 
@@ -259,6 +270,9 @@ impl Session {
 
     /// Splits and parses a query string. An empty or comment-only string gives no statements.
     pub fn parse(sql: &str) -> Result<Vec<Stmt>> {
+        // MATCH_RECOGNIZE, which this dialect does not parse, as a marker table function.
+        let rewritten = crate::cep::syntax::rewrite(sql)?;
+        let sql = rewritten.as_deref().unwrap_or(sql);
         let dialect = PostgreSqlDialect {};
         // Temporal joins' `FOR SYSTEM_TIME AS OF`, which this dialect does not parse.
         let temporal = super::system_time::strip(sql);
@@ -354,16 +368,25 @@ impl Session {
         })
     }
 
-    async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
+    pub(super) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
         let (statement, target) = super::dml::prepare_statement(statement, self)?;
         let mut statement = super::pg_catalog::rewrite(statement);
         super::models::resolve_named_features(&mut statement, &self.view.catalog())?;
+        let clauses = super::match_recognize::clauses(&statement);
+        if !clauses.is_empty() {
+            super::match_recognize::prepare(self, &statement, &self.match_tables).await?;
+        }
         *self.view.dml_target.lock() = target;
         let state = self.ctx.state();
         let planned = state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await;
         *self.view.dml_target.lock() = None;
+        let mut prepared = self.match_tables.lock();
+        for clause in &clauses {
+            prepared.remove(clause);
+        }
+        drop(prepared);
         super::dml::pg_literal_casts(planned?)
     }
 

@@ -378,7 +378,7 @@ fn streaming_config() -> SessionConfig {
 }
 
 /// Interval literal → microseconds (months are refused: their length varies).
-pub(super) fn interval_us(value: &ScalarValue) -> Option<i64> {
+pub(crate) fn interval_us(value: &ScalarValue) -> Option<i64> {
     match value {
         ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
             Some(v.days as i64 * 86_400_000_000 + v.nanoseconds / 1000)

@@ -1,0 +1,716 @@
+//! MATCH_RECOGNIZE over Arrow batches: the compiled clause ([`MatchPlan`]) and the matching
+//! state of every partition ([`Matching`]), shared by batch queries (all rows at once) and the
+//! streaming operator (rows as the watermark seals them).
+//!
+//! Rows come in per partition in ORDER BY order. Each kept row holds its time, the values its
+//! leaves read, its row-local DEFINE results and its encoding; a partition keeps the rows its
+//! open match attempts may still read (from the first open attempt's first row, less the
+//! history PREV can reach before a match), and nothing when no attempt is open, unless PREV
+//! reaches before a match's first row or MATCH_NUMBER() counts its matches.
+//!
+//! Work is vectorised across partitions: the row-local DEFINE conditions of every row a call
+//! brings are evaluated in one pass, and MEASURES over every match it finds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::execution::context::SessionState;
+use datafusion::physical_expr::PhysicalSortExpr;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::sql::sqlparser::ast;
+
+use super::expr::{Compiled, Leaf, MatchView, Rows, Scope, StoredRow, truth};
+use super::matcher::{Define, EXCLUDED, Found, MatchConfig, Matcher, Partition, Skip};
+use super::pattern::{Pattern, Program, Var};
+use super::syntax::{Clause, RowsPerMatch, SkipTo, var_index};
+use crate::error::{Error, Result, sqlstate};
+
+/// A DEFINE compiled, and whether it depends on the row alone.
+#[derive(Debug, Clone)]
+pub struct DefinePlan {
+    pub compiled: Compiled,
+    pub row_local: bool,
+}
+
+/// A MATCH_RECOGNIZE clause compiled against its input.
+#[derive(Debug, Clone)]
+pub struct MatchPlan {
+    pub input: SchemaRef,
+    pub partition_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// ORDER BY after the time (ties are broken by them, then by arrival).
+    pub order_by: Vec<PhysicalSortExpr>,
+    /// The ORDER BY time column.
+    pub time: usize,
+    pub config: MatchConfig,
+    pub pattern: Pattern,
+    pub vars: Vec<String>,
+    /// Input columns the leaves read.
+    pub slots: Vec<usize>,
+    pub defines: Vec<Option<DefinePlan>>,
+    pub measures: Vec<Compiled>,
+    pub rows: RowsPerMatch,
+    /// Partition columns (or the input's, for ALL ROWS PER MATCH), then the measures.
+    pub output: SchemaRef,
+    /// Rows before a match's first row that PREV can reach.
+    pub history: u64,
+    /// Partitions are kept without open attempts (history, or MATCH_NUMBER counts).
+    pub keep: bool,
+    /// Some NEXT reads rows after the current one.
+    pub reads_ahead: bool,
+}
+
+fn syntax(message: impl Into<String>) -> Error {
+    Error::user(sqlstate::SYNTAX_ERROR, message.into())
+}
+
+fn unsupported(message: impl Into<String>) -> Error {
+    Error::user(sqlstate::FEATURE_NOT_SUPPORTED, message.into())
+}
+
+/// A name for an output column from its expression (`a.b` → `b`).
+fn column_name(expr: &ast::Expr) -> String {
+    match expr {
+        ast::Expr::Identifier(id) => fold(id),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(fold).unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+fn fold(id: &ast::Ident) -> String {
+    match id.quote_style {
+        Some(_) => id.value.clone(),
+        None => id.value.to_ascii_lowercase(),
+    }
+}
+
+impl MatchPlan {
+    /// Compiles `clause` over rows of `input`; `state` plans the expressions.
+    pub fn new(clause: &Clause, input: SchemaRef, state: &SessionState) -> Result<Self> {
+        let df_input = DFSchema::try_from(input.as_ref().clone())?;
+        let physical = |e: &ast::Expr, what: &str| -> Result<Arc<dyn PhysicalExpr>> {
+            let logical = state
+                .create_logical_expr(&e.to_string(), &df_input)
+                .map_err(|err| syntax(format!("in {what}: {err}")))?;
+            Ok(state.create_physical_expr(logical, &df_input)?)
+        };
+        let partition_by = clause
+            .partition_by
+            .iter()
+            .map(|e| physical(e, "PARTITION BY"))
+            .collect::<Result<Vec<_>>>()?;
+        let (first, rest) = clause
+            .order_by
+            .split_first()
+            .ok_or_else(|| syntax("MATCH_RECOGNIZE needs ORDER BY the event time"))?;
+        let time = match &first.expr {
+            ast::Expr::Identifier(id) => input.index_of(&fold(id)).ok(),
+            ast::Expr::CompoundIdentifier(p) => {
+                p.last().and_then(|id| input.index_of(&fold(id)).ok())
+            }
+            _ => None,
+        }
+        .filter(|i| {
+            matches!(input.field(*i).data_type(), DataType::Timestamp(..))
+                && first.options.asc != Some(false)
+        })
+        .ok_or_else(|| {
+            syntax(format!(
+                "MATCH_RECOGNIZE must be ORDER BY a timestamp column of its input first, \
+                 ascending (the event time), not {}",
+                first.expr
+            ))
+        })?;
+        let order_by = rest
+            .iter()
+            .map(|o| {
+                Ok(PhysicalSortExpr {
+                    expr: physical(&o.expr, "ORDER BY")?,
+                    options: datafusion::arrow::compute::SortOptions {
+                        descending: o.options.asc == Some(false),
+                        nulls_first: o
+                            .options
+                            .nulls_first
+                            .unwrap_or(o.options.asc == Some(false)),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut slots = Vec::new();
+        let mut scope = Scope {
+            input: &input,
+            vars: &clause.vars,
+            subsets: &clause.subsets,
+            state,
+            slots: &mut slots,
+        };
+        let mut defines = vec![None; clause.vars.len()];
+        for (var, expr) in &clause.defines {
+            let what = format!("DEFINE {}", clause.vars[*var]);
+            let compiled = scope.compile(expr, &what)?;
+            if compiled.expr.data_type(&compiled.schema)? != DataType::Boolean {
+                return Err(Error::user(
+                    sqlstate::DATATYPE_MISMATCH,
+                    format!("{what} must be a boolean condition"),
+                ));
+            }
+            if compiled
+                .leaves
+                .iter()
+                .any(|l| matches!(l, Leaf::MatchNumber | Leaf::TimedOut))
+            {
+                return Err(syntax(format!(
+                    "{what}: MATCH_NUMBER() and TIMED_OUT() are for MEASURES"
+                )));
+            }
+            let row_local = compiled.row_local(*var as Var).is_some();
+            defines[*var] = Some(DefinePlan {
+                compiled,
+                row_local,
+            });
+        }
+        let mut measures = Vec::new();
+        for (expr, name) in &clause.measures {
+            measures.push(scope.compile(expr, &format!("MEASURES {name}"))?);
+        }
+        let mut fields: Vec<Field> = match clause.rows {
+            RowsPerMatch::One => clause
+                .partition_by
+                .iter()
+                .zip(&partition_by)
+                .map(|(e, p)| Ok(Field::new(column_name(e), p.data_type(&input)?, true)))
+                .collect::<Result<Vec<_>>>()?,
+            RowsPerMatch::All => input.fields().iter().map(|f| f.as_ref().clone()).collect(),
+        };
+        for ((_, name), m) in clause.measures.iter().zip(&measures) {
+            let name = fold(name);
+            if fields.iter().any(|f| f.name() == &name) {
+                return Err(Error::user(
+                    "42701",
+                    format!("MATCH_RECOGNIZE output column \"{name}\" is given twice"),
+                ));
+            }
+            fields.push(Field::new(name, m.expr.data_type(&m.schema)?, true));
+        }
+        let skip_vars = |v: &ast::Ident| -> u64 {
+            var_index(&clause.vars, &v.value).map_or_else(
+                || {
+                    clause
+                        .subsets
+                        .iter()
+                        .find(|(s, _)| s.eq_ignore_ascii_case(&v.value))
+                        .map_or(0, |(_, set)| *set)
+                },
+                |i| 1 << i,
+            )
+        };
+        let skip = match &clause.skip {
+            SkipTo::PastLastRow => Skip::PastLastRow,
+            SkipTo::ToNextRow => Skip::ToNextRow,
+            SkipTo::ToFirst(v) => Skip::ToFirst(skip_vars(v)),
+            SkipTo::ToLast(v) => Skip::ToLast(skip_vars(v)),
+        };
+        let within = match &clause.within {
+            Some(e) => Some(interval_us(state, e)?),
+            None => None,
+        };
+        if clause.timeouts && within.is_none() {
+            return Err(syntax("EMIT TIMEOUTS needs WITHIN"));
+        }
+        let min_offsets = clause.pattern.min_offsets(clause.vars.len());
+        let (history, reads_ahead) = reach(&defines, &measures, &min_offsets);
+        let counts = measures
+            .iter()
+            .any(|m| m.leaves.contains(&Leaf::MatchNumber));
+        let dedup = defines.iter().flatten().all(|d| d.row_local);
+        Ok(Self {
+            input,
+            partition_by,
+            order_by,
+            time,
+            config: MatchConfig {
+                program: Program::compile(&clause.pattern)?,
+                skip,
+                within,
+                timeouts: clause.timeouts,
+                dedup,
+            },
+            pattern: clause.pattern.clone(),
+            vars: clause.vars.clone(),
+            slots,
+            defines,
+            measures,
+            rows: clause.rows,
+            output: Arc::new(Schema::new(fields)),
+            history,
+            keep: history > 0 || counts,
+            reads_ahead,
+        })
+    }
+
+    /// Refuses what a stream cannot do: `^`/`$` (a stream's partitions have no first or last
+    /// row) and NEXT (rows after the current one have not come).
+    pub fn check_streaming(&self) -> Result<()> {
+        let (start, end) = self.pattern.anchors();
+        if start || end {
+            return Err(unsupported(
+                "^ and $ in a streaming MATCH_RECOGNIZE (a stream's partitions have no first \
+                 or last row); they work in queries over tables",
+            ));
+        }
+        if self.reads_ahead {
+            return Err(unsupported(
+                "NEXT in a streaming MATCH_RECOGNIZE (it reads rows that have not come yet); \
+                 it works in queries over tables",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// WITHIN's interval in microseconds.
+fn interval_us(state: &SessionState, e: &ast::Expr) -> Result<i64> {
+    let bad = || {
+        Error::user(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("WITHIN {e} must be a positive interval of days or less"),
+        )
+    };
+    let schema = DFSchema::empty();
+    let logical = state
+        .create_logical_expr(&e.to_string(), &schema)
+        .map_err(|_| bad())?;
+    let physical = state.create_physical_expr(logical, &schema)?;
+    let batch = RecordBatch::try_new_with_options(
+        Arc::new(Schema::empty()),
+        Vec::new(),
+        &RecordBatchOptions::new().with_row_count(Some(1)),
+    )?;
+    let value = physical.evaluate(&batch)?.into_array(1)?;
+    let value = ScalarValue::try_from_array(&value, 0)?;
+    crate::stream::plan::interval_us(&value)
+        .filter(|us| *us > 0)
+        .ok_or_else(bad)
+}
+
+/// How far before a match's first row PREV can reach, and whether NEXT is used.
+fn reach(
+    defines: &[Option<DefinePlan>],
+    measures: &[Compiled],
+    min_offsets: &[Option<u32>],
+) -> (u64, bool) {
+    let mut history = 0u64;
+    let mut ahead = false;
+    let mut visit = |leaves: &[Leaf], var: Option<usize>| {
+        for leaf in leaves {
+            let Leaf::Value { base, offset, .. } = leaf else {
+                continue;
+            };
+            if *offset > 0 {
+                ahead = true;
+                continue;
+            }
+            let back = offset.unsigned_abs();
+            // In the DEFINE of a variable, its own current row is at least as far into the
+            // match as that variable can first be.
+            let floor = match (base, var) {
+                (super::expr::Base::Last { vars, n: 0 }, Some(v)) if vars & (1 << v) != 0 => {
+                    min_offsets[v].unwrap_or(0) as u64
+                }
+                _ => 0,
+            };
+            history = history.max(back.saturating_sub(floor));
+        }
+    };
+    for (v, d) in defines.iter().enumerate() {
+        if let Some(d) = d {
+            visit(&d.compiled.leaves, Some(v));
+        }
+    }
+    for m in measures {
+        visit(&m.leaves, None);
+    }
+    (history, ahead)
+}
+
+/// A row as it comes in: its partition, sort position and what is kept of it.
+pub struct NewRow {
+    pub partition: Vec<u8>,
+    pub key: Vec<ScalarValue>,
+    /// ORDER BY after the time, encoded to sort as it does.
+    pub order: Vec<u8>,
+    pub row: StoredRow,
+}
+
+/// One partition's state.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionState {
+    pub key: Vec<ScalarValue>,
+    pub rows: Rows,
+    pub matcher: Partition,
+}
+
+/// The matching state of every partition.
+pub struct Matching {
+    pub plan: Arc<MatchPlan>,
+    matcher: Matcher,
+    pub parts: HashMap<Vec<u8>, PartitionState>,
+    pub rows: RowConverter,
+    keys: RowConverter,
+    order: RowConverter,
+}
+
+struct Defines<'a> {
+    plan: &'a MatchPlan,
+    rows: &'a Rows,
+}
+
+impl Define for Defines<'_> {
+    fn holds(&mut self, var: Var, start: u64, path: &[u16], row: u64) -> Result<bool> {
+        let Some(d) = &self.plan.defines[var as usize] else {
+            return Ok(true);
+        };
+        if d.row_local {
+            return Ok(self
+                .rows
+                .get(row as i64)
+                .is_some_and(|r| r.bits & (1 << var) != 0));
+        }
+        let view = MatchView {
+            start,
+            path,
+            upto: path.len(),
+            current: Some(var),
+            number: 0,
+            timed_out: false,
+        };
+        let result = d.compiled.evaluate(1, |leaf, _| {
+            view.value(&d.compiled.leaves[leaf], self.rows, &self.plan.vars)
+        })?;
+        Ok(truth(result.as_ref(), 0))
+    }
+}
+
+impl Matching {
+    pub fn new(plan: Arc<MatchPlan>) -> Result<Self> {
+        let sort_fields = |types: Vec<DataType>| types.into_iter().map(SortField::new).collect();
+        let key_types = plan
+            .partition_by
+            .iter()
+            .map(|e| Ok(e.data_type(&plan.input)?))
+            .collect::<Result<Vec<_>>>()?;
+        let order_fields = plan
+            .order_by
+            .iter()
+            .map(|o| {
+                Ok(SortField::new_with_options(
+                    o.expr.data_type(&plan.input)?,
+                    o.options,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            matcher: Matcher::new(plan.config.clone()),
+            parts: HashMap::new(),
+            rows: RowConverter::new(sort_fields(
+                plan.input
+                    .fields()
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect(),
+            ))?,
+            keys: RowConverter::new(sort_fields(key_types))?,
+            order: RowConverter::new(order_fields)?,
+            plan,
+        })
+    }
+
+    /// The rows of an input batch as the matcher keeps them (rows with a NULL time are
+    /// dropped: they have no place in the order).
+    pub fn rows_of(&self, batch: &RecordBatch) -> Result<Vec<NewRow>> {
+        let n = batch.num_rows();
+        let plan = &self.plan;
+        let eval = |e: &Arc<dyn PhysicalExpr>| -> Result<ArrayRef> {
+            Ok(e.evaluate(batch)?.into_array(n)?)
+        };
+        let keys = plan
+            .partition_by
+            .iter()
+            .map(eval)
+            .collect::<Result<Vec<_>>>()?;
+        // Rows of no columns hold no rows: no PARTITION BY (or ORDER BY after the time) is
+        // an empty key.
+        let key_rows = match keys.is_empty() {
+            true => None,
+            false => Some(self.keys.convert_columns(&keys)?),
+        };
+        let order = plan
+            .order_by
+            .iter()
+            .map(|o| eval(&o.expr))
+            .collect::<Result<Vec<_>>>()?;
+        let order_rows = match order.is_empty() {
+            true => None,
+            false => Some(self.order.convert_columns(&order)?),
+        };
+        let encoded = self.rows.convert_columns(batch.columns())?;
+        let times = crate::stream::operators::micros(batch.column(plan.time).as_ref())?;
+        let mut out = Vec::with_capacity(n);
+        for (i, ts) in times.into_iter().enumerate() {
+            let Some(ts) = ts else { continue };
+            out.push(NewRow {
+                partition: key_rows
+                    .as_ref()
+                    .map_or_else(Vec::new, |k| k.row(i).as_ref().to_vec()),
+                key: keys
+                    .iter()
+                    .map(|k| ScalarValue::try_from_array(k, i))
+                    .collect::<datafusion::error::Result<_>>()?,
+                order: order_rows
+                    .as_ref()
+                    .map_or_else(Vec::new, |o| o.row(i).as_ref().to_vec()),
+                row: StoredRow {
+                    ts,
+                    values: plan
+                        .slots
+                        .iter()
+                        .map(|s| ScalarValue::try_from_array(batch.column(*s), i))
+                        .collect::<datafusion::error::Result<_>>()?,
+                    bits: 0,
+                    bytes: encoded.row(i).as_ref().to_vec(),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Appends rows (each partition's in order) and runs the matcher over them; returns what
+    /// was found, by partition.
+    pub fn push(&mut self, rows: Vec<NewRow>) -> Result<Vec<(Vec<u8>, Found)>> {
+        // Append, remembering where each row went.
+        let mut placed: Vec<(Vec<u8>, u64)> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let part = self
+                .parts
+                .entry(r.partition.clone())
+                .or_insert_with(|| PartitionState {
+                    key: r.key,
+                    ..Default::default()
+                });
+            if part.rows.rows.is_empty() {
+                part.rows.base = part.matcher.next;
+            }
+            placed.push((r.partition, part.rows.end()));
+            part.rows.rows.push_back(r.row);
+        }
+        self.row_local_defines(&placed)?;
+        let mut found = Vec::new();
+        let mut out = Vec::new();
+        for (partition, pos) in placed {
+            let part = self.parts.get_mut(&partition).expect("placed above");
+            let ts = part.rows.get(pos as i64).map_or(0, |r| r.ts);
+            let mut defines = Defines {
+                plan: &self.plan,
+                rows: &part.rows,
+            };
+            self.matcher
+                .push(&mut part.matcher, ts, &mut defines, &mut out)?;
+            found.extend(out.drain(..).map(|f| (partition.clone(), f)));
+        }
+        Ok(found)
+    }
+
+    /// Evaluates the row-local DEFINEs of the placed rows, all at once per variable.
+    fn row_local_defines(&mut self, placed: &[(Vec<u8>, u64)]) -> Result<()> {
+        let plan = self.plan.clone();
+        for (var, d) in plan.defines.iter().enumerate() {
+            let Some(d) = d.as_ref().filter(|d| d.row_local) else {
+                continue;
+            };
+            let result = d.compiled.evaluate(placed.len(), |leaf, r| {
+                let (partition, pos) = &placed[r];
+                let rows = &self.parts[partition].rows;
+                let Leaf::Value { slot, offset, .. } = &d.compiled.leaves[leaf] else {
+                    return Err(Error::internal("row-local DEFINE with a non-row leaf"));
+                };
+                Ok(rows
+                    .get(*pos as i64 + offset)
+                    .map_or(ScalarValue::Null, |row| row.values[*slot].clone()))
+            })?;
+            for (r, (partition, pos)) in placed.iter().enumerate() {
+                if truth(result.as_ref(), r) {
+                    let rows = &mut self.parts.get_mut(partition).expect("placed").rows;
+                    let i = (pos - rows.base) as usize;
+                    rows.rows[i].bits |= 1 << var;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The watermark passed `watermark`: attempts whose WITHIN ended time out.
+    pub fn advance(&mut self, watermark: i64) -> Vec<(Vec<u8>, Found)> {
+        let mut found = Vec::new();
+        if self.plan.config.within.is_none() {
+            return found;
+        }
+        let mut out = Vec::new();
+        for (partition, part) in self.parts.iter_mut() {
+            if part.matcher.attempts.is_empty() {
+                continue;
+            }
+            self.matcher.advance(&mut part.matcher, watermark, &mut out);
+            found.extend(out.drain(..).map(|f| (partition.clone(), f)));
+        }
+        found
+    }
+
+    /// Every partition has ended (a batch query).
+    pub fn finish(&mut self) -> Result<Vec<(Vec<u8>, Found)>> {
+        let mut found = Vec::new();
+        let mut out = Vec::new();
+        let mut keys: Vec<&Vec<u8>> = self.parts.keys().collect();
+        keys.sort();
+        let keys: Vec<Vec<u8>> = keys.into_iter().cloned().collect();
+        for partition in keys {
+            let part = self.parts.get_mut(&partition).expect("listed");
+            self.matcher.finish(&mut part.matcher, &mut out)?;
+            found.extend(out.drain(..).map(|f| (partition.clone(), f)));
+        }
+        Ok(found)
+    }
+
+    /// The output rows of what was found.
+    pub fn output(&self, found: &[(Vec<u8>, Found)]) -> Result<RecordBatch> {
+        let plan = &self.plan;
+        // (partition, found, rows of the match it covers) per output row.
+        let mut out_rows: Vec<(&PartitionState, &Found, usize)> = Vec::new();
+        for (partition, f) in found {
+            let part = &self.parts[partition];
+            match plan.rows {
+                RowsPerMatch::One => out_rows.push((part, f, f.path.len())),
+                RowsPerMatch::All => {
+                    for (i, e) in f.path.iter().enumerate() {
+                        if e & EXCLUDED == 0 {
+                            out_rows.push((part, f, i + 1));
+                        }
+                    }
+                }
+            }
+        }
+        let n = out_rows.len();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        match plan.rows {
+            RowsPerMatch::One => {
+                for (c, field) in plan.partition_by.iter().zip(plan.output.fields()) {
+                    let _ = c;
+                    let col = columns.len();
+                    let values = out_rows
+                        .iter()
+                        .map(|(p, _, _)| p.key[col].clone())
+                        .collect::<Vec<_>>();
+                    columns.push(array_of(values, field.data_type())?);
+                }
+            }
+            RowsPerMatch::All => {
+                let parser = self.rows.parser();
+                let bytes = out_rows
+                    .iter()
+                    .map(|(p, f, upto)| {
+                        p.rows
+                            .get((f.start + *upto as u64 - 1) as i64)
+                            .map(|r| r.bytes.as_slice())
+                            .ok_or_else(|| Error::internal("a matched row is no longer kept"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                columns.extend(
+                    self.rows
+                        .convert_rows(bytes.into_iter().map(|b| parser.parse(b)))?,
+                );
+            }
+        }
+        for m in &plan.measures {
+            columns.push(m.evaluate(n, |leaf, r| {
+                let (part, f, upto) = out_rows[r];
+                let view = MatchView {
+                    start: f.start,
+                    path: &f.path,
+                    upto,
+                    current: None,
+                    number: f.number,
+                    timed_out: f.timed_out,
+                };
+                view.value(&m.leaves[leaf], &part.rows, &plan.vars)
+            })?);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(n));
+        Ok(RecordBatch::try_new_with_options(
+            plan.output.clone(),
+            columns,
+            &options,
+        )?)
+    }
+
+    /// Drops the rows no open attempt can read any more, and partitions with nothing to keep.
+    pub fn trim(&mut self) -> Vec<Vec<u8>> {
+        let plan = &self.plan;
+        let mut emptied = Vec::new();
+        for (partition, part) in self.parts.iter_mut() {
+            let end = part.rows.end();
+            let keep_from = part
+                .matcher
+                .oldest()
+                .unwrap_or(end)
+                .saturating_sub(plan.history)
+                .min(end);
+            while part.rows.base < keep_from && !part.rows.rows.is_empty() {
+                part.rows.rows.pop_front();
+                part.rows.base += 1;
+            }
+            if part.rows.rows.is_empty() {
+                part.rows.base = part.matcher.next;
+            }
+            if part.matcher.attempts.is_empty() && part.rows.rows.is_empty() && !plan.keep {
+                emptied.push(partition.clone());
+            }
+        }
+        for p in &emptied {
+            self.parts.remove(p);
+        }
+        emptied
+    }
+}
+
+fn array_of(values: Vec<ScalarValue>, t: &DataType) -> Result<ArrayRef> {
+    if values.is_empty() {
+        return Ok(datafusion::arrow::array::new_empty_array(t));
+    }
+    let values = values
+        .into_iter()
+        .map(|v| match v.is_null() {
+            true => ScalarValue::try_from(t),
+            false => Ok(v),
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    Ok(ScalarValue::iter_to_array(values)?)
+}
+
+/// MATCH_RECOGNIZE over whole partitions (a batch query): sorts the rows, matches every
+/// partition to its end, and returns the output.
+pub fn run_batch(plan: Arc<MatchPlan>, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let mut matching = Matching::new(plan)?;
+    let mut rows = Vec::new();
+    for b in batches {
+        rows.extend(matching.rows_of(b)?);
+    }
+    // Stable: rows equal in partition, time and ORDER BY keep the input's order.
+    rows.sort_by(|a, b| {
+        (&a.partition, a.row.ts, &a.order).cmp(&(&b.partition, b.row.ts, &b.order))
+    });
+    let mut found = matching.push(rows)?;
+    found.extend(matching.finish()?);
+    matching.output(&found)
+}
