@@ -13,6 +13,8 @@ pub mod matcher;
 pub mod pattern;
 pub mod reference;
 pub mod run;
+pub mod exec;
+pub mod table;
 pub mod syntax;
 
 pub use matcher::{Define, Found, MatchConfig, Matcher, Partition, Path, Skip};

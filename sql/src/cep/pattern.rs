@@ -60,6 +60,42 @@ impl Pattern {
         ))
     }
 
+    /// The pattern as written, with the variables' names.
+    pub fn display(&self, vars: &[String]) -> String {
+        let name = |v: &Var| vars.get(*v as usize).cloned().unwrap_or_else(|| format!("#{v}"));
+        match self {
+            Pattern::Var(v) => name(v),
+            Pattern::Start => "^".into(),
+            Pattern::End => "$".into(),
+            Pattern::Concat(items) => {
+                let parts: Vec<String> = items.iter().map(|p| p.display(vars)).collect();
+                format!("({})", parts.join(" "))
+            }
+            Pattern::Alt(items) => {
+                let parts: Vec<String> = items.iter().map(|p| p.display(vars)).collect();
+                format!("({})", parts.join(" | "))
+            }
+            Pattern::Exclude(inner) => format!("{{- {} -}}", inner.display(vars)),
+            Pattern::Repeat {
+                inner,
+                min,
+                max,
+                greedy,
+            } => {
+                let q = match (min, max) {
+                    (0, None) => "*".to_string(),
+                    (1, None) => "+".to_string(),
+                    (0, Some(1)) => "?".to_string(),
+                    (n, None) => format!("{{{n},}}"),
+                    (n, Some(m)) if n == m => format!("{{{n}}}"),
+                    (n, Some(m)) => format!("{{{n},{m}}}"),
+                };
+                let lazy = if *greedy { "" } else { "?" };
+                format!("{}{q}{lazy}", inner.display(vars))
+            }
+        }
+    }
+
     /// Whether the pattern uses `^` or `$`.
     pub fn anchors(&self) -> (bool, bool) {
         match self {

@@ -251,6 +251,31 @@ impl MatchPlan {
         })
     }
 
+    /// One line for EXPLAIN.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "partition by [{}], order by {} (event time), pattern {}",
+            self.partition_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.input.field(self.time).name(),
+            self.pattern.display(&self.vars),
+        );
+        if let Some(w) = self.config.within {
+            s.push_str(&format!(", within {w} us"));
+            if self.config.timeouts {
+                s.push_str(" (timeouts emitted)");
+            }
+        }
+        s.push_str(match self.rows {
+            RowsPerMatch::One => ", one row per match",
+            RowsPerMatch::All => ", all rows per match",
+        });
+        s
+    }
+
     /// Refuses what a stream cannot do: `^`/`$` (a stream's partitions have no first or last
     /// row) and NEXT (rows after the current one have not come).
     pub fn check_streaming(&self) -> Result<()> {
@@ -551,21 +576,53 @@ impl Matching {
         Ok(())
     }
 
-    /// The watermark passed `watermark`: attempts whose WITHIN ended time out.
-    pub fn advance(&mut self, watermark: i64) -> Vec<(Vec<u8>, Found)> {
+    /// The watermark passed `watermark`: attempts whose WITHIN ended time out. Returns what
+    /// was found (in partition order) and the partitions whose attempts changed.
+    pub fn advance(&mut self, watermark: i64) -> (Vec<(Vec<u8>, Found)>, Vec<Vec<u8>>) {
         let mut found = Vec::new();
-        if self.plan.config.within.is_none() {
-            return found;
-        }
+        let mut changed = Vec::new();
+        let Some(within) = self.plan.config.within else {
+            return (found, changed);
+        };
         let mut out = Vec::new();
-        for (partition, part) in self.parts.iter_mut() {
-            if part.matcher.attempts.is_empty() {
-                continue;
-            }
+        let mut keys: Vec<&Vec<u8>> = self
+            .parts
+            .iter()
+            // The first attempt started first (rows come in time order).
+            .filter(|(_, p)| {
+                p.matcher
+                    .attempts
+                    .front()
+                    .is_some_and(|a| a.start_ts.saturating_add(within) <= watermark)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        keys.sort();
+        let keys: Vec<Vec<u8>> = keys.into_iter().cloned().collect();
+        for partition in keys {
+            let part = self.parts.get_mut(&partition).expect("listed");
             self.matcher.advance(&mut part.matcher, watermark, &mut out);
             found.extend(out.drain(..).map(|f| (partition.clone(), f)));
+            changed.push(partition);
         }
-        found
+        (found, changed)
+    }
+
+    /// Rows from their encodings (kept in state).
+    pub fn decode(&self, encoded: &[&[u8]]) -> Result<Vec<NewRow>> {
+        if encoded.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parser = self.rows.parser();
+        let columns = self
+            .rows
+            .convert_rows(encoded.iter().map(|b| parser.parse(b)))?;
+        let batch = RecordBatch::try_new(self.plan.input.clone(), columns)?;
+        let rows = self.rows_of(&batch)?;
+        if rows.len() != encoded.len() {
+            return Err(Error::internal("a kept MATCH_RECOGNIZE row has no time"));
+        }
+        Ok(rows)
     }
 
     /// Every partition has ended (a batch query).
@@ -654,11 +711,15 @@ impl Matching {
         )?)
     }
 
-    /// Drops the rows no open attempt can read any more, and partitions with nothing to keep.
-    pub fn trim(&mut self) -> Vec<Vec<u8>> {
+    /// Drops the rows no open attempt of these partitions can read any more, and the
+    /// partitions with nothing to keep.
+    pub fn trim<'k>(&mut self, partitions: impl Iterator<Item = &'k Vec<u8>>) {
         let plan = &self.plan;
         let mut emptied = Vec::new();
-        for (partition, part) in self.parts.iter_mut() {
+        for partition in partitions {
+            let Some(part) = self.parts.get_mut(partition) else {
+                continue;
+            };
             let end = part.rows.end();
             let keep_from = part
                 .matcher
@@ -680,7 +741,6 @@ impl Matching {
         for p in &emptied {
             self.parts.remove(p);
         }
-        emptied
     }
 }
 

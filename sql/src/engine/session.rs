@@ -116,7 +116,7 @@ pub struct Session {
     /// Set when a row stream of this session failed after its statement returned.
     stream_failed: Arc<AtomicBool>,
     /// MATCH_RECOGNIZE clauses compiled for the statement being planned.
-    match_tables: super::match_recognize::Prepared,
+    match_tables: crate::cep::table::Prepared,
 }
 
 /// A session's advisory locks end with it (the client disconnected).
@@ -186,10 +186,10 @@ impl Session {
         functions::register(&ctx, info.clone());
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
-        let match_tables = super::match_recognize::Prepared::default();
+        let match_tables = crate::cep::table::Prepared::default();
         ctx.register_udtf(
             crate::cep::syntax::MARKER,
-            Arc::new(super::match_recognize::MarkerFunction {
+            Arc::new(crate::cep::table::MarkerFunction {
                 prepared: match_tables.clone(),
             }),
         );
@@ -372,7 +372,7 @@ impl Session {
         let (statement, target) = super::dml::prepare_statement(statement, self)?;
         let mut statement = super::pg_catalog::rewrite(statement);
         super::models::resolve_named_features(&mut statement, &self.view.catalog())?;
-        let clauses = super::match_recognize::clauses(&statement);
+        let clauses = crate::cep::table::clauses(&statement);
         if !clauses.is_empty() {
             super::match_recognize::prepare(self, &statement, &self.match_tables).await?;
         }

@@ -31,6 +31,7 @@ use super::operators::interval_join::IntervalJoin;
 use super::operators::lookup_join::LookupJoin;
 use super::operators::materialize::Materialize;
 use super::operators::normalize::Normalize;
+use super::operators::match_recognize::MatchRecognize;
 use super::operators::over::Over;
 use super::operators::per_window::PerWindow;
 use super::operators::sink_changes::SinkChanges;
@@ -74,6 +75,8 @@ pub const MATERIALIZE_OPERATOR: u16 = 5;
 pub const TOP_OPERATOR: u16 = 7;
 /// The rows last passed on of an aggregate whose groups a top-N ranks.
 pub const GROUP_CHANGES_OPERATOR: u16 = 8;
+/// MATCH_RECOGNIZE's pending rows and open match attempts.
+pub const MATCH_OPERATOR: u16 = 9;
 
 pub struct StreamManager {
     kv: Arc<dyn KvStore>,
@@ -400,7 +403,8 @@ impl StreamManager {
         let spread = partitions > 1
             && plan.combined.is_none()
             && plan.view_input != Some(ViewInput::Updates)
-            && plan.over.is_none();
+            && plan.over.is_none()
+            && plan.matcher.is_none();
         let mut partition_inputs: Vec<Vec<mpsc::Receiver<Message>>> =
             (0..partitions).map(|_| Vec::new()).collect();
         // Copies of a stage that run at once each need their own plan: a plan reads its rows
@@ -532,6 +536,16 @@ impl StreamManager {
             operators.push(Box::new(Over::restore(
                 over.clone(),
                 self.state.table(def.id, OVER_OPERATOR),
+                record.watermark,
+            )?));
+            operators.push(Box::new(SegmentOp {
+                segment: segment.clone(),
+            }));
+        }
+        if let Some((matcher, segment)) = &plan.matcher {
+            operators.push(Box::new(MatchRecognize::restore(
+                matcher.clone(),
+                self.state.table(def.id, MATCH_OPERATOR),
                 record.watermark,
             )?));
             operators.push(Box::new(SegmentOp {
@@ -776,6 +790,7 @@ impl StreamManager {
         // for them are late.
         let drop_late = plan.aggregate.as_ref().is_some_and(|a| a.window.is_some())
             || plan.over.is_some()
+            || plan.matcher.is_some()
             || plan.combined.as_ref().is_some_and(|c| c.in_event_time());
         // A source of a join (or union) reports its position as its input's.
         let several = plan.combined.is_some();

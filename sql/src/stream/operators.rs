@@ -23,6 +23,7 @@ pub mod asof_join;
 pub mod change_join;
 pub mod group_changes;
 pub mod interval_join;
+pub mod match_recognize;
 pub mod lookup_join;
 pub mod materialize;
 pub mod normalize;

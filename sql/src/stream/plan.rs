@@ -72,6 +72,8 @@ pub use hop::HopGroups;
 use joins::cut_combined;
 pub use joins::{Combine, Combined, InputPlan};
 use lookups::cut_lookups;
+pub use match_recognize::MatchStage;
+use match_recognize::cut_match;
 use over::cut_over;
 use top::cut_top;
 
@@ -79,6 +81,7 @@ pub mod asof;
 mod hop;
 mod joins;
 mod lookups;
+mod match_recognize;
 mod over;
 mod top;
 use crate::catalog::{Catalog, DEFAULT_SCHEMA, TableDef, TableKind};
@@ -340,6 +343,8 @@ pub struct PipelinePlan {
     pub lookups: Vec<(Arc<LookupJoinPlan>, Segment)>,
     /// OVER functions over the events after the lookups, and the plan above them.
     pub over: Option<(Arc<OverPlan>, Segment)>,
+    /// MATCH_RECOGNIZE over the events after the lookups and OVER, and the plan above it.
+    pub matcher: Option<MatchStage>,
     /// Top-N (ranked rows within a bound, or ORDER BY ... LIMIT) after the lookups, and the
     /// plan above it: its result updates.
     pub top: Option<(Arc<TopPlan>, Segment)>,
@@ -615,6 +620,8 @@ struct Planner<'a> {
     lookups: Arc<Mutex<Vec<Scan>>>,
     windows: Vec<i64>,
     session: bool,
+    /// MATCH_RECOGNIZE clauses compiled for the marker function.
+    matches: crate::cep::table::Prepared,
 }
 
 impl<'a> Planner<'a> {
@@ -631,6 +638,13 @@ impl<'a> Planner<'a> {
         for udf in udfs {
             ctx.register_udf(udf.as_ref().clone());
         }
+        let matches = crate::cep::table::Prepared::default();
+        ctx.register_udtf(
+            crate::cep::syntax::MARKER,
+            Arc::new(crate::cep::table::MarkerFunction {
+                prepared: matches.clone(),
+            }),
+        );
         Ok(Self {
             catalog,
             views_as_sources: false,
@@ -639,6 +653,7 @@ impl<'a> Planner<'a> {
             lookups: Arc::default(),
             windows: Vec::new(),
             session: false,
+            matches,
         })
     }
 
@@ -709,6 +724,7 @@ impl<'a> Planner<'a> {
         for name in relations(&query) {
             self.register(&name).await?;
         }
+        self.prepare_matches(&query).await?;
         asof::rewrite(&mut query, self.catalog)?;
         for (size_sql, kind) in rewrite_windows(&mut query, self.catalog)? {
             let us = eval_interval(&self.ctx, &size_sql).await?;
@@ -724,6 +740,34 @@ impl<'a> Planner<'a> {
             )))
             .await?;
         Ok(plan)
+    }
+}
+
+impl Planner<'_> {
+    /// Plans the input of each MATCH_RECOGNIZE of `query` (over the sources and streams it
+    /// reads) and compiles the clause, for the marker function to return.
+    async fn prepare_matches(&mut self, query: &Query) -> Result<()> {
+        let statement = Statement::Query(Box::new(query.clone()));
+        for (input, body) in crate::cep::table::clauses(&statement) {
+            let key = (input.clone(), body.clone());
+            if self.matches.lock().contains_key(&key) {
+                continue;
+            }
+            let clause = crate::cep::syntax::parse_clause(&body)?;
+            let input_query = parse_query(&format!("SELECT * FROM {input}"))?;
+            let input_plan = Box::pin(self.logical(input_query)).await?;
+            let schema = Arc::new(input_plan.schema().as_arrow().clone());
+            let compiled = crate::cep::run::MatchPlan::new(&clause, schema, &self.ctx.state())?;
+            compiled.check_streaming()?;
+            self.matches.lock().insert(
+                key,
+                Arc::new(crate::cep::table::MatchTable {
+                    input: input_plan,
+                    plan: Arc::new(compiled),
+                }),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -855,16 +899,36 @@ pub async fn plan_with(
     }
     let view_join = join.as_ref().is_some_and(|c| c.updates());
     let input_updates = view_input == Some(ViewInput::Updates) || view_join;
+    // MATCH_RECOGNIZE over events; OVER and lookups may come before it.
+    let (lower, matcher) = cut_match(&lower, &task_ctx)?;
+    if let Some((_, above)) = &matcher {
+        if input_updates {
+            return Err(not_supported(
+                "MATCH_RECOGNIZE over an updating view (its rows change; patterns match events)",
+            ));
+        }
+        if join.as_ref().is_some_and(|c| c.in_event_time()) {
+            return Err(not_supported(
+                "MATCH_RECOGNIZE over a join of two streams (make a stream of the join first)",
+            ));
+        }
+        if aggregate.as_ref().is_some_and(|a| a.upper_segment.is_some() || a.session.is_some()) {
+            return Err(not_supported(
+                "window functions or SESSION windows over MATCH_RECOGNIZE",
+            ));
+        }
+        check_stateless(&above.plan)?;
+    }
     // Top-N over events or an updating view's rows (top-N over an aggregate's rows is in
     // `split`'s plan above the aggregate).
-    let (lower, top) = match aggregate {
-        None => cut_top(&lower, &task_ctx, input_updates)?,
-        Some(_) => (lower, None),
+    let (lower, top) = match (&aggregate, &matcher) {
+        (None, None) => cut_top(&lower, &task_ctx, input_updates)?,
+        _ => (lower, None),
     };
     // OVER over events (not over an aggregate's rows, which `split` handled).
-    let (lower, over) = match aggregate {
-        None => cut_over(&lower, &source, &task_ctx)?,
-        Some(_) => (lower, None),
+    let (lower, over) = match (&aggregate, &matcher) {
+        (None, _) | (_, Some(_)) => cut_over(&lower, &source, &task_ctx)?,
+        _ => (lower, None),
     };
     if over.is_some() && top.is_some() {
         return Err(not_supported(
@@ -903,6 +967,7 @@ pub async fn plan_with(
         lower,
         lookups,
         over,
+        matcher,
         top,
         aggregate,
         output,
@@ -1393,6 +1458,8 @@ impl PipelinePlan {
     /// one.
     pub fn partitions(&self, requested: usize) -> usize {
         let keyed = match (&self.aggregate, &self.over) {
+            // MATCH_RECOGNIZE runs in one partition (for now).
+            _ if self.matcher.is_some() => false,
             (Some(a), _) => a.session.is_none() && !a.group_exprs.is_empty(),
             (None, Some((over, _))) => !over.partition_by.is_empty(),
             (None, None) => false,
@@ -1636,6 +1703,16 @@ impl PipelinePlan {
                 ));
             }
             push_plan(&mut lines, over.window.as_ref());
+            lines.push("  Stateless (DataFusion, per batch):".into());
+            push_plan(&mut lines, segment.plan.as_ref());
+        }
+        if let Some((m, segment)) = &self.matcher {
+            lines.push(format!("  MatchRecognize: {}", m.describe()));
+            lines.push(format!(
+                "    state: table {}, rows the watermark has not passed, and per partition its \
+                 open match attempts and the rows they read; timers on the watermark",
+                super::manager::MATCH_OPERATOR
+            ));
             lines.push("  Stateless (DataFusion, per batch):".into());
             push_plan(&mut lines, segment.plan.as_ref());
         }
