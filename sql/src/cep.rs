@@ -8,14 +8,14 @@
 //! - `reference.rs`: the standard's definition (backtracking over the pattern as written), for
 //!   tests.
 
+pub mod exec;
 pub mod expr;
 pub mod matcher;
 pub mod pattern;
 pub mod reference;
 pub mod run;
-pub mod exec;
-pub mod table;
 pub mod syntax;
+pub mod table;
 
 pub use matcher::{Define, Found, MatchConfig, Matcher, Partition, Path, Skip};
 pub use pattern::{Pattern, Program, Var};

@@ -62,7 +62,11 @@ impl Pattern {
 
     /// The pattern as written, with the variables' names.
     pub fn display(&self, vars: &[String]) -> String {
-        let name = |v: &Var| vars.get(*v as usize).cloned().unwrap_or_else(|| format!("#{v}"));
+        let name = |v: &Var| {
+            vars.get(*v as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("#{v}"))
+        };
         match self {
             Pattern::Var(v) => name(v),
             Pattern::Start => "^".into(),

@@ -139,8 +139,9 @@ impl TableProvider for MatchTable {
                     .iter()
                     .map(|i| {
                         let name = schema.field(*i).name().clone();
-                        let col: Arc<dyn datafusion::physical_plan::PhysicalExpr> =
-                            Arc::new(datafusion::physical_expr::expressions::Column::new(&name, *i));
+                        let col: Arc<dyn datafusion::physical_plan::PhysicalExpr> = Arc::new(
+                            datafusion::physical_expr::expressions::Column::new(&name, *i),
+                        );
                         (col, name)
                     })
                     .collect::<Vec<_>>();

@@ -40,4 +40,3 @@ pub async fn prepare(session: &Session, statement: &Statement, prepared: &Prepar
     }
     Ok(())
 }
-

@@ -912,7 +912,10 @@ pub async fn plan_with(
                 "MATCH_RECOGNIZE over a join of two streams (make a stream of the join first)",
             ));
         }
-        if aggregate.as_ref().is_some_and(|a| a.upper_segment.is_some() || a.session.is_some()) {
+        if aggregate
+            .as_ref()
+            .is_some_and(|a| a.upper_segment.is_some() || a.session.is_some())
+        {
             return Err(not_supported(
                 "window functions or SESSION windows over MATCH_RECOGNIZE",
             ));

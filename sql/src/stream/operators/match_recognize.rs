@@ -63,7 +63,11 @@ fn partition_key(partition: &[u8]) -> Vec<u8> {
 
 impl MatchRecognize {
     /// The operator over the state of the last checkpoint, whose watermark is `watermark`.
-    pub fn restore(plan: Arc<MatchPlan>, state: StateTable, watermark: Option<i64>) -> Result<Self> {
+    pub fn restore(
+        plan: Arc<MatchPlan>,
+        state: StateTable,
+        watermark: Option<i64>,
+    ) -> Result<Self> {
         let mut this = Self {
             matching: Matching::new(plan)?,
             // The state lives in memory; the table is read only by the scan below.
@@ -86,9 +90,12 @@ impl MatchRecognize {
             }
             Ok(())
         })?;
-        let rows = this
-            .matching
-            .decode(&pending.iter().map(|(_, b)| b.as_slice()).collect::<Vec<_>>())?;
+        let rows = this.matching.decode(
+            &pending
+                .iter()
+                .map(|(_, b)| b.as_slice())
+                .collect::<Vec<_>>(),
+        )?;
         for ((seq, _), row) in pending.into_iter().zip(rows) {
             this.next_seq = this.next_seq.max(seq + 1);
             this.pending
@@ -239,9 +246,12 @@ impl MatchRecognize {
                 cut,
             });
         }
-        let decoded = self
-            .matching
-            .decode(&stored.iter().map(|(_, _, b)| b.as_slice()).collect::<Vec<_>>())?;
+        let decoded = self.matching.decode(
+            &stored
+                .iter()
+                .map(|(_, _, b)| b.as_slice())
+                .collect::<Vec<_>>(),
+        )?;
         let mut part = PartitionState {
             key: decoded.first().map(|r| r.key.clone()).unwrap_or_default(),
             rows: Default::default(),
@@ -289,10 +299,12 @@ impl Reader<'_> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
     fn bytes(&mut self) -> Option<Vec<u8>> {
         let n = self.u32()? as usize;
