@@ -559,6 +559,13 @@ pub fn relations(query: &Query) -> Vec<String> {
             ControlFlow::Continue(())
         }
         fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            // MATCH_RECOGNIZE's input is text inside its marker call.
+            if let Some((input, _)) = crate::cep::table::marker_args(factor) {
+                if let Ok(q) = parse_query(&format!("SELECT * FROM {input}")) {
+                    self.0.extend(relations(&q));
+                }
+                return ControlFlow::Continue(());
+            }
             if let TableFactor::Table {
                 args: Some(args), ..
             } = factor
@@ -901,7 +908,22 @@ pub async fn plan_with(
     let input_updates = view_input == Some(ViewInput::Updates) || view_join;
     // MATCH_RECOGNIZE over events; OVER and lookups may come before it.
     let (lower, matcher) = cut_match(&lower, &task_ctx)?;
-    if let Some((_, above)) = &matcher {
+    if let Some((m, above)) = &matcher {
+        let Some(watermark) = source.source().and_then(|s| s.watermark.clone()) else {
+            return Err(not_supported(format!(
+                "MATCH_RECOGNIZE over source \"{}\" without a WATERMARK (rows are matched once \
+                 no earlier event can come)",
+                source.name
+            )));
+        };
+        let time = m.input.field(m.time).name();
+        if *time != watermark.column {
+            return Err(not_supported(format!(
+                "MATCH_RECOGNIZE in a continuous query ordered by \"{time}\": it must ORDER BY the \
+                 event time \"{}\" (the WATERMARK column of source \"{}\") first",
+                watermark.column, source.name
+            )));
+        }
         if input_updates {
             return Err(not_supported(
                 "MATCH_RECOGNIZE over an updating view (its rows change; patterns match events)",
