@@ -400,6 +400,43 @@ const ROLLING_REF: &str = "SELECT id, ts, sum(value) OVER (PARTITION BY device O
 const ROLLING: &str = "SELECT id, sum(value) OVER (PARTITION BY device ORDER BY ts ROWS 3 PRECEDING) \
      AS s FROM events";
 
+/// MATCH_RECOGNIZE: per device, a value, two or more rises, then a fall, within 2 seconds
+/// (each device's values rise by 143 and wrap at 1,000).
+const RISES_CLAUSE: &str = "PARTITION BY device ORDER BY ts \
+     MEASURES FIRST(A.id) AS id, LAST(B.value) AS peak, COUNT(B.*) AS n \
+     ONE ROW PER MATCH AFTER MATCH SKIP PAST LAST ROW \
+     PATTERN (A B{2,} C) WITHIN INTERVAL '2' SECOND \
+     DEFINE B AS B.value > PREV(B.value), C AS C.value < PREV(C.value)";
+
+/// The matches of [`RISES_CLAUSE`] over all messages, as Eddy's batch matcher finds them
+/// (checked against the backtracking reference matcher in eddy-sql's tests): "id,peak,n".
+fn rises_reference() -> Vec<String> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let batch = events_batch();
+    let clause = eddy_sql::cep::syntax::parse_clause(RISES_CLAUSE).unwrap();
+    let plan =
+        eddy_sql::cep::run::MatchPlan::new(&clause, batch.schema(), &SessionContext::new().state())
+            .unwrap();
+    let out = eddy_sql::cep::run::run_batch(Arc::new(plan), &[batch]).unwrap();
+    let column = |name: &str| {
+        out.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone()
+    };
+    let (id, peak, n) = (column("id"), column("peak"), column("n"));
+    let mut rows: Vec<(i64, String)> = (0..out.num_rows())
+        .filter(|r| id.value(*r) < ROLLING_IDS)
+        .map(|r| {
+            let row = format!("{},{},{}", id.value(r), peak.value(r), n.value(r));
+            (id.value(r), row)
+        })
+        .collect();
+    rows.sort();
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
 fn site(device: i32) -> String {
     format!("site-{}", device % 7)
 }
@@ -634,6 +671,8 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
              CREATE MATERIALIZED VIEW next_of_device WITH (checkpoint_interval = '290ms') AS {SELF_JOIN}; \
              CREATE STREAM unpaid WITH (checkpoint_interval = '330ms', retention_rows = 300000) \
                AS {UNPAID}; \
+             CREATE STREAM rises WITH (checkpoint_interval = '385ms', retention_rows = 300000) \
+               AS SELECT * FROM events MATCH_RECOGNIZE ({RISES_CLAUSE}); \
              CREATE MATERIALIZED VIEW latest_payment WITH (checkpoint_interval = '340ms') AS {}; \
              CREATE MATERIALIZED VIEW same_window WITH (checkpoint_interval = '360ms') AS {}; \
              CREATE MATERIALIZED VIEW top_devices WITH (checkpoint_interval = '370ms') AS {TOP_DEVICES}; \
@@ -698,6 +737,12 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let hop_top2 = hop_reference().await;
     let (latest_payment, same_window) = asof_and_window_reference();
     let (top_devices, highest) = top_n_reference().await;
+    let rises = rises_reference();
+    assert!(
+        rises.len() > 1000,
+        "only {} matches to compare",
+        rises.len()
+    );
     let (histogram, digits, digits_total) = views_over_views_reference().await;
     let deadline = Duration::from_secs(300);
     let enriched = (0..MESSAGES).filter(|i| event(*i).device < SITES).count() as i64;
@@ -708,7 +753,12 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     let pairs = MESSAGES - 97;
     // Each view has caught up once its count reaches the batch result's.
     let same_window_n: i64 = same_window.split(',').next().unwrap().parse().unwrap();
-    let caught_up: [(String, &str, i64); 14] = [
+    let caught_up: [(String, &str, i64); 15] = [
+        (
+            format!("SELECT count(*) FROM rises WHERE id < {ROLLING_IDS}"),
+            "all MATCH_RECOGNIZE matches",
+            rises.len() as i64,
+        ),
         (
             "SELECT n FROM latest_payment".into(),
             "all events answered by the ASOF join",
@@ -889,6 +939,20 @@ async fn kafka_views_after_sigkills_equal_a_batch_run() {
     assert!(
         got_rolling == rolling,
         "OVER stream differs from the batch query (seed {seed})"
+    );
+    let got_rises = eddy_rows(
+        &client,
+        &format!("SELECT id, peak, n FROM rises WHERE id < {ROLLING_IDS} ORDER BY id"),
+    )
+    .await;
+    assert_eq!(
+        got_rises.len(),
+        rises.len(),
+        "MATCH_RECOGNIZE stream row count: a match lost or repeated (seed {seed})"
+    );
+    assert!(
+        got_rises == rises,
+        "MATCH_RECOGNIZE stream differs from the batch matcher (seed {seed})"
     );
     let got_latest = eddy_rows(&client, "SELECT n, matched, total FROM latest_payment").await;
     assert_eq!(
