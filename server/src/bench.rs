@@ -148,10 +148,21 @@ pub fn query(name: &str) -> Result<(bool, &'static str)> {
                  ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires) AS joined \
              WHERE rownum <= 1",
         ),
+        // Eddy's own (shared/NEXMARK.md): per auction, a bid, two or more rising bids, then a
+        // lower one, within 10 seconds.
+        "cep1" => (
+            false,
+            "SELECT * FROM bid MATCH_RECOGNIZE (PARTITION BY auction ORDER BY date_time \
+               MEASURES FIRST(A.date_time) AS started, LAST(B.price) AS peak, \
+                 COUNT(B.price) AS rises \
+               ONE ROW PER MATCH AFTER MATCH SKIP PAST LAST ROW \
+               PATTERN (A B{2,} C) WITHIN INTERVAL '10' SECOND \
+               DEFINE B AS B.price > PREV(B.price), C AS C.price < PREV(C.price))",
+        ),
         other => {
             bail!(
                 "unknown query {other} (expected q0, q1, q2, q3, q4, q5, q5_windows, q7, q8, q9, \
-                 q14, q15, q17, q20 or q22)"
+                 q14, q15, q17, q20, q22 or cep1)"
             )
         }
     })
@@ -300,8 +311,9 @@ async fn streaming(args: &NexmarkArgs, mv: bool, select: &str) -> Result<(f64, f
             args.options()
         )
     };
-    // Windows close (and top-N per window is emitted) as the watermark passes them.
-    let watermark = tables.len() > 1 || windowed;
+    // Windows close (and top-N per window is emitted, patterns are matched) as the watermark
+    // passes them.
+    let watermark = tables.len() > 1 || windowed || select.contains("MATCH_RECOGNIZE");
     run_pipeline(
         args.events,
         args.rate,
@@ -576,7 +588,11 @@ pub async fn nexmark(args: NexmarkArgs) -> Result<()> {
         .into_iter()
         .map(|t| Ok((t, generate_table(t, args.events, args.rate)?)))
         .collect::<Result<Vec<_>>>()?;
-    let (batch_cpu, batch_rows) = batch(select, data).await?;
+    let (batch_cpu, batch_rows) = match select.contains("MATCH_RECOGNIZE") {
+        // DataFusion has no MATCH_RECOGNIZE: Eddy's batch matcher, and the reference.
+        true => cep_batch(select, data)?,
+        false => batch(select, data).await?,
+    };
     let events = args.events as f64;
     println!(
         "streaming: cpu {cpu:.2} s (generating the events alone: {generate_cpu:.2} s), wall {wall:.2} s; \
@@ -591,6 +607,53 @@ pub async fn nexmark(args: NexmarkArgs) -> Result<()> {
         events / batch_cpu
     );
     Ok(())
+}
+
+/// A MATCH_RECOGNIZE query over the events in memory: Eddy's batch matcher over all of them
+/// (returns its CPU seconds and matches), and the reference matcher (backtracking, every
+/// DEFINE evaluated per row and path) over the first million, reported beside it.
+fn cep_batch(
+    select: &str,
+    tables: Vec<(Table, Vec<datafusion::arrow::array::RecordBatch>)>,
+) -> Result<(f64, u64)> {
+    use eddy_sql::cep::run::{MatchPlan, batch_matches, reference_matches};
+    let (_, batches) = tables.into_iter().next().context("a table")?;
+    let body = select
+        .split_once("MATCH_RECOGNIZE (")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .context("a MATCH_RECOGNIZE clause")?;
+    let clause = eddy_sql::cep::syntax::parse_clause(body)?;
+    let state = SessionContext::new().state();
+    let plan = Arc::new(MatchPlan::new(&clause, batches[0].schema(), &state)?);
+    let cpu0 = cpu_seconds();
+    let (_, found) = batch_matches(plan.clone(), &batches)?;
+    let cpu = cpu_seconds() - cpu0;
+    let mut prefix = Vec::new();
+    let mut n = 0;
+    for b in &batches {
+        if n >= 1_000_000 {
+            break;
+        }
+        n += b.num_rows();
+        prefix.push(b.clone());
+    }
+    let cpu0 = cpu_seconds();
+    let slow = reference_matches(plan.clone(), &prefix)?;
+    let slow_cpu = cpu_seconds() - cpu0;
+    let (_, fast_prefix) = batch_matches(plan, &prefix)?;
+    println!(
+        "reference matcher: {n} events in {slow_cpu:.2} s cpu ({:.0} events/cpu-s), {} matches; \
+         the batch matcher finds {} over the same events ({})",
+        n as f64 / slow_cpu,
+        slow.len(),
+        fast_prefix.len(),
+        if fast_prefix.len() == slow.len() {
+            "equal counts"
+        } else {
+            "COUNTS DIFFER"
+        }
+    );
+    Ok((cpu, found.len() as u64))
 }
 
 /// Decodes `rows` Nexmark bids as JSON messages with the Kafka source's decoder.

@@ -125,6 +125,8 @@ pub struct Matcher {
     visited: Vec<u32>,
     generation: u32,
     visited_in_loops: ahash::AHashSet<(u32, u64)>,
+    /// Scratch: the closure's paths still to follow.
+    stack: Vec<(u32, Path, u64)>,
 }
 
 /// Where a closure is computed: the position of the next row, and whether the partition
@@ -143,6 +145,7 @@ impl Matcher {
             visited: vec![0; n],
             generation: 0,
             visited_in_loops: Default::default(),
+            stack: Vec::new(),
         }
     }
 
@@ -314,7 +317,20 @@ impl Matcher {
     /// more preferred path has the same future). Returns whether it reached `Accept`.
     fn closure(&mut self, pc: u32, path: Path, at: At, attempt: &mut Attempt) -> Result<bool> {
         // (instruction, path, loops whose iteration began in this closure)
-        let mut stack = vec![(pc, path, 0u64)];
+        let mut stack = std::mem::take(&mut self.stack);
+        stack.clear();
+        stack.push((pc, path, 0u64));
+        let reached = self.follow(&mut stack, at, attempt);
+        self.stack = stack;
+        reached
+    }
+
+    fn follow(
+        &mut self,
+        stack: &mut Vec<(u32, Path, u64)>,
+        at: At,
+        attempt: &mut Attempt,
+    ) -> Result<bool> {
         while let Some((pc, path, entered)) = stack.pop() {
             let inst = self.config.program.insts[pc as usize];
             // A thread's future after it takes a row does not depend on the loops entered.

@@ -11,7 +11,7 @@
 //! Work is vectorised across partitions: the row-local DEFINE conditions of every row a call
 //! brings are evaluated in one pass, and MEASURES over every match it finds.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
@@ -251,6 +251,36 @@ impl MatchPlan {
         })
     }
 
+    /// With ONE ROW PER MATCH, the input columns the clause reads (partitions, order, the
+    /// columns its expressions read), for an input that keeps only them; None if that is
+    /// every column, or the rows are output whole (ALL ROWS PER MATCH).
+    pub fn needed_columns(&self) -> Option<Vec<String>> {
+        if self.rows == RowsPerMatch::All {
+            return None;
+        }
+        let mut used: Vec<usize> = self.slots.clone();
+        used.push(self.time);
+        let exprs = self
+            .partition_by
+            .iter()
+            .chain(self.order_by.iter().map(|o| &o.expr));
+        for e in exprs {
+            for c in datafusion::physical_expr::utils::collect_columns(e) {
+                used.push(c.index());
+            }
+        }
+        used.sort();
+        used.dedup();
+        if used.len() == self.input.fields().len() {
+            return None;
+        }
+        Some(
+            used.into_iter()
+                .map(|i| self.input.field(i).name().clone())
+                .collect(),
+        )
+    }
+
     /// One line for EXPLAIN.
     pub fn describe(&self) -> String {
         let mut s = format!(
@@ -364,7 +394,6 @@ fn reach(
 /// A row as it comes in: its partition, sort position and what is kept of it.
 pub struct NewRow {
     pub partition: Vec<u8>,
-    pub key: Vec<ScalarValue>,
     /// ORDER BY after the time, encoded to sort as it does.
     pub order: Vec<u8>,
     pub row: StoredRow,
@@ -439,7 +468,7 @@ impl Matching {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             matcher: Matcher::new(plan.config.clone()),
-            parts: HashMap::new(),
+            parts: HashMap::default(),
             rows: RowConverter::new(sort_fields(
                 plan.input
                     .fields()
@@ -490,10 +519,6 @@ impl Matching {
                 partition: key_rows
                     .as_ref()
                     .map_or_else(Vec::new, |k| k.row(i).as_ref().to_vec()),
-                key: keys
-                    .iter()
-                    .map(|k| ScalarValue::try_from_array(k, i))
-                    .collect::<datafusion::error::Result<_>>()?,
                 order: order_rows
                     .as_ref()
                     .map_or_else(Vec::new, |o| o.row(i).as_ref().to_vec()),
@@ -515,62 +540,129 @@ impl Matching {
     /// Appends rows (each partition's in order) and runs the matcher over them; returns what
     /// was found, by partition.
     pub fn push(&mut self, rows: Vec<NewRow>) -> Result<Vec<(Vec<u8>, Found)>> {
-        // Append, remembering where each row went.
-        let mut placed: Vec<(Vec<u8>, u64)> = Vec::with_capacity(rows.len());
+        // Runs of one partition's rows: (partition, position of the first, rows).
+        let mut runs: Vec<(Vec<u8>, u64, usize)> = Vec::new();
         for r in rows {
-            let part = self
-                .parts
-                .entry(r.partition.clone())
-                .or_insert_with(|| PartitionState {
-                    key: r.key,
-                    ..Default::default()
-                });
-            if part.rows.rows.is_empty() {
-                part.rows.base = part.matcher.next;
+            if runs.last().is_none_or(|(p, _, _)| *p != r.partition) {
+                if !self.parts.contains_key(&r.partition) {
+                    let key = self.key_of(&r.partition)?;
+                    let part = PartitionState {
+                        key,
+                        ..Default::default()
+                    };
+                    self.parts.insert(r.partition.clone(), part);
+                }
+                let part = self.parts.get_mut(&r.partition).expect("inserted");
+                if part.rows.rows.is_empty() {
+                    part.rows.base = part.matcher.next;
+                }
+                runs.push((r.partition.clone(), part.rows.end(), 0));
             }
-            placed.push((r.partition, part.rows.end()));
+            let run = runs.last_mut().expect("pushed");
+            run.2 += 1;
+            let part = self.parts.get_mut(&run.0).expect("inserted");
             part.rows.rows.push_back(r.row);
         }
-        self.row_local_defines(&placed)?;
+        self.row_local_defines(&runs)?;
         let mut found = Vec::new();
         let mut out = Vec::new();
-        for (partition, pos) in placed {
+        for (partition, first, count) in runs {
             let part = self.parts.get_mut(&partition).expect("placed above");
-            let ts = part.rows.get(pos as i64).map_or(0, |r| r.ts);
-            let mut defines = Defines {
-                plan: &self.plan,
-                rows: &part.rows,
-            };
-            self.matcher
-                .push(&mut part.matcher, ts, &mut defines, &mut out)?;
+            for pos in first..first + count as u64 {
+                let ts = part.rows.get(pos as i64).map_or(0, |r| r.ts);
+                let mut defines = Defines {
+                    plan: &self.plan,
+                    rows: &part.rows,
+                };
+                self.matcher
+                    .push(&mut part.matcher, ts, &mut defines, &mut out)?;
+            }
             found.extend(out.drain(..).map(|f| (partition.clone(), f)));
         }
         Ok(found)
     }
 
-    /// Evaluates the row-local DEFINEs of the placed rows, all at once per variable.
-    fn row_local_defines(&mut self, placed: &[(Vec<u8>, u64)]) -> Result<()> {
+    /// A partition's PARTITION BY values, from its key.
+    pub fn key_of(&self, partition: &[u8]) -> Result<Vec<ScalarValue>> {
+        if self.plan.partition_by.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parser = self.keys.parser();
+        let columns = self
+            .keys
+            .convert_rows(std::iter::once(parser.parse(partition)))?;
+        Ok(columns
+            .iter()
+            .map(|c| ScalarValue::try_from_array(c, 0))
+            .collect::<datafusion::error::Result<_>>()?)
+    }
+
+    /// Evaluates the row-local DEFINEs of the new rows, all at once per variable.
+    fn row_local_defines(&mut self, runs: &[(Vec<u8>, u64, usize)]) -> Result<()> {
         let plan = self.plan.clone();
-        for (var, d) in plan.defines.iter().enumerate() {
-            let Some(d) = d.as_ref().filter(|d| d.row_local) else {
-                continue;
-            };
-            let result = d.compiled.evaluate(placed.len(), |leaf, r| {
-                let (partition, pos) = &placed[r];
-                let rows = &self.parts[partition].rows;
-                let Leaf::Value { slot, offset, .. } = &d.compiled.leaves[leaf] else {
-                    return Err(Error::internal("row-local DEFINE with a non-row leaf"));
-                };
-                Ok(rows
-                    .get(*pos as i64 + offset)
-                    .map_or(ScalarValue::Null, |row| row.values[*slot].clone()))
-            })?;
-            for (r, (partition, pos)) in placed.iter().enumerate() {
-                if truth(result.as_ref(), r) {
-                    let rows = &mut self.parts.get_mut(partition).expect("placed").rows;
-                    let i = (pos - rows.base) as usize;
-                    rows.rows[i].bits |= 1 << var;
+        let local: Vec<(usize, &DefinePlan)> = plan
+            .defines
+            .iter()
+            .enumerate()
+            .filter_map(|(v, d)| d.as_ref().filter(|d| d.row_local).map(|d| (v, d)))
+            .collect();
+        if local.is_empty() {
+            return Ok(());
+        }
+        let total: usize = runs.iter().map(|r| r.2).sum();
+        let mut bits = vec![0u64; total];
+        {
+            let kept: Vec<&Rows> = runs.iter().map(|(p, _, _)| &self.parts[p].rows).collect();
+            // (run, position) of each new row.
+            let at: Vec<(usize, u64)> = runs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, first, n))| (*first..*first + *n as u64).map(move |p| (i, p)))
+                .collect();
+            // Each (column, offset) a condition reads, built once for all of them.
+            let mut arrays: HashMap<(usize, i64), ArrayRef> = HashMap::default();
+            for (var, d) in local {
+                let mut columns = Vec::with_capacity(d.compiled.leaves.len());
+                for (leaf, field) in d.compiled.leaves.iter().zip(d.compiled.schema.fields()) {
+                    let Leaf::Value { slot, offset, .. } = leaf else {
+                        return Err(Error::internal("row-local DEFINE with a non-row leaf"));
+                    };
+                    let (slot, offset) = (*slot, *offset);
+                    if let Some(a) = arrays.get(&(slot, offset)) {
+                        columns.push(a.clone());
+                        continue;
+                    }
+                    let values = at
+                        .iter()
+                        .map(|(run, pos)| {
+                            kept[*run]
+                                .get(*pos as i64 + offset)
+                                .map_or(ScalarValue::Null, |row| row.values[slot].clone())
+                        })
+                        .collect();
+                    let array = array_of(values, field.data_type())?;
+                    arrays.insert((slot, offset), array.clone());
+                    columns.push(array);
                 }
+                let batch = RecordBatch::try_new_with_options(
+                    d.compiled.schema.clone(),
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(total)),
+                )?;
+                let result = d.compiled.expr.evaluate(&batch)?.into_array(total)?;
+                for (r, b) in bits.iter_mut().enumerate() {
+                    if truth(result.as_ref(), r) {
+                        *b |= 1 << var;
+                    }
+                }
+            }
+        }
+        let mut next = bits.into_iter();
+        for (partition, first, n) in runs {
+            let rows = &mut self.parts.get_mut(partition).expect("placed").rows;
+            let from = (first - rows.base) as usize;
+            for row in rows.rows.range_mut(from..from + n) {
+                row.bits = next.next().unwrap_or(0);
             }
         }
         Ok(())
@@ -758,9 +850,90 @@ fn array_of(values: Vec<ScalarValue>, t: &DataType) -> Result<ArrayRef> {
     Ok(ScalarValue::iter_to_array(values)?)
 }
 
-/// MATCH_RECOGNIZE over whole partitions (a batch query): sorts the rows, matches every
-/// partition to its end, and returns the output.
-pub fn run_batch(plan: Arc<MatchPlan>, batches: &[RecordBatch]) -> Result<RecordBatch> {
+/// DEFINE evaluated the slow, plain way: every condition per row and path, through its
+/// expression (no row-local results computed ahead), for the reference matcher.
+struct SlowDefines<'a> {
+    plan: &'a MatchPlan,
+    rows: &'a Rows,
+}
+
+impl Define for SlowDefines<'_> {
+    fn holds(&mut self, var: Var, start: u64, path: &[u16], _row: u64) -> Result<bool> {
+        // The row is the path's next: `start + path.len()`.
+        let Some(d) = &self.plan.defines[var as usize] else {
+            return Ok(true);
+        };
+        let view = MatchView {
+            start,
+            path,
+            upto: path.len(),
+            current: Some(var),
+            number: 0,
+            timed_out: false,
+        };
+        let result = d.compiled.evaluate(1, |leaf, _| {
+            view.value(&d.compiled.leaves[leaf], self.rows, &self.plan.vars)
+        })?;
+        Ok(truth(result.as_ref(), 0))
+    }
+}
+
+/// The matches the reference matcher (`reference.rs`: backtracking over the pattern as
+/// written) finds over whole partitions, in partition order, as (partition, found).
+pub fn reference_matches(
+    plan: Arc<MatchPlan>,
+    batches: &[RecordBatch],
+) -> Result<Vec<(Vec<u8>, Found)>> {
+    let matching = Matching::new(plan.clone())?;
+    let mut rows = Vec::new();
+    for b in batches {
+        rows.extend(matching.rows_of(b)?);
+    }
+    rows.sort_by(|a, b| {
+        (&a.partition, a.row.ts, &a.order).cmp(&(&b.partition, b.row.ts, &b.order))
+    });
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let partition = rows[i].partition.clone();
+        let mut kept = Rows::default();
+        while i < rows.len() && rows[i].partition == partition {
+            kept.rows.push_back(std::mem::replace(
+                &mut rows[i].row,
+                StoredRow {
+                    ts: 0,
+                    values: Vec::new(),
+                    bits: 0,
+                    bytes: Vec::new(),
+                },
+            ));
+            i += 1;
+        }
+        let times: Vec<i64> = kept.rows.iter().map(|r| r.ts).collect();
+        let mut defines = SlowDefines {
+            plan: &plan,
+            rows: &kept,
+        };
+        let found = super::reference::find_all(
+            &plan.pattern,
+            &plan.config,
+            &times,
+            &mut defines,
+            usize::MAX,
+        )?
+        .unwrap_or_default();
+        out.extend(found.into_iter().map(|f| (partition.clone(), f)));
+    }
+    Ok(out)
+}
+
+/// The matches over whole partitions (a batch query): sorts the rows and matches every
+/// partition to its end; returns the state (which keeps every row) and the matches, in
+/// partition order.
+pub fn batch_matches(
+    plan: Arc<MatchPlan>,
+    batches: &[RecordBatch],
+) -> Result<(Matching, Vec<(Vec<u8>, Found)>)> {
     let mut matching = Matching::new(plan)?;
     let mut rows = Vec::new();
     for b in batches {
@@ -772,5 +945,12 @@ pub fn run_batch(plan: Arc<MatchPlan>, batches: &[RecordBatch]) -> Result<Record
     });
     let mut found = matching.push(rows)?;
     found.extend(matching.finish()?);
+    found.sort_by(|a, b| (&a.0, a.1.number).cmp(&(&b.0, b.1.number)));
+    Ok((matching, found))
+}
+
+/// MATCH_RECOGNIZE over whole partitions (a batch query): its output rows.
+pub fn run_batch(plan: Arc<MatchPlan>, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let (matching, found) = batch_matches(plan, batches)?;
     matching.output(&found)
 }

@@ -16,6 +16,22 @@ use crate::cep::syntax::parse_clause;
 use crate::cep::table::{MatchTable, Prepared, clauses};
 use crate::error::{Error, Result};
 
+/// Plans an input query and compiles the clause over its rows.
+async fn compile(
+    session: &Session,
+    clause: &crate::cep::syntax::Clause,
+    input: &str,
+) -> Result<(datafusion::logical_expr::LogicalPlan, MatchPlan)> {
+    let mut parsed = Session::parse(input)?;
+    let Some(Stmt::Sql(statement)) = parsed.pop() else {
+        return Err(Error::internal("MATCH_RECOGNIZE input did not parse"));
+    };
+    let plan = Box::pin(session.plan(&statement)).await?;
+    let schema = Arc::new(plan.schema().as_arrow().clone());
+    let compiled = MatchPlan::new(clause, schema, &session.ctx().state())?;
+    Ok((plan, compiled))
+}
+
 /// Plans the input and compiles the clause of every marker call in `statement`.
 pub async fn prepare(session: &Session, statement: &Statement, prepared: &Prepared) -> Result<()> {
     for (input, body) in clauses(statement) {
@@ -23,13 +39,18 @@ pub async fn prepare(session: &Session, statement: &Statement, prepared: &Prepar
             continue;
         }
         let clause = parse_clause(&body)?;
-        let mut parsed = Session::parse(&format!("SELECT * FROM {input}"))?;
-        let Some(Stmt::Sql(input_statement)) = parsed.pop() else {
-            return Err(Error::internal("MATCH_RECOGNIZE input did not parse"));
-        };
-        let plan = Box::pin(session.plan(&input_statement)).await?;
-        let schema = Arc::new(plan.schema().as_arrow().clone());
-        let compiled = MatchPlan::new(&clause, schema, &session.ctx().state())?;
+        let (mut plan, mut compiled) =
+            compile(session, &clause, &format!("SELECT * FROM {input}")).await?;
+        // Only the columns the clause reads go through the matcher.
+        if let Some(columns) = compiled.needed_columns() {
+            let list = columns
+                .iter()
+                .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (plan, compiled) =
+                compile(session, &clause, &format!("SELECT {list} FROM {input}")).await?;
+        }
         prepared.lock().insert(
             (input, body),
             Arc::new(MatchTable {

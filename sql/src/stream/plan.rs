@@ -762,9 +762,21 @@ impl Planner<'_> {
             }
             let clause = crate::cep::syntax::parse_clause(&body)?;
             let input_query = parse_query(&format!("SELECT * FROM {input}"))?;
-            let input_plan = Box::pin(self.logical(input_query)).await?;
+            let mut input_plan = Box::pin(self.logical(input_query)).await?;
             let schema = Arc::new(input_plan.schema().as_arrow().clone());
-            let compiled = crate::cep::run::MatchPlan::new(&clause, schema, &self.ctx.state())?;
+            let mut compiled = crate::cep::run::MatchPlan::new(&clause, schema, &self.ctx.state())?;
+            // Only the columns the clause reads go through the matcher's state.
+            if let Some(columns) = compiled.needed_columns() {
+                let list = columns
+                    .iter()
+                    .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let query = parse_query(&format!("SELECT {list} FROM {input}"))?;
+                input_plan = Box::pin(self.logical(query)).await?;
+                let schema = Arc::new(input_plan.schema().as_arrow().clone());
+                compiled = crate::cep::run::MatchPlan::new(&clause, schema, &self.ctx.state())?;
+            }
             compiled.check_streaming()?;
             self.matches.lock().insert(
                 key,

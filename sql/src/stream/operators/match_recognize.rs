@@ -8,7 +8,8 @@
 //! point, as timers never read the wall clock), and the matches found become output rows.
 //!
 //! State, in the operator's table, keyed by the partition's key group:
-//! - `0 ‖ partition ‖ time ‖ sequence` → a row the watermark has not passed (encoded);
+//! - `0 ‖ time ‖ sequence` → a row the watermark has not passed (encoded), in its partition's
+//!   key group;
 //! - `1 ‖ partition` → the partition's matching state: its open attempts (threads and their
 //!   paths) and the rows they may still read. A partition with no open attempt has no entry
 //!   (unless PREV reaches before a match or MATCH_NUMBER() counts, `MatchPlan::keep`).
@@ -16,7 +17,9 @@
 //! Rows of the first kind are written as they arrive; the second is written at each barrier
 //! for the partitions that changed since the last one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use ahash::AHashSet as HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
@@ -36,8 +39,9 @@ const PARTITION: u8 = 1;
 pub struct MatchRecognize {
     matching: Matching,
     state: StateTable,
-    /// Rows the watermark has not passed, per partition, by (time, ORDER BY, sequence).
-    pending: HashMap<Vec<u8>, BTreeMap<(i64, Vec<u8>, u64), NewRow>>,
+    /// Rows the watermark has not passed, by (time, ORDER BY, sequence): a watermark seals a
+    /// prefix, whatever their partitions.
+    pending: BTreeMap<(i64, Vec<u8>, u64), NewRow>,
     /// The watermark rows were last sealed at: rows before it were matched.
     emitted_to: Option<i64>,
     next_seq: u64,
@@ -45,12 +49,11 @@ pub struct MatchRecognize {
     dirty: HashSet<Vec<u8>>,
 }
 
-fn pending_key(partition: &[u8], ts: i64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + partition.len() + 16);
-    k.push(PENDING);
-    k.extend_from_slice(partition);
-    k.extend_from_slice(&time_key(ts));
-    k.extend_from_slice(&seq.to_be_bytes());
+/// A pending row's key (its key group is its partition's): the sequence makes it unique.
+fn pending_key(ts: i64, seq: u64) -> [u8; 17] {
+    let mut k = [PENDING; 17];
+    k[1..9].copy_from_slice(&time_key(ts));
+    k[9..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -72,10 +75,10 @@ impl MatchRecognize {
             matching: Matching::new(plan)?,
             // The state lives in memory; the table is read only by the scan below.
             state: state.write_through(),
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             emitted_to: watermark,
             next_seq: 0,
-            dirty: HashSet::new(),
+            dirty: HashSet::default(),
         };
         let mut pending = Vec::new();
         let mut partitions = Vec::new();
@@ -99,8 +102,6 @@ impl MatchRecognize {
         for ((seq, _), row) in pending.into_iter().zip(rows) {
             this.next_seq = this.next_seq.max(seq + 1);
             this.pending
-                .entry(row.partition.clone())
-                .or_default()
                 .insert((row.row.ts, row.order.clone(), seq), row);
         }
         for (partition, bytes) in partitions {
@@ -120,12 +121,10 @@ impl MatchRecognize {
             self.next_seq += 1;
             self.state.put(
                 key_group(&row.partition),
-                &pending_key(&row.partition, row.row.ts, seq),
+                &pending_key(row.row.ts, seq),
                 row.row.bytes.clone(),
             );
             self.pending
-                .entry(row.partition.clone())
-                .or_default()
                 .insert((row.row.ts, row.order.clone(), seq), row);
         }
         Ok(())
@@ -137,23 +136,22 @@ impl MatchRecognize {
         if self.emitted_to.is_some_and(|w| watermark <= w) {
             return Ok(None);
         }
-        // Partitions in key order, so a replay emits in the same order.
-        let mut keys: Vec<Vec<u8>> = self.pending.keys().cloned().collect();
-        keys.sort();
-        let mut sealed = Vec::new();
-        for key in keys {
-            let rows = self.pending.get_mut(&key).expect("listed");
-            let still = rows.split_off(&(watermark, Vec::new(), 0));
-            let done = std::mem::replace(rows, still);
-            if rows.is_empty() {
-                self.pending.remove(&key);
+        let still = self.pending.split_off(&(watermark, Vec::new(), 0));
+        let done = std::mem::replace(&mut self.pending, still);
+        let mut sealed = Vec::with_capacity(done.len());
+        for ((ts, _, seq), row) in done {
+            self.state
+                .retract(key_group(&row.partition), &pending_key(ts, seq));
+            sealed.push(row);
+        }
+        // Each partition's rows together, in order (stable: the map's order within), and the
+        // partitions in key order, so a replay emits in the same order.
+        sealed.sort_by(|a, b| a.partition.cmp(&b.partition));
+        for row in &sealed {
+            if self.dirty.contains(&row.partition) {
+                continue;
             }
-            for ((ts, _, seq), row) in done {
-                self.state
-                    .delete(key_group(&key), &pending_key(&key, ts, seq));
-                sealed.push(row);
-            }
-            self.dirty.insert(key);
+            self.dirty.insert(row.partition.clone());
         }
         let mut found = self.matching.push(sealed)?;
         let (timed, changed) = self.matching.advance(watermark);
@@ -252,8 +250,12 @@ impl MatchRecognize {
                 .map(|(_, _, b)| b.as_slice())
                 .collect::<Vec<_>>(),
         )?;
+        let partition = decoded.first().map(|r| r.partition.clone());
         let mut part = PartitionState {
-            key: decoded.first().map(|r| r.key.clone()).unwrap_or_default(),
+            key: match partition {
+                Some(p) => self.matching.key_of(&p)?,
+                None => Vec::new(),
+            },
             rows: Default::default(),
             matcher: Partition {
                 attempts,
