@@ -5,6 +5,7 @@ mod common;
 mod actions;
 mod auth;
 mod catalog;
+mod cep;
 mod clients;
 mod durability;
 mod grafana;
