@@ -411,7 +411,11 @@ pub struct PartitionState {
 pub struct Matching {
     pub plan: Arc<MatchPlan>,
     matcher: Matcher,
-    pub parts: HashMap<Vec<u8>, PartitionState>,
+    parts: HashMap<Vec<u8>, PartitionState>,
+    /// Under WITHIN: when each partition's first open attempt runs out, indexed by time, so
+    /// a watermark finds the attempts it cuts without visiting every partition.
+    deadlines: std::collections::BTreeSet<(i64, Vec<u8>)>,
+    deadline_of: HashMap<Vec<u8>, i64>,
     pub rows: RowConverter,
     keys: RowConverter,
     order: RowConverter,
@@ -469,6 +473,8 @@ impl Matching {
         Ok(Self {
             matcher: Matcher::new(plan.config.clone()),
             parts: HashMap::default(),
+            deadlines: Default::default(),
+            deadline_of: HashMap::default(),
             rows: RowConverter::new(sort_fields(
                 plan.input
                     .fields()
@@ -578,8 +584,44 @@ impl Matching {
                     .push(&mut part.matcher, ts, &mut defines, &mut out)?;
             }
             found.extend(out.drain(..).map(|f| (partition.clone(), f)));
+            self.reindex(&partition);
         }
         Ok(found)
+    }
+
+    /// The partitions' state (for the operator to store).
+    pub fn parts(&self) -> &HashMap<Vec<u8>, PartitionState> {
+        &self.parts
+    }
+
+    /// A partition's state as a checkpoint stored it.
+    pub fn restore_partition(&mut self, partition: Vec<u8>, part: PartitionState) {
+        self.parts.insert(partition.clone(), part);
+        self.reindex(&partition);
+    }
+
+    /// Files the partition under the deadline of its first open attempt (under WITHIN).
+    fn reindex(&mut self, partition: &[u8]) {
+        let Some(within) = self.plan.config.within else {
+            return;
+        };
+        let now = self
+            .parts
+            .get(partition)
+            .and_then(|p| p.matcher.attempts.front())
+            .map(|a| a.start_ts.saturating_add(within));
+        let before = self.deadline_of.get(partition).copied();
+        if now == before {
+            return;
+        }
+        if let Some(old) = before {
+            self.deadlines.remove(&(old, partition.to_vec()));
+            self.deadline_of.remove(partition);
+        }
+        if let Some(new) = now {
+            self.deadlines.insert((new, partition.to_vec()));
+            self.deadline_of.insert(partition.to_vec(), new);
+        }
     }
 
     /// A partition's PARTITION BY values, from its key.
@@ -673,28 +715,25 @@ impl Matching {
     pub fn advance(&mut self, watermark: i64) -> (Vec<(Vec<u8>, Found)>, Vec<Vec<u8>>) {
         let mut found = Vec::new();
         let mut changed = Vec::new();
-        let Some(within) = self.plan.config.within else {
+        if self.plan.config.within.is_none() {
             return (found, changed);
-        };
+        }
         let mut out = Vec::new();
-        let mut keys: Vec<&Vec<u8>> = self
-            .parts
+        // The partitions whose first attempt's interval ended by the watermark, in key order.
+        let mut keys: Vec<Vec<u8>> = self
+            .deadlines
             .iter()
-            // The first attempt started first (rows come in time order).
-            .filter(|(_, p)| {
-                p.matcher
-                    .attempts
-                    .front()
-                    .is_some_and(|a| a.start_ts.saturating_add(within) <= watermark)
-            })
-            .map(|(k, _)| k)
+            .take_while(|(deadline, _)| *deadline <= watermark)
+            .map(|(_, k)| k.clone())
             .collect();
         keys.sort();
-        let keys: Vec<Vec<u8>> = keys.into_iter().cloned().collect();
         for partition in keys {
-            let part = self.parts.get_mut(&partition).expect("listed");
+            let Some(part) = self.parts.get_mut(&partition) else {
+                continue;
+            };
             self.matcher.advance(&mut part.matcher, watermark, &mut out);
             found.extend(out.drain(..).map(|f| (partition.clone(), f)));
+            self.reindex(&partition);
             changed.push(partition);
         }
         (found, changed)
@@ -832,6 +871,7 @@ impl Matching {
         }
         for p in &emptied {
             self.parts.remove(p);
+            self.reindex(p);
         }
     }
 }

@@ -158,20 +158,6 @@ impl StateTable {
         self.staged.insert(self.store_key(group, key), Some(value));
     }
 
-    /// Deletes a key that is put at most once: if its put is still staged (this epoch), the
-    /// put is dropped and nothing reaches the store; otherwise a delete is staged.
-    pub fn retract(&mut self, group: u16, key: &[u8]) {
-        let k = self.store_key(group, key);
-        match self.staged.get(&k) {
-            Some(Some(_)) => {
-                self.staged.remove(&k);
-            }
-            _ => {
-                self.staged.insert(k, None);
-            }
-        }
-    }
-
     pub fn delete(&mut self, group: u16, key: &[u8]) {
         self.staged.insert(self.store_key(group, key), None);
     }

@@ -8,14 +8,16 @@
 //! point, as timers never read the wall clock), and the matches found become output rows.
 //!
 //! State, in the operator's table, keyed by the partition's key group:
-//! - `0 ‖ time ‖ sequence` → a row the watermark has not passed (encoded), in its partition's
-//!   key group;
+//! - `0 ‖ block` → rows the watermark had not passed at a barrier, that arrived in the epoch
+//!   it ends (their times, sequences and encodings), deleted once the watermark has passed all
+//!   of them (a restore takes the rows at or after its watermark);
 //! - `1 ‖ partition` → the partition's matching state: its open attempts (threads and their
 //!   paths) and the rows they may still read. A partition with no open attempt has no entry
 //!   (unless PREV reaches before a match or MATCH_NUMBER() counts, `MatchPlan::keep`).
 //!
-//! Rows of the first kind are written as they arrive; the second is written at each barrier
-//! for the partitions that changed since the last one.
+//! Both are written at barriers: the block of the epoch's rows still waiting, and the
+//! partitions that changed since the last one. A row matched within the epoch it arrived in
+//! never reaches the store.
 
 use std::collections::BTreeMap;
 
@@ -29,7 +31,6 @@ use crate::cep::run::{MatchPlan, Matching, NewRow, PartitionState};
 use crate::error::{Error, Result};
 use crate::keys::key_group;
 use crate::stream::checkpoint::Barrier;
-use crate::stream::operators::time_key;
 use crate::stream::pipeline::{Message, Operator};
 use crate::stream::state::StateTable;
 
@@ -47,14 +48,39 @@ pub struct MatchRecognize {
     next_seq: u64,
     /// Partitions whose matching state changed since the last barrier.
     dirty: HashSet<Vec<u8>>,
+    /// Rows that arrived since the last barrier, by their pending keys: those still pending
+    /// at the barrier are stored as one block.
+    arrived: Vec<(i64, Vec<u8>, u64)>,
+    /// Stored blocks of pending rows: (block id, latest time in it). A block is deleted once
+    /// the watermark has passed all its rows.
+    blocks: Vec<(u64, i64)>,
 }
 
-/// A pending row's key (its key group is its partition's): the sequence makes it unique.
-fn pending_key(ts: i64, seq: u64) -> [u8; 17] {
-    let mut k = [PENDING; 17];
-    k[1..9].copy_from_slice(&time_key(ts));
-    k[9..].copy_from_slice(&seq.to_be_bytes());
+/// The key of a block of pending rows (key group 0: a block holds rows of many partitions).
+fn block_key(id: u64) -> [u8; 9] {
+    let mut k = [PENDING; 9];
+    k[1..].copy_from_slice(&id.to_be_bytes());
     k
+}
+
+/// A block: per row its time, sequence and encoding.
+fn encode_block(rows: &[(i64, u64, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (ts, seq, bytes) in rows {
+        out.extend_from_slice(&ts.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        put_bytes(&mut out, bytes);
+    }
+    out
+}
+
+fn decode_block(block: &[u8]) -> Option<Vec<(i64, u64, Vec<u8>)>> {
+    let mut r = Reader(block);
+    let mut rows = Vec::new();
+    while !r.0.is_empty() {
+        rows.push((r.u64()? as i64, r.u64()?, r.bytes()?));
+    }
+    Some(rows)
 }
 
 fn partition_key(partition: &[u8]) -> Vec<u8> {
@@ -79,20 +105,35 @@ impl MatchRecognize {
             emitted_to: watermark,
             next_seq: 0,
             dirty: HashSet::default(),
+            arrived: Vec::new(),
+            blocks: Vec::new(),
         };
+        let corrupt = || Error::internal("corrupt MATCH_RECOGNIZE state");
         let mut pending = Vec::new();
         let mut partitions = Vec::new();
+        let mut blocks = Vec::new();
         this.state.scan(|_, k, v| {
             match k.first() {
-                Some(&PENDING) if k.len() >= 8 => {
-                    let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8 bytes"));
-                    pending.push((seq, v.to_vec()));
+                Some(&PENDING) if k.len() == 9 => {
+                    let id = u64::from_be_bytes(k[1..].try_into().expect("8 bytes"));
+                    let rows = decode_block(v).ok_or_else(corrupt)?;
+                    let latest = rows.iter().map(|r| r.0).max().unwrap_or(i64::MIN);
+                    blocks.push((id, latest));
+                    // Rows before the checkpoint's watermark were matched before it.
+                    for (ts, seq, bytes) in rows {
+                        if watermark.is_none_or(|w| ts >= w) {
+                            pending.push((seq, bytes));
+                        }
+                    }
                 }
                 Some(&PARTITION) => partitions.push((k[1..].to_vec(), v.to_vec())),
-                _ => return Err(Error::internal("corrupt MATCH_RECOGNIZE state")),
+                _ => return Err(corrupt()),
             }
             Ok(())
         })?;
+        blocks.sort();
+        this.next_seq = blocks.last().map_or(0, |b| b.0 + 1);
+        this.blocks = blocks;
         let rows = this.matching.decode(
             &pending
                 .iter()
@@ -106,7 +147,7 @@ impl MatchRecognize {
         }
         for (partition, bytes) in partitions {
             let part = this.decode_partition(&bytes)?;
-            this.matching.parts.insert(partition, part);
+            this.matching.restore_partition(partition, part);
         }
         Ok(this)
     }
@@ -119,13 +160,9 @@ impl MatchRecognize {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.state.put(
-                key_group(&row.partition),
-                &pending_key(row.row.ts, seq),
-                row.row.bytes.clone(),
-            );
-            self.pending
-                .insert((row.row.ts, row.order.clone(), seq), row);
+            let key = (row.row.ts, row.order.clone(), seq);
+            self.arrived.push(key.clone());
+            self.pending.insert(key, row);
         }
         Ok(())
     }
@@ -139,11 +176,16 @@ impl MatchRecognize {
         let still = self.pending.split_off(&(watermark, Vec::new(), 0));
         let done = std::mem::replace(&mut self.pending, still);
         let mut sealed = Vec::with_capacity(done.len());
-        for ((ts, _, seq), row) in done {
-            self.state
-                .retract(key_group(&row.partition), &pending_key(ts, seq));
-            sealed.push(row);
+        sealed.extend(done.into_values());
+        // Blocks whose rows are all matched now.
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .blocks
+            .iter()
+            .partition(|(_, latest)| *latest < watermark);
+        for (id, _) in gone {
+            self.state.delete(0, &block_key(id));
         }
+        self.blocks = kept;
         // Each partition's rows together, in order (stable: the map's order within), and the
         // partitions in key order, so a replay emits in the same order.
         sealed.sort_by(|a, b| a.partition.cmp(&b.partition));
@@ -340,9 +382,24 @@ impl Operator for MatchRecognize {
     }
 
     fn on_barrier(&mut self, barrier: &mut Barrier) -> Result<()> {
+        // The rows that arrived since the last barrier and still wait, as one block.
+        let mut block = Vec::new();
+        let mut latest = i64::MIN;
+        for key in self.arrived.drain(..) {
+            if let Some(row) = self.pending.get(&key) {
+                block.push((key.0, key.2, row.row.bytes.as_slice()));
+                latest = latest.max(key.0);
+            }
+        }
+        if !block.is_empty() {
+            let id = self.next_seq;
+            self.next_seq += 1;
+            self.state.put(0, &block_key(id), encode_block(&block));
+            self.blocks.push((id, latest));
+        }
         for partition in self.dirty.drain() {
             let group = key_group(&partition);
-            match self.matching.parts.get(&partition) {
+            match self.matching.parts().get(&partition) {
                 Some(part) => {
                     let value = Self::encode_partition(part);
                     self.state.put(group, &partition_key(&partition), value);
