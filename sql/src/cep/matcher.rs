@@ -439,7 +439,7 @@ impl Matcher {
             Skip::PastLastRow => last,
             Skip::ToNextRow => start + 1,
             Skip::ToFirst(vars) => var_rows(vars).next().unwrap_or(start),
-            Skip::ToLast(vars) => var_rows(vars).last().unwrap_or(start),
+            Skip::ToLast(vars) => var_rows(vars).next_back().unwrap_or(start),
         };
         // Skipping to the match's own first row would find the same match again: go on
         // from the next row instead.

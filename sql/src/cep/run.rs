@@ -399,6 +399,9 @@ pub struct NewRow {
     pub row: StoredRow,
 }
 
+/// What a call found: each decided attempt reported, with its partition's key, in order.
+pub type FoundRows = Vec<(Vec<u8>, Found)>;
+
 /// One partition's state.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionState {
@@ -712,7 +715,7 @@ impl Matching {
 
     /// The watermark passed `watermark`: attempts whose WITHIN ended time out. Returns what
     /// was found (in partition order) and the partitions whose attempts changed.
-    pub fn advance(&mut self, watermark: i64) -> (Vec<(Vec<u8>, Found)>, Vec<Vec<u8>>) {
+    pub fn advance(&mut self, watermark: i64) -> (FoundRows, Vec<Vec<u8>>) {
         let mut found = Vec::new();
         let mut changed = Vec::new();
         if self.plan.config.within.is_none() {
@@ -973,7 +976,7 @@ pub fn reference_matches(
 pub fn batch_matches(
     plan: Arc<MatchPlan>,
     batches: &[RecordBatch],
-) -> Result<(Matching, Vec<(Vec<u8>, Found)>)> {
+) -> Result<(Matching, FoundRows)> {
     let mut matching = Matching::new(plan)?;
     let mut rows = Vec::new();
     for b in batches {

@@ -89,11 +89,10 @@ pub fn marker_args(factor: &TableFactor) -> Option<(String, String)> {
         return None;
     }
     let text = |a: &FunctionArg| match a {
-        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => match e {
-            datafusion::sql::sqlparser::ast::Expr::Value(v) => match &v.value {
-                datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s) => Some(s.clone()),
-                _ => None,
-            },
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(
+            datafusion::sql::sqlparser::ast::Expr::Value(v),
+        )) => match &v.value {
+            datafusion::sql::sqlparser::ast::Value::SingleQuotedString(s) => Some(s.clone()),
             _ => None,
         },
         _ => None,

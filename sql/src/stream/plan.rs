@@ -16,6 +16,8 @@
 //!   stateless plan above it over a feed of the join's rows;
 //! - *OVER* over events (`plan/over.rs`): DataFusion's window operator run by Eddy's operator as
 //!   the watermark seals rows, followed by the plan above it;
+//! - *MATCH_RECOGNIZE* (`plan/match_recognize.rs`): the clause's node over its input's plan,
+//!   cut out before OVER and lookups (which may feed it), followed by the plan above it;
 //! - *top-N* (`plan/top.rs`): ranking functions within a bound, or ORDER BY ... LIMIT, over
 //!   events or an updating view's rows, followed by the plan above it (changes out);
 //! - *aggregate*: at most one grouping aggregation, run by Eddy's own stateful operator with
