@@ -281,6 +281,17 @@ impl MatchPlan {
         )
     }
 
+    /// The input query that keeps only [`MatchPlan::needed_columns`] of `input`, if fewer.
+    pub fn narrower_input(&self, input: &str) -> Option<String> {
+        let list = self
+            .needed_columns()?
+            .iter()
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(format!("SELECT {list} FROM {input}"))
+    }
+
     /// One line for EXPLAIN.
     pub fn describe(&self) -> String {
         let mut s = format!(
@@ -440,19 +451,32 @@ impl Define for Defines<'_> {
                 .get(row as i64)
                 .is_some_and(|r| r.bits & (1 << var) != 0));
         }
-        let view = MatchView {
-            start,
-            path,
-            upto: path.len(),
-            current: Some(var),
-            number: 0,
-            timed_out: false,
-        };
-        let result = d.compiled.evaluate(1, |leaf, _| {
-            view.value(&d.compiled.leaves[leaf], self.rows, &self.plan.vars)
-        })?;
-        Ok(truth(result.as_ref(), 0))
+        on_path(self.plan, d, self.rows, var, start, path)
     }
+}
+
+/// A DEFINE of `var` evaluated for the row after `path` (which started at `start`), through
+/// its expression.
+fn on_path(
+    plan: &MatchPlan,
+    d: &DefinePlan,
+    rows: &Rows,
+    var: Var,
+    start: u64,
+    path: &[u16],
+) -> Result<bool> {
+    let view = MatchView {
+        start,
+        path,
+        upto: path.len(),
+        current: Some(var),
+        number: 0,
+        timed_out: false,
+    };
+    let result = d.compiled.evaluate(1, |leaf, _| {
+        view.value(&d.compiled.leaves[leaf], rows, &plan.vars)
+    })?;
+    Ok(truth(result.as_ref(), 0))
 }
 
 impl Matching {
@@ -906,18 +930,7 @@ impl Define for SlowDefines<'_> {
         let Some(d) = &self.plan.defines[var as usize] else {
             return Ok(true);
         };
-        let view = MatchView {
-            start,
-            path,
-            upto: path.len(),
-            current: Some(var),
-            number: 0,
-            timed_out: false,
-        };
-        let result = d.compiled.evaluate(1, |leaf, _| {
-            view.value(&d.compiled.leaves[leaf], self.rows, &self.plan.vars)
-        })?;
-        Ok(truth(result.as_ref(), 0))
+        on_path(self.plan, d, self.rows, var, start, path)
     }
 }
 

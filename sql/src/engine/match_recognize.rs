@@ -42,14 +42,8 @@ pub async fn prepare(session: &Session, statement: &Statement, prepared: &Prepar
         let (mut plan, mut compiled) =
             compile(session, &clause, &format!("SELECT * FROM {input}")).await?;
         // Only the columns the clause reads go through the matcher.
-        if let Some(columns) = compiled.needed_columns() {
-            let list = columns
-                .iter()
-                .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            (plan, compiled) =
-                compile(session, &clause, &format!("SELECT {list} FROM {input}")).await?;
+        if let Some(narrower) = compiled.narrower_input(&input) {
+            (plan, compiled) = compile(session, &clause, &narrower).await?;
         }
         prepared.lock().insert(
             (input, body),

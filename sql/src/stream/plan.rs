@@ -768,13 +768,8 @@ impl Planner<'_> {
             let schema = Arc::new(input_plan.schema().as_arrow().clone());
             let mut compiled = crate::cep::run::MatchPlan::new(&clause, schema, &self.ctx.state())?;
             // Only the columns the clause reads go through the matcher's state.
-            if let Some(columns) = compiled.needed_columns() {
-                let list = columns
-                    .iter()
-                    .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let query = parse_query(&format!("SELECT {list} FROM {input}"))?;
+            if let Some(narrower) = compiled.narrower_input(&input) {
+                let query = parse_query(&narrower)?;
                 input_plan = Box::pin(self.logical(query)).await?;
                 let schema = Arc::new(input_plan.schema().as_arrow().clone());
                 compiled = crate::cep::run::MatchPlan::new(&clause, schema, &self.ctx.state())?;
