@@ -957,7 +957,7 @@ fn show(session: &Session, kind: ObjectKind) -> Result<QueryOutput> {
             for d in &defs {
                 let q = d.kind.query().expect("a query");
                 names.push(Some(d.name.clone()));
-                sqls.push(Some(q.sql.clone()));
+                sqls.push(Some(crate::cep::syntax::restore(&q.sql)));
                 let m = session.engine().streams.metrics(d.id);
                 let st = match &m {
                     None => "stopped".to_string(),

@@ -405,7 +405,7 @@ fn table_relation(def: &TableDef) -> PgRelation {
             ('f', Some(server), options, None)
         }
         TableKind::Stream(q) => {
-            let mut options = vec![("query".to_string(), q.sql.clone())];
+            let mut options = vec![("query".to_string(), crate::cep::syntax::restore(&q.sql))];
             options.extend(redacted(&q.options));
             ('f', Some("stream".to_string()), options, None)
         }
@@ -416,10 +416,18 @@ fn table_relation(def: &TableDef) -> PgRelation {
                 .position(|(k, _)| k == "connector")
                 .map(|i| options.remove(i).1)
                 .unwrap_or_else(|| "sink".to_string());
-            options.insert(0, ("query".to_string(), q.sql.clone()));
+            options.insert(
+                0,
+                ("query".to_string(), crate::cep::syntax::restore(&q.sql)),
+            );
             ('f', Some(connector), options, None)
         }
-        TableKind::MaterializedView(q) => ('m', None, Vec::new(), Some(q.sql.clone())),
+        TableKind::MaterializedView(q) => (
+            'm',
+            None,
+            Vec::new(),
+            Some(crate::cep::syntax::restore(&q.sql)),
+        ),
     };
     PgRelation {
         oid: FIRST_USER_OID + 2 * def.id as i32,
