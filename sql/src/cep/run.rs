@@ -435,9 +435,13 @@ pub struct Matching {
     order: RowConverter,
 }
 
+/// DEFINE for the matcher over a partition's kept rows.
 struct Defines<'a> {
     plan: &'a MatchPlan,
     rows: &'a Rows,
+    /// Read row-local conditions from the results computed when the rows came (`bits`);
+    /// false (the reference matcher): evaluate every condition per row and path.
+    ahead: bool,
 }
 
 impl Define for Defines<'_> {
@@ -445,38 +449,26 @@ impl Define for Defines<'_> {
         let Some(d) = &self.plan.defines[var as usize] else {
             return Ok(true);
         };
-        if d.row_local {
+        if d.row_local && self.ahead {
             return Ok(self
                 .rows
                 .get(row as i64)
                 .is_some_and(|r| r.bits & (1 << var) != 0));
         }
-        on_path(self.plan, d, self.rows, var, start, path)
+        // The row is the path's next: `start + path.len()`.
+        let view = MatchView {
+            start,
+            path,
+            upto: path.len(),
+            current: Some(var),
+            number: 0,
+            timed_out: false,
+        };
+        let result = d.compiled.evaluate(1, |leaf, _| {
+            view.value(&d.compiled.leaves[leaf], self.rows, &self.plan.vars)
+        })?;
+        Ok(truth(result.as_ref(), 0))
     }
-}
-
-/// A DEFINE of `var` evaluated for the row after `path` (which started at `start`), through
-/// its expression.
-fn on_path(
-    plan: &MatchPlan,
-    d: &DefinePlan,
-    rows: &Rows,
-    var: Var,
-    start: u64,
-    path: &[u16],
-) -> Result<bool> {
-    let view = MatchView {
-        start,
-        path,
-        upto: path.len(),
-        current: Some(var),
-        number: 0,
-        timed_out: false,
-    };
-    let result = d.compiled.evaluate(1, |leaf, _| {
-        view.value(&d.compiled.leaves[leaf], rows, &plan.vars)
-    })?;
-    Ok(truth(result.as_ref(), 0))
 }
 
 impl Matching {
@@ -575,26 +567,27 @@ impl Matching {
     pub fn push(&mut self, rows: Vec<NewRow>) -> Result<Vec<(Vec<u8>, Found)>> {
         // Runs of one partition's rows: (partition, position of the first, rows).
         let mut runs: Vec<(Vec<u8>, u64, usize)> = Vec::new();
-        for r in rows {
-            if runs.last().is_none_or(|(p, _, _)| *p != r.partition) {
-                if !self.parts.contains_key(&r.partition) {
-                    let key = self.key_of(&r.partition)?;
-                    let part = PartitionState {
-                        key,
-                        ..Default::default()
-                    };
-                    self.parts.insert(r.partition.clone(), part);
-                }
-                let part = self.parts.get_mut(&r.partition).expect("inserted");
-                if part.rows.rows.is_empty() {
-                    part.rows.base = part.matcher.next;
-                }
-                runs.push((r.partition.clone(), part.rows.end(), 0));
+        let mut rows = rows.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            let partition = first.partition;
+            if !self.parts.contains_key(&partition) {
+                let part = PartitionState {
+                    key: self.key_of(&partition)?,
+                    ..Default::default()
+                };
+                self.parts.insert(partition.clone(), part);
             }
-            let run = runs.last_mut().expect("pushed");
-            run.2 += 1;
-            let part = self.parts.get_mut(&run.0).expect("inserted");
-            part.rows.rows.push_back(r.row);
+            let part = self.parts.get_mut(&partition).expect("inserted");
+            if part.rows.rows.is_empty() {
+                part.rows.base = part.matcher.next;
+            }
+            let at = part.rows.end();
+            part.rows.rows.push_back(first.row);
+            while let Some(next) = rows.next_if(|r| r.partition == partition) {
+                part.rows.rows.push_back(next.row);
+            }
+            let n = (part.rows.end() - at) as usize;
+            runs.push((partition, at, n));
         }
         self.row_local_defines(&runs)?;
         let mut found = Vec::new();
@@ -606,6 +599,7 @@ impl Matching {
                 let mut defines = Defines {
                     plan: &self.plan,
                     rows: &part.rows,
+                    ahead: true,
                 };
                 self.matcher
                     .push(&mut part.matcher, ts, &mut defines, &mut out)?;
@@ -917,23 +911,6 @@ fn array_of(values: Vec<ScalarValue>, t: &DataType) -> Result<ArrayRef> {
     Ok(ScalarValue::iter_to_array(values)?)
 }
 
-/// DEFINE evaluated the slow, plain way: every condition per row and path, through its
-/// expression (no row-local results computed ahead), for the reference matcher.
-struct SlowDefines<'a> {
-    plan: &'a MatchPlan,
-    rows: &'a Rows,
-}
-
-impl Define for SlowDefines<'_> {
-    fn holds(&mut self, var: Var, start: u64, path: &[u16], _row: u64) -> Result<bool> {
-        // The row is the path's next: `start + path.len()`.
-        let Some(d) = &self.plan.defines[var as usize] else {
-            return Ok(true);
-        };
-        on_path(self.plan, d, self.rows, var, start, path)
-    }
-}
-
 /// The matches the reference matcher (`reference.rs`: backtracking over the pattern as
 /// written) finds over whole partitions, in partition order, as (partition, found).
 pub fn reference_matches(
@@ -966,9 +943,10 @@ pub fn reference_matches(
             i += 1;
         }
         let times: Vec<i64> = kept.rows.iter().map(|r| r.ts).collect();
-        let mut defines = SlowDefines {
+        let mut defines = Defines {
             plan: &plan,
             rows: &kept,
+            ahead: false,
         };
         let found = super::reference::find_all(
             &plan.pattern,

@@ -189,22 +189,24 @@ impl MatchRecognize {
         // Each partition's rows together, in order (stable: the map's order within), and the
         // partitions in key order, so a replay emits in the same order.
         sealed.sort_by(|a, b| a.partition.cmp(&b.partition));
+        // The partitions this watermark changes: trimmed below, written at the barrier.
+        let mut touched: Vec<Vec<u8>> = Vec::new();
         for row in &sealed {
-            if self.dirty.contains(&row.partition) {
-                continue;
+            if touched.last() != Some(&row.partition) {
+                touched.push(row.partition.clone());
             }
-            self.dirty.insert(row.partition.clone());
         }
         let mut found = self.matching.push(sealed)?;
         let (timed, changed) = self.matching.advance(watermark);
         found.extend(timed);
-        self.dirty.extend(changed);
+        touched.extend(changed);
         self.emitted_to = Some(watermark);
         let out = match found.is_empty() {
             true => None,
             false => Some(self.matching.output(&found)?),
         };
-        self.matching.trim(self.dirty.iter());
+        self.matching.trim(touched.iter());
+        self.dirty.extend(touched);
         Ok(out)
     }
 
