@@ -18,6 +18,7 @@ mod pg_catalog;
 mod point_get;
 mod roles;
 mod scalar_select;
+pub mod sequences;
 mod session;
 mod settings;
 mod statement;
@@ -54,6 +55,8 @@ pub struct Engine {
     locks: KeyLocks,
     /// Next hidden row id per table without a primary key.
     row_ids: Mutex<HashMap<u32, u64>>,
+    /// Current values of sequences (`nextval`).
+    pub sequences: sequences::Sequences,
     next_backend_pid: AtomicI32,
     /// Pipelines of streams and materialized views.
     pub streams: Arc<StreamManager>,
@@ -160,6 +163,7 @@ impl Engine {
             catalog_commit: Mutex::new(()),
             locks: KeyLocks::new(),
             row_ids: Mutex::new(HashMap::new()),
+            sequences: Default::default(),
             next_backend_pid: AtomicI32::new(1000),
             advisory: Arc::default(),
             md5_passwords: Default::default(),

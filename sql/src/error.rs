@@ -26,6 +26,7 @@ pub mod sqlstate {
     pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
     pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const INVALID_SAVEPOINT_SPECIFICATION: &str = "3B001";
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const UNDEFINED_COLUMN: &str = "42703";
@@ -37,6 +38,7 @@ pub mod sqlstate {
     pub const INVALID_SCHEMA_NAME: &str = "3F000";
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
+    pub const INVALID_NAME: &str = "42602";
     pub const INVALID_TABLE_DEFINITION: &str = "42P16";
     pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";

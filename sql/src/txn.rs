@@ -47,7 +47,7 @@ struct Pending {
     table_id: u32,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Txn {
     writes: BTreeMap<Vec<u8>, Pending>,
     /// Tables truncated in this transaction: their committed rows are invisible to it.
@@ -56,6 +56,8 @@ pub struct Txn {
     catalog: Option<(Catalog, u64)>,
     /// Writes applied before the row writes at commit (catalog records, range deletes).
     extra_ops: Vec<WriteOp>,
+    /// Open savepoints, oldest first: each name with the transaction's state when it was set.
+    savepoints: Vec<(String, Box<Txn>)>,
 }
 
 /// A key range's uncommitted state: `(key, Some(value))` for puts, `(key, None)` for deletes.
@@ -131,6 +133,46 @@ impl Txn {
 
     pub fn write_count(&self) -> usize {
         self.writes.len()
+    }
+
+    /// `SAVEPOINT name`: remembers the state to return to. A name may be reused; the newest
+    /// savepoint of a name is the one RELEASE and ROLLBACK TO find.
+    pub fn savepoint(&mut self, name: String) {
+        let mut state = self.clone();
+        state.savepoints.clear();
+        self.savepoints.push((name, Box::new(state)));
+    }
+
+    fn find_savepoint(&self, name: &str) -> Result<usize> {
+        self.savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| {
+                Error::user(
+                    sqlstate::INVALID_SAVEPOINT_SPECIFICATION,
+                    format!("savepoint \"{name}\" does not exist"),
+                )
+            })
+    }
+
+    /// `RELEASE SAVEPOINT name`: forgets it and every savepoint set after it, keeping the
+    /// writes made since.
+    pub fn release_savepoint(&mut self, name: &str) -> Result<()> {
+        let at = self.find_savepoint(name)?;
+        self.savepoints.truncate(at);
+        Ok(())
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: undoes every write made since it was set and forgets the
+    /// savepoints set after it; the savepoint itself stays.
+    pub fn rollback_to_savepoint(&mut self, name: &str) -> Result<()> {
+        let at = self.find_savepoint(name)?;
+        let mut savepoints = std::mem::take(&mut self.savepoints);
+        savepoints.truncate(at + 1);
+        let restored = (*savepoints[at].1).clone();
+        *self = restored;
+        self.savepoints = savepoints;
+        Ok(())
     }
 }
 

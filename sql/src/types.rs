@@ -77,8 +77,6 @@ impl SqlType {
             D::JSONB | D::JSON => SqlType::Jsonb,
             D::Custom(name, _) => match name.to_string().to_lowercase().as_str() {
                 "timestamptz" => SqlType::Timestamptz,
-                "serial" | "serial4" => SqlType::Int4,
-                "bigserial" | "serial8" => SqlType::Int8,
                 "int2" => SqlType::Int2,
                 "int4" => SqlType::Int4,
                 "int8" => SqlType::Int8,

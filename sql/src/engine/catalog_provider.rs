@@ -47,19 +47,31 @@ impl SessionView {
     }
 
     fn defaults(&self, def: &TableDef) -> DfResult<Vec<Option<Expr>>> {
-        if def.columns.iter().all(|c| c.default.is_none()) {
+        if def
+            .columns
+            .iter()
+            .all(|c| c.default.is_none() && c.identity.is_none())
+        {
             return Ok(vec![None; def.columns.len()]);
         }
         let state = self
             .state()
             .ok_or_else(|| DataFusionError::Internal("session closed".into()))?;
+        let catalog = self.catalog();
         def.columns
             .iter()
             .map(|c| {
-                c.default
+                // An identity column draws from the sequence it owns.
+                let identity = c.identity.and_then(|_| {
+                    super::sequences::owned_sequence(&catalog, def, &c.name)
+                        .map(|s| super::sequences::nextval_default(&s.schema, &s.name))
+                });
+                identity
                     .as_ref()
+                    .or(c.default.as_ref())
                     .map(|sql| {
-                        let e = state.create_logical_expr(sql, &DFSchema::empty())?;
+                        let sql = super::sequences::plain_regclass_literals(sql);
+                        let e = state.create_logical_expr(&sql, &DFSchema::empty())?;
                         e.cast_to(&c.ty.arrow_type(), &DFSchema::empty())
                     })
                     .transpose()
@@ -152,6 +164,20 @@ impl SchemaProvider for EddySchema {
                             "source \"{name}\" reads from {c} and stores no rows: query a stream or materialized view over it"
                         ),
                     )));
+                }
+                if def.sequence().is_some() {
+                    // A sequence reads as its live state, not the row logged ahead.
+                    let batch = self
+                        .view
+                        .engine
+                        .sequences
+                        .state_row(self.view.engine.kv().as_ref(), &def)
+                        .map_err(crate::error::to_df)?;
+                    let table = datafusion::datasource::MemTable::try_new(
+                        batch.schema(),
+                        vec![vec![batch]],
+                    )?;
+                    return Ok(Some(Arc::new(table)));
                 }
                 let storage_columns = self
                     .view

@@ -10,12 +10,13 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::sql::sqlparser::ast::{
-    self, ColumnOption, Expr as SqlExpr, Ident, ObjectName, ObjectType, Statement, TableConstraint,
+    self, ColumnOption, Expr as SqlExpr, GeneratedAs, Ident, ObjectName, ObjectType, Statement, TableConstraint,
 };
 
 use super::session::{CommandTag, QueryOutput, Session, text_rows};
 use super::settings::Settings;
-use crate::catalog::{ColumnDef, Relation, TableKind};
+use super::sequences::SequenceOptionsGiven;
+use crate::catalog::{ColumnDef, Identity, Relation, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::prefix_end;
 use crate::types::SqlType;
@@ -123,6 +124,21 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             ..
         } => drop(session, *object_type, *if_exists, names, *cascade)?,
         Statement::CreateRole(r) => super::roles::create_role(session, r)?,
+        Statement::CreateSequence {
+            temporary: false,
+            if_not_exists,
+            name,
+            data_type,
+            sequence_options,
+            owned_by,
+        } => super::sequences::create(
+            session,
+            name,
+            *if_not_exists,
+            data_type.as_ref(),
+            sequence_options,
+            owned_by.as_ref(),
+        )?,
         Statement::AlterRole { name, operation } => {
             super::roles::alter_role(session, name, operation)?
         }
@@ -166,6 +182,8 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     }
     let mut columns = Vec::with_capacity(ct.columns.len());
     let mut primary_key: Vec<usize> = Vec::new();
+    // Columns that draw from a sequence of their own (SERIAL, identity), with its options.
+    let mut sequences: Vec<(usize, SequenceOptionsGiven)> = Vec::new();
     for (i, c) in ct.columns.iter().enumerate() {
         let col_name = ident(&c.name);
         if columns.iter().any(|d: &ColumnDef| d.name == col_name) {
@@ -174,18 +192,74 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
                 format!("column \"{col_name}\" specified more than once"),
             ));
         }
-        let ty = SqlType::from_ast(&c.data_type)?;
-        let mut def = ColumnDef {
-            name: col_name,
-            ty,
-            nullable: true,
-            default: None,
+        let serial = serial_type(&c.data_type);
+        let ty = match &serial {
+            Some(ty) => ty.clone(),
+            None => SqlType::from_ast(&c.data_type)?,
         };
+        let mut def = ColumnDef::new(col_name, ty, true);
+        if serial.is_some() {
+            // SERIAL: NOT NULL, with a default from a sequence the column owns.
+            def.nullable = false;
+            sequences.push((i, SequenceOptionsGiven::default()));
+        }
         for opt in &c.options {
             match &opt.option {
+                ColumnOption::Null if serial.is_some() || def.identity.is_some() => {
+                    return Err(Error::user(
+                        sqlstate::SYNTAX_ERROR,
+                        format!(
+                            "conflicting NULL/NOT NULL declarations for column \"{}\" of table \"{name}\"",
+                            def.name
+                        ),
+                    ));
+                }
                 ColumnOption::Null => def.nullable = true,
                 ColumnOption::NotNull => def.nullable = false,
+                ColumnOption::Default(_) if serial.is_some() || def.identity.is_some() => {
+                    return Err(Error::user(
+                        sqlstate::SYNTAX_ERROR,
+                        format!(
+                            "multiple default values specified for column \"{}\" of table \"{name}\"",
+                            def.name
+                        ),
+                    ));
+                }
                 ColumnOption::Default(e) => def.default = Some(e.to_string()),
+                ColumnOption::Generated {
+                    generated_as: generated @ (GeneratedAs::Always | GeneratedAs::ByDefault),
+                    sequence_options,
+                    generation_expr: None,
+                    ..
+                } => {
+                    if !matches!(def.ty, SqlType::Int2 | SqlType::Int4 | SqlType::Int8) {
+                        return Err(Error::user(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "identity column type must be smallint, integer, or bigint"
+                            ),
+                        ));
+                    }
+                    if def.default.is_some() || def.identity.is_some() {
+                        return Err(Error::user(
+                            sqlstate::SYNTAX_ERROR,
+                            format!(
+                                "multiple default values specified for column \"{}\" of table \"{name}\"",
+                                def.name
+                            ),
+                        ));
+                    }
+                    def.identity = Some(match generated {
+                        GeneratedAs::Always => Identity::Always,
+                        _ => Identity::ByDefault,
+                    });
+                    def.nullable = false;
+                    let options = SequenceOptionsGiven::from_ast(
+                        None,
+                        sequence_options.as_deref().unwrap_or_default(),
+                    )?;
+                    sequences.push((i, options));
+                }
                 ColumnOption::PrimaryKey(_) => {
                     if !primary_key.is_empty() {
                         return Err(multiple_primary_keys(&name));
@@ -229,11 +303,64 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     check_defaults(session, &columns)?;
     let current = session.engine().catalog();
     let mut txn = session.txn().lock();
-    let (_, ops) = txn
-        .catalog_mut(&current)
-        .create_table(&schema, &name, columns, primary_key)?;
+    let catalog = txn.catalog_mut(&current);
+    let mut ops = Vec::new();
+    let mut owned = Vec::new();
+    for (i, options) in sequences {
+        let column = &mut columns[i];
+        let seq_name = sequence_name_for(catalog, &schema, &name, &column.name, &owned);
+        let mut given = options;
+        given.ty.get_or_insert(column.ty.clone());
+        let info = given.apply(&seq_name, None)?;
+        if column.identity.is_none() {
+            column.default = Some(super::sequences::nextval_default(&schema, &seq_name));
+        }
+        owned.push((seq_name, info, column.name.clone()));
+    }
+    let (table, table_ops) = catalog.create_table(&schema, &name, columns, primary_key)?;
+    ops.extend(table_ops);
+    for (seq_name, mut info, column) in owned {
+        info.owned_by = Some((table.id, column));
+        let (_, seq_ops) = super::sequences::create_in(catalog, &schema, &seq_name, info)?;
+        ops.extend(seq_ops);
+    }
     txn.push_ops(ops);
     Ok(CommandTag::new("CREATE TABLE"))
+}
+
+/// The integer type of `serial`, `bigserial` and `smallserial` (and serial2/4/8).
+fn serial_type(t: &ast::DataType) -> Option<SqlType> {
+    let ast::DataType::Custom(name, args) = t else {
+        return None;
+    };
+    if !args.is_empty() {
+        return None;
+    }
+    match name.to_string().to_lowercase().as_str() {
+        "serial" | "serial4" => Some(SqlType::Int4),
+        "bigserial" | "serial8" => Some(SqlType::Int8),
+        "smallserial" | "serial2" => Some(SqlType::Int2),
+        _ => None,
+    }
+}
+
+/// A free name for a new column's sequence, also avoiding the ones this statement is about
+/// to create.
+fn sequence_name_for(
+    catalog: &crate::catalog::Catalog,
+    schema: &str,
+    table: &str,
+    column: &str,
+    taken: &[(String, crate::catalog::SequenceInfo, String)],
+) -> String {
+    let base = super::sequences::serial_sequence_name(catalog, schema, table, column);
+    if !taken.iter().any(|(n, _, _)| *n == base) {
+        return base;
+    }
+    (1..)
+        .map(|i| format!("{table}_{column}_seq{i}"))
+        .find(|n| catalog.relation(schema, n).is_none() && !taken.iter().any(|(t, _, _)| t == n))
+        .expect("some numbered name is free")
 }
 
 fn multiple_primary_keys(table: &str) -> Error {
@@ -316,6 +443,7 @@ fn drop(
         ObjectType::Table => "DROP TABLE",
         ObjectType::View => "DROP VIEW",
         ObjectType::Schema => "DROP SCHEMA",
+        ObjectType::Sequence => "DROP SEQUENCE",
         other => return Err(Error::not_supported(format!("DROP {other}"))),
     };
     for name in names {
@@ -338,8 +466,16 @@ fn drop(
                 name_parts(name).pop().unwrap_or_default(),
             ));
         };
+        let is_sequence = matches!(&relation, Relation::Table(d) if d.sequence().is_some());
+        if object_type == ObjectType::Sequence && !is_sequence {
+            return Err(Error::user(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!("\"{object}\" is not a sequence"),
+            ));
+        }
         if let Relation::Table(def) = &relation
             && def.kind != TableKind::Table
+            && !(is_sequence && object_type == ObjectType::Sequence)
         {
             let (what, how) = match &def.kind {
                 TableKind::Source(_) => ("a source", "DROP SOURCE".to_string()),
@@ -370,6 +506,7 @@ fn drop(
                     "the late-event table of a source",
                     format!("DROP SOURCE {source}"),
                 ),
+                TableKind::Sequence(_) => ("a sequence", "DROP SEQUENCE".to_string()),
                 TableKind::Table => unreachable!("checked"),
             };
             return Err(Error::user(
@@ -386,7 +523,7 @@ fn drop(
             .with_detail(format!("\"{object}\" is {what}: use {how}.")));
         }
         let is_table = matches!(relation, Relation::Table(_));
-        if is_table != (object_type == ObjectType::Table) {
+        if is_table != matches!(object_type, ObjectType::Table | ObjectType::Sequence) {
             let kind = if is_table { "a table" } else { "a view" };
             return Err(Error::user(
                 sqlstate::WRONG_OBJECT_TYPE,

@@ -8,6 +8,59 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
 const UNNAMED: &str = "?column?";
+/// Prefix of the aliases [`alias_duplicates`] gives; the output name follows the colon.
+const DUPLICATE: &str = "__eddy_dup";
+
+/// PostgreSQL allows a select list to name two columns alike (`SELECT nextval('s'),
+/// nextval('s')`, `SELECT 1 AS a, 2 AS a`); DataFusion does not. Every repeat of a name in
+/// the statement's outer select list gets a unique alias that keeps the name it shows.
+pub fn alias_duplicates(statement: &mut datafusion::sql::sqlparser::ast::Statement) {
+    use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Ident, SelectItem, SetExpr, Statement};
+    let Statement::Query(query) = statement else {
+        return;
+    };
+    let mut body = query.body.as_mut();
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left.as_mut();
+    }
+    let SetExpr::Select(select) = body else {
+        return;
+    };
+    let key = |item: &SelectItem| -> Option<String> {
+        match item {
+            SelectItem::ExprWithAlias { alias, .. } => Some(super::ddl::ident(alias)),
+            SelectItem::UnnamedExpr(SqlExpr::Identifier(i)) => Some(super::ddl::ident(i)),
+            SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => {
+                parts.last().map(super::ddl::ident)
+            }
+            SelectItem::UnnamedExpr(e) => Some(e.to_string()),
+            _ => None,
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    for item in select.projection.iter_mut() {
+        let Some(k) = key(item) else { continue };
+        if seen.insert(k) {
+            continue;
+        }
+        n += 1;
+        let shown = match item {
+            SelectItem::ExprWithAlias { alias, .. } => super::ddl::ident(alias),
+            SelectItem::UnnamedExpr(SqlExpr::Identifier(i)) => super::ddl::ident(i),
+            SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => {
+                parts.last().map(super::ddl::ident).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let alias = Ident::with_quote('"', format!("{DUPLICATE}{n}:{shown}"));
+        let expr = match std::mem::replace(item, SelectItem::Wildcard(Default::default())) {
+            SelectItem::ExprWithAlias { expr, .. } | SelectItem::UnnamedExpr(expr) => expr,
+            _ => unreachable!("keyed items only"),
+        };
+        *item = SelectItem::ExprWithAlias { expr, alias };
+    }
+}
 
 /// Names for the columns `plan` returns, or `None` to keep DataFusion's.
 pub fn output_names(plan: &LogicalPlan) -> Option<Vec<String>> {
@@ -29,6 +82,10 @@ pub fn output_names(plan: &LogicalPlan) -> Option<Vec<String>> {
 
 fn expr_name(e: &Expr) -> String {
     match e {
+        Expr::Alias(a) if a.name.starts_with(DUPLICATE) => match a.name.split_once(':') {
+            Some((_, shown)) if !shown.is_empty() => shown.to_string(),
+            _ => expr_name(&a.expr),
+        },
         Expr::Alias(a) => a.name.clone(),
         Expr::Column(c) => display_name(&c.name),
         Expr::Cast(c) => expr_name(&c.expr),

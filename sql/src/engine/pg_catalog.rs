@@ -31,7 +31,7 @@ use datafusion_pg_catalog::pg_catalog::{
 
 pub use functions::{pg_text_udf, register};
 pub use information_schema::InformationSchema;
-pub use objects::PgObjects;
+pub use objects::{PgObjects, quote_ident, table_id_of_oid};
 pub use rewrite::rewrite;
 
 use super::catalog_provider::SessionView;

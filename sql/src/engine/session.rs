@@ -184,6 +184,7 @@ impl Session {
         });
         *view.info.lock() = Arc::downgrade(&info);
         functions::register(&ctx, info.clone());
+        super::sequences::register(&ctx, &view, info.clone());
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
         let match_tables = crate::cep::table::Prepared::default();
@@ -273,6 +274,9 @@ impl Session {
         // MATCH_RECOGNIZE, which this dialect does not parse, as a marker table function.
         let rewritten = crate::cep::syntax::rewrite(sql)?;
         let sql = rewritten.as_deref().unwrap_or(sql);
+        // Identity options in any order, as PostgreSQL takes them.
+        let ordered = super::sequences::order_identity_options(sql);
+        let sql = ordered.as_deref().unwrap_or(sql);
         let dialect = PostgreSqlDialect {};
         // Temporal joins' `FOR SYSTEM_TIME AS OF`, which this dialect does not parse.
         let temporal = super::system_time::strip(sql);
@@ -371,6 +375,7 @@ impl Session {
     pub(super) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
         let (statement, target) = super::dml::prepare_statement(statement, self)?;
         let mut statement = super::pg_catalog::rewrite(statement);
+        naming::alias_duplicates(&mut statement);
         super::models::resolve_named_features(&mut statement, &self.view.catalog())?;
         let clauses = crate::cep::table::clauses(&statement);
         if !clauses.is_empty() {
@@ -497,6 +502,40 @@ impl Session {
             } => {
                 *self.status.lock() = TxnStatus::Idle;
                 self.discard_txn();
+                CommandTag::new("ROLLBACK")
+            }
+            Statement::Savepoint { name } => {
+                require_block(status, "SAVEPOINT")?;
+                if let Some(reason) = refuse_in_failed_txn(status, &Stmt::Sql(statement.clone())) {
+                    return Err(reason);
+                }
+                self.txn.lock().savepoint(super::ddl::ident(name));
+                CommandTag::new("SAVEPOINT")
+            }
+            Statement::ReleaseSavepoint { name } => {
+                require_block(status, "RELEASE SAVEPOINT")?;
+                if let Some(reason) = refuse_in_failed_txn(status, &Stmt::Sql(statement.clone())) {
+                    return Err(reason);
+                }
+                let released = self.txn.lock().release_savepoint(&super::ddl::ident(name));
+                if released.is_err() {
+                    *self.status.lock() = TxnStatus::Failed;
+                }
+                released?;
+                CommandTag::new("RELEASE")
+            }
+            Statement::Rollback {
+                savepoint: Some(name),
+                ..
+            } => {
+                require_block(status, "ROLLBACK TO SAVEPOINT")?;
+                // Returning to a savepoint ends a failed state: the failure came after it.
+                let restored = self.txn.lock().rollback_to_savepoint(&super::ddl::ident(name));
+                *self.status.lock() = match restored {
+                    Ok(()) => TxnStatus::InTransaction,
+                    Err(_) => TxnStatus::Failed,
+                };
+                restored?;
                 CommandTag::new("ROLLBACK")
             }
             _ => return Ok(None),
@@ -668,7 +707,11 @@ pub fn is_transaction_control(statement: &Stmt) -> bool {
     };
     matches!(
         statement,
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. }
+        Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
     )
 }
 
@@ -681,6 +724,17 @@ fn is_planned(statement: &Statement) -> bool {
             | Statement::Delete(_)
             | Statement::Explain { .. }
     )
+}
+
+/// Savepoints exist only inside a transaction block (25P01 outside one, as in PostgreSQL).
+fn require_block(status: TxnStatus, what: &str) -> Result<()> {
+    if status == TxnStatus::Idle {
+        return Err(Error::user(
+            sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+            format!("{what} can only be used in transaction blocks"),
+        ));
+    }
+    Ok(())
 }
 
 fn refuse_in_failed_txn(status: TxnStatus, statement: &Stmt) -> Option<Error> {
@@ -842,6 +896,10 @@ fn parse_statements(parser: &mut Parser<'_>) -> std::result::Result<Vec<Stmt>, P
             return parser.expected("end of statement", parser.peek_token());
         }
         if let Some(s) = super::statement::parse_user_statement(parser)? {
+            statements.push(Stmt::Sql(s));
+            continue;
+        }
+        if let Some(s) = super::sequences::parse_create(parser)? {
             statements.push(Stmt::Sql(s));
             continue;
         }

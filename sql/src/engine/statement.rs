@@ -127,6 +127,8 @@ pub enum EddyStatement {
         cascade: bool,
     },
     Explain(CreateQuery),
+    /// `ALTER SEQUENCE`, which sqlparser does not parse.
+    AlterSequence(super::sequences::AlterSequence),
 }
 
 fn options_sql(options: &[(String, String)]) -> String {
@@ -196,6 +198,7 @@ impl fmt::Display for EddyStatement {
                 write!(f, "DROP {} {}", kind.sql(), names.join(", "))
             }
             EddyStatement::Explain(q) => write!(f, "EXPLAIN {q}"),
+            EddyStatement::AlterSequence(a) => a.fmt(f),
         }
     }
 }
@@ -284,6 +287,10 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
                 }
                 _ => return Ok(None),
             }
+        }
+        Some("ALTER") if word(parser, 1).as_deref() == Some("SEQUENCE") => {
+            skip(parser, 2);
+            EddyStatement::AlterSequence(super::sequences::parse_alter(parser)?)
         }
         Some("ALTER") if word(parser, 1).as_deref() == Some("MODEL") => {
             skip(parser, 2);

@@ -52,6 +52,7 @@ pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<Que
             CommandTag::new("DROP MODEL")
         }
         EddyStatement::CreateQuery(q) => create_query(session, q).await?,
+        EddyStatement::AlterSequence(a) => super::sequences::alter(session, a)?,
         EddyStatement::Drop {
             kind,
             names,
@@ -161,6 +162,8 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
             ty: SqlType::from_ast(&c.data_type)?,
             nullable: true,
             default: None,
+            identity: None,
+            comment: None,
         };
         for opt in &c.options {
             match &opt.option {
@@ -187,6 +190,8 @@ fn create_source(session: &Session, s: &CreateSource) -> Result<CommandTag> {
                         ty: SqlType::from_arrow(f)?,
                         nullable: f.is_nullable(),
                         default: None,
+                        identity: None,
+                        comment: None,
                     });
                 }
             }
@@ -661,6 +666,8 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
             ty: SqlType::from_arrow(f)?,
             nullable: true,
             default: None,
+            identity: None,
+            comment: None,
         });
     }
     let primary_key = group_key_columns(&plan).unwrap_or_default();

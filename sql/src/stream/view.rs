@@ -232,6 +232,8 @@ pub fn dead_letter_columns() -> Vec<crate::catalog::ColumnDef> {
         ty,
         nullable,
         default: None,
+        identity: None,
+        comment: None,
     };
     vec![
         col("partition", SqlType::Int4, false),
@@ -251,6 +253,8 @@ pub fn failed_request_columns() -> Vec<crate::catalog::ColumnDef> {
         ty,
         nullable: false,
         default: None,
+        identity: None,
+        comment: None,
     };
     vec![
         col("key", SqlType::Text),
@@ -307,6 +311,8 @@ pub fn late_event_columns() -> Vec<crate::catalog::ColumnDef> {
         ty,
         nullable: false,
         default: None,
+        identity: None,
+        comment: None,
     };
     vec![
         col("late_partition", SqlType::Int4),

@@ -216,6 +216,8 @@ mod tests {
             ty: SqlType::Int8,
             nullable: false,
             default: None,
+            identity: None,
+            comment: None,
         };
         TableDef::new(
             7,

@@ -35,6 +35,12 @@ pub const DEFAULT_COLLATION: i32 = 100;
 pub const EDDY_FDW_OID: i32 = 900_000_000;
 const FIRST_USER_OID: i32 = 16384;
 
+/// The catalog id of the stored relation with this OID (tables' OIDs come from their ids).
+pub fn table_id_of_oid(oid: i64) -> Option<u32> {
+    let offset = oid.checked_sub(FIRST_USER_OID as i64)?;
+    (offset >= 0 && offset % 2 == 0 && offset < 2_000_000_000).then(|| (offset / 2) as u32)
+}
+
 /// A stable OID for an object without a catalog id, in a range table OIDs never reach.
 pub fn hashed_oid(kind: &str, schema: &str, name: &str) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -422,6 +428,7 @@ fn table_relation(def: &TableDef) -> PgRelation {
             );
             ('f', Some(connector), options, None)
         }
+        TableKind::Sequence(_) => ('S', None, Vec::new(), None),
         TableKind::MaterializedView(q) => (
             'm',
             None,

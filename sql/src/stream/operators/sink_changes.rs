@@ -124,6 +124,8 @@ mod tests {
             ty,
             nullable: true,
             default: None,
+            identity: None,
+            comment: None,
         };
         Arc::new(TableDef::new(
             1,
