@@ -52,6 +52,76 @@ impl ColumnDef {
     }
 }
 
+/// A secondary index over some of a table's columns. Its entries are stored under its own
+/// id: the index columns' key encoding, then (unless the index is unique and no column is
+/// null) the row's storage key; each entry's value is the row's storage key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IndexDef {
+    pub id: u32,
+    pub name: String,
+    /// Positions of the indexed columns.
+    pub columns: Vec<usize>,
+    pub unique: bool,
+    /// Made by a UNIQUE constraint (dropped with ALTER TABLE DROP CONSTRAINT), not CREATE INDEX.
+    pub constraint: bool,
+    /// `COMMENT ON INDEX` / `COMMENT ON CONSTRAINT`.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckDef {
+    pub name: String,
+    /// The condition as SQL text over the table's columns.
+    pub expr: String,
+}
+
+/// What happens to referencing rows when the referenced key is deleted or changed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FkAction {
+    NoAction,
+    Restrict,
+    Cascade,
+    SetNull,
+    SetDefault,
+}
+
+impl FkAction {
+    pub fn sql(self) -> &'static str {
+        match self {
+            FkAction::NoAction => "NO ACTION",
+            FkAction::Restrict => "RESTRICT",
+            FkAction::Cascade => "CASCADE",
+            FkAction::SetNull => "SET NULL",
+            FkAction::SetDefault => "SET DEFAULT",
+        }
+    }
+
+    /// `pg_constraint.confdeltype` / `confupdtype`.
+    pub fn code(self) -> char {
+        match self {
+            FkAction::NoAction => 'a',
+            FkAction::Restrict => 'r',
+            FkAction::Cascade => 'c',
+            FkAction::SetNull => 'n',
+            FkAction::SetDefault => 'd',
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ForeignKeyDef {
+    pub name: String,
+    /// Positions of the referencing columns in this table.
+    pub columns: Vec<usize>,
+    /// The referenced table's id, and the positions of its referenced columns (its primary
+    /// key or a unique index's columns).
+    pub table: u32,
+    pub ref_columns: Vec<usize>,
+    pub on_delete: FkAction,
+    pub on_update: FkAction,
+}
+
 /// How an identity column takes explicit values.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Identity {
@@ -186,6 +256,14 @@ pub struct TableDef {
     /// `COMMENT ON TABLE`.
     #[serde(default)]
     pub comment: Option<String>,
+    /// Secondary indexes: UNIQUE constraints and CREATE [UNIQUE] INDEX.
+    #[serde(default)]
+    pub indexes: Vec<IndexDef>,
+    #[serde(default)]
+    pub checks: Vec<CheckDef>,
+    /// Foreign keys this table's rows must satisfy.
+    #[serde(default)]
+    pub foreign_keys: Vec<ForeignKeyDef>,
     #[serde(skip)]
     arrow: Option<SchemaRef>,
 }
@@ -206,6 +284,9 @@ impl TableDef {
             primary_key,
             kind: TableKind::Table,
             comment: None,
+            indexes: Vec::new(),
+            checks: Vec::new(),
+            foreign_keys: Vec::new(),
             arrow: None,
         };
         def.arrow = Some(def.build_arrow_schema());
@@ -591,6 +672,36 @@ impl Catalog {
         self.next_table_id
     }
 
+    /// A fresh storage id (for an index), and the write that persists the counter.
+    pub fn allocate_id(&mut self) -> (u32, WriteOp) {
+        let id = self.next_table_id;
+        self.next_table_id += 1;
+        (
+            id,
+            WriteOp::Put(
+                META_NEXT_TABLE_ID.to_vec(),
+                self.next_table_id.to_be_bytes().to_vec(),
+            ),
+        )
+    }
+
+    /// Tables with a foreign key that references `table_id`.
+    pub fn referencing(&self, table_id: u32) -> Vec<Arc<TableDef>> {
+        self.tables
+            .values()
+            .filter(|t| t.foreign_keys.iter().any(|fk| fk.table == table_id))
+            .cloned()
+            .collect()
+    }
+
+    /// The relation that owns the index or constraint `name` in `schema`.
+    pub fn index_owner(&self, schema: &str, name: &str) -> Option<Arc<TableDef>> {
+        self.tables
+            .values()
+            .find(|t| t.schema == schema && t.indexes.iter().any(|i| i.name == name))
+            .cloned()
+    }
+
     /// Adds a stored relation of any kind with a fresh id.
     pub fn create_relation(
         &mut self,
@@ -667,6 +778,11 @@ impl Catalog {
         if let Some(t) = self.tables.remove(&key) {
             for (start, end) in crate::keys::pipeline_ranges(t.id) {
                 ops.push(WriteOp::DeleteRange(start, end));
+            }
+            for index in &t.indexes {
+                let prefix = table_prefix(index.id);
+                let end = crate::storage::prefix_end(&prefix);
+                ops.push(WriteOp::DeleteRange(prefix, end));
             }
             // Its SERIAL and identity columns' sequences go with it.
             let owned: Vec<(String, String)> = self

@@ -7,6 +7,8 @@
 
 pub mod advisory;
 mod catalog_provider;
+mod constraints;
+mod constraints_actions;
 mod ddl;
 mod dml;
 mod functions;
@@ -17,6 +19,7 @@ mod naming;
 mod pg_catalog;
 mod point_get;
 mod roles;
+mod returning;
 mod scalar_select;
 pub mod sequences;
 mod session;

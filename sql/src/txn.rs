@@ -56,6 +56,9 @@ pub struct Txn {
     catalog: Option<(Catalog, u64)>,
     /// Writes applied before the row writes at commit (catalog records, range deletes).
     extra_ops: Vec<WriteOp>,
+    /// Keys read (not written) whose committed value must be unchanged at commit: the rows
+    /// a foreign key references.
+    reads: BTreeMap<Vec<u8>, (u32, Expect)>,
     /// Open savepoints, oldest first: each name with the transaction's state when it was set.
     savepoints: Vec<(String, Box<Txn>)>,
 }
@@ -128,6 +131,14 @@ impl Txn {
                     },
                 );
             }
+        }
+    }
+
+    /// Records that the transaction relied on `key` holding `observed` (validated at commit
+    /// like a write's expectation, but nothing is written).
+    pub fn expect_unchanged(&mut self, table_id: u32, key: Vec<u8>, observed: Option<Vec<u8>>) {
+        if !self.writes.contains_key(&key) {
+            self.reads.entry(key).or_insert((table_id, observed.into()));
         }
     }
 
@@ -252,7 +263,12 @@ pub fn commit(
     if txn.is_empty() {
         return Ok(CatalogCommit::Unchanged);
     }
-    let _guard = locks.acquire(txn.writes.keys().map(|k| k.as_slice()));
+    let _guard = locks.acquire(
+        txn.writes
+            .keys()
+            .chain(txn.reads.keys())
+            .map(|k| k.as_slice()),
+    );
     if let Some((_, base)) = &txn.catalog
         && *base != current_catalog_version
     {
@@ -283,6 +299,28 @@ pub fn commit(
 }
 
 fn validate(kv: &dyn KvStore, txn: &Txn) -> Result<()> {
+    let reads: Vec<(&Vec<u8>, &Expect)> = txn
+        .reads
+        .iter()
+        .filter(|(k, (table, _))| !txn.truncated.contains(table) && !txn.writes.contains_key(*k))
+        .map(|(k, (_, e))| (k, e))
+        .collect();
+    for chunk in reads.chunks(4096) {
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| (*k).clone()).collect();
+        let current = kv.multi_get(&keys)?;
+        for ((_, expect), now) in chunk.iter().zip(current) {
+            let same = match (expect, &now) {
+                (Expect::Absent, None) => true,
+                (Expect::Value(v), Some(n)) => v == n,
+                _ => false,
+            };
+            if !same {
+                return Err(serialization_failure(
+                    "a row this transaction's foreign keys reference was changed concurrently",
+                ));
+            }
+        }
+    }
     let checked: Vec<(&Vec<u8>, &Pending)> = txn
         .writes
         .iter()

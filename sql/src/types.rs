@@ -172,6 +172,10 @@ impl SqlType {
         }
     }
 
+    pub fn is_integer(&self) -> bool {
+        matches!(self, SqlType::Int2 | SqlType::Int4 | SqlType::Int8)
+    }
+
     /// The name PostgreSQL's `format_type` prints.
     pub fn pg_name(&self) -> String {
         match self {

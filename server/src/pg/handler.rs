@@ -213,10 +213,18 @@ async fn output_response(
 ) -> eddy_sql::Result<Response> {
     match output {
         QueryOutput::Command(tag) => Ok(command_response(tag)),
-        QueryOutput::Rows { schema, stream } => {
+        QueryOutput::Rows {
+            schema,
+            stream,
+            command,
+        } => {
             let fields = encode::fields(&schema, format)
                 .map_err(|e| Error::internal(format!("cannot describe result: {e}")))?;
-            rows_response(Arc::new(fields), stream, materialize, deadline).await
+            let mut response = rows_response(Arc::new(fields), stream, materialize, deadline).await?;
+            if let (Some(tag), Response::Query(q)) = (command, &mut response) {
+                q.set_command_tag(&tag.command);
+            }
+            Ok(response)
         }
     }
 }

@@ -15,6 +15,7 @@ use datafusion::sql::sqlparser::ast::{
 
 use super::session::{CommandTag, QueryOutput, Session, text_rows};
 use super::settings::Settings;
+use super::constraints::Spec;
 use super::sequences::SequenceOptionsGiven;
 use crate::catalog::{ColumnDef, Identity, Relation, TableKind};
 use crate::error::{Error, Result, sqlstate};
@@ -184,6 +185,8 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     let mut primary_key: Vec<usize> = Vec::new();
     // Columns that draw from a sequence of their own (SERIAL, identity), with its options.
     let mut sequences: Vec<(usize, SequenceOptionsGiven)> = Vec::new();
+    // UNIQUE, CHECK and FOREIGN KEY constraints, added once the table exists.
+    let mut specs: Vec<Spec> = Vec::new();
     for (i, c) in ct.columns.iter().enumerate() {
         let col_name = ident(&c.name);
         if columns.iter().any(|d: &ColumnDef| d.name == col_name) {
@@ -266,9 +269,12 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
                     }
                     primary_key.push(i);
                 }
-                other => {
-                    return Err(Error::not_supported(format!("column constraint {other}")));
-                }
+                other => match Spec::from_column_option(&def.name, opt.name.as_ref(), other)? {
+                    Some(spec) => specs.push(spec),
+                    None => {
+                        return Err(Error::not_supported(format!("column constraint {other}")));
+                    }
+                },
             }
         }
         columns.push(def);
@@ -294,7 +300,11 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
                     primary_key.push(idx);
                 }
             }
-            other => return Err(Error::not_supported(format!("table constraint {other}"))),
+            other => {
+                if let Some(spec) = Spec::from_table_constraint(other)? {
+                    specs.push(spec);
+                }
+            }
         }
     }
     for &k in &primary_key {
@@ -319,6 +329,12 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     }
     let (table, table_ops) = catalog.create_table(&schema, &name, columns, primary_key)?;
     ops.extend(table_ops);
+    if !specs.is_empty() {
+        let (with_constraints, constraint_ops) =
+            super::constraints::add(session, catalog, &table, specs)?;
+        ops.extend(constraint_ops);
+        ops.extend(catalog.replace_table(&table, with_constraints)?);
+    }
     for (seq_name, mut info, column) in owned {
         info.owned_by = Some((table.id, column));
         let (_, seq_ops) = super::sequences::create_in(catalog, &schema, &seq_name, info)?;
@@ -566,6 +582,7 @@ fn drop(
 }
 
 fn truncate(session: &Session, t: &ast::Truncate) -> Result<CommandTag> {
+    let mut targets: Vec<Arc<crate::catalog::TableDef>> = Vec::new();
     for target in &t.table_names {
         let Some((_, object, relation)) = session.resolve(&target.name)? else {
             if t.if_exists {
@@ -581,16 +598,72 @@ fn truncate(session: &Session, t: &ast::Truncate) -> Result<CommandTag> {
         };
         if matches!(
             def.kind,
-            TableKind::Stream(_) | TableKind::MaterializedView(_) | TableKind::Sink(_)
+            TableKind::Stream(_)
+                | TableKind::MaterializedView(_)
+                | TableKind::Sink(_)
+                | TableKind::Sequence(_)
         ) {
             return Err(Error::user(
                 sqlstate::WRONG_OBJECT_TYPE,
                 format!("cannot truncate {} \"{object}\"", def.kind.describe()),
             ));
         }
+        targets.push(def);
+    }
+    let catalog = session.view().catalog();
+    let cascade = t.cascade == Some(ast::CascadeOption::Cascade);
+    // Tables whose rows reference a truncated one are truncated too (CASCADE), or refused.
+    let mut i = 0;
+    while i < targets.len() {
+        for (child, fk) in super::constraints::referencing_keys(&catalog, &targets[i]) {
+            if targets.iter().any(|d| d.id == child.id) {
+                continue;
+            }
+            if !cascade {
+                return Err(Error::user(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "cannot truncate a table referenced in a foreign key constraint",
+                )
+                .with_detail(format!(
+                    "Table \"{}\" references \"{}\".",
+                    child.name, targets[i].name
+                ))
+                .with_hint(format!(
+                    "Truncate table \"{}\" at the same time, or use TRUNCATE ... CASCADE.",
+                    child.name
+                )));
+            }
+            let _ = fk;
+            targets.push(child);
+        }
+        i += 1;
+    }
+    let mut txn = session.txn().lock();
+    for def in &targets {
         let prefix = def.key_prefix();
         let end = prefix_end(&prefix);
-        session.txn().lock().truncate(def.id, prefix, end);
+        txn.truncate(def.id, prefix, end);
+        for index in &def.indexes {
+            let prefix = crate::keys::table_prefix(index.id);
+            let end = prefix_end(&prefix);
+            txn.truncate(index.id, prefix, end);
+        }
+    }
+    std::mem::drop(txn);
+    if t.identity == Some(ast::TruncateIdentityOption::Restart) {
+        let kv = session.engine().kv().clone();
+        for def in &targets {
+            for c in &def.columns {
+                if let Some(seq) = super::sequences::owned_sequence(&catalog, def, &c.name)
+                    && let Some(info) = seq.sequence()
+                {
+                    session
+                        .engine()
+                        .sequences
+                        .set(kv.as_ref(), &seq, info.start, false)?;
+                }
+            }
+        }
     }
     Ok(CommandTag::new("TRUNCATE TABLE"))
 }

@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::ast::{
 use futures::StreamExt;
 
 use super::ddl::ident;
+use super::constraints;
 use super::session::{CommandTag, Session};
 use crate::catalog::{TableDef, TableKind};
 use crate::codec::{ColumnRef, key, row};
@@ -41,6 +42,14 @@ pub fn prepare_statement(
     session: &Session,
 ) -> Result<(Statement, Option<(String, String)>)> {
     let target = |name: &ast::ObjectName| session.qualify(name).ok();
+    let mut stripped;
+    let statement = if super::returning::items(statement).is_some() {
+        stripped = statement.clone();
+        super::returning::strip(&mut stripped);
+        &stripped
+    } else {
+        statement
+    };
     Ok(match statement {
         Statement::Insert(insert) => {
             let mut insert = insert.clone();
@@ -210,7 +219,8 @@ pub async fn execute(
     session: &Session,
     dml: &DmlStatement,
     statement: &Statement,
-) -> Result<CommandTag> {
+    returning: Option<&[ast::SelectItem]>,
+) -> Result<DmlOutput> {
     let provider = source_as_provider(&dml.target)?;
     let table = provider
         .downcast_ref::<KvTable>()
@@ -229,7 +239,15 @@ pub async fn execute(
                 )
                 .with_detail("Only sources created without a connector accept INSERT."));
             }
-            return insert_events(session, &def, dml).await;
+            if returning.is_some() {
+                return Err(Error::not_supported("INSERT ... RETURNING into a source"));
+            }
+            let tag = insert_events(session, &def, dml).await?;
+            return Ok(DmlOutput {
+                tag,
+                schema: def.arrow_schema(),
+                rows: Vec::new(),
+            });
         }
         (TableKind::DeadLetters { .. } | TableKind::LateEvents { .. }, WriteOp::Delete) => {}
         (kind, op) => {
@@ -251,23 +269,75 @@ pub async fn execute(
     let df = DataFrame::new(session.ctx().state(), input);
     let mut stream = df.execute_stream().await?;
     let mut affected = 0;
-    let writer = Writer { session, def: &def };
+    let catalog = session.view().catalog();
+    let writer = Writer {
+        session,
+        def: &def,
+        catalog: &catalog,
+    };
+    let referenced = !super::constraints::referencing_keys(&catalog, &def).is_empty();
+    // The rows the statement wrote (or deleted), when RETURNING or a foreign key needs them.
+    let keep = returning.is_some() || referenced;
+    let mut written: Vec<Written> = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        affected += match &dml.op {
-            WriteOp::Insert(_) => {
-                writer.insert(&batch, conflict_clause(statement), &dml.table_name)?
-            }
+        let out = match &dml.op {
+            WriteOp::Insert(_) => writer.insert(&batch, conflict_clause(statement), &dml.table_name)?,
             WriteOp::Update => writer.update(&batch)?,
             WriteOp::Delete => writer.delete(&batch)?,
             other => return Err(Error::not_supported(other.name())),
         };
+        affected += out.rows();
+        if keep {
+            written.push(out);
+        }
     }
-    Ok(match &dml.op {
+    if referenced {
+        for w in &written {
+            super::constraints_actions::parent_changed(session, &catalog, &def, w).await?;
+        }
+    }
+    let tag = match &dml.op {
         WriteOp::Insert(_) => CommandTag::new("INSERT 0").with_rows(affected),
         WriteOp::Update => CommandTag::new("UPDATE").with_rows(affected),
         _ => CommandTag::new("DELETE").with_rows(affected),
+    };
+    Ok(DmlOutput {
+        tag,
+        schema: def.arrow_schema(),
+        rows: written.into_iter().filter_map(|w| w.returned()).collect(),
     })
+}
+
+/// What a DML statement did: its tag, and (for RETURNING) the rows it wrote or deleted, with
+/// the table's columns.
+pub struct DmlOutput {
+    pub tag: CommandTag,
+    /// The table's columns.
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    pub rows: Vec<RecordBatch>,
+}
+
+/// The rows one batch of a statement changed.
+pub struct Written {
+    /// Previous values of updated or deleted rows (table columns).
+    pub old: Option<RecordBatch>,
+    /// New values of inserted or updated rows (table columns).
+    pub new: Option<RecordBatch>,
+}
+
+impl Written {
+    fn rows(&self) -> usize {
+        self.new
+            .as_ref()
+            .or(self.old.as_ref())
+            .map_or(0, |b| b.num_rows())
+    }
+
+    /// The rows RETURNING reads: new values, or the old ones of a DELETE.
+    fn returned(self) -> Option<RecordBatch> {
+        self.new.or(self.old)
+    }
 }
 
 /// INSERT INTO a push source: the rows are appended to its event log at once (durably, in
@@ -280,7 +350,12 @@ async fn insert_events(
     let input = keep_text_for_bytea(&dml.input, def)?;
     let df = DataFrame::new(session.ctx().state(), input);
     let mut stream = df.execute_stream().await?;
-    let writer = Writer { session, def };
+    let catalog = session.view().catalog();
+    let writer = Writer {
+        session,
+        def,
+        catalog: &catalog,
+    };
     let mut appended = 0;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -301,6 +376,7 @@ async fn insert_events(
 struct Writer<'a> {
     session: &'a Session,
     def: &'a Arc<TableDef>,
+    catalog: &'a crate::catalog::Catalog,
 }
 
 impl Writer<'_> {
@@ -428,45 +504,207 @@ impl Writer<'_> {
         ))
     }
 
+    /// CHECK constraints and foreign keys of rows about to be written.
+    fn check_new(&self, arrays: &[ArrayRef]) -> Result<()> {
+        constraints::check_rows(self.session, self.def, arrays)?;
+        constraints::check_references(self.session, self.catalog, self.def, arrays)
+    }
+
+    /// Index entries of rows written (and of the rows they replace).
+    fn index(
+        &self,
+        old: Option<(&[ArrayRef], &[Vec<u8>])>,
+        new: Option<(&[ArrayRef], &[Vec<u8>])>,
+    ) -> Result<()> {
+        if self.def.indexes.is_empty() {
+            return Ok(());
+        }
+        let kv = self.session.engine().kv().clone();
+        let mut txn = self.session.txn().lock();
+        constraints::write_index_entries(kv.as_ref(), &mut txn, self.def, old, new)
+    }
+
+    fn batch(&self, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
+        let options = datafusion::arrow::array::RecordBatchOptions::new()
+            .with_row_count(Some(arrays.first().map_or(0, |a| a.len())));
+        Ok(RecordBatch::try_new_with_options(
+            self.def.arrow_schema(),
+            arrays,
+            &options,
+        )?)
+    }
+
+    /// The existing row a proposed row collides with: by primary key, else by a unique index.
+    /// Returns the row's storage key and bytes, and the index (None: the primary key).
+    fn collision(
+        &self,
+        txn: &crate::txn::Txn,
+        arrays: &[ArrayRef],
+        row: usize,
+        key: &[u8],
+        committed: &Option<Vec<u8>>,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, Option<usize>)>> {
+        let by_key = match txn.overlay_get(key) {
+            Some(v) => v.map(|v| v.to_vec()),
+            None => committed.clone(),
+        };
+        if let Some(bytes) = by_key {
+            return Ok(Some((key.to_vec(), bytes, None)));
+        }
+        let kv = self.session.engine().kv();
+        for (i, index) in self.def.indexes.iter().enumerate() {
+            if !index.unique {
+                continue;
+            }
+            if let Some(owner) =
+                constraints::unique_owner(kv.as_ref(), txn, self.def, index, arrays, row)?
+            {
+                let bytes = match txn.overlay_get(&owner) {
+                    Some(v) => v.map(|v| v.to_vec()),
+                    None => kv.get(&owner)?,
+                };
+                if let Some(bytes) = bytes {
+                    return Ok(Some((owner, bytes, Some(i))));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Which collisions an ON CONFLICT clause handles.
+    fn arbiter(&self, conflict: &ast::OnConflict) -> Result<Arbiter> {
+        let no_match = || {
+            Error::user(
+                "42P10",
+                "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+            )
+        };
+        match &conflict.conflict_target {
+            None => match conflict.action {
+                OnConflictAction::DoNothing => Ok(Arbiter::Any),
+                OnConflictAction::DoUpdate(_) => Err(Error::user(
+                    sqlstate::SYNTAX_ERROR,
+                    "ON CONFLICT DO UPDATE requires inference specification or constraint name",
+                )
+                .with_hint("For example, ON CONFLICT (column_name).")),
+            },
+            Some(ast::ConflictTarget::Columns(cols)) => {
+                let mut positions = cols
+                    .iter()
+                    .map(|c| self.def.column_index(&ident(c)).ok_or_else(no_match))
+                    .collect::<Result<Vec<usize>>>()?;
+                positions.sort_unstable();
+                let same = |cols: &[usize]| {
+                    let mut c = cols.to_vec();
+                    c.sort_unstable();
+                    c == positions
+                };
+                if !self.def.primary_key.is_empty() && same(&self.def.primary_key) {
+                    return Ok(Arbiter::PrimaryKey);
+                }
+                self.def
+                    .indexes
+                    .iter()
+                    .position(|i| i.unique && same(&i.columns))
+                    .map(Arbiter::Index)
+                    .ok_or_else(no_match)
+            }
+            Some(ast::ConflictTarget::OnConstraint(name)) => {
+                let name = name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .map(ident)
+                    .unwrap_or_default();
+                if name == format!("{}_pkey", self.def.name) && !self.def.primary_key.is_empty() {
+                    return Ok(Arbiter::PrimaryKey);
+                }
+                self.def
+                    .indexes
+                    .iter()
+                    .position(|i| i.unique && i.name == name)
+                    .map(Arbiter::Index)
+                    .ok_or_else(|| {
+                        Error::user(
+                            sqlstate::UNDEFINED_OBJECT,
+                            format!(
+                                "constraint \"{name}\" for table \"{}\" does not exist",
+                                self.def.name
+                            ),
+                        )
+                    })
+            }
+        }
+    }
+
     fn insert(
         &self,
         batch: &RecordBatch,
         conflict: Option<&ast::OnConflict>,
         table: &TableReference,
-    ) -> Result<usize> {
+    ) -> Result<Written> {
         let arrays = self.table_columns(batch)?;
+        self.check_new(&arrays)?;
         let keys = self.encode_keys(&arrays)?;
         let values = self.encode_values(&arrays)?;
         let committed = self.committed(&keys)?;
+        let arbiter = conflict.map(|c| self.arbiter(c)).transpose()?;
         let mut conflicts: Vec<(u32, Vec<u8>)> = Vec::new();
-        let mut inserted = 0;
+        let mut inserted: Vec<u32> = Vec::new();
+        let kv = self.session.engine().kv().clone();
         {
             let mut txn = self.session.txn().lock();
-            for (i, (k, v)) in keys.into_iter().zip(values).enumerate() {
-                let existing = match txn.overlay_get(&k) {
-                    Some(v) => v.map(|v| v.to_vec()),
-                    None => committed[i].clone(),
-                };
-                if let Some(existing) = existing {
-                    match conflict.map(|c| &c.action) {
-                        None => return Err(self.duplicate_key(&arrays, i)),
-                        Some(OnConflictAction::DoNothing) => continue,
-                        Some(OnConflictAction::DoUpdate(_)) => {
-                            conflicts.push((i as u32, existing));
-                            continue;
-                        }
+            for (i, (k, v)) in keys.iter().zip(values).enumerate() {
+                if let Some((_, existing, by)) =
+                    self.collision(&txn, &arrays, i, k, &committed[i])?
+                {
+                    let handled = match &arbiter {
+                        None => false,
+                        Some(Arbiter::Any) => true,
+                        Some(Arbiter::PrimaryKey) => by.is_none(),
+                        Some(Arbiter::Index(a)) => by == Some(*a),
+                    };
+                    if !handled {
+                        return Err(match by {
+                            None => self.duplicate_key(&arrays, i),
+                            Some(b) => constraints::unique_violation(
+                                self.def,
+                                &self.def.indexes[b],
+                                &arrays,
+                                i,
+                            ),
+                        });
                     }
+                    if let Some(OnConflictAction::DoUpdate(_)) = conflict.map(|c| &c.action) {
+                        conflicts.push((i as u32, existing));
+                    }
+                    continue;
                 }
-                txn.write(self.def.id, k, committed[i].clone(), Some(v));
-                inserted += 1;
+                txn.write(self.def.id, k.clone(), committed[i].clone(), Some(v));
+                if !self.def.indexes.is_empty() {
+                    let one = take_rows(&arrays, &[i as u32])?;
+                    constraints::write_index_entries(
+                        kv.as_ref(),
+                        &mut txn,
+                        self.def,
+                        None,
+                        Some((&one, std::slice::from_ref(k))),
+                    )?;
+                }
+                inserted.push(i as u32);
             }
         }
+        let mut new = self.batch(take_rows(&arrays, &inserted)?)?;
         if let Some(OnConflictAction::DoUpdate(update)) = conflict.map(|c| &c.action)
             && !conflicts.is_empty()
         {
-            inserted += self.upsert(&arrays, conflicts, update, table)?;
+            let updated = self.upsert(&arrays, conflicts, update, table)?;
+            new = datafusion::arrow::compute::concat_batches(&new.schema(), [&new, &updated])?;
         }
-        Ok(inserted)
+        Ok(Written {
+            old: None,
+            new: Some(new),
+        })
     }
 
     /// ON CONFLICT DO UPDATE for the rows that hit an existing key, evaluated as one batch over
@@ -477,16 +715,12 @@ impl Writer<'_> {
         conflicts: Vec<(u32, Vec<u8>)>,
         update: &ast::DoUpdate,
         table: &TableReference,
-    ) -> Result<usize> {
+    ) -> Result<RecordBatch> {
         let def = self.def;
         let rows: ArrayRef = Arc::new(datafusion::arrow::array::UInt32Array::from(
             conflicts.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         ));
-        let mut decoder = row::RowDecoder::new(&def.types(), None, conflicts.len());
-        for (_, bytes) in &conflicts {
-            decoder.append(bytes)?;
-        }
-        let existing = decoder.finish()?;
+        let existing = self.decode_rows(conflicts.iter().map(|(_, b)| b.as_slice()))?;
         let excluded: Vec<ArrayRef> = proposed
             .iter()
             .map(|a| take(a, rows.as_primitive::<UInt32Type>(), None))
@@ -545,27 +779,54 @@ impl Writer<'_> {
             let mask = physical.evaluate(&combined)?.into_array(n)?;
             keep = Some(mask.as_boolean().clone());
         }
-        let updated = RecordBatch::try_new(table_schema, new_columns)?;
-        let (updated, old) = match &keep {
+        let updated = RecordBatch::try_new(table_schema.clone(), new_columns)?;
+        let old_batch = RecordBatch::try_new(table_schema, existing)?;
+        let (updated, old_batch, old) = match &keep {
             Some(mask) => {
+                let mask = datafusion::arrow::compute::prep_null_mask_filter(mask);
                 let old: Vec<Vec<u8>> = conflicts
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
+                    .filter(|(i, _)| mask.value(*i))
                     .map(|(_, (_, b))| b.clone())
                     .collect();
-                (filter_record_batch(&updated, mask)?, old)
+                (
+                    filter_record_batch(&updated, &mask)?,
+                    filter_record_batch(&old_batch, &mask)?,
+                    old,
+                )
             }
-            None => (updated, conflicts.into_iter().map(|(_, b)| b).collect()),
+            None => (
+                updated,
+                old_batch,
+                conflicts.into_iter().map(|(_, b)| b).collect(),
+            ),
         };
         let arrays = self.table_columns(&updated)?;
+        self.check_new(&arrays)?;
         let keys = self.encode_keys(&arrays)?;
+        let old_keys = self.encode_keys(old_batch.columns())?;
         let values = self.encode_values(&arrays)?;
-        let mut txn = self.session.txn().lock();
-        for ((k, v), observed) in keys.into_iter().zip(values).zip(old) {
-            txn.write(def.id, k, Some(observed), Some(v));
+        {
+            let mut txn = self.session.txn().lock();
+            for ((k, v), observed) in keys.iter().zip(values).zip(old) {
+                txn.write(def.id, k.clone(), Some(observed), Some(v));
+            }
         }
-        Ok(updated.num_rows())
+        self.index(
+            Some((old_batch.columns(), &old_keys)),
+            Some((&arrays, &keys)),
+        )?;
+        self.batch(arrays)
+    }
+
+    /// Decodes stored rows into the table's columns.
+    fn decode_rows<'b>(&self, rows: impl Iterator<Item = &'b [u8]>) -> Result<Vec<ArrayRef>> {
+        let mut decoder = row::RowDecoder::new(&self.def.types(), None, 16);
+        for bytes in rows {
+            decoder.append(bytes)?;
+        }
+        decoder.finish()
     }
 
     fn storage_columns<'b>(&self, batch: &'b RecordBatch) -> Result<(&'b ArrayRef, &'b ArrayRef)> {
@@ -576,10 +837,11 @@ impl Writer<'_> {
         Ok((batch.column(n), batch.column(n + 1)))
     }
 
-    fn update(&self, batch: &RecordBatch) -> Result<usize> {
+    fn update(&self, batch: &RecordBatch) -> Result<Written> {
         let (old_keys, old_rows) = self.storage_columns(batch)?;
         let (old_keys, old_rows) = (old_keys.as_binary::<i32>(), old_rows.as_binary::<i32>());
         let arrays = self.table_columns(batch)?;
+        self.check_new(&arrays)?;
         let values = self.encode_values(&arrays)?;
         let mut keys = if self.def.primary_key.is_empty() {
             // Rows without a primary key keep their hidden row id.
@@ -589,6 +851,10 @@ impl Writer<'_> {
         } else {
             self.encode_keys(&arrays)?
         };
+        let old = self.decode_rows((0..batch.num_rows()).map(|i| old_rows.value(i)))?;
+        let old_key_list: Vec<Vec<u8>> = (0..batch.num_rows())
+            .map(|i| old_keys.value(i).to_vec())
+            .collect();
         let moved: Vec<Vec<u8>> = keys
             .iter()
             .enumerate()
@@ -600,52 +866,127 @@ impl Writer<'_> {
             .into_iter()
             .zip(committed_moved)
             .collect::<HashMap<_, _>>();
-        let mut txn = self.session.txn().lock();
-        for (i, v) in values.into_iter().enumerate() {
-            let old_key = old_keys.value(i);
-            let new_key = std::mem::take(&mut keys[i]);
-            if new_key.as_slice() != old_key {
-                txn.write(
-                    self.def.id,
-                    old_key.to_vec(),
-                    Some(old_rows.value(i).to_vec()),
-                    None,
-                );
-                let committed = committed_moved.remove(&new_key).flatten();
-                let exists = match txn.overlay_get(&new_key) {
-                    Some(v) => v.is_some(),
-                    None => committed.is_some(),
-                };
-                if exists {
-                    return Err(self.duplicate_key(&arrays, i));
+        {
+            let mut txn = self.session.txn().lock();
+            // Moved rows leave their old keys first, so keys can swap within one statement.
+            for i in 0..batch.num_rows() {
+                if keys[i].as_slice() != old_keys.value(i) {
+                    txn.write(
+                        self.def.id,
+                        old_keys.value(i).to_vec(),
+                        Some(old_rows.value(i).to_vec()),
+                        None,
+                    );
                 }
-                txn.write(self.def.id, new_key, committed, Some(v));
-            } else {
-                txn.write(
-                    self.def.id,
-                    new_key,
-                    Some(old_rows.value(i).to_vec()),
-                    Some(v),
-                );
+            }
+            for (i, v) in values.into_iter().enumerate() {
+                let old_key = old_keys.value(i);
+                let new_key = keys[i].clone();
+                if new_key.as_slice() != old_key {
+                    let committed = committed_moved.remove(&new_key).flatten();
+                    let exists = match txn.overlay_get(&new_key) {
+                        Some(v) => v.is_some(),
+                        None => committed.is_some(),
+                    };
+                    if exists {
+                        return Err(self.duplicate_key(&arrays, i));
+                    }
+                    txn.write(self.def.id, new_key, committed, Some(v));
+                } else {
+                    txn.write(
+                        self.def.id,
+                        new_key,
+                        Some(old_rows.value(i).to_vec()),
+                        Some(v),
+                    );
+                }
             }
         }
-        Ok(batch.num_rows())
+        let keys_now = std::mem::take(&mut keys);
+        self.index(Some((&old, &old_key_list)), Some((&arrays, &keys_now)))?;
+        Ok(Written {
+            old: Some(self.batch(old)?),
+            new: Some(self.batch(arrays)?),
+        })
     }
 
-    fn delete(&self, batch: &RecordBatch) -> Result<usize> {
+    fn delete(&self, batch: &RecordBatch) -> Result<Written> {
         let (keys, rows) = self.storage_columns(batch)?;
         let (keys, rows) = (keys.as_binary::<i32>(), rows.as_binary::<i32>());
-        let mut txn = self.session.txn().lock();
-        for i in 0..batch.num_rows() {
-            txn.write(
-                self.def.id,
-                keys.value(i).to_vec(),
-                Some(rows.value(i).to_vec()),
-                None,
-            );
+        let old = self.decode_rows((0..batch.num_rows()).map(|i| rows.value(i)))?;
+        let key_list: Vec<Vec<u8>> = (0..batch.num_rows())
+            .map(|i| keys.value(i).to_vec())
+            .collect();
+        {
+            let mut txn = self.session.txn().lock();
+            for (i, k) in key_list.iter().enumerate() {
+                txn.write(self.def.id, k.clone(), Some(rows.value(i).to_vec()), None);
+            }
         }
-        Ok(batch.num_rows())
+        self.index(Some((&old, &key_list)), None)?;
+        Ok(Written {
+            old: Some(self.batch(old)?),
+            new: None,
+        })
     }
+}
+
+/// The collisions an ON CONFLICT clause handles.
+enum Arbiter {
+    /// DO NOTHING without a target: every unique constraint.
+    Any,
+    PrimaryKey,
+    /// The unique index at this position of the table's indexes.
+    Index(usize),
+}
+
+/// The rows at `rows` of each array.
+fn take_rows(arrays: &[ArrayRef], rows: &[u32]) -> Result<Vec<ArrayRef>> {
+    let idx = datafusion::arrow::array::UInt32Array::from(rows.to_vec());
+    Ok(arrays
+        .iter()
+        .map(|a| take(a, &idx, None))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// Every row of `def` the session sees (its transaction's writes included), in key order:
+/// each chunk's columns and storage keys.
+pub async fn read_rows(
+    session: &Session,
+    def: &TableDef,
+) -> Result<Vec<(Vec<ArrayRef>, Vec<Vec<u8>>)>> {
+    let prefix = def.key_prefix();
+    let end = crate::storage::prefix_end(&prefix);
+    let kv = session.engine().kv().clone();
+    let (overlay, truncated) = {
+        let txn = session.txn().lock();
+        (txn.overlay_range(&prefix, &end), txn.is_truncated(def.id))
+    };
+    let mut out = Vec::new();
+    let mut start = prefix.clone();
+    loop {
+        const CHUNK: usize = 4096;
+        let committed = if truncated {
+            Vec::new()
+        } else {
+            kv.scan(&start, &end, CHUNK)?
+        };
+        let exhausted = committed.len() < CHUNK;
+        let (pairs, resume) = crate::txn::merge_chunk(committed, &overlay, exhausted);
+        let pairs: Vec<_> = pairs.into_iter().filter(|(k, _)| *k >= start).collect();
+        if !pairs.is_empty() {
+            let mut decoder = row::RowDecoder::new(&def.types(), None, pairs.len());
+            for (_, v) in &pairs {
+                decoder.append(v)?;
+            }
+            out.push((decoder.finish()?, pairs.into_iter().map(|(k, _)| k).collect()));
+        }
+        match resume {
+            Some(r) => start = r,
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 fn check_length(ty: &SqlType, array: &ArrayRef) -> Result<()> {

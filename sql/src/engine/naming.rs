@@ -86,6 +86,13 @@ fn expr_name(e: &Expr) -> String {
             Some((_, shown)) if !shown.is_empty() => shown.to_string(),
             _ => expr_name(&a.expr),
         },
+        // DataFusion's own alias of an aggregate's column (`count(Int64(1)) AS count(*)`).
+        Expr::Alias(a)
+            if a.name.contains('(')
+                && matches!(a.expr.as_ref(), Expr::Column(c) if c.name.contains('(')) =>
+        {
+            display_name(&a.name)
+        }
         Expr::Alias(a) => a.name.clone(),
         Expr::Column(c) => display_name(&c.name),
         Expr::Cast(c) => expr_name(&c.expr),

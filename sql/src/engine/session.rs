@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef}
 use datafusion::common::ParamValues;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::logical_expr::{DmlStatement, LogicalPlan};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -80,6 +80,8 @@ pub enum QueryOutput {
     Rows {
         schema: SchemaRef,
         stream: SendableRecordBatchStream,
+        /// The completion tag when it is not `SELECT n` (`INSERT 0 n` for INSERT ... RETURNING).
+        command: Option<CommandTag>,
     },
     Command(CommandTag),
 }
@@ -98,6 +100,9 @@ pub struct Prepared {
     point_get: Option<PointGet>,
     /// Set when the statement is a FROM-less SELECT over parameters (evaluated directly).
     scalar: Option<ScalarSelect>,
+    /// INSERT / UPDATE / DELETE ... RETURNING: the select list planned over the target table
+    /// (its scan is replaced by the written rows at execution).
+    returning: Option<LogicalPlan>,
 }
 
 impl Prepared {
@@ -332,6 +337,7 @@ impl Session {
                 schema,
                 point_get: None,
                 scalar: None,
+                returning: None,
             });
         }
         let Stmt::Sql(statement) = stmt.as_ref() else {
@@ -342,23 +348,31 @@ impl Session {
         }
         super::system_time::check_batch(statement)?;
         let plan = self.plan(statement).await?;
-        let param_types = parameter_types(&plan)?;
-        let schema = match &plan {
-            LogicalPlan::Dml(_) => None,
-            plan => {
-                let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-                Some(match naming::output_names(plan) {
-                    Some(names) => naming::rename(&schema, &names),
-                    None => schema,
-                })
-            }
-        };
-        let point_get = match &schema {
-            Some(_) => PointGet::detect(statement, self)?,
+        let returning = match super::returning::query(statement, self)? {
+            Some(query) => Some(self.plan(&query).await?),
             None => None,
         };
-        let scalar = match (&schema, &point_get) {
-            (Some(_), None) => ScalarSelect::detect(&plan, &param_types, &self.ctx.state()),
+        let param_types = parameter_types(&plan)?;
+        let output_schema = |plan: &LogicalPlan| -> SchemaRef {
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            match naming::output_names(plan) {
+                Some(names) => naming::rename(&schema, &names),
+                None => schema,
+            }
+        };
+        let schema = match (&plan, &returning) {
+            (LogicalPlan::Dml(_), Some(r)) => Some(output_schema(r)),
+            (LogicalPlan::Dml(_), None) => None,
+            (plan, _) => Some(output_schema(plan)),
+        };
+        let point_get = match (&schema, &returning) {
+            (Some(_), None) => PointGet::detect(statement, self)?,
+            _ => None,
+        };
+        let scalar = match (&schema, &point_get, &returning) {
+            (Some(_), None, None) => {
+                ScalarSelect::detect(&plan, &param_types, &self.ctx.state())
+            }
             _ => None,
         };
         Ok(Prepared {
@@ -369,6 +383,7 @@ impl Session {
             schema,
             point_get,
             scalar,
+            returning,
         })
     }
 
@@ -603,12 +618,31 @@ impl Session {
         let plan = if prepared.param_types.is_empty() && params.is_empty() {
             plan
         } else {
-            bind(plan, &prepared.param_types, params)?
+            bind(plan, &prepared.param_types, params.clone())?
         };
         match plan {
             LogicalPlan::Dml(dml) => {
-                let tag = self.execute_dml(&dml, statement).await?;
-                Ok(QueryOutput::Command(tag))
+                let returning = match (&prepared.returning, current) {
+                    (Some(plan), true) => Some(plan.clone()),
+                    (Some(_), false) => match super::returning::query(statement, self)? {
+                        Some(query) => Some(self.plan(&query).await?),
+                        None => None,
+                    },
+                    (None, _) => None,
+                };
+                let items = super::returning::items(statement);
+                let output = super::dml::execute(self, &dml, statement, items).await?;
+                match returning {
+                    None => Ok(QueryOutput::Command(output.tag)),
+                    Some(plan) => {
+                        let plan = if prepared.param_types.is_empty() {
+                            plan
+                        } else {
+                            bind(plan, &prepared.param_types, params.clone())?
+                        };
+                        super::returning::output(self, plan, output).await
+                    }
+                }
             }
             plan => {
                 let names = naming::output_names(&plan);
@@ -621,13 +655,25 @@ impl Session {
                 Ok(QueryOutput::Rows {
                     schema: schema.clone(),
                     stream: self.watch(schema, stream),
+                    command: None,
                 })
             }
         }
     }
 
-    async fn execute_dml(&self, dml: &DmlStatement, statement: &Statement) -> Result<CommandTag> {
-        super::dml::execute(self, dml, statement).await
+    /// Runs one statement inside the current transaction, without autocommit or transaction
+    /// control: the actions a foreign key takes on referencing rows.
+    pub(super) fn run_nested(
+        &self,
+        sql: String,
+    ) -> futures::future::BoxFuture<'_, Result<QueryOutput>> {
+        Box::pin(async move {
+            let statement = Self::parse(&sql)?
+                .pop()
+                .ok_or_else(|| Error::internal("an empty nested statement"))?;
+            let prepared = self.prepare(statement).await?;
+            self.execute_statement(&prepared, Vec::new()).await
+        })
     }
 
     /// Gives the batches the output names, and marks the transaction failed if the stream
@@ -690,6 +736,7 @@ pub(super) fn rows(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Query
     Ok(QueryOutput::Rows {
         schema,
         stream: Box::pin(stream),
+        command: None,
     })
 }
 

@@ -64,7 +64,7 @@ async fn batch_query(engine: &Arc<Engine>, sql: &str) -> Vec<RecordBatch> {
     let sql = sql.replace("FROM ev ", "FROM evt ");
     let statement = crate::engine::Session::parse(&sql).unwrap().remove(0);
     match session.run(statement).await.unwrap() {
-        QueryOutput::Rows { schema: _, stream } => {
+        QueryOutput::Rows { stream, .. } => {
             use futures::StreamExt;
             let batches: Vec<_> = stream.collect().await;
             batches.into_iter().map(|b| b.unwrap()).collect()
