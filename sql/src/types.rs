@@ -365,6 +365,10 @@ impl datafusion::logical_expr::planner::TypePlanner for PgTypePlanner {
         let custom = |name: &ast::ObjectName| name.to_string().to_lowercase();
         let ty = match sql_type {
             D::JSONB | D::JSON => SqlType::Jsonb,
+            // `'x'::character varying`, as PostgreSQL prints varchar defaults.
+            D::CharacterVarying(_) | D::CharVarying(_) | D::Character(_) | D::Char(_) => {
+                SqlType::Text
+            }
             D::Uuid => SqlType::Uuid,
             D::Custom(name, _) if matches!(custom(name).as_str(), "jsonb" | "json") => {
                 SqlType::Jsonb

@@ -27,6 +27,8 @@ pub fn pg_type(field: &Arc<Field>) -> PgWireResult<Type> {
     match field.metadata().get(PG_TYPE_KEY).map(String::as_str) {
         Some("uuid") => Ok(Type::UUID),
         Some("jsonb") => Ok(Type::JSONB),
+        Some("int2vector") => Ok(Type::INT2_VECTOR),
+        Some("oidvector") => Ok(Type::OID_VECTOR),
         _ => match field.data_type() {
             DataType::Null => Ok(Type::TEXT),
             // Eddy's `oid` type (see eddy_sql::types::PgTypePlanner).
@@ -100,6 +102,46 @@ fn encode_cell(
             &value,
             ty,
             info.format(),
+            &FormatOptions::default(),
+        );
+    }
+    // int2vector (pg_index.indkey): space-separated numbers in text, an int2 array in binary.
+    if (ty == &Type::INT2_VECTOR || ty == &Type::OID_VECTOR)
+        && let DataType::List(_) = array.data_type()
+    {
+        let list = array.as_list::<i32>().value(row);
+        let list = arrow::compute::cast(&list, &DataType::Int64)
+            .map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+        let items: Vec<Option<i64>> = list
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .collect();
+        if info.format() == FieldFormat::Binary {
+            if ty == &Type::INT2_VECTOR {
+                let items: Vec<Option<i16>> = items.iter().map(|i| i.map(|i| i as i16)).collect();
+                return encoder.encode_field_with_type_and_format(
+                    &items,
+                    &Type::INT2_ARRAY,
+                    FieldFormat::Binary,
+                    &FormatOptions::default(),
+                );
+            }
+            let items: Vec<Option<u32>> = items.iter().map(|i| i.map(|i| i as u32)).collect();
+            return encoder.encode_field_with_type_and_format(
+                &items,
+                &Type::OID_ARRAY,
+                FieldFormat::Binary,
+                &FormatOptions::default(),
+            );
+        }
+        let text: Vec<String> = items
+            .iter()
+            .map(|i| i.map(|i| i.to_string()).unwrap_or_default())
+            .collect();
+        return encoder.encode_field_with_type_and_format(
+            &text.join(" "),
+            &Type::TEXT,
+            FieldFormat::Text,
             &FormatOptions::default(),
         );
     }

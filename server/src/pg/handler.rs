@@ -220,7 +220,8 @@ async fn output_response(
         } => {
             let fields = encode::fields(&schema, format)
                 .map_err(|e| Error::internal(format!("cannot describe result: {e}")))?;
-            let mut response = rows_response(Arc::new(fields), stream, materialize, deadline).await?;
+            let mut response =
+                rows_response(Arc::new(fields), stream, materialize, deadline).await?;
             if let (Some(tag), Response::Query(q)) = (command, &mut response) {
                 q.set_command_tag(&tag.command);
             }

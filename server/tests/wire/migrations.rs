@@ -74,7 +74,7 @@ fn check_migrated(server: &Server, versions: &str, ran: impl Fn() -> (bool, Stri
         assert!(listing.contains(object), "{object} missing:\n{listing}");
     }
     let rows = psql_session(&server.conn_string(), "SELECT count(*) FROM devices");
-    assert!(rows.contains("\n        2\n"), "{rows}");
+    assert!(rows.lines().any(|l| l.trim() == "2"), "{rows}");
     // A second run is a no-op.
     let (ok, out) = ran();
     assert!(ok, "second run: {out}");

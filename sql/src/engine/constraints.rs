@@ -23,9 +23,7 @@ use datafusion::sql::sqlparser::ast::{self, ObjectName, ReferentialAction};
 
 use super::ddl::ident;
 use super::session::Session;
-use crate::catalog::{
-    Catalog, CheckDef, FkAction, ForeignKeyDef, IndexDef, Relation, TableDef,
-};
+use crate::catalog::{Catalog, CheckDef, FkAction, ForeignKeyDef, IndexDef, Relation, TableDef};
 use crate::codec::{ColumnRef, key};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::{KvStore, WriteOp};
@@ -140,7 +138,9 @@ impl Spec {
 
 fn check_nulls_distinct(n: &ast::NullsDistinctOption) -> Result<()> {
     match n {
-        ast::NullsDistinctOption::NotDistinct => Err(Error::not_supported("UNIQUE NULLS NOT DISTINCT")),
+        ast::NullsDistinctOption::NotDistinct => {
+            Err(Error::not_supported("UNIQUE NULLS NOT DISTINCT"))
+        }
         _ => Ok(()),
     }
 }
@@ -171,12 +171,7 @@ fn name_taken(catalog: &Catalog, def: &TableDef, name: &str) -> bool {
 }
 
 /// PostgreSQL's generated name: `<table>_<columns>_<suffix>`, numbered when taken.
-pub fn choose_name(
-    catalog: &Catalog,
-    def: &TableDef,
-    columns: &[&str],
-    suffix: &str,
-) -> String {
+pub fn choose_name(catalog: &Catalog, def: &TableDef, columns: &[&str], suffix: &str) -> String {
     let mut base = def.name.clone();
     for c in columns {
         base.push('_');
@@ -334,8 +329,7 @@ pub fn add(
                 }
                 for (&c, &r) in positions.iter().zip(&ref_positions) {
                     let (ct, rt) = (&new.columns[c].ty, &parent.columns[r].ty);
-                    if ct.arrow_type() != rt.arrow_type() && !(ct.is_integer() && rt.is_integer())
-                    {
+                    if ct.arrow_type() != rt.arrow_type() && !(ct.is_integer() && rt.is_integer()) {
                         return Err(Error::user(
                             "42804",
                             format!(
@@ -350,7 +344,11 @@ pub fn add(
                     Some(n) => n,
                     None => choose_name(catalog, &new, &names, "fkey"),
                 };
-                let parent_id = if parent.id == def.id { new.id } else { parent.id };
+                let parent_id = if parent.id == def.id {
+                    new.id
+                } else {
+                    parent.id
+                };
                 new.foreign_keys.push(ForeignKeyDef {
                     name,
                     columns: positions,
@@ -374,7 +372,8 @@ fn referenced_table(
 ) -> Result<TableDef> {
     let mut parts = super::ddl::name_parts(name);
     let object = parts.pop().unwrap_or_default();
-    if parts.is_empty() && object == def.name || parts.first() == Some(&def.schema) && object == def.name
+    if parts.is_empty() && object == def.name
+        || parts.first() == Some(&def.schema) && object == def.name
     {
         return Ok(def.clone());
     }
@@ -382,9 +381,7 @@ fn referenced_table(
         Some(s) => vec![s],
         None => session.settings().search_path(&session.info().user),
     };
-    let found = schemas
-        .iter()
-        .find_map(|s| catalog.relation(s, &object));
+    let found = schemas.iter().find_map(|s| catalog.relation(s, &object));
     match found {
         Some(Relation::Table(t)) if t.kind == crate::catalog::TableKind::Table => Ok((*t).clone()),
         Some(_) => Err(Error::user(
@@ -463,7 +460,12 @@ fn committed(kv: &dyn KvStore, txn: &Txn, table: u32, key: &[u8]) -> Result<Opti
     kv.get(key)
 }
 
-pub fn unique_violation(def: &TableDef, index: &IndexDef, arrays: &[ArrayRef], row: usize) -> Error {
+pub fn unique_violation(
+    def: &TableDef,
+    index: &IndexDef,
+    arrays: &[ArrayRef],
+    row: usize,
+) -> Error {
     let names: Vec<&str> = index
         .columns
         .iter()

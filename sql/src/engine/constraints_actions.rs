@@ -38,8 +38,7 @@ pub async fn parent_changed(
         }
         let deleting = written.new.is_none();
         let action = if deleting { fk.on_delete } else { fk.on_update };
-        let Some(condition) = referencing_condition(&child, &fk, def, old.columns(), &rows)?
-        else {
+        let Some(condition) = referencing_condition(&child, &fk, def, old.columns(), &rows)? else {
             continue;
         };
         let table = qualified(&child);
@@ -58,8 +57,7 @@ pub async fn parent_changed(
                 // Each changed key moves its referencing rows to the new key.
                 let new = written.new.as_ref().expect("an update has new rows");
                 for &row in &rows {
-                    let Some(one) =
-                        referencing_condition(&child, &fk, def, old.columns(), &[row])?
+                    let Some(one) = referencing_condition(&child, &fk, def, old.columns(), &[row])?
                     else {
                         continue;
                     };

@@ -10,13 +10,14 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use datafusion::sql::sqlparser::ast::{
-    self, ColumnOption, Expr as SqlExpr, GeneratedAs, Ident, ObjectName, ObjectType, Statement, TableConstraint,
+    self, ColumnOption, Expr as SqlExpr, GeneratedAs, Ident, ObjectName, ObjectType, Statement,
+    TableConstraint,
 };
 
-use super::session::{CommandTag, QueryOutput, Session, text_rows};
-use super::settings::Settings;
 use super::constraints::Spec;
 use super::sequences::SequenceOptionsGiven;
+use super::session::{CommandTag, QueryOutput, Session, text_rows};
+use super::settings::Settings;
 use crate::catalog::{ColumnDef, Identity, Relation, TableKind};
 use crate::error::{Error, Result, sqlstate};
 use crate::storage::prefix_end;
@@ -228,7 +229,7 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
                         ),
                     ));
                 }
-                ColumnOption::Default(e) => def.default = Some(e.to_string()),
+                ColumnOption::Default(e) => def.default = Some(default_text(e, &def.ty)),
                 ColumnOption::Generated {
                     generated_as: generated @ (GeneratedAs::Always | GeneratedAs::ByDefault),
                     sequence_options,
@@ -238,9 +239,7 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
                     if !matches!(def.ty, SqlType::Int2 | SqlType::Int4 | SqlType::Int8) {
                         return Err(Error::user(
                             sqlstate::INVALID_PARAMETER_VALUE,
-                            format!(
-                                "identity column type must be smallint, integer, or bigint"
-                            ),
+                            format!("identity column type must be smallint, integer, or bigint"),
                         ));
                     }
                     if def.default.is_some() || def.identity.is_some() {
@@ -342,6 +341,20 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     }
     txn.push_ops(ops);
     Ok(CommandTag::new("CREATE TABLE"))
+}
+
+/// A DEFAULT as PostgreSQL keeps it: a string literal carries its cast to the column's type
+/// (`'anon'::character varying`), as `pg_get_expr` and `\d` show it.
+pub(super) fn default_text(e: &SqlExpr, ty: &SqlType) -> String {
+    let literal =
+        matches!(e, SqlExpr::Value(v) if matches!(v.value, ast::Value::SingleQuotedString(_)));
+    if literal {
+        let name = ty.pg_name();
+        let base = name.split('(').next().unwrap_or(&name).trim();
+        format!("{e}::{base}")
+    } else {
+        e.to_string()
+    }
 }
 
 /// The integer type of `serial`, `bigserial` and `smallserial` (and serial2/4/8).

@@ -24,8 +24,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use futures::StreamExt;
 
-use super::ddl::ident;
 use super::constraints;
+use super::ddl::ident;
 use super::session::{CommandTag, Session};
 use crate::catalog::{TableDef, TableKind};
 use crate::codec::{ColumnRef, key, row};
@@ -282,7 +282,9 @@ pub async fn execute(
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let out = match &dml.op {
-            WriteOp::Insert(_) => writer.insert(&batch, conflict_clause(statement), &dml.table_name)?,
+            WriteOp::Insert(_) => {
+                writer.insert(&batch, conflict_clause(statement), &dml.table_name)?
+            }
             WriteOp::Update => writer.update(&batch)?,
             WriteOp::Delete => writer.delete(&batch)?,
             other => return Err(Error::not_supported(other.name())),
@@ -783,7 +785,12 @@ impl Writer<'_> {
         let old_batch = RecordBatch::try_new(table_schema, existing)?;
         let (updated, old_batch, old) = match &keep {
             Some(mask) => {
-                let mask = datafusion::arrow::compute::prep_null_mask_filter(mask);
+                // A NULL condition keeps the existing row, like false.
+                let mask = if mask.null_count() > 0 {
+                    datafusion::arrow::compute::prep_null_mask_filter(mask)
+                } else {
+                    mask.clone()
+                };
                 let old: Vec<Vec<u8>> = conflicts
                     .iter()
                     .enumerate()
@@ -979,7 +986,10 @@ pub async fn read_rows(
             for (_, v) in &pairs {
                 decoder.append(v)?;
             }
-            out.push((decoder.finish()?, pairs.into_iter().map(|(k, _)| k).collect()));
+            out.push((
+                decoder.finish()?,
+                pairs.into_iter().map(|(k, _)| k).collect(),
+            ));
         }
         match resume {
             Some(r) => start = r,

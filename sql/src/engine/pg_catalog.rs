@@ -103,6 +103,8 @@ const BUILT: &[&str] = &[
     "pg_attrdef",
     "pg_index",
     "pg_constraint",
+    "pg_sequence",
+    "pg_description",
     "pg_database",
     "pg_authid",
     "pg_roles",
@@ -296,7 +298,12 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                     ("relam", relkind_am(r.kind).into()),
                     ("relfilenode", r.oid.into()),
                     ("reltuples", V::Float(-1.0)),
-                    ("relhasindex", r.index_oid().is_some().into()),
+                    ("relhasindex", (!r.indexes.is_empty()).into()),
+                    ("relhastriggers", r.has_triggers.into()),
+                    (
+                        "relchecks",
+                        (r.constraints.iter().filter(|c| c.kind == 'c').count() as i32).into(),
+                    ),
                     ("relpersistence", 'p'.into()),
                     ("relkind", r.kind.into()),
                     ("relnatts", (r.columns.len() as i32).into()),
@@ -312,18 +319,18 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                     ("relfrozenxid", "0".into()),
                     ("relminmxid", "0".into()),
                 ]);
-                if let Some(index) = r.index_oid() {
+                for index in &r.indexes {
                     rows.push(vec![
-                        ("oid", index.into()),
-                        ("relname", r.index_name().into()),
+                        ("oid", index.oid.into()),
+                        ("relname", index.name.clone().into()),
                         ("relnamespace", r.namespace.into()),
                         ("relowner", SUPERUSER_OID.into()),
                         ("relam", BTREE_AM.into()),
-                        ("relfilenode", index.into()),
+                        ("relfilenode", index.oid.into()),
                         ("reltuples", V::Float(-1.0)),
                         ("relpersistence", 'p'.into()),
                         ("relkind", 'i'.into()),
-                        ("relnatts", (r.primary_key.len() as i32).into()),
+                        ("relnatts", (index.columns.len() as i32).into()),
                         ("relispopulated", true.into()),
                         ("relreplident", 'n'.into()),
                         ("relfrozenxid", "0".into()),
@@ -358,7 +365,10 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                     ("attcompression", "".into()),
                     ("attnotnull", c.not_null.into()),
                     ("atthasdef", c.default.is_some().into()),
-                    ("attidentity", "".into()),
+                    (
+                        "attidentity",
+                        c.identity.map(String::from).unwrap_or_default().into(),
+                    ),
                     ("attgenerated", "".into()),
                     ("attislocal", true.into()),
                     ("attcollation", c.ty.collation.into()),
@@ -369,11 +379,12 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                 for (i, c) in r.columns.iter().enumerate() {
                     rows.push(attribute(r.oid, i, c));
                 }
-                if let Some(index) = r.index_oid() {
-                    for (i, &k) in r.primary_key.iter().enumerate() {
+                for index in &r.indexes {
+                    for (i, &k) in index.columns.iter().enumerate() {
                         let mut c = r.columns[k].clone();
                         c.default = None;
-                        rows.push(attribute(index, i, &c));
+                        c.identity = None;
+                        rows.push(attribute(index.oid, i, &c));
                     }
                 }
             }
@@ -414,40 +425,134 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
             with_rows(static_rows(&s.pg_attrdef, &[], |_, _| false)?, &rows)
         }
         "pg_index" => {
-            let rows = primary_key_rows(o, |r, index, keys| {
-                let n = r.primary_key.len() as i32;
-                vec![
-                    ("indexrelid", index.into()),
-                    ("indrelid", r.oid.into()),
-                    ("indnatts", n.into()),
-                    ("indnkeyatts", n.into()),
-                    ("indisunique", true.into()),
-                    ("indisprimary", true.into()),
-                    ("indimmediate", true.into()),
-                    ("indisvalid", true.into()),
-                    ("indisready", true.into()),
-                    ("indislive", true.into()),
-                    ("indkey", keys.join(" ").into()),
-                ]
-            });
-            with_rows(system_rows(&s.pg_index, "indexrelid")?, &rows)
+            let mut rows = Vec::new();
+            for r in &o.relations {
+                for index in &r.indexes {
+                    let n = index.columns.len() as i32;
+                    rows.push(vec![
+                        ("indexrelid", index.oid.into()),
+                        ("indrelid", r.oid.into()),
+                        ("indnatts", n.into()),
+                        ("indnkeyatts", n.into()),
+                        ("indisunique", index.unique.into()),
+                        ("indisprimary", index.primary.into()),
+                        ("indimmediate", true.into()),
+                        ("indisvalid", true.into()),
+                        ("indisready", true.into()),
+                        ("indislive", true.into()),
+                        ("indkey", V::List(one_based(&index.columns))),
+                        (
+                            "indoption",
+                            V::List(vec!["0".to_string(); index.columns.len()]),
+                        ),
+                        (
+                            "indcollation",
+                            V::List(
+                                index
+                                    .columns
+                                    .iter()
+                                    .map(|&c| r.columns[c].ty.collation.to_string())
+                                    .collect(),
+                            ),
+                        ),
+                        (
+                            "indclass",
+                            V::List(
+                                index
+                                    .columns
+                                    .iter()
+                                    .map(|&c| default_opclass(r.columns[c].ty.oid).to_string())
+                                    .collect(),
+                            ),
+                        ),
+                    ]);
+                }
+            }
+            let shape = system_rows(&s.pg_index, "indexrelid")?;
+            let shape = rows::int2_lists(shape, "indkey", rows::int2_list(true))?;
+            let shape = rows::int2_lists(shape, "indclass", rows::oid_vector())?;
+            let shape = rows::int2_lists(shape, "indoption", rows::int2_list(true))?;
+            let shape = rows::int2_lists(shape, "indcollation", rows::oid_vector())?;
+            with_rows(shape, &rows)
         }
         "pg_constraint" => {
-            let rows = primary_key_rows(o, |r, index, keys| {
-                vec![
-                    ("oid", index.into()),
-                    ("conname", r.index_name().into()),
-                    ("connamespace", r.namespace.into()),
-                    ("contype", 'p'.into()),
-                    ("convalidated", true.into()),
-                    ("conrelid", r.oid.into()),
-                    ("conindid", index.into()),
-                    ("conislocal", true.into()),
-                    ("connoinherit", true.into()),
-                    ("conkey", V::List(keys)),
-                ]
-            });
-            with_rows(system_rows(&s.pg_constraint, "oid")?, &rows)
+            let mut rows = Vec::new();
+            for r in &o.relations {
+                for c in &r.constraints {
+                    let mut row: Row = vec![
+                        ("oid", c.oid.into()),
+                        ("conname", c.name.clone().into()),
+                        ("connamespace", r.namespace.into()),
+                        ("contype", c.kind.into()),
+                        ("convalidated", true.into()),
+                        ("conrelid", r.oid.into()),
+                        ("conindid", c.index.unwrap_or(0).into()),
+                        ("conislocal", true.into()),
+                        ("connoinherit", (c.kind != 'c').into()),
+                        ("conkey", V::List(one_based(&c.columns))),
+                    ];
+                    if let Some(check) = &c.check {
+                        row.push(("conbin", check.clone().into()));
+                    }
+                    if let Some(f) = &c.foreign {
+                        row.extend([
+                            ("confrelid", f.table.into()),
+                            ("confupdtype", f.on_update.into()),
+                            ("confdeltype", f.on_delete.into()),
+                            ("confmatchtype", 's'.into()),
+                            ("confkey", V::List(one_based(&f.columns))),
+                        ]);
+                    } else {
+                        row.extend([
+                            ("confupdtype", ' '.into()),
+                            ("confdeltype", ' '.into()),
+                            ("confmatchtype", ' '.into()),
+                        ]);
+                    }
+                    rows.push(row);
+                }
+            }
+            let shape = system_rows(&s.pg_constraint, "oid")?;
+            let shape = rows::int2_lists(shape, "conkey", rows::int2_list(false))?;
+            let shape = rows::int2_lists(shape, "confkey", rows::int2_list(false))?;
+            with_rows(shape, &rows)
+        }
+        "pg_sequence" => {
+            let rows: Vec<Row> = o
+                .relations
+                .iter()
+                .filter_map(|r| {
+                    let q = r.sequence.as_ref()?;
+                    Some(vec![
+                        ("seqrelid", r.oid.into()),
+                        ("seqtypid", objects::PgType::of(&q.ty).oid.into()),
+                        ("seqstart", V::Int(q.start)),
+                        ("seqincrement", V::Int(q.increment)),
+                        ("seqmax", V::Int(q.max)),
+                        ("seqmin", V::Int(q.min)),
+                        ("seqcache", V::Int(q.cache)),
+                        ("seqcycle", q.cycle.into()),
+                    ])
+                })
+                .collect();
+            with_rows(static_rows(&s.pg_sequence, &[], |_, _| false)?, &rows)
+        }
+        "pg_description" => {
+            let mut rows: Vec<Row> = Vec::new();
+            for r in &o.relations {
+                if let Some(c) = &r.comment {
+                    rows.push(description(r.oid, 0, c));
+                }
+                for (i, c) in &r.column_comments {
+                    rows.push(description(r.oid, *i as i32 + 1, c));
+                }
+            }
+            with_rows(
+                static_rows(&s.pg_description, &[], |b, i| {
+                    int_at(b, "objoid", i) < 16384
+                })?,
+                &rows,
+            )
         }
         "pg_database" => {
             let shape = crate_shape("pg_database", &[("datacl", DataType::Utf8)]).await?;
@@ -594,17 +699,40 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
     }
 }
 
-/// One row per primary key, from its relation, its index's OID and its column numbers
-/// (1-based, as `indkey` and `conkey` hold them).
-fn primary_key_rows(o: &PgObjects, row: impl Fn(&PgRelation, i32, Vec<String>) -> Row) -> Vec<Row> {
-    o.relations
-        .iter()
-        .filter_map(|r| {
-            let index = r.index_oid()?;
-            let keys = r.primary_key.iter().map(|k| (k + 1).to_string()).collect();
-            Some(row(r, index, keys))
-        })
-        .collect()
+/// The default btree operator class of a type (`pg_index.indclass`).
+fn default_opclass(type_oid: i32) -> i32 {
+    match type_oid {
+        16 => 10003,
+        17 => 10006,
+        1082 => 3122,
+        700 => 10012,
+        701 => 3123,
+        21 => 1979,
+        23 => 1978,
+        20 => 3124,
+        1186 => 10022,
+        1700 => 3125,
+        1184 => 3127,
+        1114 => 3128,
+        2950 => 10065,
+        3802 => 10088,
+        _ => 3126, // text_ops: text and varchar
+    }
+}
+
+/// Column numbers as `indkey` and `conkey` hold them (1-based).
+fn one_based(columns: &[usize]) -> Vec<String> {
+    columns.iter().map(|k| (k + 1).to_string()).collect()
+}
+
+/// A `pg_description` row of a relation (`sub` 0) or of its column `sub`.
+fn description(oid: i32, sub: i32, text: &str) -> Row {
+    vec![
+        ("objoid", oid.into()),
+        ("classoid", 1259.into()),
+        ("objsubid", sub.into()),
+        ("description", text.into()),
+    ]
 }
 
 /// `pg_settings`: the session's settings as SHOW reports them.

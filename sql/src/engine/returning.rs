@@ -45,7 +45,9 @@ pub fn query(statement: &Statement, session: &Session) -> Result<Option<Statemen
     };
     let (name, alias) = match statement {
         Statement::Insert(i) => match &i.table {
-            ast::TableObject::TableName(n) => (n.clone(), i.table_alias.as_ref().map(|a| a.alias.clone())),
+            ast::TableObject::TableName(n) => {
+                (n.clone(), i.table_alias.as_ref().map(|a| a.alias.clone()))
+            }
             _ => return Err(Error::not_supported("RETURNING from a table function")),
         },
         Statement::Update(u) => match &u.table.relation {
@@ -83,7 +85,10 @@ pub fn query(statement: &Statement, session: &Session) -> Result<Option<Statemen
 
 /// Runs the planned RETURNING list over the rows the statement changed.
 pub async fn output(session: &Session, plan: LogicalPlan, out: DmlOutput) -> Result<QueryOutput> {
-    let table = Arc::new(MemTable::try_new(out.schema.clone(), vec![out.rows.clone()])?);
+    let table = Arc::new(MemTable::try_new(
+        out.schema.clone(),
+        vec![out.rows.clone()],
+    )?);
     let mut replaced = false;
     let plan = plan
         .transform_up(|node| {
@@ -119,7 +124,8 @@ pub async fn output(session: &Session, plan: LogicalPlan, out: DmlOutput) -> Res
             )
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let stream = datafusion::physical_plan::memory::MemoryStream::try_new(batches, schema.clone(), None)?;
+    let stream =
+        datafusion::physical_plan::memory::MemoryStream::try_new(batches, schema.clone(), None)?;
     Ok(QueryOutput::Rows {
         schema,
         stream: Box::pin(stream),

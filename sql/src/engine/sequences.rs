@@ -203,7 +203,10 @@ impl Sequences {
         }
         let mut all = self.state.lock();
         kv.write(
-            vec![WriteOp::Put(row_key(def), encode_state(value, 0, is_called)?)],
+            vec![WriteOp::Put(
+                row_key(def),
+                encode_state(value, 0, is_called)?,
+            )],
             true,
         )?;
         all.insert(
@@ -294,7 +297,10 @@ pub struct SequenceOptionsGiven {
 }
 
 impl SequenceOptionsGiven {
-    pub fn from_ast(data_type: Option<&ast::DataType>, options: &[SequenceOptions]) -> Result<Self> {
+    pub fn from_ast(
+        data_type: Option<&ast::DataType>,
+        options: &[SequenceOptions],
+    ) -> Result<Self> {
         let mut given = SequenceOptionsGiven {
             ty: data_type.map(SqlType::from_ast).transpose()?,
             ..Default::default()
@@ -331,10 +337,7 @@ impl SequenceOptionsGiven {
             .clone()
             .or_else(|| base.map(|b| b.ty.clone()))
             .unwrap_or(SqlType::Int8);
-        let increment = self
-            .increment
-            .or(base.map(|b| b.increment))
-            .unwrap_or(1);
+        let increment = self.increment.or(base.map(|b| b.increment)).unwrap_or(1);
         if increment == 0 {
             return Err(Error::user(
                 sqlstate::INVALID_PARAMETER_VALUE,
@@ -362,9 +365,7 @@ impl SequenceOptionsGiven {
         if min < type_min || max > type_max {
             return Err(Error::user(
                 sqlstate::INVALID_PARAMETER_VALUE,
-                format!(
-                    "MINVALUE ({min}) and MAXVALUE ({max}) must fit in the sequence's type"
-                ),
+                format!("MINVALUE ({min}) and MAXVALUE ({max}) must fit in the sequence's type"),
             ));
         }
         if min >= max {
@@ -514,7 +515,13 @@ pub fn create(
     owned_by: Option<&ObjectName>,
 ) -> Result<CommandTag> {
     let (schema, object) = session.qualify(name)?;
-    if session.view().catalog().relation(&schema, &object).is_some() && if_not_exists {
+    if session
+        .view()
+        .catalog()
+        .relation(&schema, &object)
+        .is_some()
+        && if_not_exists
+    {
         return Ok(CommandTag::new("CREATE SEQUENCE"));
     }
     let mut info = SequenceOptionsGiven::from_ast(data_type, options)?.apply(&object, None)?;
@@ -540,11 +547,10 @@ fn resolve_owner(
     }
     let column = parts.pop().ok_or_else(|| Error::internal("empty name"))?;
     if parts.is_empty() {
-        return Err(Error::user(
-            sqlstate::INVALID_PARAMETER_VALUE,
-            "invalid OWNED BY option",
-        )
-        .with_hint("Specify OWNED BY table.column or OWNED BY NONE."));
+        return Err(
+            Error::user(sqlstate::INVALID_PARAMETER_VALUE, "invalid OWNED BY option")
+                .with_hint("Specify OWNED BY table.column or OWNED BY NONE."),
+        );
     }
     let table_name = ObjectName::from(parts.into_iter().map(ast::Ident::new).collect::<Vec<_>>());
     let Some((schema, table, Relation::Table(def))) = session.resolve(&table_name)? else {
@@ -653,7 +659,10 @@ struct Clauses {
     rename: Option<ast::Ident>,
 }
 
-fn parse_clauses(parser: &mut Parser<'_>, alter: bool) -> std::result::Result<Clauses, ParserError> {
+fn parse_clauses(
+    parser: &mut Parser<'_>,
+    alter: bool,
+) -> std::result::Result<Clauses, ParserError> {
     use datafusion::sql::sqlparser::keywords::Keyword;
     use datafusion::sql::sqlparser::tokenizer::Token;
     let mut c = Clauses::default();
@@ -668,11 +677,14 @@ fn parse_clauses(parser: &mut Parser<'_>, alter: bool) -> std::result::Result<Cl
             c.data_type = Some(parser.parse_data_type()?);
         } else if parser.parse_keyword(Keyword::INCREMENT) {
             let by = parser.parse_keyword(Keyword::BY);
-            c.options.push(SequenceOptions::IncrementBy(number(parser)?, by));
+            c.options
+                .push(SequenceOptions::IncrementBy(number(parser)?, by));
         } else if parser.parse_keyword(Keyword::MINVALUE) {
-            c.options.push(SequenceOptions::MinValue(Some(number(parser)?)));
+            c.options
+                .push(SequenceOptions::MinValue(Some(number(parser)?)));
         } else if parser.parse_keyword(Keyword::MAXVALUE) {
-            c.options.push(SequenceOptions::MaxValue(Some(number(parser)?)));
+            c.options
+                .push(SequenceOptions::MaxValue(Some(number(parser)?)));
         } else if parser.parse_keywords(&[Keyword::NO, Keyword::MINVALUE]) {
             c.options.push(SequenceOptions::MinValue(None));
         } else if parser.parse_keywords(&[Keyword::NO, Keyword::MAXVALUE]) {
@@ -683,7 +695,8 @@ fn parse_clauses(parser: &mut Parser<'_>, alter: bool) -> std::result::Result<Cl
             c.options.push(SequenceOptions::Cycle(false));
         } else if parser.parse_keyword(Keyword::START) {
             let with = parser.parse_keyword(Keyword::WITH);
-            c.options.push(SequenceOptions::StartWith(number(parser)?, with));
+            c.options
+                .push(SequenceOptions::StartWith(number(parser)?, with));
         } else if parser.parse_keyword(Keyword::CACHE) {
             c.options.push(SequenceOptions::Cache(number(parser)?));
         } else if parser.parse_keywords(&[Keyword::OWNED, Keyword::BY]) {
@@ -695,9 +708,12 @@ fn parse_clauses(parser: &mut Parser<'_>, alter: bool) -> std::result::Result<Cl
                 _ if with => Some(number(parser)?),
                 _ => None,
             };
-            c.restart = Some(value.map(|v| integer(&v)).transpose().map_err(|e| {
-                ParserError::ParserError(e.to_string())
-            })?);
+            c.restart = Some(
+                value
+                    .map(|v| integer(&v))
+                    .transpose()
+                    .map_err(|e| ParserError::ParserError(e.to_string()))?,
+            );
         } else if alter && parser.parse_keywords(&[Keyword::RENAME, Keyword::TO]) {
             c.rename = Some(parser.parse_identifier()?);
         } else {
@@ -708,7 +724,9 @@ fn parse_clauses(parser: &mut Parser<'_>, alter: bool) -> std::result::Result<Cl
 }
 
 /// Parses `CREATE [TEMP] SEQUENCE ...` when the next tokens start it.
-pub fn parse_create(parser: &mut Parser<'_>) -> std::result::Result<Option<Statement>, ParserError> {
+pub fn parse_create(
+    parser: &mut Parser<'_>,
+) -> std::result::Result<Option<Statement>, ParserError> {
     use datafusion::sql::sqlparser::keywords::Keyword;
     use datafusion::sql::sqlparser::tokenizer::Token;
     let word = |n: usize| match parser.peek_nth_token(n).token {
@@ -826,7 +844,11 @@ pub fn order_identity_options(sql: &str) -> Option<String> {
         }
         let mut sorted = groups.clone();
         sorted.sort_by_key(|(r, _)| *r);
-        if sorted.iter().map(|(r, _)| r).ne(groups.iter().map(|(r, _)| r)) {
+        if sorted
+            .iter()
+            .map(|(r, _)| r)
+            .ne(groups.iter().map(|(r, _)| r))
+        {
             changed = true;
         }
         for (_, g) in sorted {
@@ -902,7 +924,11 @@ pub fn register(ctx: &SessionContext, view: &Arc<SessionView>, info: Arc<Session
                 Volatility::Volatile,
             ),
         ),
-        (Kind::Lastval, "lastval", Signature::nullary(Volatility::Volatile)),
+        (
+            Kind::Lastval,
+            "lastval",
+            Signature::nullary(Volatility::Volatile),
+        ),
         (Kind::SerialSequence, "pg_get_serial_sequence", any(2)),
     ];
     for (kind, name, signature) in fns {
@@ -989,6 +1015,9 @@ impl SeqFn {
                         format!("could not open relation with OID {oid}"),
                     )
                 }),
+            NameArg::Text(text) if text.parse::<i64>().is_ok() => {
+                self.relation(catalog, &NameArg::Oid(text.parse().expect("checked")))
+            }
             NameArg::Text(text) => {
                 let name = parse_name(text)?;
                 let mut parts = name_parts(&name);
@@ -1146,9 +1175,7 @@ impl SeqFn {
             };
             let def = self.relation(&catalog, &table)?;
             // The column is an identifier as written: quoted keeps its case.
-            let column = name_parts(&parse_name(&column)?)
-                .pop()
-                .unwrap_or_default();
+            let column = name_parts(&parse_name(&column)?).pop().unwrap_or_default();
             if def.column_index(&column).is_none() {
                 return Err(Error::user(
                     sqlstate::UNDEFINED_COLUMN,

@@ -144,6 +144,8 @@ impl Session {
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
             .with_target_partitions(2)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            // `x::text` is Utf8, the string type of every table column and catalog.
+            .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
             // Sessions run in UTC: now() is a timestamptz.
             .set_str("datafusion.execution.time_zone", "+00:00")
             .set_bool("datafusion.execution.parquet.pushdown_filters", true);
@@ -189,6 +191,7 @@ impl Session {
         });
         *view.info.lock() = Arc::downgrade(&info);
         functions::register(&ctx, info.clone());
+        super::json_build::register(&ctx);
         super::sequences::register(&ctx, &view, info.clone());
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
@@ -370,9 +373,7 @@ impl Session {
             _ => None,
         };
         let scalar = match (&schema, &point_get, &returning) {
-            (Some(_), None, None) => {
-                ScalarSelect::detect(&plan, &param_types, &self.ctx.state())
-            }
+            (Some(_), None, None) => ScalarSelect::detect(&plan, &param_types, &self.ctx.state()),
             _ => None,
         };
         Ok(Prepared {
@@ -545,7 +546,10 @@ impl Session {
             } => {
                 require_block(status, "ROLLBACK TO SAVEPOINT")?;
                 // Returning to a savepoint ends a failed state: the failure came after it.
-                let restored = self.txn.lock().rollback_to_savepoint(&super::ddl::ident(name));
+                let restored = self
+                    .txn
+                    .lock()
+                    .rollback_to_savepoint(&super::ddl::ident(name));
                 *self.status.lock() = match restored {
                     Ok(()) => TxnStatus::InTransaction,
                     Err(_) => TxnStatus::Failed,

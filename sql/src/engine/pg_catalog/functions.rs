@@ -33,8 +33,15 @@ enum Kind {
     ConstraintDef,
     Expr,
     ViewDef,
-    /// `obj_description`, `col_description`, `shobj_description`: Eddy keeps no comments.
+    /// `obj_description`, `col_description`: COMMENT ON text; `shobj_description`: none.
     Description,
+    ColumnDescription,
+    SharedDescription,
+    /// `x::regclass` of a non-literal (a name or an OID): the relation's OID.
+    RegclassOid,
+    /// `x::regclass::text`: the relation's name, qualified when the search path does not
+    /// find it.
+    RegclassText,
     /// `pg_get_function_result` / `pg_get_function_arguments`: Eddy has no user functions.
     FunctionSignature,
     /// `quote_ident(key) || ' ' || quote_literal(value)` of each `key=value` option.
@@ -215,12 +222,22 @@ pub fn register(ctx: &SessionContext, view: Arc<SessionView>, info: Arc<SessionI
             vec![vec![oid()], vec![oid(), text()]],
         ),
         (
-            Kind::Description,
+            Kind::ColumnDescription,
             "col_description",
             vec![vec![oid(), oid()]],
         ),
         (
-            Kind::Description,
+            Kind::RegclassOid,
+            "eddy_regclass_oid",
+            vec![vec![text()], vec![oid()]],
+        ),
+        (
+            Kind::RegclassText,
+            "eddy_regclass_text",
+            vec![vec![text()], vec![oid()]],
+        ),
+        (
+            Kind::SharedDescription,
             "shobj_description",
             vec![vec![oid(), text()]],
         ),
@@ -283,6 +300,42 @@ fn oids(array: &ArrayRef) -> DfResult<Vec<Option<i32>>> {
         .collect())
 }
 
+/// The OIDs of the system catalogs clients name as regclass (`'pg_catalog.pg_class'::regclass`
+/// as `pg_description.classoid`), which are the same in every PostgreSQL cluster.
+fn system_catalog_oid(schemas: &[String], name: &str) -> Option<i32> {
+    if !schemas.is_empty() && !schemas.iter().any(|s| s == "pg_catalog") && schemas.len() == 1 {
+        return None;
+    }
+    Some(match name {
+        "pg_type" => 1247,
+        "pg_attribute" => 1249,
+        "pg_proc" => 1255,
+        "pg_class" => 1259,
+        "pg_authid" => 1260,
+        "pg_database" => 1262,
+        "pg_am" => 2601,
+        "pg_attrdef" => 2604,
+        "pg_constraint" => 2606,
+        "pg_description" => 2609,
+        "pg_index" => 2610,
+        "pg_inherits" => 2611,
+        "pg_namespace" => 2615,
+        "pg_rewrite" => 2618,
+        "pg_trigger" => 2620,
+        "pg_sequence" => 2224,
+        "pg_collation" => 3456,
+        _ => return None,
+    })
+}
+
+/// A name as written in a regclass string: quoted keeps its case, unquoted folds to lower.
+fn unquote(name: &str) -> String {
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => name.to_lowercase(),
+    }
+}
+
 fn texts(array: &ArrayRef) -> DfResult<Vec<Option<String>>> {
     let a = datafusion::arrow::compute::cast(array, &DataType::Utf8)?;
     Ok(a.as_string::<i32>()
@@ -312,19 +365,14 @@ fn list_result(values: Vec<Option<Vec<String>>>) -> ColumnarValue {
 }
 
 /// `CREATE UNIQUE INDEX t_pkey ON public.t USING btree (id)`.
-fn index_def(r: &PgRelation) -> String {
-    let columns: Vec<String> = r.key_columns().iter().map(|c| quote_ident(c)).collect();
+fn index_def(r: &PgRelation, index: &super::objects::PgIndex) -> String {
     format!(
-        "CREATE UNIQUE INDEX {} ON {} USING btree ({})",
-        quote_ident(&r.index_name()),
+        "CREATE {}INDEX {} ON {} USING btree ({})",
+        if index.unique { "UNIQUE " } else { "" },
+        quote_ident(&index.name),
         r.qualified_name(),
-        columns.join(", ")
+        r.column_names(&index.columns).join(", ")
     )
-}
-
-fn constraint_def(r: &PgRelation) -> String {
-    let columns: Vec<String> = r.key_columns().iter().map(|c| quote_ident(c)).collect();
-    format!("PRIMARY KEY ({})", columns.join(", "))
 }
 
 /// `'quoted'` as `quote_literal` writes it.
@@ -410,7 +458,7 @@ impl ScalarUDFImpl for CatalogFn {
     fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
             Kind::TableIsVisible | Kind::FunctionIsVisible => DataType::Boolean,
-            Kind::ToRegtype | Kind::ToRegclass => DataType::Int32,
+            Kind::ToRegtype | Kind::ToRegclass | Kind::RegclassOid => DataType::Int32,
             Kind::EmptyIfNull => args[0].clone(),
             Kind::FormatOptions | Kind::PrefixItems => {
                 DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
@@ -451,8 +499,7 @@ impl ScalarUDFImpl for CatalogFn {
                                     objects.relations.iter().any(|o| {
                                         &o.schema == *s
                                             && (o.name == r.name
-                                                || o.index_oid().is_some()
-                                                    && o.index_name() == r.name)
+                                                || o.indexes.iter().any(|i| i.name == r.name))
                                     })
                                 })
                                 .is_some_and(|s| *s == r.schema),
@@ -482,18 +529,29 @@ impl ScalarUDFImpl for CatalogFn {
                     .zip(column)
                     .map(|(oid, column)| {
                         let r = objects.relation(oid?)?;
-                        (r.index_oid() == oid).then_some(())?;
+                        let index = r.index(oid?)?;
                         match column? {
-                            0 => Some(index_def(r)),
-                            n => r.key_columns().get(n as usize - 1).map(|c| quote_ident(c)),
+                            0 => Some(index_def(r, index)),
+                            n => r.column_names(&index.columns).get(n as usize - 1).cloned(),
                         }
                     })
                     .collect();
                 Ok(text_result(values))
             }
-            Kind::ConstraintDef => self.relation_text(&arrays[0], |r, oid| {
-                (r.index_oid() == Some(oid)).then(|| constraint_def(r))
-            }),
+            Kind::ConstraintDef => {
+                // Pretty (the second argument true): a CHECK's condition without the
+                // parentheses PostgreSQL's stored form adds.
+                let pretty = arrays
+                    .get(1)
+                    .and_then(|a| a.as_boolean_opt().map(|b| b.len() > 0 && b.value(0)))
+                    .unwrap_or(false);
+                self.relation_text(&arrays[0], |r, oid| {
+                    r.constraint(oid).map(|c| match (&c.check, pretty) {
+                        (Some(check), true) => format!("CHECK ({check})"),
+                        _ => c.definition.clone(),
+                    })
+                })
+            }
             // Defaults are stored as their SQL text.
             Kind::Expr => Ok(text_result(texts(&arrays[0])?)),
             Kind::ViewDef => {
@@ -520,7 +578,111 @@ impl ScalarUDFImpl for CatalogFn {
                 }
                 self.relation_text(&arrays[0], |r, _| r.definition.clone())
             }
-            Kind::Description | Kind::FunctionSignature => Ok(text_result(vec![None; rows])),
+            Kind::SharedDescription | Kind::FunctionSignature => Ok(text_result(vec![None; rows])),
+            Kind::Description => {
+                let objects = self.objects();
+                let values = oids(&arrays[0])?
+                    .into_iter()
+                    .map(|oid| {
+                        let oid = oid?;
+                        objects
+                            .relation(oid)
+                            .filter(|r| r.oid == oid)
+                            .and_then(|r| r.comment.clone())
+                    })
+                    .collect();
+                Ok(text_result(values))
+            }
+            Kind::ColumnDescription => {
+                let objects = self.objects();
+                let values = oids(&arrays[0])?
+                    .into_iter()
+                    .zip(oids(&arrays[1])?)
+                    .map(|(oid, column)| {
+                        let (oid, column) = (oid?, column?);
+                        let r = objects.relation(oid).filter(|r| r.oid == oid)?;
+                        r.column_comments
+                            .iter()
+                            .find(|(i, _)| *i as i32 + 1 == column)
+                            .map(|(_, c)| c.clone())
+                    })
+                    .collect();
+                Ok(text_result(values))
+            }
+            Kind::RegclassOid | Kind::RegclassText => {
+                let objects = self.objects();
+                let path = self.info.settings.read().search_path(&self.info.user);
+                let numeric = arrays[0].data_type().is_integer();
+                let texts = texts(&arrays[0])?;
+                let mut found = Vec::with_capacity(texts.len());
+                for value in texts {
+                    let Some(value) = value else {
+                        found.push(None);
+                        continue;
+                    };
+                    let relation = match value.parse::<i32>() {
+                        Ok(oid) => objects.relation(oid).filter(|r| r.oid == oid),
+                        Err(_) => {
+                            let (schemas, name) = match value.split_once('.') {
+                                Some((s, n)) => (vec![unquote(s)], unquote(n)),
+                                None => (path.clone(), unquote(&value)),
+                            };
+                            let r = schemas.iter().find_map(|s| {
+                                objects
+                                    .relations
+                                    .iter()
+                                    .find(|r| r.schema == *s && r.name == name)
+                            });
+                            if r.is_none()
+                                && let Some(oid) = system_catalog_oid(&schemas, &name)
+                            {
+                                found.push(Some(match self.kind {
+                                    Kind::RegclassOid => oid.to_string(),
+                                    _ => name,
+                                }));
+                                continue;
+                            }
+                            if r.is_none() && !numeric {
+                                return Err(crate::error::to_df(
+                                    crate::error::Error::undefined_table(name),
+                                ));
+                            }
+                            r
+                        }
+                    };
+                    found.push(match (self.kind, relation) {
+                        (Kind::RegclassOid, Some(r)) => Some(r.oid.to_string()),
+                        (Kind::RegclassOid, None) => {
+                            value.parse::<i32>().ok().map(|o| o.to_string())
+                        }
+                        (_, Some(r)) => {
+                            let visible = path
+                                .iter()
+                                .find(|s| {
+                                    objects
+                                        .relations
+                                        .iter()
+                                        .any(|o| &o.schema == *s && o.name == r.name)
+                                })
+                                .is_some_and(|s| *s == r.schema);
+                            Some(if visible {
+                                quote_ident(&r.name)
+                            } else {
+                                r.qualified_name()
+                            })
+                        }
+                        (_, None) => Some(value),
+                    });
+                }
+                if self.kind == Kind::RegclassOid {
+                    let oids: datafusion::arrow::array::Int32Array = found
+                        .into_iter()
+                        .map(|v| v.and_then(|v| v.parse::<i32>().ok()))
+                        .collect();
+                    return Ok(ColumnarValue::Array(Arc::new(oids)));
+                }
+                Ok(text_result(found))
+            }
             Kind::FormatOptions => Ok(list_result(
                 texts(&arrays[0])?
                     .into_iter()

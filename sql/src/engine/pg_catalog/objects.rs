@@ -136,6 +136,46 @@ pub struct PgColumn {
     pub not_null: bool,
     /// The DEFAULT expression as SQL text.
     pub default: Option<String>,
+    /// `attidentity`: 'a' (always), 'd' (by default), or none.
+    pub identity: Option<char>,
+}
+
+/// An index as `pg_index` lists it (the primary key's first).
+#[derive(Debug, Clone)]
+pub struct PgIndex {
+    pub oid: i32,
+    pub name: String,
+    /// Positions (0-based) of its columns in the table.
+    pub columns: Vec<usize>,
+    pub unique: bool,
+    pub primary: bool,
+}
+
+/// A constraint as `pg_constraint` lists it.
+#[derive(Debug, Clone)]
+pub struct PgConstraint {
+    pub oid: i32,
+    pub name: String,
+    /// p(rimary key), u(nique), c(heck), f(oreign key).
+    pub kind: char,
+    /// Positions (0-based) of its columns in the table.
+    pub columns: Vec<usize>,
+    /// The index that enforces it (primary key, unique).
+    pub index: Option<i32>,
+    /// What `pg_get_constraintdef` prints.
+    pub definition: String,
+    /// A CHECK's condition.
+    pub check: Option<String>,
+    pub foreign: Option<PgForeignKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgForeignKey {
+    pub table: i32,
+    /// Positions (0-based) of the referenced columns.
+    pub columns: Vec<usize>,
+    pub on_update: char,
+    pub on_delete: char,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +203,17 @@ pub struct PgRelation {
     pub options: Vec<(String, String)>,
     /// The defining query of a view or materialized view.
     pub definition: Option<String>,
+    /// Its indexes, the primary key's first.
+    pub indexes: Vec<PgIndex>,
+    pub constraints: Vec<PgConstraint>,
+    /// `COMMENT ON` the relation, and on its columns (by position).
+    pub comment: Option<String>,
+    pub column_comments: Vec<(usize, String)>,
+    /// A sequence's parameters (`pg_sequence`).
+    pub sequence: Option<crate::catalog::SequenceInfo>,
+    /// `relhastriggers`: foreign keys are triggers in PostgreSQL, and psql lists a table's
+    /// foreign keys (and those referencing it) only when it has triggers.
+    pub has_triggers: bool,
 }
 
 impl PgRelation {
@@ -172,6 +223,23 @@ impl PgRelation {
 
     pub fn index_name(&self) -> String {
         format!("{}_pkey", self.name)
+    }
+
+    /// The index with this OID.
+    pub fn index(&self, oid: i32) -> Option<&PgIndex> {
+        self.indexes.iter().find(|i| i.oid == oid)
+    }
+
+    pub fn constraint(&self, oid: i32) -> Option<&PgConstraint> {
+        self.constraints.iter().find(|c| c.oid == oid)
+    }
+
+    pub fn column_names(&self, positions: &[usize]) -> Vec<String> {
+        positions
+            .iter()
+            .filter_map(|&i| self.columns.get(i))
+            .map(|c| quote_ident(&c.name))
+            .collect()
     }
 
     pub fn key_columns(&self) -> Vec<&str> {
@@ -241,6 +309,7 @@ impl PgObjects {
                         ty: PgType::of(&SqlType::from_arrow(field).unwrap_or(SqlType::Text)),
                         not_null: false,
                         default: None,
+                        identity: None,
                     })
                     .collect();
             }
@@ -284,7 +353,7 @@ impl PgObjects {
             });
         }
         for def in catalog.tables() {
-            objects.relations.push(table_relation(def));
+            objects.relations.push(table_relation(def, catalog));
         }
         for v in catalog.views() {
             objects.relations.push(PgRelation {
@@ -298,6 +367,12 @@ impl PgObjects {
                 server: None,
                 options: Vec::new(),
                 definition: Some(v.sql.clone()),
+                indexes: Vec::new(),
+                constraints: Vec::new(),
+                comment: None,
+                column_comments: Vec::new(),
+                sequence: None,
+                has_triggers: false,
             });
         }
         for m in catalog.models() {
@@ -324,6 +399,12 @@ impl PgObjects {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
                 definition: None,
+                indexes: Vec::new(),
+                constraints: Vec::new(),
+                comment: None,
+                column_comments: Vec::new(),
+                sequence: None,
+                has_triggers: false,
             });
         }
         objects.relations.sort_by_key(|r| r.oid);
@@ -331,8 +412,11 @@ impl PgObjects {
             .relations
             .iter()
             .enumerate()
-            .flat_map(|(i, r)| [Some((r.oid, i)), r.index_oid().map(|o| (o, i))])
-            .flatten()
+            .flat_map(|(i, r)| {
+                std::iter::once((r.oid, i))
+                    .chain(r.indexes.iter().map(move |x| (x.oid, i)))
+                    .chain(r.constraints.iter().map(move |c| (c.oid, i)))
+            })
             .collect();
         objects
     }
@@ -353,7 +437,7 @@ impl PgObjects {
         self.roles[0].1.name.clone()
     }
 
-    /// The relation with this OID, or whose primary-key index has it.
+    /// The relation with this OID, or that has an index or constraint with it.
     pub fn relation(&self, oid: i32) -> Option<&PgRelation> {
         self.by_oid.get(&oid).map(|&i| &self.relations[i])
     }
@@ -378,7 +462,13 @@ impl PgObjects {
     }
 }
 
-fn table_relation(def: &TableDef) -> PgRelation {
+/// The OID of a stored relation (tables, sources, streams, views, sequences) or a secondary
+/// index: from its catalog id.
+pub fn relation_oid(id: u32) -> i32 {
+    FIRST_USER_OID + 2 * id as i32
+}
+
+fn table_relation(def: &TableDef, catalog: &Catalog) -> PgRelation {
     let columns = def
         .columns
         .iter()
@@ -387,6 +477,7 @@ fn table_relation(def: &TableDef) -> PgRelation {
             ty: PgType::of(&c.ty),
             not_null: !c.nullable,
             default: c.default.clone(),
+            identity: c.identity.map(|i| i.code()),
         })
         .collect();
     let redacted = |options: &[(String, String)]| -> Vec<(String, String)> {
@@ -436,8 +527,9 @@ fn table_relation(def: &TableDef) -> PgRelation {
             Some(crate::cep::syntax::restore(&q.sql)),
         ),
     };
-    PgRelation {
-        oid: FIRST_USER_OID + 2 * def.id as i32,
+    let oid = relation_oid(def.id);
+    let mut relation = PgRelation {
+        oid,
         namespace: namespace_oid(&def.schema),
         schema: def.schema.clone(),
         name: def.name.clone(),
@@ -450,5 +542,150 @@ fn table_relation(def: &TableDef) -> PgRelation {
         server,
         options,
         definition,
+        indexes: Vec::new(),
+        constraints: Vec::new(),
+        comment: def.comment.clone(),
+        column_comments: def
+            .columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.comment.clone().map(|t| (i, t)))
+            .collect(),
+        sequence: def.sequence().cloned(),
+        has_triggers: !def.foreign_keys.is_empty() || !catalog.referencing(def.id).is_empty(),
+    };
+    if kind == 'r' {
+        add_keys(&mut relation, def, catalog);
     }
+    relation
+}
+
+/// A relation's indexes and constraints, in the order psql's `\d` lists them.
+fn add_keys(r: &mut PgRelation, def: &TableDef, catalog: &Catalog) {
+    let qualified = r.qualified_name();
+    if let Some(index) = r.index_oid() {
+        r.indexes.push(PgIndex {
+            oid: index,
+            name: r.index_name(),
+            columns: def.primary_key.clone(),
+            unique: true,
+            primary: true,
+        });
+        r.constraints.push(PgConstraint {
+            oid: index,
+            name: r.index_name(),
+            kind: 'p',
+            columns: def.primary_key.clone(),
+            index: Some(index),
+            definition: format!(
+                "PRIMARY KEY ({})",
+                r.column_names(&def.primary_key).join(", ")
+            ),
+            check: None,
+            foreign: None,
+        });
+    }
+    for index in &def.indexes {
+        let oid = relation_oid(index.id);
+        r.indexes.push(PgIndex {
+            oid,
+            name: index.name.clone(),
+            columns: index.columns.clone(),
+            unique: index.unique,
+            primary: false,
+        });
+        if index.constraint {
+            r.constraints.push(PgConstraint {
+                oid: hashed_oid("constraint", &qualified, &index.name),
+                name: index.name.clone(),
+                kind: 'u',
+                columns: index.columns.clone(),
+                index: Some(oid),
+                definition: format!("UNIQUE ({})", r.column_names(&index.columns).join(", ")),
+                check: None,
+                foreign: None,
+            });
+        }
+    }
+    for check in &def.checks {
+        let columns: Vec<usize> = (0..def.columns.len())
+            .filter(|&i| mentions_column(&check.expr, &def.columns[i].name))
+            .collect();
+        r.constraints.push(PgConstraint {
+            oid: hashed_oid("constraint", &qualified, &check.name),
+            name: check.name.clone(),
+            kind: 'c',
+            columns,
+            index: None,
+            definition: format!("CHECK (({}))", check.expr),
+            check: Some(check.expr.clone()),
+            foreign: None,
+        });
+    }
+    for fk in &def.foreign_keys {
+        let parent = catalog.table_by_id(fk.table);
+        let (parent_name, ref_names) = match &parent {
+            Some(p) => {
+                let name = if p.schema == crate::catalog::DEFAULT_SCHEMA {
+                    quote_ident(&p.name)
+                } else {
+                    format!("{}.{}", quote_ident(&p.schema), quote_ident(&p.name))
+                };
+                let cols: Vec<String> = fk
+                    .ref_columns
+                    .iter()
+                    .map(|&c| quote_ident(&p.columns[c].name))
+                    .collect();
+                (name, cols)
+            }
+            None => (String::new(), Vec::new()),
+        };
+        let mut definition = format!(
+            "FOREIGN KEY ({}) REFERENCES {parent_name}({})",
+            r.column_names(&fk.columns).join(", "),
+            ref_names.join(", ")
+        );
+        if fk.on_update != crate::catalog::FkAction::NoAction {
+            definition.push_str(&format!(" ON UPDATE {}", fk.on_update.sql()));
+        }
+        if fk.on_delete != crate::catalog::FkAction::NoAction {
+            definition.push_str(&format!(" ON DELETE {}", fk.on_delete.sql()));
+        }
+        r.constraints.push(PgConstraint {
+            oid: hashed_oid("constraint", &qualified, &fk.name),
+            name: fk.name.clone(),
+            kind: 'f',
+            columns: fk.columns.clone(),
+            index: parent.as_ref().and_then(|p| {
+                if fk.ref_columns == p.primary_key {
+                    Some(relation_oid(p.id) + 1)
+                } else {
+                    p.indexes
+                        .iter()
+                        .find(|i| i.unique && i.columns == fk.ref_columns)
+                        .map(|i| relation_oid(i.id))
+                }
+            }),
+            definition,
+            check: None,
+            foreign: Some(PgForeignKey {
+                table: relation_oid(fk.table),
+                columns: fk.ref_columns.clone(),
+                on_update: fk.on_update.code(),
+                on_delete: fk.on_delete.code(),
+            }),
+        });
+    }
+}
+
+/// Whether an expression's text names a column (as a whole word).
+fn mentions_column(expr: &str, column: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    expr.match_indices(column).any(|(at, _)| {
+        !expr[..at].chars().next_back().is_some_and(is_ident)
+            && !expr[at + column.len()..]
+                .chars()
+                .next()
+                .is_some_and(is_ident)
+    })
 }

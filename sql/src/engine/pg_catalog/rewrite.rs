@@ -46,7 +46,6 @@ pub const ALWAYS_EMPTY: &[&str] = &[
     "pg_trigger",
     "pg_event_trigger",
     "pg_partitioned_table",
-    "pg_sequence",
 ];
 
 fn crate_rules() -> &'static [Arc<dyn SqlStatementRewriteRule>] {
@@ -76,6 +75,7 @@ pub fn rewrite(statement: Statement) -> Statement {
         let _ = statement.visit(&mut CatalogQueryRewriter);
     }
     name_reg_casts(&mut statement);
+    regclass_of_expressions(&mut statement);
     let _ = statement.visit(&mut TableFunctionColumns);
     for rule in crate_rules() {
         statement = rule.rewrite(statement);
@@ -119,6 +119,99 @@ fn name_reg_casts(statement: &mut Statement) {
             };
         }
     }
+}
+
+/// `x::regclass` of a column or expression (not a literal, which becomes a catalog lookup)
+/// is `eddy_regclass_oid(x)`, and `x::regclass::text` is `eddy_regclass_text(x)`: the
+/// relation's OID or name whether `x` holds a name or an OID.
+fn regclass_of_expressions(statement: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::DataType;
+    // A select list's `x::regclass` shows the relation's name (`conrelid::regclass AS
+    // ontable`, as psql lists foreign keys).
+    struct Shown;
+    impl VisitorMut for Shown {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                for item in &mut select.projection {
+                    let Some(e) = item_expr(item) else { continue };
+                    if let Expr::Cast {
+                        expr, data_type, ..
+                    } = e
+                        && data_type
+                            .to_string()
+                            .to_ascii_lowercase()
+                            .trim_start_matches("pg_catalog.")
+                            == "regclass"
+                        && !matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_)))
+                    {
+                        let inner = (**expr).clone();
+                        if let SelectItem::UnnamedExpr(_) = item {
+                            *item = SelectItem::ExprWithAlias {
+                                expr: call("eddy_regclass_text", vec![inner]),
+                                alias: Ident::new("regclass"),
+                            };
+                        } else if let Some(e) = item_expr(item) {
+                            *e = call("eddy_regclass_text", vec![inner]);
+                        }
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = statement.visit(&mut Shown);
+    let type_name = |t: &DataType| {
+        let t = t.to_string().to_ascii_lowercase();
+        t.trim_start_matches("pg_catalog.").to_string()
+    };
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(statement, |e| {
+        // generate_subscripts(a, 1): the positions of a's items, 1-based.
+        if let Expr::Function(f) = e
+            && last_name(&f.name) == "generate_subscripts"
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(array)), _] = list.args.as_slice()
+        {
+            let length = call(
+                "array_length",
+                vec![
+                    array.clone(),
+                    Expr::Value(Value::Number("1".into(), false).into()),
+                ],
+            );
+            *e = call(
+                "unnest",
+                vec![call(
+                    "generate_series",
+                    vec![Expr::Value(Value::Number("1".into(), false).into()), length],
+                )],
+            );
+            return ControlFlow::<()>::Continue(());
+        }
+        let Expr::Cast {
+            expr, data_type, ..
+        } = e
+        else {
+            return ControlFlow::<()>::Continue(());
+        };
+        let ty = type_name(data_type);
+        if ty == "regclass" {
+            let literal = matches!(expr.as_ref(), Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_)));
+            if !literal {
+                *e = call("eddy_regclass_oid", vec![(**expr).clone()]);
+            }
+        } else if matches!(
+            ty.as_str(),
+            "text" | "varchar" | "character varying" | "name"
+        ) && let Expr::Function(f) = expr.as_ref()
+            && last_name(&f.name) == "eddy_regclass_oid"
+            && let FunctionArguments::List(list) = &f.args
+            && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(inner))] = list.args.as_slice()
+        {
+            *e = call("eddy_regclass_text", vec![inner.clone()]);
+        }
+        ControlFlow::Continue(())
+    });
 }
 
 fn last_name(name: &ObjectName) -> String {
@@ -847,33 +940,138 @@ impl VisitorMut for CatalogQueryRewriter {
                     recursive_subquery_as_call(e);
                     ControlFlow::<()>::Continue(())
                 });
-                let Expr::Subquery(sub) = expr else {
-                    continue;
-                };
-                let Some(inner) = single_select(sub) else {
-                    continue;
-                };
-                if let Some(e) = item_expr(&mut inner.projection[0])
-                    && !is_aggregate(e)
-                {
-                    *e = call("first_value", vec![e.clone()]);
-                }
-                if let Some(outer_only) = decorrelate_filter(inner) {
-                    *expr = Expr::Case {
-                        case_token: AttachedToken::empty(),
-                        end_token: AttachedToken::empty(),
-                        operand: None,
-                        conditions: vec![CaseWhen {
-                            condition: outer_only,
-                            result: expr.clone(),
-                        }],
-                        else_result: None,
-                    };
-                }
+                // Scalar subqueries anywhere in the item (`CASE WHEN (SELECT ...) ...`).
+                let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(expr, |e| {
+                    first_row_subquery(e);
+                    ControlFlow::<()>::Continue(())
+                });
             }
         }
         ControlFlow::Continue(())
     }
+}
+
+/// A scalar subquery that does not aggregate takes its one row through `first_value`, and
+/// its filter's conditions on the outer row alone move out of it.
+fn first_row_subquery(expr: &mut Expr) {
+    if split_outer_projection(expr) {
+        return;
+    }
+    let Expr::Subquery(sub) = expr else {
+        return;
+    };
+    let Some(inner) = single_select(sub) else {
+        return;
+    };
+    if let Some(e) = item_expr(&mut inner.projection[0])
+        && !is_aggregate(e)
+    {
+        *e = call("first_value", vec![e.clone()]);
+    }
+    if let Some(outer_only) = decorrelate_filter(inner) {
+        *expr = Expr::Case {
+            case_token: AttachedToken::empty(),
+            end_token: AttachedToken::empty(),
+            operand: None,
+            conditions: vec![CaseWhen {
+                condition: outer_only,
+                result: expr.clone(),
+            }],
+            else_result: None,
+        };
+    }
+}
+
+/// DataFusion cannot decorrelate a subquery whose select list reads the outer row
+/// (`(SELECT json_build_object('always', a.attidentity = 'a', 'start', s.seqstart) FROM
+/// pg_sequence s WHERE ...)`, as SQLAlchemy reflects identity columns). When that list is a
+/// function call, the call moves out and each argument that reads the subquery's rows
+/// becomes a subquery of its own; the call is made only when the subquery has a row:
+/// `CASE WHEN (SELECT count(*) ...) > 0 THEN f(outer, (SELECT inner ...)) END`.
+fn split_outer_projection(expr: &mut Expr) -> bool {
+    let Expr::Subquery(sub) = expr else {
+        return false;
+    };
+    let template = sub.as_ref().clone();
+    let Some(select) = single_select(sub) else {
+        return false;
+    };
+    let bound = bound_names(select);
+    let Some(Expr::Function(f)) = item_expr(&mut select.projection[0]).cloned() else {
+        return false;
+    };
+    if !references(&Expr::Function(f.clone()), &bound).1 {
+        return false;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return false;
+    };
+    let mut call_args = Vec::with_capacity(list.args.len());
+    for arg in &list.args {
+        let FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) = arg else {
+            return false;
+        };
+        let (reads_inner, reads_outer) = references(a, &bound);
+        if reads_inner && reads_outer {
+            return false;
+        }
+        if !reads_inner {
+            call_args.push(a.clone());
+            continue;
+        }
+        let mut piece = template.clone();
+        if let SetExpr::Select(s) = piece.body.as_mut() {
+            s.projection[0] = SelectItem::UnnamedExpr(a.clone());
+        }
+        let mut piece = Expr::Subquery(Box::new(piece));
+        first_row_subquery(&mut piece);
+        call_args.push(piece);
+    }
+    let mut count = template;
+    if let SetExpr::Select(s) = count.body.as_mut() {
+        s.projection[0] = SelectItem::UnnamedExpr(call(
+            "count",
+            vec![Expr::Value(Value::Number("1".into(), false).into())],
+        ));
+    }
+    let mut count = Expr::Subquery(Box::new(count));
+    if let Expr::Subquery(q) = &mut count
+        && let Some(s) = single_select(q)
+        && let Some(outer_only) = decorrelate_filter(s)
+    {
+        count = Expr::Case {
+            case_token: AttachedToken::empty(),
+            end_token: AttachedToken::empty(),
+            operand: None,
+            conditions: vec![CaseWhen {
+                condition: outer_only,
+                result: count.clone(),
+            }],
+            else_result: None,
+        };
+    }
+    let mut outer_call = f.clone();
+    if let FunctionArguments::List(list) = &mut outer_call.args {
+        list.args = call_args
+            .into_iter()
+            .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+            .collect();
+    }
+    *expr = Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions: vec![CaseWhen {
+            condition: Expr::BinaryOp {
+                left: Box::new(count),
+                op: BinaryOperator::Gt,
+                right: Box::new(Expr::Value(Value::Number("0".into(), false).into())),
+            },
+            result: Expr::Function(outer_call),
+        }],
+        else_result: None,
+    };
+    true
 }
 
 #[cfg(test)]

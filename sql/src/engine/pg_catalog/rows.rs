@@ -90,10 +90,8 @@ fn scalar(field: &Field, value: Option<&V>) -> Result<ScalarValue> {
                     .into_iter()
                     .map(|s| ScalarValue::Utf8(Some(s)))
                     .collect();
-                return Ok(ScalarValue::List(ScalarValue::new_list_nullable(
-                    &values,
-                    &DataType::Utf8,
-                )));
+                return ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Utf8))
+                    .cast_to(ty);
             }
             array_text(&items)
         }
@@ -149,6 +147,74 @@ pub fn with_columns(schema: &SchemaRef, extra: &[(&str, DataType)]) -> SchemaRef
         }
     }
     Arc::new(Schema::new(fields))
+}
+
+/// The smallint list type of `conkey` and `indkey` (`int2vector` when `vector`: printed
+/// `1 2` rather than `{1,2}`).
+pub fn int2_list(vector: bool) -> Field {
+    number_list(DataType::Int16, vector.then_some("int2vector"))
+}
+
+/// The oid list type of `indclass` (`oidvector`).
+pub fn oid_vector() -> Field {
+    number_list(DataType::UInt32, Some("oidvector"))
+}
+
+fn number_list(item: DataType, pg_type: Option<&str>) -> Field {
+    let field = Field::new(
+        "",
+        DataType::List(Arc::new(Field::new_list_field(item, true))),
+        true,
+    );
+    match pg_type {
+        Some(t) => {
+            field.with_metadata([(crate::types::PG_TYPE_KEY.to_string(), t.to_string())].into())
+        }
+        None => field,
+    }
+}
+
+/// `(schema, batches)` with a text column of number lists (`{1,2}` or `1 2`, as the
+/// shipped catalog export holds them) turned into `field`'s smallint list type.
+pub fn int2_lists(
+    (schema, batches): (SchemaRef, Vec<RecordBatch>),
+    column: &str,
+    field: Field,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::arrow::array::{Array, AsArray, Int16Builder, ListBuilder};
+    let Ok(at) = schema.index_of(column) else {
+        return Ok((schema, batches));
+    };
+    let field = field.with_name(column);
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields[at] = field;
+    let new_schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut columns = batch.columns().to_vec();
+        let text = datafusion::arrow::compute::cast(&columns[at], &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let mut b = ListBuilder::new(Int16Builder::new());
+        for i in 0..text.len() {
+            if text.is_null(i) {
+                b.append(false);
+                continue;
+            }
+            for n in text
+                .value(i)
+                .trim_matches(|c| c == '{' || c == '}')
+                .split([',', ' '])
+                .filter_map(|n| n.trim().parse::<i16>().ok())
+            {
+                b.values().append_value(n);
+            }
+            b.append(true);
+        }
+        let list: ArrayRef = Arc::new(b.finish());
+        columns[at] = datafusion::arrow::compute::cast(&list, new_schema.field(at).data_type())?;
+        out.push(RecordBatch::try_new(new_schema.clone(), columns)?);
+    }
+    Ok((new_schema, out))
 }
 
 /// `schema` with one column's type changed.
