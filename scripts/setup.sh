@@ -27,13 +27,21 @@ if ! PYTHONPATH=.tools/python python3 -c 'import psycopg, psycopg2, asyncpg' 2>/
     'psycopg[binary]==3.2.*' 'psycopg2-binary==2.9.*' 'asyncpg==0.30.*'
 fi
 
-# node-postgres and dbmate (its npm package carries the binary) for the client and
+# SQLAlchemy and Alembic for the ORM and migration tests, beside the drivers.
+if ! PYTHONPATH=.tools/python python3 -c 'import sqlalchemy, alembic' 2>/dev/null; then
+  echo "setup: installing SQLAlchemy and Alembic into .tools/python"
+  python3 -m pip install --quiet --disable-pip-version-check --target .tools/python \
+    'SQLAlchemy==2.0.*' 'alembic==1.16.*'
+fi
+
+# node-postgres, knex and dbmate (its npm package carries the binary) for the client and
 # migration tests, kept in .tools/node.
-if [ ! -d .tools/node/node_modules/pg ] || [ ! -x .tools/node/node_modules/.bin/dbmate ]; then
-  echo "setup: installing node-postgres and dbmate into .tools/node"
+if [ ! -d .tools/node/node_modules/pg ] || [ ! -x .tools/node/node_modules/.bin/dbmate ] \
+   || [ ! -d .tools/node/node_modules/knex ]; then
+  echo "setup: installing node-postgres, knex and dbmate into .tools/node"
   mkdir -p .tools/node
   [ -f .tools/node/package.json ] || echo '{"private": true}' > .tools/node/package.json
-  (cd .tools/node && npm install --silent --no-audit --no-fund pg@8 dbmate@2)
+  (cd .tools/node && npm install --silent --no-audit --no-fund pg@8 dbmate@2 knex@3)
 fi
 
 # ONNX Runtime for models (loaded at run time from the onnxruntime wheel: ort 2.0.0-rc.15

@@ -64,6 +64,9 @@ pub enum Error {
         detail: Option<String>,
         /// What the user can do instead (PostgreSQL's HINT field).
         hint: Option<String>,
+        /// The object the error is about (PostgreSQL's schema, table, column and constraint
+        /// fields, which drivers expose: psycopg's `diag.constraint_name`).
+        object: Option<Box<ErrorObject>>,
     },
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
@@ -72,6 +75,15 @@ pub enum Error {
     /// A bug in Eddy, not the user's fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The database object an error is about.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorObject {
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub column: Option<String>,
+    pub constraint: Option<String>,
 }
 
 impl From<ArrowError> for Error {
@@ -87,41 +99,61 @@ impl Error {
             message: message.into(),
             detail: None,
             hint: None,
+            object: None,
         }
     }
 
-    pub fn with_detail(self, detail: impl Into<String>) -> Self {
+    /// The error concerns `constraint` of `schema.table`.
+    pub fn with_constraint(mut self, schema: &str, table: &str, constraint: &str) -> Self {
+        if let Error::User { object, .. } = &mut self {
+            *object = Some(Box::new(ErrorObject {
+                schema: Some(schema.to_string()),
+                table: Some(table.to_string()),
+                column: None,
+                constraint: Some(constraint.to_string()),
+            }));
+        }
+        self
+    }
+
+    /// The error concerns `column` of `schema.table`.
+    pub fn with_column(mut self, schema: &str, table: &str, column: &str) -> Self {
+        if let Error::User { object, .. } = &mut self {
+            *object = Some(Box::new(ErrorObject {
+                schema: Some(schema.to_string()),
+                table: Some(table.to_string()),
+                column: Some(column.to_string()),
+                constraint: None,
+            }));
+        }
+        self
+    }
+
+    pub fn object(&self) -> Option<&ErrorObject> {
         match self {
-            Error::User {
-                code,
-                message,
-                hint,
-                ..
-            } => Error::User {
-                code,
-                message,
-                detail: Some(detail.into()),
-                hint,
+            Error::User { object, .. } => object.as_deref(),
+            Error::DataFusion(e) => match root(e) {
+                DataFusionError::External(inner) => {
+                    inner.downcast_ref::<Error>().and_then(|e| e.object())
+                }
+                _ => None,
             },
-            other => other,
+            _ => None,
         }
     }
 
-    pub fn with_hint(self, hint: impl Into<String>) -> Self {
-        match self {
-            Error::User {
-                code,
-                message,
-                detail,
-                ..
-            } => Error::User {
-                code,
-                message,
-                detail,
-                hint: Some(hint.into()),
-            },
-            other => other,
+    pub fn with_detail(mut self, text: impl Into<String>) -> Self {
+        if let Error::User { detail, .. } = &mut self {
+            *detail = Some(text.into());
         }
+        self
+    }
+
+    pub fn with_hint(mut self, text: impl Into<String>) -> Self {
+        if let Error::User { hint, .. } = &mut self {
+            *hint = Some(text.into());
+        }
+        self
     }
 
     pub fn hint(&self) -> Option<&str> {

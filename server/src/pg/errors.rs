@@ -15,6 +15,12 @@ pub fn error_info(e: &Error) -> ErrorInfo {
     if let Some(hint) = e.hint() {
         info.hint = Some(hint.to_string());
     }
+    if let Some(object) = e.object() {
+        info.schema = object.schema.clone();
+        info.table = object.table.clone();
+        info.column = object.column.clone();
+        info.constraint = object.constraint.clone();
+    }
     info
 }
 

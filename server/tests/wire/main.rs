@@ -14,6 +14,7 @@ mod lifecycle;
 mod locks;
 mod migrations;
 mod models;
+mod orm;
 mod protocol;
 mod sinks;
 mod slt_suite;

@@ -83,6 +83,7 @@ impl Spec {
         Ok(Some(match option {
             ast::ColumnOption::Unique(u) => {
                 check_nulls_distinct(&u.nulls_distinct)?;
+                check_characteristics(u.characteristics.as_ref())?;
                 Spec::Unique {
                     name: name.or(u.name.as_ref().map(ident)),
                     columns: vec![column.to_string()],
@@ -92,14 +93,17 @@ impl Spec {
                 name: name.or(c.name.as_ref().map(ident)),
                 expr: (*c.expr).clone(),
             },
-            ast::ColumnOption::ForeignKey(fk) => Spec::ForeignKey {
-                name: name.or(fk.name.as_ref().map(ident)),
-                columns: vec![column.to_string()],
-                table: fk.foreign_table.clone(),
-                ref_columns: fk.referred_columns.iter().map(ident).collect(),
-                on_delete: action(fk.on_delete),
-                on_update: action(fk.on_update),
-            },
+            ast::ColumnOption::ForeignKey(fk) => {
+                check_reference(fk)?;
+                Spec::ForeignKey {
+                    name: name.or(fk.name.as_ref().map(ident)),
+                    columns: vec![column.to_string()],
+                    table: fk.foreign_table.clone(),
+                    ref_columns: fk.referred_columns.iter().map(ident).collect(),
+                    on_delete: action(fk.on_delete),
+                    on_update: action(fk.on_update),
+                }
+            }
             _ => return Ok(None),
         }))
     }
@@ -110,6 +114,7 @@ impl Spec {
             ast::TableConstraint::PrimaryKey(_) => return Ok(None),
             ast::TableConstraint::Unique(u) => {
                 check_nulls_distinct(&u.nulls_distinct)?;
+                check_characteristics(u.characteristics.as_ref())?;
                 Spec::Unique {
                     name: u.name.as_ref().map(ident),
                     columns: u
@@ -123,17 +128,49 @@ impl Spec {
                 name: c.name.as_ref().map(ident),
                 expr: (*c.expr).clone(),
             },
-            ast::TableConstraint::ForeignKey(fk) => Spec::ForeignKey {
-                name: fk.name.as_ref().map(ident),
-                columns: fk.columns.iter().map(ident).collect(),
-                table: fk.foreign_table.clone(),
-                ref_columns: fk.referred_columns.iter().map(ident).collect(),
-                on_delete: action(fk.on_delete),
-                on_update: action(fk.on_update),
-            },
+            ast::TableConstraint::ForeignKey(fk) => {
+                check_reference(fk)?;
+                Spec::ForeignKey {
+                    name: fk.name.as_ref().map(ident),
+                    columns: fk.columns.iter().map(ident).collect(),
+                    table: fk.foreign_table.clone(),
+                    ref_columns: fk.referred_columns.iter().map(ident).collect(),
+                    on_delete: action(fk.on_delete),
+                    on_update: action(fk.on_update),
+                }
+            }
             other => return Err(Error::not_supported(format!("table constraint {other}"))),
         }))
     }
+}
+
+/// Constraints are checked at once: DEFERRABLE and NOT ENFORCED are refused, not ignored.
+fn check_characteristics(c: Option<&ast::ConstraintCharacteristics>) -> Result<()> {
+    let Some(c) = c else { return Ok(()) };
+    if c.deferrable == Some(true) || matches!(c.initially, Some(ast::DeferrableInitial::Deferred)) {
+        return Err(Error::not_supported("DEFERRABLE constraints"));
+    }
+    if c.enforced == Some(false) {
+        return Err(Error::not_supported("NOT ENFORCED constraints"));
+    }
+    Ok(())
+}
+
+/// Foreign keys match simply (a NULL column exempts the row) and are checked at once.
+fn check_reference(fk: &ast::ForeignKeyConstraint) -> Result<()> {
+    if matches!(
+        fk.match_kind,
+        Some(ast::ConstraintReferenceMatchKind::Full | ast::ConstraintReferenceMatchKind::Partial)
+    ) {
+        return Err(Error::not_supported(format!(
+            "foreign keys MATCH {}",
+            fk.match_kind
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default()
+        )));
+    }
+    check_characteristics(fk.characteristics.as_ref())
 }
 
 fn check_nulls_distinct(n: &ast::NullsDistinctOption) -> Result<()> {
@@ -488,6 +525,7 @@ pub fn unique_violation(
         names.join(", "),
         values.join(", ")
     ))
+    .with_constraint(&def.schema, &def.name, &index.name)
 }
 
 /// The row a unique index maps these values to (`arrays[row]`'s index columns), if any.
@@ -573,7 +611,8 @@ pub fn check_rows(session: &Session, def: &TableDef, arrays: &[ArrayRef]) -> Res
                     def.name, check.name
                 ),
             )
-            .with_detail(format!("Failing row contains ({}).", row_text(arrays, row))));
+            .with_detail(format!("Failing row contains ({}).", row_text(arrays, row)))
+            .with_constraint(&def.schema, &def.name, &check.name));
         }
     }
     Ok(())
@@ -681,7 +720,8 @@ pub fn check_references(
                     names.join(", "),
                     shown.join(", "),
                     parent.name
-                )));
+                ))
+                .with_constraint(&def.schema, &def.name, &fk.name));
             }
             if txn.overlay_get(&k).is_none() {
                 let seen = committed(kv.as_ref(), &txn, table, &k)?;
@@ -695,11 +735,11 @@ pub fn check_references(
 /// Fills a new index from the table's rows (CREATE INDEX, ADD UNIQUE on a table with
 /// rows), failing on a duplicate of a unique one.
 pub async fn build_index(session: &Session, def: &TableDef, index: &IndexDef) -> Result<()> {
+    let mut only = def.clone();
+    only.indexes = vec![index.clone()];
     let rows = super::dml::read_rows(session, def).await?;
     for (arrays, keys) in rows {
         let mut txn = session.txn().lock();
-        let mut only = def.clone();
-        only.indexes = vec![index.clone()];
         write_index_entries(
             session.engine().kv().as_ref(),
             &mut txn,

@@ -144,7 +144,8 @@ pub async fn parent_changed(
                         names.join(", "),
                         values.join(", "),
                         child.name
-                    )));
+                    ))
+                    .with_constraint(&child.schema, &child.name, &fk.name));
                 }
             }
         }

@@ -111,6 +111,12 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             ..
         } => create_schema(session, schema_name, *if_not_exists)?,
         Statement::Drop {
+            object_type: ObjectType::Index,
+            if_exists,
+            names,
+            ..
+        } => drop_indexes(session, names, *if_exists)?,
+        Statement::Drop {
             object_type,
             if_exists,
             names,
@@ -126,6 +132,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             ..
         } => drop(session, *object_type, *if_exists, names, *cascade)?,
         Statement::CreateRole(r) => super::roles::create_role(session, r)?,
+        Statement::CreateIndex(ci) => create_index(session, ci).await?,
         Statement::CreateSequence {
             temporary: false,
             if_not_exists,
@@ -390,6 +397,160 @@ fn sequence_name_for(
         .map(|i| format!("{table}_{column}_seq{i}"))
         .find(|n| catalog.relation(schema, n).is_none() && !taken.iter().any(|(t, _, _)| t == n))
         .expect("some numbered name is free")
+}
+
+/// `CREATE [UNIQUE] INDEX [IF NOT EXISTS] [name] ON table [USING btree] (column, ...)`.
+pub async fn create_index(session: &Session, ci: &ast::CreateIndex) -> Result<CommandTag> {
+    let tag = CommandTag::new("CREATE INDEX");
+    let Some((schema, table, Relation::Table(def))) = session.resolve(&ci.table_name)? else {
+        return Err(Error::undefined_table(ci.table_name.to_string()));
+    };
+    if def.kind != TableKind::Table {
+        return Err(Error::user(
+            sqlstate::WRONG_OBJECT_TYPE,
+            format!("cannot create index on {} \"{table}\"", def.kind.describe()),
+        ));
+    }
+    if let Some(using) = &ci.using
+        && !using.to_string().eq_ignore_ascii_case("btree")
+    {
+        return Err(Error::not_supported(format!("index access method {using}")));
+    }
+    if ci.predicate.is_some() {
+        return Err(Error::not_supported(
+            "partial indexes (CREATE INDEX ... WHERE)",
+        ));
+    }
+    if !ci.include.is_empty() {
+        return Err(Error::not_supported("CREATE INDEX ... INCLUDE"));
+    }
+    let mut columns = Vec::with_capacity(ci.columns.len());
+    for c in &ci.columns {
+        let name = match &c.column.expr {
+            SqlExpr::Identifier(i) => ident(i),
+            other => {
+                return Err(Error::not_supported(format!(
+                    "an index over the expression {other}"
+                )));
+            }
+        };
+        let at = def.column_index(&name).ok_or_else(|| {
+            Error::user(
+                sqlstate::UNDEFINED_COLUMN,
+                format!("column \"{name}\" does not exist"),
+            )
+        })?;
+        columns.push(at);
+    }
+    let current = session.engine().catalog();
+    let index = {
+        let mut txn = session.txn().lock();
+        let catalog = txn.catalog_mut(&current);
+        let name = match &ci.name {
+            Some(n) => name_parts(n).pop().unwrap_or_default(),
+            None => {
+                let names: Vec<&str> = columns
+                    .iter()
+                    .map(|&c| def.columns[c].name.as_str())
+                    .collect();
+                super::constraints::choose_name(catalog, &def, &names, "idx")
+            }
+        };
+        if catalog.relation(&schema, &name).is_some()
+            || catalog.index_owner(&schema, &name).is_some()
+        {
+            if ci.if_not_exists {
+                return Ok(tag);
+            }
+            return Err(Error::user(
+                sqlstate::DUPLICATE_TABLE,
+                format!("relation \"{name}\" already exists"),
+            ));
+        }
+        let (id, op) = catalog.allocate_id();
+        let index = crate::catalog::IndexDef {
+            id,
+            name,
+            columns,
+            unique: ci.unique,
+            constraint: false,
+            comment: None,
+        };
+        let mut new = (*def).clone();
+        new.indexes.push(index.clone());
+        let mut ops = vec![op];
+        ops.extend(catalog.replace_table(&def, new)?);
+        txn.push_ops(ops);
+        index
+    };
+    // Existing rows get their entries (and a unique index checks them) now.
+    super::constraints::build_index(session, &def, &index).await?;
+    Ok(tag)
+}
+
+/// `DROP INDEX [IF EXISTS] name, ...`: an index made by CREATE INDEX (a constraint's index
+/// goes with ALTER TABLE ... DROP CONSTRAINT).
+fn drop_indexes(session: &Session, names: &[ObjectName], if_exists: bool) -> Result<CommandTag> {
+    for name in names {
+        let mut parts = name_parts(name);
+        let index = parts.pop().unwrap_or_default();
+        let schemas = match parts.pop() {
+            Some(s) => vec![s],
+            None => session.settings().search_path(&session.info().user),
+        };
+        let current = session.engine().catalog();
+        let mut txn = session.txn().lock();
+        let catalog = txn.catalog_mut(&current);
+        let owner = schemas.iter().find_map(|s| catalog.index_owner(s, &index));
+        let Some(def) = owner else {
+            let is_key = schemas.iter().any(|s| {
+                catalog.tables().any(|t| {
+                    t.schema == *s
+                        && !t.primary_key.is_empty()
+                        && format!("{}_pkey", t.name) == index
+                })
+            });
+            if is_key {
+                let table = index.trim_end_matches("_pkey").to_string();
+                return Err(constraint_needs_index(&index, &table));
+            }
+            if if_exists {
+                continue;
+            }
+            return Err(Error::user(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("index \"{index}\" does not exist"),
+            ));
+        };
+        let at = def
+            .indexes
+            .iter()
+            .position(|i| i.name == index)
+            .expect("the owner has it");
+        if def.indexes[at].constraint {
+            return Err(constraint_needs_index(&index, &def.name));
+        }
+        let mut new = (*def).clone();
+        let removed = new.indexes.remove(at);
+        let mut ops = catalog.replace_table(&def, new)?;
+        let prefix = crate::keys::table_prefix(removed.id);
+        let end = prefix_end(&prefix);
+        ops.push(crate::storage::WriteOp::DeleteRange(prefix, end));
+        txn.push_ops(ops);
+    }
+    Ok(CommandTag::new("DROP INDEX"))
+}
+
+fn constraint_needs_index(index: &str, table: &str) -> Error {
+    Error::user(
+        "2BP01",
+        format!(
+            "cannot drop index {index} because constraint {index} on table {table} requires it"
+        ),
+    )
+    .with_hint(format!(
+        "You can drop constraint {index} on table {table} instead."
+    ))
 }
 
 fn multiple_primary_keys(table: &str) -> Error {

@@ -55,6 +55,7 @@ pub fn prepare_statement(
             let mut insert = insert.clone();
             insert.on = None;
             name_short_values(&mut insert, session)?;
+            nested_values_as_selects(&mut insert);
             (Statement::Insert(insert), None)
         }
         Statement::Update(update) => {
@@ -76,6 +77,74 @@ pub fn prepare_statement(
         }
         other => (other.clone(), None),
     })
+}
+
+/// DataFusion plans every VALUES list inside an INSERT's query with the target table's
+/// columns, so `INSERT INTO t (a, b) SELECT p0, p1 FROM (VALUES (.., .., 0)) AS v(p0, p1, n)`
+/// (SQLAlchemy's insertmanyvalues) fails on the list's third column. A VALUES list below the
+/// top of the query becomes the equivalent `SELECT .. UNION ALL SELECT ..`.
+fn nested_values_as_selects(insert: &mut ast::Insert) {
+    use ast::{SetExpr, VisitMut, VisitorMut};
+    use std::ops::ControlFlow;
+    let Some(source) = insert.source.as_mut() else {
+        return;
+    };
+    if matches!(source.body.as_ref(), SetExpr::Values(_)) {
+        return;
+    }
+    struct Convert;
+    impl VisitorMut for Convert {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &mut ast::Query) -> ControlFlow<()> {
+            let SetExpr::Values(values) = query.body.as_ref() else {
+                return ControlFlow::Continue(());
+            };
+            let selects = values.rows.iter().map(|row| {
+                let items = row
+                    .content
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| ast::SelectItem::ExprWithAlias {
+                        expr: e.clone(),
+                        alias: ast::Ident::new(format!("column{}", i + 1)),
+                    })
+                    .collect::<Vec<_>>();
+                let sql = format!(
+                    "SELECT {}",
+                    items
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+                datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+                    .try_with_sql(&sql)
+                    .and_then(|mut p| p.parse_query())
+                    .map(|q| *q.body)
+            });
+            let mut body: Option<SetExpr> = None;
+            for select in selects {
+                let Ok(select) = select else {
+                    return ControlFlow::Continue(());
+                };
+                body = Some(match body {
+                    None => select,
+                    Some(left) => SetExpr::SetOperation {
+                        op: ast::SetOperator::Union,
+                        set_quantifier: ast::SetQuantifier::All,
+                        left: Box::new(left),
+                        right: Box::new(select),
+                    },
+                });
+            }
+            if let Some(body) = body {
+                *query.body = body;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = source.visit(&mut Convert);
 }
 
 fn name_short_values(insert: &mut ast::Insert, session: &Session) -> Result<()> {
@@ -411,7 +480,8 @@ impl Writer<'_> {
                             "null value in column \"{}\" of relation \"{}\" violates not-null constraint",
                             c.name, def.name
                         ),
-                    ));
+                    )
+                    .with_column(&def.schema, &def.name, &c.name));
                 }
                 check_length(&c.ty, &array)?;
                 match c.ty {
@@ -504,6 +574,11 @@ impl Writer<'_> {
             names.join(", "),
             values.join(", ")
         ))
+        .with_constraint(
+            &self.def.schema,
+            &self.def.name,
+            &format!("{}_pkey", self.def.name),
+        )
     }
 
     /// CHECK constraints and foreign keys of rows about to be written.

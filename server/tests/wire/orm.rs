@@ -1,0 +1,77 @@
+//! ORMs and their applications, run against Eddy and against a real PostgreSQL 15: what
+//! the application prints must be the same on both.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::{Postgres, Server};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a client script with `conn` as its argument; its output, or a panic with it.
+fn run(what: &str, program: &str, script: &str, conn: &str) -> String {
+    let out = Command::new(program)
+        .env("PYTHONPATH", repo_root().join(".tools/python"))
+        .env("NODE_PATH", repo_root().join(".tools/node/node_modules"))
+        .arg(repo_root().join("scripts/clients").join(script))
+        .arg(conn)
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} (scripts/setup.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn assert_same(what: &str, postgres: &str, eddy: &str) {
+    if postgres == eddy {
+        return;
+    }
+    let mut report = String::new();
+    for (p, e) in postgres.lines().zip(eddy.lines()) {
+        if p != e {
+            report.push_str(&format!("postgres: {p}\neddy:     {e}\n"));
+        }
+    }
+    panic!(
+        "{what} printed differently on Eddy ({} lines) and PostgreSQL ({} lines):\n{report}\n--- eddy ---\n{eddy}",
+        eddy.lines().count(),
+        postgres.lines().count()
+    );
+}
+
+#[test]
+fn a_sqlalchemy_application_runs_as_on_postgres() {
+    let pg = Postgres::start();
+    let eddy = Server::start_secure();
+    let on_postgres = run(
+        "SQLAlchemy on PostgreSQL",
+        "python3",
+        "sqlalchemy_app.py",
+        &pg.conn_string(),
+    );
+    let on_eddy = run(
+        "SQLAlchemy on Eddy",
+        "python3",
+        "sqlalchemy_app.py",
+        &eddy.conn_string(),
+    );
+    assert_same("the SQLAlchemy application", &on_postgres, &on_eddy);
+    assert!(
+        on_eddy.contains("duplicate refused 23505 users_email_key"),
+        "{on_eddy}"
+    );
+    // A second run drops and recreates everything, as test suites do.
+    let again = run(
+        "SQLAlchemy on Eddy, again",
+        "python3",
+        "sqlalchemy_app.py",
+        &eddy.conn_string(),
+    );
+    assert_same("the second run", &on_postgres, &again);
+}
