@@ -264,6 +264,11 @@ pub struct TableDef {
     /// Foreign keys this table's rows must satisfy.
     #[serde(default)]
     pub foreign_keys: Vec<ForeignKeyDef>,
+    /// The version of the stored row layout: ALTER TABLE ADD / DROP COLUMN and SET DATA TYPE
+    /// rewrite the rows and count up, and a transaction that wrote rows in an older layout
+    /// cannot commit.
+    #[serde(default)]
+    pub layout: u32,
     #[serde(skip)]
     arrow: Option<SchemaRef>,
 }
@@ -287,6 +292,7 @@ impl TableDef {
             indexes: Vec::new(),
             checks: Vec::new(),
             foreign_keys: Vec::new(),
+            layout: 0,
             arrow: None,
         };
         def.arrow = Some(def.build_arrow_schema());
@@ -305,9 +311,8 @@ impl TableDef {
         }
     }
 
-    /// The same relation with changed columns (ALTER TABLE): its Arrow schema follows.
-    pub fn with_columns(mut self, columns: Vec<ColumnDef>) -> Self {
-        self.columns = columns;
+    /// The same relation after its columns changed (ALTER TABLE): its Arrow schema follows.
+    pub fn refreshed(mut self) -> Self {
         self.arrow = Some(self.build_arrow_schema());
         self
     }

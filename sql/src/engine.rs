@@ -6,6 +6,7 @@
 //! concurrently (RocksDB groups their WAL syncs).
 
 pub mod advisory;
+mod alter;
 mod catalog_provider;
 mod constraints;
 mod constraints_actions;
@@ -55,7 +56,12 @@ use crate::txn::{self, CatalogCommit, Txn, locks::KeyLocks};
 pub struct Engine {
     kv: Arc<dyn KvStore>,
     catalog: RwLock<Arc<Catalog>>,
-    catalog_commit: Mutex<()>,
+    /// Held exclusively by commits that change the catalog, shared by those that write rows
+    /// (so a row commit sees the layout its rows must have).
+    catalog_commit: RwLock<()>,
+    /// Per table: its current row layout (where not 0), and how many commits wrote its rows.
+    layouts: RwLock<HashMap<u32, u32>>,
+    table_writes: Mutex<HashMap<u32, u64>>,
     locks: KeyLocks,
     /// Next hidden row id per table without a primary key.
     row_ids: Mutex<HashMap<u32, u64>>,
@@ -77,6 +83,14 @@ pub struct Engine {
     pub limits: crate::limits::Limits,
     /// The memory all sessions' queries share (`limits.query_memory_bytes`).
     pub query_memory: Arc<memory::QueryMemory>,
+}
+
+fn altered_concurrently(why: &str) -> Error {
+    Error::user(
+        crate::error::sqlstate::SERIALIZATION_FAILURE,
+        "could not serialize access due to concurrent ALTER TABLE",
+    )
+    .with_detail(why.to_string())
 }
 
 /// A file of [`RESERVE_BYTES`] kept in the data dir and deleted at every start before the
@@ -163,8 +177,16 @@ impl Engine {
             streams,
             log,
             kv,
+            layouts: RwLock::new(
+                catalog
+                    .tables()
+                    .filter(|t| t.layout != 0)
+                    .map(|t| (t.id, t.layout))
+                    .collect(),
+            ),
             catalog: RwLock::new(Arc::new(catalog)),
-            catalog_commit: Mutex::new(()),
+            catalog_commit: RwLock::new(()),
+            table_writes: Mutex::new(HashMap::new()),
             locks: KeyLocks::new(),
             row_ids: Mutex::new(HashMap::new()),
             sequences: Default::default(),
@@ -191,21 +213,84 @@ impl Engine {
     /// Commits `txn`: validates, writes one synced batch, installs catalog changes.
     /// Blocking (it waits for the WAL sync): call from a blocking thread.
     pub fn commit(&self, txn: Txn) -> Result<()> {
+        let written: Vec<u32> = txn.layouts().keys().copied().collect();
         if txn.catalog_draft().is_none() {
+            let _shared = self.catalog_commit.read();
+            self.check_layouts(&txn)?;
             let version = self.catalog.read().version;
             txn::commit(self.kv.as_ref(), &self.locks, txn, version)?;
+            self.count_writes(&written);
             return Ok(());
         }
-        let _serial = self.catalog_commit.lock();
+        let _serial = self.catalog_commit.write();
+        if let Some(draft) = txn.catalog_draft() {
+            // Rows this transaction wrote must have the layout its own catalog gives them.
+            for (table, seen) in txn.layouts() {
+                if let Some(t) = draft.table_by_id(*table)
+                    && t.layout != *seen
+                {
+                    return Err(altered_concurrently(
+                        "rows were written in a layout this transaction changed afterwards",
+                    ));
+                }
+            }
+        }
+        {
+            let writes = self.table_writes.lock();
+            for (table, seen) in txn.rewrites() {
+                if writes.get(table).copied().unwrap_or(0) != *seen {
+                    return Err(altered_concurrently(
+                        "rows of a table this statement rewrote were written concurrently",
+                    ));
+                }
+            }
+        }
         let version = self.catalog.read().version;
         if let CatalogCommit::Install(cat) =
             txn::commit(self.kv.as_ref(), &self.locks, txn, version)?
         {
             let cat = Arc::new(cat);
+            *self.layouts.write() = cat
+                .tables()
+                .filter(|t| t.layout != 0)
+                .map(|t| (t.id, t.layout))
+                .collect();
             *self.catalog.write() = cat.clone();
             self.streams.reconcile(&cat);
         }
+        self.count_writes(&written);
         Ok(())
+    }
+
+    /// Rows written in a table's old layout cannot be stored after ALTER TABLE changed it.
+    fn check_layouts(&self, txn: &Txn) -> Result<()> {
+        if txn.layouts().is_empty() {
+            return Ok(());
+        }
+        let layouts = self.layouts.read();
+        for (table, seen) in txn.layouts() {
+            if layouts.get(table).copied().unwrap_or(0) != *seen {
+                return Err(altered_concurrently(
+                    "the table was altered after this transaction wrote its rows",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn count_writes(&self, tables: &[u32]) {
+        if tables.is_empty() {
+            return;
+        }
+        let mut writes = self.table_writes.lock();
+        for t in tables {
+            *writes.entry(*t).or_insert(0) += 1;
+        }
+    }
+
+    /// How many commits have written rows of `table` (ALTER TABLE notes it before rewriting).
+    pub fn table_writes(&self, table: u32) -> u64 {
+        self.table_writes.lock().get(&table).copied().unwrap_or(0)
     }
 
     /// Starts the pipelines of every stream and materialized view (from their last

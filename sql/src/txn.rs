@@ -59,6 +59,11 @@ pub struct Txn {
     /// Keys read (not written) whose committed value must be unchanged at commit: the rows
     /// a foreign key references.
     reads: BTreeMap<Vec<u8>, (u32, Expect)>,
+    /// The row layout (`TableDef::layout`) of each table this transaction wrote rows of.
+    layouts: BTreeMap<u32, u32>,
+    /// Tables this transaction rewrote (ALTER TABLE), with the engine's count of commits
+    /// that wrote them when it read their rows.
+    rewrites: BTreeMap<u32, u64>,
     /// Open savepoints, oldest first: each name with the transaction's state when it was set.
     savepoints: Vec<(String, Box<Txn>)>,
 }
@@ -140,6 +145,25 @@ impl Txn {
         if !self.writes.contains_key(&key) {
             self.reads.entry(key).or_insert((table_id, observed.into()));
         }
+    }
+
+    /// Notes that rows of `table` were written in layout `layout`.
+    pub fn note_layout(&mut self, table: u32, layout: u32) {
+        self.layouts.insert(table, layout);
+    }
+
+    pub fn layouts(&self) -> &BTreeMap<u32, u32> {
+        &self.layouts
+    }
+
+    /// Notes that this transaction rewrote every row of `table`, having read them when
+    /// `writes` commits had written it.
+    pub fn note_rewrite(&mut self, table: u32, writes: u64) {
+        self.rewrites.entry(table).or_insert(writes);
+    }
+
+    pub fn rewrites(&self) -> &BTreeMap<u32, u64> {
+        &self.rewrites
     }
 
     pub fn write_count(&self) -> usize {

@@ -75,3 +75,27 @@ fn a_sqlalchemy_application_runs_as_on_postgres() {
     );
     assert_same("the second run", &on_postgres, &again);
 }
+
+#[test]
+fn alembic_migrations_with_alter_table_run_as_on_postgres() {
+    let pg = Postgres::start();
+    let eddy = Server::start_secure();
+    let on_postgres = run(
+        "Alembic on PostgreSQL",
+        "python3",
+        "alembic_app.py",
+        &pg.conn_string(),
+    );
+    let on_eddy = run(
+        "Alembic on Eddy",
+        "python3",
+        "alembic_app.py",
+        &eddy.conn_string(),
+    );
+    assert_same("the Alembic migrations", &on_postgres, &on_eddy);
+    assert!(
+        on_eddy.contains("upgrade head version ['0004']"),
+        "{on_eddy}"
+    );
+    assert!(on_eddy.contains("downgrade base tables []"), "{on_eddy}");
+}

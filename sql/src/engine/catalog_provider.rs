@@ -46,6 +46,11 @@ impl SessionView {
         weak.upgrade().map(|s| s.read().clone())
     }
 
+    /// The DEFAULT of one column, planned (an identity column's draws from its sequence).
+    pub fn column_default(&self, def: &TableDef, column: usize) -> DfResult<Option<Expr>> {
+        Ok(self.defaults(def)?.into_iter().nth(column).flatten())
+    }
+
     fn defaults(&self, def: &TableDef) -> DfResult<Vec<Option<Expr>>> {
         if def
             .columns

@@ -746,7 +746,21 @@ pub async fn build_index(session: &Session, def: &TableDef, index: &IndexDef) ->
             &only,
             None,
             Some((&arrays, &keys)),
-        )?;
+        )
+        .map_err(|e| match e.sqlstate() == sqlstate::UNIQUE_VIOLATION {
+            // As PostgreSQL words a unique index that existing rows already break.
+            true => Error::user(
+                sqlstate::UNIQUE_VIOLATION,
+                format!("could not create unique index \"{}\"", index.name),
+            )
+            .with_detail(
+                e.detail()
+                    .unwrap_or_default()
+                    .replace("already exists.", "is duplicated."),
+            )
+            .with_constraint(&def.schema, &def.name, &index.name),
+            false => e,
+        })?;
     }
     Ok(())
 }

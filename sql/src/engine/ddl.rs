@@ -133,6 +133,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
         } => drop(session, *object_type, *if_exists, names, *cascade)?,
         Statement::CreateRole(r) => super::roles::create_role(session, r)?,
         Statement::CreateIndex(ci) => create_index(session, ci).await?,
+        Statement::AlterTable(alter) => super::alter::alter_table(session, alter).await?,
         Statement::CreateSequence {
             temporary: false,
             if_not_exists,
@@ -196,94 +197,27 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     // UNIQUE, CHECK and FOREIGN KEY constraints, added once the table exists.
     let mut specs: Vec<Spec> = Vec::new();
     for (i, c) in ct.columns.iter().enumerate() {
-        let col_name = ident(&c.name);
-        if columns.iter().any(|d: &ColumnDef| d.name == col_name) {
+        let column = column_from_ast(&name, c)?;
+        if columns
+            .iter()
+            .any(|d: &ColumnDef| d.name == column.def.name)
+        {
             return Err(Error::user(
                 "42701",
-                format!("column \"{col_name}\" specified more than once"),
+                format!("column \"{}\" specified more than once", column.def.name),
             ));
         }
-        let serial = serial_type(&c.data_type);
-        let ty = match &serial {
-            Some(ty) => ty.clone(),
-            None => SqlType::from_ast(&c.data_type)?,
-        };
-        let mut def = ColumnDef::new(col_name, ty, true);
-        if serial.is_some() {
-            // SERIAL: NOT NULL, with a default from a sequence the column owns.
-            def.nullable = false;
-            sequences.push((i, SequenceOptionsGiven::default()));
-        }
-        for opt in &c.options {
-            match &opt.option {
-                ColumnOption::Null if serial.is_some() || def.identity.is_some() => {
-                    return Err(Error::user(
-                        sqlstate::SYNTAX_ERROR,
-                        format!(
-                            "conflicting NULL/NOT NULL declarations for column \"{}\" of table \"{name}\"",
-                            def.name
-                        ),
-                    ));
-                }
-                ColumnOption::Null => def.nullable = true,
-                ColumnOption::NotNull => def.nullable = false,
-                ColumnOption::Default(_) if serial.is_some() || def.identity.is_some() => {
-                    return Err(Error::user(
-                        sqlstate::SYNTAX_ERROR,
-                        format!(
-                            "multiple default values specified for column \"{}\" of table \"{name}\"",
-                            def.name
-                        ),
-                    ));
-                }
-                ColumnOption::Default(e) => def.default = Some(default_text(e, &def.ty)),
-                ColumnOption::Generated {
-                    generated_as: generated @ (GeneratedAs::Always | GeneratedAs::ByDefault),
-                    sequence_options,
-                    generation_expr: None,
-                    ..
-                } => {
-                    if !matches!(def.ty, SqlType::Int2 | SqlType::Int4 | SqlType::Int8) {
-                        return Err(Error::user(
-                            sqlstate::INVALID_PARAMETER_VALUE,
-                            format!("identity column type must be smallint, integer, or bigint"),
-                        ));
-                    }
-                    if def.default.is_some() || def.identity.is_some() {
-                        return Err(Error::user(
-                            sqlstate::SYNTAX_ERROR,
-                            format!(
-                                "multiple default values specified for column \"{}\" of table \"{name}\"",
-                                def.name
-                            ),
-                        ));
-                    }
-                    def.identity = Some(match generated {
-                        GeneratedAs::Always => Identity::Always,
-                        _ => Identity::ByDefault,
-                    });
-                    def.nullable = false;
-                    let options = SequenceOptionsGiven::from_ast(
-                        None,
-                        sequence_options.as_deref().unwrap_or_default(),
-                    )?;
-                    sequences.push((i, options));
-                }
-                ColumnOption::PrimaryKey(_) => {
-                    if !primary_key.is_empty() {
-                        return Err(multiple_primary_keys(&name));
-                    }
-                    primary_key.push(i);
-                }
-                other => match Spec::from_column_option(&def.name, opt.name.as_ref(), other)? {
-                    Some(spec) => specs.push(spec),
-                    None => {
-                        return Err(Error::not_supported(format!("column constraint {other}")));
-                    }
-                },
+        if column.primary_key {
+            if !primary_key.is_empty() {
+                return Err(multiple_primary_keys(&name));
             }
+            primary_key.push(i);
         }
-        columns.push(def);
+        if let Some(options) = column.sequence {
+            sequences.push((i, options));
+        }
+        specs.extend(column.constraints);
+        columns.push(column.def);
     }
     for constraint in &ct.constraints {
         match constraint {
@@ -348,6 +282,103 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     }
     txn.push_ops(ops);
     Ok(CommandTag::new("CREATE TABLE"))
+}
+
+/// One column of CREATE TABLE or ALTER TABLE ADD COLUMN, as written.
+pub(super) struct ColumnSpec {
+    pub def: ColumnDef,
+    /// `PRIMARY KEY` on the column.
+    pub primary_key: bool,
+    /// SERIAL or identity: the options of the sequence it owns.
+    pub sequence: Option<SequenceOptionsGiven>,
+    /// Its UNIQUE, CHECK and REFERENCES options.
+    pub constraints: Vec<Spec>,
+}
+
+pub(super) fn column_from_ast(table: &str, c: &ast::ColumnDef) -> Result<ColumnSpec> {
+    let name = table;
+    let col_name = ident(&c.name);
+    let serial = serial_type(&c.data_type);
+    let ty = match &serial {
+        Some(ty) => ty.clone(),
+        None => SqlType::from_ast(&c.data_type)?,
+    };
+    let mut out = ColumnSpec {
+        def: ColumnDef::new(col_name, ty, true),
+        primary_key: false,
+        sequence: None,
+        constraints: Vec::new(),
+    };
+    let def = &mut out.def;
+    if serial.is_some() {
+        // SERIAL: NOT NULL, with a default from a sequence the column owns.
+        def.nullable = false;
+        out.sequence = Some(SequenceOptionsGiven::default());
+    }
+    for opt in &c.options {
+        match &opt.option {
+            ColumnOption::Null if serial.is_some() || def.identity.is_some() => {
+                return Err(Error::user(
+                    sqlstate::SYNTAX_ERROR,
+                    format!(
+                        "conflicting NULL/NOT NULL declarations for column \"{}\" of table \"{name}\"",
+                        def.name
+                    ),
+                ));
+            }
+            ColumnOption::Null => def.nullable = true,
+            ColumnOption::NotNull => def.nullable = false,
+            ColumnOption::Default(_) if serial.is_some() || def.identity.is_some() => {
+                return Err(Error::user(
+                    sqlstate::SYNTAX_ERROR,
+                    format!(
+                        "multiple default values specified for column \"{}\" of table \"{name}\"",
+                        def.name
+                    ),
+                ));
+            }
+            ColumnOption::Default(e) => def.default = Some(default_text(e, &def.ty)),
+            ColumnOption::Generated {
+                generated_as: generated @ (GeneratedAs::Always | GeneratedAs::ByDefault),
+                sequence_options,
+                generation_expr: None,
+                ..
+            } => {
+                if !def.ty.is_integer() {
+                    return Err(Error::user(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        "identity column type must be smallint, integer, or bigint",
+                    ));
+                }
+                if def.default.is_some() || def.identity.is_some() {
+                    return Err(Error::user(
+                        sqlstate::SYNTAX_ERROR,
+                        format!(
+                            "multiple default values specified for column \"{}\" of table \"{name}\"",
+                            def.name
+                        ),
+                    ));
+                }
+                def.identity = Some(match generated {
+                    GeneratedAs::Always => Identity::Always,
+                    _ => Identity::ByDefault,
+                });
+                def.nullable = false;
+                out.sequence = Some(SequenceOptionsGiven::from_ast(
+                    None,
+                    sequence_options.as_deref().unwrap_or_default(),
+                )?);
+            }
+            ColumnOption::PrimaryKey(_) => out.primary_key = true,
+            other => match Spec::from_column_option(&def.name, opt.name.as_ref(), other)? {
+                Some(spec) => out.constraints.push(spec),
+                None => {
+                    return Err(Error::not_supported(format!("column constraint {other}")));
+                }
+            },
+        }
+    }
+    Ok(out)
 }
 
 /// A DEFAULT as PostgreSQL keeps it: a string literal carries its cast to the column's type

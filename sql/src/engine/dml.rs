@@ -720,6 +720,7 @@ impl Writer<'_> {
         conflict: Option<&ast::OnConflict>,
         table: &TableReference,
     ) -> Result<Written> {
+        self.note_layout();
         let arrays = self.table_columns(batch)?;
         self.check_new(&arrays)?;
         let keys = self.encode_keys(&arrays)?;
@@ -919,7 +920,16 @@ impl Writer<'_> {
         Ok((batch.column(n), batch.column(n + 1)))
     }
 
+    /// The rows written are in the table's current layout (see `Engine::commit`).
+    fn note_layout(&self) {
+        self.session
+            .txn()
+            .lock()
+            .note_layout(self.def.id, self.def.layout);
+    }
+
     fn update(&self, batch: &RecordBatch) -> Result<Written> {
+        self.note_layout();
         let (old_keys, old_rows) = self.storage_columns(batch)?;
         let (old_keys, old_rows) = (old_keys.as_binary::<i32>(), old_rows.as_binary::<i32>());
         let arrays = self.table_columns(batch)?;
@@ -993,6 +1003,7 @@ impl Writer<'_> {
     }
 
     fn delete(&self, batch: &RecordBatch) -> Result<Written> {
+        self.note_layout();
         let (keys, rows) = self.storage_columns(batch)?;
         let (keys, rows) = (keys.as_binary::<i32>(), rows.as_binary::<i32>());
         let old = self.decode_rows((0..batch.num_rows()).map(|i| rows.value(i)))?;
