@@ -99,3 +99,23 @@ fn alembic_migrations_with_alter_table_run_as_on_postgres() {
     );
     assert!(on_eddy.contains("downgrade base tables []"), "{on_eddy}");
 }
+
+#[test]
+fn a_knex_service_with_migrations_runs_as_on_postgres() {
+    let pg = Postgres::start();
+    let eddy = Server::start_secure();
+    let pg_url = format!(
+        "postgresql://eddy@localhost:{}/postgres?host={}",
+        pg.port,
+        pg.socket_dir.display()
+    );
+    let on_postgres = run("knex on PostgreSQL", "node", "knex_app.js", &pg_url);
+    let on_eddy = run(
+        "knex on Eddy",
+        "node",
+        "knex_app.js",
+        &format!("{}?sslmode=no-verify", eddy.url()),
+    );
+    assert_same("the knex service", &on_postgres, &on_eddy);
+    assert!(on_eddy.contains(r#""one" [{"one":1}]"#), "{on_eddy}");
+}

@@ -55,6 +55,7 @@ pub fn prepare_statement(
             let mut insert = insert.clone();
             insert.on = None;
             name_short_values(&mut insert, session)?;
+            fill_default_keywords(&mut insert, session)?;
             nested_values_as_selects(&mut insert);
             (Statement::Insert(insert), None)
         }
@@ -145,6 +146,84 @@ fn nested_values_as_selects(insert: &mut ast::Insert) {
         }
     }
     let _ = source.visit(&mut Convert);
+}
+
+/// `DEFAULT` in a VALUES list (what knex and ORMs send for a column one row of a multi-row
+/// insert leaves out) is the column's default, or NULL; an identity column GENERATED ALWAYS
+/// takes nothing else.
+fn fill_default_keywords(insert: &mut ast::Insert, session: &Session) -> Result<()> {
+    let ast::TableObject::TableName(name) = &insert.table else {
+        return Ok(());
+    };
+    let Some(source) = insert.source.as_mut() else {
+        return Ok(());
+    };
+    let ast::SetExpr::Values(values) = source.body.as_mut() else {
+        return Ok(());
+    };
+    let Some((_, _, crate::catalog::Relation::Table(def))) = session.resolve(name)? else {
+        return Ok(());
+    };
+    let is_default = |e: &ast::Expr| matches!(e, ast::Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"));
+    let always = def
+        .columns
+        .iter()
+        .any(|c| c.identity == Some(crate::catalog::Identity::Always));
+    if !always && !values.rows.iter().any(|r| r.content.iter().any(is_default)) {
+        return Ok(());
+    }
+    let columns: Vec<Option<usize>> = if insert.columns.is_empty() {
+        (0..def.columns.len()).map(Some).collect()
+    } else {
+        insert
+            .columns
+            .iter()
+            .map(|c| {
+                super::ddl::name_parts(c)
+                    .pop()
+                    .and_then(|n| def.column_index(&n))
+            })
+            .collect()
+    };
+    let catalog = session.view().catalog();
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    for row in &mut values.rows {
+        for (i, e) in row.content.iter_mut().enumerate() {
+            let Some(Some(at)) = columns.get(i) else {
+                continue;
+            };
+            let column = &def.columns[*at];
+            if !is_default(e) {
+                if column.identity == Some(crate::catalog::Identity::Always) {
+                    return Err(Error::user(
+                        "428C9",
+                        format!(
+                            "cannot insert a non-DEFAULT value into column \"{}\"",
+                            column.name
+                        ),
+                    )
+                    .with_detail(format!(
+                        "Column \"{}\" is an identity column defined as GENERATED ALWAYS.",
+                        column.name
+                    )));
+                }
+                continue;
+            }
+            let text = match column.identity {
+                Some(_) => super::sequences::owned_sequence(&catalog, &def, &column.name)
+                    .map(|s| super::sequences::nextval_default(&s.schema, &s.name)),
+                None => column.default.clone(),
+            };
+            *e = match text {
+                Some(sql) => datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+                    .try_with_sql(&super::sequences::plain_regclass_literals(&sql))
+                    .and_then(|mut p| p.parse_expr())
+                    .map_err(|err| Error::internal(format!("stored default {sql}: {err}")))?,
+                None => ast::Expr::value(ast::Value::Null),
+            };
+        }
+    }
+    Ok(())
 }
 
 fn name_short_values(insert: &mut ast::Insert, session: &Session) -> Result<()> {

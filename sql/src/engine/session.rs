@@ -408,7 +408,8 @@ impl Session {
             prepared.remove(clause);
         }
         drop(prepared);
-        super::dml::pg_literal_casts(planned?)
+        let plan = super::dml::pg_literal_casts(planned?)?;
+        int4_literal_outputs(plan)
     }
 
     /// Parses, plans and runs one statement with no parameters.
@@ -801,6 +802,44 @@ fn refuse_in_failed_txn(status: TxnStatus, statement: &Stmt) -> Option<Error> {
     })
 }
 
+/// `SELECT 1` returns an integer (int4), as in PostgreSQL, not DataFusion's bigint (which
+/// node-postgres hands to applications as a string): the select list's integer literals
+/// that fit are int4.
+fn int4_literal_outputs(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::logical_expr::{Expr, Projection};
+    let LogicalPlan::Projection(p) = &plan else {
+        return Ok(plan);
+    };
+    let narrow = |e: &Expr| -> Option<Expr> {
+        let (value, alias) = match e {
+            Expr::Literal(ScalarValue::Int64(Some(v)), _) => (*v, None),
+            Expr::Alias(a) => match a.expr.as_ref() {
+                Expr::Literal(ScalarValue::Int64(Some(v)), _) => (*v, Some(a.name.clone())),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let v = i32::try_from(value).ok()?;
+        let literal = Expr::Literal(ScalarValue::Int32(Some(v)), None);
+        Some(match alias {
+            Some(name) => literal.alias(name),
+            None => literal,
+        })
+    };
+    if !p.expr.iter().any(|e| narrow(e).is_some()) {
+        return Ok(plan);
+    }
+    let exprs = p
+        .expr
+        .iter()
+        .map(|e| narrow(e).unwrap_or_else(|| e.clone()))
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        p.input.clone(),
+    )?))
+}
+
 /// `$1..$n` in order, with the types DataFusion inferred for them.
 fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
     let types = plan.get_parameter_fields()?;
@@ -818,6 +857,29 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<FieldRef>>> {
         if i >= 1 {
             out[i - 1] = ty;
         }
+    }
+    // LIMIT $1 / OFFSET $2: bigints (node-postgres sends every parameter untyped).
+    if out.iter().any(Option::is_none) {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        use datafusion::logical_expr::Expr;
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::Limit(limit) = node {
+                for e in [&limit.skip, &limit.fetch].into_iter().flatten() {
+                    if let Expr::Placeholder(p) = e.as_ref()
+                        && let Some(slot) =
+                            p.id.trim_start_matches('$')
+                                .parse::<usize>()
+                                .ok()
+                                .and_then(|i| i.checked_sub(1))
+                                .and_then(|i| out.get_mut(i))
+                        && slot.is_none()
+                    {
+                        *slot = Some(Arc::new(Field::new(&p.id, DataType::Int64, true)));
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
     }
     // `$1::real` (or CAST($1 AS real)) with nothing else to go by: the parameter is a real,
     // as PostgreSQL infers it, so drivers send it as one.
