@@ -18,6 +18,7 @@ mod match_recognize;
 pub mod memory;
 mod models;
 mod naming;
+pub mod notify;
 mod pg_catalog;
 mod point_get;
 mod returning;
@@ -65,6 +66,8 @@ pub struct Engine {
     locks: KeyLocks,
     /// Next hidden row id per table without a primary key.
     row_ids: Mutex<HashMap<u32, u64>>,
+    /// LISTEN / NOTIFY between sessions (and from notify sinks).
+    pub notifier: Arc<notify::Notifier>,
     /// Current values of sequences (`nextval`).
     pub sequences: sequences::Sequences,
     next_backend_pid: AtomicI32,
@@ -172,6 +175,7 @@ impl Engine {
             limits.state_cache_bytes,
             limits.parallelism,
         ));
+        let notifier = streams.notifier.clone();
         Ok(Arc::new_cyclic(|engine| Self {
             models: models::ModelStore::new(data_dir.join("models"), engine.clone()),
             streams,
@@ -190,6 +194,7 @@ impl Engine {
             locks: KeyLocks::new(),
             row_ids: Mutex::new(HashMap::new()),
             sequences: Default::default(),
+            notifier: notifier.clone(),
             next_backend_pid: AtomicI32::new(1000),
             advisory: Arc::default(),
             md5_passwords: Default::default(),

@@ -64,6 +64,8 @@ pub struct Txn {
     /// Tables this transaction rewrote (ALTER TABLE), with the engine's count of commits
     /// that wrote them when it read their rows.
     rewrites: BTreeMap<u32, u64>,
+    /// NOTIFY's (channel, payload) pairs, sent when the transaction commits.
+    notifications: Vec<(String, String)>,
     /// Open savepoints, oldest first: each name with the transaction's state when it was set.
     savepoints: Vec<(String, Box<Txn>)>,
 }
@@ -145,6 +147,21 @@ impl Txn {
         if !self.writes.contains_key(&key) {
             self.reads.entry(key).or_insert((table_id, observed.into()));
         }
+    }
+
+    /// `NOTIFY channel, payload`: sent at commit, once per distinct pair.
+    pub fn notify(&mut self, channel: String, payload: String) {
+        if !self
+            .notifications
+            .iter()
+            .any(|(c, p)| *c == channel && *p == payload)
+        {
+            self.notifications.push((channel, payload));
+        }
+    }
+
+    pub fn take_notifications(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.notifications)
     }
 
     /// Notes that rows of `table` were written in layout `layout`.

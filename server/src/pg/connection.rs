@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use pgwire::api::{ClientInfo, ErrorHandler, NoopHandler, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::messages::response::NotificationResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::tokio::server::{
     MaybeTls, PgWireMessageServerCodec, negotiate_tls, process_error, process_message,
@@ -272,6 +273,16 @@ fn idle_limit(socket: &Socket) -> Option<(Duration, &'static str, &'static str)>
     }
 }
 
+/// The session's inbox when it is idle between transactions (notifications wait while a
+/// transaction is open, as in PostgreSQL).
+fn idle_inbox(socket: &Socket) -> Option<Arc<eddy_sql::engine::notify::Inbox>> {
+    if !matches!(socket.state(), PgWireConnectionState::ReadyForQuery) {
+        return None;
+    }
+    let session = socket.session_extensions().get::<Session>()?;
+    (session.status() == TxnStatus::Idle).then(|| session.inbox().clone())
+}
+
 async fn run(
     socket: &mut Socket,
     deadline: &mut Pin<&mut tokio::time::Sleep>,
@@ -287,6 +298,25 @@ async fn run(
         if !pre_auth {
             socket.get_mut().authenticated();
         }
+        // Between transactions, the notifications of the channels it LISTENs on.
+        let inbox = match pre_auth {
+            true => None,
+            false => idle_inbox(socket),
+        };
+        if let Some(inbox) = &inbox {
+            for n in inbox.take() {
+                let message = PgWireBackendMessage::NotificationResponse(
+                    NotificationResponse::new(n.pid, n.channel, n.payload),
+                );
+                socket.send(message).await?;
+            }
+        }
+        let arrived = async {
+            match &inbox {
+                Some(inbox) => inbox.arrived.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let next = if pre_auth {
             tokio::select! {
                 _ = &mut *deadline => {
@@ -296,18 +326,24 @@ async fn run(
                 m = socket.next() => m,
             }
         } else {
-            match idle_limit(socket) {
-                None => socket.next().await,
-                Some((limit, code, why)) => {
-                    match tokio::time::timeout(limit, socket.next()).await {
-                        Ok(m) => m,
-                        Err(_) => {
-                            let _ = socket.send(fatal(code, why.to_string())).await;
-                            let _ = socket.close().await;
-                            return Ok(());
-                        }
-                    }
+            let limit = idle_limit(socket);
+            let wait = async {
+                match limit {
+                    None => Ok(socket.next().await),
+                    Some((limit, _, _)) => tokio::time::timeout(limit, socket.next()).await,
                 }
+            };
+            tokio::select! {
+                m = wait => match m {
+                    Ok(m) => m,
+                    Err(_) => {
+                        let (_, code, why) = limit.expect("timed out under a limit");
+                        let _ = socket.send(fatal(code, why.to_string())).await;
+                        let _ = socket.close().await;
+                        return Ok(());
+                    }
+                },
+                () = arrived => continue,
             }
         };
         let message = match next {

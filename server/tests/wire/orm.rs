@@ -119,3 +119,46 @@ fn a_knex_service_with_migrations_runs_as_on_postgres() {
     assert_same("the knex service", &on_postgres, &on_eddy);
     assert!(on_eddy.contains(r#""one" [{"one":1}]"#), "{on_eddy}");
 }
+
+#[test]
+fn a_node_postgres_service_receives_alerts_through_listen() {
+    let pg = Postgres::start();
+    let eddy = Server::start_secure();
+    let pg_url = format!(
+        "postgresql://eddy@localhost:{}/postgres?host={}",
+        pg.port,
+        pg.socket_dir.display()
+    );
+    let on_postgres = run("LISTEN on PostgreSQL", "node", "node_listen.js", &pg_url);
+    let on_eddy = run(
+        "LISTEN on Eddy",
+        "node",
+        "node_listen.js",
+        &format!("{}?sslmode=no-verify", eddy.url()),
+    );
+    assert_same("the LISTEN service", &on_postgres, &on_eddy);
+    assert!(
+        on_eddy.contains(r#""Other Channel" "last" true"#),
+        "{on_eddy}"
+    );
+}
+
+#[test]
+fn a_notify_sink_pushes_a_streams_alerts_to_listeners() {
+    let eddy = Server::start_secure();
+    let out = run(
+        "notify sink",
+        "node",
+        "node_notify_sink.js",
+        &format!("{}?sslmode=no-verify", eddy.url()),
+    );
+    assert_eq!(
+        out.lines().take(3).collect::<Vec<_>>(),
+        vec![
+            r#"["alerts",{"device":2,"temp":95.5}]"#,
+            r#"["alerts",{"device":3,"temp":99}]"#,
+            r#"["alerts",{"device":4,"temp":91}]"#,
+        ],
+        "{out}"
+    );
+}

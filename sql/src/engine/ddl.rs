@@ -168,11 +168,31 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
         Statement::Discard { .. } => {
             session.info().settings.write().reset_all();
             session.sync_default_schema();
+            session.inbox().unlisten(None);
             CommandTag::new("DISCARD ALL")
         }
         Statement::Deallocate { .. } => CommandTag::new("DEALLOCATE"),
         Statement::Close { .. } => CommandTag::new("CLOSE CURSOR ALL"),
-        Statement::UNLISTEN { .. } => CommandTag::new("UNLISTEN"),
+        Statement::LISTEN { channel } => {
+            let channel = ident(channel);
+            super::notify::check(&channel, "")?;
+            session.inbox().listen(&channel);
+            CommandTag::new("LISTEN")
+        }
+        Statement::UNLISTEN { channel } => {
+            let channel = ident(channel);
+            session
+                .inbox()
+                .unlisten((channel != "*").then_some(channel.as_str()));
+            CommandTag::new("UNLISTEN")
+        }
+        Statement::NOTIFY { channel, payload } => {
+            let channel = ident(channel);
+            let payload = payload.clone().unwrap_or_default();
+            super::notify::check(&channel, &payload)?;
+            session.txn().lock().notify(channel, payload);
+            CommandTag::new("NOTIFY")
+        }
         other => {
             let sql = other.to_string();
             let words: Vec<&str> = sql.split_whitespace().take(2).collect();

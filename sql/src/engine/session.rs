@@ -122,12 +122,15 @@ pub struct Session {
     stream_failed: Arc<AtomicBool>,
     /// MATCH_RECOGNIZE clauses compiled for the statement being planned.
     match_tables: crate::cep::table::Prepared,
+    /// The channels it LISTENs on and the notifications waiting for it.
+    inbox: Arc<super::notify::Inbox>,
 }
 
 /// A session's advisory locks end with it (the client disconnected).
 impl Drop for Session {
     fn drop(&mut self) {
         self.engine.advisory.release(self.info.backend_pid, None);
+        self.engine.notifier.unregister(self.info.backend_pid);
     }
 }
 
@@ -193,6 +196,9 @@ impl Session {
         functions::register(&ctx, info.clone());
         super::json_build::register(&ctx);
         super::sequences::register(&ctx, &view, info.clone());
+        super::notify::register(&ctx, &view);
+        let inbox = Arc::new(super::notify::Inbox::default());
+        engine.notifier.register(info.backend_pid, &inbox);
         super::pg_catalog::register(&ctx, view.clone(), info.clone());
         super::advisory::register(&ctx, engine.advisory.clone(), info.backend_pid);
         let match_tables = crate::cep::table::Prepared::default();
@@ -211,6 +217,7 @@ impl Session {
             status: Mutex::new(TxnStatus::Idle),
             stream_failed: Arc::new(AtomicBool::new(false)),
             match_tables,
+            inbox,
         }
     }
 
@@ -226,6 +233,11 @@ impl Session {
 
     pub fn backend_pid(&self) -> i32 {
         self.info.backend_pid
+    }
+
+    /// The notifications waiting for this session (the wire layer sends them while idle).
+    pub fn inbox(&self) -> &Arc<super::notify::Inbox> {
+        &self.inbox
     }
 
     pub fn settings(&self) -> parking_lot::RwLockReadGuard<'_, Settings> {
@@ -577,14 +589,16 @@ impl Session {
 
     async fn commit_txn(&self) -> Result<()> {
         self.end_xact_locks();
-        let txn = std::mem::take(&mut *self.txn.lock());
-        if txn.is_empty() {
-            return Ok(());
+        let mut txn = std::mem::take(&mut *self.txn.lock());
+        let notes = txn.take_notifications();
+        if !txn.is_empty() {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || engine.commit(txn))
+                .await
+                .map_err(|e| Error::internal(format!("commit task failed: {e}")))??;
         }
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.commit(txn))
-            .await
-            .map_err(|e| Error::internal(format!("commit task failed: {e}")))?
+        self.engine.notifier.publish(self.info.backend_pid, notes);
+        Ok(())
     }
 
     async fn execute_statement(

@@ -628,6 +628,7 @@ async fn create_query(session: &Session, q: &CreateQuery) -> Result<CommandTag> 
                     )));
                 }
             }
+            SinkConfig::Notify { .. } => {}
             SinkConfig::Webhook(w) => {
                 if let Some(c) = &w.key_column
                     && plan.output.field_with_name(c).is_err()

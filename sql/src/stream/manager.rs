@@ -96,6 +96,8 @@ pub struct StreamManager {
     logs: Mutex<HashMap<u32, Arc<LogShared>>>,
     /// The connector sources being read, one reader each for every pipeline.
     hubs: Arc<super::shared_source::SourceHubs>,
+    /// LISTEN / NOTIFY, which `connector = 'notify'` sinks send on.
+    pub notifier: Arc<crate::engine::notify::Notifier>,
 }
 
 impl std::fmt::Debug for StreamManager {
@@ -126,6 +128,7 @@ impl StreamManager {
             staging,
             logs: Mutex::new(HashMap::new()),
             hubs: Default::default(),
+            notifier: Default::default(),
         }
     }
 
@@ -748,6 +751,11 @@ impl StreamManager {
             (_, Some(SinkConfig::Kafka(_))) => {
                 SinkKind::Kafka(Box::new(kafka.take().expect("opened above")))
             }
+            (_, Some(SinkConfig::Notify { channel })) => SinkKind::Notify {
+                channel,
+                notifier: self.notifier.clone(),
+                pending: Vec::new(),
+            },
             (_, Some(SinkConfig::Webhook(config))) => {
                 let errors = catalog
                     .owned_by(def)

@@ -518,6 +518,12 @@ pub enum SinkKind {
         hook: Box<eddy_connectors::webhook::Webhook>,
         errors: Arc<TableDef>,
     },
+    /// NOTIFY: each row as JSON on `channel`, sent once its checkpoint commits.
+    Notify {
+        channel: String,
+        notifier: Arc<crate::engine::notify::Notifier>,
+        pending: Vec<(String, String)>,
+    },
 }
 
 pub struct Sink {
@@ -572,6 +578,16 @@ impl Sink {
                         SinkKind::Kafka(kafka) => {
                             tokio::task::block_in_place(|| kafka.write(&b))
                                 .map_err(|e| sink_error(&self.def, e))?;
+                        }
+                        SinkKind::Notify {
+                            channel, pending, ..
+                        } => {
+                            let rows = eddy_connectors::encode::json_rows(&b)
+                                .map_err(|e| sink_error(&self.def, e))?;
+                            for row in rows.iter() {
+                                let payload = String::from_utf8_lossy(row).to_string();
+                                pending.push((channel.clone(), payload));
+                            }
                         }
                         SinkKind::Webhook { hook, errors } => {
                             let failed =
@@ -703,6 +719,14 @@ impl Sink {
                             tokio::task::block_in_place(|| kafka.commit(epoch))
                                 .map_err(|e| sink_error(&self.def, e))?;
                         }
+                        // The epoch's rows go to the listeners once it is committed (a replay
+                        // after a crash sends an uncommitted epoch's rows again).
+                        (
+                            SinkKind::Notify {
+                                notifier, pending, ..
+                            },
+                            _,
+                        ) => notifier.publish(0, std::mem::take(pending)),
                         _ => {}
                     }
                     last_epoch = record.epoch;

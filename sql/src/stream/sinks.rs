@@ -8,7 +8,7 @@ use eddy_connectors::webhook::WebhookConfig;
 use crate::error::{Error, Result, sqlstate};
 
 /// The sink connectors.
-pub const CONNECTORS: [&str; 3] = ["parquet", "kafka", "webhook"];
+pub const CONNECTORS: [&str; 4] = ["parquet", "kafka", "webhook", "notify"];
 
 /// Default size at which a sink's file rolls over (an early checkpoint).
 pub const DEFAULT_ROLLOVER_BYTES: u64 = 128 << 20;
@@ -61,6 +61,10 @@ pub enum SinkConfig {
     Parquet(ParquetSinkConfig),
     Kafka(KafkaSinkConfig),
     Webhook(WebhookConfig),
+    /// NOTIFY `channel` with each row as JSON, when its checkpoint commits.
+    Notify {
+        channel: String,
+    },
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -119,6 +123,13 @@ impl SinkConfig {
             "webhook" => SinkConfig::Webhook(
                 WebhookConfig::from_options(&mut o).map_err(|e| invalid(e.to_string()))?,
             ),
+            "notify" => {
+                let channel = o.take("channel").ok_or_else(|| {
+                    invalid("a notify sink needs channel = '…' (the channel clients LISTEN on)")
+                })?;
+                crate::engine::notify::check(&channel, "")?;
+                SinkConfig::Notify { channel }
+            }
             other => {
                 return Err(invalid(format!(
                     "unknown sink connector \"{other}\" (expected one of {})",
@@ -145,6 +156,7 @@ impl SinkConfig {
                     .unwrap_or(""),
                 k.topic
             ),
+            SinkConfig::Notify { channel } => format!("notify:{channel}"),
             SinkConfig::Webhook(w) => {
                 let mut url = w.url.clone();
                 let _ = url.set_password(None);
@@ -160,6 +172,7 @@ impl SinkConfig {
             SinkConfig::Parquet(_) => "parquet",
             SinkConfig::Kafka(_) => "kafka",
             SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Notify { .. } => "notify",
         }
     }
 }
