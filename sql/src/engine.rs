@@ -10,6 +10,7 @@ mod alter;
 mod catalog_provider;
 mod constraints;
 mod constraints_actions;
+mod copy;
 mod ddl;
 mod dml;
 mod functions;

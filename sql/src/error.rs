@@ -39,6 +39,8 @@ pub mod sqlstate {
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const INVALID_NAME: &str = "42602";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const BAD_COPY_FORMAT: &str = "22P04";
     pub const INVALID_TABLE_DEFINITION: &str = "42P16";
     pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";

@@ -290,7 +290,6 @@ async fn run(
 ) -> io::Result<()> {
     let handler = handlers.handler.clone();
     let cancel = handlers.cancel.clone();
-    let copy = Arc::new(NoopHandler);
     let errors = NoopHandler;
     loop {
         let state = socket.state();
@@ -378,7 +377,7 @@ async fn run(
             handler.clone(),
             handler.clone(),
             handler.clone(),
-            copy.clone(),
+            handler.clone(),
             cancel.clone(),
         )
         .await

@@ -23,9 +23,10 @@ use pgwire::api::auth::{
     ServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -213,6 +214,11 @@ async fn output_response(
 ) -> eddy_sql::Result<Response> {
     match output {
         QueryOutput::Command(tag) => Ok(command_response(tag)),
+        QueryOutput::CopyIn { columns } => Ok(Response::CopyIn(CopyResponse::new(
+            0,
+            columns,
+            futures::stream::empty(),
+        ))),
         QueryOutput::Rows {
             schema,
             stream,
@@ -226,6 +232,60 @@ async fn output_response(
                 q.set_command_tag(&tag.command);
             }
             Ok(response)
+        }
+    }
+}
+
+/// COPY FROM STDIN: the data goes to the session, which writes it as it arrives.
+#[async_trait]
+impl CopyHandler for EddyHandler {
+    async fn on_copy_data<C>(
+        &self,
+        client: &mut C,
+        copy_data: pgwire::messages::copy::CopyData,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(client)?;
+        tokio::task::block_in_place(|| session.copy_data(&copy_data.data));
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(
+        &self,
+        client: &mut C,
+        _done: pgwire::messages::copy::CopyDone,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session(client)?;
+        let rows = session.copy_done().await.map_err(to_pgwire)?;
+        let tag = Tag::new("COPY").with_rows(rows);
+        client
+            .send(PgWireBackendMessage::CommandComplete(tag.into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(
+        &self,
+        client: &mut C,
+        fail: pgwire::messages::copy::CopyFail,
+    ) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match session(client) {
+            Ok(session) => to_pgwire(session.copy_fail(&fail.message).await),
+            Err(e) => e,
         }
     }
 }

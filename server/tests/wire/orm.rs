@@ -162,3 +162,88 @@ fn a_notify_sink_pushes_a_streams_alerts_to_listeners() {
         "{out}"
     );
 }
+
+/// psql running a script (errors do not stop it): stdout and stderr together.
+fn psql_script(conn: &str, script: &std::path::Path) -> String {
+    let out = Command::new("psql")
+        .arg(conn)
+        .args(["-X", "-f"])
+        .arg(script)
+        .output()
+        .expect("psql (scripts/setup.sh installs it)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn psql_copy_loads_csv_and_text_as_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("people.csv");
+    let mut data = String::from("id,name,email,score,active,joined\n");
+    let names = ["Ada", "Bob", "Cy", "Dee, Jr.", "Eve \"\"E\"\""];
+    for i in 1..=5000u32 {
+        data.push_str(&format!(
+            "{i},\"{}\",u{i}@x.org,{}.{:02},{},2024-01-{:02} 10:00:00\n",
+            names[(i % 5) as usize],
+            i % 100,
+            i % 97,
+            if i % 3 == 0 { "t" } else { "f" },
+            (i % 28) + 1
+        ));
+    }
+    std::fs::write(&csv, data).unwrap();
+    let script = dir.path().join("copy.sql");
+    std::fs::write(
+        &script,
+        format!(
+            r#"CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email varchar(100) UNIQUE, score numeric(6,2), active boolean, joined timestamp, note text DEFAULT 'none', seq serial);
+\copy people (id, name, email, score, active, joined) from '{csv}' with (format csv, header)
+SELECT count(*), sum(score), count(*) FILTER (WHERE active), min(joined), max(seq) FROM people;
+SELECT id, name, note FROM people WHERE name LIKE '%"%' OR name LIKE '%,%' ORDER BY id LIMIT 4;
+\copy people (id, name, email, score, active, joined) from '{csv}' with (format csv, header)
+SELECT count(*) FROM people;
+CREATE TABLE t2 (a int, b text, c date);
+COPY t2 FROM STDIN;
+1	hello world	2024-01-01
+2	\N	2024-02-29
+3	tab\there	\N
+\.
+SELECT * FROM t2 ORDER BY a;
+COPY t2 FROM STDIN WITH (FORMAT csv);
+4,"x,y",2024-03-01
+5,bad,notadate
+\.
+SELECT count(*) FROM t2;
+BEGIN;
+COPY t2 FROM STDIN (FORMAT csv, NULL 'NULL');
+6,NULL,2024-03-02
+\.
+SELECT * FROM t2 WHERE a = 6;
+ROLLBACK;
+SELECT count(*) FROM t2;
+"#,
+            csv = csv.display()
+        ),
+    )
+    .unwrap();
+    let pg = Postgres::start();
+    let eddy = Server::start_secure();
+    let on_postgres = psql_script(&pg.conn_string(), &script);
+    let on_eddy = psql_script(&eddy.conn_string(), &script);
+    // PostgreSQL reports where a COPY failed in a CONTEXT line, Eddy in the DETAIL.
+    let without_context = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.starts_with("CONTEXT:") && !l.starts_with("DETAIL:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_same(
+        "psql's \\copy and COPY FROM STDIN",
+        &without_context(&on_postgres),
+        &without_context(&on_eddy),
+    );
+    assert!(on_eddy.contains("COPY 5000"), "{on_eddy}");
+}

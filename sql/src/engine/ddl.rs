@@ -133,6 +133,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
         } => drop(session, *object_type, *if_exists, names, *cascade)?,
         Statement::CreateRole(r) => super::roles::create_role(session, r)?,
         Statement::CreateIndex(ci) => create_index(session, ci).await?,
+        Statement::Copy { .. } => return session.start_copy(statement),
         Statement::AlterTable(alter) => super::alter::alter_table(session, alter).await?,
         Statement::CreateSequence {
             temporary: false,

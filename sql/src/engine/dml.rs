@@ -1103,6 +1103,35 @@ impl Writer<'_> {
     }
 }
 
+/// Inserts rows given as the table's columns (COPY FROM): text for bytea, jsonb and uuid
+/// columns, the column types for the rest. Constraints, indexes and foreign keys apply as
+/// for INSERT. Returns how many rows were written.
+pub(super) fn insert_rows(
+    session: &Session,
+    def: &Arc<TableDef>,
+    arrays: Vec<ArrayRef>,
+) -> Result<usize> {
+    let catalog = session.view().catalog();
+    let writer = Writer {
+        session,
+        def,
+        catalog: &catalog,
+    };
+    let fields: Vec<Field> = def
+        .columns
+        .iter()
+        .zip(&arrays)
+        .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(None),
+    )?;
+    let written = writer.insert(&batch, None, &TableReference::bare(def.name.clone()))?;
+    Ok(written.rows())
+}
+
 /// The collisions an ON CONFLICT clause handles.
 enum Arbiter {
     /// DO NOTHING without a target: every unique constraint.

@@ -84,6 +84,11 @@ pub enum QueryOutput {
         command: Option<CommandTag>,
     },
     Command(CommandTag),
+    /// `COPY … FROM STDIN` started: the client sends the rows of this many columns next
+    /// ([`Session::copy_data`], [`Session::copy_done`]).
+    CopyIn {
+        columns: usize,
+    },
 }
 
 /// A statement ready to execute, with what the extended protocol describes.
@@ -124,6 +129,8 @@ pub struct Session {
     match_tables: crate::cep::table::Prepared,
     /// The channels it LISTENs on and the notifications waiting for it.
     inbox: Arc<super::notify::Inbox>,
+    /// A COPY FROM STDIN in progress, or the error that ended it early.
+    copy_in: Mutex<Option<std::result::Result<super::copy::CopyIn, Error>>>,
 }
 
 /// A session's advisory locks end with it (the client disconnected).
@@ -218,6 +225,7 @@ impl Session {
             stream_failed: Arc::new(AtomicBool::new(false)),
             match_tables,
             inbox,
+            copy_in: Mutex::new(None),
         }
     }
 
@@ -233,6 +241,71 @@ impl Session {
 
     pub fn backend_pid(&self) -> i32 {
         self.info.backend_pid
+    }
+
+    /// Starts `COPY … FROM STDIN`.
+    pub(super) fn start_copy(&self, statement: &Statement) -> Result<QueryOutput> {
+        let copy = super::copy::start(self, statement)?;
+        let columns = copy.columns();
+        *self.copy_in.lock() = Some(Ok(copy));
+        Ok(QueryOutput::CopyIn { columns })
+    }
+
+    /// A chunk of COPY data. An error ends the COPY: later data is ignored and
+    /// [`Session::copy_done`] reports it, as PostgreSQL does.
+    pub fn copy_data(&self, bytes: &[u8]) {
+        let mut state = self.copy_in.lock();
+        if let Some(Ok(copy)) = state.as_mut()
+            && let Err(e) = copy.data(self, bytes)
+        {
+            *state = Some(Err(e));
+        }
+    }
+
+    /// The end of the COPY data: the rows are written, and commit unless a transaction
+    /// block is open. Returns how many rows were copied.
+    pub async fn copy_done(&self) -> Result<usize> {
+        let state = self.copy_in.lock().take();
+        let result = match state {
+            None => Err(Error::user(
+                sqlstate::PROTOCOL_VIOLATION,
+                "COPY data without a COPY FROM STDIN",
+            )),
+            Some(Err(e)) => Err(e),
+            Some(Ok(copy)) => copy.finish(self),
+        };
+        self.end_statement(result).await
+    }
+
+    /// The client gave up the COPY (CopyFail).
+    pub async fn copy_fail(&self, message: &str) -> Error {
+        self.copy_in.lock().take();
+        let error = || {
+            Error::user(
+                sqlstate::QUERY_CANCELED,
+                format!("COPY from stdin failed: {message}"),
+            )
+        };
+        let _ = self.end_statement::<()>(Err(error())).await;
+        error()
+    }
+
+    /// Ends a statement that ran outside [`Session::execute`]: commits (autocommit) or
+    /// rolls back, or marks an open block failed.
+    async fn end_statement<T>(&self, result: Result<T>) -> Result<T> {
+        let status = self.status();
+        match (&result, status) {
+            (Ok(_), TxnStatus::Idle) => self.commit_txn().await.map(|()| result.expect("ok")),
+            (Err(_), TxnStatus::Idle) => {
+                self.discard_txn();
+                result
+            }
+            (Err(_), _) => {
+                *self.status.lock() = TxnStatus::Failed;
+                result
+            }
+            (Ok(_), _) => result,
+        }
     }
 
     /// The notifications waiting for this session (the wire layer sends them while idle).
