@@ -41,7 +41,7 @@ pub enum Spec {
     },
     Check {
         name: Option<String>,
-        expr: ast::Expr,
+        expr: Box<ast::Expr>,
     },
     ForeignKey {
         name: Option<String>,
@@ -91,7 +91,7 @@ impl Spec {
             }
             ast::ColumnOption::Check(c) => Spec::Check {
                 name: name.or(c.name.as_ref().map(ident)),
-                expr: (*c.expr).clone(),
+                expr: c.expr.clone(),
             },
             ast::ColumnOption::ForeignKey(fk) => {
                 check_reference(fk)?;
@@ -126,7 +126,7 @@ impl Spec {
             }
             ast::TableConstraint::Check(c) => Spec::Check {
                 name: c.name.as_ref().map(ident),
-                expr: (*c.expr).clone(),
+                expr: c.expr.clone(),
             },
             ast::TableConstraint::ForeignKey(fk) => {
                 check_reference(fk)?;
@@ -409,9 +409,7 @@ fn referenced_table(
 ) -> Result<TableDef> {
     let mut parts = super::ddl::name_parts(name);
     let object = parts.pop().unwrap_or_default();
-    if parts.is_empty() && object == def.name
-        || parts.first() == Some(&def.schema) && object == def.name
-    {
+    if object == def.name && (parts.is_empty() || parts.first() == Some(&def.schema)) {
         return Ok(def.clone());
     }
     let schemas = match parts.pop() {

@@ -133,6 +133,18 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
         } => drop(session, *object_type, *if_exists, names, *cascade)?,
         Statement::CreateRole(r) => super::roles::create_role(session, r)?,
         Statement::CreateIndex(ci) => create_index(session, ci).await?,
+        Statement::Comment {
+            object_type,
+            object_name,
+            comment,
+            if_exists,
+        } => comment_on(
+            session,
+            *object_type,
+            object_name,
+            comment.clone(),
+            *if_exists,
+        )?,
         Statement::Copy { .. } => return session.start_copy(statement),
         Statement::AlterTable(alter) => super::alter::alter_table(session, alter).await?,
         Statement::CreateSequence {
@@ -537,6 +549,83 @@ pub async fn create_index(session: &Session, ci: &ast::CreateIndex) -> Result<Co
     };
     // Existing rows get their entries (and a unique index checks them) now.
     super::constraints::build_index(session, &def, &index).await?;
+    Ok(tag)
+}
+
+/// `COMMENT ON TABLE | VIEW | MATERIALIZED VIEW | SEQUENCE | COLUMN | INDEX name IS '…' | NULL`:
+/// kept with the object, shown by `obj_description`, `col_description`, `pg_description` and
+/// psql's `\d+`.
+fn comment_on(
+    session: &Session,
+    object_type: ast::CommentObject,
+    name: &ObjectName,
+    comment: Option<String>,
+    if_exists: bool,
+) -> Result<CommandTag> {
+    use ast::CommentObject as O;
+    let tag = CommandTag::new("COMMENT");
+    let mut parts = name_parts(name);
+    let (table_name, column) = match object_type {
+        O::Column => {
+            let column = parts.pop().unwrap_or_default();
+            if parts.is_empty() {
+                return Err(Error::user(
+                    sqlstate::SYNTAX_ERROR,
+                    "column name must be qualified",
+                ));
+            }
+            (parts, Some(column))
+        }
+        O::Table | O::MaterializedView | O::Sequence | O::Index => (parts, None),
+        other => return Err(Error::not_supported(format!("COMMENT ON {other}"))),
+    };
+    let current = session.engine().catalog();
+    let mut txn = session.txn().lock();
+    let catalog = txn.catalog_mut(&current);
+    let object = table_name.last().cloned().unwrap_or_default();
+    let schemas: Vec<String> = match table_name.len() {
+        1 => session.settings().search_path(&session.info().user),
+        _ => vec![table_name[0].clone()],
+    };
+    if object_type == O::Index {
+        let Some(owner) = schemas.iter().find_map(|s| catalog.index_owner(s, &object)) else {
+            if if_exists {
+                return Ok(tag);
+            }
+            return Err(Error::user(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("index \"{object}\" does not exist"),
+            ));
+        };
+        let mut new = (*owner).clone();
+        if let Some(i) = new.indexes.iter_mut().find(|i| i.name == object) {
+            i.comment = comment;
+        }
+        let ops = catalog.replace_table(&owner, new)?;
+        txn.push_ops(ops);
+        return Ok(tag);
+    }
+    let Some(def) = schemas.iter().find_map(|s| catalog.table(s, &object)) else {
+        if if_exists {
+            return Ok(tag);
+        }
+        return Err(Error::undefined_table(object));
+    };
+    let mut new = (*def).clone();
+    match column {
+        Some(c) => {
+            let at = new.column_index(&c).ok_or_else(|| {
+                Error::user(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!("column \"{c}\" of relation \"{object}\" does not exist"),
+                )
+            })?;
+            new.columns[at].comment = comment;
+        }
+        None => new.comment = comment,
+    }
+    let ops = catalog.replace_table(&def, new)?;
+    txn.push_ops(ops);
     Ok(tag)
 }
 

@@ -699,7 +699,7 @@ impl Writer<'_> {
         row: usize,
         key: &[u8],
         committed: &Option<Vec<u8>>,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>, Option<usize>)>> {
+    ) -> Result<Option<Collision>> {
         let by_key = match txn.overlay_get(key) {
             Some(v) => v.map(|v| v.to_vec()),
             None => committed.clone(),
@@ -1040,8 +1040,8 @@ impl Writer<'_> {
         {
             let mut txn = self.session.txn().lock();
             // Moved rows leave their old keys first, so keys can swap within one statement.
-            for i in 0..batch.num_rows() {
-                if keys[i].as_slice() != old_keys.value(i) {
+            for (i, key) in keys.iter().enumerate() {
+                if key.as_slice() != old_keys.value(i) {
                     txn.write(
                         self.def.id,
                         old_keys.value(i).to_vec(),
@@ -1131,6 +1131,10 @@ pub(super) fn insert_rows(
     let written = writer.insert(&batch, None, &TableReference::bare(def.name.clone()))?;
     Ok(written.rows())
 }
+
+/// An existing row a proposed one collides with: its storage key, its stored bytes, and the
+/// unique index it collides on (`None`: the primary key).
+type Collision = (Vec<u8>, Vec<u8>, Option<usize>);
 
 /// The collisions an ON CONFLICT clause handles.
 enum Arbiter {

@@ -546,6 +546,11 @@ async fn build(name: &str, o: &PgObjects, database: &str) -> DfResult<Vec<Record
                 for (i, c) in &r.column_comments {
                     rows.push(description(r.oid, *i as i32 + 1, c));
                 }
+                for index in &r.indexes {
+                    if let Some(c) = &index.comment {
+                        rows.push(description(index.oid, 0, c));
+                    }
+                }
             }
             with_rows(
                 static_rows(&s.pg_description, &[], |b, i| {

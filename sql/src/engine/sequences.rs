@@ -822,9 +822,7 @@ pub fn order_identity_options(sql: &str) -> Option<String> {
         if !opens {
             continue;
         }
-        let Some(close) = tokens[i..].iter().position(|t| *t == Token::RParen) else {
-            return None;
-        };
+        let close = tokens[i..].iter().position(|t| *t == Token::RParen)?;
         let inner = &tokens[i..i + close];
         // Groups of tokens, each starting at an option keyword.
         let mut groups: Vec<(u8, Vec<Token>)> = Vec::new();

@@ -543,7 +543,7 @@ impl ScalarUDFImpl for CatalogFn {
                 // parentheses PostgreSQL's stored form adds.
                 let pretty = arrays
                     .get(1)
-                    .and_then(|a| a.as_boolean_opt().map(|b| b.len() > 0 && b.value(0)))
+                    .and_then(|a| a.as_boolean_opt().map(|b| !b.is_empty() && b.value(0)))
                     .unwrap_or(false);
                 self.relation_text(&arrays[0], |r, oid| {
                     r.constraint(oid).map(|c| match (&c.check, pretty) {
@@ -585,10 +585,11 @@ impl ScalarUDFImpl for CatalogFn {
                     .into_iter()
                     .map(|oid| {
                         let oid = oid?;
-                        objects
-                            .relation(oid)
-                            .filter(|r| r.oid == oid)
-                            .and_then(|r| r.comment.clone())
+                        let r = objects.relation(oid)?;
+                        match r.oid == oid {
+                            true => r.comment.clone(),
+                            false => r.index(oid).and_then(|i| i.comment.clone()),
+                        }
                     })
                     .collect();
                 Ok(text_result(values))

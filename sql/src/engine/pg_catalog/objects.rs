@@ -38,7 +38,7 @@ const FIRST_USER_OID: i32 = 16384;
 /// The catalog id of the stored relation with this OID (tables' OIDs come from their ids).
 pub fn table_id_of_oid(oid: i64) -> Option<u32> {
     let offset = oid.checked_sub(FIRST_USER_OID as i64)?;
-    (offset >= 0 && offset % 2 == 0 && offset < 2_000_000_000).then(|| (offset / 2) as u32)
+    (offset >= 0 && offset % 2 == 0 && offset < 2_000_000_000).then_some((offset / 2) as u32)
 }
 
 /// A stable OID for an object without a catalog id, in a range table OIDs never reach.
@@ -149,6 +149,7 @@ pub struct PgIndex {
     pub columns: Vec<usize>,
     pub unique: bool,
     pub primary: bool,
+    pub comment: Option<String>,
 }
 
 /// A constraint as `pg_constraint` lists it.
@@ -570,6 +571,7 @@ fn add_keys(r: &mut PgRelation, def: &TableDef, catalog: &Catalog) {
             columns: def.primary_key.clone(),
             unique: true,
             primary: true,
+            comment: None,
         });
         r.constraints.push(PgConstraint {
             oid: index,
@@ -593,6 +595,7 @@ fn add_keys(r: &mut PgRelation, def: &TableDef, catalog: &Catalog) {
             columns: index.columns.clone(),
             unique: index.unique,
             primary: false,
+            comment: index.comment.clone(),
         });
         if index.constraint {
             r.constraints.push(PgConstraint {
