@@ -100,8 +100,8 @@ fn alembic_migrations_with_alter_table_run_as_on_postgres() {
     assert!(on_eddy.contains("downgrade base tables []"), "{on_eddy}");
 }
 
-#[test]
-fn a_knex_service_with_migrations_runs_as_on_postgres() {
+/// A node-postgres script's output against PostgreSQL and against Eddy, checked equal.
+fn node_on_both(what: &str, script: &str) -> String {
     let pg = Postgres::start();
     let eddy = Server::start_secure();
     let pg_url = format!(
@@ -109,38 +109,27 @@ fn a_knex_service_with_migrations_runs_as_on_postgres() {
         pg.port,
         pg.socket_dir.display()
     );
-    let on_postgres = run("knex on PostgreSQL", "node", "knex_app.js", &pg_url);
+    let on_postgres = run(&format!("{what} on PostgreSQL"), "node", script, &pg_url);
     let on_eddy = run(
-        "knex on Eddy",
+        &format!("{what} on Eddy"),
         "node",
-        "knex_app.js",
+        script,
         &format!("{}?sslmode=no-verify", eddy.url()),
     );
-    assert_same("the knex service", &on_postgres, &on_eddy);
-    assert!(on_eddy.contains(r#""one" [{"one":1}]"#), "{on_eddy}");
+    assert_same(what, &on_postgres, &on_eddy);
+    on_eddy
+}
+
+#[test]
+fn a_knex_service_with_migrations_runs_as_on_postgres() {
+    let out = node_on_both("the knex service", "knex_app.js");
+    assert!(out.contains(r#""one" [{"one":1}]"#), "{out}");
 }
 
 #[test]
 fn a_node_postgres_service_receives_alerts_through_listen() {
-    let pg = Postgres::start();
-    let eddy = Server::start_secure();
-    let pg_url = format!(
-        "postgresql://eddy@localhost:{}/postgres?host={}",
-        pg.port,
-        pg.socket_dir.display()
-    );
-    let on_postgres = run("LISTEN on PostgreSQL", "node", "node_listen.js", &pg_url);
-    let on_eddy = run(
-        "LISTEN on Eddy",
-        "node",
-        "node_listen.js",
-        &format!("{}?sslmode=no-verify", eddy.url()),
-    );
-    assert_same("the LISTEN service", &on_postgres, &on_eddy);
-    assert!(
-        on_eddy.contains(r#""Other Channel" "last" true"#),
-        "{on_eddy}"
-    );
+    let out = node_on_both("the LISTEN service", "node_listen.js");
+    assert!(out.contains(r#""Other Channel" "last" true"#), "{out}");
 }
 
 #[test]

@@ -342,7 +342,8 @@ async fn drop_column(
     for i in &mut new.indexes {
         i.columns = i.columns.iter().map(|&c| shift(c)).collect();
     }
-    new.checks.retain(|c| !mentions(&c.expr, column));
+    new.checks
+        .retain(|c| !constraints::mentions_column(&c.expr, column));
     new.foreign_keys.retain(|f| !f.columns.contains(&at));
     for f in &mut new.foreign_keys {
         f.columns = f.columns.iter().map(|&c| shift(c)).collect();
@@ -377,18 +378,6 @@ async fn drop_column(
         }
     }
     store(session, &def, new)
-}
-
-/// Whether a CHECK's text names a column.
-fn mentions(expr: &str, column: &str) -> bool {
-    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
-    expr.match_indices(column).any(|(at, _)| {
-        !expr[..at].chars().next_back().is_some_and(is_ident)
-            && !expr[at + column.len()..]
-                .chars()
-                .next()
-                .is_some_and(is_ident)
-    })
 }
 
 fn rename_column(session: &Session, def: TableDef, old: &str, new_name: &str) -> Result<TableDef> {
@@ -428,11 +417,7 @@ fn rename_column(session: &Session, def: TableDef, old: &str, new_name: &str) ->
 fn rename_in_expr(sql: &str, old: &str, new: &str) -> String {
     use datafusion::sql::sqlparser::ast::{VisitMut, VisitorMut};
     use std::ops::ControlFlow;
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let Ok(mut expr) = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-    else {
+    let Ok(mut expr) = super::ddl::parse_sql_expr(sql) else {
         return sql.to_string();
     };
     struct Rename<'a>(&'a str, &'a str);

@@ -225,6 +225,18 @@ pub fn choose_name(catalog: &Catalog, def: &TableDef, columns: &[&str], suffix: 
         .expect("some numbered name is free")
 }
 
+/// Whether an expression's text names a column (as a whole word).
+pub fn mentions_column(expr: &str, column: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    expr.match_indices(column).any(|(at, _)| {
+        !expr[..at].chars().next_back().is_some_and(is_ident)
+            && !expr[at + column.len()..]
+                .chars()
+                .next()
+                .is_some_and(is_ident)
+    })
+}
+
 /// Columns a CHECK expression mentions, in order of appearance.
 fn mentioned_columns(def: &TableDef, expr: &ast::Expr) -> Vec<String> {
     use datafusion::sql::sqlparser::ast::Visit;

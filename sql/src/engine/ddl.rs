@@ -23,6 +23,16 @@ use crate::error::{Error, Result, sqlstate};
 use crate::storage::prefix_end;
 use crate::types::SqlType;
 
+/// An expression kept as SQL text (a default, a CHECK), parsed again.
+pub(super) fn parse_sql_expr(
+    sql: &str,
+) -> std::result::Result<SqlExpr, datafusion::sql::sqlparser::parser::ParserError> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+        .try_with_sql(sql)?
+        .parse_expr()
+}
+
 /// The normalised name of an identifier: unquoted names fold to lower case.
 pub fn ident(i: &Ident) -> String {
     match i.quote_style {

@@ -186,7 +186,6 @@ fn fill_default_keywords(insert: &mut ast::Insert, session: &Session) -> Result<
             .collect()
     };
     let catalog = session.view().catalog();
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
     for row in &mut values.rows {
         for (i, e) in row.content.iter_mut().enumerate() {
             let Some(Some(at)) = columns.get(i) else {
@@ -215,10 +214,10 @@ fn fill_default_keywords(insert: &mut ast::Insert, session: &Session) -> Result<
                 None => column.default.clone(),
             };
             *e = match text {
-                Some(sql) => datafusion::sql::sqlparser::parser::Parser::new(&dialect)
-                    .try_with_sql(&super::sequences::plain_regclass_literals(&sql))
-                    .and_then(|mut p| p.parse_expr())
-                    .map_err(|err| Error::internal(format!("stored default {sql}: {err}")))?,
+                Some(sql) => {
+                    super::ddl::parse_sql_expr(&super::sequences::plain_regclass_literals(&sql))
+                        .map_err(|err| Error::internal(format!("stored default {sql}: {err}")))?
+                }
                 None => ast::Expr::value(ast::Value::Null),
             };
         }

@@ -466,11 +466,7 @@ pub fn plain_regclass_literals(sql: &str) -> String {
     if !sql.to_ascii_lowercase().contains("regclass") {
         return sql.to_string();
     }
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    let Ok(mut expr) = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-    else {
+    let Ok(mut expr) = super::ddl::parse_sql_expr(sql) else {
         return sql.to_string();
     };
     struct Strip;

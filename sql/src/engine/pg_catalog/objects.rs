@@ -612,7 +612,9 @@ fn add_keys(r: &mut PgRelation, def: &TableDef, catalog: &Catalog) {
     }
     for check in &def.checks {
         let columns: Vec<usize> = (0..def.columns.len())
-            .filter(|&i| mentions_column(&check.expr, &def.columns[i].name))
+            .filter(|&i| {
+                super::super::constraints::mentions_column(&check.expr, &def.columns[i].name)
+            })
             .collect();
         r.constraints.push(PgConstraint {
             oid: hashed_oid("constraint", &qualified, &check.name),
@@ -679,16 +681,4 @@ fn add_keys(r: &mut PgRelation, def: &TableDef, catalog: &Catalog) {
             }),
         });
     }
-}
-
-/// Whether an expression's text names a column (as a whole word).
-fn mentions_column(expr: &str, column: &str) -> bool {
-    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
-    expr.match_indices(column).any(|(at, _)| {
-        !expr[..at].chars().next_back().is_some_and(is_ident)
-            && !expr[at + column.len()..]
-                .chars()
-                .next()
-                .is_some_and(is_ident)
-    })
 }
