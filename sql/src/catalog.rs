@@ -264,6 +264,10 @@ pub struct TableDef {
     /// Foreign keys this table's rows must satisfy.
     #[serde(default)]
     pub foreign_keys: Vec<ForeignKeyDef>,
+    /// The primary key constraint's name when it is not `<table>_pkey` (the table was
+    /// renamed: as in PostgreSQL, its key keeps its name).
+    #[serde(default)]
+    pub pkey_name: Option<String>,
     /// The version of the stored row layout: ALTER TABLE ADD / DROP COLUMN and SET DATA TYPE
     /// rewrite the rows and count up, and a transaction that wrote rows in an older layout
     /// cannot commit.
@@ -292,6 +296,7 @@ impl TableDef {
             indexes: Vec::new(),
             checks: Vec::new(),
             foreign_keys: Vec::new(),
+            pkey_name: None,
             layout: 0,
             arrow: None,
         };
@@ -302,6 +307,13 @@ impl TableDef {
     pub fn with_kind(mut self, kind: TableKind) -> Self {
         self.kind = kind;
         self
+    }
+
+    /// The name of the primary key constraint (and its index).
+    pub fn pkey_name(&self) -> String {
+        self.pkey_name
+            .clone()
+            .unwrap_or_else(|| format!("{}_pkey", self.name))
     }
 
     pub fn sequence(&self) -> Option<&SequenceInfo> {

@@ -5,7 +5,10 @@
 //! c <schema> 0x00 0x01 <name>                  a model's record
 //! c 0x00 0x02 <name>                           a role's record
 //! m/<name>                                     engine metadata (next table id, format)
-//! t <table id u32> <primary key>               a table's rows (and a view's, a stream's)
+//! t <table id u32> <primary key>               a table's rows (and a view's, a stream's;
+//!                                              a sequence's one row under row id 1)
+//! t <index id u32> (<0|1> <value>)* [<row key>]  a secondary index's entries → row key (index
+//!                                              ids come from the table id counter)
 //! p <pipeline u32>                             a pipeline's last checkpoint record
 //! q <pipeline u32>                             the checkpoint before it (Kafka sinks only)
 //! s <pipeline u32> <operator u16> <group u16> <key>   operator state

@@ -120,6 +120,9 @@ async fn apply(session: &Session, def: TableDef, op: &AlterTableOperation) -> Re
             };
             let new_name = name_parts(name).pop().unwrap_or_default();
             let mut new = def.clone();
+            if !def.primary_key.is_empty() {
+                new.pkey_name = Some(def.pkey_name());
+            }
             new.name = new_name;
             store(session, &def, new)
         }
@@ -602,7 +605,7 @@ fn drop_constraint(
         new.checks.remove(at);
     } else if let Some(at) = new.foreign_keys.iter().position(|f| f.name == name) {
         new.foreign_keys.remove(at);
-    } else if !def.primary_key.is_empty() && name == format!("{}_pkey", def.name) {
+    } else if !def.primary_key.is_empty() && name == def.pkey_name() {
         return Err(Error::not_supported("dropping a table's primary key"));
     } else if if_exists {
         return Ok(def);

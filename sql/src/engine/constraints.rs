@@ -204,7 +204,7 @@ fn name_taken(catalog: &Catalog, def: &TableDef, name: &str) -> bool {
         || def.indexes.iter().any(|i| i.name == name)
         || def.checks.iter().any(|c| c.name == name)
         || def.foreign_keys.iter().any(|f| f.name == name)
-        || (!def.primary_key.is_empty() && format!("{}_pkey", def.name) == name)
+        || (!def.primary_key.is_empty() && def.pkey_name() == name)
 }
 
 /// PostgreSQL's generated name: `<table>_<columns>_<suffix>`, numbered when taken.

@@ -655,11 +655,9 @@ fn drop_indexes(session: &Session, names: &[ObjectName], if_exists: bool) -> Res
         let owner = schemas.iter().find_map(|s| catalog.index_owner(s, &index));
         let Some(def) = owner else {
             let is_key = schemas.iter().any(|s| {
-                catalog.tables().any(|t| {
-                    t.schema == *s
-                        && !t.primary_key.is_empty()
-                        && format!("{}_pkey", t.name) == index
-                })
+                catalog
+                    .tables()
+                    .any(|t| t.schema == *s && !t.primary_key.is_empty() && t.pkey_name() == index)
             });
             if is_key {
                 let table = index.trim_end_matches("_pkey").to_string();

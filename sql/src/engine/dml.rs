@@ -643,8 +643,8 @@ impl Writer<'_> {
         Error::user(
             sqlstate::UNIQUE_VIOLATION,
             format!(
-                "duplicate key value violates unique constraint \"{}_pkey\"",
-                self.def.name
+                "duplicate key value violates unique constraint \"{}\"",
+                self.def.pkey_name()
             ),
         )
         .with_detail(format!(
@@ -652,11 +652,7 @@ impl Writer<'_> {
             names.join(", "),
             values.join(", ")
         ))
-        .with_constraint(
-            &self.def.schema,
-            &self.def.name,
-            &format!("{}_pkey", self.def.name),
-        )
+        .with_constraint(&self.def.schema, &self.def.name, &self.def.pkey_name())
     }
 
     /// CHECK constraints and foreign keys of rows about to be written.
@@ -771,7 +767,7 @@ impl Writer<'_> {
                     .and_then(|p| p.as_ident())
                     .map(ident)
                     .unwrap_or_default();
-                if name == format!("{}_pkey", self.def.name) && !self.def.primary_key.is_empty() {
+                if name == self.def.pkey_name() && !self.def.primary_key.is_empty() {
                     return Ok(Arbiter::PrimaryKey);
                 }
                 self.def

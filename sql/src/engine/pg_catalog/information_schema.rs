@@ -17,7 +17,18 @@ use super::objects::{PgColumn, PgObjects, PgRelation};
 use super::rows::{self, Row, V};
 use crate::engine::catalog_provider::SessionView;
 
-const TABLES: &[&str] = &["schemata", "tables", "columns", "views"];
+const TABLES: &[&str] = &[
+    "schemata",
+    "tables",
+    "columns",
+    "views",
+    "table_constraints",
+    "key_column_usage",
+    "referential_constraints",
+    "constraint_column_usage",
+    "check_constraints",
+    "sequences",
+];
 
 pub struct InformationSchema {
     pub view: Arc<SessionView>,
@@ -51,6 +62,15 @@ impl SchemaProvider for InformationSchema {
     fn table_exist(&self, name: &str) -> bool {
         TABLES.contains(&name.to_ascii_lowercase().as_str())
     }
+}
+
+/// Every constraint of every table, with its table.
+fn constraints(
+    o: &PgObjects,
+) -> impl Iterator<Item = (&PgRelation, &super::objects::PgConstraint)> {
+    o.relations
+        .iter()
+        .flat_map(|r| r.constraints.iter().map(move |c| (r, c)))
 }
 
 /// Whether SELECT can read the relation.
@@ -308,6 +328,233 @@ fn build(
                     rows.push(row);
                 }
             }
+            rows::batch(&schema, &rows)
+        }
+        "table_constraints" => {
+            let schema = rows::schema(&[
+                ("constraint_catalog", text()),
+                ("constraint_schema", text()),
+                ("constraint_name", text()),
+                ("table_catalog", text()),
+                ("table_schema", text()),
+                ("table_name", text()),
+                ("constraint_type", text()),
+                ("is_deferrable", text()),
+                ("initially_deferred", text()),
+                ("enforced", text()),
+                ("nulls_distinct", text()),
+            ]);
+            let rows: Vec<Row> = constraints(o)
+                .map(|(r, c)| {
+                    let kind = match c.kind {
+                        'p' => "PRIMARY KEY",
+                        'u' => "UNIQUE",
+                        'f' => "FOREIGN KEY",
+                        _ => "CHECK",
+                    };
+                    vec![
+                        ("constraint_catalog", database.into()),
+                        ("constraint_schema", r.schema.clone().into()),
+                        ("constraint_name", c.name.clone().into()),
+                        ("table_catalog", database.into()),
+                        ("table_schema", r.schema.clone().into()),
+                        ("table_name", r.name.clone().into()),
+                        ("constraint_type", kind.into()),
+                        ("is_deferrable", "NO".into()),
+                        ("initially_deferred", "NO".into()),
+                        ("enforced", "YES".into()),
+                        ("nulls_distinct", (c.kind == 'u').then_some("YES").into()),
+                    ]
+                })
+                .collect();
+            rows::batch(&schema, &rows)
+        }
+        "key_column_usage" => {
+            let schema = rows::schema(&[
+                ("constraint_catalog", text()),
+                ("constraint_schema", text()),
+                ("constraint_name", text()),
+                ("table_catalog", text()),
+                ("table_schema", text()),
+                ("table_name", text()),
+                ("column_name", text()),
+                ("ordinal_position", int()),
+                ("position_in_unique_constraint", int()),
+            ]);
+            let mut rows: Vec<Row> = Vec::new();
+            for (r, c) in constraints(o).filter(|(_, c)| matches!(c.kind, 'p' | 'u' | 'f')) {
+                for (i, &col) in c.columns.iter().enumerate() {
+                    rows.push(vec![
+                        ("constraint_catalog", database.into()),
+                        ("constraint_schema", r.schema.clone().into()),
+                        ("constraint_name", c.name.clone().into()),
+                        ("table_catalog", database.into()),
+                        ("table_schema", r.schema.clone().into()),
+                        ("table_name", r.name.clone().into()),
+                        ("column_name", r.columns[col].name.clone().into()),
+                        ("ordinal_position", (i as i32 + 1).into()),
+                        (
+                            "position_in_unique_constraint",
+                            c.foreign.as_ref().map(|_| i as i32 + 1).into(),
+                        ),
+                    ]);
+                }
+            }
+            rows::batch(&schema, &rows)
+        }
+        "referential_constraints" => {
+            let schema = rows::schema(&[
+                ("constraint_catalog", text()),
+                ("constraint_schema", text()),
+                ("constraint_name", text()),
+                ("unique_constraint_catalog", text()),
+                ("unique_constraint_schema", text()),
+                ("unique_constraint_name", text()),
+                ("match_option", text()),
+                ("update_rule", text()),
+                ("delete_rule", text()),
+            ]);
+            let rule = |code: char| match code {
+                'c' => "CASCADE",
+                'n' => "SET NULL",
+                'd' => "SET DEFAULT",
+                'r' => "RESTRICT",
+                _ => "NO ACTION",
+            };
+            let rows: Vec<Row> = constraints(o)
+                .filter_map(|(r, c)| {
+                    let f = c.foreign.as_ref()?;
+                    let referenced = o.relation(f.table);
+                    let unique = referenced.and_then(|p| {
+                        p.constraints
+                            .iter()
+                            .find(|u| u.index.is_some() && u.index == c.index)
+                    });
+                    Some(vec![
+                        ("constraint_catalog", database.into()),
+                        ("constraint_schema", r.schema.clone().into()),
+                        ("constraint_name", c.name.clone().into()),
+                        ("unique_constraint_catalog", database.into()),
+                        (
+                            "unique_constraint_schema",
+                            referenced.map(|p| p.schema.clone()).into(),
+                        ),
+                        (
+                            "unique_constraint_name",
+                            unique.map(|u| u.name.clone()).into(),
+                        ),
+                        ("match_option", "NONE".into()),
+                        ("update_rule", rule(f.on_update).into()),
+                        ("delete_rule", rule(f.on_delete).into()),
+                    ])
+                })
+                .collect();
+            rows::batch(&schema, &rows)
+        }
+        "constraint_column_usage" => {
+            let schema = rows::schema(&[
+                ("table_catalog", text()),
+                ("table_schema", text()),
+                ("table_name", text()),
+                ("column_name", text()),
+                ("constraint_catalog", text()),
+                ("constraint_schema", text()),
+                ("constraint_name", text()),
+            ]);
+            let mut rows: Vec<Row> = Vec::new();
+            for (r, c) in constraints(o) {
+                // A foreign key uses the referenced table's columns.
+                let (table, columns) = match &c.foreign {
+                    Some(f) => match o.relation(f.table) {
+                        Some(p) => (p, f.columns.clone()),
+                        None => continue,
+                    },
+                    None => (r, c.columns.clone()),
+                };
+                for col in columns {
+                    rows.push(vec![
+                        ("table_catalog", database.into()),
+                        ("table_schema", table.schema.clone().into()),
+                        ("table_name", table.name.clone().into()),
+                        ("column_name", table.columns[col].name.clone().into()),
+                        ("constraint_catalog", database.into()),
+                        ("constraint_schema", r.schema.clone().into()),
+                        ("constraint_name", c.name.clone().into()),
+                    ]);
+                }
+            }
+            rows::batch(&schema, &rows)
+        }
+        "check_constraints" => {
+            let schema = rows::schema(&[
+                ("constraint_catalog", text()),
+                ("constraint_schema", text()),
+                ("constraint_name", text()),
+                ("check_clause", text()),
+            ]);
+            let rows: Vec<Row> = constraints(o)
+                .filter_map(|(r, c)| {
+                    let check = c.check.as_ref()?;
+                    Some(vec![
+                        ("constraint_catalog", database.into()),
+                        ("constraint_schema", r.schema.clone().into()),
+                        ("constraint_name", c.name.clone().into()),
+                        ("check_clause", format!("(({check}))").into()),
+                    ])
+                })
+                .collect();
+            rows::batch(&schema, &rows)
+        }
+        "sequences" => {
+            let schema = rows::schema(&[
+                ("sequence_catalog", text()),
+                ("sequence_schema", text()),
+                ("sequence_name", text()),
+                ("data_type", text()),
+                ("numeric_precision", int()),
+                ("numeric_precision_radix", int()),
+                ("numeric_scale", int()),
+                ("start_value", text()),
+                ("minimum_value", text()),
+                ("maximum_value", text()),
+                ("increment", text()),
+                ("cycle_option", text()),
+            ]);
+            let rows: Vec<Row> = o
+                .relations
+                .iter()
+                .filter_map(|r| {
+                    let q = r.sequence.as_ref()?;
+                    // An identity column's sequence is part of the column, not listed.
+                    let identity = q.owned_by.as_ref().is_some_and(|(table, column)| {
+                        o.relation(super::objects::relation_oid(*table))
+                            .and_then(|t| t.columns.iter().find(|c| c.name == *column))
+                            .is_some_and(|c| c.identity.is_some())
+                    });
+                    if identity {
+                        return None;
+                    }
+                    let (ty, bits) = match q.ty {
+                        crate::types::SqlType::Int2 => ("smallint", 16),
+                        crate::types::SqlType::Int4 => ("integer", 32),
+                        _ => ("bigint", 64),
+                    };
+                    Some(vec![
+                        ("sequence_catalog", database.into()),
+                        ("sequence_schema", r.schema.clone().into()),
+                        ("sequence_name", r.name.clone().into()),
+                        ("data_type", ty.into()),
+                        ("numeric_precision", bits.into()),
+                        ("numeric_precision_radix", 2.into()),
+                        ("numeric_scale", 0.into()),
+                        ("start_value", q.start.to_string().into()),
+                        ("minimum_value", q.min.to_string().into()),
+                        ("maximum_value", q.max.to_string().into()),
+                        ("increment", q.increment.to_string().into()),
+                        ("cycle_option", if q.cycle { "YES" } else { "NO" }.into()),
+                    ])
+                })
+                .collect();
             rows::batch(&schema, &rows)
         }
         "views" => {

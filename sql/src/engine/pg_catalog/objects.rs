@@ -212,6 +212,8 @@ pub struct PgRelation {
     pub column_comments: Vec<(usize, String)>,
     /// A sequence's parameters (`pg_sequence`).
     pub sequence: Option<crate::catalog::SequenceInfo>,
+    /// The primary key's name when the table was renamed after it was made.
+    pub pkey_name: Option<String>,
     /// `relhastriggers`: foreign keys are triggers in PostgreSQL, and psql lists a table's
     /// foreign keys (and those referencing it) only when it has triggers.
     pub has_triggers: bool,
@@ -223,7 +225,9 @@ impl PgRelation {
     }
 
     pub fn index_name(&self) -> String {
-        format!("{}_pkey", self.name)
+        self.pkey_name
+            .clone()
+            .unwrap_or_else(|| format!("{}_pkey", self.name))
     }
 
     /// The index with this OID.
@@ -373,6 +377,7 @@ impl PgObjects {
                 comment: None,
                 column_comments: Vec::new(),
                 sequence: None,
+                pkey_name: None,
                 has_triggers: false,
             });
         }
@@ -405,6 +410,7 @@ impl PgObjects {
                 comment: None,
                 column_comments: Vec::new(),
                 sequence: None,
+                pkey_name: None,
                 has_triggers: false,
             });
         }
@@ -553,6 +559,7 @@ fn table_relation(def: &TableDef, catalog: &Catalog) -> PgRelation {
             .filter_map(|(i, c)| c.comment.clone().map(|t| (i, t)))
             .collect(),
         sequence: def.sequence().cloned(),
+        pkey_name: def.pkey_name.clone(),
         has_triggers: !def.foreign_keys.is_empty() || !catalog.referencing(def.id).is_empty(),
     };
     if kind == 'r' {
