@@ -6,9 +6,7 @@
 //! transaction that wrote rows in the old layout fails at commit rather than storing them.
 //! Each operation applies to the result of the previous one, as in PostgreSQL.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
@@ -179,7 +177,7 @@ async fn add_column(
             super::sequences::serial_sequence_name(catalog, &def.schema, &def.name, &name);
         let mut given = options;
         given.ty.get_or_insert(col.ty.clone());
-        let mut info = given.apply(&seq_name, None)?;
+        let mut info = given.apply(None)?;
         info.owned_by = Some((def.id, name.clone()));
         if col.identity.is_none() {
             col.default = Some(super::sequences::nextval_default(&def.schema, &seq_name));
@@ -191,23 +189,8 @@ async fn add_column(
     new.layout += 1;
     let new = new.refreshed();
     // Existing rows take the default (evaluated per row: nextval numbers them) or NULL.
-    let default = session.view().column_default(&new, position)?;
     rewrite_rows(session, &def, &new, |old| {
-        let n = old.num_rows();
-        let value = match &default {
-            Some(expr) => {
-                let state = session.ctx().state();
-                let physical = state.create_physical_expr(expr.clone(), &DFSchema::empty())?;
-                let batch = RecordBatch::try_new_with_options(
-                    Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-                    vec![],
-                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
-                )?;
-                let v = physical.evaluate(&batch)?.into_array(n)?;
-                cast(&v, &col.ty.arrow_type())?
-            }
-            None => new_null_array(&col.ty.arrow_type(), n),
-        };
+        let value = super::copy::default_values(session, &new, position, old.num_rows())?;
         if !col.nullable && value.null_count() > 0 {
             return Err(Error::user(
                 sqlstate::NOT_NULL_VIOLATION,

@@ -392,8 +392,14 @@ fn parse_bool(s: &str) -> Result<bool> {
     }
 }
 
-/// A column the COPY does not fill: its default for each row (sequences advance), or NULL.
-fn default_values(session: &Session, def: &TableDef, at: usize, n: usize) -> Result<ArrayRef> {
+/// A column's default for `n` rows (volatile defaults, `nextval`, are evaluated per row), or
+/// NULLs: what COPY gives the columns it does not fill and ADD COLUMN gives existing rows.
+pub(super) fn default_values(
+    session: &Session,
+    def: &TableDef,
+    at: usize,
+    n: usize,
+) -> Result<ArrayRef> {
     let ty = def.columns[at].ty.arrow_type();
     let Some(expr) = session.view().column_default(def, at)? else {
         return Ok(new_null_array(&ty, n));

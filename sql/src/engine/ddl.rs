@@ -304,7 +304,7 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
         let seq_name = sequence_name_for(catalog, &schema, &name, &column.name, &owned);
         let mut given = options;
         given.ty.get_or_insert(column.ty.clone());
-        let info = given.apply(&seq_name, None)?;
+        let info = given.apply(None)?;
         if column.identity.is_none() {
             column.default = Some(super::sequences::nextval_default(&schema, &seq_name));
         }

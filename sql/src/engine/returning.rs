@@ -39,7 +39,7 @@ pub fn strip(statement: &mut Statement) {
 }
 
 /// `SELECT <returning list> FROM <target> [AS alias]`, or `None` without RETURNING.
-pub fn query(statement: &Statement, session: &Session) -> Result<Option<Statement>> {
+pub fn query(statement: &Statement) -> Result<Option<Statement>> {
     let Some(list) = items(statement) else {
         return Ok(None);
     };
@@ -69,7 +69,6 @@ pub fn query(statement: &Statement, session: &Session) -> Result<Option<Statemen
         }
         _ => return Ok(None),
     };
-    let _ = session;
     let list: Vec<String> = list.iter().map(|i| i.to_string()).collect();
     let sql = format!(
         "SELECT {} FROM {name}{}",

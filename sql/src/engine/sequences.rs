@@ -331,7 +331,7 @@ impl SequenceOptionsGiven {
     }
 
     /// The sequence's parameters: `base`'s (ALTER) or the defaults, changed as given.
-    pub fn apply(&self, name: &str, base: Option<&SequenceInfo>) -> Result<SequenceInfo> {
+    pub fn apply(&self, base: Option<&SequenceInfo>) -> Result<SequenceInfo> {
         let ty = self
             .ty
             .clone()
@@ -397,7 +397,6 @@ impl SequenceOptionsGiven {
                 format!("CACHE ({cache}) must be greater than zero"),
             ));
         }
-        let _ = name;
         Ok(SequenceInfo {
             ty,
             start,
@@ -520,7 +519,7 @@ pub fn create(
     {
         return Ok(CommandTag::new("CREATE SEQUENCE"));
     }
-    let mut info = SequenceOptionsGiven::from_ast(data_type, options)?.apply(&object, None)?;
+    let mut info = SequenceOptionsGiven::from_ast(data_type, options)?.apply(None)?;
     if let Some(owner) = owned_by {
         info.owned_by = resolve_owner(session, owner, &schema)?;
     }
@@ -578,7 +577,7 @@ pub fn alter(session: &Session, alter: &AlterSequence) -> Result<CommandTag> {
     let Some(base) = def.sequence() else {
         return Err(not_a_sequence(&def.name));
     };
-    let mut info = alter.options.apply(&def.name, Some(base))?;
+    let mut info = alter.options.apply(Some(base))?;
     if let Some(owner) = &alter.owned_by {
         info.owned_by = resolve_owner(session, owner, &schema)?;
     }

@@ -436,7 +436,7 @@ impl Session {
         }
         super::system_time::check_batch(statement)?;
         let plan = self.plan(statement).await?;
-        let returning = match super::returning::query(statement, self)? {
+        let returning = match super::returning::query(statement)? {
             Some(query) => Some(self.plan(&query).await?),
             None => None,
         };
@@ -716,7 +716,7 @@ impl Session {
             LogicalPlan::Dml(dml) => {
                 let returning = match (&prepared.returning, current) {
                     (Some(plan), true) => Some(plan.clone()),
-                    (Some(_), false) => match super::returning::query(statement, self)? {
+                    (Some(_), false) => match super::returning::query(statement)? {
                         Some(query) => Some(self.plan(&query).await?),
                         None => None,
                     },
