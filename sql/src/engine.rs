@@ -22,6 +22,7 @@ mod naming;
 pub mod notify;
 mod pg_catalog;
 mod point_get;
+mod point_write;
 mod returning;
 mod roles;
 mod scalar_select;
@@ -41,6 +42,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub use dml::parse_bytea;
 pub use naming::{output_names, rename};
+pub use point_get::read_committed;
 pub use roles::bootstrap_admin;
 pub use session::{CommandTag, Prepared, QueryOutput, Session, TxnStatus, is_transaction_control};
 pub use settings::SERVER_VERSION;

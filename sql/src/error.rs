@@ -54,6 +54,9 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const IO_ERROR: &str = "58030";
     pub const UNDEFINED_FILE: &str = "58P01";
+    pub const NO_DATA_FOUND: &str = "P0002";
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+    pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -236,3 +236,26 @@ SELECT count(*) FROM t2;
     );
     assert!(on_eddy.contains("COPY 5000"), "{on_eddy}");
 }
+
+#[test]
+fn prepared_inserts_take_the_planner_free_path_with_postgres_results() {
+    let pg = Postgres::start();
+    let eddy = Server::start();
+    let on_postgres = run(
+        "prepared INSERTs on PostgreSQL",
+        "python3",
+        "psycopg_inserts.py",
+        &pg.conn_string(),
+    );
+    let on_eddy = run(
+        "prepared INSERTs on Eddy",
+        "python3",
+        "psycopg_inserts.py",
+        &eddy.conn_string(),
+    );
+    assert_same("the prepared INSERTs", &on_postgres, &on_eddy);
+    assert!(
+        on_eddy.contains("ON CONFLICT (name) DO NOTHING ('d', 2) INSERT 0 1"),
+        "{on_eddy}"
+    );
+}

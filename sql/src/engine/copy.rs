@@ -11,6 +11,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{self, CopyOption, CopySource, CopyTarget};
 
 use super::session::Session;
@@ -340,7 +341,7 @@ impl CopyIn {
             };
             arrays.push(array);
         }
-        self.written += super::dml::insert_rows(session, def, arrays)?;
+        self.written += super::dml::insert_rows(session, def, arrays, None)?;
         Ok(())
     }
 }
@@ -400,12 +401,36 @@ pub(super) fn default_values(
     at: usize,
     n: usize,
 ) -> Result<ArrayRef> {
-    let ty = def.columns[at].ty.arrow_type();
+    evaluate_default(
+        default_expr(session, def, at)?.as_ref(),
+        &def.columns[at].ty,
+        n,
+    )
+}
+
+/// A column's default as an expression ready to evaluate; `None` when it has none.
+pub(super) fn default_expr(
+    session: &Session,
+    def: &TableDef,
+    at: usize,
+) -> Result<Option<Arc<dyn PhysicalExpr>>> {
     let Some(expr) = session.view().column_default(def, at)? else {
-        return Ok(new_null_array(&ty, n));
+        return Ok(None);
     };
     let state = session.ctx().state();
-    let physical = state.create_physical_expr(expr, &DFSchema::empty())?;
+    Ok(Some(state.create_physical_expr(expr, &DFSchema::empty())?))
+}
+
+/// `n` rows of a default from [`default_expr`] (NULLs for none), as the column's type.
+pub(super) fn evaluate_default(
+    expr: Option<&Arc<dyn PhysicalExpr>>,
+    ty: &SqlType,
+    n: usize,
+) -> Result<ArrayRef> {
+    let ty = ty.arrow_type();
+    let Some(physical) = expr else {
+        return Ok(new_null_array(&ty, n));
+    };
     let batch = RecordBatch::try_new_with_options(
         Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         vec![],

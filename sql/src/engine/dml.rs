@@ -83,15 +83,24 @@ pub fn prepare_statement(
 /// DataFusion plans every VALUES list inside an INSERT's query with the target table's
 /// columns, so `INSERT INTO t (a, b) SELECT p0, p1 FROM (VALUES (.., .., 0)) AS v(p0, p1, n)`
 /// (SQLAlchemy's insertmanyvalues) fails on the list's third column. A VALUES list below the
-/// top of the query becomes the equivalent `SELECT .. UNION ALL SELECT ..`.
+/// top of the query becomes the equivalent `SELECT .. UNION ALL SELECT ..`; so does the top
+/// list when an item is a subquery (DataFusion cannot run a subquery inside VALUES).
 fn nested_values_as_selects(insert: &mut ast::Insert) {
     use ast::{SetExpr, VisitMut, VisitorMut};
     use std::ops::ControlFlow;
     let Some(source) = insert.source.as_mut() else {
         return;
     };
-    if matches!(source.body.as_ref(), SetExpr::Values(_)) {
-        return;
+    if let SetExpr::Values(values) = source.body.as_ref() {
+        let subquery = ast::visit_expressions(values, |e| match e {
+            ast::Expr::Subquery(_) | ast::Expr::Exists { .. } | ast::Expr::InSubquery { .. } => {
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        });
+        if subquery.is_continue() {
+            return;
+        }
     }
     struct Convert;
     impl VisitorMut for Convert {
@@ -1098,13 +1107,15 @@ impl Writer<'_> {
     }
 }
 
-/// Inserts rows given as the table's columns (COPY FROM): text for bytea, jsonb and uuid
-/// columns, the column types for the rest. Constraints, indexes and foreign keys apply as
-/// for INSERT. Returns how many rows were written.
+/// Inserts rows given as the table's columns (COPY FROM, planner-free INSERT): text for
+/// bytea, jsonb and uuid columns, the column types for the rest. Constraints, indexes and
+/// foreign keys apply as for INSERT, and `conflict` as its ON CONFLICT clause. Returns how
+/// many rows were written.
 pub(super) fn insert_rows(
     session: &Session,
     def: &Arc<TableDef>,
     arrays: Vec<ArrayRef>,
+    conflict: Option<&ast::OnConflict>,
 ) -> Result<usize> {
     let catalog = session.view().catalog();
     let writer = Writer {
@@ -1123,7 +1134,7 @@ pub(super) fn insert_rows(
         arrays,
         &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(None),
     )?;
-    let written = writer.insert(&batch, None, &TableReference::bare(def.name.clone()))?;
+    let written = writer.insert(&batch, conflict, &TableReference::bare(def.name.clone()))?;
     Ok(written.rows())
 }
 

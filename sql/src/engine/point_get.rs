@@ -136,23 +136,72 @@ impl PointGet {
         } else {
             None
         };
-        let mut decoder = RowDecoder::new(&self.types, Some(&self.decoded), 1);
-        if let Some(v) = &value {
-            decoder.append(v)?;
-        }
-        let decoded = decoder.finish()?;
-        let arrays: Vec<ArrayRef> = self
-            .columns
-            .iter()
-            .map(|c| decoded[self.decoded.binary_search(c).expect("decoded column")].clone())
-            .collect();
-        let options = RecordBatchOptions::new().with_row_count(Some(usize::from(value.is_some())));
-        Ok(RecordBatch::try_new_with_options(
-            schema.clone(),
-            arrays,
-            &options,
-        )?)
+        decode(
+            &self.types,
+            &self.decoded,
+            &self.columns,
+            value.as_deref(),
+            schema,
+        )
     }
+}
+
+/// One stored row (or none) as a batch of `schema`, whose columns are the table columns
+/// `columns`; `decoded` is their sorted distinct set.
+fn decode(
+    types: &[crate::types::SqlType],
+    decoded: &[usize],
+    columns: &[usize],
+    value: Option<&[u8]>,
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let mut decoder = RowDecoder::new(types, Some(decoded), 1);
+    if let Some(v) = value {
+        decoder.append(v)?;
+    }
+    let arrays = decoder.finish()?;
+    let arrays: Vec<ArrayRef> = columns
+        .iter()
+        .map(|c| arrays[decoded.binary_search(c).expect("decoded column")].clone())
+        .collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(usize::from(value.is_some())));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        arrays,
+        &options,
+    )?)
+}
+
+/// The committed row of a table or materialized view with the primary key `key` (one value
+/// per key column, in key order, converted to the column types), as a batch of every column
+/// with zero or one row: the HTTP API's point read, which needs no session.
+pub fn read_committed(
+    engine: &crate::Engine,
+    def: &TableDef,
+    key: &[ScalarValue],
+) -> Result<RecordBatch> {
+    if key.len() != def.primary_key.len() {
+        return Err(crate::error::Error::internal(
+            "a point read needs one value per key column",
+        ));
+    }
+    let mut encoded = def.key_prefix();
+    let mut found = true;
+    for (value, &col) in key.iter().zip(&def.primary_key) {
+        found &= encode_scalar(value, &def.columns[col].ty, &mut encoded)?;
+    }
+    let value = match found {
+        true => engine.kv().get(&encoded)?,
+        false => None,
+    };
+    let columns: Vec<usize> = (0..def.columns.len()).collect();
+    decode(
+        &def.types(),
+        &columns,
+        &columns,
+        value.as_deref(),
+        &def.arrow_schema(),
+    )
 }
 
 fn output_columns(items: &[SelectItem], def: &TableDef) -> Option<Vec<usize>> {

@@ -105,6 +105,8 @@ pub struct Prepared {
     point_get: Option<PointGet>,
     /// Set when the statement is a FROM-less SELECT over parameters (evaluated directly).
     scalar: Option<ScalarSelect>,
+    /// Set when the statement is an INSERT of VALUES (rows built without DataFusion).
+    fast_insert: Option<super::point_write::FastInsert>,
     /// INSERT / UPDATE / DELETE ... RETURNING: the select list planned over the target table
     /// (its scan is replaced by the written rows at execution).
     returning: Option<LogicalPlan>,
@@ -113,6 +115,11 @@ pub struct Prepared {
 impl Prepared {
     pub fn sql(&self) -> String {
         self.statement.to_string()
+    }
+
+    /// Whether executions build the rows without DataFusion (an INSERT of VALUES).
+    pub fn is_fast_insert(&self) -> bool {
+        self.fast_insert.is_some()
     }
 }
 
@@ -425,6 +432,7 @@ impl Session {
                 schema,
                 point_get: None,
                 scalar: None,
+                fast_insert: None,
                 returning: None,
             });
         }
@@ -461,6 +469,12 @@ impl Session {
             (Some(_), None, None) => ScalarSelect::detect(&plan, &param_types, &self.ctx.state()),
             _ => None,
         };
+        let fast_insert = match (&plan, &returning) {
+            (LogicalPlan::Dml(_), None) => {
+                super::point_write::FastInsert::detect(statement, &plan, self)?
+            }
+            _ => None,
+        };
         Ok(Prepared {
             statement: stmt.clone(),
             plan: Some(plan),
@@ -469,6 +483,7 @@ impl Session {
             schema,
             point_get,
             scalar,
+            fast_insert,
             returning,
         })
     }
@@ -693,6 +708,12 @@ impl Session {
             let params = bind_values(&prepared.param_types, params)?;
             let batch = point_get.execute(self, &params, schema)?;
             return rows(schema.clone(), vec![batch]);
+        }
+        if let (Some(insert), true) = (&prepared.fast_insert, current) {
+            let bound = bind_values(&prepared.param_types, params.clone())?;
+            if let Some(tag) = insert.execute(self, &bound)? {
+                return Ok(QueryOutput::Command(tag));
+            }
         }
         // A FROM-less SELECT reads no relation, so catalog changes leave it valid (models are
         // looked up when it runs: after ALTER MODEL it scores with the new active version).
@@ -1066,6 +1087,19 @@ fn bind_values(types: &[Option<FieldRef>], params: Vec<ScalarValue>) -> Result<V
         .zip(types)
         .map(|(v, field)| match field.as_ref().map(|f| f.data_type()) {
             Some(ty) if v.data_type() != *ty => v.cast_to(ty).map_err(|e| {
+                let range = match ty {
+                    DataType::Int16 => Some("smallint"),
+                    DataType::Int32 => Some("integer"),
+                    DataType::Int64 => Some("bigint"),
+                    _ => None,
+                };
+                // A number too large for the parameter's integer type.
+                if let (Some(name), true) = (range, v.data_type().is_numeric()) {
+                    return Error::user(
+                        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                        format!("{name} out of range"),
+                    );
+                }
                 Error::user(
                     sqlstate::INVALID_TEXT_REPRESENTATION,
                     format!("invalid input for parameter of type {ty}: {e}"),
