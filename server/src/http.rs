@@ -1,6 +1,7 @@
 //! The HTTP listener: health, storage counters, event ingestion into push sources
 //! (`POST /v1/sources/{name}` with JSON lines, for devices that cannot speak Kafka), and
-//! on-demand inference (`GET /v1/models`, `POST /v1/models/{name}/predict`).
+//! on-demand inference (`GET /v1/models`, `POST /v1/models/{name}/predict`), and the query
+//! API (`POST /v1/sql`, `GET /v1/views/{name}`, see [`crate::http_sql`]).
 
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ pub fn router(engine: Arc<Engine>, auth: Arc<crate::http_auth::HttpAuth>) -> Rou
         .route("/v1/sources/{name}", post(ingest))
         .route("/v1/models", get(crate::inference::list_models))
         .route("/v1/models/{name}/predict", post(crate::inference::predict))
+        .route("/v1/sql", post(crate::http_sql::sql))
+        .route("/v1/views/{name}", get(crate::http_sql::view_row))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(engine)
         .merge(token)
@@ -228,10 +231,11 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Arc<crate::pg::handler::Authentication>,
     limits: HttpLimits,
+    default_user: String,
 ) -> std::io::Result<()> {
     let router = router(
         engine.clone(),
-        Arc::new(crate::http_auth::HttpAuth::new(engine, auth)),
+        Arc::new(crate::http_auth::HttpAuth::new(engine, auth).with_default_user(default_user)),
     )
     .layer(axum::middleware::from_fn_with_state(
         limits.body_timeout,

@@ -52,6 +52,8 @@ pub struct HttpAuth {
     tokens: Mutex<HashMap<String, Token>>,
     verified: Mutex<HashMap<Login, (Instant, Vec<u8>)>>,
     verify_slots: tokio::sync::Semaphore,
+    /// Who a request runs as when authentication is off and it names no user.
+    default_user: String,
 }
 
 impl HttpAuth {
@@ -62,7 +64,23 @@ impl HttpAuth {
             tokens: Mutex::default(),
             verified: Mutex::default(),
             verify_slots: tokio::sync::Semaphore::new(VERIFY_SLOTS),
+            default_user: crate::config::DEFAULT_ADMIN_USER.to_string(),
         }
+    }
+
+    pub fn with_default_user(mut self, user: String) -> Self {
+        self.default_user = user;
+        self
+    }
+
+    /// The user a request's basic credentials name, unchecked (authentication off).
+    fn named_user(&self, headers: &HeaderMap) -> String {
+        authorization(headers, "Basic ")
+            .and_then(|encoded| STANDARD.decode(encoded).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|d| d.split_once(':').map(|(u, _)| u.to_string()))
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| self.default_user.clone())
     }
 
     /// The user a request's basic credentials name, when the password is right.
@@ -200,15 +218,27 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// Lets a request through when its credentials check out (or authentication is off).
-pub async fn require(State(auth): State<Arc<HttpAuth>>, request: Request, next: Next) -> Response {
+/// The request carries its user ([`crate::http_sql::HttpUser`]) on to the handlers.
+pub async fn require(
+    State(auth): State<Arc<HttpAuth>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    use crate::http_sql::HttpUser;
     if auth.auth.method == Method::Trust || request.uri().path() == "/healthz" {
+        let user = auth.named_user(request.headers());
+        request.extensions_mut().insert(HttpUser(user));
         return next.run(request).await;
     }
-    if auth.token_user(request.headers()).is_some() {
+    if let Some(user) = auth.token_user(request.headers()) {
+        request.extensions_mut().insert(HttpUser(user));
         return next.run(request).await;
     }
     match auth.basic_user(request.headers()).await {
-        Ok(Some(_)) => next.run(request).await,
+        Ok(Some(user)) => {
+            request.extensions_mut().insert(HttpUser(user));
+            next.run(request).await
+        }
         Ok(None) => unauthorized("authentication required: basic credentials or a bearer token"),
         Err(response) => response,
     }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod http_auth;
+pub mod http_sql;
 pub mod inference;
 pub mod pg;
 pub mod tls;
@@ -114,6 +115,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         Some(tls),
         auth,
         http::HttpLimits::from(&config.limits),
+        config.admin_user.clone(),
     ));
     stop.await;
     tracing::info!("shutting down");

@@ -197,7 +197,7 @@ fn encode_cell(
 
 /// The text PostgreSQL prints for a non-NULL value of the types whose text form arrow-pg
 /// writes differently (floats, timestamps); `None` for the others.
-fn postgres_text(array: &ArrayRef, row: usize) -> Option<String> {
+pub(crate) fn postgres_text(array: &ArrayRef, row: usize) -> Option<String> {
     use arrow::datatypes::{
         Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
         TimestampNanosecondType, TimestampSecondType,

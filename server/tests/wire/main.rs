@@ -10,6 +10,7 @@ mod clients;
 mod durability;
 mod grafana;
 mod hardening;
+mod http_api;
 mod lifecycle;
 mod locks;
 mod migrations;
