@@ -29,6 +29,7 @@ mod scalar_select;
 pub mod sequences;
 mod session;
 mod settings;
+mod sql_prepare;
 mod statement;
 mod streaming;
 mod system_time;

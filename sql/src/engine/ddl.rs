@@ -192,9 +192,9 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             session.info().settings.write().reset_all();
             session.sync_default_schema();
             session.inbox().unlisten(None);
+            session.sql_prepared().clear();
             CommandTag::new("DISCARD ALL")
         }
-        Statement::Deallocate { .. } => CommandTag::new("DEALLOCATE"),
         Statement::Close { .. } => CommandTag::new("CLOSE CURSOR ALL"),
         Statement::LISTEN { channel } => {
             let channel = ident(channel);

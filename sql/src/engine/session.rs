@@ -136,6 +136,8 @@ pub struct Session {
     match_tables: crate::cep::table::Prepared,
     /// The channels it LISTENs on and the notifications waiting for it.
     inbox: Arc<super::notify::Inbox>,
+    /// Statements prepared with SQL's PREPARE.
+    sql_prepared: super::sql_prepare::SqlPrepared,
     /// A COPY FROM STDIN in progress, or the error that ended it early.
     copy_in: Mutex<Option<std::result::Result<super::copy::CopyIn, Error>>>,
 }
@@ -230,6 +232,7 @@ impl Session {
             txn,
             status: Mutex::new(TxnStatus::Idle),
             stream_failed: Arc::new(AtomicBool::new(false)),
+            sql_prepared: Default::default(),
             match_tables,
             inbox,
             copy_in: Mutex::new(None),
@@ -417,6 +420,22 @@ impl Session {
     pub async fn prepare(&self, statement: impl Into<Stmt>) -> Result<Prepared> {
         let catalog_version = self.view.catalog().version;
         let stmt = Arc::new(statement.into());
+        if let Stmt::Sql(s) = stmt.as_ref()
+            && super::sql_prepare::is_sql_prepare(s)
+        {
+            let schema = super::sql_prepare::result_schema(self, s)?;
+            return Ok(Prepared {
+                statement: stmt,
+                plan: None,
+                catalog_version,
+                param_types: Vec::new(),
+                schema,
+                point_get: None,
+                scalar: None,
+                fast_insert: None,
+                returning: None,
+            });
+        }
         // Statements Eddy executes itself are not planned: only their row shape is known.
         let unplanned_schema = match stmt.as_ref() {
             Stmt::Sql(s) if is_planned(s) => None,
@@ -696,6 +715,9 @@ impl Session {
     ) -> Result<QueryOutput> {
         let statement = match prepared.statement.as_ref() {
             Stmt::Eddy(e) => return super::streaming::execute(self, e).await,
+            Stmt::Sql(s) if super::sql_prepare::is_sql_prepare(s) => {
+                return super::sql_prepare::execute(self, s).await;
+            }
             Stmt::Sql(s) => s,
         };
         let Some(plan) = &prepared.plan else {
@@ -772,6 +794,20 @@ impl Session {
                 })
             }
         }
+    }
+
+    /// Statements prepared with SQL's PREPARE.
+    pub(super) fn sql_prepared(&self) -> &super::sql_prepare::SqlPrepared {
+        &self.sql_prepared
+    }
+
+    /// Runs a statement prepared with SQL's PREPARE, inside the EXECUTE's transaction.
+    pub(super) fn execute_prepared_inner<'a>(
+        &'a self,
+        prepared: &'a Prepared,
+        params: Vec<ScalarValue>,
+    ) -> futures::future::BoxFuture<'a, Result<QueryOutput>> {
+        Box::pin(self.execute_statement(prepared, params))
     }
 
     /// Runs one statement inside the current transaction, without autocommit or transaction
