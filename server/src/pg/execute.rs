@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::future::{Either, select};
-use futures::{Sink, SinkExt, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, StreamExt};
 use pgwire::api::Type;
 use pgwire::api::portal::{Portal, PortalExecutionState};
 use pgwire::api::query::ExtendedQueryHandler;
@@ -96,11 +96,11 @@ where
     };
     let fresh = matches!(*portal.state.lock().await, PortalExecutionState::Initial);
     if fresh {
-        let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
+        let mut cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
             Some(handle) => Some(handle.start_query().await),
             None => None,
         };
-        let response = match cancel {
+        let response = match cancel.as_mut() {
             Some(cancel) => match select(handler.do_query(client, &portal, max_rows), cancel).await
             {
                 Either::Left((result, _)) => result?,
@@ -109,6 +109,15 @@ where
             None => handler.do_query(client, &portal, max_rows).await?,
         };
         match response {
+            // All its rows: sent as they come, not gathered in the portal first (a result
+            // that never ends, SUBSCRIBE, reaches the client row by row).
+            Response::Query(results) if max_rows == 0 => {
+                *portal.state.lock().await = PortalExecutionState::Finished;
+                send_rows(client, results, false, cancel.as_mut()).await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                client.set_transaction_status(status);
+                return Ok(());
+            }
             Response::Query(results) => portal.start(results).await,
             other => {
                 status = queue_outcome(client, other, status).await?;
@@ -119,21 +128,52 @@ where
         }
     }
     let fetched = portal.fetch(max_rows).await?;
-    let mut response = fetched.response;
+    send_rows(client, fetched.response, fetched.suspended, None).await?;
+    client.set_state(PgWireConnectionState::ReadyForQuery);
+    client.set_transaction_status(status);
+    Ok(())
+}
+
+/// Queues a result's rows and its completion (PortalSuspended when `suspended`). Rows are
+/// sent whenever the next one is not ready yet; a cancel request ends a result that is
+/// still arriving.
+async fn send_rows<C>(
+    client: &mut C,
+    mut response: pgwire::api::results::QueryResponse,
+    suspended: bool,
+    mut cancel: Option<&mut futures::channel::oneshot::Receiver<()>>,
+) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
     let command = response.command_tag().to_owned();
     let mut rows = 0;
-    while let Some(row) = response.data_rows().next().await {
+    let data = response.data_rows();
+    loop {
+        let next = match data.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                client.flush().await?;
+                match cancel.as_mut() {
+                    Some(cancel) => match select(data.next(), &mut **cancel).await {
+                        Either::Left((next, _)) => next,
+                        Either::Right(_) => return Err(PgWireError::QueryCanceled),
+                    },
+                    None => data.next().await,
+                }
+            }
+        };
+        let Some(row) = next else { break };
         client.feed(PgWireBackendMessage::DataRow(row?)).await?;
         rows += 1;
     }
-    let done = if fetched.suspended {
+    let done = if suspended {
         PgWireBackendMessage::PortalSuspended(PortalSuspended::new())
     } else {
         PgWireBackendMessage::CommandComplete(Tag::new(&command).with_rows(rows).into())
     };
     client.feed(done).await?;
-    client.set_state(PgWireConnectionState::ReadyForQuery);
-    client.set_transaction_status(status);
     Ok(())
 }
 

@@ -16,7 +16,10 @@ fn run(what: &str, program: &str, script: &str, conn: &str) -> String {
         .env("PYTHONPATH", repo_root().join(".tools/python"))
         .env("NODE_PATH", repo_root().join(".tools/node/node_modules"))
         .arg(repo_root().join("scripts/clients").join(script))
-        .arg(conn)
+        .args(
+            conn.rsplit_once(" phase=")
+                .map_or(vec![conn], |(c, p)| vec![c, p]),
+        )
         .output()
         .unwrap_or_else(|e| panic!("{what}: {e} (scripts/setup.sh installs it)"));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -257,5 +260,42 @@ fn prepared_inserts_take_the_planner_free_path_with_postgres_results() {
     assert!(
         on_eddy.contains("ON CONFLICT (name) DO NOTHING ('d', 2) INSERT 0 1"),
         "{on_eddy}"
+    );
+}
+
+#[test]
+fn a_psycopg_service_follows_a_view_with_subscribe_across_a_restart() {
+    let mut eddy = Server::start();
+    let setup = run(
+        "SUBSCRIBE through psycopg",
+        "python3",
+        "psycopg_subscribe.py",
+        &format!("{} phase=setup", eddy.conn_string()),
+    );
+    let expected = "\
+snapshot [('insert', '/a', 1), ('insert', '/b', 1)]
+changes [('update', '/a', 2), ('insert', '/c', 1), ('delete', '/a', 2)]
+progress epochs increase True
+cursor snapshot [('insert', '/b', 1), ('insert', '/c', 1)]
+cursor change [('insert', '/d', 1)]
+cursor columns ['eddy_epoch', 'eddy_op', 'page', 'n']
+after commit 34000 cursor \"follow\" does not exist
+refused 42809 cannot subscribe to source \"clicks\"
+refused 42P01 relation \"nowhere\" does not exist
+refused 42601 syntax error: SUBSCRIBE option snapshot takes true or false, not \"maybe\"
+outside a block 25P01 DECLARE CURSOR can only be used in transaction blocks
+";
+    assert_eq!(setup, expected);
+    // A crash ends every subscription; a new one starts from the view as it is.
+    eddy.restart();
+    let again = run(
+        "SUBSCRIBE through psycopg after a restart",
+        "python3",
+        "psycopg_subscribe.py",
+        &format!("{} phase=again", eddy.conn_string()),
+    );
+    assert_eq!(
+        again,
+        "after restart ('insert', '/b', 1)\nafter restart ('insert', '/c', 1)\nafter restart ('insert', '/d', 1)\n"
     );
 }

@@ -195,7 +195,6 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             session.sql_prepared().clear();
             CommandTag::new("DISCARD ALL")
         }
-        Statement::Close { .. } => CommandTag::new("CLOSE CURSOR ALL"),
         Statement::LISTEN { channel } => {
             let channel = ident(channel);
             super::notify::check(&channel, "")?;

@@ -97,9 +97,15 @@ fn expr_name(e: &Expr) -> String {
         Expr::Column(c) => display_name(&c.name),
         Expr::Cast(c) => expr_name(&c.expr),
         Expr::TryCast(c) => expr_name(&c.expr),
-        // `a ->> 'b'` is planned as a function call, but PostgreSQL names an operator's
+        // `a ->> 'b'` and `n * interval` are planned as function calls, but PostgreSQL names an
+        // operator's
         // result `?column?`.
-        Expr::ScalarFunction(f) if matches!(f.func.name(), "json_get" | "json_get_text") => {
+        Expr::ScalarFunction(f)
+            if matches!(
+                f.func.name(),
+                "json_get" | "json_get_text" | "eddy_interval_mul"
+            ) =>
+        {
             UNNAMED.to_string()
         }
         // A cast to text written as a call (see dml::pg_text_casts): named like the cast.

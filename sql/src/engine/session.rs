@@ -138,6 +138,8 @@ pub struct Session {
     inbox: Arc<super::notify::Inbox>,
     /// Statements prepared with SQL's PREPARE.
     sql_prepared: super::sql_prepare::SqlPrepared,
+    /// The transaction's open cursors.
+    cursors: super::cursors::Cursors,
     /// A COPY FROM STDIN in progress, or the error that ended it early.
     copy_in: Mutex<Option<std::result::Result<super::copy::CopyIn, Error>>>,
 }
@@ -184,6 +186,7 @@ impl Session {
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         eddy_udf::register(&mut ctx).expect("Eddy's functions register");
+        super::pg_functions::register(&mut ctx).expect("PostgreSQL's functions register");
         let txn: SharedTxn = Arc::new(Mutex::new(Txn::default()));
         let view = Arc::new(SessionView {
             engine: engine.clone(),
@@ -233,6 +236,7 @@ impl Session {
             status: Mutex::new(TxnStatus::Idle),
             stream_failed: Arc::new(AtomicBool::new(false)),
             sql_prepared: Default::default(),
+            cursors: Default::default(),
             match_tables,
             inbox,
             copy_in: Mutex::new(None),
@@ -439,7 +443,18 @@ impl Session {
         // Statements Eddy executes itself are not planned: only their row shape is known.
         let unplanned_schema = match stmt.as_ref() {
             Stmt::Sql(s) if is_planned(s) => None,
+            Stmt::Sql(s) if super::cursors::is_cursor_statement(s) => {
+                Some(super::cursors::fetch_schema(self, s)?)
+            }
             Stmt::Sql(s) => Some(super::ddl::result_schema(s, &self.info.settings.read())),
+            Stmt::Eddy(super::statement::EddyStatement::DeclareCursor(d)) => {
+                // DECLARE returns no rows; a subscription's target is checked here.
+                super::cursors::declared_schema(self, d)?;
+                Some(None)
+            }
+            Stmt::Eddy(super::statement::EddyStatement::Subscribe(s)) => Some(Some(
+                super::subscribe::schema(&*super::subscribe::target(self, &s.name)?),
+            )),
             Stmt::Eddy(e) => Some(super::streaming::result_schema(e)),
         };
         if let Some(schema) = unplanned_schema {
@@ -510,6 +525,7 @@ impl Session {
     pub(super) async fn plan(&self, statement: &Statement) -> Result<LogicalPlan> {
         let (statement, target) = super::dml::prepare_statement(statement, self)?;
         let mut statement = super::pg_catalog::rewrite(statement);
+        super::pg_functions::rewrite_like_escapes(&mut statement);
         naming::alias_duplicates(&mut statement);
         super::models::resolve_named_features(&mut statement, &self.view.catalog())?;
         let clauses = crate::cep::table::clauses(&statement);
@@ -683,6 +699,7 @@ impl Session {
 
     fn discard_txn(&self) {
         *self.txn.lock() = Txn::default();
+        self.cursors.close_all();
         self.end_xact_locks();
     }
 
@@ -696,6 +713,7 @@ impl Session {
 
     async fn commit_txn(&self) -> Result<()> {
         self.end_xact_locks();
+        self.cursors.close_all();
         let mut txn = std::mem::take(&mut *self.txn.lock());
         let notes = txn.take_notifications();
         if !txn.is_empty() {
@@ -717,6 +735,9 @@ impl Session {
             Stmt::Eddy(e) => return super::streaming::execute(self, e).await,
             Stmt::Sql(s) if super::sql_prepare::is_sql_prepare(s) => {
                 return super::sql_prepare::execute(self, s).await;
+            }
+            Stmt::Sql(s) if super::cursors::is_cursor_statement(s) => {
+                return super::cursors::run(self, s).await;
             }
             Stmt::Sql(s) => s,
         };
@@ -794,6 +815,19 @@ impl Session {
                 })
             }
         }
+    }
+
+    /// The transaction's open cursors.
+    pub(super) fn cursors(&self) -> &super::cursors::Cursors {
+        &self.cursors
+    }
+
+    /// Runs a cursor's query inside the transaction (its rows are read as FETCH asks).
+    pub(super) fn execute_cursor_query<'a>(
+        &'a self,
+        prepared: &'a Prepared,
+    ) -> futures::future::BoxFuture<'a, Result<QueryOutput>> {
+        Box::pin(self.execute_statement(prepared, Vec::new()))
     }
 
     /// Statements prepared with SQL's PREPARE.

@@ -129,6 +129,8 @@ pub enum EddyStatement {
     Explain(CreateQuery),
     /// `ALTER SEQUENCE`, which sqlparser does not parse.
     AlterSequence(super::sequences::AlterSequence),
+    Subscribe(super::subscribe::Subscribe),
+    DeclareCursor(super::cursors::DeclareCursor),
 }
 
 fn options_sql(options: &[(String, String)]) -> String {
@@ -199,6 +201,8 @@ impl fmt::Display for EddyStatement {
             }
             EddyStatement::Explain(q) => write!(f, "EXPLAIN {q}"),
             EddyStatement::AlterSequence(a) => a.fmt(f),
+            EddyStatement::Subscribe(s) => s.fmt(f),
+            EddyStatement::DeclareCursor(d) => d.fmt(f),
         }
     }
 }
@@ -266,6 +270,86 @@ pub fn parse_user_statement(parser: &mut Parser<'_>) -> Result<Option<Statement>
     }
 }
 
+/// `SUBSCRIBE [TO] name [WITH (snapshot = bool, progress = bool)]`.
+fn parse_subscribe(parser: &mut Parser<'_>) -> Result<super::subscribe::Subscribe, ParserError> {
+    parser.next_token();
+    if word(parser, 0).as_deref() == Some("TO") {
+        parser.next_token();
+    }
+    let name = parser.parse_object_name(false)?;
+    let mut subscribe = super::subscribe::Subscribe {
+        name,
+        snapshot: true,
+        progress: false,
+    };
+    for (key, value) in with_options(parser)? {
+        let flag = match value.to_ascii_lowercase().as_str() {
+            "true" | "on" | "1" => true,
+            "false" | "off" | "0" => false,
+            _ => {
+                return Err(ParserError::ParserError(format!(
+                    "SUBSCRIBE option {key} takes true or false, not \"{value}\""
+                )));
+            }
+        };
+        match key.as_str() {
+            "snapshot" => subscribe.snapshot = flag,
+            "progress" => subscribe.progress = flag,
+            _ => {
+                return Err(ParserError::ParserError(format!(
+                    "unknown SUBSCRIBE option \"{key}\" (snapshot, progress)"
+                )));
+            }
+        }
+    }
+    Ok(subscribe)
+}
+
+/// `DECLARE name [ASENSITIVE | INSENSITIVE] [NO SCROLL] CURSOR [WITHOUT HOLD] FOR
+/// <query | SUBSCRIBE ...>`.
+fn parse_declare(parser: &mut Parser<'_>) -> Result<super::cursors::DeclareCursor, ParserError> {
+    parser.next_token();
+    let name = parser.parse_identifier()?;
+    loop {
+        match word(parser, 0).as_deref() {
+            Some("ASENSITIVE" | "INSENSITIVE") => {
+                parser.next_token();
+            }
+            Some("NO") if word(parser, 1).as_deref() == Some("SCROLL") => skip(parser, 2),
+            Some("SCROLL") => {
+                return Err(ParserError::ParserError(
+                    "SCROLL cursors are not supported: Eddy's cursors scan forward".into(),
+                ));
+            }
+            Some("BINARY") => {
+                return Err(ParserError::ParserError(
+                    "BINARY cursors are not supported".into(),
+                ));
+            }
+            _ => break,
+        }
+    }
+    if word(parser, 0).as_deref() != Some("CURSOR") {
+        return parser.expected("CURSOR", parser.peek_token());
+    }
+    parser.next_token();
+    match (word(parser, 0).as_deref(), word(parser, 1).as_deref()) {
+        (Some("WITHOUT"), Some("HOLD")) => skip(parser, 2),
+        (Some("WITH"), Some("HOLD")) => {
+            return Err(ParserError::ParserError(
+                "WITH HOLD cursors are not supported: a cursor ends with its transaction".into(),
+            ));
+        }
+        _ => {}
+    }
+    parser.expect_keyword_is(Keyword::FOR)?;
+    let body = match word(parser, 0).as_deref() {
+        Some("SUBSCRIBE") => super::cursors::CursorBody::Subscribe(parse_subscribe(parser)?),
+        _ => super::cursors::CursorBody::Query(parser.parse_query()?),
+    };
+    Ok(super::cursors::DeclareCursor { name, body })
+}
+
 pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, ParserError> {
     let first = word(parser, 0);
     Ok(Some(match first.as_deref() {
@@ -288,6 +372,8 @@ pub fn parse_eddy(parser: &mut Parser<'_>) -> Result<Option<EddyStatement>, Pars
                 _ => return Ok(None),
             }
         }
+        Some("SUBSCRIBE") => EddyStatement::Subscribe(parse_subscribe(parser)?),
+        Some("DECLARE") => EddyStatement::DeclareCursor(parse_declare(parser)?),
         Some("ALTER") if word(parser, 1).as_deref() == Some("SEQUENCE") => {
             skip(parser, 2);
             EddyStatement::AlterSequence(super::sequences::parse_alter(parser)?)

@@ -36,6 +36,8 @@ pub fn result_schema(statement: &EddyStatement) -> Option<SchemaRef> {
 
 pub async fn execute(session: &Session, statement: &EddyStatement) -> Result<QueryOutput> {
     Ok(QueryOutput::Command(match statement {
+        EddyStatement::Subscribe(s) => return super::subscribe::start(session, s).await,
+        EddyStatement::DeclareCursor(d) => return super::cursors::declare(session, d).await,
         EddyStatement::CreateSource(s) => create_source(session, s)?,
         EddyStatement::CreateModel(m) => super::models::create(session, m).await?,
         EddyStatement::Show(ObjectKind::Model) => return super::models::show(session),

@@ -121,7 +121,7 @@ fn encode_entry(key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
     v
 }
 
-fn decode_entry(entry: &[u8]) -> Result<(&[u8], Option<&[u8]>)> {
+pub fn decode_entry(entry: &[u8]) -> Result<(&[u8], Option<&[u8]>)> {
     let corrupt = || Error::internal("corrupt changelog entry");
     let len = u32::from_be_bytes(entry.get(1..5).ok_or_else(corrupt)?.try_into().expect("4"));
     let key = entry.get(5..5 + len as usize).ok_or_else(corrupt)?;

@@ -92,8 +92,10 @@ pub struct StreamManager {
     models: Mutex<Option<Arc<dyn ModelSource>>>,
     /// Where remote sinks stage and spool their files (`<data dir>/sinks`).
     staging: std::path::PathBuf,
-    /// Per updating view: what its sink and new readers of its changelog share.
+    /// Per materialized view: what its sink and new readers of its changelog share.
     logs: Mutex<HashMap<u32, Arc<LogShared>>>,
+    /// Each running pipeline's committed checkpoint epoch, as it changes.
+    committed: Mutex<HashMap<u32, tokio::sync::watch::Receiver<u64>>>,
     /// The connector sources being read, one reader each for every pipeline.
     hubs: Arc<super::shared_source::SourceHubs>,
     /// LISTEN / NOTIFY, which `connector = 'notify'` sinks send on.
@@ -127,6 +129,7 @@ impl StreamManager {
             models: Mutex::new(None),
             staging,
             logs: Mutex::new(HashMap::new()),
+            committed: Mutex::new(HashMap::new()),
             hubs: Default::default(),
             notifier: Default::default(),
         }
@@ -157,6 +160,16 @@ impl StreamManager {
         self.logs.lock().entry(view).or_default().clone()
     }
 
+    /// What a materialized view's sink and a new reader of its changelog share (SUBSCRIBE).
+    pub fn view_log(&self, view: u32) -> Arc<LogShared> {
+        self.log_shared(view)
+    }
+
+    /// The committed checkpoint epoch of a running pipeline, to wait on.
+    pub fn committed(&self, pipeline: u32) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.committed.lock().get(&pipeline).cloned()
+    }
+
     pub fn set_models(&self, models: Arc<dyn ModelSource>) {
         *self.models.lock() = Some(models);
     }
@@ -184,6 +197,9 @@ impl StreamManager {
     /// Starts every pipeline of `catalog` on `runtime`; later catalog changes start and stop
     /// pipelines through [`StreamManager::reconcile`].
     pub fn start(self: &Arc<Self>, runtime: tokio::runtime::Handle, catalog: &Catalog) {
+        if let Err(e) = crate::engine::subscribe::remove_stale(self.kv.as_ref()) {
+            tracing::warn!("removing the subscriptions a restart ended: {e}");
+        }
         *self.runtime.lock() = Some(runtime);
         self.reconcile(catalog);
     }
@@ -281,6 +297,7 @@ impl StreamManager {
             let r = running.remove(&id).expect("listed");
             r.stop.store(true, Ordering::SeqCst);
             self.metrics.lock().remove(&id);
+            self.committed.lock().remove(&id);
             let kv = self.kv.clone();
             runtime.spawn(async move {
                 let _ = r.supervisor.await;
@@ -388,6 +405,7 @@ impl StreamManager {
         };
         let interval = option_ms(&info.options, "checkpoint_interval")?.unwrap_or(default_interval);
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(record.epoch);
+        self.committed.lock().insert(def.id, committed_rx.clone());
         let mut tasks = tokio::task::JoinSet::new();
         let dead_letters = |source: &TableDef| {
             catalog
@@ -783,7 +801,9 @@ impl StreamManager {
             metrics: metrics.clone(),
             committed: committed_tx,
             log: match &def.kind {
-                TableKind::MaterializedView(_) if plan.updates() => Some(ViewLog::new(
+                // Every view keeps a changelog while it has readers: pipelines that read an
+                // updating view, and subscriptions (SUBSCRIBE) to any view.
+                TableKind::MaterializedView(_) => Some(ViewLog::new(
                     def,
                     self.log_shared(def.id),
                     self.kv.as_ref(),
