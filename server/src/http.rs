@@ -262,6 +262,9 @@ pub async fn serve(
             });
             continue;
         };
+        // Replies go out whole at once: without this, Nagle's algorithm holds a small
+        // response back until the client's delayed ACK (tens of milliseconds per request).
+        let _ = socket.set_nodelay(true);
         let (router, tls, header_timeout) = (router.clone(), tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
             let _slots = slots;

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::common::DFSchema;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::sqlparser::ast::{self, CopyOption, CopySource, CopyTarget};
 
@@ -401,36 +403,27 @@ pub(super) fn default_values(
     at: usize,
     n: usize,
 ) -> Result<ArrayRef> {
+    let expr = session.view().column_default(def, at)?;
     evaluate_default(
-        default_expr(session, def, at)?.as_ref(),
+        &session.ctx().state(),
+        expr.as_ref(),
         &def.columns[at].ty,
         n,
     )
 }
 
-/// A column's default as an expression ready to evaluate; `None` when it has none.
-pub(super) fn default_expr(
-    session: &Session,
-    def: &TableDef,
-    at: usize,
-) -> Result<Option<Arc<dyn PhysicalExpr>>> {
-    let Some(expr) = session.view().column_default(def, at)? else {
-        return Ok(None);
-    };
-    let state = session.ctx().state();
-    Ok(Some(state.create_physical_expr(expr, &DFSchema::empty())?))
-}
-
-/// `n` rows of a default from [`default_expr`] (NULLs for none), as the column's type.
+/// `n` rows of a column default (NULLs for none), as the column's type.
 pub(super) fn evaluate_default(
-    expr: Option<&Arc<dyn PhysicalExpr>>,
+    state: &SessionState,
+    expr: Option<&Expr>,
     ty: &SqlType,
     n: usize,
 ) -> Result<ArrayRef> {
     let ty = ty.arrow_type();
-    let Some(physical) = expr else {
+    let Some(expr) = expr else {
         return Ok(new_null_array(&ty, n));
     };
+    let physical = standalone_expr(state, expr.clone())?;
     let batch = RecordBatch::try_new_with_options(
         Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         vec![],
@@ -438,6 +431,23 @@ pub(super) fn evaluate_default(
     )?;
     let values = physical.evaluate(&batch)?.into_array(n)?;
     Ok(datafusion::arrow::compute::cast(&values, &ty)?)
+}
+
+/// An expression that reads no columns, ready to evaluate now: simplified first, as the
+/// optimizer would (`now()` becomes the time `state` was taken at, the statement's; it
+/// cannot run unsimplified).
+pub(super) fn standalone_expr(state: &SessionState, expr: Expr) -> Result<Arc<dyn PhysicalExpr>> {
+    use datafusion::logical_expr::simplify::SimplifyContext;
+    use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+    let schema = Arc::new(DFSchema::empty());
+    let context = SimplifyContext::builder()
+        .with_schema(schema.clone())
+        .with_config_options(Arc::clone(state.config_options()))
+        .with_query_execution_start_time(state.execution_props().query_execution_start_time)
+        .build();
+    let simplifier = ExprSimplifier::new(context);
+    let expr = simplifier.simplify(simplifier.coerce(expr, &schema)?)?;
+    Ok(state.create_physical_expr(expr, &schema)?)
 }
 
 /// PostgreSQL's text format: fields split at the delimiter, `null` (`\N`) is NULL, and

@@ -21,7 +21,6 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::sqlparser::ast::{
     self, Expr as SqlExpr, OnConflictAction, OnInsert, SetExpr, Statement, TableObject,
@@ -46,7 +45,7 @@ enum Fill {
     /// One value per row.
     Values(Vec<Value>),
     /// The column's default (NULL without one), per row.
-    Default(Option<Arc<dyn PhysicalExpr>>),
+    Default(Option<Expr>),
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +173,7 @@ impl FastInsert {
                 // A column given in some rows and defaulted in others: rare, left to the planner.
                 Some(_) if defaulted[col] => return Ok(None),
                 Some(values) => Fill::Values(values),
-                None => Fill::Default(super::copy::default_expr(session, &def, col)?),
+                None => Fill::Default(session.view().column_default(&def, col)?),
             });
         }
         Ok(Some(FastInsert {
@@ -188,6 +187,8 @@ impl FastInsert {
     /// Writes the rows for `params` into the session's transaction and returns the command
     /// tag; `None` (nothing written) when a value needs the planned path's conversion.
     pub fn execute(&self, session: &Session, params: &[ScalarValue]) -> Result<Option<CommandTag>> {
+        // One state, one statement time: every `now()` of the rows reads the same.
+        let state = session.ctx().state();
         let mut arrays: Vec<Option<ArrayRef>> = Vec::with_capacity(self.fills.len());
         for (fill, column) in self.fills.iter().zip(&self.def.columns) {
             let Fill::Values(values) = fill else {
@@ -200,7 +201,7 @@ impl FastInsert {
                     Value::Param(i) => params.get(*i).cloned().unwrap_or(ScalarValue::Null),
                     Value::Const(c) => c.clone(),
                     // An expression that fails is left to the planned path, which reports it.
-                    Value::Expr(e) => match evaluate(session, e, params) {
+                    Value::Expr(e) => match evaluate(&state, e, params) {
                         Some(v) => v,
                         None => return Ok(None),
                     },
@@ -219,7 +220,7 @@ impl FastInsert {
             .map(|((array, fill), column)| match (array, fill) {
                 (Some(array), _) => Ok(array),
                 (None, Fill::Default(expr)) => {
-                    super::copy::evaluate_default(expr.as_ref(), &column.ty, self.rows)
+                    super::copy::evaluate_default(&state, expr.as_ref(), &column.ty, self.rows)
                 }
                 (None, Fill::Values(_)) => unreachable!("values were converted above"),
             })
@@ -269,7 +270,11 @@ fn reads_columns(expr: &Expr) -> bool {
 }
 
 /// One expression's value with the parameters bound; `None` when it fails.
-fn evaluate(session: &Session, expr: &Expr, params: &[ScalarValue]) -> Option<ScalarValue> {
+fn evaluate(
+    state: &datafusion::execution::SessionState,
+    expr: &Expr,
+    params: &[ScalarValue],
+) -> Option<ScalarValue> {
     use datafusion::common::tree_node::Transformed;
     let bound = expr
         .clone()
@@ -289,10 +294,7 @@ fn evaluate(session: &Session, expr: &Expr, params: &[ScalarValue]) -> Option<Sc
         })
         .ok()?
         .data;
-    let state = session.ctx().state();
-    let physical = state
-        .create_physical_expr(bound, &datafusion::common::DFSchema::empty())
-        .ok()?;
+    let physical = super::copy::standalone_expr(state, bound).ok()?;
     let batch = datafusion::arrow::array::RecordBatch::try_new_with_options(
         Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         vec![],
