@@ -344,3 +344,41 @@ mod tests {
         assert!(!detect(&session, "SELECT v FROM t WHERE a = 1 OR b = 'x'").await);
     }
 }
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use crate::Engine;
+
+    #[tokio::test]
+    async fn a_grouping_views_key_takes_the_fast_path() {
+        let engine = Engine::in_memory();
+        let session = engine.new_session("eddy", "eddy");
+        for sql in [
+            "CREATE SOURCE ev (k int, x int)",
+            "CREATE MATERIALIZED VIEW agg AS SELECT k, count(*) AS n, sum(x) AS s FROM ev GROUP BY k",
+        ] {
+            session
+                .run(Session::parse(sql).unwrap().remove(0))
+                .await
+                .unwrap();
+        }
+        let crate::engine::Stmt::Sql(statement) =
+            Session::parse("SELECT n, s FROM agg WHERE k = $1")
+                .unwrap()
+                .remove(0)
+        else {
+            panic!()
+        };
+        let Some((_, _, Relation::Table(def))) = session
+            .resolve(&datafusion::sql::sqlparser::ast::ObjectName::from(vec![
+                ast::Ident::new("agg"),
+            ]))
+            .unwrap()
+        else {
+            panic!("agg")
+        };
+        assert_eq!(def.primary_key, vec![0]);
+        assert!(PointGet::detect(&statement, &session).unwrap().is_some());
+    }
+}
