@@ -367,21 +367,27 @@ fn typed(texts: &StringArray, ty: &SqlType) -> Result<ArrayRef> {
         }
         _ => {}
     }
-    let target = ty.arrow_type();
-    cast_with_options(
-        &array,
-        &target,
-        &CastOptions {
-            safe: false,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| {
+    strict_cast(&array, &ty.arrow_type()).map_err(|e| {
         Error::user(
             sqlstate::INVALID_TEXT_REPRESENTATION,
             format!("invalid input syntax for type {}: {e}", ty.pg_name()),
         )
     })
+}
+
+/// A cast that fails on a value it cannot convert (instead of making it NULL).
+pub(super) fn strict_cast(
+    array: &ArrayRef,
+    target: &datafusion::arrow::datatypes::DataType,
+) -> std::result::Result<ArrayRef, datafusion::arrow::error::ArrowError> {
+    cast_with_options(
+        array,
+        target,
+        &CastOptions {
+            safe: false,
+            ..Default::default()
+        },
+    )
 }
 
 fn parse_bool(s: &str) -> Result<bool> {

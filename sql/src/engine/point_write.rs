@@ -17,7 +17,6 @@ use crate::catalog::{Relation, TableDef, TableKind};
 use crate::error::Result;
 use crate::types::SqlType;
 use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -424,15 +423,7 @@ fn column_array(values: impl Iterator<Item = ScalarValue>, ty: &SqlType) -> Opti
     {
         return None;
     }
-    cast_with_options(
-        &array,
-        &target,
-        &CastOptions {
-            safe: false,
-            ..Default::default()
-        },
-    )
-    .ok()
+    super::copy::strict_cast(&array, &target).ok()
 }
 
 #[cfg(test)]

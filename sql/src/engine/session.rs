@@ -424,24 +424,11 @@ impl Session {
     pub async fn prepare(&self, statement: impl Into<Stmt>) -> Result<Prepared> {
         let catalog_version = self.view.catalog().version;
         let stmt = Arc::new(statement.into());
-        if let Stmt::Sql(s) = stmt.as_ref()
-            && super::sql_prepare::is_sql_prepare(s)
-        {
-            let schema = super::sql_prepare::result_schema(self, s)?;
-            return Ok(Prepared {
-                statement: stmt,
-                plan: None,
-                catalog_version,
-                param_types: Vec::new(),
-                schema,
-                point_get: None,
-                scalar: None,
-                fast_insert: None,
-                returning: None,
-            });
-        }
         // Statements Eddy executes itself are not planned: only their row shape is known.
         let unplanned_schema = match stmt.as_ref() {
+            Stmt::Sql(s) if super::sql_prepare::is_sql_prepare(s) => {
+                Some(super::sql_prepare::result_schema(self, s)?)
+            }
             Stmt::Sql(s) if is_planned(s) => None,
             Stmt::Sql(s) if super::cursors::is_cursor_statement(s) => {
                 Some(super::cursors::fetch_schema(self, s)?)
