@@ -64,7 +64,7 @@ if phase == "setup":
         first = c2.execute("FETCH ALL FROM follow").fetchall()
         print("cursor snapshot", sorted(changes(first)))
         connect().execute("INSERT INTO clicks VALUES ('/d')")
-        later = c2.execute("FETCH ALL IN follow").fetchall()
+        later = c2.execute("FETCH ALL follow").fetchall()
         print("cursor change", changes(later))
         print("cursor columns", [d.name for d in c2.execute("FETCH 0 FROM follow").description])
     try:

@@ -1190,6 +1190,10 @@ fn parse_statements(parser: &mut Parser<'_>) -> std::result::Result<Vec<Stmt>, P
             statements.push(Stmt::Sql(s));
             continue;
         }
+        if let Some(s) = super::statement::parse_fetch_without_from(parser)? {
+            statements.push(Stmt::Sql(s));
+            continue;
+        }
         if let Some(s) = super::sequences::parse_create(parser)? {
             statements.push(Stmt::Sql(s));
             continue;

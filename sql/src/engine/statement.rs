@@ -270,6 +270,64 @@ pub fn parse_user_statement(parser: &mut Parser<'_>) -> Result<Option<Statement>
     }
 }
 
+/// `FETCH [ALL | NEXT | count | FORWARD [count | ALL]] name`: PostgreSQL's `FROM` / `IN` is
+/// optional, sqlparser requires it (statements with it are left to sqlparser).
+pub fn parse_fetch_without_from(parser: &mut Parser<'_>) -> Result<Option<Statement>, ParserError> {
+    use datafusion::sql::sqlparser::ast::{FetchDirection, FetchPosition, Value};
+    if word(parser, 0).as_deref() != Some("FETCH") {
+        return Ok(None);
+    }
+    for n in 1.. {
+        match parser.peek_nth_token(n).token {
+            Token::EOF | Token::SemiColon => break,
+            Token::Word(w) if matches!(w.keyword, Keyword::FROM | Keyword::IN) => {
+                return Ok(None);
+            }
+            _ => {}
+        }
+    }
+    parser.next_token();
+    let count = |parser: &mut Parser<'_>| match parser.peek_token().token {
+        Token::Number(n, _) => {
+            parser.next_token();
+            Some(Value::Number(n, false).with_empty_span())
+        }
+        _ => None,
+    };
+    let direction = match word(parser, 0).as_deref() {
+        Some("ALL") => {
+            parser.next_token();
+            FetchDirection::All
+        }
+        Some("NEXT") => {
+            parser.next_token();
+            FetchDirection::Next
+        }
+        Some("FORWARD") => {
+            parser.next_token();
+            if word(parser, 0).as_deref() == Some("ALL") {
+                parser.next_token();
+                FetchDirection::ForwardAll
+            } else {
+                FetchDirection::Forward {
+                    limit: count(parser),
+                }
+            }
+        }
+        _ => match count(parser) {
+            Some(limit) => FetchDirection::Count { limit },
+            None => FetchDirection::Next,
+        },
+    };
+    let name = parser.parse_identifier()?;
+    Ok(Some(Statement::Fetch {
+        name,
+        direction,
+        position: FetchPosition::From,
+        into: None,
+    }))
+}
+
 /// `SUBSCRIBE [TO] name [WITH (snapshot = bool, progress = bool)]`.
 fn parse_subscribe(parser: &mut Parser<'_>) -> Result<super::subscribe::Subscribe, ParserError> {
     parser.next_token();
