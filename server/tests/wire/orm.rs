@@ -299,3 +299,36 @@ outside a block 25P01 DECLARE CURSOR can only be used in transaction blocks
         "after restart ('insert', '/b', 1)\nafter restart ('insert', '/c', 1)\nafter restart ('insert', '/d', 1)\n"
     );
 }
+
+#[test]
+fn a_node_postgres_service_follows_a_view_through_a_cursor_across_a_restart() {
+    let mut eddy = Server::start_secure();
+    let url = |eddy: &Server| format!("{}?sslmode=no-verify phase=", eddy.url());
+    let setup = run(
+        "SUBSCRIBE through node-postgres",
+        "node",
+        "node_subscribe.js",
+        &format!("{}setup", url(&eddy)),
+    );
+    assert_eq!(
+        setup,
+        r#""setup" "snapshot" [["insert",1,1],["insert",3,1]]
+"setup" "columns" ["eddy_epoch","eddy_op","device","alerts"]
+"setup" "changes" [["insert",4,1],["update",1,2]]
+"#
+    );
+    eddy.restart();
+    let again = run(
+        "SUBSCRIBE through node-postgres after a restart",
+        "node",
+        "node_subscribe.js",
+        &format!("{}again", url(&eddy)),
+    );
+    assert_eq!(
+        again,
+        r#""again" "snapshot" [["insert",1,2],["insert",3,1],["insert",4,1]]
+"again" "columns" ["eddy_epoch","eddy_op","device","alerts"]
+"again" "changes" [["update",1,3],["update",4,2]]
+"#
+    );
+}
