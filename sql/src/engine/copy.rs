@@ -429,14 +429,19 @@ pub(super) fn evaluate_default(
     let Some(expr) = expr else {
         return Ok(new_null_array(&ty, n));
     };
-    let physical = standalone_expr(state, expr.clone())?;
+    let values = evaluate_standalone(state, expr.clone(), n)?;
+    Ok(datafusion::arrow::compute::cast(&values, &ty)?)
+}
+
+/// `n` rows of an expression that reads no columns (see [`standalone_expr`]).
+pub(super) fn evaluate_standalone(state: &SessionState, expr: Expr, n: usize) -> Result<ArrayRef> {
+    let physical = standalone_expr(state, expr)?;
     let batch = RecordBatch::try_new_with_options(
         Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         vec![],
         &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
     )?;
-    let values = physical.evaluate(&batch)?.into_array(n)?;
-    Ok(datafusion::arrow::compute::cast(&values, &ty)?)
+    Ok(physical.evaluate(&batch)?.into_array(n)?)
 }
 
 /// An expression that reads no columns, ready to evaluate now: simplified first, as the

@@ -124,7 +124,7 @@ pub async fn declare(session: &Session, declare: &DeclareCursor) -> Result<Query
             let prepared = session
                 .prepare(Stmt::Sql(ast::Statement::Query(q.clone())))
                 .await?;
-            (session.execute_cursor_query(&prepared).await?, false)
+            (session.execute_in_txn(&prepared, Vec::new()).await?, false)
         }
     };
     let QueryOutput::Rows { schema, stream, .. } = output else {

@@ -80,15 +80,15 @@ impl ScalarUDFImpl for BuildObject {
             )));
         }
         let n = args.number_rows;
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays: Vec<ArrayRef> = args
             .args
             .iter()
             .map(|a| a.to_array(n.max(1)))
             .collect::<DfResult<_>>()?;
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let rows = if scalar { 1 } else { n };
         let mut out = StringBuilder::with_capacity(rows, rows * 32);
         for row in 0..rows {
@@ -122,11 +122,6 @@ impl ScalarUDFImpl for BuildObject {
                 format!("{{{}}}", pairs.join(", "))
             });
         }
-        let array: ArrayRef = Arc::new(out.finish());
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
-        } else {
-            ColumnarValue::Array(array)
-        })
+        super::pg_functions::result(&args.args, Arc::new(out.finish()))
     }
 }

@@ -95,6 +95,16 @@ pub fn rewrite_like_escapes(statement: &mut ast::Statement) {
     let _ = statement.visit(&mut Escapes);
 }
 
+/// A function's values for its arguments: one value when every argument was one.
+pub(super) fn result(args: &[ColumnarValue], values: ArrayRef) -> DfResult<ColumnarValue> {
+    Ok(
+        match args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+            true => ColumnarValue::Scalar(ScalarValue::try_from_array(&values, 0)?),
+            false => ColumnarValue::Array(values),
+        },
+    )
+}
+
 /// A pattern with escape character `escape` (none when empty) as one with backslash escapes.
 fn backslash_pattern(pattern: &str, escape: Option<char>) -> String {
     let mut out = String::with_capacity(pattern.len() + 4);
@@ -164,17 +174,7 @@ impl ScalarUDFImpl for LikePattern {
             };
             out.push(Some(backslash_pattern(patterns.value(i), escape)));
         }
-        let array: ArrayRef = Arc::new(StringArray::from(out));
-        Ok(
-            match args
-                .args
-                .iter()
-                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
-            {
-                true => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
-                false => ColumnarValue::Array(array),
-            },
-        )
+        result(&args.args, Arc::new(StringArray::from(out)))
     }
 }
 
@@ -268,10 +268,6 @@ impl ScalarUDFImpl for IntervalMul {
         Ok(DataType::Interval(IntervalUnit::MonthDayNano))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let intervals =
             arrays[0].as_primitive::<datafusion::arrow::datatypes::IntervalMonthDayNanoType>();
@@ -290,11 +286,7 @@ impl ScalarUDFImpl for IntervalMul {
             })?;
             out.push(Some(scaled));
         }
-        let array: ArrayRef = Arc::new(IntervalMonthDayNanoArray::from(out));
-        Ok(match scalar {
-            true => ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?),
-            false => ColumnarValue::Array(array),
-        })
+        result(&args.args, Arc::new(IntervalMonthDayNanoArray::from(out)))
     }
 }
 

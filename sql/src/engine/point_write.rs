@@ -293,14 +293,7 @@ fn evaluate(
         })
         .ok()?
         .data;
-    let physical = super::copy::standalone_expr(state, bound).ok()?;
-    let batch = datafusion::arrow::array::RecordBatch::try_new_with_options(
-        Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-        vec![],
-        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
-    )
-    .ok()?;
-    let value = physical.evaluate(&batch).ok()?.into_array(1).ok()?;
+    let value = super::copy::evaluate_standalone(state, bound, 1).ok()?;
     ScalarValue::try_from_array(&value, 0).ok()
 }
 

@@ -809,21 +809,15 @@ impl Session {
         &self.cursors
     }
 
-    /// Runs a cursor's query inside the transaction (its rows are read as FETCH asks).
-    pub(super) fn execute_cursor_query<'a>(
-        &'a self,
-        prepared: &'a Prepared,
-    ) -> futures::future::BoxFuture<'a, Result<QueryOutput>> {
-        Box::pin(self.execute_statement(prepared, Vec::new()))
-    }
-
     /// Statements prepared with SQL's PREPARE.
     pub(super) fn sql_prepared(&self) -> &super::sql_prepare::SqlPrepared {
         &self.sql_prepared
     }
 
-    /// Runs a statement prepared with SQL's PREPARE, inside the EXECUTE's transaction.
-    pub(super) fn execute_prepared_inner<'a>(
+    /// Runs a statement inside the current transaction, without autocommit or transaction
+    /// control: a statement prepared with SQL's PREPARE (inside its EXECUTE), a cursor's query
+    /// (its rows are read as FETCH asks).
+    pub(super) fn execute_in_txn<'a>(
         &'a self,
         prepared: &'a Prepared,
         params: Vec<ScalarValue>,

@@ -125,7 +125,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
                 )));
             }
             let values = evaluate(session, parameters).await?;
-            session.execute_prepared_inner(&inner, values).await
+            session.execute_in_txn(&inner, values).await
         }
         Statement::Deallocate { name, .. } => {
             let name_text = ident(name);
