@@ -278,7 +278,8 @@ async fn run_sql(session: &Session, sql: &str) -> Result<()> {
     for statement in Session::parse(sql)? {
         match session.run(statement).await? {
             eddy_sql::QueryOutput::Command(_) | eddy_sql::QueryOutput::CopyIn { .. } => {}
-            eddy_sql::QueryOutput::Rows { mut stream, .. } => {
+            eddy_sql::QueryOutput::Rows { mut stream, .. }
+            | eddy_sql::QueryOutput::CopyOut { mut stream, .. } => {
                 while let Some(b) = stream.next().await {
                     b?;
                 }

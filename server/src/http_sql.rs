@@ -173,6 +173,10 @@ async fn run_one(
                 rows: Some((schema, batches)),
             })
         }
+        QueryOutput::CopyOut { .. } => Err(Error::user(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "COPY TO STDOUT is not supported over HTTP; send the query with Accept: text/csv",
+        )),
         QueryOutput::CopyIn { .. } => {
             // Leave the session's COPY state: nothing was written.
             let _ = session.copy_fail("COPY FROM STDIN over HTTP").await;

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod connection;
+pub mod copy_out;
 pub mod encode;
 pub mod errors;
 pub mod execute;

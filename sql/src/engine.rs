@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+pub use copy::{BinaryDecoder, CopyFormat};
 pub use dml::parse_bytea;
 pub use naming::{output_names, rename};
 pub use point_get::read_committed;

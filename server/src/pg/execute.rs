@@ -119,6 +119,14 @@ where
                 return Ok(());
             }
             Response::Query(results) => portal.start(results).await,
+            Response::CopyOut(copy) => {
+                *portal.state.lock().await = PortalExecutionState::Finished;
+                let rows = super::handler::copy_rows(client);
+                super::copy_out::send(client, copy, &rows).await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                client.set_transaction_status(status);
+                return Ok(());
+            }
             other => {
                 status = queue_outcome(client, other, status).await?;
                 client.set_state(PgWireConnectionState::ReadyForQuery);

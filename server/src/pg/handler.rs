@@ -39,6 +39,7 @@ use pgwire::messages::startup::{Authentication as AuthRequest, SecretKey};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use super::auth::{Method, Pending, PendingAuth, Throttle};
+use super::copy_out::{self, CopyOutRows};
 use super::encode;
 use super::errors::{error_info, fatal_error, to_pgwire, user_error};
 
@@ -206,16 +207,31 @@ async fn rows_response(
     )))
 }
 
+/// The row count of this connection's COPY TO.
+pub(super) fn copy_rows<C: ClientInfo>(client: &C) -> Arc<CopyOutRows> {
+    client
+        .session_extensions()
+        .get_or_insert_with(CopyOutRows::default)
+}
+
 async fn output_response(
     output: QueryOutput,
     format: &Format,
     materialize: bool,
     deadline: Option<tokio::time::Instant>,
+    copy_rows: Arc<CopyOutRows>,
 ) -> eddy_sql::Result<Response> {
     match output {
+        QueryOutput::CopyOut {
+            schema,
+            stream,
+            format,
+        } => copy_out::response(&schema, stream, format, copy_rows)
+            .map(Response::CopyOut)
+            .map_err(|e| Error::internal(format!("cannot copy out: {e}"))),
         QueryOutput::Command(tag) => Ok(command_response(tag)),
-        QueryOutput::CopyIn { columns } => Ok(Response::CopyIn(CopyResponse::new(
-            0,
+        QueryOutput::CopyIn { columns, binary } => Ok(Response::CopyIn(CopyResponse::new(
+            i8::from(binary),
             columns,
             futures::stream::empty(),
         ))),
@@ -250,7 +266,12 @@ impl CopyHandler for EddyHandler {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = session(client)?;
-        tokio::task::block_in_place(|| session.copy_data(&copy_data.data));
+        let decode = |raw: &[u8], field: &arrow::datatypes::FieldRef| {
+            let ty = encode::pg_type(field)
+                .map_err(|e| Error::internal(format!("no PostgreSQL type: {e}")))?;
+            super::params::from_binary(raw, &ty)
+        };
+        tokio::task::block_in_place(|| session.copy_data(&copy_data.data, &decode));
         Ok(())
     }
 
@@ -321,6 +342,7 @@ impl SimpleQueryHandler for EddyHandler {
             session.begin_implicit();
         }
         let mut failed = false;
+        let copy_rows = copy_rows(client);
         for (i, statement) in statements.into_iter().enumerate() {
             // Later statements must not run before earlier results are read.
             let materialize = i + 1 < count;
@@ -329,11 +351,31 @@ impl SimpleQueryHandler for EddyHandler {
                 deadline,
                 guarded(async {
                     let output = session.run(statement).await?;
-                    output_response(output, &Format::UnifiedText, materialize, deadline).await
+                    output_response(
+                        output,
+                        &Format::UnifiedText,
+                        materialize,
+                        deadline,
+                        copy_rows.clone(),
+                    )
+                    .await
                 }),
             )
             .await;
             match result {
+                // A first statement's COPY TO goes out now, with its exact `COPY n` (pgwire
+                // would count the header as a row).
+                Ok(Response::CopyOut(copy)) if i == 0 => {
+                    if let Err(e) = copy_out::send(client, copy, &copy_rows).await {
+                        let PgWireError::UserError(info) = e else {
+                            return Err(e);
+                        };
+                        session.note_error();
+                        responses.push(Response::Error(info));
+                        failed = true;
+                        break;
+                    }
+                }
                 Ok(r) => responses.push(r),
                 Err(e) => {
                     session.note_error();
@@ -500,7 +542,7 @@ impl ExtendedQueryHandler for EddyHandler {
             deadline,
             guarded(async {
                 let output = session.execute(&prepared, params).await?;
-                output_response(output, &format, false, deadline).await
+                output_response(output, &format, false, deadline, copy_rows(client)).await
             }),
         )
         .await;

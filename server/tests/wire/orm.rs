@@ -241,6 +241,118 @@ SELECT count(*) FROM t2;
 }
 
 #[test]
+fn copy_to_stdout_and_psql_copy_out_write_what_postgres_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.csv");
+    let script = dir.path().join("copy_out.sql");
+    std::fs::write(
+        &script,
+        format!(
+            r#"CREATE TABLE ex (id int PRIMARY KEY, name text, score numeric(6,2), at timestamp, ok boolean, day date, ratio float8, raw bytea, doc jsonb);
+INSERT INTO ex VALUES
+  (1, 'plain', 1.50, '2024-01-01 10:00:00', true, '2024-01-01', 0.1, '\x00ff', '{{"a": [1, 2]}}'),
+  (2, E'tab\there, new\nline \\ back', -3.00, '2024-02-29 23:59:59.5', false, '2024-02-29', 1e300, '\x', '"s"'),
+  (3, 'say "hi", ok', NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+  (4, '', 0, '2000-01-01 00:00:00', true, '1999-12-31', -0.25, 'abc', 'null'),
+  (5, '\.', 12.34, '2030-06-15 08:30:00', false, '2030-06-15', 3, NULL, '[]');
+COPY ex TO STDOUT;
+COPY ex TO STDOUT WITH (FORMAT csv, HEADER);
+COPY ex (name, id, score) TO STDOUT (DELIMITER '|', NULL 'nil');
+COPY ex (id, name) TO STDOUT (FORMAT csv, NULL 'plain', QUOTE '''', ESCAPE '\');
+COPY (SELECT id, name, id * 2 AS twice FROM ex WHERE id > 1 ORDER BY id DESC) TO STDOUT (FORMAT csv, FORCE_QUOTE (twice, name));
+COPY (SELECT 1 WHERE false) TO STDOUT;
+COPY ex TO STDOUT CSV HEADER;
+\copy ex to '{out}' with (format csv, header)
+CREATE TABLE ex2 (LIKE ex);
+\copy ex2 from '{out}' with (format csv, header)
+SELECT count(*), sum(score), string_agg(name, '/' ORDER BY id) FROM ex2;
+\copy (SELECT id FROM ex ORDER BY id) to stdout
+COPY ex TO STDOUT (FORMAT csv, FORCE_QUOTE (missing));
+COPY nosuch TO STDOUT;
+SELECT 'still connected';
+"#,
+            out = out_file.display()
+        ),
+    )
+    .unwrap();
+    let pg = Postgres::start();
+    let eddy = Server::start_secure();
+    let on_postgres = psql_script(&pg.conn_string(), &script);
+    let file_on_postgres = std::fs::read_to_string(&out_file).unwrap();
+    std::fs::remove_file(&out_file).unwrap();
+    let on_eddy = psql_script(&eddy.conn_string(), &script);
+    let file_on_eddy = std::fs::read_to_string(&out_file).unwrap();
+    assert_same("COPY TO STDOUT", &on_postgres, &on_eddy);
+    assert_same("psql's \\copy to a file", &file_on_postgres, &file_on_eddy);
+    assert!(
+        on_eddy.contains("id,name,score,at,ok,day,ratio,raw,doc"),
+        "{on_eddy}"
+    );
+}
+
+#[test]
+fn psycopg_copies_text_and_binary_both_ways_as_on_postgres() {
+    let pg = Postgres::start();
+    let eddy = Server::start();
+    let on_postgres = run(
+        "psycopg's copy API on PostgreSQL",
+        "python3",
+        "psycopg_copy.py",
+        &pg.conn_string(),
+    );
+    let on_eddy = run(
+        "psycopg's copy API on Eddy",
+        "python3",
+        "psycopg_copy.py",
+        &eddy.conn_string(),
+    );
+    assert_same("psycopg's copy API", &on_postgres, &on_eddy);
+    assert!(on_eddy.contains("ok  binary write_row 3"), "{on_eddy}");
+}
+
+#[test]
+fn copy_into_a_push_source_sends_bad_rows_to_its_dead_letter_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("copy_source.sql");
+    std::fs::write(
+        &script,
+        r#"CREATE SOURCE readings (device int NOT NULL, temp float8, at timestamp) WITH (connector = 'push');
+COPY readings FROM STDIN (FORMAT csv);
+1,20.5,2024-01-01 10:00:00
+2,abc,2024-01-01 10:00:01
+,21,2024-01-01 10:00:02
+3,22.5
+4,23.5,2024-01-01 10:00:03
+\.
+COPY readings (device, temp) FROM STDIN;
+9	1.5
+\.
+SELECT device, temp, at FROM readings ORDER BY device;
+SELECT payload, error FROM readings_errors ORDER BY "offset";
+"#,
+    )
+    .unwrap();
+    let eddy = Server::start();
+    let out = psql_script(&eddy.conn_string(), &script);
+    let expected = [
+        "COPY 2",
+        "COPY 1",
+        "      1 | 20.5 | 2024-01-01 10:00:00",
+        "      4 | 23.5 | 2024-01-01 10:00:03",
+        "      9 |  1.5 | ",
+        " 2,abc,2024-01-01 10:00:01 | COPY line 2: invalid input syntax for type double precision in column \"temp\": \"abc\"",
+        " ,21,2024-01-01 10:00:02   | COPY line 3: null value in column \"device\" violates not-null constraint",
+        " 3,22.5                    | COPY line 4: 2 fields where 3 columns are copied",
+    ];
+    for line in expected {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn prepared_inserts_take_the_planner_free_path_with_postgres_results() {
     let pg = Postgres::start();
     let eddy = Server::start();

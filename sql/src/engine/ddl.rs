@@ -155,6 +155,7 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
             comment.clone(),
             *if_exists,
         )?,
+        Statement::Copy { to: true, .. } => return session.copy_out(statement).await,
         Statement::Copy { .. } => return session.start_copy(statement),
         Statement::AlterTable(alter) => super::alter::alter_table(session, alter).await?,
         Statement::CreateSequence {
@@ -224,6 +225,35 @@ pub async fn execute(session: &Session, statement: &Statement) -> Result<QueryOu
     Ok(QueryOutput::Command(tag))
 }
 
+/// `CREATE TABLE t (LIKE source [INCLUDING | EXCLUDING DEFAULTS])`: the source's column
+/// names, types and NOT NULL constraints (and defaults when included), as PostgreSQL copies.
+fn like_columns(session: &Session, like: &ast::CreateTableLikeKind) -> Result<Vec<ColumnDef>> {
+    let (ast::CreateTableLikeKind::Parenthesized(like) | ast::CreateTableLikeKind::Plain(like)) =
+        like;
+    let def = match session.resolve(&like.name)? {
+        Some((_, _, crate::catalog::Relation::Table(def))) => def,
+        Some((_, name, crate::catalog::Relation::View(_))) => {
+            return Err(Error::not_supported(format!(
+                "CREATE TABLE … (LIKE a view: \"{name}\")"
+            )));
+        }
+        None => {
+            return Err(Error::undefined_table(
+                name_parts(&like.name).pop().unwrap_or_default(),
+            ));
+        }
+    };
+    let defaults = matches!(like.defaults, Some(ast::CreateTableLikeDefaults::Including));
+    Ok(def
+        .columns
+        .iter()
+        .map(|c| ColumnDef {
+            default: if defaults { c.default.clone() } else { None },
+            ..ColumnDef::new(c.name.clone(), c.ty.clone(), c.nullable)
+        })
+        .collect())
+}
+
 async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<CommandTag> {
     if ct.query.is_some() {
         return Err(Error::not_supported("CREATE TABLE ... AS"));
@@ -238,7 +268,11 @@ async fn create_table(session: &Session, ct: &ast::CreateTable) -> Result<Comman
     let mut sequences: Vec<(usize, SequenceOptionsGiven)> = Vec::new();
     // UNIQUE, CHECK and FOREIGN KEY constraints, added once the table exists.
     let mut specs: Vec<Spec> = Vec::new();
-    for (i, c) in ct.columns.iter().enumerate() {
+    if let Some(like) = &ct.like {
+        columns.extend(like_columns(session, like)?);
+    }
+    for c in &ct.columns {
+        let i = columns.len();
         let column = column_from_ast(&name, c)?;
         if columns
             .iter()

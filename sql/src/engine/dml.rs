@@ -1111,6 +1111,35 @@ impl Writer<'_> {
 /// bytea, jsonb and uuid columns, the column types for the rest. Constraints, indexes and
 /// foreign keys apply as for INSERT, and `conflict` as its ON CONFLICT clause. Returns how
 /// many rows were written.
+/// Appends rows (arrays of a push source's columns) to its event log, with rows refused by
+/// their parser as dead letters; checked and converted as INSERT does.
+pub(super) fn append_to_source(
+    session: &Session,
+    def: &Arc<TableDef>,
+    arrays: Vec<ArrayRef>,
+    n: usize,
+    dead: &mut [eddy_connectors::DeadLetter],
+) -> Result<()> {
+    let catalog = session.view().catalog();
+    let writer = Writer {
+        session,
+        def,
+        catalog: &catalog,
+    };
+    let fields: Vec<Field> = def
+        .columns
+        .iter()
+        .zip(&arrays)
+        .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
+        .collect();
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
+    let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?;
+    let columns = writer.table_columns(&batch)?;
+    let rows = RecordBatch::try_new_with_options(def.arrow_schema(), columns, &options)?;
+    session.engine().append_events(def, &rows, dead)?;
+    Ok(())
+}
+
 pub(super) fn insert_rows(
     session: &Session,
     def: &Arc<TableDef>,

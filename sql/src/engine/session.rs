@@ -88,6 +88,14 @@ pub enum QueryOutput {
     /// ([`Session::copy_data`], [`Session::copy_done`]).
     CopyIn {
         columns: usize,
+        /// The data comes in the binary format.
+        binary: bool,
+    },
+    /// `COPY … TO STDOUT`: these rows, written in this format.
+    CopyOut {
+        schema: SchemaRef,
+        stream: SendableRecordBatchStream,
+        format: super::copy::CopyFormat,
     },
 }
 
@@ -261,16 +269,52 @@ impl Session {
     pub(super) fn start_copy(&self, statement: &Statement) -> Result<QueryOutput> {
         let copy = super::copy::start(self, statement)?;
         let columns = copy.columns();
+        let binary = copy.is_binary();
         *self.copy_in.lock() = Some(Ok(copy));
-        Ok(QueryOutput::CopyIn { columns })
+        Ok(QueryOutput::CopyIn { columns, binary })
+    }
+
+    /// `COPY … TO STDOUT`: runs the table scan or query whose rows are copied out.
+    pub(super) async fn copy_out(&self, statement: &Statement) -> Result<QueryOutput> {
+        let (query, format, table) = super::copy::copy_out_query(statement)?;
+        match self.run_nested(query).await? {
+            QueryOutput::Rows { schema, stream, .. } => {
+                if let super::copy::CopyFormat::Csv { force_quote, .. } = &format
+                    && let Some(missing) = force_quote
+                        .iter()
+                        .find(|c| schema.fields().iter().all(|f| f.name() != *c))
+                {
+                    return Err(match table {
+                        Some(table) => Error::user(
+                            sqlstate::UNDEFINED_COLUMN,
+                            format!("column \"{missing}\" of relation \"{table}\" does not exist"),
+                        ),
+                        None => Error::user(
+                            "42P10",
+                            format!("FORCE_QUOTE column \"{missing}\" not referenced by COPY"),
+                        ),
+                    });
+                }
+                Ok(QueryOutput::CopyOut {
+                    schema,
+                    stream,
+                    format,
+                })
+            }
+            _ => Err(Error::user(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "COPY query must have a RETURNING clause",
+            )),
+        }
     }
 
     /// A chunk of COPY data. An error ends the COPY: later data is ignored and
     /// [`Session::copy_done`] reports it, as PostgreSQL does.
-    pub fn copy_data(&self, bytes: &[u8]) {
+    /// Binary COPY data is decoded field by field with `decode`.
+    pub fn copy_data(&self, bytes: &[u8], decode: super::copy::BinaryDecoder<'_>) {
         let mut state = self.copy_in.lock();
         if let Some(Ok(copy)) = state.as_mut()
-            && let Err(e) = copy.data(self, bytes)
+            && let Err(e) = copy.data(self, bytes, decode)
         {
             *state = Some(Err(e));
         }
