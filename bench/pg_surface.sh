@@ -11,6 +11,8 @@
 # Runs alternate; medians of $RUNS. Usage: bench/pg_surface.sh [section...] (default: all).
 # Installs redis and wrk with apt-get when missing.
 set -euo pipefail
+# Plain TCP for every server, as PostgreSQL runs here (Eddy would otherwise negotiate TLS).
+export PGSSLMODE=disable
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 SECS=${SECS:-10}

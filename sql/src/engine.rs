@@ -21,6 +21,7 @@ pub mod memory;
 mod models;
 mod naming;
 pub mod notify;
+mod pg_casts;
 mod pg_catalog;
 mod pg_functions;
 mod point_get;

@@ -537,20 +537,55 @@ impl ExtendedQueryHandler for EddyHandler {
         let params = parameters(portal).inspect_err(|_| session.note_error())?;
         let prepared = portal.statement.statement.prepared.clone();
         let format = portal.result_column_format.clone();
+        if let Some(response) = point_read(&session, &prepared, &params, &format) {
+            return response;
+        }
         let deadline = statement_deadline(&session);
-        let result = within(
+        // Boxed: the future of a statement of any kind is large, and moving it inline would
+        // cost every execution, the point reads above too.
+        let result = Box::pin(within(
             deadline,
             guarded(async {
                 let output = session.execute(&prepared, params).await?;
                 output_response(output, &format, false, deadline, copy_rows(client)).await
             }),
-        )
+        ))
         .await;
         result.map_err(|e| {
             session.note_error();
             to_pgwire(e)
         })
     }
+}
+
+/// A prepared point read answered at once (see [`Session::execute_point_read`]); `None` for
+/// any other statement.
+fn point_read(
+    session: &Session,
+    prepared: &Prepared,
+    params: &[ScalarValue],
+    format: &Format,
+) -> Option<PgWireResult<Response>> {
+    let schema = prepared.schema.as_ref()?;
+    let read = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        session.execute_point_read(prepared, params)
+    }))
+    .unwrap_or_else(|_| Some(Err(Error::internal("a point read panicked"))))?;
+    let response = read.and_then(|batch| {
+        let fields = Arc::new(
+            encode::fields(schema, format)
+                .map_err(|e| Error::internal(format!("cannot describe result: {e}")))?,
+        );
+        let rows = encode::encode_batch(&fields, &batch);
+        Ok(Response::Query(QueryResponse::new(
+            fields,
+            stream::iter(rows),
+        )))
+    });
+    Some(response.map_err(|e| {
+        session.note_error();
+        to_pgwire(e)
+    }))
 }
 
 /// Under trust, the role a connection logs in as: an unknown role or one without LOGIN is

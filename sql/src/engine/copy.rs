@@ -901,17 +901,18 @@ pub(super) fn default_values(
     n: usize,
 ) -> Result<ArrayRef> {
     let expr = session.view().column_default(def, at)?;
-    evaluate_default(
-        &session.ctx().state(),
-        expr.as_ref(),
-        &def.columns[at].ty,
-        n,
-    )
+    let state = session.ctx().state();
+    let start = state.execution_props().query_execution_start_time;
+    evaluate_default(&state, start, expr.as_ref(), &def.columns[at].ty, n)
 }
+
+/// When the statement started: `now()` and friends read it.
+pub(super) type StatementStart = Option<chrono::DateTime<chrono::Utc>>;
 
 /// `n` rows of a column default (NULLs for none), as the column's type.
 pub(super) fn evaluate_default(
     state: &SessionState,
+    start: StatementStart,
     expr: Option<&Expr>,
     ty: &SqlType,
     n: usize,
@@ -920,13 +921,18 @@ pub(super) fn evaluate_default(
     let Some(expr) = expr else {
         return Ok(new_null_array(&ty, n));
     };
-    let values = evaluate_standalone(state, expr.clone(), n)?;
+    let values = evaluate_standalone(state, start, expr.clone(), n)?;
     Ok(datafusion::arrow::compute::cast(&values, &ty)?)
 }
 
 /// `n` rows of an expression that reads no columns (see [`standalone_expr`]).
-pub(super) fn evaluate_standalone(state: &SessionState, expr: Expr, n: usize) -> Result<ArrayRef> {
-    let physical = standalone_expr(state, expr)?;
+pub(super) fn evaluate_standalone(
+    state: &SessionState,
+    start: StatementStart,
+    expr: Expr,
+    n: usize,
+) -> Result<ArrayRef> {
+    let physical = standalone_expr(state, expr, start)?;
     let batch = RecordBatch::try_new_with_options(
         Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         vec![],
@@ -938,14 +944,18 @@ pub(super) fn evaluate_standalone(state: &SessionState, expr: Expr, n: usize) ->
 /// An expression that reads no columns, ready to evaluate now: simplified first, as the
 /// optimizer would (`now()` becomes the time `state` was taken at, the statement's; it
 /// cannot run unsimplified).
-pub(super) fn standalone_expr(state: &SessionState, expr: Expr) -> Result<Arc<dyn PhysicalExpr>> {
+pub(super) fn standalone_expr(
+    state: &SessionState,
+    expr: Expr,
+    start: StatementStart,
+) -> Result<Arc<dyn PhysicalExpr>> {
     use datafusion::logical_expr::simplify::SimplifyContext;
     use datafusion::optimizer::simplify_expressions::ExprSimplifier;
     let schema = Arc::new(DFSchema::empty());
     let context = SimplifyContext::builder()
         .with_schema(schema.clone())
         .with_config_options(Arc::clone(state.config_options()))
-        .with_query_execution_start_time(state.execution_props().query_execution_start_time)
+        .with_query_execution_start_time(start)
         .build();
     let simplifier = ExprSimplifier::new(context);
     let expr = simplifier.simplify(simplifier.coerce(expr, &schema)?)?;

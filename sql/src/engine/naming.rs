@@ -95,8 +95,24 @@ fn expr_name(e: &Expr) -> String {
         }
         Expr::Alias(a) => a.name.clone(),
         Expr::Column(c) => display_name(&c.name),
-        Expr::Cast(c) => expr_name(&c.expr),
-        Expr::TryCast(c) => expr_name(&c.expr),
+        // A cast is named by what it casts, or, when that has no name (a constant, an
+        // operator), by the type it casts to: `2.5::int` is `int4`, as in PostgreSQL.
+        Expr::Cast(datafusion::logical_expr::Cast { expr, field })
+        | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => {
+            match expr_name(expr) {
+                name if name == UNNAMED => cast_name(field).unwrap_or(name),
+                name => name,
+            }
+        }
+        // PostgreSQL's casts (see pg_casts) are named like the cast they belong to.
+        Expr::ScalarFunction(f)
+            if matches!(
+                f.func.name(),
+                "eddy_round_half_away" | "eddy_timestamp_text"
+            ) =>
+        {
+            expr_name(&f.args[0])
+        }
         // `a ->> 'b'` and `n * interval` are planned as function calls, but PostgreSQL names an
         // operator's
         // result `?column?`.
@@ -115,6 +131,34 @@ fn expr_name(e: &Expr) -> String {
         Expr::Literal(..) => UNNAMED.to_string(),
         other => display_name(&other.schema_name().to_string()),
     }
+}
+
+/// PostgreSQL's internal name of the type a cast gives, which names the column of an
+/// unnamed cast expression.
+fn cast_name(field: &datafusion::arrow::datatypes::FieldRef) -> Option<String> {
+    use datafusion::arrow::datatypes::DataType as T;
+    if let Some(pg) = field.metadata().get(crate::types::PG_TYPE_KEY) {
+        return Some(pg.clone());
+    }
+    Some(
+        match field.data_type() {
+            T::Boolean => "bool",
+            T::Int16 => "int2",
+            T::Int32 => "int4",
+            T::Int64 => "int8",
+            T::Float32 => "float4",
+            T::Float64 => "float8",
+            T::Decimal128(..) => "numeric",
+            T::Utf8 | T::Utf8View | T::LargeUtf8 => "text",
+            T::Binary => "bytea",
+            T::Date32 => "date",
+            T::Timestamp(_, None) => "timestamp",
+            T::Timestamp(_, Some(_)) => "timestamptz",
+            T::Interval(_) => "interval",
+            _ => return None,
+        }
+        .to_string(),
+    )
 }
 
 /// The Postgres name for a column DataFusion named after an expression's text.

@@ -186,8 +186,11 @@ impl FastInsert {
     /// Writes the rows for `params` into the session's transaction and returns the command
     /// tag; `None` (nothing written) when a value needs the planned path's conversion.
     pub fn execute(&self, session: &Session, params: &[ScalarValue]) -> Result<Option<CommandTag>> {
-        // One state, one statement time: every `now()` of the rows reads the same.
-        let state = session.ctx().state();
+        // One statement time: every `now()` of the rows reads the same. The session's state
+        // is borrowed, not copied (a copy clones every function registry).
+        let start = Some(chrono::Utc::now());
+        let state = session.ctx().state_ref();
+        let state = state.read();
         let mut arrays: Vec<Option<ArrayRef>> = Vec::with_capacity(self.fills.len());
         for (fill, column) in self.fills.iter().zip(&self.def.columns) {
             let Fill::Values(values) = fill else {
@@ -200,7 +203,7 @@ impl FastInsert {
                     Value::Param(i) => params.get(*i).cloned().unwrap_or(ScalarValue::Null),
                     Value::Const(c) => c.clone(),
                     // An expression that fails is left to the planned path, which reports it.
-                    Value::Expr(e) => match evaluate(&state, e, params) {
+                    Value::Expr(e) => match evaluate(&state, start, e, params) {
                         Some(v) => v,
                         None => return Ok(None),
                     },
@@ -218,12 +221,17 @@ impl FastInsert {
             .zip(&self.def.columns)
             .map(|((array, fill), column)| match (array, fill) {
                 (Some(array), _) => Ok(array),
-                (None, Fill::Default(expr)) => {
-                    super::copy::evaluate_default(&state, expr.as_ref(), &column.ty, self.rows)
-                }
+                (None, Fill::Default(expr)) => super::copy::evaluate_default(
+                    &state,
+                    start,
+                    expr.as_ref(),
+                    &column.ty,
+                    self.rows,
+                ),
                 (None, Fill::Values(_)) => unreachable!("values were converted above"),
             })
             .collect::<Result<Vec<_>>>()?;
+        drop(state);
         let written = super::dml::insert_rows(session, &self.def, arrays, self.conflict.as_ref())?;
         Ok(Some(CommandTag::new("INSERT 0").with_rows(written)))
     }
@@ -271,6 +279,7 @@ fn reads_columns(expr: &Expr) -> bool {
 /// One expression's value with the parameters bound; `None` when it fails.
 fn evaluate(
     state: &datafusion::execution::SessionState,
+    start: super::copy::StatementStart,
     expr: &Expr,
     params: &[ScalarValue],
 ) -> Option<ScalarValue> {
@@ -293,7 +302,7 @@ fn evaluate(
         })
         .ok()?
         .data;
-    let value = super::copy::evaluate_standalone(state, bound, 1).ok()?;
+    let value = super::copy::evaluate_standalone(state, start, bound, 1).ok()?;
     ScalarValue::try_from_array(&value, 0).ok()
 }
 

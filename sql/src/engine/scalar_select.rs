@@ -42,7 +42,14 @@ impl ScalarSelect {
         param_types: &[Option<FieldRef>],
         state: &SessionState,
     ) -> Option<Self> {
-        let LogicalPlan::Projection(projection) = plan else {
+        // PostgreSQL's casts, as the analyzer gives a planned query.
+        let plan = datafusion::optimizer::AnalyzerRule::analyze(
+            &super::pg_casts::PgCasts::new(),
+            plan.clone(),
+            state.config_options(),
+        )
+        .ok()?;
+        let LogicalPlan::Projection(projection) = &plan else {
             return None;
         };
         let LogicalPlan::EmptyRelation(empty) = projection.input.as_ref() else {

@@ -191,6 +191,7 @@ impl Session {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_type_planner(Arc::new(crate::types::PgTypePlanner))
+            .with_analyzer_rule(Arc::new(super::pg_casts::PgCasts::new()))
             .build();
         let mut ctx = SessionContext::new_with_state(state);
         eddy_udf::register(&mut ctx).expect("Eddy's functions register");
@@ -634,6 +635,39 @@ impl Session {
         }
     }
 
+    /// A prepared point read (primary-key lookup) run at once, outside any future: what
+    /// [`Session::execute`] would give for it, or `None` when the statement is not one (or
+    /// its plan is stale, or the transaction failed) and must go through `execute`. Point
+    /// reads are the hot path of a key-value workload; `execute`'s future holds every kind of
+    /// statement and costs more to create and move than the read itself.
+    pub fn execute_point_read(
+        &self,
+        prepared: &Prepared,
+        params: &[ScalarValue],
+    ) -> Option<Result<RecordBatch>> {
+        let (Some(point_get), Some(schema)) = (&prepared.point_get, &prepared.schema) else {
+            return None;
+        };
+        if prepared.catalog_version != self.view.catalog().version {
+            return None;
+        }
+        let status = self.status();
+        match status {
+            TxnStatus::Failed => return None,
+            TxnStatus::Idle => self.end_xact_locks(),
+            TxnStatus::InTransaction => {}
+        }
+        let result = bind_values(&prepared.param_types, params.to_vec())
+            .and_then(|params| point_get.execute(self, &params, schema));
+        match status {
+            // Autocommit: the read wrote nothing, so its transaction ends without a commit.
+            TxnStatus::Idle => self.discard_txn(),
+            _ if result.is_err() => *self.status.lock() = TxnStatus::Failed,
+            _ => {}
+        }
+        Some(result)
+    }
+
     /// Starts the implicit transaction PostgreSQL wraps around a multi-statement simple query:
     /// the statements commit together at the end, or none of them does.
     pub fn begin_implicit(&self) {
@@ -763,17 +797,17 @@ impl Session {
         params: Vec<ScalarValue>,
     ) -> Result<QueryOutput> {
         let statement = match prepared.statement.as_ref() {
-            Stmt::Eddy(e) => return super::streaming::execute(self, e).await,
+            Stmt::Eddy(e) => return Box::pin(super::streaming::execute(self, e)).await,
             Stmt::Sql(s) if super::sql_prepare::is_sql_prepare(s) => {
-                return super::sql_prepare::execute(self, s).await;
+                return Box::pin(super::sql_prepare::execute(self, s)).await;
             }
             Stmt::Sql(s) if super::cursors::is_cursor_statement(s) => {
-                return super::cursors::run(self, s).await;
+                return Box::pin(super::cursors::run(self, s)).await;
             }
             Stmt::Sql(s) => s,
         };
         let Some(plan) = &prepared.plan else {
-            return super::ddl::execute(self, statement).await;
+            return Box::pin(super::ddl::execute(self, statement)).await;
         };
         let current = prepared.catalog_version == self.view.catalog().version;
         if let (Some(point_get), Some(schema), true) =
@@ -796,6 +830,19 @@ impl Session {
             let batch = scalar.execute(&params, schema)?;
             return rows(schema.clone(), vec![batch]);
         }
+        // Boxed, as the other kinds of statement above: the fast paths keep this future small.
+        Box::pin(self.execute_planned(statement, prepared, plan, params, current)).await
+    }
+
+    /// A statement through DataFusion's plan: a query, or DML.
+    async fn execute_planned(
+        &self,
+        statement: &Statement,
+        prepared: &Prepared,
+        plan: &LogicalPlan,
+        params: Vec<ScalarValue>,
+        current: bool,
+    ) -> Result<QueryOutput> {
         // A plan made before a catalog change may name dropped objects: plan again.
         let plan = if !current {
             self.plan(statement).await?
