@@ -1111,6 +1111,23 @@ impl Writer<'_> {
 /// bytea, jsonb and uuid columns, the column types for the rest. Constraints, indexes and
 /// foreign keys apply as for INSERT, and `conflict` as its ON CONFLICT clause. Returns how
 /// many rows were written.
+/// One array per column of `def` as a batch (of `n` rows, for a table without columns),
+/// named by the columns, typed as given.
+fn rows_of(def: &TableDef, arrays: Vec<ArrayRef>, n: Option<usize>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = def
+        .columns
+        .iter()
+        .zip(&arrays)
+        .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
+        .collect();
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(n);
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &options,
+    )?)
+}
+
 /// Appends rows (arrays of a push source's columns) to its event log, with rows refused by
 /// their parser as dead letters; checked and converted as INSERT does.
 pub(super) fn append_to_source(
@@ -1126,15 +1143,9 @@ pub(super) fn append_to_source(
         def,
         catalog: &catalog,
     };
-    let fields: Vec<Field> = def
-        .columns
-        .iter()
-        .zip(&arrays)
-        .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
-        .collect();
-    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
-    let batch = RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)?;
+    let batch = rows_of(def, arrays, Some(n))?;
     let columns = writer.table_columns(&batch)?;
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n));
     let rows = RecordBatch::try_new_with_options(def.arrow_schema(), columns, &options)?;
     session.engine().append_events(def, &rows, dead)?;
     Ok(())
@@ -1152,17 +1163,7 @@ pub(super) fn insert_rows(
         def,
         catalog: &catalog,
     };
-    let fields: Vec<Field> = def
-        .columns
-        .iter()
-        .zip(&arrays)
-        .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
-        .collect();
-    let batch = RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        arrays,
-        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(None),
-    )?;
+    let batch = rows_of(def, arrays, None)?;
     let written = writer.insert(&batch, conflict, &TableReference::bare(def.name.clone()))?;
     Ok(written.rows())
 }
