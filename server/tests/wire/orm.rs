@@ -353,6 +353,33 @@ SELECT payload, error FROM readings_errors ORDER BY "offset";
 }
 
 #[test]
+fn a_node_postgres_service_receives_notify_sink_alerts_across_a_restart() {
+    let mut eddy = Server::start_secure();
+    let url = |eddy: &Server| format!("{}?sslmode=no-verify phase=", eddy.url());
+    let setup = run(
+        "LISTEN to a notify sink through node-postgres",
+        "node",
+        "node_notify_restart.js",
+        &format!("{}setup", url(&eddy)),
+    );
+    assert_eq!(
+        setup,
+        "[\"setup\",[{\"device\":2,\"temp\":95.5},{\"device\":3,\"temp\":99}]]\n"
+    );
+    eddy.restart();
+    let again = run(
+        "LISTEN to a notify sink through node-postgres after a restart",
+        "node",
+        "node_notify_restart.js",
+        &format!("{}again", url(&eddy)),
+    );
+    assert_eq!(
+        again,
+        "[\"again\",[{\"device\":4,\"temp\":91},{\"device\":6,\"temp\":93.25}]]\n"
+    );
+}
+
+#[test]
 fn prepared_inserts_take_the_planner_free_path_with_postgres_results() {
     let pg = Postgres::start();
     let eddy = Server::start();
