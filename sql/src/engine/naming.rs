@@ -26,14 +26,29 @@ pub fn alias_duplicates(statement: &mut datafusion::sql::sqlparser::ast::Stateme
     let SetExpr::Select(select) = body else {
         return;
     };
+    // The name DataFusion gives an unnamed item: a cast is named by what it casts (so
+    // `id` and `id::text`, or `1.50::numeric` and `1.5::numeric(10,2)`, collide there).
+    fn unnamed_key(e: &SqlExpr) -> String {
+        match e {
+            SqlExpr::Cast { expr, .. } | SqlExpr::Nested(expr) => unnamed_key(expr),
+            SqlExpr::Identifier(i) => super::ddl::ident(i),
+            SqlExpr::CompoundIdentifier(parts) => {
+                parts.last().map(super::ddl::ident).unwrap_or_default()
+            }
+            SqlExpr::Value(v) => match &v.value {
+                // Numbers are named by their value as DataFusion reads them.
+                datafusion::sql::sqlparser::ast::Value::Number(n, _) => n
+                    .parse::<f64>()
+                    .map_or_else(|_| n.clone(), |f| f.to_string()),
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
     let key = |item: &SelectItem| -> Option<String> {
         match item {
             SelectItem::ExprWithAlias { alias, .. } => Some(super::ddl::ident(alias)),
-            SelectItem::UnnamedExpr(SqlExpr::Identifier(i)) => Some(super::ddl::ident(i)),
-            SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => {
-                parts.last().map(super::ddl::ident)
-            }
-            SelectItem::UnnamedExpr(e) => Some(e.to_string()),
+            SelectItem::UnnamedExpr(e) => Some(unnamed_key(e)),
             _ => None,
         }
     };
