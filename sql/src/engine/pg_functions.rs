@@ -6,6 +6,8 @@
 //! - `number * interval`, `interval * number` and `interval / number`, which time-series
 //!   queries write (`now() - g * INTERVAL '1 second'`): planned as `eddy_interval_mul`, with
 //!   PostgreSQL's carrying of fractional months into days and days into time.
+//! - `pg_size_pretty(bigint)`: a byte count in bytes, kB, MB, GB, TB or PB, rounded as
+//!   PostgreSQL rounds it.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub fn register(ctx: &mut SessionContext) -> DfResult<()> {
     ctx.register_udf(ScalarUDF::new_from_impl(PgTypeof::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(LikePattern::new()));
     ctx.register_udf(interval_mul());
+    ctx.register_udf(ScalarUDF::new_from_impl(SizePretty::new()));
     datafusion::execution::FunctionRegistry::register_expr_planner(
         ctx,
         Arc::new(IntervalArithmetic),
@@ -176,6 +179,69 @@ impl ScalarUDFImpl for LikePattern {
         }
         result(&args.args, Arc::new(StringArray::from(out)))
     }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SizePretty {
+    signature: Signature,
+}
+
+impl SizePretty {
+    fn new() -> Self {
+        Self {
+            signature: Signature::uniform(1, vec![DataType::Int64], Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for SizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let sizes = args.args[0].to_array(args.number_rows)?;
+        let texts: StringArray = sizes
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .iter()
+            .map(|s| s.map(size_pretty))
+            .collect();
+        result(&args.args, Arc::new(texts))
+    }
+}
+
+/// PostgreSQL's `pg_size_pretty`: each unit is used below its limit; going to the next
+/// divides by 1024, keeping one more bit where the next unit rounds its last half.
+fn size_pretty(mut size: i64) -> String {
+    // (name, limit, rounds, bits of the unit)
+    const UNITS: [(&str, i64, bool, u32); 6] = [
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    for (i, &(name, limit, round, bits)) in UNITS.iter().enumerate() {
+        let Some(&(_, _, next_round, next_bits)) = UNITS.get(i + 1) else {
+            break;
+        };
+        if size.abs() < limit {
+            if round {
+                size = (size + if size < 0 { -1 } else { 1 }) / 2;
+            }
+            return format!("{size} {name}");
+        }
+        let shift = next_bits - bits - u32::from(next_round) + u32::from(round);
+        size /= 1i64 << shift;
+    }
+    // Past the last limit: in the last unit.
+    format!("{} PB", (size + if size < 0 { -1 } else { 1 }) / 2)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -327,6 +393,27 @@ impl ExprPlanner for IntervalArithmetic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_print_as_postgres_prints_them() {
+        // PostgreSQL 15's pg_size_pretty of the same values.
+        let cases = [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (-10240, "-10 kB"),
+            (123_456_789, "118 MB"),
+            (10_737_418_240, "10 GB"),
+            (20_971_520, "20 MB"),
+            (1_000_000_000_000_000_000, "888 PB"),
+            (i64::MAX, "8192 PB"),
+            (1536, "1536 bytes"),
+            (20479 * 1024, "20 MB"),
+        ];
+        for (size, text) in cases {
+            assert_eq!(size_pretty(size), text, "{size}");
+        }
+    }
 
     #[test]
     fn patterns_with_other_escapes_become_backslash_patterns() {
