@@ -305,6 +305,7 @@ pub fn start(session: &Session, statement: &ast::Statement) -> Result<CopyIn> {
             })
             .collect::<Result<Vec<_>>>()?
     };
+    let values = vec![Vec::new(); columns.len()];
     Ok(CopyIn {
         def,
         columns,
@@ -316,7 +317,7 @@ pub fn start(session: &Session, statement: &ast::Statement) -> Result<CopyIn> {
         written: 0,
         binary_header: false,
         binary_ended: false,
-        values: Vec::new(),
+        values,
         events,
         raw: Vec::new(),
         dead: Vec::new(),
@@ -469,7 +470,7 @@ impl CopyIn {
                 fields.len(),
                 self.columns.len()
             );
-            self.dead_letter(record, error);
+            self.dead_letter(self.line, record.to_vec(), error);
             return Ok(());
         }
         if fields.len() != self.columns.len() {
@@ -499,69 +500,76 @@ impl CopyIn {
     }
 
     /// A row that does not fit the source: to its dead-letter table, with its line.
-    fn dead_letter(&mut self, payload: &[u8], error: String) {
+    fn dead_letter(&mut self, line: usize, payload: Vec<u8>, error: String) {
         self.dead.push(eddy_connectors::DeadLetter {
             partition: 0,
-            offset: self.line as i64,
-            payload: payload.to_vec(),
-            error: format!("COPY line {}: {error}", self.line),
+            offset: line as i64,
+            payload,
+            error: format!("COPY line {line}: {error}"),
         });
     }
 
     /// Writes the parsed rows into the transaction.
     fn flush(&mut self, session: &Session) -> Result<()> {
-        if self.events {
-            self.refuse_misfits();
-        }
-        if self.rows.is_empty() {
-            return self.write(session, Vec::new(), 0);
+        let mut data = self.typed_columns();
+        if self.events && self.refuse_misfits(&data) {
+            data = self.typed_columns();
         }
         let rows = std::mem::take(&mut self.rows);
         let lines = std::mem::take(&mut self.row_lines);
         let def = &self.def;
-        let mut data = Vec::with_capacity(self.columns.len());
-        for (field, &at) in self.columns.iter().enumerate() {
+        let mut arrays = Vec::with_capacity(data.len());
+        for ((field, &at), typed) in self.columns.iter().enumerate().zip(data) {
             let column = &def.columns[at];
-            let texts: StringArray = rows.iter().map(|r| r[field].as_deref()).collect();
-            match typed(&texts, &column.ty) {
-                Ok(array) => data.push(array),
-                Err(e) => {
-                    // Name the value and line that failed, as PostgreSQL does.
-                    let bad = rows.iter().enumerate().find(|(_, r)| {
-                        let one: StringArray = [r[field].as_deref()].into_iter().collect();
-                        typed(&one, &column.ty).is_err()
-                    });
-                    return Err(match bad {
-                        Some((i, r)) => {
-                            let value = r[field].clone().unwrap_or_default();
-                            Error::user(
-                                sqlstate::INVALID_TEXT_REPRESENTATION,
-                                format!(
-                                    "invalid input syntax for type {}: \"{value}\"",
-                                    column.ty.pg_name()
-                                ),
-                            )
-                            .with_detail(format!(
-                                "COPY {}, line {}, column {}: \"{value}\"",
-                                def.name, lines[i], column.name
-                            ))
-                        }
-                        None => e,
-                    });
+            let Err(e) = typed else {
+                arrays.extend(typed);
+                continue;
+            };
+            // Name the value and line that failed, as PostgreSQL does.
+            let bad = rows
+                .iter()
+                .enumerate()
+                .find(|(_, r)| !fits(r[field].as_deref(), &column.ty));
+            return Err(match bad {
+                Some((i, r)) => {
+                    let value = r[field].clone().unwrap_or_default();
+                    Error::user(
+                        sqlstate::INVALID_TEXT_REPRESENTATION,
+                        format!(
+                            "invalid input syntax for type {}: \"{value}\"",
+                            column.ty.pg_name()
+                        ),
+                    )
+                    .with_detail(format!(
+                        "COPY {}, line {}, column {}: \"{value}\"",
+                        def.name, lines[i], column.name
+                    ))
                 }
-            }
+                None => e,
+            });
         }
-        self.write(session, data, rows.len())
+        self.write(session, arrays, rows.len())
     }
 
-    /// Into a source: moves the rows whose values do not convert to their columns' types,
-    /// or are NULL for a NOT NULL column, to the dead letters.
-    fn refuse_misfits(&mut self) {
+    /// The parsed rows' values of each data column as the column's type.
+    fn typed_columns(&self) -> Vec<Result<ArrayRef>> {
+        self.columns
+            .iter()
+            .enumerate()
+            .map(|(field, &at)| {
+                let texts: StringArray = self.rows.iter().map(|r| r[field].as_deref()).collect();
+                typed(&texts, &self.def.columns[at].ty)
+            })
+            .collect()
+    }
+
+    /// Into a source: moves the rows whose values do not convert to their columns' types
+    /// (in the columns whose conversion failed, `typed`), or are NULL for a NOT NULL
+    /// column, to the dead letters. Returns whether it moved any.
+    fn refuse_misfits(&mut self, typed: &[Result<ArrayRef>]) -> bool {
         let mut errors: Vec<Option<String>> = vec![None; self.rows.len()];
-        for (field, &at) in self.columns.iter().enumerate() {
+        for ((field, &at), typed) in self.columns.iter().enumerate().zip(typed) {
             let column = &self.def.columns[at];
-            let texts: StringArray = self.rows.iter().map(|r| r[field].as_deref()).collect();
-            let fits = typed(&texts, &column.ty).is_ok();
             for (i, row) in self.rows.iter().enumerate() {
                 if errors[i].is_some() {
                     continue;
@@ -572,21 +580,18 @@ impl CopyIn {
                         "null value in column \"{}\" violates not-null constraint",
                         column.name
                     ));
-                } else if !fits {
-                    let one: StringArray = [value].into_iter().collect();
-                    if typed(&one, &column.ty).is_err() {
-                        errors[i] = Some(format!(
-                            "invalid input syntax for type {} in column \"{}\": \"{}\"",
-                            column.ty.pg_name(),
-                            column.name,
-                            value.unwrap_or_default()
-                        ));
-                    }
+                } else if typed.is_err() && !fits(value, &column.ty) {
+                    errors[i] = Some(format!(
+                        "invalid input syntax for type {} in column \"{}\": \"{}\"",
+                        column.ty.pg_name(),
+                        column.name,
+                        value.unwrap_or_default()
+                    ));
                 }
             }
         }
         if errors.iter().all(Option::is_none) {
-            return;
+            return false;
         }
         let rows = std::mem::take(&mut self.rows);
         let lines = std::mem::take(&mut self.row_lines);
@@ -598,14 +603,10 @@ impl CopyIn {
                     self.row_lines.push(line);
                     self.raw.push(raw);
                 }
-                Some(error) => self.dead.push(eddy_connectors::DeadLetter {
-                    partition: 0,
-                    offset: line as i64,
-                    payload: raw,
-                    error: format!("COPY line {line}: {error}"),
-                }),
+                Some(error) => self.dead_letter(line, raw, error),
             }
         }
+        true
     }
 
     /// Writes `n` rows of the data columns (in the COPY's column order) into the
@@ -618,15 +619,13 @@ impl CopyIn {
         let def = self.def.clone();
         let mut data: Vec<Option<ArrayRef>> = data.into_iter().map(Some).collect();
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(def.columns.len());
-        for at in 0..def.columns.len() {
-            let array = match self.columns.iter().position(|&c| c == at) {
-                Some(field) if n > 0 => data[field].take().expect("each data column once"),
-                _ if n == 0 => {
-                    datafusion::arrow::array::new_empty_array(&def.columns[at].ty.arrow_type())
-                }
-                _ => default_values(session, &def, at, n)?,
-            };
-            arrays.push(array);
+        for (at, column) in def.columns.iter().enumerate() {
+            arrays.push(match self.columns.iter().position(|&c| c == at) {
+                // Only dead letters to append: no rows.
+                _ if n == 0 => datafusion::arrow::array::new_empty_array(&column.ty.arrow_type()),
+                Some(field) => data[field].take().expect("each data column once"),
+                None => default_values(session, &def, at, n)?,
+            });
         }
         if self.events {
             self.raw.clear();
@@ -653,9 +652,6 @@ impl CopyIn {
         decode: BinaryDecoder<'_>,
     ) -> Result<()> {
         self.pending.extend_from_slice(bytes);
-        if self.values.is_empty() {
-            self.values = vec![Vec::new(); self.columns.len()];
-        }
         let schema = self.def.arrow_schema();
         let fields: Vec<FieldRef> = self
             .columns
@@ -735,7 +731,7 @@ impl CopyIn {
                 }
                 Err(e) if self.events => {
                     let payload = self.pending[at..at + len].to_vec();
-                    self.dead_letter(&payload, e.to_string());
+                    self.dead_letter(self.line, payload, e.to_string());
                 }
                 Err(e) => return Err(e),
             }
@@ -864,6 +860,12 @@ fn typed(texts: &StringArray, ty: &SqlType) -> Result<ArrayRef> {
             format!("invalid input syntax for type {}: {e}", ty.pg_name()),
         )
     })
+}
+
+/// Whether one text value converts to the type.
+fn fits(value: Option<&str>, ty: &SqlType) -> bool {
+    let one: StringArray = [value].into_iter().collect();
+    typed(&one, ty).is_ok()
 }
 
 /// A cast that fails on a value it cannot convert (instead of making it NULL).

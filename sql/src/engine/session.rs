@@ -645,10 +645,7 @@ impl Session {
         prepared: &Prepared,
         params: &[ScalarValue],
     ) -> Option<Result<RecordBatch>> {
-        let (Some(point_get), Some(schema)) = (&prepared.point_get, &prepared.schema) else {
-            return None;
-        };
-        if prepared.catalog_version != self.view.catalog().version {
+        if prepared.point_get.is_none() || prepared.catalog_version != self.view.catalog().version {
             return None;
         }
         let status = self.status();
@@ -657,8 +654,7 @@ impl Session {
             TxnStatus::Idle => self.end_xact_locks(),
             TxnStatus::InTransaction => {}
         }
-        let result = bind_values(&prepared.param_types, params.to_vec())
-            .and_then(|params| point_get.execute(self, &params, schema));
+        let result = self.point_read(prepared, params.to_vec())?;
         match status {
             // Autocommit: the read wrote nothing, so its transaction ends without a commit.
             TxnStatus::Idle => self.discard_txn(),
@@ -666,6 +662,22 @@ impl Session {
             _ => {}
         }
         Some(result)
+    }
+
+    /// The row of a prepared point read with its plan current, read in the transaction;
+    /// `None` for other statements.
+    fn point_read(
+        &self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Option<Result<RecordBatch>> {
+        let (Some(point_get), Some(schema)) = (&prepared.point_get, &prepared.schema) else {
+            return None;
+        };
+        Some(
+            bind_values(&prepared.param_types, params)
+                .and_then(|params| point_get.execute(self, &params, schema)),
+        )
     }
 
     /// Starts the implicit transaction PostgreSQL wraps around a multi-statement simple query:
@@ -810,12 +822,12 @@ impl Session {
             return Box::pin(super::ddl::execute(self, statement)).await;
         };
         let current = prepared.catalog_version == self.view.catalog().version;
-        if let (Some(point_get), Some(schema), true) =
-            (&prepared.point_get, &prepared.schema, current)
+        if current
+            && prepared.point_get.is_some()
+            && let (Some(batch), Some(schema)) =
+                (self.point_read(prepared, params.clone()), &prepared.schema)
         {
-            let params = bind_values(&prepared.param_types, params)?;
-            let batch = point_get.execute(self, &params, schema)?;
-            return rows(schema.clone(), vec![batch]);
+            return rows(schema.clone(), vec![batch?]);
         }
         if let (Some(insert), true) = (&prepared.fast_insert, current) {
             let bound = bind_values(&prepared.param_types, params.clone())?;
